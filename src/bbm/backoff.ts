@@ -1,0 +1,39 @@
+/** Waits between runs: exponential while idle or failing, reset by useful work, always jittered. */
+
+export function jittered(ms: number, ratio: number, random: () => number = Math.random): number {
+  return Math.max(0, Math.round(ms * (1 + ratio * (2 * random() - 1))));
+}
+
+export class Backoff {
+  #attempt = 0;
+
+  constructor(
+    private readonly baseMs: number,
+    private readonly capMs: number,
+  ) {}
+
+  /** The next wait: base, 2×base, 4×base … up to the cap. */
+  next(): number {
+    const ms = Math.min(this.capMs, this.baseMs * 2 ** Math.min(this.#attempt, 30));
+    this.#attempt += 1;
+    return ms;
+  }
+
+  reset(): void {
+    this.#attempt = 0;
+  }
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. Never rejects. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted || ms <= 0) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,76 @@
+/**
+ * Config modules and worker options: validated once, here; the engine only sees `ResolvedOptions`.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ConfigError } from './errors.ts';
+import type { Config, WorkerOptions } from './types.ts';
+
+/** Types a config module's default export. Returns its argument unchanged. */
+export function defineConfig(config: Config): Config {
+  return config;
+}
+
+export const DEFAULTS = {
+  intervalMs: 10_000,
+  maxIntervalMs: 300_000,
+  jitterRatio: 0.2,
+  pauseMs: 0,
+  maxAttempts: 5,
+  runTimeoutMs: 180_000,
+} as const;
+
+export type ResolvedOptions = Required<WorkerOptions>;
+
+function integer(options: WorkerOptions, key: keyof WorkerOptions, fallback: number, min: number, max: number): number {
+  const value = options[key] ?? fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(options[key])}`);
+  }
+  return value;
+}
+
+export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
+  const day = 86_400_000;
+  const intervalMs = integer(options, 'intervalMs', DEFAULTS.intervalMs, 1, day);
+  const maxIntervalMs = integer(options, 'maxIntervalMs', Math.max(DEFAULTS.maxIntervalMs, intervalMs), intervalMs, day);
+  const jitterRatio = options.jitterRatio ?? DEFAULTS.jitterRatio;
+  if (typeof jitterRatio !== 'number' || !(jitterRatio >= 0 && jitterRatio < 1)) {
+    throw new ConfigError(`jitterRatio must be a number in [0, 1), got ${JSON.stringify(options.jitterRatio)}`);
+  }
+  return {
+    intervalMs,
+    maxIntervalMs,
+    jitterRatio,
+    startupJitterMs: integer(options, 'startupJitterMs', intervalMs, 0, day),
+    pauseMs: integer(options, 'pauseMs', DEFAULTS.pauseMs, 0, day),
+    maxAttempts: integer(options, 'maxAttempts', DEFAULTS.maxAttempts, 1, 32_767),
+    runTimeoutMs: integer(options, 'runTimeoutMs', DEFAULTS.runTimeoutMs, 100, day),
+  };
+}
+
+/** Where `bbm` looks for a config module when `--config` is not given. */
+export const DEFAULT_CONFIG_FILES = ['bbm.config.ts', 'bbm.config.mjs', 'bbm.config.js'];
+
+export function findDefaultConfig(cwd = process.cwd()): string | undefined {
+  return DEFAULT_CONFIG_FILES.map((file) => path.join(cwd, file)).find((file) => existsSync(file));
+}
+
+/** Imports a config module and checks its shape. `.ts` modules load when running under tsx (as `bbm` does). */
+export async function loadConfig(file: string): Promise<Config> {
+  const absolute = path.resolve(file);
+  if (!existsSync(absolute)) throw new ConfigError(`config file ${file} does not exist`);
+  let module: { default?: unknown };
+  try {
+    module = (await import(pathToFileURL(absolute).href)) as { default?: unknown };
+  } catch (cause) {
+    throw new ConfigError(`config file ${file} failed to load: ${(cause as Error).message}`, { cause });
+  }
+  const config = module.default;
+  if (!config || typeof config !== 'object') {
+    throw new ConfigError(`config file ${file} must default-export defineConfig({ work: [...] }) or a plain object`);
+  }
+  if (!Array.isArray((config as Config).work)) throw new ConfigError(`config file ${file}: \`work\` must be an array`);
+  return config as Config;
+}

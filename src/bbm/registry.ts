@@ -1,0 +1,41 @@
+/** The work functions a worker has, by name. */
+import { ConfigError } from './errors.ts';
+import type { Work } from './types.ts';
+
+/**
+ * What a work name may look like. The same text is a POSIX regex for SQL (`!~`): a migration
+ * whose job_signature_name does not match can never be run and is failed as invalid_job_signature.
+ */
+export const VALID_WORK_NAME = '^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$';
+const validWorkName = new RegExp(VALID_WORK_NAME);
+
+export class WorkRegistry {
+  readonly #byName = new Map<string, Work>();
+
+  constructor(work: readonly Work[]) {
+    if (!Array.isArray(work)) throw new ConfigError('`work` must be an array of { name, do } objects');
+    for (const [index, entry] of work.entries()) {
+      const name: unknown = entry?.name;
+      if (typeof name !== 'string' || !validWorkName.test(name)) {
+        throw new ConfigError(
+          `work[${index}].name ${JSON.stringify(name)} is not a valid work name (letters, digits, _ . : / -; at most 200)`,
+        );
+      }
+      if (typeof entry.do !== 'function') throw new ConfigError(`work ${name}: \`do\` must be a function`);
+      if (this.#byName.has(name)) throw new ConfigError(`work ${name} is registered twice`);
+      this.#byName.set(name, entry);
+    }
+  }
+
+  get(name: string): Work | undefined {
+    return this.#byName.get(name);
+  }
+
+  get names(): string[] {
+    return [...this.#byName.keys()];
+  }
+}
+
+export function isValidWorkName(name: string): boolean {
+  return validWorkName.test(name);
+}

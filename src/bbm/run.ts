@@ -1,0 +1,296 @@
+/**
+ * One run of a worker: one transaction that locks a migration, finds or creates its next
+ * ID range, executes the work function on it and records the outcome.
+ *
+ *   BEGIN · lock the first free runnable migration · read it (after the lock) · validate it
+ *   · create the next range, or claim a failed one, or finish the migration
+ *   · SAVEPOINT · work · RELEASE (or ROLLBACK TO) · record the job · COMMIT
+ *
+ * The work's writes and the job's status commit together, so a crash at any point leaves
+ * the range either done and recorded or not done at all.
+ */
+import { performance } from 'node:perf_hooks';
+import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
+import { PgDialect } from 'drizzle-orm/pg-core';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { ErrorCode, MigrationStatus, SERIAL_KEY_SET } from '../store/codes.ts';
+import { isTarget, resolveTarget, type Target, type TargetProblem } from '../store/catalog.ts';
+import { SqlState, sqlStateOf } from '../store/db.ts';
+import { cancelBackend, createJob, failJob, finishJob, firstFailedJob, retryJob, type ClaimedJob } from '../store/jobs.ts';
+import {
+  failMigration,
+  finishMigration,
+  hasRunnableMigration,
+  loadLockedMigration,
+  lockNextMigration,
+  quotedTable,
+  startMigration,
+  type LockedMigration,
+} from '../store/migrations.ts';
+import { beginRun, commit, openWorkSavepoint, releaseWorkSavepoint, rollback, rollbackWorkSavepoint } from '../store/tx.ts';
+import type { ResolvedOptions } from './config.ts';
+import { asError, BbmError, storedMessage } from './errors.ts';
+import { VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
+import { JobSession } from './session.ts';
+import type { Job, JobDb, RunResult, Work } from './types.ts';
+
+/** How far past the run timeout the server-side backstops (statement and idle timeouts) sit. */
+const BACKSTOP_MARGIN_MS = 10_000;
+
+export interface RunContext {
+  pool: pg.Pool;
+  registry: WorkRegistry;
+  options: ResolvedOptions;
+  log: Logger;
+  /** Aborting it cancels the job in flight and rolls its whole run back (a second SIGTERM). */
+  hardStop: AbortSignal;
+}
+
+/** The reason a run was rolled back on a hard stop. */
+class StopError extends Error {
+  override readonly name = 'StopError';
+}
+
+type Outcome = Omit<RunResult, 'durationMs'>;
+
+interface CachedTarget {
+  tableName: string;
+  columnName: string;
+  target: Target;
+}
+
+const dialect = new PgDialect();
+/** The backend pid pg learns at connect (BackendKeyData); pg does not type it. */
+const backendPid = (client: pg.PoolClient): number | undefined => (client as unknown as { processID?: number }).processID;
+
+export class Runner {
+  /** Catalog lookups per migration, repeated when a migration's names change or its table errors. */
+  readonly #targets = new Map<bigint, CachedTarget>();
+  readonly #filter: { names: string[]; validNamePattern: string };
+
+  constructor(private readonly ctx: RunContext) {
+    this.#filter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
+  }
+
+  async runOnce(): Promise<RunResult> {
+    const started = performance.now();
+    const finish = (outcome: Outcome): RunResult => ({ ...outcome, durationMs: performance.now() - started });
+    let client: pg.PoolClient;
+    try {
+      client = await this.ctx.pool.connect();
+    } catch (error) {
+      return finish({ outcome: 'error', error: asError(error) });
+    }
+    let broken: Error | undefined;
+    try {
+      await beginRun(client, this.ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS);
+      const outcome = await this.#inTransaction(client, started);
+      await commit(client);
+      return finish(outcome);
+    } catch (thrown) {
+      const error = asError(thrown);
+      await rollback(client).catch((rollbackError: unknown) => {
+        broken = asError(rollbackError);
+      });
+      const state = sqlStateOf(error);
+      if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#targets.clear();
+      return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  async #inTransaction(client: pg.PoolClient, started: number): Promise<Outcome> {
+    const id = await lockNextMigration(client, this.#filter);
+    if (id === null) {
+      return { outcome: (await hasRunnableMigration(client, this.#filter)) ? 'lock_in_use' : 'no_job' };
+    }
+    const migration = await loadLockedMigration(client, id);
+    // Paused or finished between choosing it and taking its lock: someone else got there first.
+    if (!migration || (migration.status !== MigrationStatus.active && migration.status !== MigrationStatus.running)) {
+      return { outcome: 'lock_in_use' };
+    }
+    const ref = { id: migration.id, name: migration.name };
+    const fail = async (error: BbmError): Promise<Outcome> => {
+      await failMigration(client, migration.id, ErrorCode[error.code], storedMessage(error));
+      this.#targets.delete(migration.id);
+      return { outcome: 'migration_failed', migration: ref, error };
+    };
+
+    const work = this.ctx.registry.get(migration.jobSignatureName);
+    if (!work) {
+      // Only malformed names are candidates without a registered work function.
+      return fail(
+        new BbmError(
+          'invalid_job_signature',
+          `job_signature_name ${JSON.stringify(migration.jobSignatureName)} can never name a work function ` +
+            '(letters, digits and _ . : / - only, at most 200)',
+        ),
+      );
+    }
+    if (migration.batchingStrategy !== null && migration.batchingStrategy !== SERIAL_KEY_SET) {
+      return fail(
+        new BbmError(
+          'invalid_batching_strategy',
+          `batching_strategy ${JSON.stringify(migration.batchingStrategy)} is not supported; use NULL or '${SERIAL_KEY_SET}'`,
+        ),
+      );
+    }
+    const target = await this.#target(client, migration);
+    if (!isTarget(target)) return fail(new BbmError(target.code, target.message));
+
+    let max = migration.maxValue;
+    if (migration.status === MigrationStatus.active || max === null) {
+      max = await startMigration(client, migration, target);
+      if (max === null) return { outcome: 'lock_in_use' };
+    }
+
+    const next = migration.lastJobEnd === null ? migration.minValue : migration.lastJobEnd + 1n;
+    let job: ClaimedJob;
+    if (next <= max) {
+      job = await createJob(client, migration.id, target, next, max, migration.batchSize);
+    } else {
+      // Every range has run once; now the failed ones, oldest first.
+      const failed = await firstFailedJob(client, migration.id);
+      if (!failed) {
+        await finishMigration(client, migration.id);
+        this.#targets.delete(migration.id);
+        return { outcome: 'migration_finished', migration: ref };
+      }
+      if (failed.attempt >= this.ctx.options.maxAttempts) {
+        return fail(
+          new BbmError(
+            'max_job_retry',
+            `job ${failed.id} [${failed.start}..${failed.end}] failed ${failed.attempt} times; last error: ${failed.failureMessage ?? 'unknown'}`,
+          ),
+        );
+      }
+      job = await retryJob(client, failed.id);
+    }
+    return this.#execute(client, migration, target, work, job, started);
+  }
+
+  async #target(client: pg.PoolClient, migration: LockedMigration): Promise<Target | TargetProblem> {
+    const cached = this.#targets.get(migration.id);
+    if (cached && cached.tableName === migration.tableName && cached.columnName === migration.columnName) return cached.target;
+    const resolved = await resolveTarget(client, migration.tableName, migration.columnName);
+    if (isTarget(resolved)) {
+      this.#targets.set(migration.id, { tableName: migration.tableName, columnName: migration.columnName, target: resolved });
+    }
+    return resolved;
+  }
+
+  async #execute(
+    client: pg.PoolClient,
+    migration: LockedMigration,
+    target: Target,
+    work: Work,
+    claimed: ClaimedJob,
+    started: number,
+  ): Promise<Outcome> {
+    const { options, hardStop, pool } = this.ctx;
+    const ref = { id: migration.id, name: migration.name };
+    const jobRef = { id: claimed.id, start: claimed.start, end: claimed.end, attempt: claimed.attempt };
+
+    const abort = new AbortController();
+    const stop = () => abort.abort(new StopError('worker stopped: job cancelled and rolled back'));
+    hardStop.addEventListener('abort', stop, { once: true });
+    if (hardStop.aborted) stop();
+    const remainingMs = Math.max(1, options.runTimeoutMs - (performance.now() - started));
+    const timer = setTimeout(
+      () => abort.abort(new BbmError('unknown', `job timed out: the run exceeded runTimeoutMs (${options.runTimeoutMs} ms)`)),
+      remainingMs,
+    );
+
+    const session = new JobSession(client);
+    const job: Job = {
+      query: session.query,
+      db: jobDb(session),
+      table: dialect.sqlToQuery(quotedTable(target)).sql,
+      column: dialect.escapeName(target.column),
+      start: claimed.start,
+      end: claimed.end,
+      batchSize: migration.batchSize,
+      migration: ref,
+      attempt: claimed.attempt,
+      signal: abort.signal,
+      log: this.ctx.log.child({
+        bbm_id: String(migration.id),
+        bbm_name: migration.name,
+        job_id: String(claimed.id),
+        job_start: String(claimed.start),
+        job_end: String(claimed.end),
+        attempt: claimed.attempt,
+      }),
+    };
+
+    let failure: Error | undefined;
+    try {
+      await openWorkSavepoint(client);
+      try {
+        await untilAborted(callWork(work, job), abort.signal);
+      } catch (thrown) {
+        failure = asError(thrown);
+      }
+      session.close();
+      const pid = backendPid(client);
+      // Our next statements queue behind the work's; cancel it so they run now. pg_cancel_backend
+      // returns after the signal is sent, so it cannot land on a statement we send afterwards.
+      if (abort.signal.aborted && session.busy && pid !== undefined) await cancelBackend(pool, pid).catch(() => false);
+      await session.settled();
+    } finally {
+      clearTimeout(timer);
+      hardStop.removeEventListener('abort', stop);
+    }
+    if (abort.signal.reason instanceof StopError) throw abort.signal.reason;
+
+    if (!failure) {
+      try {
+        await releaseWorkSavepoint(client);
+      } catch (error) {
+        if (sqlStateOf(error) !== '25P02') throw error;
+        failure = new Error('the work function returned normally after one of its statements failed (the error was swallowed)');
+      }
+    }
+    if (failure) {
+      await rollbackWorkSavepoint(client);
+      await failJob(client, claimed.id, ErrorCode.unknown, storedMessage(failure));
+      return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure };
+    }
+    await finishJob(client, claimed.id);
+    return { outcome: 'job_succeeded', migration: ref, job: jobRef };
+  }
+}
+
+/** drizzle over the fenced session, nested (savepoints) inside the run's transaction. */
+function jobDb(session: JobSession): JobDb {
+  const pgSession = new NodePgSession(session as unknown as pg.PoolClient, dialect, undefined);
+  return new NodePgTransaction(dialect, pgSession, undefined, 1) as JobDb;
+}
+
+/** The work's promise; a synchronous throw becomes a rejection. */
+async function callWork(work: Work, job: Job): Promise<void> {
+  await work.do(job);
+}
+
+/** Settles with `work`, or rejects with the signal's reason as soon as it aborts. */
+function untilAborted(work: Promise<void>, signal: AbortSignal): Promise<void> {
+  // A timed-out work function keeps running detached; its eventual rejection must not go unhandled.
+  work.catch(() => {});
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}

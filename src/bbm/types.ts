@@ -1,0 +1,109 @@
+/**
+ * pg-bbm's public types: what a work function receives, and how a worker is configured.
+ */
+import type { QueryResult, QueryResultRow } from 'pg';
+import type { Logger } from 'pino';
+import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
+
+/** Runs one statement inside the job's transaction. `$1`-style parameters. */
+export type JobQuery = <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]) => Promise<QueryResult<R>>;
+
+/**
+ * drizzle bound to the job's transaction. `db.transaction()` opens a savepoint inside it; ending
+ * the job's transaction (COMMIT, ROLLBACK) is the engine's alone and is refused.
+ */
+export type JobDb = NodePgTransaction<Record<string, never>, Record<string, never>>;
+
+/** One ID range of a migration, handed to its work function. */
+export interface Job {
+  /** Runs SQL in the job's transaction: its writes commit together with the job's finished status. */
+  readonly query: JobQuery;
+  /** The same transaction through drizzle. */
+  readonly db: JobDb;
+  /**
+   * The migration's table, schema-qualified and quoted, e.g. `"public"."items"`. It was
+   * validated against the catalog, so it is safe to place into SQL text.
+   */
+  readonly table: string;
+  /** The batching column, quoted, e.g. `"id"`. Safe to place into SQL text. */
+  readonly column: string;
+  /** First id of the range (inclusive). */
+  readonly start: bigint;
+  /** Last id of the range (inclusive). The range holds at most `batchSize` rows. */
+  readonly end: bigint;
+  readonly batchSize: number;
+  readonly migration: { readonly id: bigint; readonly name: string };
+  /** 1 on the first try of this range, 2 on its first retry, and so on. */
+  readonly attempt: number;
+  /** Aborted when the run times out or the worker is stopped hard; queries are cancelled too. */
+  readonly signal: AbortSignal;
+  /** A child logger carrying the migration and job fields. */
+  readonly log: Logger;
+}
+
+/** A work function, registered in code and named by migrations' `job_signature_name`. */
+export interface Work {
+  /** Letters, digits and `_ . : / -`, at most 200 characters, e.g. `"users.backfill_email"`. */
+  readonly name: string;
+  /**
+   * Does the range's work. Throwing (or rejecting) rolls the work's writes back and records a
+   * failed attempt; the range is retried later, up to `maxAttempts` in all. It may be called
+   * again for the same range after a failure, so it should be idempotent.
+   */
+  do(job: Job): Promise<void>;
+}
+
+/** How a worker paces itself and bounds its jobs. Every field is optional; defaults in brackets. */
+export interface WorkerOptions {
+  /**
+   * Base wait between runs when there is nothing to do or another worker holds the lock [10000].
+   * After a run that executed a job the next one starts at once (see `pauseMs`).
+   */
+  intervalMs?: number;
+  /** Idle and erroring workers double their wait up to this cap [300000]. */
+  maxIntervalMs?: number;
+  /** Each wait is spread by up to ± this fraction so a fleet does not tick together [0.2]. */
+  jitterRatio?: number;
+  /** A worker waits a random time up to this before its first run [same as intervalMs]. */
+  startupJitterMs?: number;
+  /** Wait after a successful job before the next run; 0 drains at database speed [0]. */
+  pauseMs?: number;
+  /** Tries per range; a range that fails this many times fails its migration [5]. */
+  maxAttempts?: number;
+  /** Bound on one run; a job past it is cancelled and counts as a failed attempt [180000]. */
+  runTimeoutMs?: number;
+}
+
+/** A config module's default export (`bbm.config.ts`/`.js`/`.mjs`). */
+export interface Config extends WorkerOptions {
+  /** The work functions this process can run. */
+  work: readonly Work[];
+  /** Used when neither `--database-url` nor DATABASE_URL is given. */
+  databaseUrl?: string;
+}
+
+/**
+ * What one run did. `job_succeeded`/`job_failed`: a range was executed. `migration_finished`/
+ * `migration_failed`: a migration changed state without a job. `no_job`: nothing this worker can
+ * run exists. `lock_in_use`: there is work, but other workers hold every candidate's lock.
+ * `aborted`: the worker was stopped hard and the job rolled back. `error`: the run failed
+ * unexpectedly and was rolled back.
+ */
+export type RunOutcome =
+  | 'job_succeeded'
+  | 'job_failed'
+  | 'migration_finished'
+  | 'migration_failed'
+  | 'no_job'
+  | 'lock_in_use'
+  | 'aborted'
+  | 'error';
+
+export interface RunResult {
+  outcome: RunOutcome;
+  migration?: { id: bigint; name: string };
+  job?: { id: bigint; start: bigint; end: bigint; attempt: number };
+  /** The job's or migration's failure, or the run's error. */
+  error?: Error;
+  durationMs: number;
+}

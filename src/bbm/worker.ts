@@ -1,0 +1,166 @@
+/**
+ * A worker: runs in a loop, each run one transaction (see run.ts). After a run that did
+ * something the next starts at once, so a migration drains at database speed; idle or
+ * failing workers back off exponentially, with jitter, up to a cap.
+ */
+import pg from 'pg';
+import { createPool } from '../store/db.ts';
+import { Backoff, jittered, sleep } from './backoff.ts';
+import { resolveOptions, type ResolvedOptions } from './config.ts';
+import { ConfigError } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
+import { WorkRegistry } from './registry.ts';
+import { Runner } from './run.ts';
+import type { RunResult, Work, WorkerOptions } from './types.ts';
+
+export interface WorkerParams extends WorkerOptions {
+  work: readonly Work[];
+  /** A pool to use (the caller ends it); it needs room for 2 connections per worker. */
+  pool?: pg.Pool;
+  /** Or a connection string: the worker opens and ends its own pool. */
+  connectionString?: string;
+  logger?: Logger;
+}
+
+export interface RunLoopOptions {
+  /** Return once no migration this worker can run remains (finished, failed, paused or unknown work). */
+  untilDone?: boolean;
+}
+
+export class Worker {
+  readonly options: ResolvedOptions;
+  readonly #pool: pg.Pool;
+  readonly #ownsPool: boolean;
+  readonly #log: Logger;
+  readonly #runner: Runner;
+  /** Aborted by stop(): the loop ends after the run in flight. */
+  #stopping = new AbortController();
+  /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
+  readonly #hardStop = new AbortController();
+  #loop: Promise<void> | undefined;
+
+  constructor(params: WorkerParams) {
+    this.options = resolveOptions(params);
+    const registry = new WorkRegistry(params.work);
+    if (params.pool) {
+      this.#pool = params.pool;
+      this.#ownsPool = false;
+    } else if (params.connectionString) {
+      this.#pool = createPool({ connectionString: params.connectionString, max: 2 });
+      this.#ownsPool = true;
+    } else {
+      throw new ConfigError('a worker needs `pool` or `connectionString`');
+    }
+    this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
+    this.#runner = new Runner({
+      pool: this.#pool,
+      registry,
+      options: this.options,
+      log: this.#log,
+      hardStop: this.#hardStop.signal,
+    });
+  }
+
+  /** One run, reported like the loop reports it. */
+  async runOnce(): Promise<RunResult> {
+    const result = await this.#runner.runOnce();
+    this.#report(result);
+    return result;
+  }
+
+  /** Runs until stop() is called (or, with `untilDone`, until nothing runnable remains). */
+  run(loop: RunLoopOptions = {}): Promise<void> {
+    if (this.#loop) throw new Error('this worker is already running');
+    this.#stopping = new AbortController();
+    this.#loop = this.#runLoop(loop).finally(() => {
+      this.#loop = undefined;
+    });
+    return this.#loop;
+  }
+
+  /**
+   * Ends the loop after the job in flight commits. With `abort`, the job in flight is cancelled
+   * and its transaction rolled back instead. Resolves when the loop has ended.
+   */
+  async stop({ abort = false }: { abort?: boolean } = {}): Promise<void> {
+    this.#stopping.abort();
+    if (abort) this.#hardStop.abort();
+    await this.#loop;
+  }
+
+  /** Stops and ends the pool the worker opened itself. */
+  async close(): Promise<void> {
+    await this.stop();
+    if (this.#ownsPool) await this.#pool.end();
+  }
+
+  async #runLoop({ untilDone = false }: RunLoopOptions): Promise<void> {
+    const { options } = this;
+    const stopping = this.#stopping.signal;
+    const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
+    const startupJitterMs = Math.round(Math.random() * options.startupJitterMs);
+    this.#log.info({ options, startup_jitter_ms: startupJitterMs }, 'worker starting');
+    await sleep(startupJitterMs, stopping);
+    while (!stopping.aborted) {
+      const result = await this.runOnce();
+      if (untilDone && result.outcome === 'no_job') break;
+      await sleep(this.#waitAfter(result, backoff), stopping);
+    }
+    this.#log.info('worker stopped');
+  }
+
+  #waitAfter(result: RunResult, backoff: Backoff): number {
+    const { intervalMs, jitterRatio, pauseMs } = this.options;
+    switch (result.outcome) {
+      case 'job_succeeded':
+      case 'migration_finished':
+      case 'migration_failed':
+        backoff.reset();
+        return pauseMs;
+      case 'lock_in_use':
+        backoff.reset();
+        return jittered(intervalMs, jitterRatio);
+      case 'job_failed':
+      case 'no_job':
+      case 'aborted':
+      case 'error':
+        return jittered(backoff.next(), jitterRatio);
+    }
+  }
+
+  #report(result: RunResult): void {
+    const fields = {
+      outcome: result.outcome,
+      duration_ms: Math.round(result.durationMs * 10) / 10,
+      ...(result.migration && { bbm_id: String(result.migration.id), bbm_name: result.migration.name }),
+      ...(result.job && {
+        job_id: String(result.job.id),
+        job_start: String(result.job.start),
+        job_end: String(result.job.end),
+        attempt: result.job.attempt,
+      }),
+      ...(result.error && { err: result.error }),
+    };
+    switch (result.outcome) {
+      case 'job_succeeded':
+        return this.#log.info(fields, 'job finished');
+      case 'job_failed':
+        return this.#log.warn(fields, 'job failed');
+      case 'migration_finished':
+        return this.#log.info(fields, 'migration finished');
+      case 'migration_failed':
+        return this.#log.error(fields, 'migration failed');
+      case 'aborted':
+        return this.#log.warn(fields, 'run aborted and rolled back');
+      case 'error':
+        return this.#log.error(fields, 'run failed');
+      case 'no_job':
+      case 'lock_in_use':
+        return this.#log.debug(fields, 'nothing to do');
+    }
+  }
+}
+
+export function createWorker(params: WorkerParams): Worker {
+  return new Worker(params);
+}

@@ -1,0 +1,13 @@
+/** pg-bbm: batched background migrations for PostgreSQL. */
+export { createWorker, Worker, type WorkerParams, type RunLoopOptions } from './bbm/worker.ts';
+export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOptions } from './bbm/config.ts';
+export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
+export { VALID_WORK_NAME } from './bbm/registry.ts';
+export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
+export { createLogger } from './bbm/log.ts';
+export { MigrationStatus, JobStatus, SERIAL_KEY_SET, type MigrationStatusName, type JobStatusName } from './store/codes.ts';
+export { LOCK_NAMESPACE } from './store/migrations.ts';
+export { migrateSchema } from './store/migrate.ts';
+export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
+export { copyColumn } from './work/copy-column.ts';
+export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Work, WorkerOptions } from './bbm/types.ts';

@@ -1,0 +1,46 @@
+/**
+ * The numbers stored in the status and error-code columns. They match GitLab's
+ * container registry (`registry/datastore/models`), so its documented SQL and
+ * dashboards read our tables unchanged. Names are what JSON and logs show.
+ */
+
+export const MigrationStatus = {
+  paused: 0,
+  active: 1,
+  finished: 2,
+  failed: 3,
+  running: 4,
+} as const;
+export type MigrationStatusName = keyof typeof MigrationStatus;
+export type MigrationStatusCode = (typeof MigrationStatus)[MigrationStatusName];
+
+export const JobStatus = {
+  active: 1,
+  finished: 2,
+  failed: 3,
+} as const;
+export type JobStatusName = keyof typeof JobStatus;
+export type JobStatusCode = (typeof JobStatus)[JobStatusName];
+
+export const ErrorCode = {
+  unknown: 0,
+  invalid_table: 1,
+  invalid_column: 2,
+  invalid_job_signature: 3,
+  max_job_retry: 4,
+  invalid_batching_strategy: 5,
+} as const;
+export type ErrorCodeName = keyof typeof ErrorCode;
+export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];
+
+/** The one batching strategy this engine implements: contiguous ranges over an indexed integer key. */
+export const SERIAL_KEY_SET = 'serial_key_set';
+
+function nameOf<T extends Record<string, number>>(table: T, code: number): keyof T & string {
+  for (const [name, value] of Object.entries(table)) if (value === code) return name as keyof T & string;
+  throw new RangeError(`unknown code ${code}`);
+}
+
+export const migrationStatusName = (code: number): MigrationStatusName => nameOf(MigrationStatus, code);
+export const jobStatusName = (code: number): JobStatusName => nameOf(JobStatus, code);
+export const errorCodeName = (code: number): ErrorCodeName => nameOf(ErrorCode, code);

@@ -1,0 +1,72 @@
+/**
+ * Connections and the one way SQL is run: drizzle `sql` templates rendered to
+ * `$n` text and executed on a node-postgres client or pool.
+ */
+import pg from 'pg';
+import type { SQL } from 'drizzle-orm';
+import { PgDialect } from 'drizzle-orm/pg-core';
+
+/** Anything that runs a parameterised query: a pool, a pooled client, a client. */
+export interface Queryable {
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+const dialect = new PgDialect();
+
+export async function exec<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R[]> {
+  const { sql: text, params } = dialect.sqlToQuery(statement);
+  const result = await db.query<R>(text, params);
+  return result.rows;
+}
+
+export async function execOne<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R | undefined> {
+  const rows = await exec<R>(db, statement);
+  return rows[0];
+}
+
+export interface PoolOptions {
+  connectionString: string;
+  /** Upper bound of connections this process opens. */
+  max?: number;
+  applicationName?: string;
+}
+
+export function createPool({ connectionString, max = 4, applicationName = 'pg-bbm' }: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max, application_name: applicationName });
+  // An idle client whose server went away emits 'error' on the pool; unhandled, that kills the
+  // process. The pool drops the client and the next run gets a fresh one, so there is nothing to do.
+  pool.on('error', () => {});
+  return pool;
+}
+
+/** The password in a connection string replaced by `***`, for logs and error messages. */
+export function maskConnectionString(connectionString: string): string {
+  try {
+    const url = new URL(connectionString);
+    if (url.password) url.password = '***';
+    return url.toString();
+  } catch {
+    return connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@');
+  }
+}
+
+/** SQLSTATE codes the engine reacts to; anything else is an unexpected error. */
+export const SqlState = {
+  /** 42P01: the batched table was dropped or renamed after validation. */
+  undefinedTable: '42P01',
+  /** 42703: the batched column was dropped or renamed after validation. */
+  undefinedColumn: '42703',
+  /** 57014: statement cancelled (our run timeout, or statement_timeout). */
+  queryCanceled: '57014',
+  /** 23514: a CHECK constraint refused a row. */
+  checkViolation: '23514',
+  /** 23505: a unique constraint refused a row. */
+  uniqueViolation: '23505',
+} as const;
+
+export function sqlStateOf(error: unknown): string | undefined {
+  if (error && typeof error === 'object' && 'code' in error && typeof error.code === 'string' && error.code.length === 5) {
+    return error.code;
+  }
+  return undefined;
+}

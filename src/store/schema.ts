@@ -1,0 +1,92 @@
+/**
+ * pg-bbm's own tables. drizzle-kit generates migrations/ from this file
+ * (`npm run db:generate`); the engine applies them with `bbm migrate`.
+ * Column names and numbers follow GitLab's container registry so its SQL works here.
+ */
+import { sql } from 'drizzle-orm';
+import { bigint, check, foreignKey, index, integer, pgTable, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { ErrorCode, JobStatus, MigrationStatus } from './codes.ts';
+
+const list = (values: Record<string, number>) => sql.raw(Object.values(values).join(', '));
+const timestamps = {
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  startedAt: timestamp('started_at', { withTimezone: true }),
+  finishedAt: timestamp('finished_at', { withTimezone: true }),
+};
+
+export const batchedBackgroundMigrations = pgTable(
+  'batched_background_migrations',
+  {
+    id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
+    name: text('name').notNull(),
+    minValue: bigint('min_value', { mode: 'bigint' }).notNull().default(sql`1`),
+    /** NULL: resolved to the column's maximum when the migration first starts. */
+    maxValue: bigint('max_value', { mode: 'bigint' }),
+    batchSize: integer('batch_size').notNull(),
+    status: smallint('status').notNull().default(MigrationStatus.active),
+    jobSignatureName: text('job_signature_name').notNull(),
+    tableName: text('table_name').notNull(),
+    columnName: text('column_name').notNull(),
+    /** NULL means serial_key_set, the only strategy implemented; anything else fails the migration. */
+    batchingStrategy: text('batching_strategy'),
+    failureErrorCode: smallint('failure_error_code'),
+    failureMessage: text('failure_message'),
+    ...timestamps,
+    totalTupleCount: bigint('total_tuple_count', { mode: 'bigint' }),
+  },
+  (t) => [
+    uniqueIndex('batched_background_migrations_name_key').on(t.name),
+    // The worker's candidate scan: runnable migrations in id order.
+    index('batched_background_migrations_status_id_idx').on(t.status, t.id),
+    check('batched_background_migrations_name_not_empty', sql`length(btrim(${t.name})) > 0`),
+    check('batched_background_migrations_table_name_not_empty', sql`length(btrim(${t.tableName})) > 0`),
+    check('batched_background_migrations_column_name_not_empty', sql`length(btrim(${t.columnName})) > 0`),
+    check('batched_background_migrations_job_signature_name_not_empty', sql`length(btrim(${t.jobSignatureName})) > 0`),
+    check('batched_background_migrations_batch_size_positive', sql`${t.batchSize} > 0`),
+    check('batched_background_migrations_max_value_not_below_min', sql`${t.maxValue} IS NULL OR ${t.maxValue} >= ${t.minValue}`),
+    check('batched_background_migrations_status_known', sql`${t.status} IN (${list(MigrationStatus)})`),
+    check(
+      'batched_background_migrations_failure_error_code_known',
+      sql`${t.failureErrorCode} IS NULL OR ${t.failureErrorCode} IN (${list(ErrorCode)})`,
+    ),
+  ],
+);
+
+export const batchedBackgroundMigrationJobs = pgTable(
+  'batched_background_migration_jobs',
+  {
+    id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
+    batchedBackgroundMigrationId: bigint('batched_background_migration_id', { mode: 'bigint' }).notNull(),
+    minValue: bigint('min_value', { mode: 'bigint' }).notNull(),
+    maxValue: bigint('max_value', { mode: 'bigint' }).notNull(),
+    status: smallint('status').notNull().default(JobStatus.active),
+    failureErrorCode: smallint('failure_error_code'),
+    failureMessage: text('failure_message'),
+    attempts: smallint('attempts').notNull().default(0),
+    ...timestamps,
+  },
+  (t) => [
+    foreignKey({
+      name: 'batched_background_migration_jobs_migration_fkey',
+      columns: [t.batchedBackgroundMigrationId],
+      foreignColumns: [batchedBackgroundMigrations.id],
+    }).onDelete('cascade'),
+    // The last range of a migration (next range starts after it); also serves the FK.
+    index('batched_background_migration_jobs_migration_max_value_idx').on(t.batchedBackgroundMigrationId, t.maxValue),
+    // Failed jobs waiting for a retry: a small partial index, oldest first.
+    index('batched_background_migration_jobs_failed_idx')
+      .on(t.batchedBackgroundMigrationId, t.id)
+      .where(sql`${t.status} = ${sql.raw(String(JobStatus.failed))}`),
+    check('batched_background_migration_jobs_range_ordered', sql`${t.maxValue} >= ${t.minValue}`),
+    check('batched_background_migration_jobs_status_known', sql`${t.status} IN (${list(JobStatus)})`),
+    check('batched_background_migration_jobs_attempts_not_negative', sql`${t.attempts} >= 0`),
+    check(
+      'batched_background_migration_jobs_failure_error_code_known',
+      sql`${t.failureErrorCode} IS NULL OR ${t.failureErrorCode} IN (${list(ErrorCode)})`,
+    ),
+  ],
+);
+
+export type MigrationRow = typeof batchedBackgroundMigrations.$inferSelect;
+export type JobRow = typeof batchedBackgroundMigrationJobs.$inferSelect;

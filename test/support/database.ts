@@ -1,0 +1,65 @@
+/**
+ * A database of its own for each test file, cloned from the migrated template. Set
+ * BBM_KEEP_TEST_DB=1 to keep it after the run for inspection (its name is logged).
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterEach, beforeEach, inject } from 'vitest';
+import { createPool } from '../../src/store/db.ts';
+
+export interface TestDatabase {
+  name: string;
+  url: string;
+  pool: pg.Pool;
+  drop(): Promise<void>;
+}
+
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const adminUrl = inject('adminUrl');
+  const name = `bbm_test_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Client(adminUrl);
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name} TEMPLATE ${inject('templateDatabase')}`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const pool = createPool({ connectionString: url.toString(), max: 10 });
+  return {
+    name,
+    url: url.toString(),
+    pool,
+    async drop() {
+      await pool.end();
+      if (process.env.BBM_KEEP_TEST_DB) {
+        console.log(`kept test database ${name}`);
+        return;
+      }
+      const client = new pg.Client(adminUrl);
+      await client.connect();
+      try {
+        await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await client.end();
+      }
+    },
+  };
+}
+
+/** A fresh database for every test of the calling file: `const db = useTestDatabase(); … db().pool`. */
+export function useTestDatabase(): () => TestDatabase {
+  let current: TestDatabase | undefined;
+  beforeEach(async () => {
+    current = await createTestDatabase();
+  });
+  afterEach(async () => {
+    await current?.drop();
+    current = undefined;
+  });
+  return () => {
+    if (!current) throw new Error('useTestDatabase: no database outside a test');
+    return current;
+  };
+}

@@ -1,0 +1,84 @@
+/** Helpers shared by the engine tests: enqueueing by SQL, quiet workers, draining. */
+import { pino } from 'pino';
+import type pg from 'pg';
+import { Worker, type WorkerParams } from '../../src/bbm/worker.ts';
+import type { RunResult } from '../../src/bbm/types.ts';
+
+export const quiet = pino({ level: 'silent' });
+
+export interface EnqueueRow {
+  name: string;
+  work: string;
+  table: string;
+  column?: string;
+  batchSize: number;
+  min?: number | bigint;
+  max?: number | bigint | null;
+  status?: number;
+  batchingStrategy?: string | null;
+}
+
+/** Enqueues a migration exactly as the README tells users to: a plain INSERT. */
+export async function enqueue(db: pg.Pool, row: EnqueueRow): Promise<bigint> {
+  const result = await db.query<{ id: string }>(
+    `INSERT INTO batched_background_migrations
+       (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name, batching_strategy)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+    [
+      row.name,
+      row.min ?? 1,
+      row.max ?? null,
+      row.batchSize,
+      row.status ?? 1,
+      row.work,
+      row.table,
+      row.column ?? 'id',
+      row.batchingStrategy ?? null,
+    ],
+  );
+  return BigInt(result.rows[0]!.id);
+}
+
+export function testWorker(pool: pg.Pool, params: Omit<WorkerParams, 'pool'>): Worker {
+  return new Worker({ intervalMs: 20, maxIntervalMs: 100, startupJitterMs: 0, logger: quiet, ...params, pool });
+}
+
+/** Runs until nothing runnable is left; fails the test rather than looping forever. */
+export async function drain(worker: Worker, maxRuns = 10_000): Promise<RunResult[]> {
+  const results: RunResult[] = [];
+  for (let i = 0; i < maxRuns; i += 1) {
+    const result = await worker.runOnce();
+    results.push(result);
+    if (result.outcome === 'error') throw result.error;
+    if (result.outcome === 'no_job') return results;
+  }
+  throw new Error(`still runnable after ${maxRuns} runs`);
+}
+
+export async function migrationRow(db: pg.Pool, name: string) {
+  const { rows } = await db.query(
+    'SELECT id, status, max_value, failure_error_code, failure_message, started_at, finished_at FROM batched_background_migrations WHERE name = $1',
+    [name],
+  );
+  return rows[0] as
+    | { id: string; status: number; max_value: string | null; failure_error_code: number | null; failure_message: string | null }
+    | undefined;
+}
+
+export async function jobRanges(db: pg.Pool, name: string): Promise<Array<{ min: number; max: number; status: number; attempts: number }>> {
+  const { rows } = await db.query(
+    `SELECT j.min_value::int AS min, j.max_value::int AS max, j.status, j.attempts
+     FROM batched_background_migration_jobs j JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+     WHERE m.name = $1 ORDER BY j.min_value`,
+    [name],
+  );
+  return rows;
+}
+
+/** A table `name(id, v, touched)` holding the given ids; `touched` counts how often a work function hit a row. */
+export async function createItems(db: pg.Pool, name: string, ids: Iterable<number>): Promise<void> {
+  await db.query(`CREATE TABLE ${name} (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)`);
+  await db.query(`INSERT INTO ${name} (id, v) SELECT x, x FROM unnest($1::bigint[]) AS x`, [[...ids]]);
+}
+
+export const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i);
