@@ -83,6 +83,12 @@ export class Runner {
       return finish({ outcome: 'error', error: asError(error) });
     }
     let broken: Error | undefined;
+    // A connection lost while checked out emits 'error' on the client (the pool only listens to
+    // idle ones); unheard, that is an uncaught exception. The query in flight rejects as well.
+    const onConnectionError = (error: Error) => {
+      broken = error;
+    };
+    client.on('error', onConnectionError);
     try {
       await beginRun(client, this.ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS);
       const outcome = await this.#inTransaction(client, started);
@@ -97,6 +103,7 @@ export class Runner {
       if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#targets.clear();
       return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
     } finally {
+      client.off('error', onConnectionError);
       client.release(broken);
     }
   }

@@ -1,0 +1,322 @@
+import { describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import type { Work } from '../src/bbm/types.ts';
+import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
+import { useTestDatabase } from './support/database.ts';
+import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker } from './support/engine.ts';
+
+const touch: Work = {
+  name: 'test.touch',
+  async do(job) {
+    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
+  },
+};
+
+describe('bad migration rows', () => {
+  const db = useTestDatabase();
+
+  /** Each error code the engine records, reached by a real bad row (or a failing job for `unknown`). */
+  const cases: Record<keyof typeof ErrorCode, { setup?: string; row: Partial<Parameters<typeof enqueue>[1]>; message: RegExp; work?: Work }> = {
+    unknown: { row: {}, message: /boom/, work: { name: 'test.boom', do: async () => { throw new Error('boom'); } } },
+    invalid_table: { row: { table: 'no_such_table' }, message: /"no_such_table" does not exist/ },
+    invalid_column: { row: { column: 'nope' }, message: /column "nope" does not exist in public.items/ },
+    invalid_job_signature: { row: { work: 'test.touch ' }, message: /can never name a work function/ },
+    max_job_retry: { row: {}, message: /failed 2 times; last error: boom/, work: { name: 'test.boom', do: async () => { throw new Error('boom'); } } },
+    invalid_batching_strategy: { row: { batchingStrategy: 'nullable_column' }, message: /"nullable_column" is not supported/ },
+  };
+
+  for (const [codeName, scenario] of Object.entries(cases)) {
+    it(`records ${codeName} (${ErrorCode[codeName as keyof typeof ErrorCode]})`, async () => {
+      const { pool } = db();
+      await createItems(pool, 'items', range(1, 3));
+      const work = scenario.work ?? touch;
+      await enqueue(pool, { name: 'bad', work: work.name, table: 'items', batchSize: 10, ...scenario.row });
+
+      await drain(testWorker(pool, { work: [touch, ...(scenario.work ? [scenario.work] : [])], maxAttempts: 2 }));
+
+      const code = ErrorCode[codeName as keyof typeof ErrorCode];
+      if (codeName === 'unknown') {
+        // A job's own failure is recorded on the job with code unknown (0).
+        const { rows } = await pool.query('SELECT failure_error_code, failure_message FROM batched_background_migration_jobs');
+        expect(rows).toEqual([{ failure_error_code: code, failure_message: expect.stringMatching(scenario.message) }]);
+      } else {
+        const row = await migrationRow(pool, 'bad');
+        expect(row?.status).toBe(MigrationStatus.failed);
+        expect(row?.failure_error_code).toBe(code);
+        expect(row?.failure_message).toMatch(scenario.message);
+      }
+    });
+  }
+
+  it.each([
+    ['a view', 'CREATE VIEW items_view AS SELECT * FROM items', { table: 'items_view' }, 1, /public.items_view is a view, not a table/],
+    ['a text column', 'ALTER TABLE items ADD COLUMN label text UNIQUE', { column: 'label' }, 2, /is text; batching needs/],
+    ['an unindexed column', 'SELECT 1', { column: 'v' }, 2, /has no valid, non-partial btree index/],
+    ['a partially indexed column', 'CREATE UNIQUE INDEX ON items (v) WHERE v > 1', { column: 'v' }, 2, /no valid, non-partial btree/],
+    ['a column with a differently cased name', 'SELECT 1', { column: 'ID' }, 2, /column "ID" does not exist/],
+    ['too many dotted names', 'SELECT 1', { table: 'a.b.c.d' }, 1, /too many dotted names/],
+  ])('fails a migration over %s', async (_, setup, row, code, message) => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 3));
+    await pool.query(setup);
+    await enqueue(pool, { name: 'bad', work: touch.name, table: 'items', batchSize: 10, ...row });
+
+    await drain(testWorker(pool, { work: [touch] }));
+
+    const failed = await migrationRow(pool, 'bad');
+    expect(failed).toMatchObject({ status: MigrationStatus.failed, failure_error_code: code });
+    expect(failed?.failure_message).toMatch(message);
+  });
+
+  it('treats an injected table name as a name: invalid_table, nothing dropped', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 3));
+    await pool.query('CREATE TABLE x (id int)');
+    await enqueue(pool, { name: 'evil', work: touch.name, table: 'items; drop table x', batchSize: 10 });
+    await enqueue(pool, { name: 'evil_column', work: touch.name, table: 'items', column: 'id; drop table x', batchSize: 10 });
+
+    await drain(testWorker(pool, { work: [touch] }));
+
+    expect(await migrationRow(pool, 'evil')).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.invalid_table });
+    expect(await migrationRow(pool, 'evil_column')).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.invalid_column });
+    const { rows } = await pool.query(`SELECT to_regclass('x') IS NOT NULL AS present`);
+    expect(rows[0].present).toBe(true);
+  });
+
+  it.each([
+    ['batch_size <= 0', { batchSize: 0 }, 'batched_background_migrations_batch_size_positive'],
+    ['max_value < min_value', { min: 10, max: 5 }, 'batched_background_migrations_max_value_not_below_min'],
+    ['an empty name', { name: '  ' }, 'batched_background_migrations_name_not_empty'],
+    ['an empty table', { table: '' }, 'batched_background_migrations_table_name_not_empty'],
+    ['an empty column', { column: '' }, 'batched_background_migrations_column_name_not_empty'],
+    ['an empty work name', { work: '' }, 'batched_background_migrations_job_signature_name_not_empty'],
+    ['an unknown status', { status: 7 }, 'batched_background_migrations_status_known'],
+  ])('refuses a row with %s at the door', async (_, row, constraint) => {
+    const { pool } = db();
+    await expect(enqueue(pool, { name: 'bad', work: touch.name, table: 'items', batchSize: 10, ...row })).rejects.toMatchObject({
+      code: '23514',
+      constraint,
+    });
+  });
+});
+
+describe('failing jobs', () => {
+  const db = useTestDatabase();
+
+  it('runs every new range once before retrying failed ones, then succeeds on retry', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 9));
+    const seen: string[] = [];
+    const flaky: Work = {
+      name: 'test.flaky',
+      async do(job) {
+        seen.push(`${job.start}-${job.end}#${job.attempt}`);
+        await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE id BETWEEN $1 AND $2`, [job.start, job.end]);
+        if (job.start === 4n && job.attempt < 3) throw new Error(`flake ${job.attempt}`);
+      },
+    };
+    await enqueue(pool, { name: 'flaky', work: flaky.name, table: 'items', batchSize: 3 });
+
+    await drain(testWorker(pool, { work: [flaky], maxAttempts: 3 }));
+
+    expect(seen).toEqual(['1-3#1', '4-6#1', '7-9#1', '4-6#2', '4-6#3']);
+    expect(await jobRanges(pool, 'flaky')).toEqual([
+      { min: 1, max: 3, status: JobStatus.finished, attempts: 1 },
+      { min: 4, max: 6, status: JobStatus.finished, attempts: 3 },
+      { min: 7, max: 9, status: JobStatus.finished, attempts: 1 },
+    ]);
+    // The failed attempts' writes were rolled back: every row was touched exactly once.
+    const { rows } = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(rows[0].t).toEqual([1]);
+    expect((await migrationRow(pool, 'flaky'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('fails the migration with max_job_retry when a range exhausts its attempts, keeping the other ranges', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 6));
+    let calls = 0;
+    const poisoned: Work = {
+      name: 'test.poisoned',
+      async do(job) {
+        calls += 1;
+        await job.query('UPDATE items SET touched = touched + 1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        if (job.start <= 2n && 2n <= job.end) throw new Error('row 2 is poisoned');
+      },
+    };
+    await enqueue(pool, { name: 'poisoned', work: poisoned.name, table: 'items', batchSize: 2 });
+
+    await drain(testWorker(pool, { work: [poisoned], maxAttempts: 4 }));
+
+    expect(calls).toBe(4 + 2);
+    const row = await migrationRow(pool, 'poisoned');
+    expect(row).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.max_job_retry });
+    expect(row?.failure_message).toMatch(/\[1\.\.2\] failed 4 times; last error: row 2 is poisoned/);
+    expect(await jobRanges(pool, 'poisoned')).toEqual([
+      { min: 1, max: 2, status: JobStatus.failed, attempts: 4 },
+      { min: 3, max: 4, status: JobStatus.finished, attempts: 1 },
+      { min: 5, max: 6, status: JobStatus.finished, attempts: 1 },
+    ]);
+    const { rows } = await pool.query('SELECT id::int, touched FROM items ORDER BY id');
+    expect(rows.map((r) => r.touched)).toEqual([0, 0, 1, 1, 1, 1]);
+  });
+
+  it('rolls back the writes of a work function that throws, and records the attempt and error', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    const halfway: Work = {
+      name: 'test.halfway',
+      async do(job) {
+        await job.query('UPDATE items SET v = -1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        await job.query('INSERT INTO items (id) VALUES (1000)');
+        throw new TypeError('half done');
+      },
+    };
+    await enqueue(pool, { name: 'halfway', work: halfway.name, table: 'items', batchSize: 10 });
+
+    const result = await testWorker(pool, { work: [halfway] }).runOnce();
+
+    expect(result.outcome).toBe('job_failed');
+    expect(result.error?.message).toBe('half done');
+    const { rows } = await pool.query('SELECT count(*)::int AS changed FROM items WHERE v = -1 OR id = 1000');
+    expect(rows[0].changed).toBe(0);
+    const jobs = await pool.query('SELECT status, attempts, failure_error_code, failure_message FROM batched_background_migration_jobs');
+    expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 1, failure_error_code: ErrorCode.unknown, failure_message: 'half done' }]);
+  });
+
+  it('fails a job whose work function swallowed a failed statement, instead of committing half of it', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    const swallow: Work = {
+      name: 'test.swallow',
+      async do(job) {
+        await job.query('UPDATE items SET v = -1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        await job.query('SELECT 1/0').catch(() => {});
+      },
+    };
+    await enqueue(pool, { name: 'swallow', work: swallow.name, table: 'items', batchSize: 10 });
+
+    const result = await testWorker(pool, { work: [swallow] }).runOnce();
+
+    expect(result.outcome).toBe('job_failed');
+    expect(result.error?.message).toMatch(/swallowed/);
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM items WHERE v = -1');
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('refuses transaction control from a work function; savepoints through job.db work', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    const errors: string[] = [];
+    const meddler: Work = {
+      name: 'test.meddler',
+      async do(job) {
+        for (const statement of ['COMMIT', 'rollback', ' begin', 'END', 'START TRANSACTION']) {
+          await job.query(statement).catch((e: Error) => errors.push(e.message));
+        }
+        await job.db.execute(sql`UPDATE items SET v = 7 WHERE id BETWEEN ${job.start}::bigint AND ${job.end}::bigint`);
+        // A nested transaction is a savepoint: its rollback undoes only its own writes.
+        await job.db
+          .transaction(async (tx) => {
+            await tx.execute(sql`UPDATE items SET v = 8`);
+            tx.rollback();
+          })
+          .catch(() => {});
+      },
+    };
+    await enqueue(pool, { name: 'meddler', work: meddler.name, table: 'items', batchSize: 10 });
+
+    const result = await testWorker(pool, { work: [meddler] }).runOnce();
+
+    expect(result.outcome).toBe('job_succeeded');
+    expect(errors).toHaveLength(5);
+    expect(errors[0]).toMatch(/cannot end or restart the job transaction/);
+    const { rows } = await pool.query('SELECT array_agg(DISTINCT v) AS v FROM items');
+    expect(rows[0].v).toEqual([7]);
+  });
+
+  it('cancels a job past the run timeout and counts it as a failed attempt', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    const slow: Work = {
+      name: 'test.slow',
+      async do(job) {
+        await job.query('UPDATE items SET v = -1');
+        await job.query('SELECT pg_sleep(30)');
+      },
+    };
+    await enqueue(pool, { name: 'slow', work: slow.name, table: 'items', batchSize: 10 });
+
+    const started = Date.now();
+    const result = await testWorker(pool, { work: [slow], runTimeoutMs: 300 }).runOnce();
+
+    expect(result.outcome).toBe('job_failed');
+    expect(result.error?.message).toMatch(/timed out/);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const jobs = await pool.query('SELECT status, attempts, failure_message FROM batched_background_migration_jobs');
+    expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 1, failure_message: expect.stringMatching(/timed out/) }]);
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM items WHERE v = -1');
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('times out a work function stuck outside SQL, and fences it off the connection afterwards', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let lateError: Error | undefined;
+    const stuck: Work = {
+      name: 'test.stuck',
+      async do(job) {
+        await gate;
+        await job.query('UPDATE items SET v = -1').catch((e: Error) => (lateError = e));
+      },
+    };
+    await enqueue(pool, { name: 'stuck', work: stuck.name, table: 'items', batchSize: 10 });
+
+    const result = await testWorker(pool, { work: [stuck], runTimeoutMs: 200 }).runOnce();
+    release();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+
+    expect(result.outcome).toBe('job_failed');
+    expect(lateError?.message).toMatch(/this job is over/);
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM items WHERE v = -1');
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('survives a lost connection mid-job: the run rolls back and the range runs again', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 6));
+    let killed = false;
+    const fragile: Work = {
+      name: 'test.fragile',
+      async do(job) {
+        await job.query('UPDATE items SET touched = touched + 1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        if (!killed && job.start === 3n) {
+          killed = true;
+          // The server side of this connection goes away, as in a failover or network cut.
+          await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1', ['%touched = touched + 1%']);
+          await job.query('SELECT 1');
+        }
+      },
+    };
+    await enqueue(pool, { name: 'fragile', work: fragile.name, table: 'items', batchSize: 2 });
+
+    const results = [];
+    const worker = testWorker(pool, { work: [fragile] });
+    for (let i = 0; i < 10; i += 1) {
+      const result = await worker.runOnce();
+      results.push(result.outcome);
+      if (result.outcome === 'no_job') break;
+    }
+
+    expect(results).toContain('error');
+    expect(results.at(-1)).toBe('no_job');
+    const { rows } = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(rows[0].t).toEqual([1]);
+    expect((await jobRanges(pool, 'fragile')).map((r) => [r.min, r.max, r.attempts])).toEqual([
+      [1, 2, 1],
+      [3, 4, 1],
+      [5, 6, 1],
+    ]);
+  });
+});
