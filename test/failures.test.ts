@@ -3,7 +3,7 @@ import { sql } from 'drizzle-orm';
 import type { Work } from '../src/bbm/types.ts';
 import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker } from './support/engine.ts';
+import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker } from './support/engine.ts';
 
 const touch: Work = {
   name: 'test.touch',
@@ -173,7 +173,7 @@ describe('failing jobs', () => {
     };
     await enqueue(pool, { name: 'halfway', work: halfway.name, table: 'items', batchSize: 10 });
 
-    const result = await testWorker(pool, { work: [halfway] }).runOnce();
+    const result = await nextJob(testWorker(pool, { work: [halfway] }));
 
     expect(result.outcome).toBe('job_failed');
     expect(result.error?.message).toBe('half done');
@@ -195,7 +195,7 @@ describe('failing jobs', () => {
     };
     await enqueue(pool, { name: 'swallow', work: swallow.name, table: 'items', batchSize: 10 });
 
-    const result = await testWorker(pool, { work: [swallow] }).runOnce();
+    const result = await nextJob(testWorker(pool, { work: [swallow] }));
 
     expect(result.outcome).toBe('job_failed');
     expect(result.error?.message).toMatch(/swallowed/);
@@ -225,7 +225,7 @@ describe('failing jobs', () => {
     };
     await enqueue(pool, { name: 'meddler', work: meddler.name, table: 'items', batchSize: 10 });
 
-    const result = await testWorker(pool, { work: [meddler] }).runOnce();
+    const result = await nextJob(testWorker(pool, { work: [meddler] }));
 
     expect(result.outcome).toBe('job_succeeded');
     expect(errors).toHaveLength(5);
@@ -247,7 +247,7 @@ describe('failing jobs', () => {
     await enqueue(pool, { name: 'slow', work: slow.name, table: 'items', batchSize: 10 });
 
     const started = Date.now();
-    const result = await testWorker(pool, { work: [slow], runTimeoutMs: 300 }).runOnce();
+    const result = await nextJob(testWorker(pool, { work: [slow], runTimeoutMs: 300 }));
 
     expect(result.outcome).toBe('job_failed');
     expect(result.error?.message).toMatch(/timed out/);
@@ -273,7 +273,7 @@ describe('failing jobs', () => {
     };
     await enqueue(pool, { name: 'stuck', work: stuck.name, table: 'items', batchSize: 10 });
 
-    const result = await testWorker(pool, { work: [stuck], runTimeoutMs: 200 }).runOnce();
+    const result = await nextJob(testWorker(pool, { work: [stuck], runTimeoutMs: 200 }));
     release();
     await new Promise((resolve) => setTimeout(resolve, 50));
 

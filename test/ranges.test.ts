@@ -81,7 +81,7 @@ describe('ranges', () => {
 
     const results = await drain(testWorker(pool, { work: [touch] }));
 
-    expect(results.map((r) => r.outcome)).toEqual(['job_succeeded', 'migration_finished', 'no_job']);
+    expect(results.map((r) => r.outcome)).toEqual(['migration_started', 'job_succeeded', 'migration_finished', 'no_job']);
     expect(await jobRanges(pool, 'empty')).toEqual([{ min: 1, max: 1, status: 2, attempts: 1 }]);
     expect((await migrationRow(pool, 'empty'))?.status).toBe(MigrationStatus.finished);
   });

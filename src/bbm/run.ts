@@ -147,11 +147,13 @@ export class Runner {
     const target = await this.#target(client, migration);
     if (!isTarget(target)) return fail(new BbmError(target.code, target.message));
 
-    let max = migration.maxValue;
-    if (migration.status === MigrationStatus.active || max === null) {
-      max = await startMigration(client, migration, target);
-      if (max === null) return { outcome: 'lock_in_use' };
+    if (migration.status === MigrationStatus.active || migration.maxValue === null) {
+      // Committed on its own, before any job: a run that updates the migration row holds that
+      // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
+      await startMigration(client, migration, target);
+      return { outcome: 'migration_started', migration: ref };
     }
+    const max = migration.maxValue;
 
     const next = migration.lastJobEnd === null ? migration.minValue : migration.lastJobEnd + 1n;
     let job: ClaimedJob;

@@ -92,6 +92,7 @@ export interface Config extends WorkerOptions {
 export type RunOutcome =
   | 'job_succeeded'
   | 'job_failed'
+  | 'migration_started'
   | 'migration_finished'
   | 'migration_failed'
   | 'no_job'

@@ -113,6 +113,7 @@ export class Worker {
     const { intervalMs, jitterRatio, pauseMs } = this.options;
     switch (result.outcome) {
       case 'job_succeeded':
+      case 'migration_started':
       case 'migration_finished':
       case 'migration_failed':
         backoff.reset();
@@ -146,6 +147,8 @@ export class Worker {
         return this.#log.info(fields, 'job finished');
       case 'job_failed':
         return this.#log.warn(fields, 'job failed');
+      case 'migration_started':
+        return this.#log.info(fields, 'migration started');
       case 'migration_finished':
         return this.#log.info(fields, 'migration finished');
       case 'migration_failed':

@@ -82,3 +82,12 @@ export async function createItems(db: pg.Pool, name: string, ids: Iterable<numbe
 }
 
 export const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** Runs until a run executes a job (starting the migration first if need be), and returns that run. */
+export async function nextJob(worker: Worker): Promise<RunResult> {
+  for (let i = 0; i < 10; i += 1) {
+    const result = await worker.runOnce();
+    if (result.outcome !== 'migration_started') return result;
+  }
+  throw new Error('no job after 10 runs');
+}

@@ -1,0 +1,28 @@
+import { randomBytes } from 'node:crypto';
+
+/** Output for people (aligned tables) and for machines (JSON with exact bigints). */
+
+/**
+ * JSON where bigints are numbers written out in full (JSON numbers have no size limit; a
+ * JavaScript reader loses precision past 2^53, a bigint-aware one does not).
+ */
+export function toJson(value: unknown, indent = 2): string {
+  // A marker no string in the data can contain by chance.
+  const marker = `bigint-${randomBytes(8).toString('hex')}:`;
+  const text = JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? `${marker}${v}` : v), indent);
+  return text.replace(new RegExp(`"${marker}(-?\\d+)"`, 'g'), '$1');
+}
+
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n');
+}
+
+export function percent(fraction: number): string {
+  return `${(fraction * 100).toFixed(1)}%`;
+}

@@ -1,0 +1,126 @@
+import { describe, expect, it } from 'vitest';
+import type { Work } from '../src/bbm/types.ts';
+import { migrationReports, pause, resume } from '../src/bbm/status.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { useTestDatabase } from './support/database.ts';
+import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker } from './support/engine.ts';
+
+const touch: Work = {
+  name: 'test.touch',
+  async do(job) {
+    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
+  },
+};
+
+describe('steering', () => {
+  const db = useTestDatabase();
+
+  it('pause stops a migration between jobs; resume picks it up where it stopped', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 50));
+    await enqueue(pool, { name: 'steady', work: touch.name, table: 'items', batchSize: 10 });
+    const worker = testWorker(pool, { work: [touch] });
+    await nextJob(worker);
+    await nextJob(worker);
+
+    expect(await pause(pool, 'steady')).toEqual(['steady']);
+    expect((await worker.runOnce()).outcome).toBe('no_job');
+    expect((await jobRanges(pool, 'steady')).length).toBe(2);
+    expect((await migrationReports(pool, { name: 'steady' }))[0]).toMatchObject({ status: 'paused', progress: 0.4 });
+
+    expect(await resume(pool)).toEqual(['steady']);
+    await drain(worker);
+
+    expect((await migrationRow(pool, 'steady'))?.status).toBe(MigrationStatus.finished);
+    const { rows } = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(rows[0].t).toEqual([1]);
+  });
+
+  it('a pause during a job neither waits for it nor is lost: the job commits, the migration stays paused', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const pausing: Work = {
+      name: 'test.pausing',
+      async do(job) {
+        await touch.do(job);
+        // An operator pauses from another connection while this job is in flight; it must not
+        // wait for the job (the test would hang if the run held the migration row's lock).
+        if (job.start === 1n) await pause(pool);
+      },
+    };
+    await enqueue(pool, { name: 'interrupted', work: pausing.name, table: 'items', batchSize: 10 });
+    const worker = testWorker(pool, { work: [pausing] });
+
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
+    expect((await worker.runOnce()).outcome).toBe('no_job');
+    expect((await migrationRow(pool, 'interrupted'))?.status).toBe(MigrationStatus.paused);
+    expect((await jobRanges(pool, 'interrupted')).map((j) => j.status)).toEqual([2]);
+  });
+
+  it('leaves a migration whose work function this worker lacks waiting, for a worker that has it', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 20));
+    const newer: Work = { ...touch, name: 'test.newer' };
+    await enqueue(pool, { name: 'for_newer', work: newer.name, table: 'items', batchSize: 10 });
+    const older = testWorker(pool, { work: [touch] });
+
+    expect((await older.runOnce()).outcome).toBe('no_job');
+    expect(await migrationRow(pool, 'for_newer')).toMatchObject({ status: MigrationStatus.active, failure_error_code: null });
+    expect(await jobRanges(pool, 'for_newer')).toEqual([]);
+    expect((await migrationReports(pool, { knownWork: [touch.name] }))[0]?.waitingForWork).toBe(true);
+
+    await drain(testWorker(pool, { work: [touch, newer] }));
+
+    expect((await migrationRow(pool, 'for_newer'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('locks per migration: a second worker runs another migration while the first is busy, and waits on the same one', async () => {
+    const { pool } = db();
+    await createItems(pool, 'one', range(1, 10));
+    await createItems(pool, 'two', range(1, 10));
+    let entered!: () => void;
+    const inside = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const held: Work = {
+      name: 'test.held',
+      async do(job) {
+        await touch.do(job);
+        if (job.migration.name === 'first' && job.start === 1n) {
+          entered();
+          await gate;
+        }
+      },
+    };
+    await enqueue(pool, { name: 'first', work: held.name, table: 'one', batchSize: 5 });
+    const busy = nextJob(testWorker(pool, { work: [held] }));
+    await inside;
+
+    const other = testWorker(pool, { work: [held] });
+    // Only `first` is runnable: its lock is held.
+    expect((await other.runOnce()).outcome).toBe('lock_in_use');
+    await enqueue(pool, { name: 'second', work: held.name, table: 'two', batchSize: 5 });
+    const result = await nextJob(other);
+    release();
+
+    expect(result).toMatchObject({ outcome: 'job_succeeded', migration: { name: 'second' } });
+    expect((await busy).outcome).toBe('job_succeeded');
+  });
+
+  it('reads batch_size anew for every range, so pace changes without a restart', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 40));
+    await enqueue(pool, { name: 'paced', work: touch.name, table: 'items', batchSize: 5 });
+    const worker = testWorker(pool, { work: [touch] });
+    await nextJob(worker);
+    await pool.query(`UPDATE batched_background_migrations SET batch_size = 20 WHERE name = 'paced'`);
+    await drain(worker);
+
+    expect((await jobRanges(pool, 'paced')).map((j) => [j.min, j.max])).toEqual([
+      [1, 5],
+      [6, 25],
+      [26, 40],
+    ]);
+  });
+});

@@ -1,0 +1,43 @@
+/** `bbm` as a child process, the way operators run it. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const BBM_BIN = fileURLToPath(new URL('../../bin/bbm.js', import.meta.url));
+export const TEST_CONFIG = fileURLToPath(new URL('../fixtures/bbm.config.ts', import.meta.url));
+
+export interface BbmProcess {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function startBbm(args: string[], env: Record<string, string> = {}): BbmProcess {
+  const child = spawn(process.execPath, [BBM_BIN, ...args], {
+    env: { ...process.env, BBM_LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  return { child, output: () => output, exited };
+}
+
+/** Runs `bbm` to completion and returns its exit code and output. */
+export async function runBbm(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+  const proc = startBbm(args, env);
+  const { code } = await proc.exited;
+  return { code, output: proc.output() };
+}
+
+export async function waitFor<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
