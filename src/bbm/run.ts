@@ -17,7 +17,16 @@ import type { Logger } from 'pino';
 import { ErrorCode, MigrationStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget, type Target, type TargetProblem } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { cancelBackend, createJob, failJob, finishJob, firstFailedJob, retryJob, type ClaimedJob } from '../store/jobs.ts';
+import {
+  cancelBackend,
+  createNextJob,
+  failJob,
+  finishJobAndCommit,
+  firstFailedJob,
+  retryJob,
+  type ClaimedJob,
+  type ValidatedMigration,
+} from '../store/jobs.ts';
 import {
   failMigration,
   finishMigration,
@@ -28,7 +37,7 @@ import {
   startMigration,
   type LockedMigration,
 } from '../store/migrations.ts';
-import { beginRun, commit, openWorkSavepoint, releaseWorkSavepoint, rollback, rollbackWorkSavepoint } from '../store/tx.ts';
+import { beginRun, commit, openWorkSavepoint, rollback, rollbackWorkSavepoint } from '../store/tx.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
@@ -52,21 +61,19 @@ class StopError extends Error {
   override readonly name = 'StopError';
 }
 
-type Outcome = Omit<RunResult, 'durationMs'>;
-
-interface CachedTarget {
-  tableName: string;
-  columnName: string;
-  target: Target;
-}
+/** A run's result before timing; `committed` when the last statement already committed. */
+type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true };
 
 const dialect = new PgDialect();
 /** The backend pid pg learns at connect (BackendKeyData); pg does not type it. */
 const backendPid = (client: pg.PoolClient): number | undefined => (client as unknown as { processID?: number }).processID;
 
 export class Runner {
-  /** Catalog lookups per migration, repeated when a migration's names change or its table errors. */
-  readonly #targets = new Map<bigint, CachedTarget>();
+  /**
+   * Migrations this worker has validated (catalog lookups included), by id. Range creation checks
+   * the row still says what was validated; entries go when a migration ends or its table errors.
+   */
+  readonly #validated = new Map<bigint, ValidatedMigration>();
   readonly #filter: { names: string[]; validNamePattern: string };
 
   constructor(private readonly ctx: RunContext) {
@@ -91,8 +98,8 @@ export class Runner {
     client.on('error', onConnectionError);
     try {
       await beginRun(client, this.ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS);
-      const outcome = await this.#inTransaction(client, started);
-      await commit(client);
+      const { committed, ...outcome } = await this.#inTransaction(client, started);
+      if (!committed) await commit(client);
       return finish(outcome);
     } catch (thrown) {
       const error = asError(thrown);
@@ -100,7 +107,7 @@ export class Runner {
         broken = asError(rollbackError);
       });
       const state = sqlStateOf(error);
-      if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#targets.clear();
+      if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validated.clear();
       return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
     } finally {
       client.off('error', onConnectionError);
@@ -113,6 +120,16 @@ export class Runner {
     if (id === null) {
       return { outcome: (await hasRunnableMigration(client, this.#filter)) ? 'lock_in_use' : 'no_job' };
     }
+    // The common case, every range but a migration's first: one statement reads the migration
+    // and creates its next range. Anything else (not validated here yet, not running, ranges
+    // exhausted, row changed) returns null and takes the full path below.
+    const validated = this.#validated.get(id);
+    if (validated) {
+      const next = await createNextJob(client, id, validated);
+      const work = next && this.ctx.registry.get(validated.jobSignatureName);
+      if (next && work) return this.#execute(client, next.migration, validated.target, work, next.job, started);
+    }
+
     const migration = await loadLockedMigration(client, id);
     // Paused or finished between choosing it and taking its lock: someone else got there first.
     if (!migration || (migration.status !== MigrationStatus.active && migration.status !== MigrationStatus.running)) {
@@ -121,7 +138,7 @@ export class Runner {
     const ref = { id: migration.id, name: migration.name };
     const fail = async (error: BbmError): Promise<Outcome> => {
       await failMigration(client, migration.id, ErrorCode[error.code], storedMessage(error));
-      this.#targets.delete(migration.id);
+      this.#validated.delete(migration.id);
       return { outcome: 'migration_failed', migration: ref, error };
     };
 
@@ -144,8 +161,9 @@ export class Runner {
         ),
       );
     }
-    const target = await this.#target(client, migration);
-    if (!isTarget(target)) return fail(new BbmError(target.code, target.message));
+    const checked = await this.#validate(client, migration);
+    if (!isTarget(checked.target)) return fail(new BbmError(checked.target.code, checked.target.message));
+    const target = checked.target;
 
     if (migration.status === MigrationStatus.active || migration.maxValue === null) {
       // Committed on its own, before any job: a run that updates the migration row holds that
@@ -158,13 +176,15 @@ export class Runner {
     const next = migration.lastJobEnd === null ? migration.minValue : migration.lastJobEnd + 1n;
     let job: ClaimedJob;
     if (next <= max) {
-      job = await createJob(client, migration.id, target, next, max, migration.batchSize);
+      const created = await createNextJob(client, migration.id, { ...checked, target });
+      if (!created) throw new Error(`migration ${migration.id} changed while its lock was held`);
+      job = created.job;
     } else {
       // Every range has run once; now the failed ones, oldest first.
       const failed = await firstFailedJob(client, migration.id);
       if (!failed) {
         await finishMigration(client, migration.id);
-        this.#targets.delete(migration.id);
+        this.#validated.delete(migration.id);
         return { outcome: 'migration_finished', migration: ref };
       }
       if (failed.attempt >= this.ctx.options.maxAttempts) {
@@ -180,19 +200,21 @@ export class Runner {
     return this.#execute(client, migration, target, work, job, started);
   }
 
-  async #target(client: pg.PoolClient, migration: LockedMigration): Promise<Target | TargetProblem> {
-    const cached = this.#targets.get(migration.id);
-    if (cached && cached.tableName === migration.tableName && cached.columnName === migration.columnName) return cached.target;
-    const resolved = await resolveTarget(client, migration.tableName, migration.columnName);
-    if (isTarget(resolved)) {
-      this.#targets.set(migration.id, { tableName: migration.tableName, columnName: migration.columnName, target: resolved });
+  /** The migration's table and column checked against the catalog, or reused from an earlier check. */
+  async #validate(client: pg.PoolClient, migration: LockedMigration): Promise<Omit<ValidatedMigration, 'target'> & { target: Target | TargetProblem }> {
+    const names = { tableName: migration.tableName, columnName: migration.columnName, jobSignatureName: migration.jobSignatureName };
+    const cached = this.#validated.get(migration.id);
+    if (cached && cached.tableName === names.tableName && cached.columnName === names.columnName && cached.jobSignatureName === names.jobSignatureName) {
+      return cached;
     }
-    return resolved;
+    const target = await resolveTarget(client, migration.tableName, migration.columnName);
+    if (isTarget(target)) this.#validated.set(migration.id, { ...names, target });
+    return { ...names, target };
   }
 
   async #execute(
     client: pg.PoolClient,
-    migration: LockedMigration,
+    migration: { id: bigint; name: string; batchSize: number },
     target: Target,
     work: Work,
     claimed: ClaimedJob,
@@ -256,20 +278,30 @@ export class Runner {
 
     if (!failure) {
       try {
-        await releaseWorkSavepoint(client);
+        await finishJobAndCommit(client, claimed.id);
+        return { outcome: 'job_succeeded', migration: ref, job: jobRef, committed: true };
       } catch (error) {
-        if (sqlStateOf(error) !== '25P02') throw error;
-        failure = new Error('the work function returned normally after one of its statements failed (the error was swallowed)');
+        failure = workFailureAtCommit(error);
       }
     }
-    if (failure) {
-      await rollbackWorkSavepoint(client);
-      await failJob(client, claimed.id, ErrorCode.unknown, storedMessage(failure));
-      return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure };
-    }
-    await finishJob(client, claimed.id);
-    return { outcome: 'job_succeeded', migration: ref, job: jobRef };
+    await rollbackWorkSavepoint(client);
+    await failJob(client, claimed.id, ErrorCode.unknown, storedMessage(failure));
+    return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure };
   }
+}
+
+/**
+ * finishJobAndCommit fails before its COMMIT when the work left the transaction broken: the work
+ * swallowed a failed statement (25P02), or its writes break a deferred constraint (class 23).
+ * Those are the work's failures; anything else is the run's.
+ */
+function workFailureAtCommit(error: unknown): Error {
+  const state = sqlStateOf(error);
+  if (state === SqlState.inFailedTransaction) {
+    return new Error('the work function returned normally after one of its statements failed (the error was swallowed)');
+  }
+  if (state?.startsWith('23')) return asError(error);
+  throw error;
 }
 
 /** drizzle over the fenced session, nested (savepoints) inside the run's transaction. */

@@ -20,6 +20,11 @@ export interface WorkerParams extends WorkerOptions {
   /** Or a connection string: the worker opens and ends its own pool. */
   connectionString?: string;
   logger?: Logger;
+  /**
+   * Called after every run with its result, e.g. to count jobs or draw progress. A listener that
+   * throws is logged and otherwise ignored: it can never stop the worker.
+   */
+  onRun?: (result: RunResult) => void;
 }
 
 export interface RunLoopOptions {
@@ -33,6 +38,7 @@ export class Worker {
   readonly #ownsPool: boolean;
   readonly #log: Logger;
   readonly #runner: Runner;
+  readonly #onRun: ((result: RunResult) => void) | undefined;
   /** Aborted by stop(): the loop ends after the run in flight. */
   #stopping = new AbortController();
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
@@ -52,6 +58,7 @@ export class Worker {
       throw new ConfigError('a worker needs `pool` or `connectionString`');
     }
     this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
+    this.#onRun = params.onRun;
     this.#runner = new Runner({
       pool: this.#pool,
       registry,
@@ -65,6 +72,11 @@ export class Worker {
   async runOnce(): Promise<RunResult> {
     const result = await this.#runner.runOnce();
     this.#report(result);
+    try {
+      this.#onRun?.(result);
+    } catch (error) {
+      this.#log.error({ err: error }, 'onRun listener threw; ignored');
+    }
     return result;
   }
 

@@ -2,6 +2,7 @@
  * Connections and the one way SQL is run: drizzle `sql` templates rendered to
  * `$n` text and executed on a node-postgres client or pool.
  */
+import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
@@ -9,13 +10,29 @@ import { PgDialect } from 'drizzle-orm/pg-core';
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
 export interface Queryable {
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(config: pg.QueryConfig): Promise<pg.QueryResult<R>>;
 }
 
 const dialect = new PgDialect();
 
+/**
+ * Statements run as named prepared statements: each connection parses and plans one once, then
+ * only binds and executes it. The name is derived from the text, so one text is one statement.
+ */
+const statementNames = new Map<string, string>();
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (!name) {
+    name = `bbm_${createHash('sha1').update(text).digest('hex').slice(0, 20)}`;
+    if (statementNames.size > 10_000) statementNames.clear();
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
 export async function exec<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R[]> {
   const { sql: text, params } = dialect.sqlToQuery(statement);
-  const result = await db.query<R>(text, params);
+  const result = await db.query<R>({ name: statementName(text), text, values: params });
   return result.rows;
 }
 
@@ -58,6 +75,8 @@ export const SqlState = {
   undefinedColumn: '42703',
   /** 57014: statement cancelled (our run timeout, or statement_timeout). */
   queryCanceled: '57014',
+  /** 25P02: a statement was sent after an earlier one failed in the same transaction. */
+  inFailedTransaction: '25P02',
   /** 23514: a CHECK constraint refused a row. */
   checkViolation: '23514',
   /** 23505: a unique constraint refused a row. */

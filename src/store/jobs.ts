@@ -4,7 +4,7 @@
  */
 import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';
-import { JobStatus, type ErrorCodeNumber } from './codes.ts';
+import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migrations.ts';
 
@@ -31,34 +31,60 @@ const toJob = (r: JobRowText): ClaimedJob => ({
   attempt: r.attempts,
 });
 
+/** What a migration's row said when it was validated; range creation requires it still says so. */
+export interface ValidatedMigration {
+  target: Target;
+  tableName: string;
+  columnName: string;
+  jobSignatureName: string;
+}
+
+export interface NextJob {
+  job: ClaimedJob;
+  migration: { id: bigint; name: string; batchSize: number };
+}
+
 /**
- * Creates the range that starts at `start`: its end is the `batchSize`-th value of the column at
- * or after `start` (an index scan: `LIMIT 1 OFFSET batchSize - 1`), or `max` when fewer remain.
- * Ranges built this way are contiguous, so gaps in the ids fall inside ranges, never between them.
+ * Creates the migration's next range, reading the migration and its last range in this same
+ * statement, so the caller needs no read of its own first. The range starts after the last one
+ * (or at min_value); its end is the `batch_size`-th value of the column from there (an index
+ * scan: `LIMIT 1 OFFSET batch_size - 1`), or max_value when fewer remain. Ranges built this way
+ * are contiguous, so gaps in the ids fall inside ranges, never between them.
+ *
+ * Returns null, creating nothing, unless the migration is running with a resolved max_value, a
+ * range is left to create, and its row still names what `validated` was checked against.
  */
-export async function createJob(
-  db: Queryable,
-  migrationId: bigint,
-  target: Target,
-  start: bigint,
-  max: bigint,
-  batchSize: number,
-): Promise<ClaimedJob> {
+export async function createNextJob(db: Queryable, migrationId: bigint, validated: ValidatedMigration): Promise<NextJob | null> {
+  const { target } = validated;
   const column = sql.identifier(target.column);
-  const row = await execOne<JobRowText>(
+  const row = await execOne<JobRowText & { name: string; batch_size: number }>(
     db,
     sql`
-      INSERT INTO batched_background_migration_jobs
-        (batched_background_migration_id, min_value, max_value, status, attempts, started_at)
-      SELECT ${migrationId}, ${start}::bigint,
-             coalesce((SELECT ${column} FROM ${quotedTable(target)}
-                       WHERE ${column} >= ${start}::bigint AND ${column} <= ${max}::bigint
-                       ORDER BY ${column} LIMIT 1 OFFSET ${batchSize - 1}), ${max}::bigint),
-             ${JobStatus.active}, 1, now()
-      RETURNING id, min_value, max_value, attempts`,
+      WITH m AS (
+        SELECT m.id, m.name, m.batch_size, m.max_value,
+               coalesce((SELECT j.max_value + 1 FROM batched_background_migration_jobs j
+                         WHERE j.batched_background_migration_id = m.id
+                         ORDER BY j.max_value DESC LIMIT 1), m.min_value) AS start
+        FROM batched_background_migrations m
+        WHERE m.id = ${migrationId} AND m.status = ${MigrationStatus.running} AND m.max_value IS NOT NULL
+          AND m.table_name = ${validated.tableName} AND m.column_name = ${validated.columnName}
+          AND m.job_signature_name = ${validated.jobSignatureName}
+          AND (m.batching_strategy IS NULL OR m.batching_strategy = ${SERIAL_KEY_SET})
+      ), job AS (
+        INSERT INTO batched_background_migration_jobs
+          (batched_background_migration_id, min_value, max_value, status, attempts, started_at)
+        SELECT m.id, m.start,
+               coalesce((SELECT ${column} FROM ${quotedTable(target)}
+                         WHERE ${column} >= m.start AND ${column} <= m.max_value
+                         ORDER BY ${column} LIMIT 1 OFFSET m.batch_size - 1), m.max_value),
+               ${JobStatus.active}, 1, now()
+        FROM m WHERE m.start <= m.max_value
+        RETURNING id, min_value, max_value, attempts
+      )
+      SELECT job.id, job.min_value, job.max_value, job.attempts, m.name, m.batch_size FROM job, m`,
   );
-  if (!row) throw new Error('INSERT ... RETURNING returned no row');
-  return toJob(row);
+  if (!row) return null;
+  return { job: toJob(row), migration: { id: migrationId, name: row.name, batchSize: row.batch_size } };
 }
 
 export interface FailedJob extends ClaimedJob {
@@ -91,14 +117,19 @@ export async function retryJob(db: Queryable, jobId: bigint): Promise<ClaimedJob
   return toJob(row);
 }
 
-export async function finishJob(db: Queryable, jobId: bigint): Promise<void> {
-  await exec(
-    db,
-    sql`
-      UPDATE batched_background_migration_jobs
-      SET status = ${JobStatus.finished}, finished_at = now(), updated_at = now(),
-          failure_error_code = NULL, failure_message = NULL
-      WHERE id = ${jobId}`,
+/**
+ * Records the job finished and commits the run, in one round trip (the hot path: once per
+ * range). Deferred constraints are checked first, while the work's savepoint is still open, so a
+ * deferred violation by the work fails the job instead of the whole run. The id is a bigint
+ * read from our own table, so writing it into the text is safe.
+ */
+export async function finishJobAndCommit(db: Queryable, jobId: bigint): Promise<void> {
+  if (typeof jobId !== 'bigint') throw new TypeError('job id must be a bigint');
+  await db.query(
+    'SET CONSTRAINTS ALL IMMEDIATE; ' +
+      `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, finished_at = now(), updated_at = now(), ` +
+      `failure_error_code = NULL, failure_message = NULL WHERE id = ${jobId}; ` +
+      'COMMIT',
   );
 }
 

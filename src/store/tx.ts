@@ -34,10 +34,6 @@ export async function openWorkSavepoint(db: Queryable): Promise<void> {
   await db.query(`SAVEPOINT ${WORK_SAVEPOINT}`);
 }
 
-export async function releaseWorkSavepoint(db: Queryable): Promise<void> {
-  await db.query(`RELEASE SAVEPOINT ${WORK_SAVEPOINT}`);
-}
-
 export async function rollbackWorkSavepoint(db: Queryable): Promise<void> {
   await db.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
 }
