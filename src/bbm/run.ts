@@ -1,13 +1,18 @@
 /**
  * One run of a worker: one transaction that locks a migration, finds or creates its next
- * ID range, executes the work function on it and records the outcome.
+ * ID range, executes the work function on it and records the outcome. On the common path that
+ * is four round trips:
  *
- *   BEGIN · lock the first free runnable migration · read it (after the lock) · validate it
- *   · create the next range, or claim a failed one, or finish the migration
- *   · SAVEPOINT · work · RELEASE (or ROLLBACK TO) · record the job · COMMIT
+ *   1. BEGIN · lock the first free runnable migration · SAVEPOINT
+ *   2. read the migration and create its next range (one statement)
+ *   3. the work function's statements
+ *   4. mark the job finished · COMMIT
  *
- * The work's writes and the job's status commit together, so a crash at any point leaves
- * the range either done and recorded or not done at all.
+ * A migration not yet validated by this worker, starting, out of new ranges or failing takes
+ * the full path: read it, validate it, then start, finish or fail it, or claim a failed range.
+ * A failing work function is undone with ROLLBACK TO the savepoint, and the attempt recorded.
+ * The work's writes and the job's status commit together, so a crash at any point leaves the
+ * range either done and recorded or not done at all.
  */
 import { performance } from 'node:perf_hooks';
 import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
@@ -20,9 +25,9 @@ import { SqlState, sqlStateOf } from '../store/db.ts';
 import {
   cancelBackend,
   createNextJob,
-  failJob,
   finishJobAndCommit,
   firstFailedJob,
+  recordFailedAttempt,
   retryJob,
   type ClaimedJob,
   type ValidatedMigration,
@@ -32,12 +37,13 @@ import {
   finishMigration,
   hasRunnableMigration,
   loadLockedMigration,
-  lockNextMigration,
+  lockNextMigrationStatement,
   quotedTable,
   startMigration,
   type LockedMigration,
+  type WorkFilter,
 } from '../store/migrations.ts';
-import { beginRun, commit, openWorkSavepoint, rollback, rollbackWorkSavepoint } from '../store/tx.ts';
+import { beginRun, commit, rollback, rollbackWorkSavepoint, runPrologue } from '../store/tx.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
@@ -61,8 +67,44 @@ class StopError extends Error {
   override readonly name = 'StopError';
 }
 
-/** A run's result before timing; `committed` when the last statement already committed. */
-type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true };
+/**
+ * A run's result before timing; `committed` when its last statement already committed, and
+ * `next` when that statement also started the next run (the next run's lock rows).
+ */
+type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true; next?: LockRow[] | undefined };
+
+type LockRow = { id: string };
+const idOf = (rows: LockRow[]): bigint | null => (rows[0] ? BigInt(rows[0].id) : null);
+
+/**
+ * A pooled connection for the duration of one run (or of chained runs). A connection lost while
+ * checked out emits 'error' on the client (the pool listens only to idle ones); unheard, that is
+ * an uncaught exception. It is remembered instead, and the client destroyed on release.
+ */
+class RunConnection {
+  #lost: Error | undefined;
+  readonly #onError = (error: Error) => this.lost(error);
+
+  constructor(readonly client: pg.PoolClient) {
+    client.on('error', this.#onError);
+  }
+
+  lost(error: Error): void {
+    this.#lost ??= error;
+  }
+
+  release(): void {
+    this.client.off('error', this.#onError);
+    this.client.release(this.#lost);
+  }
+}
+
+/** A run whose transaction is open: its connection, when it began, and its lock rows if known. */
+interface OpenRun {
+  connection: RunConnection;
+  started: number;
+  locked: LockRow[] | undefined;
+}
 
 const dialect = new PgDialect();
 /** The backend pid pg learns at connect (BackendKeyData); pg does not type it. */
@@ -74,49 +116,64 @@ export class Runner {
    * the row still says what was validated; entries go when a migration ends or its table errors.
    */
   readonly #validated = new Map<bigint, ValidatedMigration>();
-  readonly #filter: { names: string[]; validNamePattern: string };
+  readonly #filter: WorkFilter;
+  /** Starts every run: BEGIN, settings, lock, savepoint (see tx.ts). */
+  readonly #prologue: string;
+  /** The next run, when the previous one started it (`chain`). */
+  #held: OpenRun | undefined;
 
   constructor(private readonly ctx: RunContext) {
     this.#filter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
+    this.#prologue = runPrologue(ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS, lockNextMigrationStatement(this.#filter));
   }
 
-  async runOnce(): Promise<RunResult> {
-    const started = performance.now();
+  /**
+   * One run. With `chain`, a run whose job succeeds starts the next run in the round trip that
+   * commits it; the next call continues that run (call `release()` if there is none).
+   */
+  async runOnce({ chain = false }: { chain?: boolean } = {}): Promise<RunResult> {
+    let run = this.#held;
+    this.#held = undefined;
+    const started = run?.started ?? performance.now();
     const finish = (outcome: Outcome): RunResult => ({ ...outcome, durationMs: performance.now() - started });
-    let client: pg.PoolClient;
-    try {
-      client = await this.ctx.pool.connect();
-    } catch (error) {
-      return finish({ outcome: 'error', error: asError(error) });
+    if (!run) {
+      let connection: RunConnection;
+      try {
+        connection = new RunConnection(await this.ctx.pool.connect());
+      } catch (error) {
+        return finish({ outcome: 'error', error: asError(error) });
+      }
+      run = { connection, started, locked: undefined };
     }
-    let broken: Error | undefined;
-    // A connection lost while checked out emits 'error' on the client (the pool only listens to
-    // idle ones); unheard, that is an uncaught exception. The query in flight rejects as well.
-    const onConnectionError = (error: Error) => {
-      broken = error;
-    };
-    client.on('error', onConnectionError);
+    const { connection } = run;
+    const client = connection.client;
     try {
-      await beginRun(client, this.ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS);
-      const { committed, ...outcome } = await this.#inTransaction(client, started);
+      const locked = run.locked ?? (await beginRun<{ id: string }>(client, this.#prologue));
+      const { committed, next, ...outcome } = await this.#inTransaction(client, idOf(locked), started, chain);
       if (!committed) await commit(client);
+      if (next) this.#held = { connection, started: performance.now(), locked: next };
+      else connection.release();
       return finish(outcome);
     } catch (thrown) {
       const error = asError(thrown);
-      await rollback(client).catch((rollbackError: unknown) => {
-        broken = asError(rollbackError);
-      });
+      await rollback(client).catch((rollbackError: unknown) => connection.lost(asError(rollbackError)));
+      connection.release();
       const state = sqlStateOf(error);
       if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validated.clear();
       return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
-    } finally {
-      client.off('error', onConnectionError);
-      client.release(broken);
     }
   }
 
-  async #inTransaction(client: pg.PoolClient, started: number): Promise<Outcome> {
-    const id = await lockNextMigration(client, this.#filter);
+  /** Rolls back and hands back the connection of a run started ahead by `chain` and not used. */
+  async release(): Promise<void> {
+    const run = this.#held;
+    this.#held = undefined;
+    if (!run) return;
+    await rollback(run.connection.client).catch((error: unknown) => run.connection.lost(asError(error)));
+    run.connection.release();
+  }
+
+  async #inTransaction(client: pg.PoolClient, id: bigint | null, started: number, chain: boolean): Promise<Outcome> {
     if (id === null) {
       return { outcome: (await hasRunnableMigration(client, this.#filter)) ? 'lock_in_use' : 'no_job' };
     }
@@ -127,7 +184,7 @@ export class Runner {
     if (validated) {
       const next = await createNextJob(client, id, validated);
       const work = next && this.ctx.registry.get(validated.jobSignatureName);
-      if (next && work) return this.#execute(client, next.migration, validated.target, work, next.job, started);
+      if (next && work) return this.#execute(client, next.migration, validated.target, work, next.job, started, chain);
     }
 
     const migration = await loadLockedMigration(client, id);
@@ -197,7 +254,7 @@ export class Runner {
       }
       job = await retryJob(client, failed.id);
     }
-    return this.#execute(client, migration, target, work, job, started);
+    return this.#execute(client, migration, target, work, job, started, chain);
   }
 
   /** The migration's table and column checked against the catalog, or reused from an earlier check. */
@@ -219,6 +276,7 @@ export class Runner {
     work: Work,
     claimed: ClaimedJob,
     started: number,
+    chain: boolean,
   ): Promise<Outcome> {
     const { options, hardStop, pool } = this.ctx;
     const ref = { id: migration.id, name: migration.name };
@@ -258,7 +316,6 @@ export class Runner {
 
     let failure: Error | undefined;
     try {
-      await openWorkSavepoint(client);
       try {
         await untilAborted(callWork(work, job), abort.signal);
       } catch (thrown) {
@@ -278,14 +335,14 @@ export class Runner {
 
     if (!failure) {
       try {
-        await finishJobAndCommit(client, claimed.id);
-        return { outcome: 'job_succeeded', migration: ref, job: jobRef, committed: true };
+        const next = await finishJobAndCommit<LockRow>(client, claimed.id, chain ? this.#prologue : undefined);
+        return { outcome: 'job_succeeded', migration: ref, job: jobRef, committed: true, next };
       } catch (error) {
         failure = workFailureAtCommit(error);
       }
     }
     await rollbackWorkSavepoint(client);
-    await failJob(client, claimed.id, ErrorCode.unknown, storedMessage(failure));
+    await recordFailedAttempt(client, migration.id, claimed, ErrorCode.unknown, storedMessage(failure));
     return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure };
   }
 }

@@ -69,8 +69,12 @@ export class Worker {
   }
 
   /** One run, reported like the loop reports it. */
-  async runOnce(): Promise<RunResult> {
-    const result = await this.#runner.runOnce();
+  runOnce(): Promise<RunResult> {
+    return this.#runOnce(false);
+  }
+
+  async #runOnce(chain: boolean): Promise<RunResult> {
+    const result = await this.#runner.runOnce({ chain });
     this.#report(result);
     try {
       this.#onRun?.(result);
@@ -113,10 +117,16 @@ export class Worker {
     const startupJitterMs = Math.round(Math.random() * options.startupJitterMs);
     this.#log.info({ options, startup_jitter_ms: startupJitterMs }, 'worker starting');
     await sleep(startupJitterMs, stopping);
-    while (!stopping.aborted) {
-      const result = await this.runOnce();
-      if (untilDone && result.outcome === 'no_job') break;
-      await sleep(this.#waitAfter(result, backoff), stopping);
+    // With no pause between jobs, each successful run also starts the next (one round trip less).
+    const chain = options.pauseMs === 0;
+    try {
+      while (!stopping.aborted) {
+        const result = await this.#runOnce(chain);
+        if (untilDone && result.outcome === 'no_job') break;
+        await sleep(this.#waitAfter(result, backoff), stopping);
+      }
+    } finally {
+      await this.#runner.release();
     }
     this.#log.info('worker stopped');
   }

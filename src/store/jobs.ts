@@ -3,6 +3,8 @@
  * claiming a failed one for retry, and recording outcomes.
  */
 import { sql } from 'drizzle-orm';
+import type { QueryResultRow } from 'pg';
+import { lockRowsOf } from './tx.ts';
 import { exec, execOne, type Queryable } from './db.ts';
 import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber } from './codes.ts';
 import type { Target } from './catalog.ts';
@@ -119,27 +121,45 @@ export async function retryJob(db: Queryable, jobId: bigint): Promise<ClaimedJob
 
 /**
  * Records the job finished and commits the run, in one round trip (the hot path: once per
- * range). Deferred constraints are checked first, while the work's savepoint is still open, so a
- * deferred violation by the work fails the job instead of the whole run. The id is a bigint
- * read from our own table, so writing it into the text is safe.
+ * range). With `nextPrologue`, the next run starts in the same round trip (a worker that goes
+ * straight on saves one), and its lock rows are returned. Deferred constraints are checked first, while the work's savepoint is
+ * still open, so a deferred violation by the work fails the job instead of the whole run. The id
+ * is a bigint read from our own table, so writing it into the text is safe.
  */
-export async function finishJobAndCommit(db: Queryable, jobId: bigint): Promise<void> {
+export async function finishJobAndCommit<R extends QueryResultRow>(db: Queryable, jobId: bigint, nextPrologue?: string): Promise<R[] | undefined> {
   if (typeof jobId !== 'bigint') throw new TypeError('job id must be a bigint');
-  await db.query(
+  const results = await db.query(
     'SET CONSTRAINTS ALL IMMEDIATE; ' +
       `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, finished_at = now(), updated_at = now(), ` +
       `failure_error_code = NULL, failure_message = NULL WHERE id = ${jobId}; ` +
-      'COMMIT',
+      `COMMIT${nextPrologue === undefined ? '' : `; ${nextPrologue}`}`,
   );
+  return nextPrologue === undefined ? undefined : lockRowsOf<R>(results);
 }
 
-export async function failJob(db: Queryable, jobId: bigint, code: ErrorCodeNumber, message: string): Promise<void> {
+/**
+ * Records a failed attempt after the run rolled back to its work savepoint, which also undid the
+ * job's creation (or the retry's attempt count): the job is written again, by the id it had, with
+ * the attempt that failed.
+ */
+export async function recordFailedAttempt(
+  db: Queryable,
+  migrationId: bigint,
+  job: ClaimedJob,
+  code: ErrorCodeNumber,
+  message: string,
+): Promise<void> {
   await exec(
     db,
     sql`
-      UPDATE batched_background_migration_jobs
-      SET status = ${JobStatus.failed}, failure_error_code = ${code}, failure_message = ${message}, updated_at = now()
-      WHERE id = ${jobId}`,
+      INSERT INTO batched_background_migration_jobs AS j
+        (id, batched_background_migration_id, min_value, max_value, status, attempts,
+         failure_error_code, failure_message, started_at)
+      VALUES (${job.id}, ${migrationId}, ${job.start}::bigint, ${job.end}::bigint, ${JobStatus.failed}, ${job.attempt},
+              ${code}, ${message}, now())
+      ON CONFLICT (id) DO UPDATE
+      SET status = ${JobStatus.failed}, attempts = excluded.attempts, failure_error_code = excluded.failure_error_code,
+          failure_message = excluded.failure_message, started_at = now(), updated_at = now()`,
   );
 }
 

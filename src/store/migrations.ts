@@ -3,6 +3,7 @@
  * migration, its state transitions, and what operators read and steer.
  */
 import { sql, type SQL } from 'drizzle-orm';
+import { PgDialect } from 'drizzle-orm/pg-core';
 import { exec, execOne, type Queryable } from './db.ts';
 import { MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
@@ -14,6 +15,7 @@ import type { Target } from './catalog.ts';
  */
 export const LOCK_NAMESPACE = 0x62626d;
 
+const dialect = new PgDialect();
 const RUNNABLE = sql.raw(`${MigrationStatus.active}, ${MigrationStatus.running}`);
 
 /** The migration as a run sees it once it holds the migration's lock. */
@@ -52,20 +54,27 @@ function candidates({ names, validNamePattern }: WorkFilter): SQL {
 }
 
 /**
- * Takes the advisory lock of the first runnable migration (running before active, then lowest id)
- * whose lock is free, and returns its id. The candidates are ordered in a subquery so the lock
- * function is called row by row in that order and stops at the first success (a volatile
- * predicate is never pushed below the subquery's ORDER BY/LIMIT).
+ * The statement that takes the advisory lock of the first runnable migration (running before
+ * active, then lowest id) whose lock is free, returning its id. The candidates are ordered in a
+ * subquery so the lock function is called row by row in that order and stops at the first
+ * success (a volatile predicate is never pushed below the subquery's ORDER BY/LIMIT).
+ *
+ * It is rendered once per worker, with the work names as literals, so the run can send it in
+ * the same round trip as BEGIN (see tx.ts): the names are the worker's own, already checked
+ * against VALID_WORK_NAME, and escaped all the same.
  */
-export async function lockNextMigration(db: Queryable, filter: WorkFilter): Promise<bigint | null> {
-  const row = await execOne<{ id: string }>(
-    db,
-    sql`
-      SELECT c.id FROM (${candidates(filter)} ORDER BY status = ${MigrationStatus.running} DESC, id LIMIT 100) c
-      WHERE pg_catalog.pg_try_advisory_xact_lock(${LOCK_NAMESPACE}::int, (c.id % 2147483648)::int)
-      LIMIT 1`,
+export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilter): string {
+  const literal = (text: string) => dialect.escapeString(text);
+  const nameList = names.length === 0 ? 'NULL' : names.map(literal).join(', ');
+  return (
+    'SELECT c.id FROM (' +
+    ' SELECT id, status FROM batched_background_migrations' +
+    ` WHERE status IN (${MigrationStatus.active}, ${MigrationStatus.running})` +
+    `   AND (job_signature_name IN (${nameList}) OR job_signature_name !~ ${literal(validNamePattern)})` +
+    ` ORDER BY status = ${MigrationStatus.running} DESC, id LIMIT 100) c` +
+    ` WHERE pg_catalog.pg_try_advisory_xact_lock(${LOCK_NAMESPACE}, (c.id % 2147483648)::int)` +
+    ' LIMIT 1'
   );
-  return row ? big(row.id) : null;
 }
 
 /** Whether any migration this worker could run exists, locked or not. */
