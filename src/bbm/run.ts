@@ -73,8 +73,8 @@ class StopError extends Error {
  */
 type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true; next?: LockRow[] | undefined };
 
-type LockRow = { id: string };
-const idOf = (rows: LockRow[]): bigint | null => (rows[0] ? BigInt(rows[0].id) : null);
+type LockRow = { id: string | null };
+const idOf = (rows: LockRow[]): bigint | null => (rows[0]?.id ? BigInt(rows[0].id) : null);
 
 /**
  * A pooled connection for the duration of one run (or of chained runs). A connection lost while
@@ -148,7 +148,7 @@ export class Runner {
     const { connection } = run;
     const client = connection.client;
     try {
-      const locked = run.locked ?? (await beginRun<{ id: string }>(client, this.#prologue));
+      const locked = run.locked ?? (await beginRun<LockRow>(client, this.#prologue));
       const { committed, next, ...outcome } = await this.#inTransaction(client, idOf(locked), started, chain);
       if (!committed) await commit(client);
       if (next) this.#held = { connection, started: performance.now(), locked: next };

@@ -54,27 +54,19 @@ function candidates({ names, validNamePattern }: WorkFilter): SQL {
 }
 
 /**
- * The statement that takes the advisory lock of the first runnable migration (running before
- * active, then lowest id) whose lock is free, returning its id. The candidates are ordered in a
- * subquery so the lock function is called row by row in that order and stops at the first
- * success (a volatile predicate is never pushed below the subquery's ORDER BY/LIMIT).
+ * The statement that takes the advisory lock of the first runnable migration whose lock is free
+ * (running before active, then lowest id) and returns its id as `id`, NULL when there is none:
+ * a call of bbm_lock_next_migration (migrations/0001), which tries the candidates' locks one at
+ * a time in that order.
  *
- * It is rendered once per worker, with the work names as literals, so the run can send it in
- * the same round trip as BEGIN (see tx.ts): the names are the worker's own, already checked
- * against VALID_WORK_NAME, and escaped all the same.
+ * It is rendered once per worker, with the work names as literals, so a run can send it in the
+ * same round trip as BEGIN (see tx.ts): the names are the worker's own, already checked against
+ * VALID_WORK_NAME, and escaped all the same.
  */
 export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilter): string {
   const literal = (text: string) => dialect.escapeString(text);
-  const nameList = names.length === 0 ? 'NULL' : names.map(literal).join(', ');
-  return (
-    'SELECT c.id FROM (' +
-    ' SELECT id, status FROM batched_background_migrations' +
-    ` WHERE status IN (${MigrationStatus.active}, ${MigrationStatus.running})` +
-    `   AND (job_signature_name IN (${nameList}) OR job_signature_name !~ ${literal(validNamePattern)})` +
-    ` ORDER BY status = ${MigrationStatus.running} DESC, id LIMIT 100) c` +
-    ` WHERE pg_catalog.pg_try_advisory_xact_lock(${LOCK_NAMESPACE}, (c.id % 2147483648)::int)` +
-    ' LIMIT 1'
-  );
+  const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
+  return `SELECT bbm_lock_next_migration(${nameArray}, ${literal(validNamePattern)}) AS id`;
 }
 
 /** Whether any migration this worker could run exists, locked or not. */
