@@ -319,4 +319,55 @@ describe('failing jobs', () => {
       [5, 6, 1],
     ]);
   });
+
+  it('fails the job, not the run, when the work breaks a deferred constraint (checked before commit)', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    await pool.query('CREATE TABLE parents (id int PRIMARY KEY)');
+    await pool.query('CREATE TABLE children (parent_id int REFERENCES parents DEFERRABLE INITIALLY DEFERRED)');
+    const orphaning: Work = {
+      name: 'test.orphaning',
+      async do(job) {
+        await job.query('UPDATE items SET v = -1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        await job.query('INSERT INTO children VALUES (42)');
+      },
+    };
+    await enqueue(pool, { name: 'orphaning', work: orphaning.name, table: 'items', batchSize: 10 });
+
+    const result = await nextJob(testWorker(pool, { work: [orphaning] }));
+
+    expect(result.outcome).toBe('job_failed');
+    expect(result.error?.message).toMatch(/violates foreign key constraint/);
+    const { rows } = await pool.query('SELECT (SELECT count(*)::int FROM items WHERE v = -1) AS changed, (SELECT count(*)::int FROM children) AS children');
+    expect(rows[0]).toEqual({ changed: 0, children: 0 });
+    expect(await jobRanges(pool, 'orphaning')).toEqual([{ min: 1, max: 4, status: JobStatus.failed, attempts: 1 }]);
+  });
+
+  it('keeps exactly-once under the running loop (chained runs) with failures and retries mixed in', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 200));
+    const failures = new Map<bigint, number>();
+    const sometimes: Work = {
+      name: 'test.sometimes',
+      async do(job) {
+        await job.query('UPDATE items SET touched = touched + 1 WHERE id BETWEEN $1 AND $2', [job.start, job.end]);
+        const failed = failures.get(job.start) ?? 0;
+        // Every third range fails twice before it succeeds.
+        if ((job.start / 7n) % 3n === 0n && failed < 2) {
+          failures.set(job.start, failed + 1);
+          throw new Error('not yet');
+        }
+      },
+    };
+    await enqueue(pool, { name: 'sometimes', work: sometimes.name, table: 'items', batchSize: 7 });
+
+    await testWorker(pool, { work: [sometimes], intervalMs: 1, maxIntervalMs: 2 }).run({ untilDone: true });
+
+    expect((await migrationRow(pool, 'sometimes'))?.status).toBe(MigrationStatus.finished);
+    const { rows } = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(rows[0].t).toEqual([1]);
+    const jobs = await jobRanges(pool, 'sometimes');
+    expect(jobs.filter((j) => j.attempts === 3).length).toBe([...failures.values()].filter((n) => n === 2).length);
+    expect(jobs.filter((j) => j.attempts === 3).length).toBeGreaterThan(5);
+  });
 });

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Work } from '../src/bbm/types.ts';
 import { migrationReports, pause, resume } from '../src/bbm/status.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
+import { LOCK_NAMESPACE } from '../src/store/migrations.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker } from './support/engine.ts';
 
@@ -122,5 +123,29 @@ describe('steering', () => {
       [6, 25],
       [26, 40],
     ]);
+  });
+});
+
+describe('the documented lock key', () => {
+  const db = useTestDatabase();
+
+  it('is (LOCK_NAMESPACE, migration id), held for the whole run', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 10));
+    const id = await enqueue(pool, { name: 'keyed', work: 'test.probe', table: 'items', batchSize: 5 });
+    const seen: boolean[] = [];
+    const probe: Work = {
+      name: 'test.probe',
+      async do() {
+        // From another connection, as an operator's script would check it.
+        const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LOCK_NAMESPACE, Number(id)]);
+        seen.push(rows[0].free);
+      },
+    };
+    await drain(testWorker(pool, { work: [probe] }));
+
+    expect(seen).toEqual([false, false]);
+    const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LOCK_NAMESPACE, Number(id)]);
+    expect(rows[0].free).toBe(true);
   });
 });

@@ -35,7 +35,3 @@ export class WorkRegistry {
     return [...this.#byName.keys()];
   }
 }
-
-export function isValidWorkName(name: string): boolean {
-  return validWorkName.test(name);
-}

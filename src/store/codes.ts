@@ -42,5 +42,4 @@ function nameOf<T extends Record<string, number>>(table: T, code: number): keyof
 }
 
 export const migrationStatusName = (code: number): MigrationStatusName => nameOf(MigrationStatus, code);
-export const jobStatusName = (code: number): JobStatusName => nameOf(JobStatus, code);
 export const errorCodeName = (code: number): ErrorCodeName => nameOf(ErrorCode, code);

@@ -3,13 +3,14 @@ import { fileURLToPath } from 'node:url';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import type pg from 'pg';
+import { LOCK_NAMESPACE } from './migrations.ts';
 
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../migrations', import.meta.url));
 /** Our own bookkeeping table, apart from an application's `drizzle.__drizzle_migrations`. */
 const MIGRATIONS_TABLE = 'pg_bbm_schema_migrations';
 /** Serialises concurrent `migrate` calls: (LOCK_NAMESPACE, 0) is never a migration's key, ids start at 1. */
-const MIGRATE_LOCK = 'SELECT pg_catalog.pg_advisory_lock(6447725, 0)';
-const MIGRATE_UNLOCK = 'SELECT pg_catalog.pg_advisory_unlock(6447725, 0)';
+const MIGRATE_LOCK = `SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, 0)`;
+const MIGRATE_UNLOCK = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, 0)`;
 
 export async function migrateSchema(pool: pg.Pool): Promise<void> {
   const client = await pool.connect();

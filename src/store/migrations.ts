@@ -11,7 +11,8 @@ import type { Target } from './catalog.ts';
 /**
  * First half of every advisory-lock key pg-bbm takes: `pg_try_advisory_xact_lock(6447725, id)`,
  * where id is the migration's id (0x62626d is "bbm"). A migration is worked on by one
- * transaction at a time; different migrations run in parallel on different workers.
+ * transaction at a time; different migrations run in parallel on different workers. The same
+ * number is written into bbm_lock_next_migration (migrations/0001).
  */
 export const LOCK_NAMESPACE = 0x62626d;
 
@@ -73,11 +74,6 @@ export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilt
 export async function hasRunnableMigration(db: Queryable, filter: WorkFilter): Promise<boolean> {
   const row = await execOne<{ found: boolean }>(db, sql`SELECT EXISTS (${candidates(filter)}) AS found`);
   return row?.found ?? false;
-}
-
-/** Blocks until the migration's lock is free (for callers that must not skip it). */
-export async function lockMigration(db: Queryable, id: bigint): Promise<void> {
-  await exec(db, sql`SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}::int, (${id}::bigint % 2147483648)::int)`);
 }
 
 interface LockedRow {
