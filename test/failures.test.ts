@@ -3,14 +3,7 @@ import { sql } from 'drizzle-orm';
 import type { Work } from '../src/bbm/types.ts';
 import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker } from './support/engine.ts';
-
-const touch: Work = {
-  name: 'test.touch',
-  async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
-  },
-};
+import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
 
 describe('bad migration rows', () => {
   const db = useTestDatabase();

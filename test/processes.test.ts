@@ -22,6 +22,14 @@ async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSiz
   return names;
 }
 
+/** Waits until a worker is inside the job that BBM_TEST_STALL_AT makes stall. */
+async function waitForStall(pool: pg.Pool, what: string): Promise<void> {
+  await waitFor(async () => {
+    const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
+    return rows.length > 0;
+  }, what);
+}
+
 /** Every row of every table touched exactly once, and every range logged exactly once. */
 async function expectExactlyOnce(pool: pg.Pool, names: string[]): Promise<void> {
   for (const [m, name] of names.entries()) {
@@ -60,10 +68,7 @@ describe('worker processes', () => {
     const { pool, url } = db();
     const names = await prepare(pool, 1, 500, 50);
     const victim = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_TEST_STALL_AT: '260' });
-    await waitFor(async () => {
-      const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
-      return rows.length > 0;
-    }, 'the victim to stall mid-job');
+    await waitForStall(pool, 'the victim to stall mid-job');
     const doneBefore = (await jobRanges(pool, names[0]!)).length;
 
     victim.child.kill('SIGKILL');
@@ -81,10 +86,7 @@ describe('worker processes', () => {
     const { pool, url } = db();
     const names = await prepare(pool, 1, 200, 50);
     const worker = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_TEST_STALL_AT: '60', BBM_TEST_STALL_SECONDS: '1' });
-    await waitFor(async () => {
-      const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
-      return rows.length > 0;
-    }, 'the worker to be mid-job');
+    await waitForStall(pool, 'the worker to be mid-job');
 
     worker.child.kill('SIGTERM');
 
@@ -102,10 +104,7 @@ describe('worker processes', () => {
     const { pool, url } = db();
     const names = await prepare(pool, 1, 200, 50);
     const worker = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_TEST_STALL_AT: '60' });
-    await waitFor(async () => {
-      const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
-      return rows.length > 0;
-    }, 'the worker to be mid-job');
+    await waitForStall(pool, 'the worker to be mid-job');
 
     worker.child.kill('SIGTERM');
     await new Promise((resolve) => setTimeout(resolve, 100));

@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { Work } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker } from './support/engine.ts';
-
-const touch: Work = {
-  name: 'test.touch',
-  async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
-  },
-};
+import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
 
 describe('ranges', () => {
   const db = useTestDatabase();

@@ -4,14 +4,7 @@ import { migrationReports, pause, resume } from '../src/bbm/status.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { LOCK_NAMESPACE } from '../src/store/migrations.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker } from './support/engine.ts';
-
-const touch: Work = {
-  name: 'test.touch',
-  async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
-  },
-};
+import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
 
 describe('steering', () => {
   const db = useTestDatabase();
