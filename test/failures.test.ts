@@ -1,4 +1,5 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { createPool } from '../src/store/db.ts';
 import { sql } from 'drizzle-orm';
 import type { Work } from '../src/bbm/types.ts';
 import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
@@ -227,8 +228,11 @@ describe('failing jobs', () => {
     expect(rows[0].v).toEqual([7]);
   });
 
-  it('cancels a job past the run timeout and counts it as a failed attempt', async () => {
-    const { pool } = db();
+  it('cancels a job past the run timeout and counts it as a failed attempt, even on a one-connection pool', async () => {
+    const { pool: shared, url } = db();
+    // The worker's pool has no room for a second connection: the cancel must not need one.
+    const pool = createPool({ connectionString: url, max: 1 });
+    onTestFinished(() => pool.end());
     await createItems(pool, 'items', range(1, 4));
     const slow: Work = {
       name: 'test.slow',
@@ -245,7 +249,7 @@ describe('failing jobs', () => {
     expect(result.outcome).toBe('job_failed');
     expect(result.error?.message).toMatch(/timed out/);
     expect(Date.now() - started).toBeLessThan(10_000);
-    const jobs = await pool.query('SELECT status, attempts, failure_message FROM batched_background_migration_jobs');
+    const jobs = await shared.query('SELECT status, attempts, failure_message FROM batched_background_migration_jobs');
     expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 1, failure_message: expect.stringMatching(/timed out/) }]);
     const { rows } = await pool.query('SELECT count(*)::int AS n FROM items WHERE v = -1');
     expect(rows[0].n).toBe(0);

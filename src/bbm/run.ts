@@ -73,6 +73,9 @@ class StopError extends Error {
  */
 type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true; next?: LockRow[] | undefined };
 
+/** A migration's row as validated, or the problem validation found. */
+type Validation = Omit<ValidatedMigration, 'target'> & { target: Target | TargetProblem };
+
 type LockRow = { id: string | null };
 const idOf = (rows: LockRow[]): bigint | null => (rows[0]?.id ? BigInt(rows[0].id) : null);
 
@@ -115,7 +118,7 @@ export class Runner {
    * Migrations this worker has validated (catalog lookups included), by id. Range creation checks
    * the row still says what was validated; entries go when a migration ends or its table errors.
    */
-  readonly #validated = new Map<bigint, ValidatedMigration>();
+  readonly #validated = new Map<bigint, ValidatedMigration & { work: Work }>();
   readonly #filter: WorkFilter;
   /** Starts every run: BEGIN, settings, lock, savepoint (see tx.ts). */
   readonly #prologue: string;
@@ -183,8 +186,7 @@ export class Runner {
     const validated = this.#validated.get(id);
     if (validated) {
       const next = await createNextJob(client, id, validated);
-      const work = next && this.ctx.registry.get(validated.jobSignatureName);
-      if (next && work) return this.#execute(client, next.migration, validated.target, work, next.job, started, chain);
+      if (next) return this.#execute(client, next.migration, validated.target, validated.work, next.job, started, chain);
     }
 
     const migration = await loadLockedMigration(client, id);
@@ -218,7 +220,7 @@ export class Runner {
         ),
       );
     }
-    const checked = await this.#validate(client, migration);
+    const checked = await this.#validate(client, migration, work);
     if (!isTarget(checked.target)) return fail(new BbmError(checked.target.code, checked.target.message));
     const target = checked.target;
 
@@ -257,15 +259,18 @@ export class Runner {
     return this.#execute(client, migration, target, work, job, started, chain);
   }
 
-  /** The migration's table and column checked against the catalog, or reused from an earlier check. */
-  async #validate(client: pg.PoolClient, migration: LockedMigration): Promise<Omit<ValidatedMigration, 'target'> & { target: Target | TargetProblem }> {
+  /**
+   * The migration's table and column checked against the catalog, or the earlier check while the
+   * row still names the same table, column and work function.
+   */
+  async #validate(client: pg.PoolClient, migration: LockedMigration, work: Work): Promise<Validation> {
     const names = { tableName: migration.tableName, columnName: migration.columnName, jobSignatureName: migration.jobSignatureName };
     const cached = this.#validated.get(migration.id);
     if (cached && cached.tableName === names.tableName && cached.columnName === names.columnName && cached.jobSignatureName === names.jobSignatureName) {
       return cached;
     }
     const target = await resolveTarget(client, migration.tableName, migration.columnName);
-    if (isTarget(target)) this.#validated.set(migration.id, { ...names, target });
+    if (isTarget(target)) this.#validated.set(migration.id, { ...names, target, work });
     return { ...names, target };
   }
 

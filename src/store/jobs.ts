@@ -3,7 +3,7 @@
  * claiming a failed one for retry, and recording outcomes.
  */
 import { sql } from 'drizzle-orm';
-import type { QueryResultRow } from 'pg';
+import pg, { type QueryResultRow } from 'pg';
 import { lockRowsOf } from './tx.ts';
 import { exec, execOne, type Queryable } from './db.ts';
 import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber } from './codes.ts';
@@ -163,8 +163,19 @@ export async function recordFailedAttempt(
   );
 }
 
-/** Cancels the statement a backend is running (a run past its timeout); false when it is gone. */
-export async function cancelBackend(db: Queryable, pid: number): Promise<boolean> {
-  const row = await execOne<{ cancelled: boolean }>(db, sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`);
-  return row?.cancelled ?? false;
+/**
+ * Cancels the statement a backend is running (a run past its timeout); false when it is gone.
+ * It connects on its own rather than through the pool: the pool's connections may all be busy,
+ * one of them with the very run being cancelled.
+ */
+export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean> {
+  const client = new pg.Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const row = await execOne<{ cancelled: boolean }>(client, sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`);
+    return row?.cancelled ?? false;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
