@@ -5,6 +5,7 @@ import { MigrationStatus } from '../src/store/codes.ts';
 import { LOCK_NAMESPACE } from '../src/store/migrations.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
+import { waitFor } from './support/processes.ts';
 
 describe('steering', () => {
   const db = useTestDatabase();
@@ -140,5 +141,36 @@ describe('the documented lock key', () => {
     expect(seen).toEqual([false, false]);
     const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LOCK_NAMESPACE, Number(id)]);
     expect(rows[0].free).toBe(true);
+  });
+});
+
+describe('live workers', () => {
+  const db = useTestDatabase();
+
+  it('announce their work functions while they run, so status can tell who waits for what', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 10));
+    await enqueue(pool, { name: 'mine', work: touch.name, table: 'items', batchSize: 5, status: MigrationStatus.paused });
+    await enqueue(pool, { name: 'theirs', work: 'not.deployed.yet', table: 'items', batchSize: 5 });
+    const before = await migrationReports(pool);
+    expect(before.map((r) => [r.name, r.waitingForWork])).toEqual([
+      ['mine', false],
+      ['theirs', true],
+    ]);
+    await resume(pool, 'mine');
+    // No live worker has test.touch yet.
+    expect((await migrationReports(pool, { name: 'mine' }))[0]?.waitingForWork).toBe(true);
+
+    const worker = testWorker(pool, { work: [touch], intervalMs: 10_000, maxIntervalMs: 10_000, startupJitterMs: 10_000 });
+    const running = worker.run();
+    await waitFor(async () => (await migrationReports(pool, { name: 'mine' }))[0]?.waitingForWork === false, 'the worker to announce itself');
+    const { rows } = await pool.query('SELECT id, pid, work_names FROM batched_background_migration_workers');
+    expect(rows).toEqual([{ id: worker.id, pid: process.pid, work_names: [touch.name] }]);
+    expect((await migrationReports(pool, { name: 'theirs' }))[0]?.waitingForWork).toBe(true);
+
+    await worker.stop();
+    await running;
+    const after = await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers');
+    expect(after.rows[0].n).toBe(0);
   });
 });

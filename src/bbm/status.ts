@@ -2,6 +2,7 @@
 import type { Queryable } from '../store/db.ts';
 import { errorCodeName, migrationStatusName, type ErrorCodeName, type MigrationStatusName } from '../store/codes.ts';
 import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migrations.ts';
+import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 
 export interface MigrationReport {
   id: bigint;
@@ -19,8 +20,8 @@ export interface MigrationReport {
   progress: number;
   jobs: { total: number; finished: number; failed: number };
   /**
-   * Set when the migration is runnable but its work function is not among `knownWork`: it waits
-   * for a worker that has it (during a rolling deploy, older workers lack new work functions).
+   * Set when the migration is runnable but no live worker has its work function: it waits for a
+   * worker that has it (during a rolling deploy, older workers lack new work functions).
    */
   waitingForWork: boolean;
   createdAt: Date;
@@ -38,11 +39,11 @@ function progressOf(m: MigrationSummary): number {
 }
 
 /**
- * Every migration (or the one named), oldest first. `knownWork` is the set of work names some
- * worker has; without it nothing is reported as waiting.
+ * Every migration (or the one named), oldest first. A runnable migration is `waitingForWork` when
+ * no live worker has its work function, nor `knownWork` (say, the caller's own config).
  */
 export async function migrationReports(db: Queryable, options: { name?: string; knownWork?: readonly string[] } = {}): Promise<MigrationReport[]> {
-  const known = options.knownWork ? new Set(options.knownWork) : undefined;
+  const known = new Set([...(options.knownWork ?? []), ...(await liveWorkNames(db, LIVE_WORKER_WINDOW_MS))]);
   const rows = await listMigrations(db, options.name);
   return rows.map((m) => {
     const status = migrationStatusName(m.status);
@@ -60,7 +61,7 @@ export async function migrationReports(db: Queryable, options: { name?: string; 
       failureMessage: m.failureMessage,
       progress: progressOf(m),
       jobs: m.jobs,
-      waitingForWork: known !== undefined && (status === 'active' || status === 'running') && !known.has(m.jobSignatureName),
+      waitingForWork: (status === 'active' || status === 'running') && !known.has(m.jobSignatureName),
       createdAt: m.createdAt,
       startedAt: m.startedAt,
       finishedAt: m.finishedAt,

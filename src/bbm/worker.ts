@@ -3,8 +3,11 @@
  * something the next starts at once, so a migration drains at database speed; idle or
  * failing workers back off exponentially, with jitter, up to a cap.
  */
-import pg from 'pg';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type pg from 'pg';
 import { createPool } from '../store/db.ts';
+import { announceWorker, HEARTBEAT_MS, retireWorker } from '../store/workers.ts';
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
@@ -34,6 +37,9 @@ export interface RunLoopOptions {
 
 export class Worker {
   readonly options: ResolvedOptions;
+  /** This worker's id among the live workers (batched_background_migration_workers). */
+  readonly id = randomUUID();
+  readonly #workNames: string[];
   readonly #pool: pg.Pool;
   readonly #ownsPool: boolean;
   readonly #log: Logger;
@@ -48,6 +54,7 @@ export class Worker {
   constructor(params: WorkerParams) {
     this.options = resolveOptions(params);
     const registry = new WorkRegistry(params.work);
+    this.#workNames = registry.names;
     if (params.pool) {
       this.#pool = params.pool;
       this.#ownsPool = false;
@@ -115,7 +122,10 @@ export class Worker {
     const stopping = this.#stopping.signal;
     const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
     const startupJitterMs = Math.round(Math.random() * options.startupJitterMs);
-    this.#log.info({ options, startup_jitter_ms: startupJitterMs }, 'worker starting');
+    this.#log.info({ options, startup_jitter_ms: startupJitterMs, worker_id: this.id }, 'worker starting');
+    await this.#heartbeat();
+    const heartbeat = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);
+    heartbeat.unref();
     await sleep(startupJitterMs, stopping);
     // With no pause between jobs, each successful run also starts the next (one round trip less).
     const chain = options.pauseMs === 0;
@@ -126,9 +136,20 @@ export class Worker {
         await sleep(this.#waitAfter(result, backoff), stopping);
       }
     } finally {
+      clearInterval(heartbeat);
       await this.#runner.release();
+      await retireWorker(this.#pool, this.id).catch((error: unknown) => this.#log.warn({ err: error }, 'could not retire worker'));
     }
     this.#log.info('worker stopped');
+  }
+
+  /** Records that this worker is alive. Failing to is logged, never fatal: it only feeds `bbm status`. */
+  async #heartbeat(): Promise<void> {
+    try {
+      await announceWorker(this.#pool, { id: this.id, hostname: hostname(), pid: process.pid, workNames: this.#workNames });
+    } catch (error) {
+      this.#log.warn({ err: error }, 'could not record worker heartbeat');
+    }
   }
 
   #waitAfter(result: RunResult, backoff: Backoff): number {

@@ -88,5 +88,22 @@ export const batchedBackgroundMigrationJobs = pgTable(
   ],
 );
 
+/**
+ * Workers announce themselves here (every 30 s while running), so that `bbm status` can tell a
+ * migration that waits for a work function no live worker has from one that is just queued.
+ */
+export const batchedBackgroundMigrationWorkers = pgTable(
+  'batched_background_migration_workers',
+  {
+    id: text('id').primaryKey(),
+    hostname: text('hostname').notNull(),
+    pid: integer('pid').notNull(),
+    workNames: text('work_names').array().notNull(),
+    startedAt: timestamp('started_at', { withTimezone: true }).notNull().defaultNow(),
+    lastSeenAt: timestamp('last_seen_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [index('batched_background_migration_workers_last_seen_at_idx').on(t.lastSeenAt)],
+);
+
 export type MigrationRow = typeof batchedBackgroundMigrations.$inferSelect;
 export type JobRow = typeof batchedBackgroundMigrationJobs.$inferSelect;

@@ -1,0 +1,47 @@
+/** Statements on `batched_background_migration_workers`: who is running, with which work functions. */
+import { sql } from 'drizzle-orm';
+import { exec, type Queryable } from './db.ts';
+
+/** How often a running worker records that it is alive. */
+export const HEARTBEAT_MS = 30_000;
+/** A worker is live while it was heard from within this window: three missed heartbeats and it is not. */
+export const LIVE_WORKER_WINDOW_MS = 3 * HEARTBEAT_MS;
+
+export interface WorkerAnnouncement {
+  id: string;
+  hostname: string;
+  pid: number;
+  workNames: readonly string[];
+}
+
+/** Workers not seen for a day are forgotten: they died without saying goodbye. */
+const FORGET_AFTER = sql.raw(`interval '1 day'`);
+
+/** Records that a worker is alive, with its work functions (and forgets long-dead ones). */
+export async function announceWorker(db: Queryable, worker: WorkerAnnouncement): Promise<void> {
+  await exec(
+    db,
+    sql`
+      WITH forgotten AS (
+        DELETE FROM batched_background_migration_workers WHERE last_seen_at < now() - ${FORGET_AFTER}
+      )
+      INSERT INTO batched_background_migration_workers (id, hostname, pid, work_names)
+      VALUES (${worker.id}, ${worker.hostname}, ${worker.pid}, ${sql.param(worker.workNames)}::text[])
+      ON CONFLICT (id) DO UPDATE SET work_names = excluded.work_names, last_seen_at = now()`,
+  );
+}
+
+export async function retireWorker(db: Queryable, id: string): Promise<void> {
+  await exec(db, sql`DELETE FROM batched_background_migration_workers WHERE id = ${id}`);
+}
+
+/** Work names of the workers seen within the last `withinMs`. */
+export async function liveWorkNames(db: Queryable, withinMs: number): Promise<string[]> {
+  const rows = await exec<{ name: string }>(
+    db,
+    sql`
+      SELECT DISTINCT unnest(work_names) AS name FROM batched_background_migration_workers
+      WHERE last_seen_at > now() - make_interval(secs => ${withinMs / 1000}::float8)`,
+  );
+  return rows.map((r) => r.name);
+}
