@@ -10,4 +10,4 @@ export { LOCK_NAMESPACE } from './store/migrations.ts';
 export { migrateSchema } from './store/migrate.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';
-export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Work, WorkerOptions } from './bbm/types.ts';
+export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Work, WorkerObserver, WorkerOptions } from './bbm/types.ts';

@@ -14,6 +14,7 @@
  * The work's writes and the job's status commit together, so a crash at any point leaves the
  * range either done and recorded or not done at all.
  */
+import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
 import { PgDialect } from 'drizzle-orm/pg-core';
@@ -71,7 +72,7 @@ class StopError extends Error {
  * A run's result before timing; `committed` when its last statement already committed, and
  * `next` when that statement also started the next run (the next run's lock rows).
  */
-type Outcome = Omit<RunResult, 'durationMs'> & { committed?: true; next?: LockRow[] | undefined };
+type Outcome = Omit<RunResult, 'durationMs' | 'runId'> & { committed?: true; next?: LockRow[] | undefined };
 
 /** A migration's row as validated, or the problem validation found. */
 type Validation = Omit<ValidatedMigration, 'target'> & { target: Target | TargetProblem };
@@ -100,6 +101,14 @@ class RunConnection {
     this.client.off('error', this.#onError);
     this.client.release(this.#lost);
   }
+}
+
+/** What a run carries through its steps. */
+interface RunInfo {
+  started: number;
+  runId: string;
+  /** Whether a successful job's commit also starts the next run. */
+  chain: boolean;
 }
 
 /** A run whose transaction is open: its connection, when it began, and its lock rows if known. */
@@ -138,7 +147,8 @@ export class Runner {
     let run = this.#held;
     this.#held = undefined;
     const started = run?.started ?? performance.now();
-    const finish = (outcome: Outcome): RunResult => ({ ...outcome, durationMs: performance.now() - started });
+    const runId = randomUUID();
+    const finish = (outcome: Outcome): RunResult => ({ ...outcome, runId, durationMs: performance.now() - started });
     if (!run) {
       let connection: RunConnection;
       try {
@@ -152,7 +162,7 @@ export class Runner {
     const client = connection.client;
     try {
       const locked = run.locked ?? (await beginRun<LockRow>(client, this.#prologue));
-      const { committed, next, ...outcome } = await this.#inTransaction(client, idOf(locked), started, chain);
+      const { committed, next, ...outcome } = await this.#inTransaction(client, idOf(locked), { started, runId, chain });
       if (!committed) await commit(client);
       if (next) this.#held = { connection, started: performance.now(), locked: next };
       else connection.release();
@@ -176,7 +186,7 @@ export class Runner {
     run.connection.release();
   }
 
-  async #inTransaction(client: pg.PoolClient, id: bigint | null, started: number, chain: boolean): Promise<Outcome> {
+  async #inTransaction(client: pg.PoolClient, id: bigint | null, run: RunInfo): Promise<Outcome> {
     if (id === null) {
       return { outcome: (await hasRunnableMigration(client, this.#filter)) ? 'lock_in_use' : 'no_job' };
     }
@@ -186,7 +196,10 @@ export class Runner {
     const validated = this.#validated.get(id);
     if (validated) {
       const next = await createNextJob(client, id, validated);
-      if (next) return this.#execute(client, next.migration, validated.target, validated.work, next.job, started, chain);
+      if (next) {
+        const migration = { ...next.migration, work: validated.jobSignatureName };
+        return this.#execute(client, migration, validated.target, validated.work, next.job, run);
+      }
     }
 
     const migration = await loadLockedMigration(client, id);
@@ -194,11 +207,11 @@ export class Runner {
     if (!migration || (migration.status !== MigrationStatus.active && migration.status !== MigrationStatus.running)) {
       return { outcome: 'lock_in_use' };
     }
-    const ref = { id: migration.id, name: migration.name };
+    const ref = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
     const fail = async (error: BbmError): Promise<Outcome> => {
       await failMigration(client, migration.id, ErrorCode[error.code], storedMessage(error));
       this.#validated.delete(migration.id);
-      return { outcome: 'migration_failed', migration: ref, error };
+      return { outcome: 'migration_failed', migration: ref, error, errorCode: error.code };
     };
 
     const work = this.ctx.registry.get(migration.jobSignatureName);
@@ -256,7 +269,7 @@ export class Runner {
       }
       job = await retryJob(client, failed.id);
     }
-    return this.#execute(client, migration, target, work, job, started, chain);
+    return this.#execute(client, { ...ref, batchSize: migration.batchSize }, target, work, job, run);
   }
 
   /**
@@ -276,16 +289,15 @@ export class Runner {
 
   async #execute(
     client: pg.PoolClient,
-    migration: { id: bigint; name: string; batchSize: number },
+    migration: { id: bigint; name: string; work: string; batchSize: number },
     target: Target,
     work: Work,
     claimed: ClaimedJob,
-    started: number,
-    chain: boolean,
+    { started, runId, chain }: RunInfo,
   ): Promise<Outcome> {
     const { options, hardStop, pool } = this.ctx;
-    const ref = { id: migration.id, name: migration.name };
-    const jobRef = { id: claimed.id, start: claimed.start, end: claimed.end, attempt: claimed.attempt };
+    const ref = { id: migration.id, name: migration.name, work: migration.work };
+    const jobRef = { id: claimed.id, start: claimed.start, end: claimed.end, attempt: claimed.attempt, batchSize: migration.batchSize };
 
     const abort = new AbortController();
     const stop = () => abort.abort(new StopError('worker stopped: job cancelled and rolled back'));
@@ -310,6 +322,7 @@ export class Runner {
       attempt: claimed.attempt,
       signal: abort.signal,
       log: this.ctx.log.child({
+        correlation_id: runId,
         bbm_id: String(migration.id),
         bbm_name: migration.name,
         job_id: String(claimed.id),
@@ -320,9 +333,10 @@ export class Runner {
     };
 
     let failure: Error | undefined;
+    let rows: number | undefined;
     try {
       try {
-        await untilAborted(callWork(work, job), abort.signal);
+        rows = await untilAborted(callWork(work, job), abort.signal);
       } catch (thrown) {
         failure = asError(thrown);
       }
@@ -341,14 +355,14 @@ export class Runner {
     if (!failure) {
       try {
         const next = await finishJobAndCommit<LockRow>(client, claimed.id, chain ? this.#prologue : undefined);
-        return { outcome: 'job_succeeded', migration: ref, job: jobRef, committed: true, next };
+        return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, committed: true, next };
       } catch (error) {
         failure = workFailureAtCommit(error);
       }
     }
     await rollbackWorkSavepoint(client);
     await recordFailedAttempt(client, migration.id, claimed, ErrorCode.unknown, storedMessage(failure));
-    return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure };
+    return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure, errorCode: 'unknown' };
   }
 }
 
@@ -372,23 +386,24 @@ function jobDb(session: JobSession): JobDb {
   return new NodePgTransaction(dialect, pgSession, undefined, 1) as JobDb;
 }
 
-/** The work's promise; a synchronous throw becomes a rejection. */
-async function callWork(work: Work, job: Job): Promise<void> {
-  await work.do(job);
+/** The work's promise, resolving to the rows it reports changing, if any; a synchronous throw becomes a rejection. */
+async function callWork(work: Work, job: Job): Promise<number | undefined> {
+  const rows = await work.do(job);
+  return typeof rows === 'number' && Number.isFinite(rows) ? rows : undefined;
 }
 
 /** Settles with `work`, or rejects with the signal's reason as soon as it aborts. */
-function untilAborted(work: Promise<void>, signal: AbortSignal): Promise<void> {
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   // A timed-out work function keeps running detached; its eventual rejection must not go unhandled.
   work.catch(() => {});
   if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<void>((resolve, reject) => {
+  return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
     signal.addEventListener('abort', onAbort, { once: true });
     work.then(
-      () => {
+      (value) => {
         signal.removeEventListener('abort', onAbort);
-        resolve();
+        resolve(value);
       },
       (error: unknown) => {
         signal.removeEventListener('abort', onAbort);

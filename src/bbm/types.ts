@@ -4,6 +4,7 @@
 import type { QueryResult, QueryResultRow } from 'pg';
 import type { Logger } from 'pino';
 import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
+import type { ErrorCodeName } from '../store/codes.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
 export type JobQuery = <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]) => Promise<QueryResult<R>>;
@@ -48,9 +49,11 @@ export interface Work {
   /**
    * Does the range's work. Throwing (or rejecting) rolls the work's writes back and records a
    * failed attempt; the range is retried later, up to `maxAttempts` in all. It may be called
-   * again for the same range after a failure, so it should be idempotent.
+   * again for the same range after a failure, so it should be idempotent. It may return the
+   * number of rows it changed (counted in `bbm_migrated_tuples_total`; otherwise the range's
+   * batch size is counted).
    */
-  do(job: Job): Promise<void>;
+  do(job: Job): Promise<void | number>;
 }
 
 /** How a worker paces itself and bounds its jobs. Every field is optional; defaults in brackets. */
@@ -102,9 +105,28 @@ export type RunOutcome =
 
 export interface RunResult {
   outcome: RunOutcome;
-  migration?: { id: bigint; name: string };
-  job?: { id: bigint; start: bigint; end: bigint; attempt: number };
+  /** The run's correlation id, on its log lines and error reports. */
+  runId: string;
+  /** The migration the run worked on, if it got that far. `work` is its job_signature_name. */
+  migration?: { id: bigint; name: string; work: string };
+  /**
+   * The job it executed. `rows` is what the work function returned, if it returned a number
+   * (the rows it changed); `batchSize` the migration's batch size at the time.
+   */
+  job?: { id: bigint; start: bigint; end: bigint; attempt: number; batchSize: number; rows?: number };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
+  /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */
+  errorCode?: ErrorCodeName;
   durationMs: number;
+}
+
+/**
+ * Watches a worker, e.g. for metrics, error reports or progress. Called synchronously after each
+ * run and before each wait; an observer that throws is logged and ignored, never stopping the
+ * worker.
+ */
+export interface WorkerObserver {
+  run?(result: RunResult): void;
+  sleep?(ms: number): void;
 }

@@ -14,7 +14,7 @@ import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
-import type { RunResult, Work, WorkerOptions } from './types.ts';
+import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
 
 export interface WorkerParams extends WorkerOptions {
   work: readonly Work[];
@@ -23,11 +23,8 @@ export interface WorkerParams extends WorkerOptions {
   /** Or a connection string: the worker opens and ends its own pool. */
   connectionString?: string;
   logger?: Logger;
-  /**
-   * Called after every run with its result, e.g. to count jobs or draw progress. A listener that
-   * throws is logged and otherwise ignored: it can never stop the worker.
-   */
-  onRun?: (result: RunResult) => void;
+  /** Told about every run and every wait (metrics, error reports, progress). */
+  observers?: readonly WorkerObserver[];
 }
 
 export interface RunLoopOptions {
@@ -44,7 +41,7 @@ export class Worker {
   readonly #ownsPool: boolean;
   readonly #log: Logger;
   readonly #runner: Runner;
-  readonly #onRun: ((result: RunResult) => void) | undefined;
+  readonly #observers: readonly WorkerObserver[];
   /** Aborted by stop(): the loop ends after the run in flight. */
   #stopping = new AbortController();
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
@@ -65,7 +62,7 @@ export class Worker {
       throw new ConfigError('a worker needs `pool` or `connectionString`');
     }
     this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
-    this.#onRun = params.onRun;
+    this.#observers = params.observers ?? [];
     this.#runner = new Runner({
       pool: this.#pool,
       registry,
@@ -83,11 +80,7 @@ export class Worker {
   async #runOnce(chain: boolean): Promise<RunResult> {
     const result = await this.#runner.runOnce({ chain });
     this.#report(result);
-    try {
-      this.#onRun?.(result);
-    } catch (error) {
-      this.#log.error({ err: error }, 'onRun listener threw; ignored');
-    }
+    this.#tell((observer) => observer.run?.(result));
     return result;
   }
 
@@ -133,7 +126,9 @@ export class Worker {
       while (!stopping.aborted) {
         const result = await this.#runOnce(chain);
         if (untilDone && result.outcome === 'no_job') break;
-        await sleep(this.#waitAfter(result, backoff), stopping);
+        const waitMs = this.#waitAfter(result, backoff);
+        if (waitMs > 0) this.#tell((observer) => observer.sleep?.(waitMs));
+        await sleep(waitMs, stopping);
       }
     } finally {
       clearInterval(heartbeat);
@@ -141,6 +136,17 @@ export class Worker {
       await retireWorker(this.#pool, this.id).catch((error: unknown) => this.#log.warn({ err: error }, 'could not retire worker'));
     }
     this.#log.info('worker stopped');
+  }
+
+  /** Calls every observer; one that throws is logged, and the others still hear. */
+  #tell(call: (observer: WorkerObserver) => void): void {
+    for (const observer of this.#observers) {
+      try {
+        call(observer);
+      } catch (error) {
+        this.#log.error({ err: error }, 'a worker observer threw; ignored');
+      }
+    }
   }
 
   /** Records that this worker is alive. Failing to is logged, never fatal: it only feeds `bbm status`. */
@@ -174,15 +180,18 @@ export class Worker {
 
   #report(result: RunResult): void {
     const fields = {
+      correlation_id: result.runId,
       outcome: result.outcome,
       duration_ms: Math.round(result.durationMs * 10) / 10,
-      ...(result.migration && { bbm_id: String(result.migration.id), bbm_name: result.migration.name }),
+      ...(result.migration && { bbm_id: String(result.migration.id), bbm_name: result.migration.name, work: result.migration.work }),
       ...(result.job && {
         job_id: String(result.job.id),
         job_start: String(result.job.start),
         job_end: String(result.job.end),
         attempt: result.job.attempt,
       }),
+      ...(result.job?.rows !== undefined && { rows: result.job.rows }),
+      ...(result.errorCode && { error_code: result.errorCode }),
       ...(result.error && { err: result.error }),
     };
     switch (result.outcome) {

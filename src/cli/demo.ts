@@ -87,7 +87,9 @@ async function main(): Promise<void> {
         if (result.outcome === 'job_succeeded') jobsBy.set(n, (jobsBy.get(n) ?? 0) + 1);
         if (result.outcome === 'lock_in_use') lockedOut.set(n, (lockedOut.get(n) ?? 0) + 1);
       };
-      workers.push(new Worker({ connectionString: url, work, logger: logger.child({ worker: n }), intervalMs: 200, startupJitterMs: 50, onRun: count }));
+      workers.push(
+        new Worker({ connectionString: url, work, logger: logger.child({ worker: n }), intervalMs: 200, startupJitterMs: 50, observers: [{ run: count }] }),
+      );
     }
     say(`running ${WORKERS} workers against it; one migration is worked by one transaction at a time (its advisory lock)`);
     const running = workers.map((w) => w.run({ untilDone: true }));

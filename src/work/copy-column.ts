@@ -24,9 +24,10 @@ export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnO
       const source = sql.identifier(from);
       const target = sql.identifier(to);
       const changed = skipUnchanged ? sql` AND ${target} IS DISTINCT FROM ${source}` : sql``;
-      await job.db.execute(sql`
+      const result = await job.db.execute(sql`
         UPDATE ${sql.raw(job.table)} SET ${target} = ${source}
         WHERE ${sql.raw(job.column)} BETWEEN ${job.start}::bigint AND ${job.end}::bigint${changed}`);
+      return result.rowCount ?? undefined;
     },
   };
 }
