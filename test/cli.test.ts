@@ -8,7 +8,7 @@ import { TEST_CONFIG } from './support/processes.ts';
 async function bbm(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
-  const io: Io = { out: (t) => (out += `${t}\n`), err: (t) => (err += `${t}\n`), env };
+  const io: Io = { out: (t) => (out += `${t}\n`), err: (t) => (err += `${t}\n`), env, tty: false };
   const code = await main(args, io);
   return { code, out, err };
 }
@@ -23,7 +23,7 @@ describe('bbm without a database', () => {
   it.each([
     [['frobnicate'], /unknown command "frobnicate"/],
     [['status', '--bogus'], /Unknown option '--bogus'/],
-    [['pause', '--json'], /--json is not an option of this command/],
+    [['pause', '--watch'], /--watch is not an option of this command/],
     [['run', '--database-url', 'postgres://x@127.0.0.1:1/x'], /bbm run needs work functions/],
     [['status', '--config', 'nope.config.ts', '--database-url', 'postgres://x@127.0.0.1:1/x'], /config file nope.config.ts does not exist/],
   ])('rejects %j with exit 2', async (args, message) => {

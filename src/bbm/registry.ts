@@ -35,3 +35,8 @@ export class WorkRegistry {
     return [...this.#byName.keys()];
   }
 }
+
+/** Whether `name` could name a work function at all. */
+export function isValidWorkName(name: string): boolean {
+  return validWorkName.test(name);
+}

@@ -38,6 +38,7 @@ import {
   finishMigration,
   hasRunnableMigration,
   loadLockedMigration,
+  lockMigrationStatement,
   lockNextMigrationStatement,
   quotedTable,
   startMigration,
@@ -47,7 +48,7 @@ import {
 import { beginRun, commit, rollback, rollbackWorkSavepoint, runPrologue } from '../store/tx.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
-import { VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
+import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
 import { JobSession } from './session.ts';
 import type { Job, JobDb, RunResult, Work } from './types.ts';
 
@@ -61,6 +62,8 @@ export interface RunContext {
   log: Logger;
   /** Aborting it cancels the job in flight and rolls its whole run back (a second SIGTERM). */
   hardStop: AbortSignal;
+  /** Work on this migration only, waiting for its lock when another worker holds it (finalize). */
+  only?: bigint;
 }
 
 /** The reason a run was rolled back on a hard stop. */
@@ -136,7 +139,8 @@ export class Runner {
 
   constructor(private readonly ctx: RunContext) {
     this.#filter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
-    this.#prologue = runPrologue(ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS, lockNextMigrationStatement(this.#filter));
+    const lock = ctx.only === undefined ? lockNextMigrationStatement(this.#filter) : lockMigrationStatement(ctx.only);
+    this.#prologue = runPrologue(ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS, lock);
   }
 
   /**
@@ -215,8 +219,9 @@ export class Runner {
     };
 
     const work = this.ctx.registry.get(migration.jobSignatureName);
+    // Left for a worker that has the work function (only a run bound to one migration gets here).
+    if (!work && isValidWorkName(migration.jobSignatureName)) return { outcome: 'no_job', migration: ref };
     if (!work) {
-      // Only malformed names are candidates without a registered work function.
       return fail(
         new BbmError(
           'invalid_job_signature',
@@ -297,7 +302,14 @@ export class Runner {
   ): Promise<Outcome> {
     const { options, hardStop, pool } = this.ctx;
     const ref = { id: migration.id, name: migration.name, work: migration.work };
-    const jobRef = { id: claimed.id, start: claimed.start, end: claimed.end, attempt: claimed.attempt, batchSize: migration.batchSize };
+    const jobRef: NonNullable<RunResult['job']> = {
+      id: claimed.id,
+      start: claimed.start,
+      end: claimed.end,
+      attempt: claimed.attempt,
+      batchSize: migration.batchSize,
+      durationMs: 0,
+    };
 
     const abort = new AbortController();
     const stop = () => abort.abort(new StopError('worker stopped: job cancelled and rolled back'));
@@ -334,12 +346,14 @@ export class Runner {
 
     let failure: Error | undefined;
     let rows: number | undefined;
+    const workStarted = performance.now();
     try {
       try {
         rows = await untilAborted(callWork(work, job), abort.signal);
       } catch (thrown) {
         failure = asError(thrown);
       }
+      jobRef.durationMs = performance.now() - workStarted;
       session.close();
       const pid = backendPid(client);
       // Our next statements queue behind the work's; cancel it so they run now. pg_cancel_backend

@@ -1,6 +1,6 @@
 /** What operators read and steer: migration summaries, pause and resume. */
 import type { Queryable } from '../store/db.ts';
-import { errorCodeName, migrationStatusName, type ErrorCodeName, type MigrationStatusName } from '../store/codes.ts';
+import { errorCodeName, MigrationStatus, migrationStatusName, type ErrorCodeName, type MigrationStatusName } from '../store/codes.ts';
 import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migrations.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 
@@ -18,6 +18,12 @@ export interface MigrationReport {
   failureMessage: string | null;
   /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
   progress: number;
+  /** Rows per second over the last five minutes (jobs finished × batch size); null when idle. */
+  rowsPerSecond: number | null;
+  /** Seconds left at the last five minutes' pace; null when not running or idle. */
+  etaSeconds: number | null;
+  /** The migration's failure, else the last failure of a job still failed; null when neither. */
+  lastError: string | null;
   jobs: { total: number; finished: number; failed: number };
   /**
    * Set when the migration is runnable but no live worker has its work function: it waits for a
@@ -38,13 +44,28 @@ function progressOf(m: MigrationSummary): number {
   return Math.min(1, Number((m.finishedWidth * 1_000_000n) / width) / 1_000_000);
 }
 
+function pace(m: MigrationSummary): { rowsPerSecond: number | null; etaSeconds: number | null } {
+  const { jobs, width, seconds } = m.recent;
+  if (jobs === 0 || seconds <= 0) return { rowsPerSecond: null, etaSeconds: null };
+  const rowsPerSecond = (jobs * m.batchSize) / seconds;
+  const running = m.status === MigrationStatus.running || m.status === MigrationStatus.active;
+  if (!running || m.maxValue === null) return { rowsPerSecond, etaSeconds: null };
+  const remaining = m.maxValue - m.minValue + 1n - m.finishedWidth;
+  const idsPerSecond = Number(width) / seconds;
+  return { rowsPerSecond, etaSeconds: remaining <= 0n ? 0 : Number(remaining) / idsPerSecond };
+}
+
 /**
  * Every migration (or the one named), oldest first. A runnable migration is `waitingForWork` when
  * no live worker has its work function, nor `knownWork` (say, the caller's own config).
  */
-export async function migrationReports(db: Queryable, options: { name?: string; knownWork?: readonly string[] } = {}): Promise<MigrationReport[]> {
+export async function migrationReports(
+  db: Queryable,
+  options: { name?: string | undefined; statuses?: readonly MigrationStatusName[]; knownWork?: readonly string[] } = {},
+): Promise<MigrationReport[]> {
   const known = new Set([...(options.knownWork ?? []), ...(await liveWorkNames(db, LIVE_WORKER_WINDOW_MS))]);
-  const rows = await listMigrations(db, options.name);
+  const statuses = options.statuses?.map((status) => MigrationStatus[status]);
+  const rows = await listMigrations(db, { name: options.name, statuses });
   return rows.map((m) => {
     const status = migrationStatusName(m.status);
     return {
@@ -60,6 +81,8 @@ export async function migrationReports(db: Queryable, options: { name?: string; 
       failureErrorCode: m.failureErrorCode === null ? null : errorCodeName(m.failureErrorCode),
       failureMessage: m.failureMessage,
       progress: progressOf(m),
+      ...pace(m),
+      lastError: m.failureMessage ?? m.lastJobError,
       jobs: m.jobs,
       waitingForWork: (status === 'active' || status === 'running') && !known.has(m.jobSignatureName),
       createdAt: m.createdAt,

@@ -83,6 +83,10 @@ export interface Config extends WorkerOptions {
   work: readonly Work[];
   /** Used when neither `--database-url` nor DATABASE_URL is given. */
   databaseUrl?: string;
+  /** `bbm run`: how long, after SIGTERM/SIGINT, the job in flight may take before it is rolled back [25000]. */
+  gracePeriodMs?: number;
+  /** Error reports; SENTRY_DSN, when set, wins over `dsn`. */
+  sentry?: { dsn?: string; environment?: string; release?: string };
 }
 
 /**
@@ -111,9 +115,10 @@ export interface RunResult {
   migration?: { id: bigint; name: string; work: string };
   /**
    * The job it executed. `rows` is what the work function returned, if it returned a number
-   * (the rows it changed); `batchSize` the migration's batch size at the time.
+   * (the rows it changed); `batchSize` the migration's batch size at the time; `durationMs` the
+   * time spent in the work function.
    */
-  job?: { id: bigint; start: bigint; end: bigint; attempt: number; batchSize: number; rows?: number };
+  job?: { id: bigint; start: bigint; end: bigint; attempt: number; batchSize: number; rows?: number; durationMs: number };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
   /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */

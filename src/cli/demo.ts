@@ -14,7 +14,7 @@ import { createPool, maskConnectionString } from '../store/db.ts';
 import { startEmbeddedPostgres, type EmbeddedCluster } from '../store/embedded.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { copyColumn } from '../work/copy-column.ts';
-import { percent } from './format.ts';
+import { progressBar } from './format.ts';
 
 const ROWS = 200_000;
 const BATCH_SIZE = 5_000;
@@ -50,11 +50,6 @@ async function scratchDatabase(): Promise<{ url: string; cleanup: () => Promise<
       await client.end();
     },
   };
-}
-
-function bar(fraction: number, width = 30): string {
-  const full = Math.round(fraction * width);
-  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${percent(fraction).padStart(6)}`;
 }
 
 async function main(): Promise<void> {
@@ -102,8 +97,8 @@ async function main(): Promise<void> {
       const [report] = await migrationReports(pool);
       if (report) {
         const tenth = Math.floor(report.progress * 10);
-        if (tty) process.stdout.write(`\r  ${bar(report.progress)}  ${report.jobs.finished} jobs  ${report.status}   `);
-        else if (tenth > lastShown) say(`  ${bar(report.progress)}  ${report.jobs.finished} jobs`);
+        if (tty) process.stdout.write(`\r  ${progressBar(report.progress)}  ${report.jobs.finished} jobs  ${report.status}   `);
+        else if (tenth > lastShown) say(`  ${progressBar(report.progress)}  ${report.jobs.finished} jobs`);
         lastShown = Math.max(lastShown, tenth);
       }
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -111,7 +106,7 @@ async function main(): Promise<void> {
     await Promise.all(running);
 
     const [report] = await migrationReports(pool);
-    if (tty) process.stdout.write(`\r  ${bar(report?.progress ?? 0)}  ${report?.jobs.finished} jobs  ${report?.status}   \n`);
+    if (tty) process.stdout.write(`\r  ${progressBar(report?.progress ?? 0)}  ${report?.jobs.finished} jobs  ${report?.status}   \n`);
     const { rows } = await pool.query<{ copied: string; wrong: string }>(
       'SELECT count(*) FILTER (WHERE price_cents_big = price_cents) AS copied, count(*) FILTER (WHERE price_cents_big IS DISTINCT FROM price_cents) AS wrong FROM items',
     );

@@ -26,3 +26,16 @@ export function table(headers: string[], rows: string[][]): string {
 export function percent(fraction: number): string {
   return `${(fraction * 100).toFixed(1)}%`;
 }
+
+export function progressBar(fraction: number, width = 30): string {
+  const full = Math.max(0, Math.min(width, Math.round(fraction * width)));
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${percent(fraction).padStart(6)}`;
+}
+
+/** 42s, 3m05s, 2h10m. */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}

@@ -89,3 +89,8 @@ export function sqlStateOf(error: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** Resolves when the database answers a trivial query. */
+export async function ping(db: Queryable): Promise<void> {
+  await db.query('SELECT 1');
+}

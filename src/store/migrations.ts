@@ -5,7 +5,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import { exec, execOne, type Queryable } from './db.ts';
-import { MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
+import { JobStatus, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 
 /**
@@ -68,6 +68,16 @@ export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilt
   const literal = (text: string) => dialect.escapeString(text);
   const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
   return `SELECT bbm_lock_next_migration(${nameArray}, ${literal(validNamePattern)}) AS id`;
+}
+
+/**
+ * The lock statement of a run bound to one migration (`bbm finalize`): it waits for the
+ * migration's lock rather than skipping it, so it interleaves with background workers safely.
+ * The id is a bigint, so writing it into the text is safe.
+ */
+export function lockMigrationStatement(id: bigint): string {
+  if (typeof id !== 'bigint') throw new TypeError('migration id must be a bigint');
+  return `SELECT ${id}::bigint AS id FROM pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int)`;
 }
 
 /** Whether any migration this worker could run exists, locked or not. */
@@ -196,6 +206,15 @@ export async function resumeMigrations(db: Queryable, name?: string): Promise<st
   return rows.map((r) => r.name);
 }
 
+/** How many migrations are in each status. */
+export async function countMigrationsByStatus(db: Queryable): Promise<Map<MigrationStatusCode, number>> {
+  const rows = await exec<{ status: number; count: string }>(
+    db,
+    sql`SELECT status, count(*) AS count FROM batched_background_migrations GROUP BY status`,
+  );
+  return new Map(rows.map((r) => [r.status as MigrationStatusCode, Number(r.count)]));
+}
+
 /** One migration with its job counts, as `bbm status` shows it. */
 export interface MigrationSummary {
   id: bigint;
@@ -215,7 +234,14 @@ export interface MigrationSummary {
   jobs: { total: number; finished: number; failed: number };
   /** Sum of the widths of finished ranges: progress is this over the width of [min, max]. */
   finishedWidth: bigint;
+  /** Jobs finished in the last RECENT_WINDOW: their count, summed width, and the seconds they span. */
+  recent: { jobs: number; width: bigint; seconds: number };
+  /** The failure message of the job that failed last, if any job is failed now. */
+  lastJobError: string | null;
 }
+
+/** How far back `recent` looks: the rate a migration has now, not its average since it started. */
+export const RECENT_WINDOW_SECONDS = 300;
 
 interface SummaryRow {
   id: string;
@@ -236,9 +262,22 @@ interface SummaryRow {
   jobs_finished: string;
   jobs_failed: string;
   finished_width: string;
+  recent_jobs: string;
+  recent_width: string;
+  recent_seconds: number | null;
+  last_job_error: string | null;
 }
 
-export async function listMigrations(db: Queryable, name?: string): Promise<MigrationSummary[]> {
+const RECENT = sql.raw(`interval '${RECENT_WINDOW_SECONDS} seconds'`);
+
+/** Migrations (all, the one named, or those in `statuses`), oldest first, with their job counts. */
+export async function listMigrations(
+  db: Queryable,
+  { name, statuses }: { name?: string | undefined; statuses?: readonly MigrationStatusCode[] } = {},
+): Promise<MigrationSummary[]> {
+  const filters: SQL[] = [];
+  if (name !== undefined) filters.push(sql`m.name = ${name}`);
+  if (statuses !== undefined) filters.push(sql`m.status = ANY(${sql.param(statuses)}::smallint[])`);
   const rows = await exec<SummaryRow>(
     db,
     sql`
@@ -247,10 +286,17 @@ export async function listMigrations(db: Queryable, name?: string): Promise<Migr
              count(j.id) AS jobs_total,
              count(j.id) FILTER (WHERE j.status = 2) AS jobs_finished,
              count(j.id) FILTER (WHERE j.status = 3) AS jobs_failed,
-             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2), 0) AS finished_width
+             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2), 0) AS finished_width,
+             count(j.id) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}) AS recent_jobs,
+             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_width,
+             extract(epoch FROM max(j.finished_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT})
+                              - min(j.started_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}))::float8 AS recent_seconds,
+             (SELECT f.failure_message FROM batched_background_migration_jobs f
+              WHERE f.batched_background_migration_id = m.id AND f.status = 3
+              ORDER BY f.updated_at DESC LIMIT 1) AS last_job_error
       FROM batched_background_migrations m
       LEFT JOIN batched_background_migration_jobs j ON j.batched_background_migration_id = m.id
-      ${name === undefined ? sql`` : sql`WHERE m.name = ${name}`}
+      ${filters.length === 0 ? sql`` : sql`WHERE ${sql.join(filters, sql` AND `)}`}
       GROUP BY m.id
       ORDER BY m.id`,
   );
@@ -271,5 +317,58 @@ export async function listMigrations(db: Queryable, name?: string): Promise<Migr
     finishedAt: r.finished_at,
     jobs: { total: Number(r.jobs_total), finished: Number(r.jobs_finished), failed: Number(r.jobs_failed) },
     finishedWidth: big(r.finished_width),
+    recent: { jobs: Number(r.recent_jobs), width: big(r.recent_width), seconds: r.recent_seconds ?? 0 },
+    lastJobError: r.last_job_error,
   }));
+}
+
+export interface NewMigration {
+  name: string;
+  jobSignatureName: string;
+  tableName: string;
+  columnName: string;
+  batchSize: number;
+  minValue?: bigint | undefined;
+  maxValue?: bigint | null | undefined;
+  paused?: boolean | undefined;
+}
+
+/** Inserts a migration (what `bbm enqueue` does after checking it); returns its id. */
+export async function insertMigration(db: Queryable, m: NewMigration): Promise<bigint> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`
+      INSERT INTO batched_background_migrations
+        (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
+      VALUES (${m.name}, ${m.minValue ?? 1n}::bigint, ${m.maxValue ?? null}::bigint, ${m.batchSize},
+              ${m.paused ? MigrationStatus.paused : MigrationStatus.active}, ${m.jobSignatureName}, ${m.tableName}, ${m.columnName})
+      RETURNING id`,
+  );
+  if (!row) throw new Error('INSERT ... RETURNING returned no row');
+  return big(row.id);
+}
+
+/**
+ * failed -> active, with the failure cleared and the failed jobs' attempts reset, so each gets
+ * `maxAttempts` tries again. Returns the number of jobs reset, or null when no failed migration
+ * has that name.
+ */
+export async function retryMigration(db: Queryable, name: string): Promise<number | null> {
+  const row = await execOne<{ jobs: string | null }>(
+    db,
+    sql`
+      WITH m AS (
+        UPDATE batched_background_migrations
+        SET status = ${MigrationStatus.active}, failure_error_code = NULL, failure_message = NULL,
+            finished_at = NULL, updated_at = now()
+        WHERE name = ${name} AND status = ${MigrationStatus.failed}
+        RETURNING id
+      ), jobs AS (
+        UPDATE batched_background_migration_jobs j SET attempts = 0, updated_at = now()
+        FROM m WHERE j.batched_background_migration_id = m.id AND j.status = ${JobStatus.failed}
+        RETURNING j.id
+      )
+      SELECT (SELECT count(*) FROM jobs) AS jobs FROM m`,
+  );
+  return row ? Number(row.jobs) : null;
 }

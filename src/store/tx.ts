@@ -43,6 +43,11 @@ export function lockRowsOf<R extends QueryResultRow>(results: unknown): R[] {
   return locked.rows;
 }
 
+/** A plain transaction, for the CLI's checked writes (a run starts with beginRun). */
+export async function begin(db: Queryable): Promise<void> {
+  await db.query('BEGIN');
+}
+
 export async function commit(db: Queryable): Promise<void> {
   await db.query('COMMIT');
 }

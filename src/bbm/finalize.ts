@@ -1,0 +1,136 @@
+/**
+ * Finalizing a migration: running the rest of it now, in this process, before code that needs it
+ * done is deployed. Its runs wait for the migration's lock instead of skipping it, so background
+ * workers may keep running meanwhile: the two take turns, and no range runs twice.
+ */
+import type pg from 'pg';
+import { Backoff, sleep } from './backoff.ts';
+import { resolveOptions } from './config.ts';
+import { ConfigError } from './errors.ts';
+import { createLogger, type Logger } from './log.ts';
+import { WorkRegistry } from './registry.ts';
+import { Runner } from './run.ts';
+import { migrationReports, type MigrationReport } from './status.ts';
+import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
+
+export interface FinalizeParams extends WorkerOptions {
+  pool: pg.Pool;
+  work: readonly Work[];
+  /** The migration's name. */
+  name: string;
+  logger?: Logger;
+  observers?: readonly WorkerObserver[];
+  /** Called with a fresh report at most every `progressEveryMs` (and once at the end). */
+  onProgress?: (report: MigrationReport) => void;
+  progressEveryMs?: number;
+  /** Stop after the job in flight. */
+  signal?: AbortSignal;
+  /** Cancel and roll back the job in flight. */
+  hardStop?: AbortSignal;
+}
+
+/** Why finalizing stopped short of a finished migration. */
+export class FinalizeError extends Error {
+  override readonly name = 'FinalizeError';
+
+  constructor(
+    message: string,
+    readonly report: MigrationReport | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** Consecutive unexpected run errors (say, the database restarting) that finalizing sits out. */
+const MAX_CONSECUTIVE_ERRORS = 5;
+
+/** Runs the migration named to the end. Resolves with its final report once it is finished. */
+export async function finalizeMigration(params: FinalizeParams): Promise<MigrationReport> {
+  const { pool, name, observers = [], onProgress, progressEveryMs = 250 } = params;
+  const options = resolveOptions({ intervalMs: 1_000, maxIntervalMs: 10_000, ...params });
+  const registry = new WorkRegistry(params.work);
+  const log = params.logger ?? createLogger();
+  const report = async (): Promise<MigrationReport | undefined> => (await migrationReports(pool, { name }))[0];
+
+  let current = await report();
+  if (!current) throw new ConfigError(`no migration named ${JSON.stringify(name)}`);
+  if (!registry.get(current.jobSignatureName)) {
+    throw new ConfigError(`${name} runs work function ${current.jobSignatureName}, which the config does not register`);
+  }
+  const runner = new Runner({ pool, registry, options, log, hardStop: params.hardStop ?? new AbortController().signal, only: current.id });
+  const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
+  let errors = 0;
+  let lastProgress = 0;
+  try {
+    for (;;) {
+      const settled = settledState(current);
+      if (settled === 'finished') {
+        onProgress?.(current);
+        return current;
+      }
+      if (settled) throw new FinalizeError(settled, current);
+      if (params.signal?.aborted) throw new FinalizeError(`interrupted at ${(current.progress * 100).toFixed(1)}%`, current);
+
+      const result = await runner.runOnce({ chain: true });
+      for (const observer of observers) tell(log, () => observer.run?.(result));
+      const waitMs = afterRun(result, backoff);
+      if (result.outcome === 'error') {
+        errors += 1;
+        log.error({ err: result.error, correlation_id: result.runId }, 'finalize run failed');
+        if (errors >= MAX_CONSECUTIVE_ERRORS) throw new FinalizeError(`giving up after ${errors} failed runs in a row`, current, { cause: result.error });
+      } else {
+        errors = 0;
+      }
+      if (result.outcome === 'aborted') throw new FinalizeError('stopped: the job in flight was rolled back', current);
+
+      const now = Date.now();
+      const changed = result.outcome !== 'job_succeeded';
+      if (changed || now - lastProgress >= progressEveryMs) {
+        current = await report();
+        if (!current) throw new FinalizeError(`migration ${name} was deleted`, undefined);
+        lastProgress = now;
+        if (!settledState(current)) onProgress?.(current);
+      }
+      if (waitMs > 0) {
+        await runner.release();
+        await sleep(waitMs, params.signal);
+      }
+    }
+  } finally {
+    await runner.release();
+  }
+}
+
+/** null while the migration can still run; otherwise 'finished' or why it cannot be finished. */
+function settledState(report: MigrationReport): string | null {
+  switch (report.status) {
+    case 'finished':
+      return 'finished';
+    case 'failed':
+      return `failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`;
+    case 'paused':
+      return 'paused: resume it (bbm resume --name …) to finalize it';
+    default:
+      return null;
+  }
+}
+
+function afterRun(result: RunResult, backoff: Backoff): number {
+  switch (result.outcome) {
+    case 'job_failed':
+    case 'error':
+      return backoff.next();
+    default:
+      backoff.reset();
+      return 0;
+  }
+}
+
+function tell(log: Logger, call: () => void): void {
+  try {
+    call();
+  } catch (error) {
+    log.error({ err: error }, 'an observer threw; ignored');
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * Prometheus metrics (prom-client). Names follow GitLab's container registry (`registry/bbm/
+ * metrics`) with the `bbm_` prefix. Labels stay bounded: no job ids, and a migration's label is
+ * its name up to any `@` (recurring passes named `<schedule>@<time>` share their schedule's).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Queryable } from '../store/db.ts';
+import { MigrationStatus, type MigrationStatusName } from '../store/codes.ts';
+import { countMigrationsByStatus } from '../store/migrations.ts';
+import { migrationReports } from './status.ts';
+import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
+
+export const METRIC_HELP = {
+  bbm_runs_total: 'Worker runs by result: job_ran (a job was executed), no_job, lock_in_use, migration_changed (started, finished or failed a migration), error.',
+  bbm_run_duration_seconds: 'Duration of a worker run: one transaction, from BEGIN to COMMIT.',
+  bbm_job_duration_seconds: 'Time spent in the work function of a job.',
+  bbm_job_batch_size: 'Batch size of the jobs executed.',
+  bbm_migrated_tuples_total: 'Rows migrated: what work functions report changing, or the batch size of each successful job when they report nothing.',
+  bbm_jobs_total: 'Jobs executed, by result: succeeded or failed.',
+  bbm_sleep_duration_seconds: 'Waits of workers between runs.',
+  bbm_migration_progress: 'Share (0..1) of a migration\'s id range covered by finished jobs, for migrations not finished or failed.',
+  bbm_migrations: 'Migrations by status.',
+} as const;
+
+export type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'migration_changed' | 'error';
+
+export function runResultLabel(outcome: RunOutcome): RunResultLabel {
+  switch (outcome) {
+    case 'job_succeeded':
+    case 'job_failed':
+      return 'job_ran';
+    case 'no_job':
+    case 'lock_in_use':
+      return outcome;
+    case 'migration_started':
+    case 'migration_finished':
+    case 'migration_failed':
+      return 'migration_changed';
+    case 'aborted':
+    case 'error':
+      return 'error';
+  }
+}
+
+/** A migration's metric label: its name up to any `@`, so recurring passes share one series. */
+export const migrationLabel = (name: string): string => name.split('@', 1)[0] ?? name;
+
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180];
+
+export interface BbmMetrics {
+  registry: Registry;
+  /** Add to a worker's `observers`. */
+  observer: WorkerObserver;
+}
+
+/**
+ * Creates the metrics on a registry of their own (plus Node's default process metrics). With
+ * `db`, the two gauges that describe migrations rather than this process are read from the
+ * database at each scrape.
+ */
+export function createMetrics({ db, registry = new Registry() }: { db?: Queryable; registry?: Registry } = {}): BbmMetrics {
+  const registers = [registry];
+  collectDefaultMetrics({ register: registry });
+  const runs = new Counter({ name: 'bbm_runs_total', help: METRIC_HELP.bbm_runs_total, labelNames: ['result'], registers });
+  const runDuration = new Histogram({
+    name: 'bbm_run_duration_seconds',
+    help: METRIC_HELP.bbm_run_duration_seconds,
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const jobDuration = new Histogram({
+    name: 'bbm_job_duration_seconds',
+    help: METRIC_HELP.bbm_job_duration_seconds,
+    labelNames: ['migration', 'work'],
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const batchSize = new Histogram({
+    name: 'bbm_job_batch_size',
+    help: METRIC_HELP.bbm_job_batch_size,
+    buckets: [10, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000],
+    registers,
+  });
+  const tuples = new Counter({ name: 'bbm_migrated_tuples_total', help: METRIC_HELP.bbm_migrated_tuples_total, labelNames: ['migration'], registers });
+  const jobs = new Counter({ name: 'bbm_jobs_total', help: METRIC_HELP.bbm_jobs_total, labelNames: ['migration', 'result'], registers });
+  const sleeps = new Histogram({
+    name: 'bbm_sleep_duration_seconds',
+    help: METRIC_HELP.bbm_sleep_duration_seconds,
+    buckets: [0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600],
+    registers,
+  });
+  if (db) {
+    new Gauge({
+      name: 'bbm_migration_progress',
+      help: METRIC_HELP.bbm_migration_progress,
+      labelNames: ['migration'],
+      registers,
+      async collect() {
+        this.reset();
+        const reports = await migrationReports(db, { statuses: ['active', 'running', 'paused'] });
+        for (const report of reports) this.set({ migration: migrationLabel(report.name) }, report.progress);
+      },
+    });
+    new Gauge({
+      name: 'bbm_migrations',
+      help: METRIC_HELP.bbm_migrations,
+      labelNames: ['status'],
+      registers,
+      async collect() {
+        const counts = await countMigrationsByStatus(db);
+        for (const status of Object.keys(MigrationStatus) as MigrationStatusName[]) {
+          this.set({ status }, counts.get(MigrationStatus[status]) ?? 0);
+        }
+      },
+    });
+  }
+
+  const observer: WorkerObserver = {
+    run(result: RunResult) {
+      runs.inc({ result: runResultLabel(result.outcome) });
+      runDuration.observe(result.durationMs / 1000);
+      const { job, migration } = result;
+      if (!job || !migration) return;
+      const label = migrationLabel(migration.name);
+      jobDuration.observe({ migration: label, work: migration.work }, job.durationMs / 1000);
+      batchSize.observe(job.batchSize);
+      const succeeded = result.outcome === 'job_succeeded';
+      jobs.inc({ migration: label, result: succeeded ? 'succeeded' : 'failed' });
+      if (succeeded) tuples.inc({ migration: label }, job.rows ?? job.batchSize);
+    },
+    sleep(ms: number) {
+      sleeps.observe(ms / 1000);
+    },
+  };
+  return { registry, observer };
+}

@@ -1,0 +1,76 @@
+/**
+ * Error reports to Sentry (@sentry/node): every failed job attempt, every migration marked
+ * failed and every unexpected run error, once each, tagged with `bbm_name`, `work`,
+ * `error_code` and `correlation_id`. Idle runs (no job, lock in use) are never reported.
+ *
+ * Sentry is set up without its default integrations: it installs no global handlers and
+ * instruments nothing, so it changes nothing about how the process runs or exits.
+ */
+import * as Sentry from '@sentry/node';
+import type { RunResult, WorkerObserver } from './types.ts';
+
+export interface SentryOptions {
+  dsn: string;
+  environment?: string;
+  release?: string;
+  /** Text that must never leave the process (the database password): replaced by `***` in every event. */
+  secrets?: readonly string[];
+}
+
+export interface SentryReporter {
+  /** Add to a worker's `observers`. */
+  observer: WorkerObserver;
+  /** Sends what is queued (waiting up to `timeoutMs`) and shuts the client down. */
+  close(timeoutMs?: number): Promise<void>;
+}
+
+function scrubber(secrets: readonly string[]): <T>(event: T) => T {
+  const needles = secrets.filter((secret) => secret.length >= 3);
+  if (needles.length === 0) return (event) => event;
+  return (event) => {
+    let text = JSON.stringify(event);
+    for (const needle of needles) text = text.split(JSON.stringify(needle).slice(1, -1)).join('***');
+    return JSON.parse(text) as typeof event;
+  };
+}
+
+const REPORTED: ReadonlySet<RunResult['outcome']> = new Set(['job_failed', 'migration_failed', 'error']);
+
+export function createSentryReporter({ dsn, environment, release, secrets = [] }: SentryOptions): SentryReporter {
+  const scrub = scrubber(secrets);
+  Sentry.initWithoutDefaultIntegrations({
+    dsn,
+    ...(environment !== undefined && { environment }),
+    ...(release !== undefined && { release }),
+    beforeSend: (event) => scrub(event),
+    beforeBreadcrumb: (breadcrumb) => scrub(breadcrumb),
+  });
+  const observer: WorkerObserver = {
+    run(result) {
+      if (!REPORTED.has(result.outcome) || !result.error) return;
+      const { migration, job } = result;
+      Sentry.captureException(result.error, {
+        tags: {
+          correlation_id: result.runId,
+          outcome: result.outcome,
+          ...(migration && { bbm_name: migration.name, work: migration.work }),
+          ...(result.errorCode && { error_code: result.errorCode }),
+        },
+        contexts: {
+          bbm: {
+            ...(migration && { bbm_id: String(migration.id) }),
+            ...(job && { job_id: String(job.id), job_start: String(job.start), job_end: String(job.end), attempt: job.attempt }),
+          },
+        },
+        // A migration fails once, for one reason: group its report by migration and code.
+        ...(result.outcome === 'migration_failed' && migration && { fingerprint: ['bbm-migration-failed', migration.name, result.errorCode ?? 'unknown'] }),
+      });
+    },
+  };
+  return {
+    observer,
+    close: async (timeoutMs = 2_000) => {
+      await Sentry.close(timeoutMs);
+    },
+  };
+}

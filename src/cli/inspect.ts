@@ -1,0 +1,76 @@
+/** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
+import { migrationReports, type MigrationReport } from '../bbm/status.ts';
+import type { Context } from './main.ts';
+import { duration, percent, table, toJson } from './format.ts';
+
+export async function status(context: Context): Promise<number> {
+  const { flags, io } = context;
+  if (flags.watch) return watch(context);
+  const reports = await load(context);
+  if (flags.name !== undefined && reports.length === 0) {
+    io.err(`bbm status: no migration named ${JSON.stringify(flags.name)}`);
+    return 1;
+  }
+  io.out(flags.json ? toJson(reports) : render(reports));
+  return 0;
+}
+
+function load({ pool, flags, config }: Context): Promise<MigrationReport[]> {
+  return migrationReports(pool, { name: flags.name, knownWork: config?.work.map((w) => w.name) ?? [] });
+}
+
+/** Redraws every second until SIGINT/SIGTERM; on a terminal in place, elsewhere one block a second. */
+async function watch(context: Context): Promise<number> {
+  const { io, flags } = context;
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  const stop = () => {
+    stopped = true;
+    wake?.();
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  try {
+    while (!stopped) {
+      const reports = await load(context);
+      const stamp = new Date().toISOString();
+      if (flags.json) io.out(JSON.stringify({ at: stamp, migrations: JSON.parse(toJson(reports, 0)) as unknown }));
+      else if (io.tty) process.stdout.write(`\x1b[H\x1b[2J${stamp}  (Ctrl-C to stop)\n\n${render(reports)}\n`);
+      else io.out(`--- ${stamp}\n${render(reports)}\n`);
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 1_000);
+      });
+    }
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  return 0;
+}
+
+function render(reports: MigrationReport[]): string {
+  if (reports.length === 0) return 'no migrations';
+  return table(
+    ['ID', 'NAME', 'STATUS', 'PROGRESS', 'JOBS OK/FAILED', 'ROWS/S', 'LEFT', 'TARGET', 'WORK', 'NOTE'],
+    reports.map((r) => [
+      String(r.id),
+      r.name,
+      r.status,
+      percent(r.progress),
+      `${r.jobs.finished}/${r.jobs.failed}`,
+      r.rowsPerSecond === null ? '-' : Math.round(r.rowsPerSecond).toLocaleString('en'),
+      r.etaSeconds === null ? '-' : duration(r.etaSeconds),
+      `${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}] by ${r.batchSize}`,
+      r.jobSignatureName,
+      note(r),
+    ]),
+  );
+}
+
+function note(r: MigrationReport): string {
+  if (r.failureErrorCode !== null) return `${r.failureErrorCode}: ${r.failureMessage ?? ''}`;
+  if (r.waitingForWork) return `waiting for a worker with work function ${r.jobSignatureName}`;
+  if (r.lastError !== null) return `last job error: ${r.lastError}`;
+  return '';
+}

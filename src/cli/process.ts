@@ -1,0 +1,191 @@
+/** The long-running commands: `bbm run` (a worker) and `bbm finalize` (one migration, now). */
+import { resolveOptions } from '../bbm/config.ts';
+import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
+import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
+import { createMetrics } from '../bbm/metrics.ts';
+import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
+import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
+import type { MigrationReport } from '../bbm/status.ts';
+import type { WorkerObserver, WorkerOptions } from '../bbm/types.ts';
+import { Worker } from '../bbm/worker.ts';
+import { migrateSchema } from '../store/migrate.ts';
+import { integerFlag, requiredFlag, UsageError } from './args.ts';
+import { duration, percent, progressBar } from './format.ts';
+import type { Context } from './main.ts';
+
+export const DEFAULT_GRACE_PERIOD_MS = 25_000;
+
+function logger({ flags }: Context, destination: 1 | 2): Logger {
+  const level = flags['log-level'];
+  if (level !== undefined && !(LOG_LEVELS as string[]).includes(level)) {
+    throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}; got ${JSON.stringify(level)}`);
+  }
+  const format = flags['log-format'];
+  if (format !== undefined && format !== 'json' && format !== 'pretty') {
+    throw new UsageError(`--log-format must be json or pretty; got ${JSON.stringify(format)}`);
+  }
+  return createLogger({ level: level as 'info' | undefined, format: format as LogFormat | undefined, destination });
+}
+
+function sentryFrom({ config, io, databaseUrl }: Context): SentryReporter | undefined {
+  const dsn = io.env.SENTRY_DSN ?? config?.sentry?.dsn;
+  if (!dsn) return undefined;
+  let password: string | undefined;
+  try {
+    password = decodeURIComponent(new URL(databaseUrl).password) || undefined;
+  } catch {
+    password = undefined;
+  }
+  return createSentryReporter({
+    dsn,
+    ...(config?.sentry?.environment !== undefined && { environment: config.sentry.environment }),
+    ...(config?.sentry?.release !== undefined && { release: config.sentry.release }),
+    secrets: [databaseUrl, ...(password ? [password] : [])],
+  });
+}
+
+/**
+ * SIGINT/SIGTERM: the first asks to stop after the job in flight, giving it `graceMs`; past that,
+ * or on a second signal, the job in flight is cancelled and rolled back.
+ */
+function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: () => void): () => void {
+  let signals = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const handler = (signal: NodeJS.Signals) => {
+    signals += 1;
+    if (signals === 1) {
+      log.info({ signal, grace_period_ms: graceMs }, 'stopping after the job in flight (signal again to roll it back)');
+      stop();
+      timer = setTimeout(() => {
+        log.warn({ grace_period_ms: graceMs }, 'grace period over: rolling back the job in flight');
+        abort();
+      }, graceMs);
+      timer.unref();
+    } else {
+      log.warn({ signal }, 'stopping now: rolling back the job in flight');
+      abort();
+    }
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    clearTimeout(timer);
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
+
+function overrides(context: Context): WorkerOptions {
+  const result: WorkerOptions = {};
+  const interval = integerFlag(context.flags, 'interval', { min: 1 });
+  const maxAttempts = integerFlag(context.flags, 'max-attempts', { min: 1, max: 32_767 });
+  if (interval !== undefined) result.intervalMs = interval;
+  if (maxAttempts !== undefined) result.maxAttempts = maxAttempts;
+  return result;
+}
+
+export async function run(context: Context): Promise<number> {
+  const { config, flags, pool } = context;
+  if (!config) throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
+  const log = logger(context, 1);
+  const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
+  const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
+  if (flags['metrics-host'] !== undefined && metricsPort === undefined) throw new UsageError('--metrics-host needs --metrics-port');
+  const { work, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...configured } = config;
+  const options = { ...configured, ...overrides(context) };
+  resolveOptions(options);
+
+  if (!flags['skip-migrate']) await migrateSchema(pool);
+  const observers: WorkerObserver[] = [];
+  const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
+  if (metrics) observers.push(metrics.observer);
+  const sentry = sentryFrom(context);
+  if (sentry) observers.push(sentry.observer);
+  let ops: OpsServer | undefined;
+  try {
+    if (metrics && metricsPort !== undefined) {
+      ops = await startOpsServer({ registry: metrics.registry, db: pool, port: metricsPort, host: flags['metrics-host'] ?? '127.0.0.1' });
+      log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
+    }
+    const worker = new Worker({ ...options, work, pool, logger: log, observers });
+    const release = onStopSignals(log, graceMs, () => void worker.stop(), () => void worker.stop({ abort: true }));
+    try {
+      await worker.run({ untilDone: Boolean(flags['until-done']) });
+    } finally {
+      release();
+    }
+  } finally {
+    await ops?.close();
+    await sentry?.close();
+  }
+  return 0;
+}
+
+export async function finalize(context: Context): Promise<number> {
+  const { config, flags, pool, io } = context;
+  const name = requiredFlag(flags, 'name', 'finalize');
+  if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
+  const log = logger(context, 2);
+  const { work, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
+  const sentry = sentryFrom(context);
+  const soft = new AbortController();
+  const hard = new AbortController();
+  const release = onStopSignals(log, config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS, () => soft.abort(), () => hard.abort());
+  const progress = progressPrinter(context);
+  try {
+    const report = await finalizeMigration({
+      ...options,
+      pool,
+      work,
+      name,
+      logger: log,
+      observers: sentry ? [sentry.observer] : [],
+      onProgress: progress.update,
+      signal: soft.signal,
+      hardStop: hard.signal,
+    });
+    progress.done();
+    context.print(report, () => `${name} is finished: ${report.jobs.finished} jobs, ${report.jobs.failed} failed`);
+    return 0;
+  } catch (error) {
+    progress.done();
+    if (!(error instanceof FinalizeError)) throw error;
+    io.err(context.mask(`bbm finalize: ${name} is not finished: ${error.message}`));
+    if (flags.json && error.report) io.out(JSON.stringify({ name, finished: false, reason: error.message, status: error.report.status }));
+    return 1;
+  } finally {
+    release();
+    await sentry?.close();
+  }
+}
+
+/** A progress bar redrawn in place on a terminal; elsewhere a plain line every 10% (or 10 s). */
+function progressPrinter({ io, flags }: Context): { update: (report: MigrationReport) => void; done: () => void } {
+  if (flags.json) return { update: () => {}, done: () => {} };
+  let drawn = false;
+  let lastTenth = -1;
+  let lastLine = 0;
+  const describe = (r: MigrationReport) =>
+    `${r.name} ${progressBar(r.progress)} ${r.jobs.finished} jobs` +
+    (r.rowsPerSecond === null ? '' : `, ${Math.round(r.rowsPerSecond).toLocaleString('en')} rows/s`) +
+    (r.etaSeconds === null ? '' : `, ${duration(r.etaSeconds)} left`);
+  return {
+    update(report) {
+      if (io.tty) {
+        process.stdout.write(`\r\x1b[2K${describe(report)}`);
+        drawn = true;
+        return;
+      }
+      const tenth = Math.floor(report.progress * 10);
+      if (tenth > lastTenth || Date.now() - lastLine > 10_000) {
+        io.out(`${describe(report)} (${percent(report.progress)})`);
+        lastTenth = tenth;
+        lastLine = Date.now();
+      }
+    },
+    done() {
+      if (drawn) process.stdout.write('\n');
+      drawn = false;
+    },
+  };
+}

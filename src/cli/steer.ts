@@ -1,0 +1,96 @@
+/** The commands that change migrations: enqueue, pause, resume, retry. */
+import { isValidWorkName } from '../bbm/registry.ts';
+import { migrationReports, pause, resume } from '../bbm/status.ts';
+import { isTarget, resolveTarget } from '../store/catalog.ts';
+import { SqlState, sqlStateOf } from '../store/db.ts';
+import { insertMigration, retryMigration } from '../store/migrations.ts';
+import { begin, commit, rollback } from '../store/tx.ts';
+import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
+import type { Context } from './main.ts';
+
+/** Checks a migration against the catalog and the config before inserting it; nothing is written when a check fails. */
+export async function enqueue(context: Context): Promise<number> {
+  const { flags, pool, io, config } = context;
+  const name = requiredFlag(flags, 'name', 'enqueue');
+  const work = requiredFlag(flags, 'work', 'enqueue');
+  const tableName = requiredFlag(flags, 'table', 'enqueue');
+  const columnName = requiredFlag(flags, 'column', 'enqueue');
+  const batchSize = integerFlag(flags, 'batch-size', { min: 1, max: 2_147_483_647 });
+  if (batchSize === undefined) throw new UsageError('bbm enqueue needs --batch-size');
+  const minValue = bigintFlag(flags, 'min');
+  const maxValue = bigintFlag(flags, 'max');
+  if (maxValue !== undefined && maxValue < (minValue ?? 1n)) throw new UsageError(`--max ${maxValue} is below --min ${minValue ?? 1n}`);
+  if (!isValidWorkName(work)) throw new UsageError(`--work ${JSON.stringify(work)} is not a valid work name (letters, digits, _ . : / -)`);
+  if (config && !config.work.some((w) => w.name === work)) {
+    throw new UsageError(`--work ${work} is not a work function of the config (it has: ${config.work.map((w) => w.name).join(', ') || 'none'})`);
+  }
+
+  const client = await pool.connect();
+  let id: bigint;
+  try {
+    await begin(client);
+    try {
+      const target = await resolveTarget(client, tableName, columnName);
+      if (!isTarget(target)) {
+        io.err(`bbm enqueue: ${target.code}: ${target.message}; nothing was written`);
+        await rollback(client);
+        return 1;
+      }
+      id = await insertMigration(client, { name, jobSignatureName: work, tableName, columnName, batchSize, minValue, maxValue, paused: flags.paused });
+      await commit(client);
+    } catch (error) {
+      await rollback(client).catch(() => {});
+      if (sqlStateOf(error) === SqlState.uniqueViolation) {
+        io.err(`bbm enqueue: a migration named ${JSON.stringify(name)} already exists; nothing was written`);
+        return 1;
+      }
+      throw error;
+    }
+  } finally {
+    client.release();
+  }
+  const [report] = await migrationReports(pool, { name, knownWork: config?.work.map((w) => w.name) ?? [] });
+  context.print(report, () =>
+    [
+      `enqueued ${name} (id ${id}): ${work} over ${tableName}.${columnName} [${minValue ?? 1n}..${maxValue ?? 'max'}] in batches of ${batchSize}` +
+        (flags.paused ? ', paused' : ''),
+      ...(report?.waitingForWork ? [`note: no live worker has work function ${work} yet`] : []),
+    ].join('\n'),
+  );
+  return 0;
+}
+
+export async function steer(context: Context, command: 'pause' | 'resume'): Promise<number> {
+  const { flags, pool, io } = context;
+  const name = flags.name;
+  const changed = command === 'pause' ? await pause(pool, name) : await resume(pool, name);
+  if (name !== undefined && changed.length === 0) {
+    const [existing] = await migrationReports(pool, { name });
+    if (!existing) {
+      io.err(`bbm ${command}: no migration named ${JSON.stringify(name)}`);
+      return 1;
+    }
+    context.print({ [command === 'pause' ? 'paused' : 'resumed']: [] }, () => `${name} is ${existing.status}; nothing to ${command}`);
+    return 0;
+  }
+  const verb = command === 'pause' ? 'paused' : 'resumed';
+  context.print({ [verb]: changed }, () => (changed.length === 0 ? `nothing to ${command}` : `${verb}: ${changed.join(', ')}`));
+  return 0;
+}
+
+export async function retry(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const name = requiredFlag(flags, 'name', 'retry');
+  const jobs = await retryMigration(pool, name);
+  if (jobs === null) {
+    const [existing] = await migrationReports(pool, { name });
+    io.err(
+      existing
+        ? `bbm retry: ${name} is ${existing.status}; only a failed migration can be retried`
+        : `bbm retry: no migration named ${JSON.stringify(name)}`,
+    );
+    return 1;
+  }
+  context.print({ retried: name, jobsReset: jobs }, () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`);
+  return 0;
+}
