@@ -70,7 +70,8 @@ function render(reports: MigrationReport[]): string {
 
 function note(r: MigrationReport): string {
   if (r.failureErrorCode !== null) return `${r.failureErrorCode}: ${r.failureMessage ?? ''}`;
-  if (r.waitingForWork) return `waiting for a worker with work function ${r.jobSignatureName}`;
-  if (r.lastError !== null) return `last job error: ${r.lastError}`;
-  return '';
+  const notes: string[] = [];
+  if (r.waitingForWork) notes.push(`waiting for a worker with work function ${r.jobSignatureName}`);
+  if (r.lastError !== null) notes.push(`last job error: ${r.lastError}`);
+  return notes.join('; ');
 }

@@ -5,6 +5,7 @@ import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { insertMigration, retryMigration } from '../store/migrations.ts';
 import { begin, commit, rollback } from '../store/tx.ts';
+import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './main.ts';
 
@@ -49,12 +50,13 @@ export async function enqueue(context: Context): Promise<number> {
   } finally {
     client.release();
   }
-  const [report] = await migrationReports(pool, { name, knownWork: config?.work.map((w) => w.name) ?? [] });
+  const [report] = await migrationReports(pool, { name });
+  const live = await liveWorkNames(pool, LIVE_WORKER_WINDOW_MS);
   context.print(report, () =>
     [
       `enqueued ${name} (id ${id}): ${work} over ${tableName}.${columnName} [${minValue ?? 1n}..${maxValue ?? 'max'}] in batches of ${batchSize}` +
         (flags.paused ? ', paused' : ''),
-      ...(report?.waitingForWork ? [`note: no live worker has work function ${work} yet`] : []),
+      ...(live.includes(work) ? [] : [`note: no live worker has work function ${work} yet`]),
     ].join('\n'),
   );
   return 0;
