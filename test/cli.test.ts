@@ -138,3 +138,12 @@ describe('bbm against a database', () => {
     expect(result).toMatchObject({ code: 2, err: expect.stringMatching(/--interval must be a whole number/) });
   });
 });
+
+describe('bbm help', () => {
+  it.each(['run', 'finalize', 'status', 'enqueue', 'pause', 'resume', 'retry', 'migrate'])('has help for %s', async (command) => {
+    const result = await bbm([command, '--help']);
+    expect(result.code).toBe(0);
+    expect(result.out).toMatch(new RegExp(`^bbm ${command}: .+\\n\\nUsage: bbm ${command}`));
+    expect(result.out).toContain('--database-url URL');
+  });
+});

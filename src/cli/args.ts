@@ -36,66 +36,95 @@ export const OPTIONS = {
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 export type Flag = keyof Flags;
 
+/** What a flag means, for help. */
+const FLAG_HELP: Record<Flag, string> = {
+  'database-url': '--database-url URL    PostgreSQL to use; default DATABASE_URL, then the config\'s databaseUrl',
+  config: '--config FILE         Config module (default: bbm.config.ts, .mjs or .js here)',
+  help: '-h, --help            This help',
+  json: '--json                Print the result as JSON',
+  name: '--name NAME           The migration',
+  'until-done': '--until-done          Exit 0 once nothing this worker can run remains',
+  interval: '--interval MS         Base wait between idle runs (overrides the config\'s intervalMs)',
+  'max-attempts': '--max-attempts N      Tries per range before its migration fails (overrides maxAttempts)',
+  'skip-migrate': '--skip-migrate        Do not apply pg-bbm\'s schema at start',
+  'log-level': '--log-level LEVEL     trace, debug, info (default), warn, error, silent',
+  'log-format': '--log-format FORMAT   json (default when not on a terminal) or pretty',
+  'metrics-port': '--metrics-port PORT   Serve /metrics, /healthz and /readyz on this port (default: off)',
+  'metrics-host': '--metrics-host HOST   Address to bind them to (default 127.0.0.1)',
+  'grace-period': '--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config\'s gracePeriodMs, else 25000)',
+  watch: '--watch               Redraw every second until interrupted',
+  work: '--work WORK           The work function (job_signature_name)',
+  table: '--table TABLE         The table, optionally schema-qualified',
+  column: '--column COLUMN       The integer column with a btree index to batch over',
+  'batch-size': '--batch-size N        Rows per range',
+  min: '--min N               First id of the range (default 1)',
+  max: '--max N               Last id (default: the column\'s maximum when the migration starts)',
+  paused: '--paused              Enqueue it paused',
+};
+
 const LOGGING: Flag[] = ['log-level', 'log-format'];
 
-/** Which flags each command takes, beyond `--database-url`, `--config` and `--help`. */
-export const COMMAND_FLAGS: Record<string, Flag[]> = {
-  run: ['until-done', 'interval', 'max-attempts', 'skip-migrate', 'metrics-port', 'metrics-host', 'grace-period', ...LOGGING],
-  finalize: ['name', 'json', ...LOGGING],
-  status: ['name', 'json', 'watch'],
-  enqueue: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'paused', 'json'],
-  pause: ['name', 'json'],
-  resume: ['name', 'json'],
-  retry: ['name', 'json'],
-  migrate: ['json'],
+interface CommandSpec {
+  summary: string;
+  usage: string;
+  flags: Flag[];
+}
+
+/** Every command: what it does, and the flags it takes beyond `--database-url`, `--config` and `--help`. */
+export const COMMANDS: Record<string, CommandSpec> = {
+  run: {
+    summary: 'Run a worker until stopped (SIGTERM/SIGINT: finish the job in flight; twice: roll it back)',
+    usage: 'bbm run [--config FILE] [--until-done] [--metrics-port PORT] …',
+    flags: ['until-done', 'interval', 'max-attempts', 'grace-period', 'metrics-port', 'metrics-host', 'skip-migrate', ...LOGGING],
+  },
+  finalize: {
+    summary: 'Run the rest of one migration now, in this process; exit 0 once it is finished',
+    usage: 'bbm finalize --name NAME --config FILE',
+    flags: ['name', 'json', ...LOGGING],
+  },
+  status: {
+    summary: 'Show migrations: progress, pace, time left, failures',
+    usage: 'bbm status [--name NAME] [--watch] [--json]',
+    flags: ['name', 'watch', 'json'],
+  },
+  enqueue: {
+    summary: 'Add a migration, after checking its table, column, index and work function',
+    usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--paused]',
+    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'paused', 'json'],
+  },
+  pause: { summary: 'Pause active and running migrations (all, or --name)', usage: 'bbm pause [--name NAME]', flags: ['name', 'json'] },
+  resume: { summary: 'Resume paused migrations (all, or --name)', usage: 'bbm resume [--name NAME]', flags: ['name', 'json'] },
+  retry: {
+    summary: 'Make a failed migration active again, its failed ranges with fresh attempts',
+    usage: 'bbm retry --name NAME',
+    flags: ['name', 'json'],
+  },
+  migrate: { summary: "Apply pg-bbm's own schema (idempotent; run does it too unless --skip-migrate)", usage: 'bbm migrate', flags: ['json'] },
 };
 export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
 
-export const HELP = `bbm: batched background migrations for PostgreSQL
+const FOOTER = 'Environment: DATABASE_URL, SENTRY_DSN, BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.';
+const flagLines = (flags: Flag[]) => flags.map((flag) => `  ${FLAG_HELP[flag]}`).join('\n');
 
-Usage: bbm <command> [options]
+export const HELP = [
+  'bbm: batched background migrations for PostgreSQL',
+  '',
+  'Usage: bbm <command> [options]     (bbm <command> --help for its options)',
+  '',
+  'Commands:',
+  ...Object.entries(COMMANDS).map(([name, spec]) => `  ${name.padEnd(10)} ${spec.summary}`),
+  '',
+  'Options of every command:',
+  flagLines(COMMON_FLAGS),
+  '',
+  FOOTER,
+].join('\n');
 
-Commands:
-  run        Run a worker until stopped
-  finalize   Run the rest of one migration now, in this process; exit 0 once it is finished
-  status     Show migrations: progress, pace, time left, failures
-  enqueue    Add a migration, after checking its table, column, index and work function
-  pause      Pause active and running migrations (all, or --name)
-  resume     Resume paused migrations (all, or --name)
-  retry      Make a failed migration active again, its failed ranges with fresh attempts
-  migrate    Apply pg-bbm's own schema (idempotent; run does it too unless --skip-migrate)
-
-Options of every command:
-  --database-url URL    PostgreSQL to use; default DATABASE_URL, then the config's databaseUrl
-  --config FILE         Config module (default: bbm.config.ts, .mjs or .js here)
-  --json                Print data as JSON (commands that print data)
-  -h, --help            This help
-
-run:
-  --until-done          Exit 0 once nothing this worker can run remains
-  --interval MS         Base wait between idle runs (overrides the config's intervalMs)
-  --max-attempts N      Tries per range before its migration fails (overrides maxAttempts)
-  --grace-period MS     On SIGTERM/SIGINT, how long the job in flight may take to finish before
-                        it is rolled back (default: the config's gracePeriodMs, else 25000)
-  --metrics-port PORT   Serve /metrics, /healthz and /readyz on this port (default: off)
-  --metrics-host HOST   Address to bind them to (default 127.0.0.1)
-  --skip-migrate        Do not apply pg-bbm's schema at start
-  --log-level LEVEL     trace, debug, info (default), warn, error, silent
-  --log-format FORMAT   json (default when not on a terminal) or pretty
-finalize:
-  --name NAME           The migration (required); needs --config with its work function
-status:
-  --name NAME           Only this migration
-  --watch               Redraw every second until interrupted
-enqueue:
-  --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--paused]
-pause, resume:
-  --name NAME           Only this migration
-retry:
-  --name NAME           The failed migration (required)
-
-Environment: DATABASE_URL, SENTRY_DSN, BBM_LOG_LEVEL, BBM_LOG_FORMAT.
-Exit codes: 0 success, 1 failure, 2 bad usage.`;
+export function commandHelp(command: string): string {
+  const spec = COMMANDS[command];
+  if (!spec) return HELP;
+  return [`bbm ${command}: ${spec.summary}`, '', `Usage: ${spec.usage}`, '', 'Options:', flagLines([...spec.flags, ...COMMON_FLAGS]), '', FOOTER].join('\n');
+}
 
 export function parseCommandLine(argv: string[]): { command: string | undefined; flags: Flags } {
   const parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });

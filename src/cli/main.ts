@@ -8,7 +8,7 @@ import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
 import { createPool, maskConnectionString } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
-import { COMMAND_FLAGS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
+import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
 import { toJson } from './format.ts';
 import { status } from './inspect.ts';
 import { finalize, run } from './process.ts';
@@ -54,14 +54,18 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     io.err(`bbm: ${(error as Error).message}\n\nRun \`bbm --help\` for usage.`);
     return 2;
   }
-  if (flags.help || command === undefined || command === 'help') {
+  if (command === undefined || command === 'help') {
     io.out(HELP);
     return command === undefined && !flags.help ? 2 : 0;
   }
-  const allowed = COMMAND_FLAGS[command];
+  const allowed = COMMANDS[command]?.flags;
   if (!allowed) {
     io.err(`bbm: unknown command ${JSON.stringify(command)}\n\nRun \`bbm --help\` for usage.`);
     return 2;
+  }
+  if (flags.help) {
+    io.out(commandHelp(command));
+    return 0;
   }
   const extra = (Object.keys(flags) as Flag[]).find((f) => !allowed.includes(f) && !COMMON_FLAGS.includes(f));
   if (extra) {
