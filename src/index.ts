@@ -4,6 +4,10 @@ export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOption
 export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
 export { VALID_WORK_NAME } from './bbm/registry.ts';
 export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
+export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
+export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
+export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops-server.ts';
+export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';
 export { MigrationStatus, JobStatus, SERIAL_KEY_SET, type MigrationStatusName, type JobStatusName } from './store/codes.ts';
 export { LOCK_NAMESPACE } from './store/migrations.ts';
