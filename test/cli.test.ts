@@ -1,17 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { main, type Io } from '../src/cli/main.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
+import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range } from './support/engine.ts';
 import { TEST_CONFIG } from './support/processes.ts';
-
-async function bbm(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: Io = { out: (t) => (out += `${t}\n`), err: (t) => (err += `${t}\n`), env, tty: false };
-  const code = await main(args, io);
-  return { code, out, err };
-}
 
 describe('bbm without a database', () => {
   it('says how to give one and exits 2', async () => {

@@ -13,7 +13,7 @@ import { createPool } from '../src/store/db.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range } from './support/engine.ts';
-import { runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
+import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, waitForStall } from './support/processes.ts';
 
 /** Prometheus text format, enough of it: `name{a="b"} value` lines, keyed by name and sorted labels. */
 function parseMetrics(text: string): Map<string, number> {
@@ -28,16 +28,12 @@ function parseMetrics(text: string): Map<string, number> {
   return samples;
 }
 
-async function prepareJobLog(pool: import('pg').Pool) {
-  await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
-}
-
 describe('bbm run --metrics-port', () => {
   const db = useTestDatabase();
 
   it('serves /metrics, /healthz and /readyz on 127.0.0.1, with values that match the work done', async () => {
     const { pool, url } = db();
-    await prepareJobLog(pool);
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 250));
     await pool.query('DELETE FROM items WHERE id % 10 = 0');
     await enqueue(pool, { name: 'counted', work: 'test.touch', table: 'items', batchSize: 20 });
@@ -174,7 +170,7 @@ describe('Sentry', () => {
     expect(new URL(url).password).not.toBe('');
     const ingest = await sentryIngest();
     onTestFinished(() => ingest.close());
-    await prepareJobLog(pool);
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 40));
     await enqueue(pool, { name: 'poisoned', work: 'test.touch', table: 'items', batchSize: 10 });
     await enqueue(pool, { name: 'misnamed', work: 'test.touch', table: 'no_such_table', batchSize: 10 });
@@ -215,14 +211,11 @@ describe('shutdown', () => {
 
   it('rolls the job in flight back when it outlasts the grace period after SIGTERM, and exits 0', async () => {
     const { pool, url } = db();
-    await prepareJobLog(pool);
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 100));
     await enqueue(pool, { name: 'slow', work: 'test.touch', table: 'items', batchSize: 50 });
     const worker = startBbm(['run', '--config', TEST_CONFIG, '--grace-period', '300'], { DATABASE_URL: url, BBM_TEST_STALL_AT: '60' });
-    await waitFor(async () => {
-      const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
-      return rows.length > 0;
-    }, 'the worker to be mid-job');
+    await waitForStall(pool, 'the worker to be mid-job');
 
     const stopped = Date.now();
     worker.child.kill('SIGTERM');

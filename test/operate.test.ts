@@ -1,18 +1,10 @@
 /** The operator's commands: enqueue, retry, finalize, and what status tells about pace. */
 import { describe, expect, it } from 'vitest';
-import { main, type Io } from '../src/cli/main.ts';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
+import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
-import { runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
-
-async function bbm(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: Io = { out: (t) => (out += `${t}\n`), err: (t) => (err += `${t}\n`), env, tty: false };
-  const code = await main(args, io);
-  return { code, out, err };
-}
+import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
 
 const count = async (pool: { query: (q: string) => Promise<{ rows: Array<{ n: number }> }> }) =>
   (await pool.query('SELECT count(*)::int AS n FROM batched_background_migrations')).rows[0]!.n;
@@ -136,7 +128,7 @@ describe('bbm finalize', () => {
 
   it('runs the rest of a migration in this process and exits 0 once it is finished', async () => {
     const { pool, url } = db();
-    await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 95));
     await enqueue(pool, { name: 'deploy_gate', work: 'test.touch', table: 'items', batchSize: 10 });
 
@@ -153,7 +145,7 @@ describe('bbm finalize', () => {
 
   it('takes turns with a background worker on the same migration: no range runs twice', async () => {
     const { pool, url } = db();
-    await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 3000));
     await enqueue(pool, { name: 'raced', work: 'test.touch', table: 'items', batchSize: 20 });
     const background = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url });
@@ -175,7 +167,7 @@ describe('bbm finalize', () => {
 
   it('exits 1 when the migration fails, is paused or already failed, and 2 without the work function', async () => {
     const { pool, url } = db();
-    await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
+    await createJobLog(pool);
     await createItems(pool, 'items', range(1, 30));
     await enqueue(pool, { name: 'doomed', work: 'test.touch', table: 'items', batchSize: 10 });
     await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });

@@ -7,10 +7,10 @@ import { describe, expect, it } from 'vitest';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range } from './support/engine.ts';
-import { runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
+import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitForStall } from './support/processes.ts';
 
 async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSize: number): Promise<string[]> {
-  await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
+  await createJobLog(pool);
   const names: string[] = [];
   for (let m = 0; m < migrations; m += 1) {
     await createItems(pool, `items_${m}`, range(1, rows));
@@ -20,14 +20,6 @@ async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSiz
     await enqueue(pool, { name: `touch_${m}`, work: 'test.touch', table: `items_${m}`, batchSize });
   }
   return names;
-}
-
-/** Waits until a worker is inside the job that BBM_TEST_STALL_AT makes stall. */
-async function waitForStall(pool: pg.Pool, what: string): Promise<void> {
-  await waitFor(async () => {
-    const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
-    return rows.length > 0;
-  }, what);
 }
 
 /** Every row of every table touched exactly once, and every range logged exactly once. */

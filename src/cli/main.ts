@@ -6,7 +6,7 @@ import type pg from 'pg';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
-import { createPool, maskConnectionString } from '../store/db.ts';
+import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
 import { toJson } from './format.ts';
@@ -125,12 +125,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
 /** Hides the database URL's password wherever it might appear in a message. */
 function masker(databaseUrl: string): (text: string) => string {
   const masked = maskConnectionString(databaseUrl);
-  let password: string | undefined;
-  try {
-    password = decodeURIComponent(new URL(databaseUrl).password) || undefined;
-  } catch {
-    password = undefined;
-  }
+  const password = passwordOf(databaseUrl);
   return (text) => {
     let out = text.split(databaseUrl).join(masked);
     if (password && password.length >= 3) out = out.split(password).join('***');

@@ -8,6 +8,7 @@ import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { MigrationReport } from '../bbm/status.ts';
 import type { WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
+import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
 import { duration, percent, progressBar } from './format.ts';
@@ -30,12 +31,7 @@ function logger({ flags }: Context, destination: 1 | 2): Logger {
 function sentryFrom({ config, io, databaseUrl }: Context): SentryReporter | undefined {
   const dsn = io.env.SENTRY_DSN ?? config?.sentry?.dsn;
   if (!dsn) return undefined;
-  let password: string | undefined;
-  try {
-    password = decodeURIComponent(new URL(databaseUrl).password) || undefined;
-  } catch {
-    password = undefined;
-  }
+  const password = passwordOf(databaseUrl);
   return createSentryReporter({
     dsn,
     ...(config?.sentry?.environment !== undefined && { environment: config.sentry.environment }),

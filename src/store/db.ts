@@ -67,6 +67,15 @@ export function maskConnectionString(connectionString: string): string {
   }
 }
 
+/** The password in a connection string, if it has one. */
+export function passwordOf(connectionString: string): string | undefined {
+  try {
+    return decodeURIComponent(new URL(connectionString).password) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** SQLSTATE codes the engine reacts to; anything else is an unexpected error. */
 export const SqlState = {
   /** 42P01: the batched table was dropped or renamed after validation. */

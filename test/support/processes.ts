@@ -1,5 +1,6 @@
 /** `bbm` as a child process, the way operators run it. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import type pg from 'pg';
 import { fileURLToPath } from 'node:url';
 
 export const BBM_BIN = fileURLToPath(new URL('../../bin/bbm.js', import.meta.url));
@@ -40,4 +41,17 @@ export async function waitFor<T>(probe: () => Promise<T | undefined | false>, wh
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/** Waits until a worker is inside the job that BBM_TEST_STALL_AT makes stall (see the test config). */
+export async function waitForStall(pool: pg.Pool, what: string): Promise<void> {
+  await waitFor(async () => {
+    const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
+    return rows.length > 0;
+  }, what);
+}
+
+/** The table the test config's work function logs each range it runs to, with its process id. */
+export async function createJobLog(pool: pg.Pool): Promise<void> {
+  await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
 }
