@@ -6,6 +6,7 @@ export { VALID_WORK_NAME } from './bbm/registry.ts';
 export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
+export { anyThrottle, replicaLagThrottle, walArchiveThrottle, type Throttle } from './bbm/throttle.ts';
 export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops-server.ts';
 export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';

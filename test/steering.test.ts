@@ -3,6 +3,8 @@ import type { Work } from '../src/bbm/types.ts';
 import { migrationReports, pause, resume } from '../src/bbm/status.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { LOCK_NAMESPACE } from '../src/store/migrations.ts';
+import { maxReplicaLagBytes, readyWalSegments } from '../src/store/health.ts';
+import { anyThrottle, replicaLagThrottle, walArchiveThrottle } from '../src/bbm/throttle.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
@@ -172,5 +174,38 @@ describe('live workers', () => {
     await running;
     const after = await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers');
     expect(after.rows[0].n).toBe(0);
+  });
+});
+
+describe('throttles', () => {
+  const db = useTestDatabase();
+
+  it('hold a worker back while they give a reason, then it drains as usual', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    await enqueue(pool, { name: 'held', work: touch.name, table: 'items', batchSize: 10 });
+    const reasons = ['replica far behind', 'replica still behind'];
+    const outcomes: string[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      intervalMs: 1,
+      maxIntervalMs: 2,
+      throttleCheckMs: 0,
+      throttle: async () => reasons.shift() ?? false,
+      observers: [{ run: (result) => outcomes.push(result.outcome === 'throttled' ? `throttled: ${result.error?.message}` : result.outcome) }],
+    });
+
+    await worker.run({ untilDone: true });
+
+    expect(outcomes.slice(0, 3)).toEqual(['throttled: replica far behind', 'throttled: replica still behind', 'migration_started']);
+    expect(outcomes.filter((o) => o === 'job_succeeded')).toHaveLength(3);
+    expect((await migrationRow(pool, 'held'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('built in: WAL archive and replica lag read as nothing to hold back for on a lone server without archiving', async () => {
+    const { pool } = db();
+    expect(await readyWalSegments(pool)).toBeNull();
+    expect(await maxReplicaLagBytes(pool)).toBeNull();
+    expect(await anyThrottle(walArchiveThrottle(), replicaLagThrottle())(pool)).toBe(false);
   });
 });

@@ -19,6 +19,7 @@ export const DEFAULTS = {
   pauseMs: 0,
   maxAttempts: 5,
   runTimeoutMs: 180_000,
+  throttleCheckMs: 5_000,
 } as const;
 
 export type ResolvedOptions = Required<WorkerOptions>;
@@ -47,6 +48,7 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
     pauseMs: integer(options, 'pauseMs', DEFAULTS.pauseMs, 0, day),
     maxAttempts: integer(options, 'maxAttempts', DEFAULTS.maxAttempts, 1, 32_767),
     runTimeoutMs: integer(options, 'runTimeoutMs', DEFAULTS.runTimeoutMs, 100, day),
+    throttleCheckMs: integer(options, 'throttleCheckMs', DEFAULTS.throttleCheckMs, 0, day),
   };
 }
 

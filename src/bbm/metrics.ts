@@ -11,7 +11,7 @@ import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
 
 export const METRIC_HELP = {
-  bbm_runs_total: 'Worker runs by result: job_ran (a job was executed), no_job, lock_in_use, migration_changed (started, finished or failed a migration), error.',
+  bbm_runs_total: 'Worker runs by result: job_ran (a job was executed), no_job, lock_in_use, throttled, migration_changed (started, finished or failed a migration), error.',
   bbm_run_duration_seconds: 'Duration of a worker run: one transaction, from BEGIN to COMMIT.',
   bbm_job_duration_seconds: 'Time spent in the work function of a job.',
   bbm_job_batch_size: 'Batch size of the jobs executed.',
@@ -22,7 +22,7 @@ export const METRIC_HELP = {
   bbm_migrations: 'Migrations by status.',
 } as const;
 
-export type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'migration_changed' | 'error';
+export type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
 
 export function runResultLabel(outcome: RunOutcome): RunResultLabel {
   switch (outcome) {
@@ -31,6 +31,7 @@ export function runResultLabel(outcome: RunOutcome): RunResultLabel {
       return 'job_ran';
     case 'no_job':
     case 'lock_in_use':
+    case 'throttled':
       return outcome;
     case 'migration_started':
     case 'migration_finished':

@@ -5,6 +5,7 @@ import type { QueryResult, QueryResultRow } from 'pg';
 import type { Logger } from 'pino';
 import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
 import type { ErrorCodeName } from '../store/codes.ts';
+import type { Throttle } from './throttle.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
 export type JobQuery = <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]) => Promise<QueryResult<R>>;
@@ -75,12 +76,16 @@ export interface WorkerOptions {
   maxAttempts?: number;
   /** Bound on one run; a job past it is cancelled and counts as a failed attempt [180000]. */
   runTimeoutMs?: number;
+  /** How often a worker with a `throttle` asks it, at most [5000]. */
+  throttleCheckMs?: number;
 }
 
 /** A config module's default export (`bbm.config.ts`/`.js`/`.mjs`). */
 export interface Config extends WorkerOptions {
   /** The work functions this process can run. */
   work: readonly Work[];
+  /** Holds `bbm run` back while the database is under pressure; see walArchiveThrottle. */
+  throttle?: Throttle;
   /** Used when neither `--database-url` nor DATABASE_URL is given. */
   databaseUrl?: string;
   /** `bbm run`: how long, after SIGTERM/SIGINT, the job in flight may take before it is rolled back [25000]. */
@@ -93,7 +98,7 @@ export interface Config extends WorkerOptions {
  * What one run did. `job_succeeded`/`job_failed`: a range was executed. `migration_finished`/
  * `migration_failed`: a migration changed state without a job. `no_job`: nothing this worker can
  * run exists. `lock_in_use`: there is work, but other workers hold every candidate's lock.
- * `aborted`: the worker was stopped hard and the job rolled back. `error`: the run failed
+ * `throttled`: the worker's throttle held it back (the reason is the error). `aborted`: the worker was stopped hard and the job rolled back. `error`: the run failed
  * unexpectedly and was rolled back.
  */
 export type RunOutcome =
@@ -104,6 +109,7 @@ export type RunOutcome =
   | 'migration_failed'
   | 'no_job'
   | 'lock_in_use'
+  | 'throttled'
   | 'aborted'
   | 'error';
 

@@ -4,6 +4,7 @@
  * failing workers back off exponentially, with jitter, up to a cap.
  */
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { hostname } from 'node:os';
 import type pg from 'pg';
 import { createPool } from '../store/db.ts';
@@ -14,6 +15,7 @@ import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
+import type { Throttle } from './throttle.ts';
 import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
 
 export interface WorkerParams extends WorkerOptions {
@@ -25,6 +27,8 @@ export interface WorkerParams extends WorkerOptions {
   logger?: Logger;
   /** Told about every run and every wait (metrics, error reports, progress). */
   observers?: readonly WorkerObserver[];
+  /** Asked before runs, at most every `throttleCheckMs`: while it holds back, nothing runs. */
+  throttle?: Throttle;
 }
 
 export interface RunLoopOptions {
@@ -42,6 +46,7 @@ export class Worker {
   readonly #log: Logger;
   readonly #runner: Runner;
   readonly #observers: readonly WorkerObserver[];
+  readonly #throttle: Throttle | undefined;
   /** Aborted by stop(): the loop ends after the run in flight. */
   #stopping = new AbortController();
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
@@ -63,6 +68,7 @@ export class Worker {
     }
     this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
     this.#observers = params.observers ?? [];
+    this.#throttle = params.throttle;
     this.#runner = new Runner({
       pool: this.#pool,
       registry,
@@ -122,9 +128,15 @@ export class Worker {
     await sleep(startupJitterMs, stopping);
     // With no pause between jobs, each successful run also starts the next (one round trip less).
     const chain = options.pauseMs === 0;
+    let throttleCheckedAt = -Infinity;
     try {
       while (!stopping.aborted) {
-        const result = await this.#runOnce(chain);
+        let result: RunResult | undefined;
+        if (this.#throttle && performance.now() - throttleCheckedAt >= options.throttleCheckMs) {
+          throttleCheckedAt = performance.now();
+          result = await this.#checkThrottle(this.#throttle);
+        }
+        result ??= await this.#runOnce(chain);
         if (untilDone && result.outcome === 'no_job') break;
         const waitMs = this.#waitAfter(result, backoff);
         if (waitMs > 0) this.#tell((observer) => observer.sleep?.(waitMs));
@@ -136,6 +148,26 @@ export class Worker {
       await retireWorker(this.#pool, this.id).catch((error: unknown) => this.#log.warn({ err: error }, 'could not retire worker'));
     }
     this.#log.info('worker stopped');
+  }
+
+  /**
+   * Asks the throttle; when it holds back, ends any run started ahead and reports a `throttled`
+   * run. A throttle that fails is logged and does not hold back.
+   */
+  async #checkThrottle(throttle: Throttle): Promise<RunResult | undefined> {
+    let reason: string | false;
+    try {
+      reason = await throttle(this.#pool);
+    } catch (error) {
+      this.#log.warn({ err: error }, 'throttle check failed; not throttling');
+      return undefined;
+    }
+    if (!reason) return undefined;
+    await this.#runner.release();
+    const result: RunResult = { outcome: 'throttled', runId: randomUUID(), error: new Error(reason), durationMs: 0 };
+    this.#report(result);
+    this.#tell((observer) => observer.run?.(result));
+    return result;
   }
 
   /** Calls every observer; one that throws is logged, and the others still hear. */
@@ -172,6 +204,7 @@ export class Worker {
         return jittered(intervalMs, jitterRatio);
       case 'job_failed':
       case 'no_job':
+      case 'throttled':
       case 'aborted':
       case 'error':
         return jittered(backoff.next(), jitterRatio);
@@ -207,6 +240,8 @@ export class Worker {
         return this.#log.error(fields, 'migration failed');
       case 'aborted':
         return this.#log.warn(fields, 'run aborted and rolled back');
+      case 'throttled':
+        return this.#log.info(fields, 'throttled: holding back');
       case 'error':
         return this.#log.error(fields, 'run failed');
       case 'no_job':
