@@ -26,7 +26,7 @@ const { values: flags } = parseArgs({
   options: {
     rows: { type: 'string', default: '1000000' },
     'batch-size': { type: 'string', default: '1000' },
-    pairs: { type: 'string', default: '3' },
+    pairs: { type: 'string', default: '5' },
     warmup: { type: 'string', default: '3' },
     json: { type: 'boolean', default: false },
   },

@@ -4,9 +4,9 @@
  * is four round trips:
  *
  *   1. BEGIN · lock the first free runnable migration · SAVEPOINT
- *   2. read the migration and create its next range (one statement)
+ *   2. read the migration and claim its next range (one statement, nothing written)
  *   3. the work function's statements
- *   4. mark the job finished · COMMIT
+ *   4. write the job, finished · COMMIT (· the next run's step 1, when the worker goes on)
  *
  * A migration not yet validated by this worker, starting, out of new ranges or failing takes
  * the full path: read it, validate it, then start, finish or fail it, or claim a failed range.
@@ -25,11 +25,10 @@ import { isTarget, resolveTarget, type Target, type TargetProblem } from '../sto
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import {
   cancelBackend,
-  createNextJob,
-  finishJobAndCommit,
+  claimNextRange,
   firstFailedJob,
   recordFailedAttempt,
-  retryJob,
+  recordFinishedAndCommit,
   type ClaimedJob,
   type ValidatedMigration,
 } from '../store/jobs.ts';
@@ -199,7 +198,7 @@ export class Runner {
     // exhausted, row changed) returns null and takes the full path below.
     const validated = this.#validated.get(id);
     if (validated) {
-      const next = await createNextJob(client, id, validated);
+      const next = await claimNextRange(client, id, validated);
       if (next) {
         const migration = { ...next.migration, work: validated.jobSignatureName };
         return this.#execute(client, migration, validated.target, validated.work, next.job, run);
@@ -253,9 +252,9 @@ export class Runner {
     const next = migration.lastJobEnd === null ? migration.minValue : migration.lastJobEnd + 1n;
     let job: ClaimedJob;
     if (next <= max) {
-      const created = await createNextJob(client, migration.id, { ...checked, target });
-      if (!created) throw new Error(`migration ${migration.id} changed while its lock was held`);
-      job = created.job;
+      const claimed = await claimNextRange(client, migration.id, { ...checked, target });
+      if (!claimed) throw new Error(`migration ${migration.id} changed while its lock was held`);
+      job = claimed.job;
     } else {
       // Every range has run once; now the failed ones, oldest first.
       const failed = await firstFailedJob(client, migration.id);
@@ -272,7 +271,7 @@ export class Runner {
           ),
         );
       }
-      job = await retryJob(client, failed.id);
+      job = { id: failed.id, start: failed.start, end: failed.end, attempt: failed.attempt + 1 };
     }
     return this.#execute(client, { ...ref, batchSize: migration.batchSize }, target, work, job, run);
   }
@@ -368,7 +367,7 @@ export class Runner {
 
     if (!failure) {
       try {
-        const next = await finishJobAndCommit<LockRow>(client, claimed.id, chain ? this.#prologue : undefined);
+        const next = await recordFinishedAndCommit<LockRow>(client, migration.id, claimed, chain ? this.#prologue : undefined);
         return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, committed: true, next };
       } catch (error) {
         failure = workFailureAtCommit(error);
@@ -381,7 +380,7 @@ export class Runner {
 }
 
 /**
- * finishJobAndCommit fails before its COMMIT when the work left the transaction broken: the work
+ * recordFinishedAndCommit fails before its COMMIT when the work left the transaction broken: the work
  * swallowed a failed statement (25P02), or its writes break a deferred constraint (class 23).
  * Those are the work's failures; anything else is the run's.
  */

@@ -46,17 +46,24 @@ export interface NextJob {
   migration: { id: bigint; name: string; batchSize: number };
 }
 
+/** The sequence behind the jobs' ids (named in migrations/0000): a range's id is taken when it is claimed. */
+const JOB_ID_SEQUENCE = sql.raw(`'batched_background_migration_jobs_id_seq'::regclass`);
+
 /**
- * Creates the migration's next range, reading the migration and its last range in this same
+ * Claims the migration's next range, reading the migration and its last range in this same
  * statement, so the caller needs no read of its own first. The range starts after the last one
  * (or at min_value); its end is the `batch_size`-th value of the column from there (an index
  * scan: `LIMIT 1 OFFSET batch_size - 1`), or max_value when fewer remain. Ranges built this way
  * are contiguous, so gaps in the ids fall inside ranges, never between them.
  *
- * Returns null, creating nothing, unless the migration is running with a resolved max_value, a
- * range is left to create, and its row still names what `validated` was checked against.
+ * Nothing is written: the job's row is written once, with its outcome, by
+ * recordFinishedAndCommit or recordFailedAttempt, in the same transaction, under the migration's
+ * lock. Its id is taken from the sequence now, so the work function and the logs know it.
+ *
+ * Returns null unless the migration is running with a resolved max_value, a range is left, and
+ * its row still names what `validated` was checked against.
  */
-export async function createNextJob(db: Queryable, migrationId: bigint, validated: ValidatedMigration): Promise<NextJob | null> {
+export async function claimNextRange(db: Queryable, migrationId: bigint, validated: ValidatedMigration): Promise<NextJob | null> {
   const { target } = validated;
   const column = sql.identifier(target.column);
   const row = await execOne<JobRowText & { name: string; batch_size: number }>(
@@ -72,18 +79,13 @@ export async function createNextJob(db: Queryable, migrationId: bigint, validate
           AND m.table_name = ${validated.tableName} AND m.column_name = ${validated.columnName}
           AND m.job_signature_name = ${validated.jobSignatureName}
           AND (m.batching_strategy IS NULL OR m.batching_strategy = ${SERIAL_KEY_SET})
-      ), job AS (
-        INSERT INTO batched_background_migration_jobs
-          (batched_background_migration_id, min_value, max_value, status, attempts, started_at)
-        SELECT m.id, m.start,
-               coalesce((SELECT ${column} FROM ${quotedTable(target)}
-                         WHERE ${column} >= m.start AND ${column} <= m.max_value
-                         ORDER BY ${column} LIMIT 1 OFFSET m.batch_size - 1), m.max_value),
-               ${JobStatus.active}, 1, now()
-        FROM m WHERE m.start <= m.max_value
-        RETURNING id, min_value, max_value, attempts
       )
-      SELECT job.id, job.min_value, job.max_value, job.attempts, m.name, m.batch_size FROM job, m`,
+      SELECT pg_catalog.nextval(${JOB_ID_SEQUENCE}) AS id, m.start AS min_value,
+             coalesce((SELECT ${column} FROM ${quotedTable(target)}
+                       WHERE ${column} >= m.start AND ${column} <= m.max_value
+                       ORDER BY ${column} LIMIT 1 OFFSET m.batch_size - 1), m.max_value) AS max_value,
+             1 AS attempts, m.name, m.batch_size
+      FROM m WHERE m.start <= m.max_value`,
   );
   if (!row) return null;
   return { job: toJob(row), migration: { id: migrationId, name: row.name, batchSize: row.batch_size } };
@@ -105,42 +107,41 @@ export async function firstFailedJob(db: Queryable, migrationId: bigint): Promis
   return row ? { ...toJob(row), failureMessage: row.failure_message } : null;
 }
 
-/** Marks a failed job active again for one more attempt. */
-export async function retryJob(db: Queryable, jobId: bigint): Promise<ClaimedJob> {
-  const row = await execOne<JobRowText>(
-    db,
-    sql`
-      UPDATE batched_background_migration_jobs
-      SET status = ${JobStatus.active}, attempts = attempts + 1, started_at = now(), updated_at = now()
-      WHERE id = ${jobId}
-      RETURNING id, min_value, max_value, attempts`,
-  );
-  if (!row) throw new Error(`job ${jobId} vanished while its migration was locked`);
-  return toJob(row);
+/** Literal SQL for one of our own integers (ids, bounds, counts): digits only, so safe in text. */
+function int(value: bigint | number): string {
+  if (typeof value === 'bigint' || Number.isSafeInteger(value)) return String(value);
+  throw new TypeError(`not an integer: ${String(value)}`);
 }
 
 /**
  * Records the job finished and commits the run, in one round trip (the hot path: once per
  * range). With `nextPrologue`, the next run starts in the same round trip (a worker that goes
- * straight on saves one), and its lock rows are returned. Deferred constraints are checked first, while the work's savepoint is
- * still open, so a deferred violation by the work fails the job instead of the whole run. The id
- * is a bigint read from our own table, so writing it into the text is safe.
+ * straight on saves one), and its lock rows are returned. Deferred constraints are checked
+ * first, while the work's savepoint is still open, so a deferred violation by the work fails the
+ * job instead of the whole run. Every value is one of our own integers, written as a literal.
  */
-export async function finishJobAndCommit<R extends QueryResultRow>(db: Queryable, jobId: bigint, nextPrologue?: string): Promise<R[] | undefined> {
-  if (typeof jobId !== 'bigint') throw new TypeError('job id must be a bigint');
+export async function recordFinishedAndCommit<R extends QueryResultRow>(
+  db: Queryable,
+  migrationId: bigint,
+  job: ClaimedJob,
+  nextPrologue?: string,
+): Promise<R[] | undefined> {
   const results = await db.query(
     'SET CONSTRAINTS ALL IMMEDIATE; ' +
-      `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, finished_at = now(), updated_at = now(), ` +
-      `failure_error_code = NULL, failure_message = NULL WHERE id = ${jobId}; ` +
+      'INSERT INTO batched_background_migration_jobs ' +
+      '(id, batched_background_migration_id, min_value, max_value, status, attempts, started_at, finished_at) ' +
+      `VALUES (${int(job.id)}, ${int(migrationId)}, ${int(job.start)}, ${int(job.end)}, ${JobStatus.finished}, ${int(job.attempt)}, ` +
+      'now(), clock_timestamp()) ' +
+      `ON CONFLICT (id) DO UPDATE SET status = ${JobStatus.finished}, attempts = excluded.attempts, started_at = excluded.started_at, ` +
+      'finished_at = excluded.finished_at, updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL; ' +
       `COMMIT${nextPrologue === undefined ? '' : `; ${nextPrologue}`}`,
   );
   return nextPrologue === undefined ? undefined : lockRowsOf<R>(results);
 }
 
 /**
- * Records a failed attempt after the run rolled back to its work savepoint, which also undid the
- * job's creation (or the retry's attempt count): the job is written again, by the id it had, with
- * the attempt that failed.
+ * Records a failed attempt (after the run rolled back to its work savepoint): a new range's job
+ * is written with the id it was claimed with, a retried one updated, with the attempt that failed.
  */
 export async function recordFailedAttempt(
   db: Queryable,
@@ -159,7 +160,7 @@ export async function recordFailedAttempt(
               ${code}, ${message}, now())
       ON CONFLICT (id) DO UPDATE
       SET status = ${JobStatus.failed}, attempts = excluded.attempts, failure_error_code = excluded.failure_error_code,
-          failure_message = excluded.failure_message, started_at = now(), updated_at = now()`,
+          failure_message = excluded.failure_message, started_at = now(), updated_at = clock_timestamp()`,
   );
 }
 
