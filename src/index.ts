@@ -7,6 +7,7 @@ export { migrationReports, pause, resume, type MigrationReport } from './bbm/sta
 export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
 export { anyThrottle, replicaLagThrottle, walArchiveThrottle, type Throttle } from './bbm/throttle.ts';
+export { parseEvery, passName, tickSchedules, type Schedule } from './bbm/schedules.ts';
 export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops-server.ts';
 export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';

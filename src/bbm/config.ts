@@ -20,6 +20,8 @@ export const DEFAULTS = {
   maxAttempts: 5,
   runTimeoutMs: 180_000,
   throttleCheckMs: 5_000,
+  scheduleCheckMs: 10_000,
+  passRetentionMs: 7 * 86_400_000,
 } as const;
 
 export type ResolvedOptions = Required<WorkerOptions>;
@@ -49,6 +51,8 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
     maxAttempts: integer(options, 'maxAttempts', DEFAULTS.maxAttempts, 1, 32_767),
     runTimeoutMs: integer(options, 'runTimeoutMs', DEFAULTS.runTimeoutMs, 100, day),
     throttleCheckMs: integer(options, 'throttleCheckMs', DEFAULTS.throttleCheckMs, 0, day),
+    scheduleCheckMs: integer(options, 'scheduleCheckMs', DEFAULTS.scheduleCheckMs, 0, day),
+    passRetentionMs: integer(options, 'passRetentionMs', DEFAULTS.passRetentionMs, 0, 3650 * day),
   };
 }
 

@@ -5,6 +5,7 @@ import type { QueryResult, QueryResultRow } from 'pg';
 import type { Logger } from 'pino';
 import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
 import type { ErrorCodeName } from '../store/codes.ts';
+import type { Schedule } from './schedules.ts';
 import type { Throttle } from './throttle.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
@@ -78,6 +79,10 @@ export interface WorkerOptions {
   runTimeoutMs?: number;
   /** How often a worker with a `throttle` asks it, at most [5000]. */
   throttleCheckMs?: number;
+  /** How often a worker with `schedules` enqueues the passes that are due [10000]. */
+  scheduleCheckMs?: number;
+  /** Finished passes of schedules are deleted, with their jobs, after this long [604800000: 7 days]. */
+  passRetentionMs?: number;
 }
 
 /** A config module's default export (`bbm.config.ts`/`.js`/`.mjs`). */
@@ -86,6 +91,8 @@ export interface Config extends WorkerOptions {
   work: readonly Work[];
   /** Holds `bbm run` back while the database is under pressure; see walArchiveThrottle. */
   throttle?: Throttle;
+  /** Recurring migrations (sweeps): a pass of each is enqueued every period. */
+  schedules?: readonly Schedule[];
   /** Used when neither `--database-url` nor DATABASE_URL is given. */
   databaseUrl?: string;
   /** `bbm run`: how long, after SIGTERM/SIGINT, the job in flight may take before it is rolled back [25000]. */

@@ -15,6 +15,7 @@ import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
+import { resolveSchedules, tickSchedules, type ResolvedSchedule, type Schedule } from './schedules.ts';
 import type { Throttle } from './throttle.ts';
 import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
 
@@ -29,6 +30,8 @@ export interface WorkerParams extends WorkerOptions {
   observers?: readonly WorkerObserver[];
   /** Asked before runs, at most every `throttleCheckMs`: while it holds back, nothing runs. */
   throttle?: Throttle;
+  /** Recurring migrations this worker enqueues passes of (their work functions must be in `work`). */
+  schedules?: readonly Schedule[];
 }
 
 export interface RunLoopOptions {
@@ -47,6 +50,7 @@ export class Worker {
   readonly #runner: Runner;
   readonly #observers: readonly WorkerObserver[];
   readonly #throttle: Throttle | undefined;
+  readonly #schedules: readonly ResolvedSchedule[];
   /** Aborted by stop(): the loop ends after the run in flight. */
   #stopping = new AbortController();
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
@@ -69,6 +73,7 @@ export class Worker {
     this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
     this.#observers = params.observers ?? [];
     this.#throttle = params.throttle;
+    this.#schedules = resolveSchedules(params.schedules ?? [], registry);
     this.#runner = new Runner({
       pool: this.#pool,
       registry,
@@ -129,8 +134,13 @@ export class Worker {
     // With no pause between jobs, each successful run also starts the next (one round trip less).
     const chain = options.pauseMs === 0;
     let throttleCheckedAt = -Infinity;
+    let scheduledAt = -Infinity;
     try {
       while (!stopping.aborted) {
+        if (this.#schedules.length > 0 && performance.now() - scheduledAt >= options.scheduleCheckMs) {
+          scheduledAt = performance.now();
+          if (await this.#schedule()) backoff.reset();
+        }
         let result: RunResult | undefined;
         if (this.#throttle && performance.now() - throttleCheckedAt >= options.throttleCheckMs) {
           throttleCheckedAt = performance.now();
@@ -138,7 +148,9 @@ export class Worker {
         }
         result ??= await this.#runOnce(chain);
         if (untilDone && result.outcome === 'no_job') break;
-        const waitMs = this.#waitAfter(result, backoff);
+        let waitMs = this.#waitAfter(result, backoff);
+        // Idle workers still wake for the next scheduling round.
+        if (this.#schedules.length > 0) waitMs = Math.min(waitMs, Math.max(0, scheduledAt + options.scheduleCheckMs - performance.now()));
         if (waitMs > 0) this.#tell((observer) => observer.sleep?.(waitMs));
         await sleep(waitMs, stopping);
       }
@@ -168,6 +180,17 @@ export class Worker {
     this.#report(result);
     this.#tell((observer) => observer.run?.(result));
     return result;
+  }
+
+  /** Enqueues the passes of schedules that are due; true when it enqueued any. Failing is logged, never fatal. */
+  async #schedule(): Promise<boolean> {
+    try {
+      const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
+      return tick.enqueued.length > 0;
+    } catch (error) {
+      this.#log.error({ err: error }, 'scheduling passes failed');
+      return false;
+    }
   }
 
   /** Calls every observer; one that throws is logged, and the others still hear. */

@@ -1,4 +1,6 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
+import { WorkRegistry } from '../bbm/registry.ts';
+import { resolveSchedules, scheduleReports } from '../bbm/schedules.ts';
 import { migrationReports, type MigrationReport } from '../bbm/status.ts';
 import type { Context } from './main.ts';
 import { duration, percent, table, toJson } from './format.ts';
@@ -11,8 +13,30 @@ export async function status(context: Context): Promise<number> {
     io.err(`bbm status: no migration named ${JSON.stringify(flags.name)}`);
     return 1;
   }
-  io.out(flags.json ? toJson(reports) : render(reports));
+  if (flags.json) io.out(toJson(reports));
+  else io.out(render(reports) + (await renderSchedules(context)));
   return 0;
+}
+
+/** The config's schedules, each with its last pass and when the next is due (empty without schedules). */
+async function renderSchedules({ config, pool }: Context): Promise<string> {
+  if (!config?.schedules?.length) return '';
+  const schedules = resolveSchedules(config.schedules, new WorkRegistry(config.work));
+  const reports = await scheduleReports(pool, schedules);
+  return (
+    '\n\n' +
+    table(
+      ['SCHEDULE', 'EVERY', 'WORK', 'LAST PASS', 'STATUS', 'NEXT DUE'],
+      reports.map((r) => [
+        r.name,
+        r.every,
+        r.work,
+        r.lastPass?.name ?? '-',
+        r.lastPass?.status ?? '-',
+        r.nextDue === null ? 'after the last pass' : r.nextDue.toISOString(),
+      ]),
+    )
+  );
 }
 
 function load({ pool, flags, config }: Context): Promise<MigrationReport[]> {

@@ -87,7 +87,7 @@ export async function run(context: Context): Promise<number> {
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
   if (flags['metrics-host'] !== undefined && metricsPort === undefined) throw new UsageError('--metrics-host needs --metrics-port');
-  const { work, throttle, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...configured } = config;
+  const { work, throttle, schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...configured } = config;
   const options = { ...configured, ...overrides(context) };
   resolveOptions(options);
 
@@ -103,7 +103,7 @@ export async function run(context: Context): Promise<number> {
       ops = await startOpsServer({ registry: metrics.registry, db: pool, port: metricsPort, host: flags['metrics-host'] ?? '127.0.0.1' });
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
-    const worker = new Worker({ ...options, work, pool, logger: log, observers, ...(throttle && { throttle }) });
+    const worker = new Worker({ ...options, work, pool, logger: log, observers, ...(throttle && { throttle }), ...(schedules && { schedules }) });
     const release = onStopSignals(log, graceMs, () => void worker.stop(), () => void worker.stop({ abort: true }));
     try {
       await worker.run({ untilDone: Boolean(flags['until-done']) });
@@ -122,7 +122,7 @@ export async function finalize(context: Context): Promise<number> {
   const name = requiredFlag(flags, 'name', 'finalize');
   if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
   const log = logger(context, 2);
-  const { work, throttle: _throttle, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
+  const { work, throttle: _throttle, schedules: _schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
   const sentry = sentryFrom(context);
   const soft = new AbortController();
   const hard = new AbortController();

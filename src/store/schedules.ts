@@ -1,0 +1,81 @@
+/**
+ * Statements for recurring schedules. A schedule has no table of its own: each pass is a
+ * migration named `<schedule>@<slot>`, so the passes are found by that name prefix.
+ */
+import { sql } from 'drizzle-orm';
+import { exec, execOne, type Queryable } from './db.ts';
+import { MigrationStatus, type MigrationStatusCode } from './codes.ts';
+import { LOCK_NAMESPACE } from './migrations.ts';
+
+/** Second half of the scheduler's advisory-lock key: (LOCK_NAMESPACE, -1) is never a migration's. */
+const SCHEDULER_LOCK_KEY = -1;
+
+/** Takes the scheduler's transaction-level lock if it is free: one worker schedules at a time. */
+export async function trySchedulerLock(db: Queryable): Promise<boolean> {
+  const row = await execOne<{ locked: boolean }>(
+    db,
+    sql`SELECT pg_catalog.pg_try_advisory_xact_lock(${LOCK_NAMESPACE}::int, ${SCHEDULER_LOCK_KEY}::int) AS locked`,
+  );
+  return row?.locked ?? false;
+}
+
+export interface Pass {
+  id: bigint;
+  name: string;
+  status: MigrationStatusCode;
+  createdAt: Date;
+  finishedAt: Date | null;
+}
+
+/** The schedule's newest pass. */
+export async function latestPass(db: Queryable, schedule: string): Promise<Pass | null> {
+  const prefix = `${schedule}@`;
+  const row = await execOne<{ id: string; name: string; status: number; created_at: Date; finished_at: Date | null }>(
+    db,
+    sql`
+      SELECT id, name, status, created_at, finished_at FROM batched_background_migrations
+      WHERE left(name, ${prefix.length}::int) = ${prefix}
+      ORDER BY id DESC LIMIT 1`,
+  );
+  return row
+    ? { id: BigInt(row.id), name: row.name, status: row.status as MigrationStatusCode, createdAt: row.created_at, finishedAt: row.finished_at }
+    : null;
+}
+
+export interface NewPass {
+  name: string;
+  jobSignatureName: string;
+  tableName: string;
+  columnName: string;
+  batchSize: number;
+}
+
+/**
+ * Enqueues a pass over the whole column (min 1, max resolved when it starts). Returns false when a
+ * pass of that name exists already.
+ */
+export async function insertPass(db: Queryable, pass: NewPass): Promise<boolean> {
+  const rows = await exec<{ id: string }>(
+    db,
+    sql`
+      INSERT INTO batched_background_migrations (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
+      VALUES (${pass.name}, 1, NULL, ${pass.batchSize}, ${MigrationStatus.active}, ${pass.jobSignatureName}, ${pass.tableName}, ${pass.columnName})
+      ON CONFLICT (name) DO NOTHING
+      RETURNING id`,
+  );
+  return rows.length > 0;
+}
+
+/** Deletes the schedule's finished passes (and their jobs) older than the retention. Returns how many. */
+export async function prunePasses(db: Queryable, schedule: string, retentionMs: number): Promise<number> {
+  const prefix = `${schedule}@`;
+  const rows = await exec<{ id: string }>(
+    db,
+    sql`
+      DELETE FROM batched_background_migrations
+      WHERE left(name, ${prefix.length}::int) = ${prefix} AND status = ${MigrationStatus.finished}
+        AND finished_at < now() - make_interval(secs => ${retentionMs / 1000}::float8)
+      RETURNING id`,
+  );
+  return rows.length;
+}
