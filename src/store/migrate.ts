@@ -5,27 +5,45 @@ import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import type pg from 'pg';
 import { LOCK_NAMESPACE } from './migrations.ts';
 
-export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../migrations', import.meta.url));
-/** Our own bookkeeping table, apart from an application's `drizzle.__drizzle_migrations`. */
-const MIGRATIONS_TABLE = 'pg_bbm_schema_migrations';
+/** A set of drizzle-kit migrations with its own bookkeeping table, apart from an application's `drizzle.__drizzle_migrations`. */
+interface MigrationSet {
+  folder: string;
+  table: string;
+}
+
+export const ENGINE_MIGRATIONS: MigrationSet = {
+  folder: fileURLToPath(new URL('../../migrations', import.meta.url)),
+  table: 'pg_bbm_schema_migrations',
+};
+export const GC_MIGRATIONS: MigrationSet = {
+  folder: fileURLToPath(new URL('../../migrations/gc', import.meta.url)),
+  table: 'pg_bbm_gc_schema_migrations',
+};
+
 /** Serialises concurrent `migrate` calls: (LOCK_NAMESPACE, 0) is never a migration's key, ids start at 1. */
 const MIGRATE_LOCK = `SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, 0)`;
 const MIGRATE_UNLOCK = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, 0)`;
 
-export async function migrateSchema(pool: pg.Pool): Promise<void> {
+async function applyMigrations(pool: pg.Pool, { folder, table }: MigrationSet): Promise<void> {
   const client = await pool.connect();
   try {
     await client.query(MIGRATE_LOCK);
     try {
-      await migrate(drizzle(client), {
-        migrationsFolder: MIGRATIONS_FOLDER,
-        migrationsTable: MIGRATIONS_TABLE,
-        migrationsSchema: 'public',
-      });
+      await migrate(drizzle(client), { migrationsFolder: folder, migrationsTable: table, migrationsSchema: 'public' });
     } finally {
       await client.query(MIGRATE_UNLOCK);
     }
   } finally {
     client.release();
   }
+}
+
+/** pg-bbm's own tables. */
+export function migrateSchema(pool: pg.Pool): Promise<void> {
+  return applyMigrations(pool, ENGINE_MIGRATIONS);
+}
+
+/** The GC pack's registry data model (schema `registry`), for deployments that enable the pack. */
+export function migrateGcSchema(pool: pg.Pool): Promise<void> {
+  return applyMigrations(pool, GC_MIGRATIONS);
 }

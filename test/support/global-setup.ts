@@ -7,7 +7,7 @@ import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { createPool } from '../../src/store/db.ts';
 import { startEmbeddedPostgres, type EmbeddedCluster } from '../../src/store/embedded.ts';
-import { migrateSchema } from '../../src/store/migrate.ts';
+import { migrateGcSchema, migrateSchema } from '../../src/store/migrate.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -34,6 +34,7 @@ export default async function setup(project: TestProject) {
   templateUrl.pathname = `/${TEMPLATE}`;
   const pool = createPool({ connectionString: templateUrl.toString(), max: 1 });
   await migrateSchema(pool);
+  await migrateGcSchema(pool);
   await pool.end();
 
   project.provide('adminUrl', adminUrl);

@@ -1,0 +1,108 @@
+/**
+ * The registry's own operations on its data model (pushes, pulls, uploads, deletions), as the
+ * GC pack's demo and tests drive them. A real registry has its own; these show the contract the
+ * sweeps rely on: references go through manifest_blobs, pulls refresh last_pulled_at, and an
+ * expired manifest is never served.
+ */
+import { sql } from 'drizzle-orm';
+import { exec, execOne, type Queryable } from '../db.ts';
+
+const big = (value: string): bigint => BigInt(value);
+
+export async function createRepository(db: Queryable, name: string): Promise<bigint> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`INSERT INTO registry.repositories (name) VALUES (${name})
+        ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id`,
+  );
+  return big(row!.id);
+}
+
+/** Records a blob (content-addressed: one row per digest). Returns its id and whether it was new. */
+export async function upsertBlob(db: Queryable, blob: { digest: string; size: number; storageKey: string }): Promise<bigint> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`INSERT INTO registry.blobs (digest, size, storage_key) VALUES (${blob.digest}, ${blob.size}, ${blob.storageKey})
+        ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest RETURNING id`,
+  );
+  return big(row!.id);
+}
+
+/** Records a manifest of a repository referencing blobs, and points `tag` at it. */
+export async function upsertManifest(
+  db: Queryable,
+  m: { repositoryId: bigint; digest: string; blobIds: readonly bigint[]; tag?: string | undefined },
+): Promise<bigint> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`INSERT INTO registry.manifests (repository_id, digest) VALUES (${m.repositoryId}, ${m.digest})
+        ON CONFLICT (repository_id, digest) DO UPDATE SET last_pulled_at = now(), expired_at = NULL RETURNING id`,
+  );
+  const manifestId = big(row!.id);
+  await exec(
+    db,
+    sql`INSERT INTO registry.manifest_blobs (manifest_id, blob_id)
+        SELECT ${manifestId}, unnest(${sql.param(m.blobIds.map(String))}::bigint[]) ON CONFLICT DO NOTHING`,
+  );
+  if (m.tag !== undefined) {
+    await exec(
+      db,
+      sql`INSERT INTO registry.tags (repository_id, name, manifest_id) VALUES (${m.repositoryId}, ${m.tag}, ${manifestId})
+          ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id, updated_at = now()`,
+    );
+  }
+  return manifestId;
+}
+
+export interface PulledManifest {
+  id: bigint;
+  digest: string;
+  blobs: Array<{ digest: string; storageKey: string }>;
+}
+
+/** Resolves a tag or digest to a manifest, refreshing its pull time. Expired manifests are absent. */
+export async function pullManifest(db: Queryable, repository: string, reference: string): Promise<PulledManifest | null> {
+  const row = await execOne<{ id: string; digest: string }>(
+    db,
+    sql`
+      UPDATE registry.manifests m SET last_pulled_at = now()
+      FROM registry.repositories r
+      WHERE r.name = ${repository} AND m.repository_id = r.id AND m.expired_at IS NULL
+        AND (m.digest = ${reference}
+             OR m.id = (SELECT t.manifest_id FROM registry.tags t WHERE t.repository_id = r.id AND t.name = ${reference}))
+        AND NOT EXISTS (SELECT 1 FROM registry.deleted_repositories d WHERE d.repository_id = r.id)
+      RETURNING m.id, m.digest`,
+  );
+  if (!row) return null;
+  const blobs = await exec<{ digest: string; storage_key: string }>(
+    db,
+    sql`SELECT b.digest, b.storage_key FROM registry.manifest_blobs mb JOIN registry.blobs b ON b.id = mb.blob_id
+        WHERE mb.manifest_id = ${big(row.id)} ORDER BY b.id`,
+  );
+  return { id: big(row.id), digest: row.digest, blobs: blobs.map((b) => ({ digest: b.digest, storageKey: b.storage_key })) };
+}
+
+export async function startUpload(db: Queryable, repositoryId: bigint, storageKey: string): Promise<bigint> {
+  const row = await execOne<{ id: string }>(
+    db,
+    sql`INSERT INTO registry.uploads (repository_id, storage_key) VALUES (${repositoryId}, ${storageKey}) RETURNING id`,
+  );
+  return big(row!.id);
+}
+
+export async function touchUpload(db: Queryable, uploadId: bigint): Promise<void> {
+  await exec(db, sql`UPDATE registry.uploads SET last_activity_at = now() WHERE id = ${uploadId}`);
+}
+
+export async function setTtlPolicy(db: Queryable, repositoryId: bigint, policy: { enabled: boolean; ttlDays: number }): Promise<void> {
+  await exec(
+    db,
+    sql`INSERT INTO registry.ttl_policies (repository_id, enabled, ttl_days) VALUES (${repositoryId}, ${policy.enabled}, ${policy.ttlDays})
+        ON CONFLICT (repository_id) DO UPDATE SET enabled = excluded.enabled, ttl_days = excluded.ttl_days`,
+  );
+}
+
+/** Marks a repository deleted: it is no longer served, and gc.deleted_repositories removes its contents. */
+export async function markRepositoryDeleted(db: Queryable, repositoryId: bigint): Promise<void> {
+  await exec(db, sql`INSERT INTO registry.deleted_repositories (repository_id) VALUES (${repositoryId}) ON CONFLICT DO NOTHING`);
+}

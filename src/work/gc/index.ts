@@ -1,0 +1,153 @@
+/**
+ * The registry GC pack: sweeps over the `registry` data model (src/store/gc/schema.ts), each a
+ * work function over ID ranges, each pass a migration enqueued by a schedule. Every sweep is
+ * idempotent and bounded by its job's range.
+ *
+ *   gc.orphan_blobs          blobs no manifest references, older than a grace period: object, then row
+ *   gc.stale_uploads         upload sessions idle too long, and their staging objects
+ *   gc.ttl_expire            manifests not pulled within their repository's TTL: marked expired (never served again)
+ *   gc.expired_cleanup       expired manifests deleted (their blobs become the orphan sweep's)
+ *   gc.deleted_repositories  everything under repositories marked deleted (blobs left to the orphan sweep)
+ */
+import type { Schedule } from '../../bbm/schedules.ts';
+import type { Job, Work } from '../../bbm/types.ts';
+import type { Queryable } from '../../store/db.ts';
+import {
+  deleteBlobRows,
+  deleteExpiredManifests,
+  deleteStaleUploads,
+  expireManifests,
+  lockOrphanCandidates,
+  purgeDeletedRepositories,
+  referencedBlobs,
+} from '../../store/gc/sweeps.ts';
+import type { BlobStore } from './blob-store.ts';
+import { noGcMetrics, type GcMetrics } from './metrics.ts';
+
+export { FilesystemBlobStore, type BlobStore, type StoredObject } from './blob-store.ts';
+export { createGcMetrics, GC_METRIC_HELP, type GcKind, type GcMetrics } from './metrics.ts';
+
+export interface GcOptions {
+  store: BlobStore;
+  metrics?: GcMetrics;
+  /** Orphaned blobs younger than this are kept: a push in flight uploads blobs before its manifest [3600000: 1 h]. */
+  orphanGraceMs?: number;
+  /** Upload sessions idle longer than this are reaped [86400000: 24 h]. */
+  uploadIdleMs?: number;
+  /** At most this many expired manifests are deleted per job [1000]. */
+  expiredDeletesPerJob?: number;
+}
+
+export const GC_WORK = {
+  orphanBlobs: 'gc.orphan_blobs',
+  staleUploads: 'gc.stale_uploads',
+  ttlExpire: 'gc.ttl_expire',
+  expiredCleanup: 'gc.expired_cleanup',
+  deletedRepositories: 'gc.deleted_repositories',
+} as const;
+
+/** The job's query handle as the store's statements take it (it accepts query configs too). */
+const inJob = (job: Job): Queryable => ({ query: job.query as Queryable['query'] });
+
+/** Deletes objects one by one; a key already gone counts as deleted (an earlier, rolled-back attempt). */
+async function deleteObjects(store: BlobStore, keys: readonly string[]): Promise<void> {
+  for (const key of keys) await store.delete(key);
+}
+
+export function gcWork({
+  store,
+  metrics = noGcMetrics,
+  orphanGraceMs = 3_600_000,
+  uploadIdleMs = 86_400_000,
+  expiredDeletesPerJob = 1_000,
+}: GcOptions): Work[] {
+  return [
+    {
+      name: GC_WORK.orphanBlobs,
+      async do(job) {
+        const candidates = await lockOrphanCandidates(inJob(job), job.start, job.end, orphanGraceMs);
+        // Referenced after the candidates were read, before we locked them: kept.
+        const referenced = await referencedBlobs(inJob(job), candidates.map((b) => b.id));
+        const orphans = candidates.filter((b) => !referenced.has(b.id));
+        // Objects first: should the job die now, the rows stay and the next pass finishes the work.
+        await deleteObjects(store, orphans.map((b) => b.storageKey));
+        const deleted = await deleteBlobRows(inJob(job), orphans.map((b) => b.id));
+        const bytes = orphans.reduce((sum, b) => sum + b.size, 0);
+        metrics.deleted('blob', deleted);
+        metrics.bytesFreed(bytes);
+        job.log.info({ deleted_blobs: deleted, kept_referenced: referenced.size, bytes_freed: bytes }, 'gc: orphaned blobs');
+        return deleted;
+      },
+    },
+    {
+      name: GC_WORK.staleUploads,
+      async do(job) {
+        const keys = await deleteStaleUploads(inJob(job), job.start, job.end, uploadIdleMs);
+        await deleteObjects(store, keys);
+        metrics.deleted('upload', keys.length);
+        job.log.info({ deleted_uploads: keys.length }, 'gc: stale uploads');
+        return keys.length;
+      },
+    },
+    {
+      name: GC_WORK.ttlExpire,
+      async do(job) {
+        const expired = await expireManifests(inJob(job), job.start, job.end);
+        job.log.info({ expired_manifests: expired }, 'gc: manifests expired');
+        return expired;
+      },
+    },
+    {
+      name: GC_WORK.expiredCleanup,
+      async do(job) {
+        const deleted = await deleteExpiredManifests(inJob(job), job.start, job.end, expiredDeletesPerJob);
+        metrics.deleted('manifest', deleted);
+        job.log.info({ deleted_manifests: deleted }, 'gc: expired manifests deleted');
+        return deleted;
+      },
+    },
+    {
+      name: GC_WORK.deletedRepositories,
+      async do(job) {
+        const purged = await purgeDeletedRepositories(inJob(job), job.start, job.end);
+        await deleteObjects(store, purged.uploadKeys);
+        metrics.deleted('manifest', purged.manifests);
+        metrics.deleted('repository', purged.repositories);
+        metrics.deleted('upload', purged.uploadKeys.length);
+        job.log.info({ deleted_manifests: purged.manifests, deleted_repositories: purged.repositories }, 'gc: deleted repositories');
+        return purged.manifests;
+      },
+    },
+  ];
+}
+
+export interface GcScheduleOptions {
+  /** How often each sweep runs: a period (`1h`) or a cron expression; a sweep set to null is not scheduled. */
+  every?: Partial<Record<keyof typeof GC_WORK, string | null>>;
+  batchSize?: number;
+}
+
+const SWEEP_TABLES: Record<keyof typeof GC_WORK, string> = {
+  orphanBlobs: 'registry.blobs',
+  staleUploads: 'registry.uploads',
+  ttlExpire: 'registry.manifests',
+  expiredCleanup: 'registry.manifests',
+  deletedRepositories: 'registry.manifests',
+};
+
+const DEFAULT_EVERY: Record<keyof typeof GC_WORK, string> = {
+  orphanBlobs: '1h',
+  staleUploads: '1h',
+  ttlExpire: '1h',
+  expiredCleanup: '1h',
+  deletedRepositories: '15m',
+};
+
+/** The pack's schedules, one per sweep, named like their work functions. */
+export function gcSchedules({ every = {}, batchSize = 1_000 }: GcScheduleOptions = {}): Schedule[] {
+  return (Object.keys(GC_WORK) as Array<keyof typeof GC_WORK>).flatMap((sweep) => {
+    const cadence = every[sweep] === undefined ? DEFAULT_EVERY[sweep] : every[sweep];
+    if (cadence === null) return [];
+    return [{ name: GC_WORK[sweep], work: GC_WORK[sweep], table: SWEEP_TABLES[sweep], column: 'id', batchSize, every: cadence }];
+  });
+}

@@ -1,0 +1,202 @@
+/** The registry GC pack's sweeps, on real Postgres and a temporary directory as the blob store. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type pg from 'pg';
+import { Registry } from 'prom-client';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Work } from '../src/bbm/types.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { setTtlPolicy } from '../src/store/gc/registry.ts';
+import { createGcMetrics, FilesystemBlobStore, GC_WORK, gcWork, type BlobStore } from '../src/work/gc/index.ts';
+import { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage } from '../src/work/gc/registry.ts';
+import { useTestDatabase } from './support/database.ts';
+import { drain, enqueue, migrationRow, testWorker } from './support/engine.ts';
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+/** Runs one pass of a sweep over its whole table, as its schedule would enqueue it. */
+async function sweep(pool: pg.Pool, work: Work[], name: keyof typeof GC_WORK, table: string, batchSize = 2): Promise<void> {
+  await enqueue(pool, { name: `${GC_WORK[name]}@${Date.now()}-${Math.random()}`, work: GC_WORK[name], table, batchSize });
+  await drain(testWorker(pool, { work, maxAttempts: 1 }));
+}
+
+const age = (pool: pg.Pool, table: string, column: string, interval: string, where = 'true') =>
+  pool.query(`UPDATE registry.${table} SET ${column} = now() - interval '${interval}' WHERE ${where}`);
+
+describe('the GC pack', () => {
+  const db = useTestDatabase();
+  let root: string;
+  let store: FilesystemBlobStore;
+  beforeEach(async () => {
+    root = await mkdtemp(path.join(tmpdir(), 'bbm-gc-'));
+    store = new FilesystemBlobStore(root);
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('deletes orphaned blobs past the grace period, object then row, and keeps young and referenced ones', async () => {
+    const { pool } = db();
+    const registry = new Registry();
+    const work = gcWork({ store, metrics: createGcMetrics(registry) });
+    const kept = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('base'), bytes('app v1')] });
+    const oldOrphan = await pushBlob(pool, store, bytes('abandoned layer'));
+    const youngOrphan = await pushBlob(pool, store, bytes('layer of a push in flight'));
+    await age(pool, 'blobs', 'created_at', '2 hours', `id <> ${youngOrphan.id}`);
+
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+    expect(await store.exists(blobKey(oldOrphan.digest))).toBe(false);
+    expect(await store.exists(blobKey(youngOrphan.digest))).toBe(true);
+    for (const blob of kept.blobs) expect(await store.exists(blobKey(blob.digest))).toBe(true);
+    const { rows } = await pool.query('SELECT digest FROM registry.blobs ORDER BY id');
+    expect(rows.map((r) => r.digest)).toEqual([...kept.blobs.map((b) => b.digest), youngOrphan.digest]);
+    const metrics = await registry.getMetricsAsJSON();
+    const value = (name: string) => metrics.find((m) => m.name === name)?.values[0]?.value;
+    expect(value('bbm_gc_deleted_total')).toBe(1);
+    expect(value('bbm_gc_bytes_freed_total')).toBe('abandoned layer'.length);
+  });
+
+  it('keeps an orphan that a push is referencing at the very moment of the sweep', async () => {
+    const { pool } = db();
+    const work = gcWork({ store, orphanGraceMs: 0 });
+    const layer = await pushBlob(pool, store, bytes('shared base'));
+    const repositoryId = (await pool.query(`INSERT INTO registry.repositories (name) VALUES ('app') RETURNING id`)).rows[0].id;
+    const push = await pool.connect();
+    try {
+      // The push links the blob to its manifest and has not committed yet.
+      await push.query('BEGIN');
+      const manifest = await push.query(`INSERT INTO registry.manifests (repository_id, digest) VALUES ($1, 'sha256:m') RETURNING id`, [repositoryId]);
+      await push.query('INSERT INTO registry.manifest_blobs (manifest_id, blob_id) VALUES ($1, $2)', [manifest.rows[0].id, layer.id]);
+
+      await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+      await push.query('COMMIT');
+    } finally {
+      push.release();
+    }
+    expect(await store.exists(blobKey(layer.digest))).toBe(true);
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.blobs')).rows[0].n).toBe(1);
+  });
+
+  it('never deletes the object of a referenced blob when a sweep dies mid-job, and finishes the job when run again', async () => {
+    const { pool } = db();
+    const image = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('a'), bytes('b')] });
+    const orphans = [];
+    for (let i = 0; i < 6; i += 1) orphans.push(await pushBlob(pool, store, bytes(`orphan ${i}`)));
+    await age(pool, 'blobs', 'created_at', '2 hours');
+    // A store that fails after two deletions: the job dies with objects gone and rows still there.
+    let left = 2;
+    const dying: BlobStore = {
+      put: (key, data) => store.put(key, data),
+      exists: (key) => store.exists(key),
+      list: (prefix, olderThan) => store.list(prefix, olderThan),
+      delete: async (key) => {
+        if (left-- <= 0) throw new Error('killed mid-job');
+        return store.delete(key);
+      },
+    };
+    await sweep(pool, gcWork({ store: dying }), 'orphanBlobs', 'registry.blobs', 100);
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.blobs')).rows[0].n).toBe(8);
+    for (const blob of image.blobs) expect(await store.exists(blobKey(blob.digest))).toBe(true);
+
+    await sweep(pool, gcWork({ store }), 'orphanBlobs', 'registry.blobs', 100);
+
+    const { rows } = await pool.query('SELECT digest FROM registry.blobs ORDER BY id');
+    expect(rows.map((r) => r.digest)).toEqual(image.blobs.map((b) => b.digest));
+    const objects = [];
+    for await (const object of store.list('blobs/')) objects.push(object.key);
+    expect(objects.sort()).toEqual(image.blobs.map((b) => blobKey(b.digest)).sort());
+    expect(await pull(pool, 'app', 'v1')).toMatchObject({ digest: image.digest });
+  });
+
+  it('reaps upload sessions idle longer than a day, with their staging objects, and keeps live ones', async () => {
+    const { pool } = db();
+    const stale = await openUpload(pool, store, 'app', bytes('half a layer'));
+    const live = await openUpload(pool, store, 'app', bytes('a layer on its way'));
+    await age(pool, 'uploads', 'last_activity_at', '25 hours', `id = ${stale.id}`);
+
+    await sweep(pool, gcWork({ store }), 'staleUploads', 'registry.uploads');
+
+    expect(await store.exists(stale.key)).toBe(false);
+    expect(await store.exists(live.key)).toBe(true);
+    const { rows } = await pool.query('SELECT id FROM registry.uploads');
+    expect(rows.map((r) => BigInt(r.id))).toEqual([live.id]);
+  });
+
+  it('expires manifests past their repository TTL (enabled policies only), never serves them, then cleans them up', async () => {
+    const { pool } = db();
+    const work = gcWork({ store, orphanGraceMs: 0 });
+    const old = await pushImage(pool, store, { repository: 'cache', tag: 'old', layers: [bytes('shared'), bytes('old only')] });
+    const fresh = await pushImage(pool, store, { repository: 'cache', tag: 'fresh', layers: [bytes('shared'), bytes('fresh only')] });
+    const disabled = await pushImage(pool, store, { repository: 'keep', tag: 'v1', layers: [bytes('kept')] });
+    const unpoliced = await pushImage(pool, store, { repository: 'free', tag: 'v1', layers: [bytes('free')] });
+    await setTtlPolicy(pool, old.repositoryId, { enabled: true, ttlDays: 7 });
+    await setTtlPolicy(pool, disabled.repositoryId, { enabled: false, ttlDays: 1 });
+    await age(pool, 'manifests', 'last_pulled_at', '10 days', `id <> ${fresh.manifestId}`);
+    await age(pool, 'blobs', 'created_at', '10 days');
+
+    await sweep(pool, work, 'ttlExpire', 'registry.manifests');
+
+    expect(await pull(pool, 'cache', 'old')).toBeNull();
+    expect(await pull(pool, 'cache', old.digest)).toBeNull();
+    expect(await pull(pool, 'cache', 'fresh')).not.toBeNull();
+    expect(await pull(pool, 'keep', 'v1')).not.toBeNull();
+    expect(await pull(pool, 'free', 'v1')).not.toBeNull();
+    expect(await store.exists(blobKey(old.blobs[1]!.digest))).toBe(true);
+
+    await sweep(pool, work, 'expiredCleanup', 'registry.manifests');
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+    const manifests = await pool.query('SELECT id FROM registry.manifests ORDER BY id');
+    expect(manifests.rows.map((r) => BigInt(r.id))).toEqual([fresh.manifestId, disabled.manifestId, unpoliced.manifestId]);
+    const tags = await pool.query('SELECT name FROM registry.tags ORDER BY id');
+    expect(tags.rows.map((r) => r.name)).toEqual(['fresh', 'v1', 'v1']);
+    expect(await store.exists(blobKey(old.blobs[1]!.digest))).toBe(false);
+    expect(await store.exists(blobKey(old.blobs[0]!.digest))).toBe(true);
+  });
+
+  it('removes everything under a deleted repository and leaves its blobs to the orphan sweep', async () => {
+    const { pool } = db();
+    const work = gcWork({ store, orphanGraceMs: 0 });
+    const gone = await pushImage(pool, store, { repository: 'gone', tag: 'v1', layers: [bytes('shared'), bytes('gone only')] });
+    await pushImage(pool, store, { repository: 'gone', tag: 'v2', layers: [bytes('gone v2')] });
+    await pushImage(pool, store, { repository: 'stays', tag: 'v1', layers: [bytes('shared')] });
+    const upload = await openUpload(pool, store, 'gone', bytes('staged'));
+    await deleteRepository(pool, 'gone');
+    expect(await pull(pool, 'gone', 'v1')).toBeNull();
+
+    await sweep(pool, work, 'deletedRepositories', 'registry.manifests', 1);
+
+    const repositories = await pool.query('SELECT name FROM registry.repositories ORDER BY id');
+    expect(repositories.rows.map((r) => r.name)).toEqual(['stays']);
+    const counts = await pool.query(`SELECT (SELECT count(*)::int FROM registry.manifests) AS manifests, (SELECT count(*)::int FROM registry.tags) AS tags,
+                                            (SELECT count(*)::int FROM registry.uploads) AS uploads, (SELECT count(*)::int FROM registry.deleted_repositories) AS markers,
+                                            (SELECT count(*)::int FROM registry.blobs) AS blobs`);
+    expect(counts.rows[0]).toEqual({ manifests: 1, tags: 1, uploads: 0, markers: 0, blobs: 3 });
+    expect(await store.exists(upload.key)).toBe(false);
+    expect(await store.exists(blobKey(gone.blobs[1]!.digest))).toBe(true);
+
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.blobs')).rows[0].n).toBe(1);
+    expect(await store.exists(blobKey(gone.blobs[1]!.digest))).toBe(false);
+    expect(await store.exists(blobKey(gone.blobs[0]!.digest))).toBe(true);
+    expect(await pull(pool, 'stays', 'v1')).not.toBeNull();
+  });
+
+  it('refuses object keys that could leave the store', async () => {
+    await expect(store.put('../escape', bytes('x'))).rejects.toThrow(/invalid object key/);
+    await expect(store.delete('/etc/passwd')).rejects.toThrow(/invalid object key/);
+    expect(await store.delete('blobs/never/was')).toBe(false);
+  });
+
+  it('is finished by its schedules like any migration', async () => {
+    const { pool } = db();
+    await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('x')] });
+    await enqueue(pool, { name: 'gc.orphan_blobs@now', work: GC_WORK.orphanBlobs, table: 'registry.blobs', batchSize: 10 });
+    await drain(testWorker(pool, { work: gcWork({ store }) }));
+    expect((await migrationRow(pool, 'gc.orphan_blobs@now'))?.status).toBe(MigrationStatus.finished);
+  });
+});
