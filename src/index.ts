@@ -13,7 +13,7 @@ export { createSentryReporter, type SentryOptions, type SentryReporter } from '.
 export { createLogger } from './bbm/log.ts';
 export { MigrationStatus, JobStatus, SERIAL_KEY_SET, type MigrationStatusName, type JobStatusName } from './store/codes.ts';
 export { LOCK_NAMESPACE } from './store/migrations.ts';
-export { migrateSchema } from './store/migrate.ts';
+export { migrateGcSchema, migrateSchema } from './store/migrate.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';
 export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Work, WorkerObserver, WorkerOptions } from './bbm/types.ts';
