@@ -186,6 +186,23 @@ describe('the GC pack', () => {
     expect(await pull(pool, 'stays', 'v1')).not.toBeNull();
   });
 
+  it('deletes at most its capacity of expired manifests per pass, and the rest in the next pass', async () => {
+    const { pool } = db();
+    const work = gcWork({ store, expiredDeletesPerPass: 3 });
+    for (let i = 0; i < 5; i += 1) await pushImage(pool, store, { repository: 'cache', tag: `t${i}`, layers: [bytes(`layer ${i}`)] });
+    await pool.query('UPDATE registry.manifests SET expired_at = now()');
+
+    await sweep(pool, work, 'expiredCleanup', 'registry.manifests', 2);
+
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.manifests')).rows[0].n).toBe(2);
+    const reported = await pool.query('SELECT array_agg(row_count ORDER BY min_value) AS rows FROM batched_background_migration_jobs');
+    expect(reported.rows[0].rows.map(Number)).toEqual([2, 1, 0]);
+
+    await sweep(pool, work, 'expiredCleanup', 'registry.manifests', 2);
+
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.manifests')).rows[0].n).toBe(0);
+  });
+
   it('refuses object keys that could leave the store', async () => {
     await expect(store.put('../escape', bytes('x'))).rejects.toThrow(/invalid object key/);
     await expect(store.delete('/etc/passwd')).rejects.toThrow(/invalid object key/);

@@ -367,7 +367,7 @@ export class Runner {
 
     if (!failure) {
       try {
-        const next = await recordFinishedAndCommit<LockRow>(client, migration.id, claimed, chain ? this.#prologue : undefined);
+        const next = await recordFinishedAndCommit<LockRow>(client, migration.id, claimed, rows, chain ? this.#prologue : undefined);
         return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, committed: true, next };
       } catch (error) {
         failure = workFailureAtCommit(error);

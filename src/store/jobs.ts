@@ -124,19 +124,32 @@ export async function recordFinishedAndCommit<R extends QueryResultRow>(
   db: Queryable,
   migrationId: bigint,
   job: ClaimedJob,
+  rowCount: number | undefined,
   nextPrologue?: string,
 ): Promise<R[] | undefined> {
+  const rows = rowCount === undefined ? 'NULL' : int(Math.round(rowCount));
   const results = await db.query(
     'SET CONSTRAINTS ALL IMMEDIATE; ' +
       'INSERT INTO batched_background_migration_jobs ' +
-      '(id, batched_background_migration_id, min_value, max_value, status, attempts, started_at, finished_at) ' +
-      `VALUES (${int(job.id)}, ${int(migrationId)}, ${int(job.start)}, ${int(job.end)}, ${JobStatus.finished}, ${int(job.attempt)}, ` +
+      '(id, batched_background_migration_id, min_value, max_value, status, attempts, row_count, started_at, finished_at) ' +
+      `VALUES (${int(job.id)}, ${int(migrationId)}, ${int(job.start)}, ${int(job.end)}, ${JobStatus.finished}, ${int(job.attempt)}, ${rows}, ` +
       'now(), clock_timestamp()) ' +
-      `ON CONFLICT (id) DO UPDATE SET status = ${JobStatus.finished}, attempts = excluded.attempts, started_at = excluded.started_at, ` +
-      'finished_at = excluded.finished_at, updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL; ' +
+      `ON CONFLICT (id) DO UPDATE SET status = ${JobStatus.finished}, attempts = excluded.attempts, row_count = excluded.row_count, ` +
+      'started_at = excluded.started_at, finished_at = excluded.finished_at, updated_at = clock_timestamp(), ' +
+      'failure_error_code = NULL, failure_message = NULL; ' +
       `COMMIT${nextPrologue === undefined ? '' : `; ${nextPrologue}`}`,
   );
   return nextPrologue === undefined ? undefined : lockRowsOf<R>(results);
+}
+
+/** The rows the migration's finished jobs reported changing so far (what their work functions returned). */
+export async function reportedRows(db: Queryable, migrationId: bigint): Promise<number> {
+  const row = await execOne<{ rows: string }>(
+    db,
+    sql`SELECT coalesce(sum(row_count), 0) AS rows FROM batched_background_migration_jobs
+        WHERE batched_background_migration_id = ${migrationId} AND status = ${JobStatus.finished}`,
+  );
+  return Number(row?.rows ?? 0);
 }
 
 /**

@@ -64,6 +64,8 @@ export const batchedBackgroundMigrationJobs = pgTable(
     failureErrorCode: smallint('failure_error_code'),
     failureMessage: text('failure_message'),
     attempts: smallint('attempts').notNull().default(0),
+    /** What the work function returned for a finished job: the rows it changed, if it said. */
+    rowCount: bigint('row_count', { mode: 'number' }),
     ...timestamps,
   },
   (t) => [

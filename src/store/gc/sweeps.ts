@@ -83,7 +83,7 @@ export async function expireManifests(db: Queryable, start: bigint, end: bigint)
 
 /**
  * Deletes the expired manifests of the range (their tags and blob links go with them; blobs left
- * unreferenced are the orphan sweep's), at most `limit`.
+ * unreferenced are the orphan sweep's), at most `limit`, oldest ids first.
  */
 export async function deleteExpiredManifests(db: Queryable, start: bigint, end: bigint, limit: number): Promise<number> {
   const rows = await exec<{ id: string }>(

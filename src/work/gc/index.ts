@@ -6,7 +6,7 @@
  *   gc.orphan_blobs          blobs no manifest references, older than a grace period: object, then row
  *   gc.stale_uploads         upload sessions idle too long, and their staging objects
  *   gc.ttl_expire            manifests not pulled within their repository's TTL: marked expired (never served again)
- *   gc.expired_cleanup       expired manifests deleted (their blobs become the orphan sweep's)
+ *   gc.expired_cleanup       expired manifests deleted, up to a capacity per pass (their blobs become the orphan sweep's)
  *   gc.deleted_repositories  everything under repositories marked deleted (blobs left to the orphan sweep)
  */
 import type { Schedule } from '../../bbm/schedules.ts';
@@ -21,6 +21,7 @@ import {
   purgeDeletedRepositories,
   referencedBlobs,
 } from '../../store/gc/sweeps.ts';
+import { reportedRows } from '../../store/jobs.ts';
 import type { BlobStore } from './blob-store.ts';
 import { noGcMetrics, type GcMetrics } from './metrics.ts';
 
@@ -37,8 +38,8 @@ export interface GcOptions {
   orphanGraceMs?: number;
   /** Upload sessions idle longer than this are reaped [86400000: 24 h]. */
   uploadIdleMs?: number;
-  /** At most this many expired manifests are deleted per job [1000]. */
-  expiredDeletesPerJob?: number;
+  /** At most this many expired manifests are deleted per pass of gc.expired_cleanup; the rest wait for the next pass [10000]. */
+  expiredDeletesPerPass?: number;
 }
 
 export const GC_WORK = {
@@ -62,7 +63,7 @@ export function gcWork({
   metrics = noGcMetrics,
   orphanGraceMs = 3_600_000,
   uploadIdleMs = 86_400_000,
-  expiredDeletesPerJob = 1_000,
+  expiredDeletesPerPass = 10_000,
 }: GcOptions): Work[] {
   return [
     {
@@ -103,7 +104,9 @@ export function gcWork({
     {
       name: GC_WORK.expiredCleanup,
       async do(job) {
-        const deleted = await deleteExpiredManifests(inJob(job), job.start, job.end, expiredDeletesPerJob);
+        // The pass's capacity: what its earlier jobs deleted (they return their counts) counts against it.
+        const capacity = expiredDeletesPerPass - (await reportedRows(inJob(job), job.migration.id));
+        const deleted = capacity > 0 ? await deleteExpiredManifests(inJob(job), job.start, job.end, capacity) : 0;
         metrics.deleted('manifest', deleted);
         job.log.info({ deleted_manifests: deleted }, 'gc: expired manifests deleted');
         return deleted;
