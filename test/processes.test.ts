@@ -7,9 +7,9 @@ import { describe, expect, it } from 'vitest';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range } from './support/engine.ts';
-import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitForStall } from './support/processes.ts';
+import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, waitForStall } from './support/processes.ts';
 
-async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSize: number): Promise<string[]> {
+async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSize: number, status: number = MigrationStatus.active): Promise<string[]> {
   await createJobLog(pool);
   const names: string[] = [];
   for (let m = 0; m < migrations; m += 1) {
@@ -17,7 +17,7 @@ async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSiz
     // Holes in the ids, so ranges are found by the index, not by arithmetic.
     await pool.query(`DELETE FROM items_${m} WHERE id % 7 = 3`);
     names.push(`touch_${m}`);
-    await enqueue(pool, { name: `touch_${m}`, work: 'test.touch', table: `items_${m}`, batchSize });
+    await enqueue(pool, { name: `touch_${m}`, work: 'test.touch', table: `items_${m}`, batchSize, status });
   }
   return names;
 }
@@ -43,13 +43,18 @@ describe('worker processes', () => {
 
   it.each([2, 4])('%i concurrent workers process every row exactly once', async (workers) => {
     const { pool, url } = db();
-    const names = await prepare(pool, 3, 3000, 40);
-
-    const results = await Promise.all(
-      Array.from({ length: workers }, () => runBbm(['run', '--config', TEST_CONFIG, '--until-done'], { DATABASE_URL: url })),
+    const names = await prepare(pool, 3, 3000, 20, MigrationStatus.paused);
+    const fleet = Array.from({ length: workers }, () => startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url }));
+    // Every worker is up (it announces itself) before the work is released to them.
+    await waitFor(async () => (await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers')).rows[0].n === workers, 'the fleet');
+    await pool.query(`UPDATE batched_background_migrations SET status = ${MigrationStatus.active}`);
+    await waitFor(
+      async () => (await pool.query(`SELECT bool_and(status = ${MigrationStatus.finished}) AS done FROM batched_background_migrations`)).rows[0].done,
+      'the migrations to finish',
     );
 
-    for (const result of results) expect(result, result.output).toMatchObject({ code: 0 });
+    for (const worker of fleet) worker.child.kill('SIGTERM');
+    for (const worker of fleet) expect(await worker.exited, worker.output()).toEqual({ code: 0, signal: null });
     await expectExactlyOnce(pool, names);
     const pids = await pool.query('SELECT count(DISTINCT pid)::int AS n FROM job_log');
     // Different migrations hold different locks, so the processes share the work.
