@@ -49,6 +49,8 @@ describe('bbm run --metrics-port', () => {
     }, 'the metrics server');
     expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     await waitFor(async () => (await migrationRow(pool, 'counted'))?.status === MigrationStatus.finished, 'the migration to finish');
+    // Once a run found nothing to do, the worker has also reported the wait that follows it.
+    await waitFor(async () => (await (await fetch(`${base}/metrics`)).text()).includes('bbm_runs_total{result="no_job"}'), 'an idle run');
 
     const response = await fetch(`${base}/metrics`);
     expect(response.status).toBe(200);
