@@ -1,5 +1,5 @@
 /** The registry GC pack's sweeps, on real Postgres and a temporary directory as the blob store. */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type pg from 'pg';
@@ -201,6 +201,25 @@ describe('the GC pack', () => {
     await sweep(pool, work, 'expiredCleanup', 'registry.manifests', 2);
 
     expect((await pool.query('SELECT count(*)::int AS n FROM registry.manifests')).rows[0].n).toBe(0);
+  });
+
+  it('deletes stray objects no row points at (a push or upload that died half way), once old enough', async () => {
+    const { pool } = db();
+    const image = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('kept')] });
+    await store.put('blobs/sha256/deadbeef', bytes('a push died before its row'));
+    await store.put('blobs/sha256/cafebabe', bytes('a push writing right now'));
+    await store.put('uploads/0b5e55ed', bytes('an upload died before its row'));
+    const past = new Date(Date.now() - 3 * 86_400_000);
+    for (const key of ['blobs/sha256/deadbeef', 'uploads/0b5e55ed', blobKey(image.blobs[0]!.digest)]) {
+      await utimes(path.join(root, key), past, past);
+    }
+
+    await sweep(pool, gcWork({ store }), 'orphanBlobs', 'registry.blobs');
+    await sweep(pool, gcWork({ store }), 'staleUploads', 'registry.uploads');
+
+    const objects = [];
+    for await (const object of store.list('')) objects.push(object.key);
+    expect(objects.sort()).toEqual([blobKey(image.blobs[0]!.digest), 'blobs/sha256/cafebabe'].sort());
   });
 
   it('refuses object keys that could leave the store', async () => {

@@ -135,3 +135,13 @@ export async function purgeDeletedRepositories(
   await exec(db, sql`DELETE FROM registry.deleted_repositories WHERE repository_id = ANY(${ids}::bigint[])`);
   return { manifests: manifests.length, repositories: repositories.length, uploadKeys: uploads.map((u) => u.storage_key) };
 }
+
+/** Which of `keys` a row of `table` (blobs or uploads) still points at. */
+export async function keysInUse(db: Queryable, table: 'blobs' | 'uploads', keys: readonly string[]): Promise<Set<string>> {
+  if (keys.length === 0) return new Set();
+  const rows = await exec<{ storage_key: string }>(
+    db,
+    sql`SELECT storage_key FROM ${sql.identifier('registry')}.${sql.identifier(table)} WHERE storage_key = ANY(${sql.param(keys)}::text[])`,
+  );
+  return new Set(rows.map((r) => r.storage_key));
+}

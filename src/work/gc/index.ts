@@ -3,8 +3,9 @@
  * work function over ID ranges, each pass a migration enqueued by a schedule. Every sweep is
  * idempotent and bounded by its job's range.
  *
- *   gc.orphan_blobs          blobs no manifest references, older than a grace period: object, then row
- *   gc.stale_uploads         upload sessions idle too long, and their staging objects
+ *   gc.orphan_blobs          blobs no manifest references, older than a grace period: object, then row;
+ *                            and blob objects no row points at (a push that died half way)
+ *   gc.stale_uploads         upload sessions idle too long, and their staging objects (and strays)
  *   gc.ttl_expire            manifests not pulled within their repository's TTL: marked expired (never served again)
  *   gc.expired_cleanup       expired manifests deleted, up to a capacity per pass (their blobs become the orphan sweep's)
  *   gc.deleted_repositories  everything under repositories marked deleted (blobs left to the orphan sweep)
@@ -17,12 +18,13 @@ import {
   deleteExpiredManifests,
   deleteStaleUploads,
   expireManifests,
+  keysInUse,
   lockOrphanCandidates,
   purgeDeletedRepositories,
   referencedBlobs,
 } from '../../store/gc/sweeps.ts';
 import { reportedRows } from '../../store/jobs.ts';
-import type { BlobStore } from './blob-store.ts';
+import type { BlobStore, StoredObject } from './blob-store.ts';
 import { noGcMetrics, type GcMetrics } from './metrics.ts';
 
 export { FilesystemBlobStore, type BlobStore, type StoredObject } from './blob-store.ts';
@@ -40,6 +42,8 @@ export interface GcOptions {
   uploadIdleMs?: number;
   /** At most this many expired manifests are deleted per pass of gc.expired_cleanup; the rest wait for the next pass [10000]. */
   expiredDeletesPerPass?: number;
+  /** At most this many stray objects (objects no row points at) are deleted per pass [10000]. */
+  strayObjectsPerPass?: number;
 }
 
 export const GC_WORK = {
@@ -58,12 +62,45 @@ async function deleteObjects(store: BlobStore, keys: readonly string[]): Promise
   for (const key of keys) await store.delete(key);
 }
 
+/**
+ * Deletes objects under `prefix` older than `olderThan` that no row of `table` points at: what a
+ * push or upload left when it died between writing its object and its row. Done by the first job
+ * of a pass (the range starting at 1), at most `limit` objects; young objects may belong to a
+ * write in flight and are left alone.
+ */
+async function deleteStrayObjects(
+  job: Job,
+  store: BlobStore,
+  { prefix, table, olderThan, limit }: { prefix: string; table: 'blobs' | 'uploads'; olderThan: Date; limit: number },
+): Promise<{ count: number; bytes: number }> {
+  if (job.start > 1n) return { count: 0, bytes: 0 };
+  let count = 0;
+  let bytes = 0;
+  let batch: StoredObject[] = [];
+  const flush = async () => {
+    const used = await keysInUse(inJob(job), table, batch.map((o) => o.key));
+    const strays = batch.filter((o) => !used.has(o.key));
+    await deleteObjects(store, strays.map((o) => o.key));
+    count += strays.length;
+    bytes += strays.reduce((sum, o) => sum + o.size, 0);
+    batch = [];
+  };
+  for await (const object of store.list(prefix, olderThan)) {
+    batch.push(object);
+    if (batch.length === 500) await flush();
+    if (count + batch.length >= limit) break;
+  }
+  await flush();
+  return { count, bytes };
+}
+
 export function gcWork({
   store,
   metrics = noGcMetrics,
   orphanGraceMs = 3_600_000,
   uploadIdleMs = 86_400_000,
   expiredDeletesPerPass = 10_000,
+  strayObjectsPerPass = 10_000,
 }: GcOptions): Work[] {
   return [
     {
@@ -76,10 +113,20 @@ export function gcWork({
         // Objects first: should the job die now, the rows stay and the next pass finishes the work.
         await deleteObjects(store, orphans.map((b) => b.storageKey));
         const deleted = await deleteBlobRows(inJob(job), orphans.map((b) => b.id));
-        const bytes = orphans.reduce((sum, b) => sum + b.size, 0);
+        const strays = await deleteStrayObjects(job, store, {
+          prefix: 'blobs/',
+          table: 'blobs',
+          olderThan: new Date(Date.now() - orphanGraceMs),
+          limit: strayObjectsPerPass,
+        });
+        const bytes = orphans.reduce((sum, b) => sum + b.size, 0) + strays.bytes;
         metrics.deleted('blob', deleted);
+        metrics.deleted('object', strays.count);
         metrics.bytesFreed(bytes);
-        job.log.info({ deleted_blobs: deleted, kept_referenced: referenced.size, bytes_freed: bytes }, 'gc: orphaned blobs');
+        job.log.info(
+          { deleted_blobs: deleted, kept_referenced: referenced.size, deleted_stray_objects: strays.count, bytes_freed: bytes },
+          'gc: orphaned blobs',
+        );
         return deleted;
       },
     },
@@ -88,8 +135,15 @@ export function gcWork({
       async do(job) {
         const keys = await deleteStaleUploads(inJob(job), job.start, job.end, uploadIdleMs);
         await deleteObjects(store, keys);
+        const strays = await deleteStrayObjects(job, store, {
+          prefix: 'uploads/',
+          table: 'uploads',
+          olderThan: new Date(Date.now() - uploadIdleMs),
+          limit: strayObjectsPerPass,
+        });
         metrics.deleted('upload', keys.length);
-        job.log.info({ deleted_uploads: keys.length }, 'gc: stale uploads');
+        metrics.deleted('object', strays.count);
+        job.log.info({ deleted_uploads: keys.length, deleted_stray_objects: strays.count }, 'gc: stale uploads');
         return keys.length;
       },
     },
