@@ -2,6 +2,7 @@
 import { mkdtemp, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { Registry } from 'prom-client';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -12,6 +13,9 @@ import { createGcMetrics, FilesystemBlobStore, GC_WORK, gcWork, type BlobStore }
 import { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage } from '../src/work/gc/registry.ts';
 import { useTestDatabase } from './support/database.ts';
 import { drain, enqueue, migrationRow, testWorker } from './support/engine.ts';
+import { runBbm, startBbm, waitFor } from './support/processes.ts';
+
+const GC_CONFIG = fileURLToPath(new URL('./fixtures/gc.config.ts', import.meta.url));
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -234,5 +238,38 @@ describe('the GC pack', () => {
     await enqueue(pool, { name: 'gc.orphan_blobs@now', work: GC_WORK.orphanBlobs, table: 'registry.blobs', batchSize: 10 });
     await drain(testWorker(pool, { work: gcWork({ store }) }));
     expect((await migrationRow(pool, 'gc.orphan_blobs@now'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('a sweep process SIGKILLed mid-job deletes no referenced object, and once resumed leaves no orphaned row or object', async () => {
+    const { pool, url } = db();
+    const image = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('base'), bytes('app')] });
+    for (let i = 0; i < 8; i += 1) await pushBlob(pool, store, bytes(`orphan ${i}`));
+    await enqueue(pool, { name: 'gc.orphan_blobs@killed', work: GC_WORK.orphanBlobs, table: 'registry.blobs', batchSize: 100 });
+    const countObjects = async () => {
+      let n = 0;
+      for await (const _ of store.list('blobs/')) n += 1;
+      return n;
+    };
+    const env = { DATABASE_URL: url, BBM_TEST_GC_ROOT: root };
+    const victim = startBbm(['run', '--config', GC_CONFIG], { ...env, BBM_TEST_GC_DELETE_DELAY_MS: '200' });
+    await waitFor(async () => (await countObjects()) <= 8, 'the sweep to be half way through the objects');
+
+    victim.child.kill('SIGKILL');
+    await victim.exited;
+
+    // The job's row deletions rolled back with it; referenced objects were never touched.
+    expect((await pool.query('SELECT count(*)::int AS n FROM registry.blobs')).rows[0].n).toBe(10);
+    for (const blob of image.blobs) expect(await store.exists(blobKey(blob.digest))).toBe(true);
+    expect(await countObjects()).toBeLessThan(10);
+
+    const resumed = await runBbm(['run', '--config', GC_CONFIG, '--until-done'], env);
+
+    expect(resumed.code, resumed.output).toBe(0);
+    expect((await migrationRow(pool, 'gc.orphan_blobs@killed'))?.status).toBe(MigrationStatus.finished);
+    const { rows } = await pool.query('SELECT digest FROM registry.blobs ORDER BY id');
+    expect(rows.map((r) => r.digest)).toEqual(image.blobs.map((b) => b.digest));
+    const objects = [];
+    for await (const object of store.list('')) objects.push(object.key);
+    expect(objects.sort()).toEqual(image.blobs.map((b) => blobKey(b.digest)).sort());
   });
 });
