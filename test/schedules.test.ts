@@ -147,3 +147,17 @@ describe('bbm status with schedules', () => {
     );
   });
 });
+
+describe('a pass', () => {
+  const db = useTestDatabase();
+
+  it('covers the column from 1 to its maximum when it is enqueued', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(5, 77));
+    const registry = new WorkRegistry([touch]);
+    const schedules = resolveSchedules([{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }], registry);
+    await tickSchedules(pool, schedules, { retentionMs: 86_400_000, now: at('2026-11-22T10:05:00Z') });
+    const { rows } = await pool.query('SELECT min_value::int AS min, max_value::int AS max FROM batched_background_migrations');
+    expect(rows).toEqual([{ min: 1, max: 77 }]);
+  });
+});

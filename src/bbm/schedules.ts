@@ -10,7 +10,8 @@ import { CronExpressionParser } from 'cron-parser';
 import type pg from 'pg';
 import { MigrationStatus, migrationStatusName } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
-import { insertPass, latestPass, prunePasses, trySchedulerLock } from '../store/schedules.ts';
+import { isTarget, resolveTarget } from '../store/catalog.ts';
+import { columnMax, insertPass, latestPass, prunePasses, trySchedulerLock } from '../store/schedules.ts';
 import { begin, commit, rollback } from '../store/tx.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
@@ -130,12 +131,15 @@ export async function tickSchedules(
           const due = !last || (!UNFINISHED.has(last.status) && (lastSlot === null || lastSlot < slot));
           if (due) {
             const name = passName(schedule.name, slot);
+            // A bad table or column is enqueued all the same: the worker fails the pass with its code.
+            const target = await resolveTarget(client, schedule.table, schedule.column);
             const inserted = await insertPass(client, {
               name,
               jobSignatureName: schedule.work,
               tableName: schedule.table,
               columnName: schedule.column,
               batchSize: schedule.batchSize,
+              maxValue: isTarget(target) ? await columnMax(client, target) : null,
             });
             if (inserted) tick.enqueued.push(name);
           }

@@ -5,7 +5,8 @@
 import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';
 import { MigrationStatus, type MigrationStatusCode } from './codes.ts';
-import { LOCK_NAMESPACE } from './migrations.ts';
+import type { Target } from './catalog.ts';
+import { LOCK_NAMESPACE, quotedTable } from './migrations.ts';
 
 /** Second half of the scheduler's advisory-lock key: (LOCK_NAMESPACE, -1) is never a migration's. */
 const SCHEDULER_LOCK_KEY = -1;
@@ -48,22 +49,29 @@ export interface NewPass {
   tableName: string;
   columnName: string;
   batchSize: number;
+  /** The column's current maximum; null (resolved when the pass starts) when unknown or the table is empty. */
+  maxValue: bigint | null;
 }
 
-/**
- * Enqueues a pass over the whole column (min 1, max resolved when it starts). Returns false when a
- * pass of that name exists already.
- */
+/** Enqueues a pass over the column from 1. Returns false when a pass of that name exists already. */
 export async function insertPass(db: Queryable, pass: NewPass): Promise<boolean> {
   const rows = await exec<{ id: string }>(
     db,
     sql`
       INSERT INTO batched_background_migrations (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
-      VALUES (${pass.name}, 1, NULL, ${pass.batchSize}, ${MigrationStatus.active}, ${pass.jobSignatureName}, ${pass.tableName}, ${pass.columnName})
+      VALUES (${pass.name}, 1, greatest(1, ${pass.maxValue}::bigint), ${pass.batchSize}, ${MigrationStatus.active},
+              ${pass.jobSignatureName}, ${pass.tableName}, ${pass.columnName})
       ON CONFLICT (name) DO NOTHING
       RETURNING id`,
   );
   return rows.length > 0;
+}
+
+/** The column's current maximum (an index lookup), null on an empty table. */
+export async function columnMax(db: Queryable, target: Target): Promise<bigint | null> {
+  const column = sql.identifier(target.column);
+  const row = await execOne<{ max: string | null }>(db, sql`SELECT max(${column}) AS max FROM ${quotedTable(target)}`);
+  return row?.max == null ? null : BigInt(row.max);
 }
 
 /** Deletes the schedule's finished passes (and their jobs) older than the retention. Returns how many. */

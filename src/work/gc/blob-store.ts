@@ -80,7 +80,14 @@ export class FilesystemBlobStore implements BlobStore {
     for (const entry of entries) {
       if (!entry.isFile() || entry.name.endsWith('.partial')) continue;
       const full = path.join(entry.parentPath, entry.name);
-      const info = await stat(full);
+      let info;
+      try {
+        info = await stat(full);
+      } catch (error) {
+        // Deleted since the directory was read: a concurrent sweep or delete.
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw error;
+      }
       if (olderThan && info.mtime >= olderThan) continue;
       yield { key: path.relative(this.root, full).split(path.sep).join('/'), size: info.size, modifiedAt: info.mtime };
     }
