@@ -145,6 +145,17 @@ describe('bbm status with schedules', () => {
     expect((await bbm(['status', '--config', config], { DATABASE_URL: url })).out).toMatch(
       /sweep@2026-11-22T10:00:00\.000Z\s+finished\s+2026-11-22T11:00:00\.000Z/,
     );
+    const json = await bbm(['schedules', '--config', config, '--json'], { DATABASE_URL: url });
+    expect(JSON.parse(json.out)).toEqual([
+      {
+        name: 'sweep',
+        every: '1h',
+        work: 'test.touch',
+        lastPass: { name: 'sweep@2026-11-22T10:00:00.000Z', status: 'finished', finishedAt: expect.any(String) },
+        nextDue: '2026-11-22T11:00:00.000Z',
+      },
+    ]);
+    expect(await bbm(['schedules'], { DATABASE_URL: url })).toMatchObject({ code: 2, err: expect.stringMatching(/needs --config/) });
   });
 });
 

@@ -87,6 +87,11 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm status [--name NAME] [--watch] [--json]',
     flags: ['name', 'watch', 'json'],
   },
+  schedules: {
+    summary: "List the config's schedules: each one's last pass and when the next is due",
+    usage: 'bbm schedules --config FILE [--json]',
+    flags: ['json'],
+  },
   enqueue: {
     summary: 'Add a migration, after checking its table, column, index and work function',
     usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--paused]',

@@ -1,7 +1,8 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
 import { WorkRegistry } from '../bbm/registry.ts';
-import { resolveSchedules, scheduleReports } from '../bbm/schedules.ts';
+import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
 import { migrationReports, type MigrationReport } from '../bbm/status.ts';
+import { UsageError } from './args.ts';
 import type { Context } from './main.ts';
 import { duration, percent, table, toJson } from './format.ts';
 
@@ -18,24 +19,36 @@ export async function status(context: Context): Promise<number> {
   return 0;
 }
 
-/** The config's schedules, each with its last pass and when the next is due (empty without schedules). */
-async function renderSchedules({ config, pool }: Context): Promise<string> {
-  if (!config?.schedules?.length) return '';
-  const schedules = resolveSchedules(config.schedules, new WorkRegistry(config.work));
-  const reports = await scheduleReports(pool, schedules);
-  return (
-    '\n\n' +
-    table(
-      ['SCHEDULE', 'EVERY', 'WORK', 'LAST PASS', 'STATUS', 'NEXT DUE'],
-      reports.map((r) => [
-        r.name,
-        r.every,
-        r.work,
-        r.lastPass?.name ?? '-',
-        r.lastPass?.status ?? '-',
-        r.nextDue === null ? 'after the last pass' : r.nextDue.toISOString(),
-      ]),
-    )
+/** `bbm schedules`: the config's schedules, each with its last pass and when the next is due. */
+export async function schedules(context: Context): Promise<number> {
+  if (!context.config) throw new UsageError('bbm schedules needs --config with the schedules');
+  const reports = await loadSchedules(context);
+  context.print(reports, () => (reports.length === 0 ? 'the config has no schedules' : renderScheduleTable(reports)));
+  return 0;
+}
+
+function loadSchedules({ config, pool }: Context): Promise<ScheduleReport[]> {
+  if (!config?.schedules?.length) return Promise.resolve([]);
+  return scheduleReports(pool, resolveSchedules(config.schedules, new WorkRegistry(config.work)));
+}
+
+/** The schedules section under `bbm status` (empty without schedules). */
+async function renderSchedules(context: Context): Promise<string> {
+  const reports = await loadSchedules(context);
+  return reports.length === 0 ? '' : `\n\n${renderScheduleTable(reports)}`;
+}
+
+function renderScheduleTable(reports: ScheduleReport[]): string {
+  return table(
+    ['SCHEDULE', 'EVERY', 'WORK', 'LAST PASS', 'STATUS', 'NEXT DUE'],
+    reports.map((r) => [
+      r.name,
+      r.every,
+      r.work,
+      r.lastPass?.name ?? '-',
+      r.lastPass?.status ?? '-',
+      r.nextDue === null ? 'after the last pass' : r.nextDue.toISOString(),
+    ]),
   );
 }
 

@@ -10,7 +10,7 @@ import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
 import { toJson } from './format.ts';
-import { status } from './inspect.ts';
+import { schedules, status } from './inspect.ts';
 import { finalize, run } from './process.ts';
 import { enqueue, retry, steer } from './steer.ts';
 
@@ -101,6 +101,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await finalize(context);
       case 'status':
         return await status(context);
+      case 'schedules':
+        return await schedules(context);
       case 'enqueue':
         return await enqueue(context);
       case 'pause':
