@@ -1,4 +1,5 @@
-import { describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { describe, expect, inject, it } from 'vitest';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
@@ -137,5 +138,24 @@ describe('bbm help', () => {
     expect(result.code).toBe(0);
     expect(result.out).toMatch(new RegExp(`^bbm ${command}: .+\\n\\nUsage: bbm ${command}`));
     expect(result.out).toContain('--database-url URL');
+  });
+});
+
+describe('bbm against a database never migrated', () => {
+  it('says to run bbm migrate', async () => {
+    const adminUrl = inject('adminUrl');
+    const name = `bbm_bare_${Date.now()}`;
+    const admin = new pg.Client(adminUrl);
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    try {
+      const url = new URL(adminUrl);
+      url.pathname = `/${name}`;
+      const result = await bbm(['status'], { DATABASE_URL: url.toString() });
+      expect(result).toMatchObject({ code: 1, err: expect.stringMatching(/relation "batched_background_migration\w*" does not exist \(run `bbm migrate` first\)/) });
+    } finally {
+      await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+      await admin.end();
+    }
   });
 });

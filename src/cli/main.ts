@@ -6,7 +6,7 @@ import type pg from 'pg';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
-import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
+import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
 import { toJson } from './format.ts';
@@ -117,7 +117,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     }
     return 2;
   } catch (error) {
-    io.err(mask(`bbm ${command}: ${(error as Error).message ?? String(error)}`));
+    const message = (error as Error).message ?? String(error);
+    // pg-bbm's tables are missing: the database was never migrated.
+    const hint = sqlStateOf(error) === SqlState.undefinedTable && /batched_background_migration|registry\./.test(message) ? ' (run `bbm migrate` first)' : '';
+    io.err(mask(`bbm ${command}: ${message}${hint}`));
     return error instanceof UsageError || error instanceof ConfigError ? 2 : 1;
   } finally {
     await pool?.end();
