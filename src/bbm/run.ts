@@ -35,10 +35,10 @@ import {
 import {
   failMigration,
   finishMigration,
-  hasRunnableMigration,
   loadLockedMigration,
   lockMigrationStatement,
   lockNextMigrationStatement,
+  BUSY,
   quotedTable,
   startMigration,
   type LockedMigration,
@@ -130,15 +130,14 @@ export class Runner {
    * the row still says what was validated; entries go when a migration ends or its table errors.
    */
   readonly #validated = new Map<bigint, ValidatedMigration & { work: Work }>();
-  readonly #filter: WorkFilter;
   /** Starts every run: BEGIN, settings, lock, savepoint (see tx.ts). */
   readonly #prologue: string;
   /** The next run, when the previous one started it (`chain`). */
   #held: OpenRun | undefined;
 
   constructor(private readonly ctx: RunContext) {
-    this.#filter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
-    const lock = ctx.only === undefined ? lockNextMigrationStatement(this.#filter) : lockMigrationStatement(ctx.only);
+    const filter: WorkFilter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
+    const lock = ctx.only === undefined ? lockNextMigrationStatement(filter) : lockMigrationStatement(ctx.only);
     this.#prologue = runPrologue(ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS, lock);
   }
 
@@ -190,9 +189,8 @@ export class Runner {
   }
 
   async #inTransaction(client: pg.PoolClient, id: bigint | null, run: RunInfo): Promise<Outcome> {
-    if (id === null) {
-      return { outcome: (await hasRunnableMigration(client, this.#filter)) ? 'lock_in_use' : 'no_job' };
-    }
+    if (id === null) return { outcome: 'no_job' };
+    if (id === BUSY) return { outcome: 'lock_in_use' };
     // The common case, every range but a migration's first: one statement reads the migration
     // and creates its next range. Anything else (not validated here yet, not running, ranges
     // exhausted, row changed) returns null and takes the full path below.

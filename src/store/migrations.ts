@@ -45,25 +45,20 @@ export interface WorkFilter {
   validNamePattern: string;
 }
 
-function candidates({ names, validNamePattern }: WorkFilter): SQL {
-  // A malformed job_signature_name can never match a registered work function; it is picked up
-  // so the run can fail it with invalid_job_signature instead of leaving it waiting forever.
-  return sql`
-    SELECT id, status FROM batched_background_migrations
-    WHERE status IN (${RUNNABLE})
-      AND (job_signature_name = ANY(${sql.param(names)}::text[]) OR job_signature_name !~ ${validNamePattern})`;
-}
-
 /**
  * The statement that takes the advisory lock of the first runnable migration whose lock is free
- * (running before active, then lowest id) and returns its id as `id`, NULL when there is none:
- * a call of bbm_lock_next_migration (migrations/0001), which tries the candidates' locks one at
- * a time in that order.
+ * (running before active, then lowest id) and returns its id as `id`: a call of
+ * bbm_lock_next_migration (migrations/0001, 0004), which tries the candidates' locks one at a
+ * time in that order. `id` is NULL when nothing is runnable, and BUSY when other workers hold
+ * every candidate's lock.
  *
  * It is rendered once per worker, with the work names as literals, so a run can send it in the
  * same round trip as BEGIN (see tx.ts): the names are the worker's own, already checked against
  * VALID_WORK_NAME, and escaped all the same.
  */
+/** What bbm_lock_next_migration returns when there is work but every candidate is locked. */
+export const BUSY = 0n;
+
 export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilter): string {
   const literal = (text: string) => dialect.escapeString(text);
   const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
@@ -78,12 +73,6 @@ export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilt
 export function lockMigrationStatement(id: bigint): string {
   if (typeof id !== 'bigint') throw new TypeError('migration id must be a bigint');
   return `SELECT ${id}::bigint AS id FROM pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int)`;
-}
-
-/** Whether any migration this worker could run exists, locked or not. */
-export async function hasRunnableMigration(db: Queryable, filter: WorkFilter): Promise<boolean> {
-  const row = await execOne<{ found: boolean }>(db, sql`SELECT EXISTS (${candidates(filter)}) AS found`);
-  return row?.found ?? false;
 }
 
 interface LockedRow {
