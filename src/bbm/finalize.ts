@@ -8,6 +8,7 @@ import { Backoff, sleep } from './backoff.ts';
 import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
+import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
 import { migrationReports, type MigrationReport } from './status.ts';
@@ -73,7 +74,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
       if (params.signal?.aborted) throw new FinalizeError(`interrupted at ${(current.progress * 100).toFixed(1)}%`, current);
 
       const result = await runner.runOnce({ chain: true });
-      for (const observer of observers) tell(log, () => observer.run?.(result));
+      tellObservers(observers, log, (observer) => observer.run?.(result));
       const waitMs = afterRun(result, backoff);
       if (result.outcome === 'error') {
         errors += 1;
@@ -124,13 +125,5 @@ function afterRun(result: RunResult, backoff: Backoff): number {
     default:
       backoff.reset();
       return 0;
-  }
-}
-
-function tell(log: Logger, call: () => void): void {
-  try {
-    call();
-  } catch (error) {
-    log.error({ err: error }, 'an observer threw; ignored');
   }
 }

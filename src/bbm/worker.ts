@@ -13,6 +13,7 @@ import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
+import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule, type Schedule } from './schedules.ts';
@@ -193,15 +194,8 @@ export class Worker {
     }
   }
 
-  /** Calls every observer; one that throws is logged, and the others still hear. */
   #tell(call: (observer: WorkerObserver) => void): void {
-    for (const observer of this.#observers) {
-      try {
-        call(observer);
-      } catch (error) {
-        this.#log.error({ err: error }, 'a worker observer threw; ignored');
-      }
-    }
+    tellObservers(this.#observers, this.#log, call);
   }
 
   /** Records that this worker is alive. Failing to is logged, never fatal: it only feeds `bbm status`. */
