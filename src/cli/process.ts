@@ -6,7 +6,7 @@ import { createMetrics } from '../bbm/metrics.ts';
 import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { MigrationReport } from '../bbm/status.ts';
-import type { WorkerObserver, WorkerOptions } from '../bbm/types.ts';
+import type { Config, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
 import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
@@ -71,6 +71,12 @@ function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: ()
   };
 }
 
+/** A config's worker options: the config less what is not a worker option. */
+function workerOptionsOf(config: Config): WorkerOptions {
+  const { work: _work, throttle: _throttle, schedules: _schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
+  return options;
+}
+
 function overrides(context: Context): WorkerOptions {
   const result: WorkerOptions = {};
   const interval = integerFlag(context.flags, 'interval', { min: 1 });
@@ -87,8 +93,8 @@ export async function run(context: Context): Promise<number> {
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
   if (flags['metrics-host'] !== undefined && metricsPort === undefined) throw new UsageError('--metrics-host needs --metrics-port');
-  const { work, throttle, schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...configured } = config;
-  const options = { ...configured, ...overrides(context) };
+  const { work, throttle, schedules } = config;
+  const options = { ...workerOptionsOf(config), ...overrides(context) };
   resolveOptions(options);
 
   if (!flags['skip-migrate']) await migrateSchema(pool);
@@ -122,7 +128,7 @@ export async function finalize(context: Context): Promise<number> {
   const name = requiredFlag(flags, 'name', 'finalize');
   if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
   const log = logger(context, 2);
-  const { work, throttle: _throttle, schedules: _schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
+  const options = workerOptionsOf(config);
   const sentry = sentryFrom(context);
   const soft = new AbortController();
   const hard = new AbortController();
@@ -132,7 +138,7 @@ export async function finalize(context: Context): Promise<number> {
     const report = await finalizeMigration({
       ...options,
       pool,
-      work,
+      work: config.work,
       name,
       logger: log,
       observers: sentry ? [sentry.observer] : [],
