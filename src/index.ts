@@ -12,7 +12,7 @@ export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops
 export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';
 export { MigrationStatus, JobStatus, SERIAL_KEY_SET, type MigrationStatusName, type JobStatusName } from './store/codes.ts';
-export { LOCK_NAMESPACE } from './store/migrations.ts';
+export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/migrate.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';

@@ -242,6 +242,8 @@ describe('failing jobs', () => {
       },
     };
     await enqueue(pool, { name: 'slow', work: slow.name, table: 'items', batchSize: 10 });
+    // Too small to split (a timed-out range is split in halves of at least min_batch_size rows).
+    await pool.query(`UPDATE batched_background_migrations SET min_batch_size = 10`);
 
     const started = Date.now();
     const result = await nextJob(testWorker(pool, { work: [slow], runTimeoutMs: 300 }));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Work } from '../src/bbm/types.ts';
 import { migrationReports, pause, resume } from '../src/bbm/status.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
-import { LOCK_NAMESPACE } from '../src/store/migrations.ts';
+import { LANE_LOCK_BASE } from '../src/store/locks.ts';
 import { maxReplicaLagBytes, readyWalSegments } from '../src/store/health.ts';
 import { anyThrottle, replicaLagThrottle, walArchiveThrottle } from '../src/bbm/throttle.ts';
 import { useTestDatabase } from './support/database.ts';
@@ -22,7 +22,8 @@ describe('steering', () => {
 
     expect(await pause(pool, 'steady')).toEqual(['steady']);
     expect((await worker.runOnce()).outcome).toBe('no_job');
-    expect((await jobRanges(pool, 'steady')).length).toBe(2);
+    // Two ranges finished; the third was cut ahead (active) and waits for the resume.
+    expect((await jobRanges(pool, 'steady', { all: true })).map((j) => j.status)).toEqual([2, 2, 1]);
     expect((await migrationReports(pool, { name: 'steady' }))[0]).toMatchObject({ status: 'paused', progress: 0.4 });
 
     expect(await resume(pool)).toEqual(['steady']);
@@ -105,7 +106,7 @@ describe('steering', () => {
     expect((await busy).outcome).toBe('job_succeeded');
   });
 
-  it('reads batch_size anew for every range, so pace changes without a restart', async () => {
+  it('reads batch_size anew for every range it cuts, so pace changes without a restart', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 40));
     await enqueue(pool, { name: 'paced', work: touch.name, table: 'items', batchSize: 5 });
@@ -114,10 +115,12 @@ describe('steering', () => {
     await pool.query(`UPDATE batched_background_migrations SET batch_size = 20 WHERE name = 'paced'`);
     await drain(worker);
 
+    // The job of [1, 5] committed with [6, 10] cut ahead, at the old size; every range after it has the new one.
     expect((await jobRanges(pool, 'paced')).map((j) => [j.min, j.max])).toEqual([
       [1, 5],
-      [6, 25],
-      [26, 40],
+      [6, 10],
+      [11, 30],
+      [31, 40],
     ]);
   });
 });
@@ -125,7 +128,7 @@ describe('steering', () => {
 describe('the documented lock key', () => {
   const db = useTestDatabase();
 
-  it('is (LOCK_NAMESPACE, migration id), held for the whole run', async () => {
+  it('is (LANE_LOCK_BASE + lane, migration id), held for the whole job', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 10));
     const id = await enqueue(pool, { name: 'keyed', work: 'test.probe', table: 'items', batchSize: 5 });
@@ -134,14 +137,14 @@ describe('the documented lock key', () => {
       name: 'test.probe',
       async do() {
         // From another connection, as an operator's script would check it.
-        const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LOCK_NAMESPACE, Number(id)]);
+        const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LANE_LOCK_BASE, Number(id)]);
         seen.push(rows[0].free);
       },
     };
     await drain(testWorker(pool, { work: [probe] }));
 
     expect(seen).toEqual([false, false]);
-    const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LOCK_NAMESPACE, Number(id)]);
+    const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LANE_LOCK_BASE, Number(id)]);
     expect(rows[0].free).toBe(true);
   });
 });

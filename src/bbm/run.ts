@@ -1,18 +1,17 @@
 /**
- * One run of a worker: one transaction that locks a migration, finds or creates its next
- * ID range, executes the work function on it and records the outcome. On the common path that
- * is four round trips:
+ * One run of a lane: one transaction that takes a lane and a job of a migration, executes the
+ * work function on the job's range and records the outcome (see store/run-transaction.ts for
+ * the statements). On the common path that is one round trip besides the work's own: the job's
+ * record, its COMMIT, the cut of the migration's next range and the next run's take travel
+ * together.
  *
- *   1. BEGIN · lock the first free runnable migration · SAVEPOINT
- *   2. read the migration and claim its next range (one statement, nothing written)
- *   3. the work function's statements
- *   4. write the job, finished · COMMIT (· the next run's step 1, when the worker goes on)
- *
- * A migration not yet validated by this worker, starting, out of new ranges or failing takes
- * the full path: read it, validate it, then start, finish or fail it, or claim a failed range.
- * A failing work function is undone with ROLLBACK TO the savepoint, and the attempt recorded.
- * The work's writes and the job's status commit together, so a crash at any point leaves the
- * range either done and recorded or not done at all.
+ * A take that holds a lane but no job says what the migration needs instead: to be started, a
+ * range cut, or to be finished. A migration not yet validated by this runner is checked against
+ * the catalog first, and failed with an error code when its row cannot work. A failing work
+ * function is undone with ROLLBACK TO the savepoint after the take, and the attempt recorded (or,
+ * when it timed out, its range split in two). The work's writes and the job's status commit
+ * together, so a crash at any point leaves the range either done and recorded or not done at all;
+ * the lane's lock and the job's row lock die with the session, so another lane takes it at once.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -20,33 +19,15 @@ import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { ErrorCode, MigrationStatus, SERIAL_KEY_SET } from '../store/codes.ts';
-import { isTarget, resolveTarget, type Target, type TargetProblem } from '../store/catalog.ts';
+import { ErrorCode, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
+import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import {
-  cancelBackend,
-  claimNextRange,
-  firstFailedJob,
-  recordFailedAttempt,
-  recordFinishedAndCommit,
-  type ClaimedJob,
-  type ValidatedMigration,
-} from '../store/jobs.ts';
-import {
-  failMigration,
-  finishMigration,
-  loadLockedMigration,
-  lockMigrationStatement,
-  lockNextMigrationStatement,
-  BUSY,
-  quotedTable,
-  startMigration,
-  type LockedMigration,
-  type WorkFilter,
-} from '../store/migrations.ts';
-import { beginRun, commit, rollback, rollbackWorkSavepoint, runPrologue } from '../store/tx.ts';
+import { cancelBackend, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
+import { failMigration, finishMigration, quotedTable, startMigration } from '../store/migrations.ts';
+import { RunTransaction, runPrologue, takeStatement, type Take, type TakenMigration } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
+import { BatchSizer, MAX_BATCH_SIZE, type PaceSettings } from './pace.ts';
 import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
 import { JobSession } from './session.ts';
 import type { Job, JobDb, RunResult, Work } from './types.ts';
@@ -61,8 +42,10 @@ export interface RunContext {
   log: Logger;
   /** Aborting it cancels the job in flight and rolls its whole run back (a second SIGTERM). */
   hardStop: AbortSignal;
-  /** Work on this migration only, waiting for its lock when another worker holds it (finalize). */
+  /** Work on this migration only, waiting for its lane 0 when every lane is busy (finalize). */
   only?: bigint;
+  /** Adaptive sizers by migration id, shared by the lanes of one worker. */
+  sizers?: Map<bigint, BatchSizer>;
 }
 
 /** The reason a run was rolled back on a hard stop. */
@@ -70,241 +53,230 @@ class StopError extends Error {
   override readonly name = 'StopError';
 }
 
-/**
- * A run's result before timing; `committed` when its last statement already committed, and
- * `next` when that statement also started the next run (the next run's lock rows).
- */
-type Outcome = Omit<RunResult, 'durationMs' | 'runId'> & { committed?: true; next?: LockRow[] | undefined };
-
-/** A migration's row as validated, or the problem validation found. */
-type Validation = Omit<ValidatedMigration, 'target'> & { target: Target | TargetProblem };
-
-type LockRow = { id: string | null };
-const idOf = (rows: LockRow[]): bigint | null => (rows[0]?.id ? BigInt(rows[0].id) : null);
+/** A job that ran past the run timeout; like a statement or lock timeout, its range is split. */
+class JobTimeoutError extends BbmError {
+  constructor(timeoutMs: number) {
+    super('unknown', `job timed out: the run exceeded runTimeoutMs (${timeoutMs} ms)`);
+  }
+}
 
 /**
- * A pooled connection for the duration of one run (or of chained runs). A connection lost while
- * checked out emits 'error' on the client (the pool listens only to idle ones); unheard, that is
- * an uncaught exception. It is remembered instead, and the client destroyed on release.
+ * Whether a failure is a timeout: the run's own, a statement_timeout (57014, also what a
+ * cancelled statement reports) or a lock_timeout (55P03). A smaller range may well succeed.
  */
-class RunConnection {
-  #lost: Error | undefined;
-  readonly #onError = (error: Error) => this.lost(error);
-
-  constructor(readonly client: pg.PoolClient) {
-    client.on('error', this.#onError);
-  }
-
-  lost(error: Error): void {
-    this.#lost ??= error;
-  }
-
-  release(): void {
-    this.client.off('error', this.#onError);
-    this.client.release(this.#lost);
-  }
+function isTimeout(error: Error): boolean {
+  const state = sqlStateOf(error);
+  return error instanceof JobTimeoutError || state === '57014' || state === '55P03';
 }
 
-/** What a run carries through its steps. */
-interface RunInfo {
-  started: number;
-  runId: string;
-  /** Whether a successful job's commit also starts the next run. */
-  chain: boolean;
+/** A run's result before timing; `ended` when its transaction is already committed or rolled back. */
+type Outcome = Omit<RunResult, 'durationMs' | 'runId'> & { ended?: true };
+
+/** What a runner remembers of a migration it validated. */
+interface Validated extends ValidatedMigration {
+  work: Work;
+  /** Set when a cut found no range left to cut: no cut is sent after its jobs until one succeeds again. */
+  cutDone?: boolean;
 }
 
-/** A run whose transaction is open: its connection, when it began, and its lock rows if known. */
-interface OpenRun {
-  connection: RunConnection;
-  started: number;
-  locked: LockRow[] | undefined;
-}
+/** The migration as a job sees it. */
+type MigrationRef = NonNullable<RunResult['migration']>;
 
 const dialect = new PgDialect();
-/** The backend pid pg learns at connect (BackendKeyData); pg does not type it. */
-const backendPid = (client: pg.PoolClient): number | undefined => (client as unknown as { processID?: number }).processID;
 
 export class Runner {
   /**
-   * Migrations this worker has validated (catalog lookups included), by id. Range creation checks
-   * the row still says what was validated; entries go when a migration ends or its table errors.
+   * Migrations this runner has validated (catalog lookups included), by id. A take of a job
+   * checks the row still names what was validated; entries go when a migration ends or its table errors.
    */
-  readonly #validated = new Map<bigint, ValidatedMigration & { work: Work }>();
-  /** Starts every run: BEGIN, settings, lock, savepoint (see tx.ts). */
+  readonly #validated = new Map<bigint, Validated>();
+  /** Starts every run: BEGIN, settings, take, savepoint (see run-transaction.ts). */
   readonly #prologue: string;
-  /** The next run, when the previous one started it (`chain`). */
-  #held: OpenRun | undefined;
+  readonly #backstopMs: number;
+  readonly #sizers: Map<bigint, BatchSizer>;
+  /** The next run, when the previous one began it (`chain`). */
+  #held: { tx: RunTransaction; started: number } | undefined;
 
   constructor(private readonly ctx: RunContext) {
-    const filter: WorkFilter = { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME };
-    const lock = ctx.only === undefined ? lockNextMigrationStatement(filter) : lockMigrationStatement(ctx.only);
-    this.#prologue = runPrologue(ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS, lock);
+    this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
+    const take = takeStatement({ names: ctx.registry.names, validNamePattern: VALID_WORK_NAME }, ctx.only);
+    this.#prologue = runPrologue(this.#backstopMs, take);
+    this.#sizers = ctx.sizers ?? new Map();
   }
 
   /**
-   * One run. With `chain`, a run whose job succeeds starts the next run in the round trip that
+   * One run. With `chain`, a run whose job succeeds begins the next run in the round trip that
    * commits it; the next call continues that run (call `release()` if there is none).
    */
   async runOnce({ chain = false }: { chain?: boolean } = {}): Promise<RunResult> {
-    let run = this.#held;
+    const held = this.#held;
     this.#held = undefined;
-    const started = run?.started ?? performance.now();
+    const started = held?.started ?? performance.now();
     const runId = randomUUID();
-    const finish = (outcome: Outcome): RunResult => ({ ...outcome, runId, durationMs: performance.now() - started });
-    if (!run) {
-      let connection: RunConnection;
+    const finish = (outcome: Outcome): RunResult => {
+      const { ended: _ended, ...result } = outcome;
+      return { ...result, runId, durationMs: performance.now() - started };
+    };
+    let tx = held?.tx;
+    if (!tx) {
       try {
-        connection = new RunConnection(await this.ctx.pool.connect());
+        tx = await RunTransaction.open(this.ctx.pool, this.#prologue);
       } catch (error) {
         return finish({ outcome: 'error', error: asError(error) });
       }
-      run = { connection, started, locked: undefined };
     }
-    const { connection } = run;
-    const client = connection.client;
     try {
-      const locked = run.locked ?? (await beginRun<LockRow>(client, this.#prologue));
-      const { committed, next, ...outcome } = await this.#inTransaction(client, idOf(locked), { started, runId, chain });
-      if (!committed) await commit(client);
-      if (next) this.#held = { connection, started: performance.now(), locked: next };
-      else connection.release();
+      const outcome = await this.#inTransaction(tx, await tx.begin(), { started, runId, chain });
+      if (!outcome.ended) await tx.commit();
+      if (tx.begun) this.#held = { tx, started: performance.now() };
+      else tx.release();
       return finish(outcome);
     } catch (thrown) {
       const error = asError(thrown);
-      await rollback(client).catch((rollbackError: unknown) => connection.lost(asError(rollbackError)));
-      connection.release();
+      await tx.rollback();
+      tx.release();
       const state = sqlStateOf(error);
       if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validated.clear();
       return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
     }
   }
 
-  /** Rolls back and hands back the connection of a run started ahead by `chain` and not used. */
+  /** Rolls back and hands back the connection of a run begun ahead by `chain` and not used. */
   async release(): Promise<void> {
-    const run = this.#held;
+    const held = this.#held;
     this.#held = undefined;
-    if (!run) return;
-    await rollback(run.connection.client).catch((error: unknown) => run.connection.lost(asError(error)));
-    run.connection.release();
+    if (!held) return;
+    await held.tx.rollback();
+    held.tx.release();
   }
 
-  async #inTransaction(client: pg.PoolClient, id: bigint | null, run: RunInfo): Promise<Outcome> {
-    if (id === null) return { outcome: 'no_job' };
-    if (id === BUSY) return { outcome: 'lock_in_use' };
-    // The common case, every range but a migration's first: one statement reads the migration
-    // and creates its next range. Anything else (not validated here yet, not running, ranges
-    // exhausted, row changed) returns null and takes the full path below.
-    const validated = this.#validated.get(id);
-    if (validated) {
-      const next = await claimNextRange(client, id, validated);
-      if (next) {
-        const migration = { ...next.migration, work: validated.jobSignatureName };
-        return this.#execute(client, migration, validated.target, validated.work, next.job, run);
+  async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<Outcome> {
+    let take = first;
+    for (let cuts = 0; ; cuts += 1) {
+      if (take.kind === 'nothing' || take.kind === 'busy') {
+        await tx.rollback();
+        return { outcome: take.kind === 'nothing' ? 'no_job' : 'lock_in_use', ended: true };
+      }
+      const { migration } = take;
+      const ref: MigrationRef = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
+      const checked = await this.#check(tx, migration);
+      if (checked === 'not_mine') {
+        // Only a run bound to one migration (finalize) can get here: leave it for a worker that has it.
+        await tx.rollback();
+        return { outcome: 'no_job', migration: ref, ended: true };
+      }
+      if (checked instanceof BbmError) return this.#fail(tx, ref, checked);
+
+      if (take.kind === 'job') {
+        const { job } = take;
+        if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
+          return this.#fail(
+            tx,
+            ref,
+            new BbmError('max_job_retry', `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${await lastError(tx, job.id)}`),
+          );
+        }
+        const claimed: ClaimedJob = { id: job.id, start: job.start, end: job.end, attempt: job.attempts + 1, batchSize: job.batchSize ?? migration.batchSize };
+        return this.#execute(tx, migration, ref, checked, claimed, take.lane, run);
+      }
+
+      switch (take.step) {
+        case 'start':
+          // Committed on its own, before any job: a run that updates the migration row holds that
+          // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
+          await startMigration(tx.db, migration.id, checked.target);
+          return { outcome: 'migration_started', migration: ref };
+        case 'finish':
+          if (!(await finishMigration(tx.db, migration.id))) return { outcome: 'lock_in_use', migration: ref };
+          this.#forget(migration.id);
+          return { outcome: 'migration_finished', migration: ref };
+        case 'cut':
+          // Another lane may take the range first; after one cut, leave it to the next run.
+          if (cuts > 0) {
+            await tx.rollback();
+            return { outcome: 'lock_in_use', migration: ref, ended: true };
+          }
+          checked.cutDone = false;
+          take = await tx.cutAndTake(this.#cut(migration, checked));
       }
     }
+  }
 
-    const migration = await loadLockedMigration(client, id);
-    // Paused or finished between choosing it and taking its lock: someone else got there first.
-    if (!migration || (migration.status !== MigrationStatus.active && migration.status !== MigrationStatus.running)) {
-      return { outcome: 'lock_in_use' };
-    }
-    const ref = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
-    const fail = async (error: BbmError): Promise<Outcome> => {
-      await failMigration(client, migration.id, ErrorCode[error.code], storedMessage(error));
-      this.#validated.delete(migration.id);
-      return { outcome: 'migration_failed', migration: ref, error, errorCode: error.code };
-    };
+  /** Fails the migration with the error's code (committed by the caller). */
+  async #fail(tx: RunTransaction, ref: MigrationRef, error: BbmError): Promise<Outcome> {
+    await failMigration(tx.db, ref.id, ErrorCode[error.code], storedMessage(error));
+    this.#forget(ref.id);
+    return { outcome: 'migration_failed', migration: ref, error, errorCode: error.code };
+  }
 
-    const work = this.ctx.registry.get(migration.jobSignatureName);
-    // Left for a worker that has the work function (only a run bound to one migration gets here).
-    if (!work && isValidWorkName(migration.jobSignatureName)) return { outcome: 'no_job', migration: ref };
-    if (!work) {
-      return fail(
-        new BbmError(
-          'invalid_job_signature',
-          `job_signature_name ${JSON.stringify(migration.jobSignatureName)} can never name a work function ` +
-            '(letters, digits and _ . : / - only, at most 200)',
-        ),
-      );
-    }
-    if (migration.batchingStrategy !== null && migration.batchingStrategy !== SERIAL_KEY_SET) {
-      return fail(
-        new BbmError(
-          'invalid_batching_strategy',
-          `batching_strategy ${JSON.stringify(migration.batchingStrategy)} is not supported; use NULL or '${SERIAL_KEY_SET}'`,
-        ),
-      );
-    }
-    const checked = await this.#validate(client, migration, work);
-    if (!isTarget(checked.target)) return fail(new BbmError(checked.target.code, checked.target.message));
-    const target = checked.target;
-
-    if (migration.status === MigrationStatus.active || migration.maxValue === null) {
-      // Committed on its own, before any job: a run that updates the migration row holds that
-      // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
-      await startMigration(client, migration, target);
-      return { outcome: 'migration_started', migration: ref };
-    }
-    const max = migration.maxValue;
-
-    const next = migration.lastJobEnd === null ? migration.minValue : migration.lastJobEnd + 1n;
-    let job: ClaimedJob;
-    if (next <= max) {
-      const claimed = await claimNextRange(client, migration.id, { ...checked, target });
-      if (!claimed) throw new Error(`migration ${migration.id} changed while its lock was held`);
-      job = claimed.job;
-    } else {
-      // Every range has run once; now the failed ones, oldest first.
-      const failed = await firstFailedJob(client, migration.id);
-      if (!failed) {
-        await finishMigration(client, migration.id);
-        this.#validated.delete(migration.id);
-        return { outcome: 'migration_finished', migration: ref };
-      }
-      if (failed.attempt >= this.ctx.options.maxAttempts) {
-        return fail(
-          new BbmError(
-            'max_job_retry',
-            `job ${failed.id} [${failed.start}..${failed.end}] failed ${failed.attempt} times; last error: ${failed.failureMessage ?? 'unknown'}`,
-          ),
-        );
-      }
-      job = { id: failed.id, start: failed.start, end: failed.end, attempt: failed.attempt + 1 };
-    }
-    return this.#execute(client, { ...ref, batchSize: migration.batchSize }, target, work, job, run);
+  #forget(id: bigint): void {
+    this.#validated.delete(id);
+    this.#sizers.delete(id);
   }
 
   /**
-   * The migration's table and column checked against the catalog, or the earlier check while the
-   * row still names the same table, column and work function.
+   * The migration's work function, batching strategy, table and column checked, or the error it
+   * must fail with. The catalog is asked once per migration, while the row names the same table,
+   * column and work function as when it was asked.
    */
-  async #validate(client: pg.PoolClient, migration: LockedMigration, work: Work): Promise<Validation> {
+  async #check(tx: RunTransaction, migration: TakenMigration): Promise<Validated | BbmError | 'not_mine'> {
     const names = { tableName: migration.tableName, columnName: migration.columnName, jobSignatureName: migration.jobSignatureName };
     const cached = this.#validated.get(migration.id);
     if (cached && cached.tableName === names.tableName && cached.columnName === names.columnName && cached.jobSignatureName === names.jobSignatureName) {
       return cached;
     }
-    const target = await resolveTarget(client, migration.tableName, migration.columnName);
-    if (isTarget(target)) this.#validated.set(migration.id, { ...names, target, work });
-    return { ...names, target };
+    const work = this.ctx.registry.get(migration.jobSignatureName);
+    if (!work && isValidWorkName(migration.jobSignatureName)) return 'not_mine';
+    if (!work) {
+      return new BbmError(
+        'invalid_job_signature',
+        `job_signature_name ${JSON.stringify(migration.jobSignatureName)} can never name a work function ` +
+          '(letters, digits and _ . : / - only, at most 200)',
+      );
+    }
+    if (migration.batchingStrategy !== null && migration.batchingStrategy !== SERIAL_KEY_SET) {
+      return new BbmError(
+        'invalid_batching_strategy',
+        `batching_strategy ${JSON.stringify(migration.batchingStrategy)} is not supported; use NULL or '${SERIAL_KEY_SET}'`,
+      );
+    }
+    const target = await resolveTarget(tx.db, migration.tableName, migration.columnName);
+    if (!isTarget(target)) return new BbmError(target.code, target.message);
+    const validated: Validated = { ...names, target, work };
+    this.#validated.set(migration.id, validated);
+    return validated;
+  }
+
+  /** The next range of a migration to cut, sized by its sizer when it has a target job time. */
+  #cut(migration: TakenMigration, validated: Validated): RangeCut {
+    const settings = paceSettings(migration);
+    let size: number | null = null;
+    if (settings) {
+      let sizer = this.#sizers.get(migration.id);
+      if (!sizer) this.#sizers.set(migration.id, (sizer = new BatchSizer(migration.batchSize)));
+      size = sizer.bound(settings);
+    }
+    return { migrationId: migration.id, validated, size, statementTimeoutMs: this.#backstopMs };
   }
 
   async #execute(
-    client: pg.PoolClient,
-    migration: { id: bigint; name: string; work: string; batchSize: number },
-    target: Target,
-    work: Work,
+    tx: RunTransaction,
+    migration: TakenMigration,
+    ref: MigrationRef,
+    validated: Validated,
     claimed: ClaimedJob,
+    lane: number,
     { started, runId, chain }: RunInfo,
   ): Promise<Outcome> {
     const { options, hardStop, pool } = this.ctx;
-    const ref = { id: migration.id, name: migration.name, work: migration.work };
+    const { target, work } = validated;
     const jobRef: NonNullable<RunResult['job']> = {
       id: claimed.id,
       start: claimed.start,
       end: claimed.end,
       attempt: claimed.attempt,
-      batchSize: migration.batchSize,
+      batchSize: claimed.batchSize,
+      lane,
       durationMs: 0,
     };
 
@@ -313,12 +285,9 @@ export class Runner {
     hardStop.addEventListener('abort', stop, { once: true });
     if (hardStop.aborted) stop();
     const remainingMs = Math.max(1, options.runTimeoutMs - (performance.now() - started));
-    const timer = setTimeout(
-      () => abort.abort(new BbmError('unknown', `job timed out: the run exceeded runTimeoutMs (${options.runTimeoutMs} ms)`)),
-      remainingMs,
-    );
+    const timer = setTimeout(() => abort.abort(new JobTimeoutError(options.runTimeoutMs)), remainingMs);
 
-    const session = new JobSession(client);
+    const session = new JobSession(tx.client);
     const job: Job = {
       query: session.query,
       db: jobDb(session),
@@ -326,18 +295,19 @@ export class Runner {
       column: dialect.escapeName(target.column),
       start: claimed.start,
       end: claimed.end,
-      batchSize: migration.batchSize,
-      migration: ref,
+      batchSize: claimed.batchSize,
+      migration: { id: ref.id, name: ref.name },
       attempt: claimed.attempt,
       signal: abort.signal,
       log: this.ctx.log.child({
         correlation_id: runId,
-        bbm_id: String(migration.id),
-        bbm_name: migration.name,
+        bbm_id: String(ref.id),
+        bbm_name: ref.name,
         job_id: String(claimed.id),
         job_start: String(claimed.start),
         job_end: String(claimed.end),
         attempt: claimed.attempt,
+        lane,
       }),
     };
 
@@ -352,7 +322,7 @@ export class Runner {
       }
       jobRef.durationMs = performance.now() - workStarted;
       session.close();
-      const pid = backendPid(client);
+      const pid = tx.backendPid;
       // Our next statements queue behind the work's; cancel it so they run now. pg_cancel_backend
       // returns after the signal is sent, so it cannot land on a statement we send afterwards.
       if (abort.signal.aborted && session.busy && pid !== undefined) await cancelBackend(pool, pid).catch(() => false);
@@ -363,23 +333,60 @@ export class Runner {
     }
     if (abort.signal.reason instanceof StopError) throw abort.signal.reason;
 
+    const settings = paceSettings(migration);
+    const sizer = settings ? this.#sizers.get(migration.id) : undefined;
+    if (sizer && settings) sizer.observe({ size: claimed.batchSize, workMs: jobRef.durationMs, rows }, settings);
+
+    let rolledBack = false;
     if (!failure) {
-      try {
-        const next = await recordFinishedAndCommit<LockRow>(client, migration.id, claimed, rows, chain ? this.#prologue : undefined);
-        return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, committed: true, next };
-      } catch (error) {
-        failure = workFailureAtCommit(error);
+      const cut = validated.cutDone ? undefined : this.#cut(migration, validated);
+      const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain });
+      if (finished.committed) {
+        if (finished.cut === 0) validated.cutDone = true;
+        if (finished.laterError) {
+          this.ctx.log.warn({ err: finished.laterError, correlation_id: runId }, 'job committed; cutting the next range or beginning the next run failed');
+        }
+        return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, ended: true };
       }
+      failure = workFailureAtCommit(finished.error);
+      rolledBack = true;
     }
-    await rollbackWorkSavepoint(client);
-    await recordFailedAttempt(client, migration.id, claimed, ErrorCode.unknown, storedMessage(failure));
+    if (!rolledBack) await tx.rollbackWork();
+    if (isTimeout(failure) && (await splitRange(tx.db, claimed, migration.id, target, migration.minBatchSize ?? 1))) {
+      return { outcome: 'job_failed', migration: ref, job: { ...jobRef, split: true }, error: failure, errorCode: 'unknown' };
+    }
+    await recordFailedAttempt(tx.db, claimed, ErrorCode.unknown, storedMessage(failure), jobRef.durationMs);
     return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure, errorCode: 'unknown' };
   }
 }
 
+/** What a run carries through its steps. */
+interface RunInfo {
+  started: number;
+  runId: string;
+  /** Whether a successful job's commit also begins the next run. */
+  chain: boolean;
+}
+
+/** The migration's adaptive sizing settings, or null when its batch size is fixed. */
+function paceSettings(migration: TakenMigration): PaceSettings | null {
+  if (migration.targetJobMs === null) return null;
+  const minSize = migration.minBatchSize ?? 1;
+  return { targetMs: migration.targetJobMs, minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? MAX_BATCH_SIZE) };
+}
+
+/** The failure message a failed job carries, for the max_job_retry message. */
+async function lastError(tx: RunTransaction, jobId: bigint): Promise<string> {
+  const { rows } = await tx.db.query<{ failure_message: string | null }>(
+    'SELECT failure_message FROM batched_background_migration_jobs WHERE id = $1',
+    [String(jobId)],
+  );
+  return rows[0]?.failure_message ?? 'unknown';
+}
+
 /**
- * recordFinishedAndCommit fails before its COMMIT when the work left the transaction broken: the work
- * swallowed a failed statement (25P02), or its writes break a deferred constraint (class 23).
+ * Recording a finished job fails before its COMMIT when the work left the transaction broken: the
+ * work swallowed a failed statement (25P02), or its writes break a deferred constraint (class 23).
  * Those are the work's failures; anything else is the run's.
  */
 function workFailureAtCommit(error: unknown): Error {

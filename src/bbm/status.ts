@@ -13,18 +13,33 @@ export interface MigrationReport {
   columnName: string;
   minValue: bigint;
   maxValue: bigint | null;
+  /** The batch size ranges are cut with now (the adaptive size, when `targetJobMs` is set). */
   batchSize: number;
+  /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
+  lanes: number;
+  /** Lanes working on it at this moment, across all workers. */
+  lanesInUse: number;
+  /** Adaptive sizing: the target time of a job's work, and the size bounds; null when fixed. */
+  targetJobMs: number | null;
+  minBatchSize: number | null;
+  maxBatchSize: number | null;
   failureErrorCode: ErrorCodeName | null;
   failureMessage: string | null;
   /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
   progress: number;
-  /** Rows per second over the last five minutes (jobs finished × batch size); null when idle. */
+  /**
+   * End of the contiguous finished prefix: every id up to it is done, and a resume would start
+   * after it (lanes finish ranges out of order). Null before the first range.
+   */
+  finishedPrefixEnd: bigint | null;
+  /** Rows per second over the last five minutes (the sizes of the ranges finished); null when idle, paused or failed. */
   rowsPerSecond: number | null;
   /** Seconds left at the last five minutes' pace; null when not running or idle. */
   etaSeconds: number | null;
   /** The migration's failure, else the last failure of a job still failed; null when neither. */
   lastError: string | null;
-  jobs: { total: number; finished: number; failed: number };
+  /** Ranges cut: finished, failed (waiting for a retry), active (running in a lane, or cut ahead for one). */
+  jobs: { total: number; finished: number; failed: number; active: number };
   /**
    * Set when the migration is runnable but no live worker has its work function: it waits for a
    * worker that has it (during a rolling deploy, older workers lack new work functions).
@@ -45,11 +60,11 @@ function progressOf(m: MigrationSummary): number {
 }
 
 function pace(m: MigrationSummary): { rowsPerSecond: number | null; etaSeconds: number | null } {
-  const { jobs, width, seconds } = m.recent;
-  if (jobs === 0 || seconds <= 0) return { rowsPerSecond: null, etaSeconds: null };
-  const rowsPerSecond = (jobs * m.batchSize) / seconds;
+  const { jobs, width, rows, seconds } = m.recent;
   const running = m.status === MigrationStatus.running || m.status === MigrationStatus.active;
-  if (!running || m.maxValue === null) return { rowsPerSecond, etaSeconds: null };
+  if (!running || jobs === 0 || seconds <= 0) return { rowsPerSecond: null, etaSeconds: null };
+  const rowsPerSecond = rows / seconds;
+  if (m.maxValue === null) return { rowsPerSecond, etaSeconds: null };
   const remaining = m.maxValue - m.minValue + 1n - m.finishedWidth;
   const idsPerSecond = Number(width) / seconds;
   return { rowsPerSecond, etaSeconds: remaining <= 0n ? 0 : Number(remaining) / idsPerSecond };
@@ -78,9 +93,15 @@ export async function migrationReports(
       minValue: m.minValue,
       maxValue: m.maxValue,
       batchSize: m.batchSize,
+      lanes: m.maxParallelJobs,
+      lanesInUse: m.lanesInUse,
+      targetJobMs: m.targetJobMs,
+      minBatchSize: m.minBatchSize,
+      maxBatchSize: m.maxBatchSize,
       failureErrorCode: m.failureErrorCode === null ? null : errorCodeName(m.failureErrorCode),
       failureMessage: m.failureMessage,
       progress: progressOf(m),
+      finishedPrefixEnd: m.finishedPrefixEnd,
       ...pace(m),
       lastError: m.failureMessage ?? m.lastJobError,
       jobs: m.jobs,

@@ -34,6 +34,7 @@ export interface Job {
   readonly start: bigint;
   /** Last id of the range (inclusive). The range holds at most `batchSize` rows. */
   readonly end: bigint;
+  /** The size the range was cut with: the migration's batch size then, or the adaptive size. */
   readonly batchSize: number;
   readonly migration: { readonly id: bigint; readonly name: string };
   /** 1 on the first try of this range, 2 on its first retry, and so on. */
@@ -128,10 +129,21 @@ export interface RunResult {
   migration?: { id: bigint; name: string; work: string };
   /**
    * The job it executed. `rows` is what the work function returned, if it returned a number
-   * (the rows it changed); `batchSize` the migration's batch size at the time; `durationMs` the
-   * time spent in the work function.
+   * (the rows it changed); `batchSize` the size its range was cut with; `lane` the lane it ran in
+   * (0 .. the migration's max_parallel_jobs - 1); `durationMs` the time spent in the work
+   * function; `split` set when it timed out and its range was split in two halves to retry.
    */
-  job?: { id: bigint; start: bigint; end: bigint; attempt: number; batchSize: number; rows?: number; durationMs: number };
+  job?: {
+    id: bigint;
+    start: bigint;
+    end: bigint;
+    attempt: number;
+    batchSize: number;
+    lane: number;
+    rows?: number;
+    durationMs: number;
+    split?: boolean;
+  };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
   /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */

@@ -33,6 +33,9 @@ export const ErrorCode = {
 export type ErrorCodeName = keyof typeof ErrorCode;
 export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];
 
+/** Upper bound of a migration's `max_parallel_jobs`: each lane is an advisory-lock key of its own. */
+export const MAX_LANES = 256;
+
 /** The one batching strategy this engine implements: contiguous ranges over an indexed integer key. */
 export const SERIAL_KEY_SET = 'serial_key_set';
 

@@ -1,110 +1,39 @@
 /**
- * Statements on `batched_background_migration_jobs`: creating the next ID range,
- * claiming a failed one for retry, and recording outcomes.
+ * Statements on `batched_background_migration_jobs`: cutting ranges ahead of the lanes,
+ * recording outcomes, splitting a range that timed out.
+ *
+ * A job's row is cut as `active` in a short transaction of its own (see cutRangeText), then taken
+ * by a lane with a row lock (bbm_take_job, migrations/0006) and updated with its outcome in the
+ * transaction that ran its work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
-import pg, { type QueryResultRow } from 'pg';
-import { lockRowsOf } from './tx.ts';
-import { exec, execOne, type Queryable } from './db.ts';
-import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber } from './codes.ts';
+import { PgDialect } from 'drizzle-orm/pg-core';
+import pg from 'pg';
+import { execOne, type Queryable } from './db.ts';
+import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
+import { LOCK_NAMESPACE } from './locks.ts';
 import { quotedTable } from './migrations.ts';
 
-/** A job as a run executes it. Ranges are inclusive at both ends. */
+const dialect = new PgDialect();
+
+/** A job as a lane runs it. Ranges are inclusive at both ends. */
 export interface ClaimedJob {
   id: bigint;
   start: bigint;
   end: bigint;
   /** Attempts including the one about to run. */
   attempt: number;
+  /** The size the range was cut with. */
+  batchSize: number;
 }
 
-interface JobRowText {
-  id: string;
-  min_value: string;
-  max_value: string;
-  attempts: number;
-}
-
-const toJob = (r: JobRowText): ClaimedJob => ({
-  id: BigInt(r.id),
-  start: BigInt(r.min_value),
-  end: BigInt(r.max_value),
-  attempt: r.attempts,
-});
-
-/** What a migration's row said when it was validated; range creation requires it still says so. */
+/** What a migration's row said when it was validated; cutting a range requires it still says so. */
 export interface ValidatedMigration {
   target: Target;
   tableName: string;
   columnName: string;
   jobSignatureName: string;
-}
-
-export interface NextJob {
-  job: ClaimedJob;
-  migration: { id: bigint; name: string; batchSize: number };
-}
-
-/** The sequence behind the jobs' ids (named in migrations/0000): a range's id is taken when it is claimed. */
-const JOB_ID_SEQUENCE = sql.raw(`'batched_background_migration_jobs_id_seq'::regclass`);
-
-/**
- * Claims the migration's next range, reading the migration and its last range in this same
- * statement, so the caller needs no read of its own first. The range starts after the last one
- * (or at min_value); its end is the `batch_size`-th value of the column from there (an index
- * scan: `LIMIT 1 OFFSET batch_size - 1`), or max_value when fewer remain. Ranges built this way
- * are contiguous, so gaps in the ids fall inside ranges, never between them.
- *
- * Nothing is written: the job's row is written once, with its outcome, by
- * recordFinishedAndCommit or recordFailedAttempt, in the same transaction, under the migration's
- * lock. Its id is taken from the sequence now, so the work function and the logs know it.
- *
- * Returns null unless the migration is running with a resolved max_value, a range is left, and
- * its row still names what `validated` was checked against.
- */
-export async function claimNextRange(db: Queryable, migrationId: bigint, validated: ValidatedMigration): Promise<NextJob | null> {
-  const { target } = validated;
-  const column = sql.identifier(target.column);
-  const row = await execOne<JobRowText & { name: string; batch_size: number }>(
-    db,
-    sql`
-      WITH m AS (
-        SELECT m.id, m.name, m.batch_size, m.max_value,
-               coalesce((SELECT j.max_value + 1 FROM batched_background_migration_jobs j
-                         WHERE j.batched_background_migration_id = m.id
-                         ORDER BY j.max_value DESC LIMIT 1), m.min_value) AS start
-        FROM batched_background_migrations m
-        WHERE m.id = ${migrationId} AND m.status = ${MigrationStatus.running} AND m.max_value IS NOT NULL
-          AND m.table_name = ${validated.tableName} AND m.column_name = ${validated.columnName}
-          AND m.job_signature_name = ${validated.jobSignatureName}
-          AND (m.batching_strategy IS NULL OR m.batching_strategy = ${SERIAL_KEY_SET})
-      )
-      SELECT pg_catalog.nextval(${JOB_ID_SEQUENCE}) AS id, m.start AS min_value,
-             coalesce((SELECT ${column} FROM ${quotedTable(target)}
-                       WHERE ${column} >= m.start AND ${column} <= m.max_value
-                       ORDER BY ${column} LIMIT 1 OFFSET m.batch_size - 1), m.max_value) AS max_value,
-             1 AS attempts, m.name, m.batch_size
-      FROM m WHERE m.start <= m.max_value`,
-  );
-  if (!row) return null;
-  return { job: toJob(row), migration: { id: migrationId, name: row.name, batchSize: row.batch_size } };
-}
-
-export interface FailedJob extends ClaimedJob {
-  failureMessage: string | null;
-}
-
-/** The oldest failed job of a migration, if any; `attempt` is the attempts made so far. */
-export async function firstFailedJob(db: Queryable, migrationId: bigint): Promise<FailedJob | null> {
-  const row = await execOne<JobRowText & { failure_message: string | null }>(
-    db,
-    sql`
-      SELECT id, min_value, max_value, attempts, failure_message FROM batched_background_migration_jobs
-      WHERE batched_background_migration_id = ${migrationId} AND status = ${JobStatus.failed}
-      ORDER BY id LIMIT 1`,
-  );
-  return row ? { ...toJob(row), failureMessage: row.failure_message } : null;
 }
 
 /** Literal SQL for one of our own integers (ids, bounds, counts): digits only, so safe in text. */
@@ -113,33 +42,170 @@ function int(value: bigint | number): string {
   throw new TypeError(`not an integer: ${String(value)}`);
 }
 
+/** A number of milliseconds as a literal (finite, non-negative). */
+function ms(value: number): string {
+  if (!Number.isFinite(value) || value < 0) throw new TypeError(`not a duration: ${String(value)}`);
+  return value.toFixed(3);
+}
+
+/** One range to cut: the migration, what it was validated as, and (adaptive sizing) the size. */
+export interface RangeCut {
+  migrationId: bigint;
+  validated: ValidatedMigration;
+  /** The adaptive size, used when the migration has a target_job_ms; otherwise its batch_size is. */
+  size: number | null;
+  /** Server-side bound on the cut's statements, like a run's (see runPrologue). */
+  statementTimeoutMs: number;
+}
+
 /**
- * Records the job finished and commits the run, in one round trip (the hot path: once per
- * range). With `nextPrologue`, the next run starts in the same round trip (a worker that goes
- * straight on saves one), and its lock rows are returned. Deferred constraints are checked
- * first, while the work's savepoint is still open, so a deferred violation by the work fails the
- * job instead of the whole run. Every value is one of our own integers, written as a literal.
+ * The text of one transaction that cuts the migration's next range and writes it as an active
+ * job, for a lane to take. It is sent on its own or after a job's COMMIT, in the same round trip.
+ *
+ * Cuts are serialised by the migration's cursor lock, (LOCK_NAMESPACE, id), held only for this
+ * short transaction. The INSERT is a statement of its own after the lock, so its snapshot sees
+ * the range the previous holder just committed. The range starts after the highest range cut so
+ * far (or at min_value); its end is the `size`-th value of the column from there (an index scan:
+ * `LIMIT 1 OFFSET size - 1`), or max_value when fewer remain; ranges are contiguous, so gaps in
+ * the ids fall inside ranges, never between them. `last_end < max_value` guards the `+ 1`, so a
+ * range that ends at the type's maximum is the last one, with no overflow.
+ *
+ * Nothing is cut unless the migration is running, its row still names what was validated, a
+ * range is left, and fewer than two ranges per lane are already cut and not finished (a lane that
+ * finds one waiting takes it at once; more would only make a batch_size change take longer).
+ *
+ * The commit is asynchronous (synchronous_commit off): losing it in a crash loses only a range
+ * that no work has used, since the commit of any job that ran it flushes it first.
  */
-export async function recordFinishedAndCommit<R extends QueryResultRow>(
-  db: Queryable,
-  migrationId: bigint,
-  job: ClaimedJob,
-  rowCount: number | undefined,
-  nextPrologue?: string,
-): Promise<R[] | undefined> {
-  const rows = rowCount === undefined ? 'NULL' : int(Math.round(rowCount));
-  const results = await db.query(
-    'SET CONSTRAINTS ALL IMMEDIATE; ' +
-      'INSERT INTO batched_background_migration_jobs ' +
-      '(id, batched_background_migration_id, min_value, max_value, status, attempts, row_count, started_at, finished_at) ' +
-      `VALUES (${int(job.id)}, ${int(migrationId)}, ${int(job.start)}, ${int(job.end)}, ${JobStatus.finished}, ${int(job.attempt)}, ${rows}, ` +
-      'now(), clock_timestamp()) ' +
-      `ON CONFLICT (id) DO UPDATE SET status = ${JobStatus.finished}, attempts = excluded.attempts, row_count = excluded.row_count, ` +
-      'started_at = excluded.started_at, finished_at = excluded.finished_at, updated_at = clock_timestamp(), ' +
-      'failure_error_code = NULL, failure_message = NULL; ' +
-      `COMMIT${nextPrologue === undefined ? '' : `; ${nextPrologue}`}`,
+export function cutRangeText(cut: RangeCut): string {
+  const { migrationId, validated, size } = cut;
+  const { target } = validated;
+  const table = dialect.sqlToQuery(quotedTable(target)).sql;
+  const column = dialect.escapeName(target.column);
+  const text = (value: string) => dialect.escapeString(value);
+  const id = int(migrationId);
+  const chosen = size === null ? 'NULL' : int(Math.max(1, Math.round(size)));
+  return (
+    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
+    `SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int); ` +
+    `WITH m AS (
+      SELECT b.id, b.min_value, b.max_value, b.target_job_ms, b.batch_size AS current_size,
+             greatest(coalesce(b.min_batch_size, 1), least(coalesce(b.max_batch_size, 2147483647),
+               CASE WHEN b.target_job_ms IS NULL THEN b.batch_size ELSE coalesce(${chosen}, b.batch_size) END)) AS size,
+             (SELECT j.max_value FROM batched_background_migration_jobs j
+              WHERE j.batched_background_migration_id = b.id ORDER BY j.max_value DESC LIMIT 1) AS last_end
+      FROM batched_background_migrations b
+      WHERE b.id = ${id} AND b.status = ${MigrationStatus.running} AND b.max_value IS NOT NULL
+        AND b.table_name = ${text(validated.tableName)} AND b.column_name = ${text(validated.columnName)}
+        AND b.job_signature_name = ${text(validated.jobSignatureName)}
+        AND (b.batching_strategy IS NULL OR b.batching_strategy = ${text(SERIAL_KEY_SET)})
+        AND (SELECT count(*) FROM batched_background_migration_jobs a
+             WHERE a.batched_background_migration_id = b.id AND a.status = ${JobStatus.active}) < 2 * b.max_parallel_jobs
+    ), s AS (
+      SELECT m.*, CASE WHEN m.last_end IS NULL THEN m.min_value WHEN m.last_end < m.max_value THEN m.last_end + 1 END AS start
+      FROM m
+    ), sized AS (
+      UPDATE batched_background_migrations b SET batch_size = s.size, updated_at = now()
+      FROM s WHERE b.id = s.id AND s.start IS NOT NULL AND s.target_job_ms IS NOT NULL AND s.current_size <> s.size
+    )
+    INSERT INTO batched_background_migration_jobs
+      (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
+    SELECT s.id, s.start,
+           coalesce((SELECT ${column} FROM ${table}
+                     WHERE ${column} >= s.start AND ${column} <= s.max_value
+                     ORDER BY ${column} LIMIT 1 OFFSET s.size - 1), s.max_value),
+           ${JobStatus.active}, 0, s.size
+    FROM s WHERE s.start IS NOT NULL; COMMIT`
   );
-  return nextPrologue === undefined ? undefined : lockRowsOf<R>(results);
+}
+
+/** What a finished job's row records. */
+export interface FinishedJob {
+  job: ClaimedJob;
+  /** What the work function returned, if a number. */
+  rows: number | undefined;
+  /** Time spent in the work function. */
+  durationMs: number;
+}
+
+/**
+ * The statements that record a job finished, ending before the COMMIT that the caller appends.
+ * Deferred constraints are checked first, while the work's savepoint is still open, so a
+ * deferred violation by the work fails the job instead of the whole run. Every value is one of
+ * our own numbers, written as a literal, so the text can travel with the COMMIT and the next
+ * run's prologue in one round trip.
+ */
+export function finishJobText({ job, rows, durationMs }: FinishedJob): string {
+  const rowCount = rows === undefined ? 'NULL' : int(Math.round(rows));
+  return (
+    'SET CONSTRAINTS ALL IMMEDIATE; ' +
+    `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, attempts = ${int(job.attempt)}, ` +
+    `row_count = ${rowCount}, duration_ms = ${ms(durationMs)}, started_at = now(), finished_at = clock_timestamp(), ` +
+    `updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL WHERE id = ${int(job.id)}`
+  );
+}
+
+/** A job's status now (null when its row is gone): what a run asks when it cannot tell whether its COMMIT happened. */
+export async function jobStatus(db: Queryable, id: bigint): Promise<JobStatusCode | null> {
+  const row = await execOne<{ status: number }>(db, sql`SELECT status FROM batched_background_migration_jobs WHERE id = ${id}`);
+  return row ? (row.status as JobStatusCode) : null;
+}
+
+/** Records a failed attempt, after the run rolled back to its work savepoint. */
+export async function recordFailedAttempt(
+  db: Queryable,
+  job: ClaimedJob,
+  code: ErrorCodeNumber,
+  message: string,
+  durationMs: number,
+): Promise<void> {
+  await execOne(
+    db,
+    sql`
+      UPDATE batched_background_migration_jobs
+      SET status = ${JobStatus.failed}, attempts = ${job.attempt}, failure_error_code = ${code}, failure_message = ${message},
+          duration_ms = ${durationMs}::float8, started_at = now(), updated_at = clock_timestamp()
+      WHERE id = ${job.id}`,
+  );
+}
+
+/**
+ * Splits a range that timed out into two halves by rows (the middle value of the column in the
+ * range, an index scan), both active with fresh attempts: the job's row keeps the first half, a
+ * new row gets the second. Nothing happens, and false is returned, when a half would hold fewer
+ * than `minRows` rows. Runs in the failed job's transaction, after its work was rolled back, so
+ * the split commits with the row lock still held.
+ */
+export async function splitRange(db: Queryable, job: ClaimedJob, migrationId: bigint, target: Target, minRows: number): Promise<boolean> {
+  const column = sql.identifier(target.column);
+  const table = quotedTable(target);
+  const row = await execOne<{ split: boolean }>(
+    db,
+    sql`
+      WITH n AS (
+        SELECT count(*)::int AS rows FROM (
+          SELECT 1 FROM ${table} WHERE ${column} >= ${job.start}::bigint AND ${column} <= ${job.end}::bigint
+          LIMIT ${job.batchSize}::int) r
+      ), mid AS (
+        SELECT (SELECT ${column}::bigint FROM ${table}
+                WHERE ${column} >= ${job.start}::bigint AND ${column} <= ${job.end}::bigint
+                ORDER BY ${column} LIMIT 1 OFFSET (n.rows / 2) - 1) AS last, n.rows
+        FROM n WHERE n.rows / 2 >= greatest(${minRows}::int, 1)
+      ), first_half AS (
+        UPDATE batched_background_migration_jobs
+        SET max_value = mid.last, status = ${JobStatus.active}, attempts = 0, batch_size = mid.rows / 2,
+            failure_error_code = NULL, failure_message = NULL, updated_at = clock_timestamp()
+        FROM mid WHERE id = ${job.id} AND mid.last IS NOT NULL AND mid.last < ${job.end}::bigint
+        RETURNING mid.last, mid.rows
+      ), second_half AS (
+        INSERT INTO batched_background_migration_jobs
+          (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
+        SELECT ${migrationId}::bigint, f.last + 1, ${job.end}::bigint, ${JobStatus.active}, 0, f.rows - f.rows / 2 FROM first_half f
+        RETURNING id
+      )
+      SELECT EXISTS (SELECT 1 FROM second_half) AS split`,
+  );
+  return row?.split ?? false;
 }
 
 /** The rows the migration's finished jobs reported changing so far (what their work functions returned). */
@@ -150,31 +216,6 @@ export async function reportedRows(db: Queryable, migrationId: bigint): Promise<
         WHERE batched_background_migration_id = ${migrationId} AND status = ${JobStatus.finished}`,
   );
   return Number(row?.rows ?? 0);
-}
-
-/**
- * Records a failed attempt (after the run rolled back to its work savepoint): a new range's job
- * is written with the id it was claimed with, a retried one updated, with the attempt that failed.
- */
-export async function recordFailedAttempt(
-  db: Queryable,
-  migrationId: bigint,
-  job: ClaimedJob,
-  code: ErrorCodeNumber,
-  message: string,
-): Promise<void> {
-  await exec(
-    db,
-    sql`
-      INSERT INTO batched_background_migration_jobs AS j
-        (id, batched_background_migration_id, min_value, max_value, status, attempts,
-         failure_error_code, failure_message, started_at)
-      VALUES (${job.id}, ${migrationId}, ${job.start}::bigint, ${job.end}::bigint, ${JobStatus.failed}, ${job.attempt},
-              ${code}, ${message}, now())
-      ON CONFLICT (id) DO UPDATE
-      SET status = ${JobStatus.failed}, attempts = excluded.attempts, failure_error_code = excluded.failure_error_code,
-          failure_message = excluded.failure_message, started_at = now(), updated_at = clock_timestamp()`,
-  );
 }
 
 /**

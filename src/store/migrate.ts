@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import type pg from 'pg';
-import { LOCK_NAMESPACE } from './migrations.ts';
+import { LOCK_NAMESPACE, MIGRATE_LOCK_KEY } from './locks.ts';
 
 /** A set of drizzle-kit migrations with its own bookkeeping table, apart from an application's `drizzle.__drizzle_migrations`. */
 interface MigrationSet {
@@ -20,9 +20,9 @@ export const GC_MIGRATIONS: MigrationSet = {
   table: 'pg_bbm_gc_schema_migrations',
 };
 
-/** Serialises concurrent `migrate` calls: (LOCK_NAMESPACE, 0) is never a migration's key, ids start at 1. */
-const MIGRATE_LOCK = `SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, 0)`;
-const MIGRATE_UNLOCK = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, 0)`;
+/** Serialises concurrent `migrate` calls. */
+const MIGRATE_LOCK = `SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, ${MIGRATE_LOCK_KEY})`;
+const MIGRATE_UNLOCK = `SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, ${MIGRATE_LOCK_KEY})`;
 
 async function applyMigrations(pool: pg.Pool, { folder, table }: MigrationSet): Promise<void> {
   const client = await pool.connect();

@@ -1,125 +1,17 @@
 /**
- * Statements on `batched_background_migrations`: choosing and locking the next
- * migration, its state transitions, and what operators read and steer.
+ * Statements on `batched_background_migrations`: its state transitions, and what operators
+ * read and steer. (Taking a migration's next job is bbm_take_job, through run-transaction.ts.)
  */
 import { sql, type SQL } from 'drizzle-orm';
-import { PgDialect } from 'drizzle-orm/pg-core';
 import { exec, execOne, type Queryable } from './db.ts';
-import { JobStatus, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
+import { JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
+import { LANE_LOCK_BASE } from './locks.ts';
 
-/**
- * First half of every advisory-lock key pg-bbm takes: `pg_try_advisory_xact_lock(6447725, id)`,
- * where id is the migration's id (0x62626d is "bbm"). A migration is worked on by one
- * transaction at a time; different migrations run in parallel on different workers. The same
- * number is written into bbm_lock_next_migration (migrations/0001).
- */
-export const LOCK_NAMESPACE = 0x62626d;
-
-const dialect = new PgDialect();
 const RUNNABLE = sql.raw(`${MigrationStatus.active}, ${MigrationStatus.running}`);
-
-/** The migration as a run sees it once it holds the migration's lock. */
-export interface LockedMigration {
-  id: bigint;
-  name: string;
-  status: MigrationStatusCode;
-  minValue: bigint;
-  maxValue: bigint | null;
-  batchSize: number;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  batchingStrategy: string | null;
-  /** End of the highest range created so far; null before the first job. */
-  lastJobEnd: bigint | null;
-}
 
 const big = (value: string): bigint => BigInt(value);
 const bigOrNull = (value: string | null): bigint | null => (value === null ? null : BigInt(value));
-
-/** What a worker asks for: the work names it has, and the pattern every valid work name matches. */
-export interface WorkFilter {
-  names: readonly string[];
-  /** A POSIX regular expression (the same text is a valid JS RegExp). */
-  validNamePattern: string;
-}
-
-/**
- * The statement that takes the advisory lock of the first runnable migration whose lock is free
- * (running before active, then lowest id) and returns its id as `id`: a call of
- * bbm_lock_next_migration (migrations/0001, 0004), which tries the candidates' locks one at a
- * time in that order. `id` is NULL when nothing is runnable, and BUSY when other workers hold
- * every candidate's lock.
- *
- * It is rendered once per worker, with the work names as literals, so a run can send it in the
- * same round trip as BEGIN (see tx.ts): the names are the worker's own, already checked against
- * VALID_WORK_NAME, and escaped all the same.
- */
-/** What bbm_lock_next_migration returns when there is work but every candidate is locked. */
-export const BUSY = 0n;
-
-export function lockNextMigrationStatement({ names, validNamePattern }: WorkFilter): string {
-  const literal = (text: string) => dialect.escapeString(text);
-  const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
-  return `SELECT bbm_lock_next_migration(${nameArray}, ${literal(validNamePattern)}) AS id`;
-}
-
-/**
- * The lock statement of a run bound to one migration (`bbm finalize`): it waits for the
- * migration's lock rather than skipping it, so it interleaves with background workers safely.
- * The id is a bigint, so writing it into the text is safe.
- */
-export function lockMigrationStatement(id: bigint): string {
-  if (typeof id !== 'bigint') throw new TypeError('migration id must be a bigint');
-  return `SELECT ${id}::bigint AS id FROM pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int)`;
-}
-
-interface LockedRow {
-  id: string;
-  name: string;
-  status: number;
-  min_value: string;
-  max_value: string | null;
-  batch_size: number;
-  job_signature_name: string;
-  table_name: string;
-  column_name: string;
-  batching_strategy: string | null;
-  last_job_end: string | null;
-}
-
-/**
- * Reads the migration after its lock is held. This must be a statement of its own, after the
- * lock: a snapshot taken before the lock could miss the range the previous holder just committed.
- */
-export async function loadLockedMigration(db: Queryable, id: bigint): Promise<LockedMigration | null> {
-  const row = await execOne<LockedRow>(
-    db,
-    sql`
-      SELECT m.id, m.name, m.status, m.min_value, m.max_value, m.batch_size, m.job_signature_name,
-             m.table_name, m.column_name, m.batching_strategy,
-             (SELECT j.max_value FROM batched_background_migration_jobs j
-              WHERE j.batched_background_migration_id = m.id
-              ORDER BY j.max_value DESC LIMIT 1) AS last_job_end
-      FROM batched_background_migrations m
-      WHERE m.id = ${id}`,
-  );
-  if (!row) return null;
-  return {
-    id: big(row.id),
-    name: row.name,
-    status: row.status as MigrationStatusCode,
-    minValue: big(row.min_value),
-    maxValue: bigOrNull(row.max_value),
-    batchSize: row.batch_size,
-    jobSignatureName: row.job_signature_name,
-    tableName: row.table_name,
-    columnName: row.column_name,
-    batchingStrategy: row.batching_strategy,
-    lastJobEnd: bigOrNull(row.last_job_end),
-  };
-}
 
 export function quotedTable(target: Target): SQL {
   return sql`${sql.identifier(target.schema)}.${sql.identifier(target.table)}`;
@@ -130,7 +22,7 @@ export function quotedTable(target: Target): SQL {
  * on an empty range it becomes min_value, leaving one empty range to run. The status guard keeps
  * a pause that an operator committed meanwhile.
  */
-export async function startMigration(db: Queryable, migration: LockedMigration, target: Target): Promise<bigint | null> {
+export async function startMigration(db: Queryable, id: bigint, target: Target): Promise<bigint | null> {
   const column = sql.identifier(target.column);
   const row = await execOne<{ max_value: string }>(
     db,
@@ -140,24 +32,29 @@ export async function startMigration(db: Queryable, migration: LockedMigration, 
           started_at = coalesce(started_at, now()),
           updated_at = now(),
           max_value = coalesce(max_value, greatest(min_value,
-            (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= ${migration.minValue}::bigint))),
+            (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= batched_background_migrations.min_value))),
           total_tuple_count = coalesce(total_tuple_count,
             (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
-      WHERE id = ${migration.id} AND status IN (${RUNNABLE})
+      WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );
   return row ? big(row.max_value) : null;
 }
 
-export async function finishMigration(db: Queryable, id: bigint): Promise<void> {
-  await exec(
+/** running -> finished, unless a range is still active or failed (a lane may have split one meanwhile). */
+export async function finishMigration(db: Queryable, id: bigint): Promise<boolean> {
+  const rows = await exec(
     db,
     sql`
       UPDATE batched_background_migrations
       SET status = ${MigrationStatus.finished}, finished_at = now(), updated_at = now(),
           failure_error_code = NULL, failure_message = NULL
-      WHERE id = ${id} AND status IN (${RUNNABLE})`,
+      WHERE id = ${id} AND status IN (${RUNNABLE})
+        AND NOT EXISTS (SELECT 1 FROM batched_background_migration_jobs j
+                        WHERE j.batched_background_migration_id = ${id} AND j.status IN (${JobStatus.active}, ${JobStatus.failed}))
+      RETURNING id`,
   );
+  return rows.length > 0;
 }
 
 export async function failMigration(db: Queryable, id: bigint, code: ErrorCodeNumber, message: string): Promise<void> {
@@ -215,16 +112,27 @@ export interface MigrationSummary {
   minValue: bigint;
   maxValue: bigint | null;
   batchSize: number;
+  maxParallelJobs: number;
+  targetJobMs: number | null;
+  minBatchSize: number | null;
+  maxBatchSize: number | null;
   failureErrorCode: number | null;
   failureMessage: string | null;
   createdAt: Date;
   startedAt: Date | null;
   finishedAt: Date | null;
-  jobs: { total: number; finished: number; failed: number };
+  jobs: { total: number; finished: number; failed: number; active: number };
+  /** Lanes whose lock is held now: jobs running at this moment, across all workers. */
+  lanesInUse: number;
   /** Sum of the widths of finished ranges: progress is this over the width of [min, max]. */
   finishedWidth: bigint;
-  /** Jobs finished in the last RECENT_WINDOW: their count, summed width, and the seconds they span. */
-  recent: { jobs: number; width: bigint; seconds: number };
+  /**
+   * The end of the contiguous finished prefix: every id up to it is in a finished range, and a
+   * resume starts after it. Null before the first range; may be min_value - 1.
+   */
+  finishedPrefixEnd: bigint | null;
+  /** Jobs finished in the last RECENT_WINDOW: their count, summed width and rows (sizes), and the seconds they span. */
+  recent: { jobs: number; width: bigint; rows: number; seconds: number };
   /** The failure message of the job that failed last, if any job is failed now. */
   lastJobError: string | null;
 }
@@ -242,6 +150,10 @@ interface SummaryRow {
   min_value: string;
   max_value: string | null;
   batch_size: number;
+  max_parallel_jobs: number;
+  target_job_ms: number | null;
+  min_batch_size: number | null;
+  max_batch_size: number | null;
   failure_error_code: number | null;
   failure_message: string | null;
   created_at: Date;
@@ -250,9 +162,13 @@ interface SummaryRow {
   jobs_total: string;
   jobs_finished: string;
   jobs_failed: string;
+  jobs_active: string;
+  lanes_in_use: string;
   finished_width: string;
+  finished_prefix_end: string | null;
   recent_jobs: string;
   recent_width: string;
+  recent_rows: string;
   recent_seconds: number | null;
   last_job_error: string | null;
 }
@@ -271,13 +187,25 @@ export async function listMigrations(
     db,
     sql`
       SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
-             m.batch_size, m.failure_error_code, m.failure_message, m.created_at, m.started_at, m.finished_at,
+             m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size, m.max_batch_size,
+             m.failure_error_code, m.failure_message, m.created_at, m.started_at, m.finished_at,
              count(j.id) AS jobs_total,
-             count(j.id) FILTER (WHERE j.status = 2) AS jobs_finished,
-             count(j.id) FILTER (WHERE j.status = 3) AS jobs_failed,
-             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2), 0) AS finished_width,
+             count(j.id) FILTER (WHERE j.status = ${JobStatus.finished}) AS jobs_finished,
+             count(j.id) FILTER (WHERE j.status = ${JobStatus.failed}) AS jobs_failed,
+             count(j.id) FILTER (WHERE j.status = ${JobStatus.active}) AS jobs_active,
+             (SELECT count(*) FROM pg_catalog.pg_locks l
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+                AND l.classid::bigint >= ${LANE_LOCK_BASE} AND l.classid::bigint < ${LANE_LOCK_BASE + MAX_LANES}
+                AND l.objid::bigint = m.id % 2147483648) AS lanes_in_use,
+             -- numeric: widths and their sums can pass 2^63 on a bigint column's whole domain
+             coalesce(sum(j.max_value::numeric - j.min_value + 1) FILTER (WHERE j.status = ${JobStatus.finished}), 0) AS finished_width,
+             CASE WHEN count(j.id) = 0 THEN NULL
+                  ELSE coalesce(min(j.min_value::numeric) FILTER (WHERE j.status <> ${JobStatus.finished}) - 1, max(j.max_value)) END
+               AS finished_prefix_end,
              count(j.id) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}) AS recent_jobs,
-             coalesce(sum(j.max_value - j.min_value + 1) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_width,
+             coalesce(sum(j.max_value::numeric - j.min_value + 1) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_width,
+             coalesce(sum(coalesce(j.batch_size, m.batch_size)) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_rows,
              extract(epoch FROM max(j.finished_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT})
                               - min(j.started_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}))::float8 AS recent_seconds,
              (SELECT f.failure_message FROM batched_background_migration_jobs f
@@ -299,14 +227,20 @@ export async function listMigrations(
     minValue: big(r.min_value),
     maxValue: bigOrNull(r.max_value),
     batchSize: r.batch_size,
+    maxParallelJobs: r.max_parallel_jobs,
+    targetJobMs: r.target_job_ms,
+    minBatchSize: r.min_batch_size,
+    maxBatchSize: r.max_batch_size,
     failureErrorCode: r.failure_error_code,
     failureMessage: r.failure_message,
     createdAt: r.created_at,
     startedAt: r.started_at,
     finishedAt: r.finished_at,
-    jobs: { total: Number(r.jobs_total), finished: Number(r.jobs_finished), failed: Number(r.jobs_failed) },
+    jobs: { total: Number(r.jobs_total), finished: Number(r.jobs_finished), failed: Number(r.jobs_failed), active: Number(r.jobs_active) },
+    lanesInUse: Number(r.lanes_in_use),
     finishedWidth: big(r.finished_width),
-    recent: { jobs: Number(r.recent_jobs), width: big(r.recent_width), seconds: r.recent_seconds ?? 0 },
+    finishedPrefixEnd: bigOrNull(r.finished_prefix_end),
+    recent: { jobs: Number(r.recent_jobs), width: big(r.recent_width), rows: Number(r.recent_rows), seconds: r.recent_seconds ?? 0 },
     lastJobError: r.last_job_error,
   }));
 }
@@ -320,6 +254,11 @@ export interface NewMigration {
   minValue?: bigint | undefined;
   maxValue?: bigint | null | undefined;
   paused?: boolean | undefined;
+  /** Pace; see MigrationPace. */
+  maxParallelJobs?: number | undefined;
+  targetJobMs?: number | null | undefined;
+  minBatchSize?: number | null | undefined;
+  maxBatchSize?: number | null | undefined;
 }
 
 /** Inserts a migration (what `bbm enqueue` does after checking it); returns its id. */
@@ -328,13 +267,40 @@ export async function insertMigration(db: Queryable, m: NewMigration): Promise<b
     db,
     sql`
       INSERT INTO batched_background_migrations
-        (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
+        (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name,
+         max_parallel_jobs, target_job_ms, min_batch_size, max_batch_size)
       VALUES (${m.name}, ${m.minValue ?? 1n}::bigint, ${m.maxValue ?? null}::bigint, ${m.batchSize},
-              ${m.paused ? MigrationStatus.paused : MigrationStatus.active}, ${m.jobSignatureName}, ${m.tableName}, ${m.columnName})
+              ${m.paused ? MigrationStatus.paused : MigrationStatus.active}, ${m.jobSignatureName}, ${m.tableName}, ${m.columnName},
+              ${m.maxParallelJobs ?? 1}::int, ${m.targetJobMs ?? null}::int, ${m.minBatchSize ?? null}::int, ${m.maxBatchSize ?? null}::int)
       RETURNING id`,
   );
   if (!row) throw new Error('INSERT ... RETURNING returned no row');
   return big(row.id);
+}
+
+/**
+ * How fast a migration goes, changeable while it runs: each field given is set (null clears the
+ * adaptive fields), the rest kept. Lanes and batch size take effect at the next take and cut.
+ */
+export interface MigrationPace {
+  maxParallelJobs?: number | undefined;
+  batchSize?: number | undefined;
+  targetJobMs?: number | null | undefined;
+  minBatchSize?: number | null | undefined;
+  maxBatchSize?: number | null | undefined;
+}
+
+/** Sets a migration's pace; returns false when no migration has that name. CHECK constraints guard the values. */
+export async function setMigrationPace(db: Queryable, name: string, pace: MigrationPace): Promise<boolean> {
+  const sets: SQL[] = [];
+  if (pace.maxParallelJobs !== undefined) sets.push(sql`max_parallel_jobs = ${pace.maxParallelJobs}::int`);
+  if (pace.batchSize !== undefined) sets.push(sql`batch_size = ${pace.batchSize}::int`);
+  if (pace.targetJobMs !== undefined) sets.push(sql`target_job_ms = ${pace.targetJobMs}::int`);
+  if (pace.minBatchSize !== undefined) sets.push(sql`min_batch_size = ${pace.minBatchSize}::int`);
+  if (pace.maxBatchSize !== undefined) sets.push(sql`max_batch_size = ${pace.maxBatchSize}::int`);
+  sets.push(sql`updated_at = now()`);
+  const rows = await exec(db, sql`UPDATE batched_background_migrations SET ${sql.join(sets, sql`, `)} WHERE name = ${name} RETURNING id`);
+  return rows.length > 0;
 }
 
 /**

@@ -6,10 +6,8 @@ import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';
 import { MigrationStatus, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { LOCK_NAMESPACE, quotedTable } from './migrations.ts';
-
-/** Second half of the scheduler's advisory-lock key: (LOCK_NAMESPACE, -1) is never a migration's. */
-const SCHEDULER_LOCK_KEY = -1;
+import { LOCK_NAMESPACE, SCHEDULER_LOCK_KEY } from './locks.ts';
+import { quotedTable } from './migrations.ts';
 
 /** Takes the scheduler's transaction-level lock if it is free: one worker schedules at a time. */
 export async function trySchedulerLock(db: Queryable): Promise<boolean> {

@@ -4,8 +4,8 @@
  * Column names and numbers follow GitLab's container registry so its SQL works here.
  */
 import { sql } from 'drizzle-orm';
-import { bigint, check, foreignKey, index, integer, pgTable, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
-import { ErrorCode, JobStatus, MigrationStatus } from './codes.ts';
+import { bigint, check, doublePrecision, foreignKey, index, integer, pgTable, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus } from './codes.ts';
 
 const list = (values: Record<string, number>) => sql.raw(Object.values(values).join(', '));
 const timestamps = {
@@ -34,6 +34,13 @@ export const batchedBackgroundMigrations = pgTable(
     failureMessage: text('failure_message'),
     ...timestamps,
     totalTupleCount: bigint('total_tuple_count', { mode: 'bigint' }),
+    /** Lanes: how many of its jobs may run at once, across all workers. Read at every take. */
+    maxParallelJobs: integer('max_parallel_jobs').notNull().default(1),
+    /** Adaptive sizing: the work time a job should take; NULL keeps `batch_size` fixed. */
+    targetJobMs: integer('target_job_ms'),
+    /** Bounds of adaptive sizing, and the smallest range a timed-out range is split down to (NULL: 1). */
+    minBatchSize: integer('min_batch_size'),
+    maxBatchSize: integer('max_batch_size'),
   },
   (t) => [
     uniqueIndex('batched_background_migrations_name_key').on(t.name),
@@ -46,6 +53,13 @@ export const batchedBackgroundMigrations = pgTable(
     check('batched_background_migrations_batch_size_positive', sql`${t.batchSize} > 0`),
     check('batched_background_migrations_max_value_not_below_min', sql`${t.maxValue} IS NULL OR ${t.maxValue} >= ${t.minValue}`),
     check('batched_background_migrations_status_known', sql`${t.status} IN (${list(MigrationStatus)})`),
+    check('batched_background_migrations_max_parallel_jobs_range', sql`${t.maxParallelJobs} BETWEEN 1 AND ${sql.raw(String(MAX_LANES))}`),
+    check('batched_background_migrations_target_job_ms_positive', sql`${t.targetJobMs} IS NULL OR ${t.targetJobMs} > 0`),
+    check('batched_background_migrations_min_batch_size_positive', sql`${t.minBatchSize} IS NULL OR ${t.minBatchSize} > 0`),
+    check(
+      'batched_background_migrations_max_batch_size_not_below_min',
+      sql`${t.maxBatchSize} IS NULL OR ${t.maxBatchSize} >= greatest(coalesce(${t.minBatchSize}, 1), 1)`,
+    ),
     check(
       'batched_background_migrations_failure_error_code_known',
       sql`${t.failureErrorCode} IS NULL OR ${t.failureErrorCode} IN (${list(ErrorCode)})`,
@@ -66,6 +80,10 @@ export const batchedBackgroundMigrationJobs = pgTable(
     attempts: smallint('attempts').notNull().default(0),
     /** What the work function returned for a finished job: the rows it changed, if it said. */
     rowCount: bigint('row_count', { mode: 'number' }),
+    /** The size the range was cut with (the migration's batch size then, or the adaptive choice). */
+    batchSize: integer('batch_size'),
+    /** Time spent in the work function by the attempt that finished it, in milliseconds. */
+    durationMs: doublePrecision('duration_ms'),
     ...timestamps,
   },
   (t) => [
@@ -80,6 +98,10 @@ export const batchedBackgroundMigrationJobs = pgTable(
     index('batched_background_migration_jobs_failed_idx')
       .on(t.batchedBackgroundMigrationId, t.id)
       .where(sql`${t.status} = ${sql.raw(String(JobStatus.failed))}`),
+    // Ranges cut and waiting for a lane (or running in one), oldest first: what a lane takes.
+    index('batched_background_migration_jobs_active_idx')
+      .on(t.batchedBackgroundMigrationId, t.minValue)
+      .where(sql`${t.status} = ${sql.raw(String(JobStatus.active))}`),
     check('batched_background_migration_jobs_range_ordered', sql`${t.maxValue} >= ${t.minValue}`),
     check('batched_background_migration_jobs_status_known', sql`${t.status} IN (${list(JobStatus)})`),
     check('batched_background_migration_jobs_attempts_not_negative', sql`${t.attempts} >= 0`),

@@ -73,12 +73,20 @@ export async function migrationRow(db: pg.Pool, name: string) {
     | undefined;
 }
 
-export async function jobRanges(db: pg.Pool, name: string): Promise<Array<{ min: number; max: number; status: number; attempts: number }>> {
+/**
+ * The ranges of a migration that ran (finished or failed), in order. A range cut ahead for a lane
+ * and not run yet (active) is left out unless `all`.
+ */
+export async function jobRanges(
+  db: pg.Pool,
+  name: string,
+  { all = false }: { all?: boolean } = {},
+): Promise<Array<{ min: number; max: number; status: number; attempts: number }>> {
   const { rows } = await db.query(
     `SELECT j.min_value::int AS min, j.max_value::int AS max, j.status, j.attempts
      FROM batched_background_migration_jobs j JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-     WHERE m.name = $1 ORDER BY j.min_value`,
-    [name],
+     WHERE m.name = $1 AND (j.status <> 1 OR $2) ORDER BY j.min_value`,
+    [name, all],
   );
   return rows;
 }

@@ -1,0 +1,131 @@
+-- Lanes. A job now runs in one of its migration's lanes: its transaction holds the lane's
+-- advisory lock, (1650617600 + lane, id) where 1650617600 is 0x62626d00 ("bbm" and a lane byte),
+-- for lanes 0 .. max_parallel_jobs - 1, and a row lock on the job's row. Ranges are cut ahead, in
+-- short transactions of their own, as job rows in status 1 (active); a lane takes one with
+-- FOR UPDATE SKIP LOCKED. Both locks die with the session, so a lane killed at any instant
+-- leaves its range active and unlocked, and the next lane takes it: no timeout, no sweeper.
+--
+-- Workers of pg-bbm 0.1 call bbm_lock_next_migration and write job rows of their own; it is
+-- dropped, so a 0.1 worker left running during an upgrade errors instead of racing the lanes.
+DROP FUNCTION IF EXISTS bbm_lock_next_migration(text[], text);
+--> statement-breakpoint
+-- Takes a lane and a job. For the first runnable migration (running before active, then lowest
+-- id) among those whose work function the caller has (plus those whose job_signature_name can
+-- never name one, which the caller fails) and which has a free lane:
+--   * its oldest active range not locked by another lane, with the lane and the row locked;
+--   * else, when it is not started, step 'start' (the caller starts it), or when ranges are left
+--     to cut, step 'cut' (the caller cuts one in a transaction of its own, then takes again);
+--   * else its oldest failed range not locked by another lane (failed ranges are retried only
+--     once every range has run);
+--   * else, when no range is left at all, step 'finish' (the caller finishes the migration);
+--   * else every range left is running in another lane: the lane is given back (the block's
+--     subtransaction is rolled back) and the next candidate is tried.
+-- Returns no row when nothing is runnable, and a row with migration_id 0 when there is work but
+-- every lane of it is busy. With only_migration (bbm finalize), only that migration is tried, and
+-- when its lanes are all busy the call waits for lane 0 instead of giving up.
+CREATE FUNCTION bbm_take_job(work_names text[], valid_name_pattern text, only_migration bigint)
+RETURNS TABLE (
+  migration_id bigint, lane integer, name text, status smallint, job_signature_name text,
+  table_name text, column_name text, batching_strategy text, batch_size integer,
+  max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
+  step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
+  job_batch_size integer
+)
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+#variable_conflict use_column
+DECLARE
+  m record;
+  k integer;
+  got integer;
+  busy boolean := false;
+  next_step text;
+  jid bigint;
+  jmin bigint;
+  jmax bigint;
+  jstatus smallint;
+  jattempts integer;
+  jsize integer;
+BEGIN
+  FOR m IN
+    SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
+           b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.max_value
+    FROM batched_background_migrations b
+    WHERE b.status IN (1, 4)
+      AND (only_migration IS NULL OR b.id = only_migration)
+      AND (b.job_signature_name = ANY (work_names) OR b.job_signature_name !~ valid_name_pattern)
+    ORDER BY b.status = 4 DESC, b.id
+    LIMIT 100
+  LOOP
+    BEGIN
+      got := NULL;
+      jid := NULL;
+      next_step := NULL;
+      FOR k IN 0 .. least(m.max_parallel_jobs, 256) - 1 LOOP
+        IF pg_catalog.pg_try_advisory_xact_lock(1650617600 + k, (m.id % 2147483648)::int) THEN
+          got := k;
+          EXIT;
+        END IF;
+      END LOOP;
+      IF got IS NULL AND only_migration IS NOT NULL THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock(1650617600, (m.id % 2147483648)::int);
+        got := 0;
+      END IF;
+      IF got IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'BBM01';
+      END IF;
+
+      IF m.status = 1 OR m.max_value IS NULL THEN
+        next_step := 'start';
+      ELSE
+        SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size
+          INTO jid, jmin, jmax, jstatus, jattempts, jsize
+        FROM batched_background_migration_jobs j
+        WHERE j.batched_background_migration_id = m.id AND j.status = 1
+        ORDER BY j.min_value
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+
+        IF jid IS NULL AND NOT EXISTS (
+          SELECT 1 FROM batched_background_migration_jobs j
+          WHERE j.batched_background_migration_id = m.id AND j.max_value >= m.max_value
+        ) THEN
+          next_step := 'cut';
+        ELSIF jid IS NULL THEN
+          SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size
+            INTO jid, jmin, jmax, jstatus, jattempts, jsize
+          FROM batched_background_migration_jobs j
+          WHERE j.batched_background_migration_id = m.id AND j.status = 3
+          ORDER BY j.id
+          LIMIT 1
+          FOR UPDATE SKIP LOCKED;
+
+          IF jid IS NULL THEN
+            IF EXISTS (
+              SELECT 1 FROM batched_background_migration_jobs j
+              WHERE j.batched_background_migration_id = m.id AND j.status IN (1, 3)
+            ) THEN
+              RAISE EXCEPTION USING ERRCODE = 'BBM01';
+            END IF;
+            next_step := 'finish';
+          END IF;
+        END IF;
+      END IF;
+
+      RETURN QUERY SELECT m.id, got, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
+        m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
+        m.max_batch_size, next_step, jid, jmin, jmax, jstatus, jattempts::integer, jsize;
+      RETURN;
+    EXCEPTION WHEN SQLSTATE 'BBM01' THEN
+      busy := true;
+    END;
+  END LOOP;
+  IF busy THEN
+    RETURN QUERY SELECT 0::bigint, NULL::integer, NULL::text, NULL::smallint, NULL::text, NULL::text,
+      NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::integer,
+      NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::smallint, NULL::integer, NULL::integer;
+  END IF;
+  RETURN;
+END
+$$;

@@ -1,0 +1,83 @@
+/**
+ * Adaptive batch size: a servo that sizes each new range so that its work takes about
+ * `target_job_ms`. It learns the work's time per row from finished jobs (time in the work
+ * function over the range's size), smoothed, and moves the size toward target / (time per row):
+ *
+ * - growth is capped per step (×1.5), so one fast job cannot blow the size up;
+ * - a normal shrink is capped too (÷2), since one slow job is often noise;
+ * - a job far over the target (5×, or one that timed out) shrinks the size at once, in
+ *   proportion (spirit's panic rule), and restarts the estimate from that job;
+ * - a job that changed no rows (the work said 0) says nothing about the pace and is ignored.
+ *
+ * Anchors: GitLab's BatchOptimizer (a capped step toward a target), pt-online-schema-change's
+ * weighted average rate, spirit's chunker. Each worker process keeps its own estimate per
+ * migration; the size it chooses is written to the migration's batch_size, where a process that
+ * starts later begins.
+ */
+
+export interface PaceSettings {
+  targetMs: number;
+  minSize: number;
+  maxSize: number;
+}
+
+/** How much one step may grow the size. */
+export const GROWTH_CAP = 1.5;
+/** How much one ordinary step may shrink it. */
+export const SHRINK_CAP = 0.5;
+/** A job this many times over the target shrinks the size at once. */
+export const PANIC_FACTOR = 5;
+/** Weight of the newest job in the smoothed time per row (about the last six jobs count). */
+const SMOOTHING = 0.3;
+
+/** The largest batch size a migration row can hold (an int4). */
+export const MAX_BATCH_SIZE = 2_147_483_647;
+
+export interface JobSample {
+  /** The size the job's range was cut with. */
+  size: number;
+  /** Time in the work function. */
+  workMs: number;
+  /** What the work reported changing, if it said. */
+  rows?: number | undefined;
+}
+
+export class BatchSizer {
+  #size: number;
+  #msPerRow: number | undefined;
+
+  constructor(initialSize: number) {
+    this.#size = Math.max(1, Math.round(initialSize));
+  }
+
+  /** The size for the next range. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Learns from a finished (or timed-out) job and moves the size. */
+  observe(sample: JobSample, settings: PaceSettings): void {
+    const { size, workMs } = sample;
+    if (sample.rows === 0 || !(size > 0) || !Number.isFinite(workMs) || workMs < 0) return;
+    const perRow = Math.max(workMs, 0.001) / size;
+    if (workMs > PANIC_FACTOR * settings.targetMs) {
+      this.#msPerRow = perRow;
+      this.#size = clamp(Math.floor(size * (settings.targetMs / workMs)), settings);
+      return;
+    }
+    this.#msPerRow = this.#msPerRow === undefined ? perRow : SMOOTHING * perRow + (1 - SMOOTHING) * this.#msPerRow;
+    const ideal = settings.targetMs / this.#msPerRow;
+    const stepped = Math.min(this.#size * GROWTH_CAP, Math.max(this.#size * SHRINK_CAP, ideal));
+    this.#size = clamp(Math.round(stepped), settings);
+  }
+
+  /** Keeps the size within new bounds (an operator may change them while the migration runs). */
+  bound(settings: PaceSettings): number {
+    this.#size = clamp(this.#size, settings);
+    return this.#size;
+  }
+}
+
+function clamp(size: number, { minSize, maxSize }: PaceSettings): number {
+  return Math.min(maxSize, Math.max(minSize, Math.max(1, size)));
+}

@@ -1,0 +1,24 @@
+/**
+ * Every advisory-lock key pg-bbm takes, in one place. All are two-int4 keys whose first half
+ * spells "bbm" (0x62626d); keys of other applications that use the same form rarely collide, and a
+ * collision only makes a worker wait or skip, never run a range twice.
+ */
+
+/**
+ * First half of the keys below. (LOCK_NAMESPACE, migration id) is a migration's cursor: held by
+ * the short transaction that cuts its next range or changes its state. The same number is written
+ * into migrations/0006.
+ */
+export const LOCK_NAMESPACE = 0x62626d;
+
+/**
+ * Lane k of a migration is (LANE_LOCK_BASE + k, migration id), held by the job running in it for
+ * its whole transaction (bbm_take_job, migrations/0006). 0x62626d00: "bbm" and a lane byte.
+ */
+export const LANE_LOCK_BASE = 0x62626d00;
+
+/** (LOCK_NAMESPACE, 0): serialises schema migrations (`bbm migrate`); migration ids start at 1. */
+export const MIGRATE_LOCK_KEY = 0;
+
+/** (LOCK_NAMESPACE, -1): the scheduler's, never a migration's. */
+export const SCHEDULER_LOCK_KEY = -1;

@@ -1,0 +1,289 @@
+/**
+ * A run's transaction, and the one place its control statements are written: begin and take,
+ * cut a range, record the outcome, commit or roll back. The engine (src/bbm/run.ts) decides what
+ * happens; this module says it to the database.
+ *
+ * A run is one transaction on one pooled connection:
+ *
+ *   BEGIN · backstops · bbm_take_job (a lane and a job, locked) · SAVEPOINT bbm_work
+ *   … the work function's statements …
+ *   record the job finished · COMMIT · [cut the next range · COMMIT] · [the next run's BEGIN …]
+ *
+ * so on the common path a job costs one round trip besides its work: the next range is cut and
+ * the next run begun in the round trip that commits this one.
+ */
+import type { QueryResult } from 'pg';
+import type pg from 'pg';
+import { PgDialect } from 'drizzle-orm/pg-core';
+import type { Queryable } from './db.ts';
+import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
+import { cutRangeText, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
+
+const dialect = new PgDialect();
+
+/** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
+const WORK_SAVEPOINT = 'bbm_work';
+
+/** What a worker may take: the work names it has, and the pattern every valid work name matches. */
+export interface WorkFilter {
+  names: readonly string[];
+  /** A POSIX regular expression (the same text is a valid JS RegExp). */
+  validNamePattern: string;
+}
+
+/**
+ * The take statement, rendered once per runner with the work names as literals (the worker's
+ * own, already checked against the pattern, and escaped all the same) so that it can travel in
+ * the same round trip as BEGIN. With `only`, the run is bound to that migration (bbm finalize).
+ */
+export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bigint): string {
+  const literal = (text: string) => dialect.escapeString(text);
+  const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
+  const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
+  return `SELECT * FROM bbm_take_job(${nameArray}, ${literal(validNamePattern)}, ${onlyId})`;
+}
+
+/**
+ * The text that starts a run in one round trip: it opens the run's transaction, sets its
+ * backstops, takes a lane and a job, and opens the work savepoint after them.
+ *
+ * The savepoint must follow the take: rolling back to a savepoint releases the locks taken after
+ * it. Everything else the run does happens inside it, so undoing a failed work function is one
+ * ROLLBACK TO, after which the run records the failure.
+ *
+ * The settings are server-side backstops for the client's own run timeout, so that no run holds
+ * a lane for long after its worker is gone: a statement that outlives the run is cancelled, a
+ * worker that stalls while idle in the transaction is disconnected, and a worker killed
+ * mid-statement is noticed within a second (client_connection_check_interval, PostgreSQL 14+)
+ * instead of when the statement ends.
+ */
+export function runPrologue(backstopMs: number, take: string): string {
+  if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0) throw new RangeError(`bad timeout ${backstopMs}`);
+  return (
+    `BEGIN; SET LOCAL statement_timeout = ${backstopMs}; SET LOCAL idle_in_transaction_session_timeout = ${backstopMs};` +
+    ` SET LOCAL client_connection_check_interval = 1000; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`
+  );
+}
+
+/** A migration as bbm_take_job returned it, with the lane the run holds. */
+export interface TakenMigration {
+  id: bigint;
+  name: string;
+  status: MigrationStatusCode;
+  jobSignatureName: string;
+  tableName: string;
+  columnName: string;
+  batchingStrategy: string | null;
+  batchSize: number;
+  maxParallelJobs: number;
+  targetJobMs: number | null;
+  minBatchSize: number | null;
+  maxBatchSize: number | null;
+}
+
+/** A job as bbm_take_job returned it, locked by this run. */
+export interface TakenJob {
+  id: bigint;
+  start: bigint;
+  end: bigint;
+  status: JobStatusCode;
+  /** Attempts made so far. */
+  attempts: number;
+  /** The size it was cut with; null for a range cut before sizes were recorded. */
+  batchSize: number | null;
+}
+
+/** What a take found. `step` says what the run must do when it holds a lane but no job. */
+export type Take =
+  | { kind: 'nothing' }
+  | { kind: 'busy' }
+  | { kind: 'job'; lane: number; migration: TakenMigration; job: TakenJob }
+  | { kind: 'step'; lane: number; migration: TakenMigration; step: 'start' | 'cut' | 'finish' };
+
+interface TakeRow {
+  migration_id: string;
+  lane: number | null;
+  name: string;
+  status: number;
+  job_signature_name: string;
+  table_name: string;
+  column_name: string;
+  batching_strategy: string | null;
+  batch_size: number;
+  max_parallel_jobs: number;
+  target_job_ms: number | null;
+  min_batch_size: number | null;
+  max_batch_size: number | null;
+  step: 'start' | 'cut' | 'finish' | null;
+  job_id: string | null;
+  job_min: string | null;
+  job_max: string | null;
+  job_status: number | null;
+  job_attempts: number | null;
+  job_batch_size: number | null;
+}
+
+function parseTake(rows: TakeRow[]): Take {
+  const row = rows[0];
+  if (!row) return { kind: 'nothing' };
+  if (row.migration_id === '0') return { kind: 'busy' };
+  const lane = row.lane ?? 0;
+  const migration: TakenMigration = {
+    id: BigInt(row.migration_id),
+    name: row.name,
+    status: row.status as MigrationStatusCode,
+    jobSignatureName: row.job_signature_name,
+    tableName: row.table_name,
+    columnName: row.column_name,
+    batchingStrategy: row.batching_strategy,
+    batchSize: row.batch_size,
+    maxParallelJobs: row.max_parallel_jobs,
+    targetJobMs: row.target_job_ms,
+    minBatchSize: row.min_batch_size,
+    maxBatchSize: row.max_batch_size,
+  };
+  if (row.job_id === null || row.job_min === null || row.job_max === null) {
+    return { kind: 'step', lane, migration, step: row.step ?? 'finish' };
+  }
+  const job: TakenJob = {
+    id: BigInt(row.job_id),
+    start: BigInt(row.job_min),
+    end: BigInt(row.job_max),
+    status: (row.job_status ?? JobStatus.active) as JobStatusCode,
+    attempts: row.job_attempts ?? 0,
+    batchSize: row.job_batch_size,
+  };
+  return { kind: 'job', lane, migration, job };
+}
+
+/** The take's rows among the results of a multi-statement query: the last SELECT's. */
+function takeRowsOf(results: unknown): TakeRow[] {
+  const list = Array.isArray(results) ? (results as QueryResult<TakeRow>[]) : [results as QueryResult<TakeRow>];
+  const take = list.findLast((result) => result.command === 'SELECT');
+  if (!take) throw new Error('the run prologue returned no SELECT result');
+  return take.rows;
+}
+
+/** How recording a finished job ended. */
+export type FinishOutcome =
+  /**
+   * Committed. `cut` is how many ranges the cut after it wrote (0 when none was left to cut or
+   * enough wait already), when one was sent and it ran; `laterError` is set when what followed the
+   * COMMIT (cutting, the next take) failed.
+   */
+  | { committed: true; cut?: number; laterError?: Error }
+  /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
+  | { committed: false; error: Error };
+
+/**
+ * One run's transaction on a pooled connection, or a chain of them (the next run begun in the
+ * round trip that commits the last). A connection lost while checked out emits 'error' on the
+ * client (the pool listens only to idle ones); unheard, that is an uncaught exception. It is
+ * remembered instead, and the client destroyed on release.
+ */
+export class RunTransaction {
+  #lost: Error | undefined;
+  /** The take of a run already begun by the previous run's last round trip. */
+  #begun: Take | undefined;
+  readonly #onError = (error: Error) => this.lost(error);
+
+  private constructor(
+    readonly client: pg.PoolClient,
+    private readonly prologue: string,
+  ) {
+    client.on('error', this.#onError);
+  }
+
+  static async open(pool: pg.Pool, prologue: string): Promise<RunTransaction> {
+    return new RunTransaction(await pool.connect(), prologue);
+  }
+
+  /** Statements inside the open transaction go through this. */
+  get db(): Queryable {
+    return this.client;
+  }
+
+  /** Whether the next run was already begun (its take is waiting in `begin`). */
+  get begun(): boolean {
+    return this.#begun !== undefined;
+  }
+
+  /** The backend's pid, which pg learns at connect (BackendKeyData) but does not type. */
+  get backendPid(): number | undefined {
+    return (this.client as unknown as { processID?: number }).processID;
+  }
+
+  /** Begins the run (unless the previous one already did) and returns its take. */
+  async begin(): Promise<Take> {
+    const begun = this.#begun;
+    this.#begun = undefined;
+    if (begun) return begun;
+    return parseTake(takeRowsOf(await this.client.query(this.prologue)));
+  }
+
+  /**
+   * Gives back the lane (ROLLBACK), cuts a range in a transaction of its own, and begins the
+   * next run, in one round trip; returns that run's take.
+   */
+  async cutAndTake(cut: RangeCut): Promise<Take> {
+    return parseTake(takeRowsOf(await this.client.query(`ROLLBACK; ${cutRangeText(cut)}; ${this.prologue}`)));
+  }
+
+  /**
+   * Records the job finished and commits, then (in the same round trip) cuts `cut` and, with
+   * `chain`, begins the next run, whose take the next `begin` returns.
+   *
+   * When the round trip fails, where it failed decides what it means. The work savepoint exists
+   * only while the job's transaction is open: if ROLLBACK TO it succeeds, the failure came before
+   * the COMMIT, the transaction is still open and the caller records a failed attempt. Otherwise
+   * the job's row says whether the COMMIT happened. Throws when the connection is gone or the
+   * COMMIT itself failed (the range is then not recorded and will run again).
+   */
+  async finish(finished: FinishedJob, { cut, chain }: { cut?: RangeCut | undefined; chain: boolean }): Promise<FinishOutcome> {
+    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeText(cut)}` : ''}${chain ? `; ${this.prologue}` : ''}`;
+    try {
+      const results: unknown = await this.client.query(text);
+      if (chain) this.#begun = parseTake(takeRowsOf(results));
+      const inserted = (results as QueryResult[]).findLast((result) => result.command === 'INSERT');
+      return cut && inserted ? { committed: true, cut: inserted.rowCount ?? 0 } : { committed: true };
+    } catch (thrown) {
+      const error = thrown instanceof Error ? thrown : new Error(String(thrown));
+      if (this.#lost) throw error;
+      if (await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`).then(
+        () => true,
+        () => false,
+      )) {
+        return { committed: false, error };
+      }
+      await this.client.query('ROLLBACK').catch(() => {});
+      const status = await jobStatus(this.client, finished.job.id);
+      if (status === JobStatus.finished) return { committed: true, laterError: error };
+      throw error;
+    }
+  }
+
+  /** Undoes the work: back to the savepoint after the take, lane and job still locked. */
+  async rollbackWork(): Promise<void> {
+    await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+  }
+
+  async commit(): Promise<void> {
+    await this.client.query('COMMIT');
+  }
+
+  /** Rolls the run back; a failure to do so marks the connection lost (it is destroyed on release). */
+  async rollback(): Promise<void> {
+    this.#begun = undefined;
+    await this.client.query('ROLLBACK').catch((error: unknown) => this.lost(error instanceof Error ? error : new Error(String(error))));
+  }
+
+  lost(error: Error): void {
+    this.#lost ??= error;
+  }
+
+  /** Hands the connection back to the pool (destroyed if it was lost). */
+  release(): void {
+    this.client.off('error', this.#onError);
+    this.client.release(this.#lost);
+  }
+}
