@@ -136,7 +136,7 @@ describe('bbm against a database', () => {
 });
 
 describe('bbm help', () => {
-  it.each(['run', 'finalize', 'status', 'schedules', 'enqueue', 'pause', 'resume', 'retry', 'migrate'])('has help for %s', async (command) => {
+  it.each(['run', 'finalize', 'status', 'schedules', 'enqueue', 'set', 'pause', 'resume', 'retry', 'migrate'])('has help for %s', async (command) => {
     const result = await bbm([command, '--help']);
     expect(result.code).toBe(0);
     expect(result.out).toMatch(new RegExp(`^bbm ${command}: .+\\n\\nUsage: bbm ${command}`));

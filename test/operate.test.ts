@@ -36,6 +36,30 @@ describe('bbm enqueue', () => {
     expect((await jobRanges(pool, 'fill')).map((j) => [j.min, j.max])).toEqual([[5, 14], [15, 24], [25, 25]]);
   });
 
+  it('sets lanes and adaptive sizing with --lanes and --target-job-ms, and bbm set changes them while it runs', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 30));
+
+    const enqueued = await bbm([...args(['--lanes', '3', '--target-job-ms', '250', '--max-batch-size', '5000', '--json'])], { DATABASE_URL: url });
+    expect(enqueued).toMatchObject({ code: 0, err: '' });
+    expect(JSON.parse(enqueued.out)).toMatchObject({ lanes: 3, targetJobMs: 250, minBatchSize: null, maxBatchSize: 5000 });
+
+    const set = await bbm(['set', '--name', 'fill', '--lanes', '8', '--batch-size', '20', '--fixed'], { DATABASE_URL: url });
+    expect(set).toMatchObject({ code: 0, out: 'fill: 8 lane(s), batch size 20 (fixed)\n' });
+    const row = await pool.query('SELECT max_parallel_jobs, batch_size, target_job_ms FROM batched_background_migrations');
+    expect(row.rows).toEqual([{ max_parallel_jobs: 8, batch_size: 20, target_job_ms: null }]);
+
+    expect(await bbm(['set', '--name', 'fill', '--lanes', '0'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
+    expect(await bbm(['set', '--name', 'fill', '--min-batch-size', '10', '--max-batch-size', '5'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
+    expect(await bbm(['set', '--name', 'fill'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
+    expect(await bbm(['set', '--name', 'nope', '--lanes', '2'], { DATABASE_URL: url })).toMatchObject({ code: 1 });
+    // A bound that contradicts the stored one is refused by the table's CHECK, and nothing changes.
+    await bbm(['set', '--name', 'fill', '--min-batch-size', '100'], { DATABASE_URL: url });
+    const refused = await bbm(['set', '--name', 'fill', '--max-batch-size', '50'], { DATABASE_URL: url });
+    expect(refused).toMatchObject({ code: 1 });
+    expect(refused.err).toMatch(/max_batch_size_not_below_min/);
+  });
+
   it('enqueues paused with --paused, and says when no live worker has the work function', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));

@@ -4,6 +4,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { MAX_LANES } from '../store/codes.ts';
 import { ConfigError } from './errors.ts';
 import type { Config, WorkerOptions } from './types.ts';
 
@@ -21,6 +22,7 @@ export const DEFAULTS = {
   runTimeoutMs: 180_000,
   throttleCheckMs: 5_000,
   scheduleCheckMs: 10_000,
+  concurrency: 1,
   passRetentionMs: 7 * 86_400_000,
 } as const;
 
@@ -52,6 +54,7 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
     runTimeoutMs: integer(options, 'runTimeoutMs', DEFAULTS.runTimeoutMs, 100, day),
     throttleCheckMs: integer(options, 'throttleCheckMs', DEFAULTS.throttleCheckMs, 0, day),
     scheduleCheckMs: integer(options, 'scheduleCheckMs', DEFAULTS.scheduleCheckMs, 0, day),
+    concurrency: integer(options, 'concurrency', DEFAULTS.concurrency, 1, MAX_LANES),
     passRetentionMs: integer(options, 'passRetentionMs', DEFAULTS.passRetentionMs, 0, 3650 * day),
   };
 }

@@ -298,6 +298,7 @@ export class Runner {
       batchSize: claimed.batchSize,
       migration: { id: ref.id, name: ref.name },
       attempt: claimed.attempt,
+      lane,
       signal: abort.signal,
       log: this.ctx.log.child({
         correlation_id: runId,

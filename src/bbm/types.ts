@@ -39,6 +39,8 @@ export interface Job {
   readonly migration: { readonly id: bigint; readonly name: string };
   /** 1 on the first try of this range, 2 on its first retry, and so on. */
   readonly attempt: number;
+  /** The lane it runs in: 0 .. the migration's max_parallel_jobs - 1. */
+  readonly lane: number;
   /** Aborted when the run times out or the worker is stopped hard; queries are cancelled too. */
   readonly signal: AbortSignal;
   /** A child logger carrying the migration and job fields. */
@@ -80,6 +82,12 @@ export interface WorkerOptions {
   runTimeoutMs?: number;
   /** How often a worker with a `throttle` asks it, at most [5000]. */
   throttleCheckMs?: number;
+  /**
+   * How many jobs this worker runs at once, each on its own connection [1]. A job runs in one of
+   * its migration's lanes (`max_parallel_jobs`), so lanes of one migration may be spread over
+   * any number of workers; a worker's extra concurrency works other migrations or waits.
+   */
+  concurrency?: number;
   /** How often a worker with `schedules` enqueues the passes that are due [10000]. */
   scheduleCheckMs?: number;
   /** Finished passes of schedules are deleted, with their jobs, after this long [604800000: 7 days]. */

@@ -1,7 +1,9 @@
 /**
- * A worker: runs in a loop, each run one transaction (see run.ts). After a run that did
- * something the next starts at once, so a migration drains at database speed; idle or
- * failing workers back off exponentially, with jitter, up to a cap.
+ * A worker: `concurrency` lanes, each a loop of runs on its own connection, each run one
+ * transaction (see run.ts). After a run that did something the next starts at once, so a
+ * migration drains at database speed; idle, failing or locked-out lanes back off exponentially,
+ * with jitter, up to a cap, and are woken early when a sibling lane sees a migration change.
+ * Throttle checks and scheduling are the worker's, shared by its lanes.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -15,6 +17,7 @@ import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
+import { BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule, type Schedule } from './schedules.ts';
 import type { Throttle } from './throttle.ts';
@@ -22,7 +25,7 @@ import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts'
 
 export interface WorkerParams extends WorkerOptions {
   work: readonly Work[];
-  /** A pool to use (the caller ends it); it needs room for 2 connections per worker. */
+  /** A pool to use (the caller ends it); it needs room for `concurrency` + 1 connections. */
   pool?: pg.Pool;
   /** Or a connection string: the worker opens and ends its own pool. */
   connectionString?: string;
@@ -48,7 +51,8 @@ export class Worker {
   readonly #pool: pg.Pool;
   readonly #ownsPool: boolean;
   readonly #log: Logger;
-  readonly #runner: Runner;
+  /** One runner per lane; runOnce() uses the first. */
+  readonly #runners: Runner[];
   readonly #observers: readonly WorkerObserver[];
   readonly #throttle: Throttle | undefined;
   readonly #schedules: readonly ResolvedSchedule[];
@@ -57,6 +61,14 @@ export class Worker {
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
   readonly #hardStop = new AbortController();
   #loop: Promise<void> | undefined;
+  /** Aborted (and replaced) to wake every sleeping lane. */
+  #wake = new AbortController();
+  /** The throttle's last answer, shared by the lanes until the next check is due. */
+  #throttleReason: string | false = false;
+  #throttleCheckedAt = -Infinity;
+  #throttleCheck: Promise<string | false> | undefined;
+  #scheduledAt = -Infinity;
+  #scheduling: Promise<boolean> | undefined;
 
   constructor(params: WorkerParams) {
     this.options = resolveOptions(params);
@@ -66,7 +78,7 @@ export class Worker {
       this.#pool = params.pool;
       this.#ownsPool = false;
     } else if (params.connectionString) {
-      this.#pool = createPool({ connectionString: params.connectionString, max: 2 });
+      this.#pool = createPool({ connectionString: params.connectionString, max: this.options.concurrency + 1 });
       this.#ownsPool = true;
     } else {
       throw new ConfigError('a worker needs `pool` or `connectionString`');
@@ -75,22 +87,20 @@ export class Worker {
     this.#observers = params.observers ?? [];
     this.#throttle = params.throttle;
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);
-    this.#runner = new Runner({
-      pool: this.#pool,
-      registry,
-      options: this.options,
-      log: this.#log,
-      hardStop: this.#hardStop.signal,
-    });
+    const sizers = new Map<bigint, BatchSizer>();
+    this.#runners = Array.from(
+      { length: this.options.concurrency },
+      () => new Runner({ pool: this.#pool, registry, options: this.options, log: this.#log, hardStop: this.#hardStop.signal, sizers }),
+    );
   }
 
   /** One run, reported like the loop reports it. */
   runOnce(): Promise<RunResult> {
-    return this.#runOnce(false);
+    return this.#runOnce(this.#runners[0]!, false);
   }
 
-  async #runOnce(chain: boolean): Promise<RunResult> {
-    const result = await this.#runner.runOnce({ chain });
+  async #runOnce(runner: Runner, chain: boolean): Promise<RunResult> {
+    const result = await runner.runOnce({ chain });
     this.#report(result);
     this.#tell((observer) => observer.run?.(result));
     return result;
@@ -125,58 +135,81 @@ export class Worker {
   async #runLoop({ untilDone = false }: RunLoopOptions): Promise<void> {
     const { options } = this;
     const stopping = this.#stopping.signal;
-    const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
     const startupJitterMs = Math.round(Math.random() * options.startupJitterMs);
     this.#log.info({ options, startup_jitter_ms: startupJitterMs, worker_id: this.id }, 'worker starting');
     await this.#heartbeat();
     const heartbeat = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);
     heartbeat.unref();
     await sleep(startupJitterMs, stopping);
-    // With no pause between jobs, each successful run also starts the next (one round trip less).
-    const chain = options.pauseMs === 0;
-    let throttleCheckedAt = -Infinity;
-    let scheduledAt = -Infinity;
     try {
-      while (!stopping.aborted) {
-        if (this.#schedules.length > 0 && performance.now() - scheduledAt >= options.scheduleCheckMs) {
-          scheduledAt = performance.now();
-          if (await this.#schedule()) backoff.reset();
-        }
-        let result: RunResult | undefined;
-        if (this.#throttle && performance.now() - throttleCheckedAt >= options.throttleCheckMs) {
-          throttleCheckedAt = performance.now();
-          result = await this.#checkThrottle(this.#throttle);
-        }
-        result ??= await this.#runOnce(chain);
-        if (untilDone && result.outcome === 'no_job') break;
-        let waitMs = this.#waitAfter(result, backoff);
-        // Idle workers still wake for the next scheduling round.
-        if (this.#schedules.length > 0) waitMs = Math.min(waitMs, Math.max(0, scheduledAt + options.scheduleCheckMs - performance.now()));
-        if (waitMs > 0) this.#tell((observer) => observer.sleep?.(waitMs));
-        await sleep(waitMs, stopping);
-      }
+      await Promise.all(this.#runners.map((runner) => this.#laneLoop(runner, untilDone)));
     } finally {
       clearInterval(heartbeat);
-      await this.#runner.release();
+      await Promise.all(this.#runners.map((runner) => runner.release()));
       await retireWorker(this.#pool, this.id).catch((error: unknown) => this.#log.warn({ err: error }, 'could not retire worker'));
     }
     this.#log.info('worker stopped');
   }
 
-  /**
-   * Asks the throttle; when it holds back, ends any run started ahead and reports a `throttled`
-   * run. A throttle that fails is logged and does not hold back.
-   */
-  async #checkThrottle(throttle: Throttle): Promise<RunResult | undefined> {
-    let reason: string | false;
-    try {
-      reason = await throttle(this.#pool);
-    } catch (error) {
-      this.#log.warn({ err: error }, 'throttle check failed; not throttling');
-      return undefined;
+  /** One lane: runs until stopped (or, with `untilDone`, until it finds nothing to run). */
+  async #laneLoop(runner: Runner, untilDone: boolean): Promise<void> {
+    const { options } = this;
+    const stopping = this.#stopping.signal;
+    const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
+    // With no pause between jobs, each successful run also begins the next (one round trip less).
+    const chain = options.pauseMs === 0;
+    while (!stopping.aborted) {
+      if (this.#schedules.length > 0 && performance.now() - this.#scheduledAt >= options.scheduleCheckMs) {
+        if (await this.#schedule()) backoff.reset();
+      }
+      const result = (await this.#throttled(runner)) ?? (await this.#runOnce(runner, chain));
+      if (untilDone && result.outcome === 'no_job') {
+        this.#wakeLanes();
+        break;
+      }
+      // A migration that started, finished or failed changes what the other lanes may find.
+      if (result.outcome.startsWith('migration_')) this.#wakeLanes();
+      let waitMs = this.#waitAfter(result, backoff);
+      // Idle lanes still wake for the next scheduling round.
+      if (this.#schedules.length > 0) waitMs = Math.min(waitMs, Math.max(0, this.#scheduledAt + options.scheduleCheckMs - performance.now()));
+      if (waitMs > 0) {
+        this.#tell((observer) => observer.sleep?.(waitMs));
+        await sleep(waitMs, AbortSignal.any([stopping, this.#wake.signal]));
+      }
     }
+  }
+
+  #wakeLanes(): void {
+    if (this.#runners.length === 1) return;
+    this.#wake.abort();
+    this.#wake = new AbortController();
+  }
+
+  /**
+   * A `throttled` result for this lane while the throttle holds back (ending any run it began
+   * ahead), else undefined. The throttle is asked at most every `throttleCheckMs`, by one lane
+   * for all; a throttle that fails is logged and does not hold back.
+   */
+  async #throttled(runner: Runner): Promise<RunResult | undefined> {
+    const throttle = this.#throttle;
+    if (!throttle) return undefined;
+    if (performance.now() - this.#throttleCheckedAt >= this.options.throttleCheckMs) {
+      this.#throttleCheck ??= (async () => {
+        try {
+          return await throttle(this.#pool);
+        } catch (error) {
+          this.#log.warn({ err: error }, 'throttle check failed; not throttling');
+          return false;
+        } finally {
+          this.#throttleCheckedAt = performance.now();
+          this.#throttleCheck = undefined;
+        }
+      })();
+      this.#throttleReason = await this.#throttleCheck;
+    }
+    const reason = this.#throttleReason;
     if (!reason) return undefined;
-    await this.#runner.release();
+    await runner.release();
     const result: RunResult = { outcome: 'throttled', runId: randomUUID(), error: new Error(reason), durationMs: 0 };
     this.#report(result);
     this.#tell((observer) => observer.run?.(result));
@@ -185,13 +218,19 @@ export class Worker {
 
   /** Enqueues the passes of schedules that are due; true when it enqueued any. Failing is logged, never fatal. */
   async #schedule(): Promise<boolean> {
-    try {
-      const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
-      return tick.enqueued.length > 0;
-    } catch (error) {
-      this.#log.error({ err: error }, 'scheduling passes failed');
-      return false;
-    }
+    this.#scheduling ??= (async () => {
+      this.#scheduledAt = performance.now();
+      try {
+        const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
+        return tick.enqueued.length > 0;
+      } catch (error) {
+        this.#log.error({ err: error }, 'scheduling passes failed');
+        return false;
+      } finally {
+        this.#scheduling = undefined;
+      }
+    })();
+    return this.#scheduling;
   }
 
   #tell(call: (observer: WorkerObserver) => void): void {
@@ -208,17 +247,21 @@ export class Worker {
   }
 
   #waitAfter(result: RunResult, backoff: Backoff): number {
-    const { intervalMs, jitterRatio, pauseMs } = this.options;
+    const { jitterRatio, pauseMs } = this.options;
     switch (result.outcome) {
       case 'job_succeeded':
+        backoff.reset();
+        // A range the work changed nothing in does not count toward the pace.
+        return result.job?.rows === 0 ? 0 : pauseMs;
       case 'migration_started':
       case 'migration_finished':
       case 'migration_failed':
         backoff.reset();
         return pauseMs;
       case 'lock_in_use':
-        backoff.reset();
-        return jittered(intervalMs, jitterRatio);
+      // Every lane of every migration it may take is busy: back off like an idle lane, so that a
+      // fleet larger than the lanes it works does not poll the database (a sibling wakes it when
+      // a migration changes).
       case 'job_failed':
       case 'no_job':
       case 'throttled':
@@ -239,6 +282,9 @@ export class Worker {
         job_start: String(result.job.start),
         job_end: String(result.job.end),
         attempt: result.job.attempt,
+        lane: result.job.lane,
+        batch_size: result.job.batchSize,
+        ...(result.job.split && { split: true }),
       }),
       ...(result.job?.rows !== undefined && { rows: result.job.rows }),
       ...(result.errorCode && { error_code: result.errorCode }),

@@ -21,6 +21,7 @@ export const OPTIONS = {
   'metrics-port': { type: 'string' },
   'metrics-host': { type: 'string' },
   'grace-period': { type: 'string' },
+  concurrency: { type: 'string' },
   // status
   watch: { type: 'boolean' },
   // enqueue
@@ -31,6 +32,12 @@ export const OPTIONS = {
   min: { type: 'string' },
   max: { type: 'string' },
   paused: { type: 'boolean' },
+  // enqueue, set: pace
+  lanes: { type: 'string' },
+  'target-job-ms': { type: 'string' },
+  'min-batch-size': { type: 'string' },
+  'max-batch-size': { type: 'string' },
+  fixed: { type: 'boolean' },
 } satisfies ParseArgsConfig['options'];
 
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -52,6 +59,7 @@ const FLAG_HELP: Record<Flag, string> = {
   'metrics-port': '--metrics-port PORT   Serve /metrics, /healthz and /readyz on this port (default: off)',
   'metrics-host': '--metrics-host HOST   Address to bind them to (default 127.0.0.1)',
   'grace-period': '--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config\'s gracePeriodMs, else 25000)',
+  concurrency: '--concurrency N       Jobs this worker runs at once, each on its own connection (default 1)',
   watch: '--watch               Redraw every second until interrupted',
   work: '--work WORK           The work function (job_signature_name)',
   table: '--table TABLE         The table, optionally schema-qualified',
@@ -60,6 +68,11 @@ const FLAG_HELP: Record<Flag, string> = {
   min: '--min N               First id of the range (default 1)',
   max: '--max N               Last id (default: the column\'s maximum when the migration starts)',
   paused: '--paused              Enqueue it paused',
+  lanes: '--lanes N             Jobs of the migration that may run at once, across all workers (default 1)',
+  'target-job-ms': '--target-job-ms MS    Adapt the batch size so a job\'s work takes about this long',
+  'min-batch-size': '--min-batch-size N    Smallest adaptive size, and smallest half a timed-out range is split to',
+  'max-batch-size': '--max-batch-size N    Largest adaptive size',
+  fixed: '--fixed               Stop adapting: keep the batch size fixed (clears --target-job-ms)',
 };
 
 const LOGGING: Flag[] = ['log-level', 'log-format'];
@@ -75,7 +88,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
   run: {
     summary: 'Run a worker until stopped (SIGTERM/SIGINT: finish the job in flight; twice: roll it back)',
     usage: 'bbm run [--config FILE] [--until-done] [--metrics-port PORT] …',
-    flags: ['until-done', 'interval', 'max-attempts', 'grace-period', 'metrics-port', 'metrics-host', 'skip-migrate', ...LOGGING],
+    flags: ['until-done', 'concurrency', 'interval', 'max-attempts', 'grace-period', 'metrics-port', 'metrics-host', 'skip-migrate', ...LOGGING],
   },
   finalize: {
     summary: 'Run the rest of one migration now, in this process; exit 0 once it is finished',
@@ -94,8 +107,13 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   enqueue: {
     summary: 'Add a migration, after checking its table, column, index and work function',
-    usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--paused]',
-    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'paused', 'json'],
+    usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused] …',
+    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'lanes', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'paused', 'json'],
+  },
+  set: {
+    summary: "Change a migration's pace while it runs: lanes, batch size, adaptive sizing",
+    usage: 'bbm set --name NAME [--lanes N] [--batch-size N] [--target-job-ms MS] [--min-batch-size N] [--max-batch-size N] [--fixed]',
+    flags: ['name', 'lanes', 'batch-size', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'fixed', 'json'],
   },
   pause: { summary: 'Pause active and running migrations (all, or --name)', usage: 'bbm pause [--name NAME]', flags: ['name', 'json'] },
   resume: { summary: 'Resume paused migrations (all, or --name)', usage: 'bbm resume [--name NAME]', flags: ['name', 'json'] },

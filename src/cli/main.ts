@@ -12,7 +12,7 @@ import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError
 import { toJson } from './format.ts';
 import { schedules, status } from './inspect.ts';
 import { finalize, run } from './process.ts';
-import { enqueue, retry, steer } from './steer.ts';
+import { enqueue, retry, setPace, steer } from './steer.ts';
 
 export { UsageError };
 
@@ -110,6 +110,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await steer(context, command);
       case 'retry':
         return await retry(context);
+      case 'set':
+        return await setPace(context);
       case 'migrate':
         await migrateSchema(pool);
         context.print({ migrated: true }, () => 'pg-bbm schema is up to date');

@@ -8,6 +8,7 @@ import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { MigrationReport } from '../bbm/status.ts';
 import type { Config, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
+import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
@@ -80,6 +81,8 @@ function workerOptionsOf(config: Config): WorkerOptions {
 function overrides(context: Context): WorkerOptions {
   const result: WorkerOptions = {};
   const interval = integerFlag(context.flags, 'interval', { min: 1 });
+  const concurrency = integerFlag(context.flags, 'concurrency', { min: 1, max: MAX_LANES });
+  if (concurrency !== undefined) result.concurrency = concurrency;
   const maxAttempts = integerFlag(context.flags, 'max-attempts', { min: 1, max: 32_767 });
   if (interval !== undefined) result.intervalMs = interval;
   if (maxAttempts !== undefined) result.maxAttempts = maxAttempts;

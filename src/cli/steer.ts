@@ -3,7 +3,8 @@ import { isValidWorkName } from '../bbm/registry.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { insertMigration, retryMigration } from '../store/migrations.ts';
+import { MAX_LANES } from '../store/codes.ts';
+import { insertMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
 import { begin, commit, rollback } from '../store/tx.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
@@ -18,6 +19,7 @@ export async function enqueue(context: Context): Promise<number> {
   const columnName = requiredFlag(flags, 'column', 'enqueue');
   const batchSize = integerFlag(flags, 'batch-size', { min: 1, max: 2_147_483_647 });
   if (batchSize === undefined) throw new UsageError('bbm enqueue needs --batch-size');
+  const pace = paceFlags(flags);
   const minValue = bigintFlag(flags, 'min');
   const maxValue = bigintFlag(flags, 'max');
   if (maxValue !== undefined && maxValue < (minValue ?? 1n)) throw new UsageError(`--max ${maxValue} is below --min ${minValue ?? 1n}`);
@@ -37,7 +39,20 @@ export async function enqueue(context: Context): Promise<number> {
         await rollback(client);
         return 1;
       }
-      id = await insertMigration(client, { name, jobSignatureName: work, tableName, columnName, batchSize, minValue, maxValue, paused: flags.paused });
+      id = await insertMigration(client, {
+        name,
+        jobSignatureName: work,
+        tableName,
+        columnName,
+        batchSize,
+        minValue,
+        maxValue,
+        paused: flags.paused,
+        maxParallelJobs: pace.maxParallelJobs,
+        targetJobMs: pace.targetJobMs,
+        minBatchSize: pace.minBatchSize,
+        maxBatchSize: pace.maxBatchSize,
+      });
       await commit(client);
     } catch (error) {
       await rollback(client).catch(() => {});
@@ -55,6 +70,8 @@ export async function enqueue(context: Context): Promise<number> {
   context.print(report, () =>
     [
       `enqueued ${name} (id ${id}): ${work} over ${tableName}.${columnName} [${minValue ?? 1n}..${maxValue ?? 'max'}] in batches of ${batchSize}` +
+        (pace.targetJobMs ? ` (adapting toward ${pace.targetJobMs} ms jobs)` : '') +
+        (pace.maxParallelJobs && pace.maxParallelJobs > 1 ? `, ${pace.maxParallelJobs} lanes` : '') +
         (flags.paused ? ', paused' : ''),
       ...(live.includes(work) ? [] : [`note: no live worker has work function ${work} yet`]),
     ].join('\n'),
@@ -94,5 +111,59 @@ export async function retry(context: Context): Promise<number> {
     return 1;
   }
   context.print({ retried: name, jobsReset: jobs }, () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`);
+  return 0;
+}
+
+const INT4_MAX = 2_147_483_647;
+
+/** The pace flags of `enqueue` and `set`, checked (the table's CHECK constraints are the backstop). */
+function paceFlags(flags: Context['flags']): MigrationPace {
+  const minBatchSize = integerFlag(flags, 'min-batch-size', { min: 1, max: INT4_MAX });
+  const maxBatchSize = integerFlag(flags, 'max-batch-size', { min: 1, max: INT4_MAX });
+  if (minBatchSize !== undefined && maxBatchSize !== undefined && maxBatchSize < minBatchSize) {
+    throw new UsageError(`--max-batch-size ${maxBatchSize} is below --min-batch-size ${minBatchSize}`);
+  }
+  const pace: MigrationPace = {
+    maxParallelJobs: integerFlag(flags, 'lanes', { min: 1, max: MAX_LANES }),
+    targetJobMs: integerFlag(flags, 'target-job-ms', { min: 1, max: INT4_MAX }),
+    minBatchSize,
+    maxBatchSize,
+  };
+  if (flags.fixed) {
+    if (pace.targetJobMs !== undefined) throw new UsageError('--fixed and --target-job-ms contradict each other');
+    pace.targetJobMs = null;
+  }
+  return pace;
+}
+
+/** `bbm set`: changes a migration's lanes, batch size or adaptive sizing; the next take and cut use them. */
+export async function setPace(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const name = requiredFlag(flags, 'name', 'set');
+  const pace: MigrationPace = { ...paceFlags(flags), batchSize: integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }) };
+  if (Object.values(pace).every((value) => value === undefined)) {
+    throw new UsageError('bbm set needs at least one of --lanes, --batch-size, --target-job-ms, --min-batch-size, --max-batch-size, --fixed');
+  }
+  try {
+    if (!(await setMigrationPace(pool, name, pace))) {
+      io.err(`bbm set: no migration named ${JSON.stringify(name)}`);
+      return 1;
+    }
+  } catch (error) {
+    if (sqlStateOf(error) === SqlState.checkViolation) {
+      io.err(`bbm set: ${(error as Error).message}; nothing was changed`);
+      return 1;
+    }
+    throw error;
+  }
+  const [report] = await migrationReports(pool, { name });
+  context.print(report, () =>
+    report
+      ? `${name}: ${report.lanes} lane(s), batch size ${report.batchSize}` +
+        (report.targetJobMs === null
+          ? ' (fixed)'
+          : ` (adapting toward ${report.targetJobMs} ms jobs, ${report.minBatchSize ?? 1}..${report.maxBatchSize ?? 'no max'})`)
+      : name,
+  );
   return 0;
 }

@@ -46,7 +46,10 @@ export async function waitFor<T>(probe: () => Promise<T | undefined | false>, wh
 /** Waits until a worker is inside the job that BBM_TEST_STALL_AT makes stall (see the test config). */
 export async function waitForStall(pool: pg.Pool, what: string): Promise<void> {
   await waitFor(async () => {
-    const { rows } = await pool.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid()`);
+    // This test's database only: test files run in parallel, and other files stall workers too.
+    const { rows } = await pool.query(
+      `SELECT 1 FROM pg_stat_activity WHERE query LIKE '%bbm-test-stall%' AND pid <> pg_backend_pid() AND datname = current_database()`,
+    );
     return rows.length > 0;
   }, what);
 }

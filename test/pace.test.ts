@@ -1,0 +1,44 @@
+/** The adaptive batch size servo, against a model of a job's cost: no database needed. */
+import { describe, expect, it } from 'vitest';
+import { BatchSizer, GROWTH_CAP, PANIC_FACTOR } from '../src/bbm/pace.ts';
+
+const settings = { targetMs: 200, minSize: 10, maxSize: 1_000_000 };
+/** A job costing 1 ms fixed plus `perRowMs` a row. */
+const cost = (size: number, perRowMs: number) => 1 + size * perRowMs;
+
+describe('BatchSizer', () => {
+  it('grows from 100 toward the target at most ×1.5 a job, lands within 25 % in under 30 jobs, and stays', () => {
+    const sizer = new BatchSizer(100);
+    const times: number[] = [];
+    for (let job = 0; job < 60; job += 1) {
+      const size = sizer.size;
+      const workMs = cost(size, 0.004);
+      times.push(workMs);
+      sizer.observe({ size, workMs }, settings);
+      expect(sizer.size).toBeLessThanOrEqual(Math.round(size * GROWTH_CAP));
+    }
+    const first = times.findIndex((t) => Math.abs(t - 200) <= 50);
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(30);
+    expect(times.slice(first).every((t) => Math.abs(t - 200) <= 50)).toBe(true);
+  });
+
+  it(`shrinks at once, in proportion, after a job ${PANIC_FACTOR}× over the target`, () => {
+    const sizer = new BatchSizer(50_000);
+    sizer.observe({ size: 50_000, workMs: 200 }, settings);
+    expect(sizer.size).toBe(50_000);
+    sizer.observe({ size: 50_000, workMs: 2_000 }, settings);
+    expect(sizer.size).toBe(5_000);
+  });
+
+  it('halves at most on an ordinary slow job, ignores jobs that changed nothing, and keeps to its bounds', () => {
+    const sizer = new BatchSizer(1_000);
+    sizer.observe({ size: 1_000, workMs: 900 }, settings);
+    expect(sizer.size).toBe(500);
+    sizer.observe({ size: 500, workMs: 0.1, rows: 0 }, settings);
+    expect(sizer.size).toBe(500);
+    sizer.observe({ size: 500, workMs: 100_000 }, settings);
+    expect(sizer.size).toBe(10);
+    expect(sizer.bound({ targetMs: 200, minSize: 50, maxSize: 60 })).toBe(50);
+  });
+});
