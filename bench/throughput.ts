@@ -1,16 +1,28 @@
 /**
- * `npm run bench`: the engine against the plain loop it replaces, side by side on one database.
+ * `npm run bench`: the engine against the plain loops it replaces, side by side on one database.
  *
- * Both rewrite every row of a 1,000,000-row table in batches of 1,000: the plain loop finds each
- * batch's end with the same index query the engine uses and runs `UPDATE … WHERE id BETWEEN`,
- * one autocommitted statement each; the engine drains a migration whose work function runs the
- * same UPDATE. A fresh table speeds up over its first rewrites, and whichever method runs second
- * in a round gains from that drift, so: unmeasured warm-up passes first, then rounds in pairs,
- * plain-then-engine and engine-then-plain. A pair's ratio is the geometric mean of its two
- * rounds' engine/plain ratios, which cancels the order effect; `ratio` is the median over pairs,
- * and the rows/s reported are each method's median pass.
+ * Every method rewrites every row of a 1,000,000-row table in batches of 1,000:
  *
- *   npm run bench -- [--rows N] [--batch-size N] [--pairs N] [--warmup N] [--json]
+ * - plain, 1 connection: each batch's end found with the same index query the engine uses, then
+ *   `UPDATE … WHERE id BETWEEN`, one autocommitted statement each (what a team writes by hand);
+ * - plain, N connections: the same UPDATEs over ranges precomputed once, shared out to N
+ *   connections (the physical baseline for N connections: no cutting, no bookkeeping);
+ * - engine, N lanes: one worker with `concurrency` N draining a migration with
+ *   `max_parallel_jobs` N whose work function runs the same UPDATE.
+ *
+ * A fresh table speeds up over its first rewrites, and whichever method runs later in a round
+ * gains from that drift, so: unmeasured warm-up passes first, then rounds whose order rotates
+ * and alternates direction. A ratio is taken within each round and the median over rounds is
+ * reported; rows/s are each method's median pass. Then two single runs: adaptive sizing from
+ * batch 100 toward 200 ms jobs, and four one-lane workers on one one-lane migration (how many
+ * transactions the locked-out workers cost per job).
+ *
+ *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--json]
+ *
+ * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
+ * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup }],
+ * adaptive: { targetMs, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
+ * oneWorkerTransactionsPerJob } }.
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -26,8 +38,9 @@ const { values: flags } = parseArgs({
   options: {
     rows: { type: 'string', default: '1000000' },
     'batch-size': { type: 'string', default: '1000' },
-    pairs: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '3' },
+    lanes: { type: 'string', default: '2,4' },
+    pairs: { type: 'string', default: '3' },
+    warmup: { type: 'string', default: '2' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -35,6 +48,7 @@ const ROWS = Number(flags.rows);
 const BATCH = Number(flags['batch-size']);
 const PAIRS = Number(flags.pairs);
 const WARMUP = Number(flags.warmup);
+const LANES = flags.lanes.split(',').map(Number).filter((n) => n > 1);
 const log = (text: string) => {
   if (!flags.json) process.stderr.write(`${text}\n`);
 };
@@ -68,21 +82,100 @@ const work: Work = {
   },
 };
 
+const quiet = pino({ level: 'silent' });
 let pass = 0;
-async function engine(pool: pg.Pool): Promise<number> {
+
+/** Drains a fresh migration over the table with `lanes` lanes and one worker of that concurrency. */
+async function engine(pool: pg.Pool, lanes: number): Promise<number> {
   pass += 1;
   await pool.query(
-    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
-     VALUES ($1, $2, 'bench.hits', 'bench_items', 'id')`,
-    [`bench_${pass}`, BATCH],
+    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs)
+     VALUES ($1, $2, 'bench.hits', 'bench_items', 'id', $3)`,
+    [`bench_${pass}`, BATCH, lanes],
   );
-  const worker = new Worker({ pool, work: [work], logger: pino({ level: 'silent' }), startupJitterMs: 0, intervalMs: 1 });
+  const worker = new Worker({ pool, work: [work], logger: quiet, startupJitterMs: 0, intervalMs: 1, concurrency: lanes });
   const started = performance.now();
   await worker.run({ untilDone: true });
   return performance.now() - started;
 }
 
+/** The same UPDATEs over precomputed ranges, shared out to `connections` connections. */
+async function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      const client = await pool.connect();
+      try {
+        for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]!);
+      } finally {
+        client.release();
+      }
+    }),
+  );
+  return performance.now() - started;
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const rate = (ms: number) => Math.round(ROWS / (ms / 1000));
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Starting at batch 100, toward 200 ms jobs: when the job time first lands within ±25 %, and how many stay there. */
+async function adaptive(pool: pg.Pool): Promise<{ targetMs: number; convergedAtJob: number | null; withinShare: number; jobs: number }> {
+  const targetMs = 200;
+  await pool.query(
+    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, target_job_ms)
+     VALUES ('bench_adaptive', 100, 'bench.hits', 'bench_items', 'id', $1)`,
+    [targetMs],
+  );
+  const durations: number[] = [];
+  const worker = new Worker({
+    pool,
+    work: [work],
+    logger: quiet,
+    startupJitterMs: 0,
+    intervalMs: 1,
+    observers: [{ run: (r) => r.outcome === 'job_succeeded' && r.job && durations.push(r.job.durationMs) }],
+  });
+  await worker.run({ untilDone: true });
+  // The last range holds what is left over, whatever the size: it says nothing about the servo.
+  const measured = durations.slice(0, -1);
+  const within = (ms: number) => Math.abs(ms - targetMs) <= 0.25 * targetMs;
+  const first = measured.findIndex(within);
+  const after = first < 0 ? [] : measured.slice(first + 1);
+  return {
+    targetMs,
+    convergedAtJob: first < 0 ? null : first + 1,
+    withinShare: after.length === 0 ? 0 : round3(after.filter(within).length / after.length),
+    jobs: durations.length,
+  };
+}
+
+/**
+ * Transactions (commits and rollbacks, from pg_stat_database) per job of a 1-lane migration
+ * drained by `count` workers: each job is two (its own and the cut of the next range); what
+ * more workers add is the cost of the locked-out ones.
+ */
+async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Promise<number> {
+  const transactions = async () =>
+    Number((await pool.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()')).rows[0].n);
+  pass += 1;
+  await pool.query(
+    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
+     VALUES ($1, $2, 'bench.hits', 'bench_items', 'id')`,
+    [`bench_busy_${pass}`, BATCH],
+  );
+  const before = await transactions();
+  // Each worker has its own pool, ended by close(): a backend flushes its statistics when it exits.
+  const workers = Array.from(
+    { length: count },
+    () => new Worker({ connectionString: url, work: [work], logger: quiet, startupJitterMs: 0, intervalMs: 50, maxIntervalMs: 2_000 }),
+  );
+  await Promise.all(workers.map((w) => w.run({ untilDone: true })));
+  await Promise.all(workers.map((w) => w.close()));
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  return round3(((await transactions()) - before) / Math.ceil(ROWS / BATCH));
+}
 
 async function main() {
   let cluster: EmbeddedCluster | undefined;
@@ -91,47 +184,80 @@ async function main() {
     cluster = await startEmbeddedPostgres();
     url = cluster.connectionString();
   }
-  const pool = createPool({ connectionString: url, max: 4 });
+  const maxLanes = Math.max(1, ...LANES);
+  const pool = createPool({ connectionString: url, max: maxLanes + 2 });
   try {
     await migrateSchema(pool);
     await pool.query('DROP TABLE IF EXISTS bench_items');
     await pool.query('CREATE TABLE bench_items (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0, payload text)');
     await pool.query(`INSERT INTO bench_items (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i`, [ROWS]);
     await pool.query('VACUUM ANALYZE bench_items');
-    log(`${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up passes of each, then ${PAIRS} pairs of measured rounds`);
+    const ranges: Array<[string, string]> = [];
+    for (let start = 1; start <= ROWS; start += BATCH) ranges.push([String(start), String(Math.min(ROWS, start + BATCH - 1))]);
 
+    const methods: Array<{ name: string; run: () => Promise<number> }> = [
+      { name: 'plain 1', run: () => plainLoop(pool) },
+      { name: 'engine 1', run: () => engine(pool, 1) },
+      ...LANES.flatMap((n) => [
+        { name: `plain ${n}`, run: () => plainParallel(pool, ranges, n) },
+        { name: `engine ${n}`, run: () => engine(pool, n) },
+      ]),
+    ];
+    log(`${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up rounds, then ${2 * PAIRS} measured rounds of: ${methods.map((m) => m.name).join(', ')}`);
     for (let i = 0; i < WARMUP; i += 1) {
-      await plainLoop(pool);
-      await engine(pool);
+      for (const method of methods) await method.run();
       log(`  warm-up ${i + 1} done`);
     }
-    const raw: number[] = [];
-    const eng: number[] = [];
+    const times = new Map<string, number[]>(methods.map((m) => [m.name, []]));
     for (let round = 0; round < 2 * PAIRS; round += 1) {
-      // Alternate which goes first, so neither always runs on a table the other just rewrote.
-      const order = round % 2 === 0 ? ['raw', 'engine'] : ['engine', 'raw'];
-      for (const which of order) {
-        if (which === 'raw') raw.push(await plainLoop(pool));
-        else eng.push(await engine(pool));
-      }
-      const [rawMs, engineMs] = [raw.at(-1)!, eng.at(-1)!];
-      log(
-        `  round ${round + 1}: plain ${(ROWS / (rawMs / 1000)).toFixed(0)} rows/s, engine ${(ROWS / (engineMs / 1000)).toFixed(0)} rows/s, ratio ${(rawMs / engineMs).toFixed(3)}`,
-      );
+      // Rotate the order every round and reverse it every other one, so no method always follows the same one.
+      const rotated = methods.map((_, i) => methods[(i + round) % methods.length]!);
+      const order = round % 2 === 0 ? rotated : rotated.reverse();
+      for (const method of order) times.get(method.name)!.push(await method.run());
+      log(`  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`);
     }
-    const rawRowsPerSec = Math.round(ROWS / (median(raw) / 1000));
-    const engineRowsPerSec = Math.round(ROWS / (median(eng) / 1000));
-    // Rates are rows over time, so the engine/plain ratio of a round is plain time over engine time.
-    const roundRatios = raw.map((rawMs, i) => rawMs / eng[i]!);
-    const pairRatios = Array.from({ length: PAIRS }, (_, p) => Math.sqrt(roundRatios[2 * p]! * roundRatios[2 * p + 1]!));
-    const ratio = Math.round(median(pairRatios) * 1000) / 1000;
+    // Rates are rows over time, so a round's engine/plain ratio is plain time over engine time.
+    const ratioOf = (engineName: string, plainName: string) =>
+      round3(median(times.get(plainName)!.map((plainMs, i) => plainMs / times.get(engineName)![i]!)));
+    const result = {
+      rows: ROWS,
+      batchSize: BATCH,
+      rawRowsPerSec: rate(median(times.get('plain 1')!)),
+      engineRowsPerSec: rate(median(times.get('engine 1')!)),
+      ratio: ratioOf('engine 1', 'plain 1'),
+      lanes: LANES.map((n) => ({
+        lanes: n,
+        engineRowsPerSec: rate(median(times.get(`engine ${n}`)!)),
+        rawRowsPerSec: rate(median(times.get(`plain ${n}`)!)),
+        ratio: ratioOf(`engine ${n}`, `plain ${n}`),
+        speedup: ratioOf(`engine ${n}`, 'engine 1'),
+      })),
+      adaptive: await adaptive(pool),
+      busy: {
+        workers: 4,
+        lanes: 1,
+        transactionsPerJob: await transactionsPerJob(pool, url, 4),
+        oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
+      },
+    };
     if (flags.json) {
-      process.stdout.write(`${JSON.stringify({ rows: ROWS, batchSize: BATCH, rawRowsPerSec, engineRowsPerSec, ratio })}\n`);
-    } else {
-      log(`plain loop: ${rawRowsPerSec.toLocaleString('en')} rows/s (median)`);
-      log(`engine:     ${engineRowsPerSec.toLocaleString('en')} rows/s (median)`);
-      log(`ratio engine/plain: ${ratio} (median over pairs of rounds: ${pairRatios.map((r) => r.toFixed(3)).join(', ')})`);
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+      return;
     }
+    log('');
+    log(`method        rows/s (median)   ratio`);
+    log(`plain 1       ${String(result.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
+    log(`engine 1      ${String(result.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${result.ratio} of plain 1`);
+    for (const lane of result.lanes) {
+      log(`plain ${lane.lanes}       ${String(lane.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
+      log(`engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.speedup}× engine 1`);
+    }
+    const a = result.adaptive;
+    log(`adaptive: from batch 100 toward ${a.targetMs} ms jobs: within ±25 % at job ${a.convergedAtJob ?? 'never'}, then ${Math.round(a.withinShare * 100)} % of jobs stayed (${a.jobs} jobs)`);
+    log(
+      `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
+        `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,
+    );
   } finally {
     await pool.end();
     await cluster?.stop();

@@ -4,10 +4,11 @@
  * that find every lane busy backing off instead of polling.
  */
 import type pg from 'pg';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import type { Job, RunResult, Work } from '../src/bbm/types.ts';
 import { migrationReports } from '../src/bbm/status.ts';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
+import { createPool } from '../src/store/db.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, type BbmProcess } from './support/processes.ts';
@@ -240,6 +241,29 @@ describe('lanes', () => {
     expect(jobs).toBe(80);
     // Polling every 10 ms for the ~1 s the migration takes would be ~300 runs; backing off, a few dozen.
     expect(lockedOut).toBeLessThan(jobs);
+  });
+});
+
+describe('names written into the run\'s statements', () => {
+  const db = useTestDatabase();
+
+  it('stay inert with standard_conforming_strings off, for a table named with a quote and a backslash', async () => {
+    const { pool: admin, name, url } = db();
+    await admin.query(`ALTER DATABASE ${name} SET standard_conforming_strings = off`);
+    const pool = createPool({ connectionString: url, max: 4 });
+    onTestFinished(() => pool.end());
+    // Made by someone with CREATE: the name ends a string literal under backslash escapes.
+    const table = `odd\\'; DROP TABLE victim; --`;
+    await pool.query('CREATE TABLE victim (id int)');
+    await pool.query(`CREATE TABLE "${table}" (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO "${table}" (id) SELECT generate_series(1, 50)`);
+    await enqueue(pool, { name: 'odd', work: touch.name, table: `"${table}"`, batchSize: 10 });
+
+    await testWorker(pool, { work: [touch] }).run({ untilDone: true });
+
+    expect((await migrationRow(pool, 'odd'))?.status).toBe(MigrationStatus.finished);
+    expect((await pool.query(`SELECT array_agg(DISTINCT touched) AS t FROM "${table}"`)).rows[0].t).toEqual([1]);
+    expect((await pool.query('SELECT count(*)::int AS n FROM victim')).rows[0].n).toBe(0);
   });
 });
 

@@ -1,7 +1,7 @@
 /**
  * Finalizing a migration: running the rest of it now, in this process, before code that needs it
- * done is deployed. Its runs wait for the migration's lock instead of skipping it, so background
- * workers may keep running meanwhile: the two take turns, and no range runs twice.
+ * done is deployed. Its runs take a free lane of the migration, or wait for lane 0 when every lane
+ * is busy, so background workers may keep running meanwhile: no range runs twice.
  */
 import type pg from 'pg';
 import { Backoff, sleep } from './backoff.ts';
@@ -117,11 +117,17 @@ function settledState(report: MigrationReport): string | null {
   }
 }
 
+/** While the ranges left all run in other lanes, how long finalizing waits before it looks again. */
+const LANES_BUSY_WAIT_MS = 50;
+
 function afterRun(result: RunResult, backoff: Backoff): number {
   switch (result.outcome) {
     case 'job_failed':
     case 'error':
       return backoff.next();
+    case 'lock_in_use':
+      backoff.reset();
+      return LANES_BUSY_WAIT_MS;
     default:
       backoff.reset();
       return 0;

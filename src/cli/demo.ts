@@ -1,8 +1,8 @@
 /**
  * `npm start`: pg-bbm end to end on a real PostgreSQL. Starts an embedded server (or uses
  * DATABASE_URL, in a scratch database it drops afterwards), creates a 200,000-row table,
- * enqueues a backfill with a plain SQL INSERT, and drains it with two workers competing for
- * the migration's advisory lock, drawing progress as it goes.
+ * enqueues a backfill with a plain SQL INSERT, and drains it with two workers sharing the
+ * migration's two lanes, drawing progress as it goes.
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
@@ -21,9 +21,10 @@ const BATCH_SIZE = 5_000;
 const WORKERS = 2;
 const say = (text: string) => process.stdout.write(`${text}\n`);
 
+const LANES = 2;
 const ENQUEUE_SQL = `INSERT INTO batched_background_migrations
-  (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
-VALUES ('backfill_price_cents_big', 1, NULL, ${BATCH_SIZE}, 1, 'demo.copy_price', 'public.items', 'id');`;
+  (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name, max_parallel_jobs)
+VALUES ('backfill_price_cents_big', 1, NULL, ${BATCH_SIZE}, 1, 'demo.copy_price', 'public.items', 'id', ${LANES});`;
 
 async function scratchDatabase(): Promise<{ url: string; cleanup: () => Promise<void> }> {
   const serverUrl = process.env.DATABASE_URL;
@@ -70,7 +71,7 @@ async function main(): Promise<void> {
     );
     await pool.query('ANALYZE items');
 
-    say(`enqueueing a backfill of price_cents_big, in batches of ${BATCH_SIZE.toLocaleString('en')}:\n\n${ENQUEUE_SQL}\n`);
+    say(`enqueueing a backfill of price_cents_big, in batches of ${BATCH_SIZE.toLocaleString('en')}, ${LANES} lanes:\n\n${ENQUEUE_SQL}\n`);
     await pool.query(ENQUEUE_SQL);
 
     const work = [copyColumn({ name: 'demo.copy_price', from: 'price_cents', to: 'price_cents_big' })];
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
         new Worker({ connectionString: url, work, logger: logger.child({ worker: n }), intervalMs: 200, startupJitterMs: 50, observers: [{ run: count }] }),
       );
     }
-    say(`running ${WORKERS} workers against it; one migration is worked by one transaction at a time (its advisory lock)`);
+    say(`running ${WORKERS} workers against it; up to ${LANES} jobs of the migration run at once (its lanes), each range exactly once`);
     const running = workers.map((w) => w.run({ untilDone: true }));
 
     const tty = process.stdout.isTTY;
@@ -115,8 +116,13 @@ async function main(): Promise<void> {
     say(`migration ${report?.name}: ${report?.status} in ${seconds.toFixed(2)} s`);
     say(`  rows copied: ${Number(rows[0]?.copied).toLocaleString('en')}, rows left wrong: ${rows[0]?.wrong}`);
     say(`  jobs: ${report?.jobs.finished} finished, ${report?.jobs.failed} failed`);
+    const total = [...jobsBy.values()].reduce((a, b) => a + b, 0);
     for (let n = 1; n <= WORKERS; n += 1) {
-      say(`  worker ${n}: ran ${jobsBy.get(n) ?? 0} jobs, found the lock held by the other ${lockedOut.get(n) ?? 0} times`);
+      const jobs = jobsBy.get(n) ?? 0;
+      say(
+        `  worker ${n}: ran ${jobs} jobs (${total === 0 ? 0 : Math.round((100 * jobs) / total)} % of them), ` +
+          `found every lane busy ${lockedOut.get(n) ?? 0} times`,
+      );
     }
     say(`done in ${((Date.now() - started) / 1000).toFixed(1)} s. Try \`bbm status\` against your own database next (see README).`);
     if (report?.status !== 'finished' || rows[0]?.wrong !== '0') process.exitCode = 1;

@@ -30,6 +30,15 @@ function statementName(text: string): string {
   return name;
 }
 
+/**
+ * A text value as an SQL expression for statements sent as plain text (the run's multi-statement
+ * round trips cannot carry parameters): hex digits only, so it means the same whatever the
+ * server's standard_conforming_strings, and no quote or backslash in the value can end it.
+ */
+export function textLiteral(value: string): string {
+  return `convert_from(decode('${Buffer.from(value, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
+}
+
 export async function exec<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R[]> {
   const { sql: text, params } = dialect.sqlToQuery(statement);
   const result = await db.query<R>({ name: statementName(text), text, values: params });

@@ -9,7 +9,7 @@
 import { sql } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import pg from 'pg';
-import { execOne, type Queryable } from './db.ts';
+import { execOne, textLiteral, type Queryable } from './db.ts';
 import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LOCK_NAMESPACE } from './locks.ts';
@@ -82,7 +82,7 @@ export function cutRangeText(cut: RangeCut): string {
   const { target } = validated;
   const table = dialect.sqlToQuery(quotedTable(target)).sql;
   const column = dialect.escapeName(target.column);
-  const text = (value: string) => dialect.escapeString(value);
+  const text = textLiteral;
   const id = int(migrationId);
   const chosen = size === null ? 'NULL' : int(Math.max(1, Math.round(size)));
   return (

@@ -14,12 +14,9 @@
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
-import { PgDialect } from 'drizzle-orm/pg-core';
-import type { Queryable } from './db.ts';
+import { textLiteral, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import { cutRangeText, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
-
-const dialect = new PgDialect();
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
 const WORK_SAVEPOINT = 'bbm_work';
@@ -33,11 +30,11 @@ export interface WorkFilter {
 
 /**
  * The take statement, rendered once per runner with the work names as literals (the worker's
- * own, already checked against the pattern, and escaped all the same) so that it can travel in
- * the same round trip as BEGIN. With `only`, the run is bound to that migration (bbm finalize).
+ * own, already checked against the pattern, and hex-encoded all the same) so that it can travel
+ * in the same round trip as BEGIN. With `only`, the run is bound to that migration (bbm finalize).
  */
 export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bigint): string {
-  const literal = (text: string) => dialect.escapeString(text);
+  const literal = textLiteral;
   const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
   return `SELECT * FROM bbm_take_job(${nameArray}, ${literal(validNamePattern)}, ${onlyId})`;
