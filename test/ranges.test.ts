@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { migrationReports } from '../src/bbm/status.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
@@ -97,6 +98,37 @@ describe('ranges', () => {
     ]);
     const touched = await pool.query('SELECT count(*)::int AS n FROM big WHERE touched = 1');
     expect(touched.rows[0].n).toBe(5);
+  });
+
+  describe.each([
+    { type: 'smallint', min: -(2n ** 15n), max: 2n ** 15n - 1n },
+    { type: 'integer', min: -(2n ** 31n), max: 2n ** 31n - 1n },
+    { type: 'bigint', min: -(2n ** 63n), max: 2n ** 63n - 1n },
+  ])('over the whole domain of a $type column', ({ type, min, max }) => {
+    it('runs rows at both ends of the type exactly once, from min_value at the type minimum, and status still adds up', async () => {
+      const { pool } = db();
+      await pool.query(`CREATE TABLE ends (id ${type} PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+      const ids = [...Array.from({ length: 40 }, (_, i) => min + BigInt(i)), -3n, 0n, 7n, ...Array.from({ length: 40 }, (_, i) => max - BigInt(i))];
+      await pool.query('INSERT INTO ends (id) SELECT unnest($1::bigint[])', [ids.map(String)]);
+      // max_value NULL: resolved to the column's maximum, here the type's.
+      await enqueue(pool, { name: 'ends', work: touch.name, table: 'ends', batchSize: 7, min, max: null });
+
+      await testWorker(pool, { work: [touch], concurrency: 2 }).run({ untilDone: true });
+
+      const row = await migrationRow(pool, 'ends');
+      expect(row).toMatchObject({ status: MigrationStatus.finished, max_value: String(max) });
+      const touched = await pool.query('SELECT array_agg(DISTINCT touched) AS t, count(*)::int AS n FROM ends');
+      expect(touched.rows[0]).toEqual({ t: [1], n: ids.length });
+      const jobs = await pool.query<{ min: string; max: string }>(
+        'SELECT min_value::text AS min, max_value::text AS max FROM batched_background_migration_jobs ORDER BY min_value',
+      );
+      expect(BigInt(jobs.rows[0]!.min)).toBe(min);
+      expect(BigInt(jobs.rows.at(-1)!.max)).toBe(max);
+      for (let i = 1; i < jobs.rows.length; i += 1) expect(BigInt(jobs.rows[i]!.min)).toBe(BigInt(jobs.rows[i - 1]!.max) + 1n);
+      // The widths of these ranges sum past 2^63 for bigint: status reads them as numeric.
+      const [report] = await migrationReports(pool, { name: 'ends' });
+      expect(report).toMatchObject({ status: 'finished', progress: 1, finishedPrefixEnd: max });
+    });
   });
 
   it('batches an integer column of a schema-qualified table, compared across types', async () => {
