@@ -10,7 +10,7 @@
 DROP FUNCTION IF EXISTS bbm_lock_next_migration(text[], text);
 --> statement-breakpoint
 -- Takes a lane and a job. For the first runnable migration (running before active, then lowest
--- id) among those whose work function the caller has (plus those whose job_signature_name can
+-- id), not on hold, among those whose work function the caller has (plus those whose job_signature_name can
 -- never name one, which the caller fails) and which has a free lane:
 --   * its oldest active range not locked by another lane, with the lane and the row locked;
 --   * else, when it is not started, step 'start' (the caller starts it), or when ranges are left
@@ -21,7 +21,7 @@ DROP FUNCTION IF EXISTS bbm_lock_next_migration(text[], text);
 --   * else every range left is running in another lane: the lane is given back (the block's
 --     subtransaction is rolled back) and the next candidate is tried.
 -- Returns no row when nothing is runnable, and a row with migration_id 0 when there is work but
--- every lane of it is busy. With only_migration (bbm finalize), only that migration is tried, and
+-- every lane of it is busy, or it is on hold. With only_migration (bbm finalize), only that migration is tried, and
 -- when its lanes are all busy the call waits for lane 0 instead of giving up.
 CREATE FUNCTION bbm_take_job(work_names text[], valid_name_pattern text, only_migration bigint)
 RETURNS TABLE (
@@ -50,7 +50,8 @@ DECLARE
 BEGIN
   FOR m IN
     SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
-           b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.max_value
+           b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.max_value,
+           b.on_hold_until
     FROM batched_background_migrations b
     WHERE b.status IN (1, 4)
       AND (only_migration IS NULL OR b.id = only_migration)
@@ -58,6 +59,12 @@ BEGIN
     ORDER BY b.status = 4 DESC, b.id
     LIMIT 100
   LOOP
+    -- Held (set aside after run errors, or by a health signal): skipped, but it keeps the caller
+    -- waiting like a busy lane, so that a worker run until done does not stop before it.
+    IF m.on_hold_until IS NOT NULL AND m.on_hold_until > pg_catalog.now() THEN
+      busy := true;
+      CONTINUE;
+    END IF;
     BEGIN
       got := NULL;
       jid := NULL;

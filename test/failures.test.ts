@@ -1,7 +1,9 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { createPool } from '../src/store/db.ts';
 import { sql } from 'drizzle-orm';
-import type { Work } from '../src/bbm/types.ts';
+import type { RunResult, Work } from '../src/bbm/types.ts';
+import { migrationReports } from '../src/bbm/status.ts';
+import { waitFor } from './support/processes.ts';
 import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
@@ -17,6 +19,13 @@ describe('bad migration rows', () => {
     invalid_job_signature: { row: { work: 'test.touch ' }, message: /can never name a work function/ },
     max_job_retry: { row: {}, message: /failed 2 times; last error: boom/, work: { name: 'test.boom', do: async () => { throw new Error('boom'); } } },
     invalid_batching_strategy: { row: { batchingStrategy: 'nullable_column' }, message: /"nullable_column" is not supported/ },
+    // A fault the engine does not foresee: every range it cuts is refused.
+    run_error: {
+      setup: `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'ranges refused'; END $$;
+              CREATE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()`,
+      row: {},
+      message: /^2 runs in a row failed; last error: run error: ranges refused/,
+    },
   };
 
   for (const [codeName, scenario] of Object.entries(cases)) {
@@ -25,8 +34,12 @@ describe('bad migration rows', () => {
       await createItems(pool, 'items', range(1, 3));
       const work = scenario.work ?? touch;
       await enqueue(pool, { name: 'bad', work: work.name, table: 'items', batchSize: 10, ...scenario.row });
+      if (scenario.setup) await pool.query(scenario.setup);
 
-      await drain(testWorker(pool, { work: [touch, ...(scenario.work ? [scenario.work] : [])], maxAttempts: 2 }));
+      const worker = testWorker(pool, { work: [touch, ...(scenario.work ? [scenario.work] : [])], maxAttempts: 2, maxRunErrors: 2, runErrorHoldMs: 20 });
+      // Run errors are the worker's to sit out, not the test's: run it until nothing is left.
+      if (codeName === 'run_error') await worker.run({ untilDone: true });
+      else await drain(worker);
 
       const code = ErrorCode[codeName as keyof typeof ErrorCode];
       if (codeName === 'unknown') {
@@ -368,5 +381,75 @@ describe('failing jobs', () => {
     const jobs = await jobRanges(pool, 'sometimes');
     expect(jobs.filter((j) => j.attempts === 3).length).toBe([...failures.values()].filter((n) => n === 2).length);
     expect(jobs.filter((j) => j.attempts === 3).length).toBeGreaterThan(5);
+  });
+});
+
+describe('a migration whose runs keep failing', () => {
+  const db = useTestDatabase();
+
+  it('is set aside while the others run, shows why, and fails with run_error after maxRunErrors in a row', async () => {
+    const { pool } = db();
+    await createItems(pool, 'broken_items', range(1, 50));
+    await createItems(pool, 'items', range(1, 200));
+    // Enqueued first, so it is the first candidate of every take.
+    const brokenId = await enqueue(pool, { name: 'broken', work: touch.name, table: 'broken_items', batchSize: 10 });
+    await enqueue(pool, { name: 'sound', work: touch.name, table: 'items', batchSize: 10 });
+    // An unforeseen fault in recording: every range cut for `broken` is refused by the database.
+    await pool.query(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.batched_background_migration_id = ${brokenId} THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
+    await pool.query('CREATE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()');
+    const outcomes: RunResult[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      runErrorHoldMs: 300,
+      maxRunErrors: 3,
+      observers: [{ run: (r) => outcomes.push(r) }],
+    });
+
+    const running = worker.run({ untilDone: true });
+    const held = await waitFor(async () => {
+      const [report] = await migrationReports(pool, { name: 'broken' });
+      return report?.holdReason ? report : undefined;
+    }, 'the broken migration to be set aside');
+    await running;
+
+    expect(held).toMatchObject({ status: 'running', runErrors: expect.any(Number), holdReason: expect.stringMatching(/^run error: ranges refused/) });
+    expect(held.onHoldUntil!.getTime()).toBeGreaterThan(Date.now() - 5_000);
+    expect(await migrationRow(pool, 'sound')).toMatchObject({ status: MigrationStatus.finished });
+    const touched = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(touched.rows[0].t).toEqual([1]);
+    expect(await migrationRow(pool, 'broken')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.run_error,
+      failure_message: expect.stringMatching(/^3 runs in a row failed; last error: run error: ranges refused/),
+    });
+    // Each run error was reported once, the third as the migration's failure.
+    expect(outcomes.filter((r) => r.outcome === 'error' && r.migration?.name === 'broken')).toHaveLength(2);
+    expect(outcomes.filter((r) => r.outcome === 'migration_failed')).toMatchObject([{ errorCode: 'run_error', migration: { name: 'broken' } }]);
+    const [report] = await migrationReports(pool, { name: 'broken' });
+    expect(report).toMatchObject({ holdReason: null, onHoldUntil: null });
+  });
+
+  it('is not held for trouble that is not its fault: a backend terminated mid-run', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    await enqueue(pool, { name: 'unlucky', work: 'test.unlucky', table: 'items', batchSize: 10 });
+    let terminated = false;
+    const unlucky: Work = {
+      name: 'test.unlucky',
+      async do(job) {
+        await touch.do(job);
+        if (!terminated) {
+          terminated = true;
+          await pool.query('SELECT pg_terminate_backend($1)', [(await job.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid]);
+        }
+      },
+    };
+    const outcomes: RunResult[] = [];
+    await testWorker(pool, { work: [unlucky], maxRunErrors: 1, observers: [{ run: (r) => outcomes.push(r) }] }).run({ untilDone: true });
+
+    expect(outcomes.some((r) => r.outcome === 'error' || r.outcome === 'job_failed')).toBe(true);
+    expect(outcomes.every((r) => r.heldForMs === undefined)).toBe(true);
+    expect(await migrationRow(pool, 'unlucky')).toMatchObject({ status: MigrationStatus.finished });
   });
 });

@@ -23,6 +23,8 @@ export const DEFAULTS = {
   throttleCheckMs: 5_000,
   scheduleCheckMs: 10_000,
   concurrency: 1,
+  runErrorHoldMs: 30_000,
+  maxRunErrors: 5,
   passRetentionMs: 7 * 86_400_000,
 } as const;
 
@@ -55,6 +57,8 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
     throttleCheckMs: integer(options, 'throttleCheckMs', DEFAULTS.throttleCheckMs, 0, day),
     scheduleCheckMs: integer(options, 'scheduleCheckMs', DEFAULTS.scheduleCheckMs, 0, day),
     concurrency: integer(options, 'concurrency', DEFAULTS.concurrency, 1, MAX_LANES),
+    runErrorHoldMs: integer(options, 'runErrorHoldMs', DEFAULTS.runErrorHoldMs, 1, day),
+    maxRunErrors: integer(options, 'maxRunErrors', DEFAULTS.maxRunErrors, 1, 1_000),
     passRetentionMs: integer(options, 'passRetentionMs', DEFAULTS.passRetentionMs, 0, 3650 * day),
   };
 }

@@ -23,7 +23,7 @@ import { ErrorCode, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { cancelBackend, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
-import { failMigration, finishMigration, quotedTable, startMigration } from '../store/migrations.ts';
+import { failMigration, finishMigration, holdAfterRunError, quotedTable, startMigration } from '../store/migrations.ts';
 import { RunTransaction, runPrologue, takeStatement, type Take, type TakenMigration } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
@@ -125,8 +125,9 @@ export class Runner {
         return finish({ outcome: 'error', error: asError(error) });
       }
     }
+    const run: RunInfo = { started, runId, chain, migration: undefined };
     try {
-      const outcome = await this.#inTransaction(tx, await tx.begin(), { started, runId, chain });
+      const outcome = await this.#inTransaction(tx, await tx.begin(), run);
       if (!outcome.ended) await tx.commit();
       if (tx.begun) this.#held = { tx, started: performance.now() };
       else tx.release();
@@ -135,10 +136,40 @@ export class Runner {
       const error = asError(thrown);
       await tx.rollback();
       tx.release();
+      if (error instanceof StopError) return finish({ outcome: 'aborted', error });
       const state = sqlStateOf(error);
       if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validated.clear();
-      return finish({ outcome: error instanceof StopError ? 'aborted' : 'error', error });
+      return finish(await this.#afterRunError(error, run.migration));
     }
+  }
+
+  /**
+   * A run that failed for a reason that is not its work function's, on a migration it had taken,
+   * sets that migration aside for a while (so the next take finds the others), and the
+   * `maxRunErrors`-th in a row fails it with run_error. Transient trouble (the connection, the
+   * server restarting, a lock or statement timeout, a serialization failure) is not its fault
+   * and is not counted.
+   */
+  async #afterRunError(error: Error, migration: MigrationRef | undefined): Promise<Outcome> {
+    if (!migration || isTransient(error)) return { outcome: 'error', error, ...(migration && { migration }) };
+    const { runErrorHoldMs, maxRunErrors, maxIntervalMs } = this.ctx.options;
+    let hold;
+    try {
+      hold = await holdAfterRunError(this.ctx.pool, migration.id, {
+        reason: `run error: ${storedMessage(error, 500)}`,
+        holdMs: runErrorHoldMs,
+        maxHoldMs: Math.max(runErrorHoldMs, maxIntervalMs),
+        maxErrors: maxRunErrors,
+      });
+    } catch {
+      return { outcome: 'error', error, migration };
+    }
+    if (hold?.failed) {
+      this.#forget(migration.id);
+      const failure = new BbmError('run_error', `${maxRunErrors} runs in a row failed; last error: ${storedMessage(error, 500)}`, { cause: error });
+      return { outcome: 'migration_failed', migration, error: failure, errorCode: 'run_error' };
+    }
+    return { outcome: 'error', error, migration, ...(hold && { heldForMs: hold.heldForMs }) };
   }
 
   /** Rolls back and hands back the connection of a run begun ahead by `chain` and not used. */
@@ -159,6 +190,7 @@ export class Runner {
       }
       const { migration } = take;
       const ref: MigrationRef = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
+      run.migration = ref;
       const checked = await this.#check(tx, migration);
       if (checked === 'not_mine') {
         // Only a run bound to one migration (finalize) can get here: leave it for a worker that has it.
@@ -367,6 +399,24 @@ interface RunInfo {
   runId: string;
   /** Whether a successful job's commit also begins the next run. */
   chain: boolean;
+  /** The migration the run took, once it has taken one: a run error is counted against it. */
+  migration: MigrationRef | undefined;
+}
+
+/**
+ * SQLSTATEs of trouble that is not a migration's fault: connections (08), resources (53), the
+ * server shutting down or starting (57P01-57P03), cancelled statements and lock timeouts (57014,
+ * 55P03), serialization failures and deadlocks (40001, 40P01).
+ */
+const TRANSIENT_STATES = /^(08|53|57P0[1-3]$|57014$|55P03$|40001$|40P01$)/;
+
+/** Whether a run error is transient: a SQLSTATE above, or a client-side connection failure (no SQLSTATE, a system error code or pg's connection messages). */
+function isTransient(error: Error): boolean {
+  const state = sqlStateOf(error);
+  if (state !== undefined) return TRANSIENT_STATES.test(state);
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string') return true;
+  return /connection|terminated|timeout|ECONN|socket/i.test(error.message);
 }
 
 /** The migration's adaptive sizing settings, or null when its batch size is fixed. */

@@ -23,6 +23,11 @@ export interface MigrationReport {
   targetJobMs: number | null;
   minBatchSize: number | null;
   maxBatchSize: number | null;
+  /** Set while the migration is set aside (after run errors): until when, and why. */
+  onHoldUntil: Date | null;
+  holdReason: string | null;
+  /** Runs in a row that failed for a reason not its work function's (`maxRunErrors` of them fail it). */
+  runErrors: number;
   failureErrorCode: ErrorCodeName | null;
   failureMessage: string | null;
   /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
@@ -98,6 +103,9 @@ export async function migrationReports(
       targetJobMs: m.targetJobMs,
       minBatchSize: m.minBatchSize,
       maxBatchSize: m.maxBatchSize,
+      onHoldUntil: m.onHoldUntil,
+      holdReason: m.holdReason,
+      runErrors: m.runErrors,
       failureErrorCode: m.failureErrorCode === null ? null : errorCodeName(m.failureErrorCode),
       failureMessage: m.failureMessage,
       progress: progressOf(m),

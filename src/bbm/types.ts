@@ -88,6 +88,14 @@ export interface WorkerOptions {
    * any number of workers; a worker's extra concurrency works other migrations or waits.
    */
   concurrency?: number;
+  /**
+   * A run that fails for a reason not its work function's (an unexpected SQL error cutting or
+   * recording, a catalog change) sets its migration aside this long, doubling with each such
+   * error in a row up to `maxIntervalMs`, so that other migrations run meanwhile [30000].
+   */
+  runErrorHoldMs?: number;
+  /** That many run errors in a row fail the migration with `run_error` [5]. */
+  maxRunErrors?: number;
   /** How often a worker with `schedules` enqueues the passes that are due [10000]. */
   scheduleCheckMs?: number;
   /** Finished passes of schedules are deleted, with their jobs, after this long [604800000: 7 days]. */
@@ -156,6 +164,8 @@ export interface RunResult {
   error?: Error;
   /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */
   errorCode?: ErrorCodeName;
+  /** On an `error`: how long its migration was set aside for, when the error was counted against it. */
+  heldForMs?: number;
   durationMs: number;
 }
 

@@ -288,6 +288,7 @@ export class Worker {
       }),
       ...(result.job?.rows !== undefined && { rows: result.job.rows }),
       ...(result.errorCode && { error_code: result.errorCode }),
+      ...(result.heldForMs !== undefined && { held_for_ms: Math.round(result.heldForMs) }),
       ...(result.error && { err: result.error }),
     };
     switch (result.outcome) {
@@ -306,7 +307,7 @@ export class Worker {
       case 'throttled':
         return this.#log.info(fields, 'throttled: holding back');
       case 'error':
-        return this.#log.error(fields, 'run failed');
+        return this.#log.error(fields, result.heldForMs === undefined ? 'run failed' : 'run failed; its migration is set aside meanwhile');
       case 'no_job':
       case 'lock_in_use':
         return this.#log.debug(fields, 'nothing to do');

@@ -98,7 +98,9 @@ function render(reports: MigrationReport[]): string {
       `${r.jobs.finished}/${r.jobs.failed}`,
       r.rowsPerSecond === null ? '-' : Math.round(r.rowsPerSecond).toLocaleString('en'),
       r.etaSeconds === null ? '-' : duration(r.etaSeconds),
-      `${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}] by ${r.batchSize}`,
+      `${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}] by ${r.batchSize}` +
+        (r.lanes > 1 ? `, ${r.lanesInUse}/${r.lanes} lanes` : '') +
+        (r.targetJobMs === null ? '' : ` (~${r.targetJobMs} ms jobs)`),
       r.jobSignatureName,
       note(r),
     ]),
@@ -108,6 +110,10 @@ function render(reports: MigrationReport[]): string {
 function note(r: MigrationReport): string {
   if (r.failureErrorCode !== null) return `${r.failureErrorCode}: ${r.failureMessage ?? ''}`;
   const notes: string[] = [];
+  if (r.onHoldUntil !== null) {
+    const seconds = Math.max(0, (r.onHoldUntil.getTime() - Date.now()) / 1000);
+    notes.push(`held ${duration(seconds)}: ${r.holdReason ?? ''}`);
+  }
   if (r.waitingForWork) notes.push(`waiting for a worker with work function ${r.jobSignatureName}`);
   if (r.lastError !== null) notes.push(`last job error: ${r.lastError}`);
   return notes.join('; ');

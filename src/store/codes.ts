@@ -29,6 +29,8 @@ export const ErrorCode = {
   invalid_job_signature: 3,
   max_job_retry: 4,
   invalid_batching_strategy: 5,
+  /** pg-bbm's own: the migration's runs kept failing for a reason that is not its work function's. */
+  run_error: 6,
 } as const;
 export type ErrorCodeName = keyof typeof ErrorCode;
 export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];

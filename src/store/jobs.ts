@@ -105,8 +105,11 @@ export function cutRangeText(cut: RangeCut): string {
       SELECT m.*, CASE WHEN m.last_end IS NULL THEN m.min_value WHEN m.last_end < m.max_value THEN m.last_end + 1 END AS start
       FROM m
     ), sized AS (
-      UPDATE batched_background_migrations b SET batch_size = s.size, updated_at = now()
-      FROM s WHERE b.id = s.id AND s.start IS NOT NULL AND s.target_job_ms IS NOT NULL AND s.current_size <> s.size
+      -- The adaptive size chosen, and (a job just succeeded) no run errors in a row any more.
+      UPDATE batched_background_migrations b
+      SET batch_size = CASE WHEN s.target_job_ms IS NOT NULL THEN s.size ELSE b.batch_size END, run_errors = 0, updated_at = now()
+      FROM s WHERE b.id = s.id AND s.start IS NOT NULL
+        AND ((s.target_job_ms IS NOT NULL AND s.current_size <> s.size) OR b.run_errors > 0)
     )
     INSERT INTO batched_background_migration_jobs
       (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)

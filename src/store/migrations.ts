@@ -4,7 +4,7 @@
  */
 import { sql, type SQL } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';
-import { JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
+import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -68,6 +68,45 @@ export async function failMigration(db: Queryable, id: bigint, code: ErrorCodeNu
   );
 }
 
+/** What holdAfterRunError did to the migration. */
+export type RunErrorHold = { failed: true } | { failed: false; heldForMs: number } | null;
+
+/**
+ * Counts a run error against the migration: it is set aside (`on_hold_until`, `hold_reason`) for
+ * `holdMs` × 2^(errors so far), at most `maxHoldMs`, so that other migrations run meanwhile; the
+ * `maxErrors`-th error in a row fails it with run_error. Null when it is no longer runnable.
+ */
+export async function holdAfterRunError(
+  db: Queryable,
+  id: bigint,
+  { reason, holdMs, maxHoldMs, maxErrors }: { reason: string; holdMs: number; maxHoldMs: number; maxErrors: number },
+): Promise<RunErrorHold> {
+  const row = await execOne<{ failed: boolean; held_ms: number | null }>(
+    db,
+    sql`
+      WITH counted AS (
+        SELECT id, run_errors + 1 AS errors,
+               least(${maxHoldMs}::float8, ${holdMs}::float8 * power(2, least(run_errors, 30))) AS held_ms
+        FROM batched_background_migrations WHERE id = ${id} AND status IN (${RUNNABLE})
+        FOR UPDATE
+      )
+      UPDATE batched_background_migrations m
+      SET run_errors = c.errors,
+          on_hold_until = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE now() + c.held_ms * interval '1 millisecond' END,
+          hold_reason = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE ${reason} END,
+          status = CASE WHEN c.errors >= ${maxErrors}::int THEN ${MigrationStatus.failed} ELSE m.status END,
+          failure_error_code = CASE WHEN c.errors >= ${maxErrors}::int THEN ${ErrorCode.run_error} ELSE m.failure_error_code END,
+          failure_message = CASE WHEN c.errors >= ${maxErrors}::int
+                                 THEN ${`${maxErrors} runs in a row failed; last error: `} || ${reason} ELSE m.failure_message END,
+          finished_at = CASE WHEN c.errors >= ${maxErrors}::int THEN now() ELSE m.finished_at END,
+          updated_at = now()
+      FROM counted c WHERE m.id = c.id
+      RETURNING c.errors >= ${maxErrors}::int AS failed, c.held_ms AS held_ms`,
+  );
+  if (!row) return null;
+  return row.failed ? { failed: true } : { failed: false, heldForMs: row.held_ms ?? 0 };
+}
+
 /** running/active -> paused. Returns the names changed. */
 export async function pauseMigrations(db: Queryable, name?: string): Promise<string[]> {
   const rows = await exec<{ name: string }>(
@@ -116,6 +155,9 @@ export interface MigrationSummary {
   targetJobMs: number | null;
   minBatchSize: number | null;
   maxBatchSize: number | null;
+  onHoldUntil: Date | null;
+  holdReason: string | null;
+  runErrors: number;
   failureErrorCode: number | null;
   failureMessage: string | null;
   createdAt: Date;
@@ -154,6 +196,9 @@ interface SummaryRow {
   target_job_ms: number | null;
   min_batch_size: number | null;
   max_batch_size: number | null;
+  on_hold_until: Date | null;
+  hold_reason: string | null;
+  run_errors: number;
   failure_error_code: number | null;
   failure_message: string | null;
   created_at: Date;
@@ -188,6 +233,8 @@ export async function listMigrations(
     sql`
       SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
              m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size, m.max_batch_size,
+             CASE WHEN m.on_hold_until > now() THEN m.on_hold_until END AS on_hold_until,
+             CASE WHEN m.on_hold_until > now() THEN m.hold_reason END AS hold_reason, m.run_errors,
              m.failure_error_code, m.failure_message, m.created_at, m.started_at, m.finished_at,
              count(j.id) AS jobs_total,
              count(j.id) FILTER (WHERE j.status = ${JobStatus.finished}) AS jobs_finished,
@@ -231,6 +278,9 @@ export async function listMigrations(
     targetJobMs: r.target_job_ms,
     minBatchSize: r.min_batch_size,
     maxBatchSize: r.max_batch_size,
+    onHoldUntil: r.on_hold_until,
+    holdReason: r.hold_reason,
+    runErrors: r.run_errors,
     failureErrorCode: r.failure_error_code,
     failureMessage: r.failure_message,
     createdAt: r.created_at,
@@ -315,7 +365,7 @@ export async function retryMigration(db: Queryable, name: string): Promise<numbe
       WITH m AS (
         UPDATE batched_background_migrations
         SET status = ${MigrationStatus.active}, failure_error_code = NULL, failure_message = NULL,
-            finished_at = NULL, updated_at = now()
+            finished_at = NULL, updated_at = now(), run_errors = 0, on_hold_until = NULL, hold_reason = NULL
         WHERE name = ${name} AND status = ${MigrationStatus.failed}
         RETURNING id
       ), jobs AS (

@@ -41,6 +41,11 @@ export const batchedBackgroundMigrations = pgTable(
     /** Bounds of adaptive sizing, and the smallest range a timed-out range is split down to (NULL: 1). */
     minBatchSize: integer('min_batch_size'),
     maxBatchSize: integer('max_batch_size'),
+    /** Set aside until then (no worker takes it), for `hold_reason`; NULL when not held. */
+    onHoldUntil: timestamp('on_hold_until', { withTimezone: true }),
+    holdReason: text('hold_reason'),
+    /** Runs in a row that failed for a reason not the work function's; reset by a job that succeeds. */
+    runErrors: integer('run_errors').notNull().default(0),
   },
   (t) => [
     uniqueIndex('batched_background_migrations_name_key').on(t.name),
