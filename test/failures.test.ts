@@ -430,6 +430,31 @@ describe('a migration whose runs keep failing', () => {
     expect(report).toMatchObject({ holdReason: null, onHoldUntil: null });
   });
 
+  it('keeps a finished job committed when cutting the next range fails in the same round trip', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
+    const arming: Work = {
+      name: 'test.arming',
+      async do(job) {
+        await touch.do(job);
+        // From now on every range cut is refused, starting with the cut sent with this job's COMMIT.
+        await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN IF NEW.batched_background_migration_id = ${id} THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
+        await pool.query('CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()');
+      },
+    };
+    const worker = testWorker(pool, { work: [arming] });
+
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
+    await worker.runOnce();
+
+    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([[1, 10, JobStatus.finished]]);
+    const { rows } = await pool.query('SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items');
+    expect(rows[0]).toEqual({ done: 10, twice: 0 });
+  });
+
   it('is not held for trouble that is not its fault: a backend terminated mid-run', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 30));

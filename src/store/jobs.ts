@@ -2,8 +2,7 @@
  * Statements on `batched_background_migration_jobs`: cutting ranges ahead of the lanes,
  * recording outcomes, splitting a range that timed out.
  *
- * A job's row is cut as `active` in a short transaction of its own (see cutRangeText), then taken
- * by a lane with a row lock (bbm_take_job, migrations/0006) and updated with its outcome in the
+ * A job's row is cut as `active` (see cutRangeStatements), then taken by a lane with a row lock (bbm_take_job, migrations/0006) and updated with its outcome in the
  * transaction that ran its work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
@@ -54,16 +53,17 @@ export interface RangeCut {
   validated: ValidatedMigration;
   /** The adaptive size, used when the migration has a target_job_ms; otherwise its batch_size is. */
   size: number | null;
-  /** Server-side bound on the cut's statements, like a run's (see runPrologue). */
+  /** Server-side bound on a cut in a transaction of its own, like a run's (see runPrologue). */
   statementTimeoutMs: number;
 }
 
 /**
- * The text of one transaction that cuts the migration's next range and writes it as an active
- * job, for a lane to take. It is sent on its own or after a job's COMMIT, in the same round trip.
+ * The statements that cut the migration's next range and write it as an active job, for a lane
+ * to take. They run inside a transaction: the one of a job that just finished, before its COMMIT,
+ * or one of their own (see run-transaction.ts).
  *
- * Cuts are serialised by the migration's cursor lock, (LOCK_NAMESPACE, id), held only for this
- * short transaction. The INSERT is a statement of its own after the lock, so its snapshot sees
+ * Cuts are serialised by the migration's cursor lock, (LOCK_NAMESPACE, id), held until that
+ * transaction ends. The INSERT is a statement of its own after the lock, so its snapshot sees
  * the range the previous holder just committed. The range starts after the highest range cut so
  * far (or at min_value); its end is the `size`-th value of the column from there (an index scan:
  * `LIMIT 1 OFFSET size - 1`), or max_value when fewer remain; ranges are contiguous, so gaps in
@@ -73,11 +73,8 @@ export interface RangeCut {
  * Nothing is cut unless the migration is running, its row still names what was validated, a
  * range is left, and fewer than two ranges per lane are already cut and not finished (a lane that
  * finds one waiting takes it at once; more would only make a batch_size change take longer).
- *
- * The commit is asynchronous (synchronous_commit off): losing it in a crash loses only a range
- * that no work has used, since the commit of any job that ran it flushes it first.
  */
-export function cutRangeText(cut: RangeCut): string {
+export function cutRangeStatements(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const table = dialect.sqlToQuery(quotedTable(target)).sql;
@@ -86,7 +83,6 @@ export function cutRangeText(cut: RangeCut): string {
   const id = int(migrationId);
   const chosen = size === null ? 'NULL' : int(Math.max(1, Math.round(size)));
   return (
-    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
     `SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int); ` +
     `WITH m AS (
       SELECT b.id, b.min_value, b.max_value, b.target_job_ms, b.batch_size AS current_size,
@@ -118,7 +114,19 @@ export function cutRangeText(cut: RangeCut): string {
                      WHERE ${column} >= s.start AND ${column} <= s.max_value
                      ORDER BY ${column} LIMIT 1 OFFSET s.size - 1), s.max_value),
            ${JobStatus.active}, 0, s.size
-    FROM s WHERE s.start IS NOT NULL; COMMIT`
+    FROM s WHERE s.start IS NOT NULL`
+  );
+}
+
+/**
+ * A transaction of its own that cuts one range, for a lane that found none to take. Its commit is
+ * asynchronous (synchronous_commit off): losing it in a crash loses only a range no work has used,
+ * since the commit of any job that ran it flushes it first.
+ */
+export function cutRangeTransaction(cut: RangeCut): string {
+  return (
+    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
+    `${cutRangeStatements(cut)}; COMMIT`
   );
 }
 

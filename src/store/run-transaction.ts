@@ -7,19 +7,21 @@
  *
  *   BEGIN · backstops · bbm_take_job (a lane and a job, locked) · SAVEPOINT bbm_work
  *   … the work function's statements …
- *   record the job finished · COMMIT · [cut the next range · COMMIT] · [the next run's BEGIN …]
+ *   record the job finished · [cut the next range] · COMMIT · [the next run's BEGIN …]
  *
- * so on the common path a job costs one round trip besides its work: the next range is cut and
- * the next run begun in the round trip that commits this one.
+ * so on the common path a job costs one round trip besides its work: the next range is cut, and
+ * the next run begun, in the round trip that commits this one.
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { textLiteral, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
-import { cutRangeText, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
+import { cutRangeStatements, cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
 const WORK_SAVEPOINT = 'bbm_work';
+/** Around the cut that follows a finished job's record, so that a failed cut leaves the job to commit. */
+const CUT_SAVEPOINT = 'bbm_cut';
 
 /** What a worker may take: the work names it has, and the pattern every valid work name matches. */
 export interface WorkFilter {
@@ -223,21 +225,24 @@ export class RunTransaction {
    * next run, in one round trip; returns that run's take.
    */
   async cutAndTake(cut: RangeCut): Promise<Take> {
-    return parseTake(takeRowsOf(await this.client.query(`ROLLBACK; ${cutRangeText(cut)}; ${this.prologue}`)));
+    return parseTake(takeRowsOf(await this.client.query(`ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue}`)));
   }
 
   /**
-   * Records the job finished and commits, then (in the same round trip) cuts `cut` and, with
-   * `chain`, begins the next run, whose take the next `begin` returns.
+   * Records the job finished, cuts `cut` (its statements in a savepoint, so the cursor lock is held
+   * only from the end of the job to its COMMIT) and commits, then, with `chain`, begins the next
+   * run, whose take the next `begin` returns: one round trip.
    *
-   * When the round trip fails, where it failed decides what it means. The work savepoint exists
-   * only while the job's transaction is open: if ROLLBACK TO it succeeds, the failure came before
-   * the COMMIT, the transaction is still open and the caller records a failed attempt. Otherwise
-   * the job's row says whether the COMMIT happened. Throws when the connection is gone or the
-   * COMMIT itself failed (the range is then not recorded and will run again).
+   * When the round trip fails, where it failed decides what it means, and the savepoints tell:
+   * if ROLLBACK TO the cut's savepoint succeeds, the cut failed after the job's record, which is
+   * committed all the same; if ROLLBACK TO the work savepoint succeeds, the record itself failed,
+   * the transaction is still open and the caller records a failed attempt. Otherwise the job's row
+   * says whether the COMMIT happened. Throws when the connection is gone or the COMMIT itself
+   * failed (the range is then not recorded and will run again).
    */
   async finish(finished: FinishedJob, { cut, chain }: { cut?: RangeCut | undefined; chain: boolean }): Promise<FinishOutcome> {
-    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeText(cut)}` : ''}${chain ? `; ${this.prologue}` : ''}`;
+    const cutText = cut ? `; SAVEPOINT ${CUT_SAVEPOINT}; ${cutRangeStatements(cut)}; RELEASE SAVEPOINT ${CUT_SAVEPOINT}` : '';
+    const text = `${finishJobText(finished)}${cutText}; COMMIT${chain ? `; ${this.prologue}` : ''}`;
     try {
       const results: unknown = await this.client.query(text);
       if (chain) this.#begun = parseTake(takeRowsOf(results));
@@ -246,17 +251,23 @@ export class RunTransaction {
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (this.#lost) throw error;
-      if (await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`).then(
-        () => true,
-        () => false,
-      )) {
-        return { committed: false, error };
+      if (cut && (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${CUT_SAVEPOINT}`))) {
+        await this.client.query('COMMIT');
+        return { committed: true, laterError: error };
       }
+      if (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`)) return { committed: false, error };
       await this.client.query('ROLLBACK').catch(() => {});
       const status = await jobStatus(this.client, finished.job.id);
       if (status === JobStatus.finished) return { committed: true, laterError: error };
       throw error;
     }
+  }
+
+  async #succeeds(statement: string): Promise<boolean> {
+    return this.client.query(statement).then(
+      () => true,
+      () => false,
+    );
   }
 
   /** Undoes the work: back to the savepoint after the take, lane and job still locked. */
