@@ -41,7 +41,7 @@ async function expectExactlyOnce(pool: pg.Pool, names: string[]): Promise<void> 
 describe('worker processes', () => {
   const db = useTestDatabase();
 
-  it.each([2, 4])('%i concurrent workers process every row exactly once', async (workers) => {
+  it.each([2, 4, 8])('%i concurrent workers process every row exactly once', async (workers) => {
     const { pool, url } = db();
     const names = await prepare(pool, 3, 3000, 20, MigrationStatus.paused);
     const fleet = Array.from({ length: workers }, () => startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url }));

