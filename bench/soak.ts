@@ -1,7 +1,7 @@
 /**
  * `npm run soak -- --minutes N`: four workers (two lanes each) drain migration after migration
  * for N minutes against one database, and every minute the script prints rows/s, this process's
- * RSS (the workers run in it), the database's open connections and the jobs table's size. Every
+ * RSS (the workers run in it), the workers' open connections and the jobs table's size. Every
  * migration adds one to every row of the table, so after K migrations every row must hold K:
  * that is checked after each one. At the end it says whether RSS and connections stayed flat
  * (under 10 % growth after the first minute) and whether every row was done exactly once.
@@ -54,7 +54,8 @@ async function main(): Promise<void> {
     cluster = await startEmbeddedPostgres();
     url = cluster.connectionString();
   }
-  const pool = createPool({ connectionString: url, max: 2 });
+  // Its own application name, so that the connections counted are the workers' alone.
+  const pool = createPool({ connectionString: url, max: 2, applicationName: 'pg-bbm-soak' });
   const workers = Array.from(
     { length: 4 },
     () => new Worker({ connectionString: url, work: [work], logger: pino({ level: 'silent' }), concurrency: 2, intervalMs: 100, maxIntervalMs: 1_000 }),
@@ -99,7 +100,7 @@ async function main(): Promise<void> {
       const now = performance.now();
       if (now - minuteStarted >= 60_000 || now >= deadline) {
         const { rows } = await pool.query<{ connections: number; jobs_bytes: string }>(
-          `SELECT (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database()) AS connections,
+          `SELECT (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pg-bbm') AS connections,
                   pg_total_relation_size('batched_background_migration_jobs') AS jobs_bytes`,
         );
         const sample: Sample = {
