@@ -6,15 +6,12 @@
  * transaction that ran its work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
-import { PgDialect } from 'drizzle-orm/pg-core';
 import pg from 'pg';
 import { execOne, textLiteral, type Queryable } from './db.ts';
-import { JobStatus, MigrationStatus, SERIAL_KEY_SET, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
+import { JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { LOCK_NAMESPACE } from './locks.ts';
 import { quotedTable } from './migrations.ts';
 
-const dialect = new PgDialect();
 
 /** A job as a lane runs it. Ranges are inclusive at both ends. */
 export interface ClaimedJob {
@@ -58,64 +55,32 @@ export interface RangeCut {
 }
 
 /**
- * The statements that cut the migration's next range and write it as an active job, for a lane
- * to take. They run inside a transaction: the one of a job that just finished, before its COMMIT,
- * or one of their own (see run-transaction.ts).
+ * The statement that cuts the migration's next range and writes it as an active job, for a lane
+ * to take: a call of bbm_cut_range (migrations/0007), which takes the migration's cursor lock,
+ * (LOCK_NAMESPACE, id), held until the transaction ends. It runs inside a transaction: the one of a
+ * job that just finished, before its COMMIT, or one of its own (cutRangeTransaction). Its one
+ * column, `bbm_cut`, is the number of ranges cut (0 or 1).
  *
- * Cuts are serialised by the migration's cursor lock, (LOCK_NAMESPACE, id), held until that
- * transaction ends. The INSERT is a statement of its own after the lock, so its snapshot sees
- * the range the previous holder just committed. The range starts after the highest range cut so
- * far (or at min_value); its end is the `size`-th value of the column from there (an index scan:
- * `LIMIT 1 OFFSET size - 1`), or max_value when fewer remain; ranges are contiguous, so gaps in
- * the ids fall inside ranges, never between them. `last_end < max_value` guards the `+ 1`, so a
- * range that ends at the type's maximum is the last one, with no overflow.
- *
- * Nothing is cut unless the migration is running, its row still names what was validated, a
- * range is left, and fewer than two ranges per lane are already cut and not finished (a lane that
- * finds one waiting takes it at once; more would only make a batch_size change take longer).
+ * The range starts after the highest range cut so far (or at min_value); its end is the
+ * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
+ * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
+ * between them. The table and column are the catalog's names from validation; the names the row
+ * must still hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
 export function cutRangeStatements(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
-  const table = dialect.sqlToQuery(quotedTable(target)).sql;
-  const column = dialect.escapeName(target.column);
-  const text = textLiteral;
-  const id = int(migrationId);
-  const chosen = size === null ? 'NULL' : int(Math.max(1, Math.round(size)));
-  return (
-    `SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, (${id}::bigint % 2147483648)::int); ` +
-    `WITH m AS (
-      SELECT b.id, b.min_value, b.max_value, b.target_job_ms, b.batch_size AS current_size,
-             greatest(coalesce(b.min_batch_size, 1), least(coalesce(b.max_batch_size, 2147483647),
-               CASE WHEN b.target_job_ms IS NULL THEN b.batch_size ELSE coalesce(${chosen}, b.batch_size) END)) AS size,
-             (SELECT j.max_value FROM batched_background_migration_jobs j
-              WHERE j.batched_background_migration_id = b.id ORDER BY j.max_value DESC LIMIT 1) AS last_end
-      FROM batched_background_migrations b
-      WHERE b.id = ${id} AND b.status = ${MigrationStatus.running} AND b.max_value IS NOT NULL
-        AND b.table_name = ${text(validated.tableName)} AND b.column_name = ${text(validated.columnName)}
-        AND b.job_signature_name = ${text(validated.jobSignatureName)}
-        AND (b.batching_strategy IS NULL OR b.batching_strategy = ${text(SERIAL_KEY_SET)})
-        AND (SELECT count(*) FROM batched_background_migration_jobs a
-             WHERE a.batched_background_migration_id = b.id AND a.status = ${JobStatus.active}) < 2 * b.max_parallel_jobs
-    ), s AS (
-      SELECT m.*, CASE WHEN m.last_end IS NULL THEN m.min_value WHEN m.last_end < m.max_value THEN m.last_end + 1 END AS start
-      FROM m
-    ), sized AS (
-      -- The adaptive size chosen, and (a job just succeeded) no run errors in a row any more.
-      UPDATE batched_background_migrations b
-      SET batch_size = CASE WHEN s.target_job_ms IS NOT NULL THEN s.size ELSE b.batch_size END, run_errors = 0, updated_at = now()
-      FROM s WHERE b.id = s.id AND s.start IS NOT NULL
-        AND ((s.target_job_ms IS NOT NULL AND s.current_size <> s.size) OR b.run_errors > 0)
-    )
-    INSERT INTO batched_background_migration_jobs
-      (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
-    SELECT s.id, s.start,
-           coalesce((SELECT ${column} FROM ${table}
-                     WHERE ${column} >= s.start AND ${column} <= s.max_value
-                     ORDER BY ${column} LIMIT 1 OFFSET s.size - 1), s.max_value),
-           ${JobStatus.active}, 0, s.size
-    FROM s WHERE s.start IS NOT NULL`
-  );
+  const args = [
+    `${int(migrationId)}::bigint`,
+    textLiteral(target.schema),
+    textLiteral(target.table),
+    textLiteral(target.column),
+    textLiteral(validated.tableName),
+    textLiteral(validated.columnName),
+    textLiteral(validated.jobSignatureName),
+    size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(2_147_483_647, Math.round(size))))}::integer`,
+  ];
+  return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
 }
 
 /**

@@ -246,8 +246,9 @@ export class RunTransaction {
     try {
       const results: unknown = await this.client.query(text);
       if (chain) this.#begun = parseTake(takeRowsOf(results));
-      const inserted = (results as QueryResult[]).findLast((result) => result.command === 'INSERT');
-      return cut && inserted ? { committed: true, cut: inserted.rowCount ?? 0 } : { committed: true };
+      const cutResult = (results as QueryResult<{ bbm_cut?: number }>[]).find((result) => result.fields?.[0]?.name === 'bbm_cut');
+      const cutCount = cutResult?.rows[0]?.bbm_cut;
+      return cut && cutCount !== undefined ? { committed: true, cut: cutCount } : { committed: true };
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (this.#lost) throw error;
