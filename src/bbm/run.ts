@@ -22,7 +22,7 @@ import type { Logger } from 'pino';
 import { ErrorCode, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { cancelBackend, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
+import { cancelBackend, jobFailureMessage, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
 import { failMigration, finishMigration, holdAfterRunError, quotedTable, startMigration } from '../store/migrations.ts';
 import { RunTransaction, runPrologue, takeStatement, type Take, type TakenMigration } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
@@ -205,7 +205,7 @@ export class Runner {
           return this.#fail(
             tx,
             ref,
-            new BbmError('max_job_retry', `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${await lastError(tx, job.id)}`),
+            new BbmError('max_job_retry', `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${(await jobFailureMessage(tx.db, job.id)) ?? 'unknown'}`),
           );
         }
         const claimed: ClaimedJob = { id: job.id, start: job.start, end: job.end, attempt: job.attempts + 1, batchSize: job.batchSize ?? migration.batchSize };
@@ -424,15 +424,6 @@ function paceSettings(migration: TakenMigration): PaceSettings | null {
   if (migration.targetJobMs === null) return null;
   const minSize = migration.minBatchSize ?? 1;
   return { targetMs: migration.targetJobMs, minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? MAX_BATCH_SIZE) };
-}
-
-/** The failure message a failed job carries, for the max_job_retry message. */
-async function lastError(tx: RunTransaction, jobId: bigint): Promise<string> {
-  const { rows } = await tx.db.query<{ failure_message: string | null }>(
-    'SELECT failure_message FROM batched_background_migration_jobs WHERE id = $1',
-    [String(jobId)],
-  );
-  return rows[0]?.failure_message ?? 'unknown';
 }
 
 /**

@@ -127,6 +127,15 @@ export async function jobStatus(db: Queryable, id: bigint): Promise<JobStatusCod
   return row ? (row.status as JobStatusCode) : null;
 }
 
+/** The failure message a failed job carries (for the max_job_retry message). */
+export async function jobFailureMessage(db: Queryable, id: bigint): Promise<string | null> {
+  const row = await execOne<{ failure_message: string | null }>(
+    db,
+    sql`SELECT failure_message FROM batched_background_migration_jobs WHERE id = ${id}`,
+  );
+  return row?.failure_message ?? null;
+}
+
 /** Records a failed attempt, after the run rolled back to its work savepoint. */
 export async function recordFailedAttempt(
   db: Queryable,
