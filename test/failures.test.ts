@@ -426,6 +426,9 @@ describe('a migration whose runs keep failing', () => {
     // Each run error was reported once, the third as the migration's failure.
     expect(outcomes.filter((r) => r.outcome === 'error' && r.migration?.name === 'broken')).toHaveLength(2);
     expect(outcomes.filter((r) => r.outcome === 'migration_failed')).toMatchObject([{ errorCode: 'run_error', migration: { name: 'broken' } }]);
+    // The error reported is the one stored on the row.
+    const reported = outcomes.find((r) => r.outcome === 'migration_failed');
+    expect(reported?.error?.message).toBe((await migrationRow(pool, 'broken'))?.failure_message);
     const [report] = await migrationReports(pool, { name: 'broken' });
     expect(report).toMatchObject({ holdReason: null, onHoldUntil: null });
   });

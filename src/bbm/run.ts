@@ -153,10 +153,14 @@ export class Runner {
   async #afterRunError(error: Error, migration: MigrationRef | undefined): Promise<Outcome> {
     if (!migration || isTransient(error)) return { outcome: 'error', error, ...(migration && { migration }) };
     const { runErrorHoldMs, maxRunErrors, maxIntervalMs } = this.ctx.options;
+    const reason = `run error: ${storedMessage(error, 500)}`;
+    // One text for the row, the logs and the error report.
+    const failureMessage = `${maxRunErrors} runs in a row failed; last error: ${reason}`;
     let hold;
     try {
       hold = await holdAfterRunError(this.ctx.pool, migration.id, {
-        reason: `run error: ${storedMessage(error, 500)}`,
+        reason,
+        failureMessage,
         holdMs: runErrorHoldMs,
         maxHoldMs: Math.max(runErrorHoldMs, maxIntervalMs),
         maxErrors: maxRunErrors,
@@ -166,7 +170,7 @@ export class Runner {
     }
     if (hold?.failed) {
       this.#forget(migration.id);
-      const failure = new BbmError('run_error', `${maxRunErrors} runs in a row failed; last error: ${storedMessage(error, 500)}`, { cause: error });
+      const failure = new BbmError('run_error', failureMessage, { cause: error });
       return { outcome: 'migration_failed', migration, error: failure, errorCode: 'run_error' };
     }
     return { outcome: 'error', error, migration, ...(hold && { heldForMs: hold.heldForMs }) };

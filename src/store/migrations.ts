@@ -72,14 +72,21 @@ export async function failMigration(db: Queryable, id: bigint, code: ErrorCodeNu
 export type RunErrorHold = { failed: true } | { failed: false; heldForMs: number } | null;
 
 /**
- * Counts a run error against the migration: it is set aside (`on_hold_until`, `hold_reason`) for
- * `holdMs` × 2^(errors so far), at most `maxHoldMs`, so that other migrations run meanwhile; the
- * `maxErrors`-th error in a row fails it with run_error. Null when it is no longer runnable.
+ * Counts a run error against the migration: it is set aside (`on_hold_until`, `hold_reason` =
+ * `reason`) for `holdMs` × 2^(errors so far), at most `maxHoldMs`, so that other migrations run
+ * meanwhile; the `maxErrors`-th error in a row fails it with run_error and `failureMessage`. Null
+ * when it is no longer runnable.
  */
 export async function holdAfterRunError(
   db: Queryable,
   id: bigint,
-  { reason, holdMs, maxHoldMs, maxErrors }: { reason: string; holdMs: number; maxHoldMs: number; maxErrors: number },
+  {
+    reason,
+    failureMessage,
+    holdMs,
+    maxHoldMs,
+    maxErrors,
+  }: { reason: string; failureMessage: string; holdMs: number; maxHoldMs: number; maxErrors: number },
 ): Promise<RunErrorHold> {
   const row = await execOne<{ failed: boolean; held_ms: number | null }>(
     db,
@@ -96,8 +103,7 @@ export async function holdAfterRunError(
           hold_reason = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE ${reason} END,
           status = CASE WHEN c.errors >= ${maxErrors}::int THEN ${MigrationStatus.failed} ELSE m.status END,
           failure_error_code = CASE WHEN c.errors >= ${maxErrors}::int THEN ${ErrorCode.run_error} ELSE m.failure_error_code END,
-          failure_message = CASE WHEN c.errors >= ${maxErrors}::int
-                                 THEN ${`${maxErrors} runs in a row failed; last error: `} || ${reason} ELSE m.failure_message END,
+          failure_message = CASE WHEN c.errors >= ${maxErrors}::int THEN ${failureMessage} ELSE m.failure_message END,
           finished_at = CASE WHEN c.errors >= ${maxErrors}::int THEN now() ELSE m.finished_at END,
           updated_at = now()
       FROM counted c WHERE m.id = c.id
