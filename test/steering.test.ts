@@ -205,6 +205,25 @@ describe('throttles', () => {
     expect((await migrationRow(pool, 'held'))?.status).toBe(MigrationStatus.finished);
   });
 
+  it('are asked again after one throws synchronously (a failing throttle never holds back)', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    await enqueue(pool, { name: 'asked', work: touch.name, table: 'items', batchSize: 10 });
+    let asked = 0;
+    const throttle = ((): false => {
+      asked += 1;
+      if (asked === 1) throw new Error('metrics endpoint down');
+      return false;
+    }) as unknown as Parameters<typeof testWorker>[1]['throttle'];
+    const worker = testWorker(pool, { work: [touch], intervalMs: 1, maxIntervalMs: 2, throttleCheckMs: 0, ...(throttle && { throttle }) });
+
+    await worker.run({ untilDone: true });
+
+    expect((await migrationRow(pool, 'asked'))?.status).toBe(MigrationStatus.finished);
+    // Once before every run after the first: the failed check did not stick.
+    expect(asked).toBeGreaterThan(3);
+  });
+
   it('built in: WAL archive and replica lag read as nothing to hold back for on a lone server without archiving', async () => {
     const { pool } = db();
     expect(await readyWalSegments(pool)).toBeNull();

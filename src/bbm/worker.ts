@@ -194,17 +194,9 @@ export class Worker {
     const throttle = this.#throttle;
     if (!throttle) return undefined;
     if (performance.now() - this.#throttleCheckedAt >= this.options.throttleCheckMs) {
-      this.#throttleCheck ??= (async () => {
-        try {
-          return await throttle(this.#pool);
-        } catch (error) {
-          this.#log.warn({ err: error }, 'throttle check failed; not throttling');
-          return false;
-        } finally {
-          this.#throttleCheckedAt = performance.now();
-          this.#throttleCheck = undefined;
-        }
-      })();
+      // One check in flight for all lanes; cleared by a reaction, which runs after the assignment
+      // even when the throttle throws synchronously.
+      this.#throttleCheck ??= this.#askThrottle(throttle).finally(() => (this.#throttleCheck = undefined));
       this.#throttleReason = await this.#throttleCheck;
     }
     const reason = this.#throttleReason;
@@ -216,21 +208,36 @@ export class Worker {
     return result;
   }
 
-  /** Enqueues the passes of schedules that are due; true when it enqueued any. Failing is logged, never fatal. */
-  async #schedule(): Promise<boolean> {
-    this.#scheduling ??= (async () => {
-      this.#scheduledAt = performance.now();
-      try {
-        const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
-        return tick.enqueued.length > 0;
-      } catch (error) {
-        this.#log.error({ err: error }, 'scheduling passes failed');
-        return false;
-      } finally {
-        this.#scheduling = undefined;
-      }
-    })();
+  /** The throttle's answer; a throttle that fails is logged and does not hold back. */
+  async #askThrottle(throttle: Throttle): Promise<string | false> {
+    try {
+      return await throttle(this.#pool);
+    } catch (error) {
+      this.#log.warn({ err: error }, 'throttle check failed; not throttling');
+      return false;
+    } finally {
+      this.#throttleCheckedAt = performance.now();
+    }
+  }
+
+  /**
+   * Enqueues the passes of schedules that are due, one tick in flight for all lanes; true when it
+   * enqueued any. Failing is logged, never fatal.
+   */
+  #schedule(): Promise<boolean> {
+    this.#scheduling ??= this.#tickSchedules().finally(() => (this.#scheduling = undefined));
     return this.#scheduling;
+  }
+
+  async #tickSchedules(): Promise<boolean> {
+    this.#scheduledAt = performance.now();
+    try {
+      const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
+      return tick.enqueued.length > 0;
+    } catch (error) {
+      this.#log.error({ err: error }, 'scheduling passes failed');
+      return false;
+    }
   }
 
   #tell(call: (observer: WorkerObserver) => void): void {
