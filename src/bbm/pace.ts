@@ -30,8 +30,6 @@ export const PANIC_FACTOR = 5;
 /** Weight of the newest job in the smoothed time per row (about the last six jobs count). */
 const SMOOTHING = 0.3;
 
-/** The largest batch size a migration row can hold (an int4). */
-export const MAX_BATCH_SIZE = 2_147_483_647;
 
 export interface JobSample {
   /** The size the job's range was cut with. */

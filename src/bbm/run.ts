@@ -19,7 +19,7 @@ import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { ErrorCode, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
+import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { cancelBackend, jobFailureMessage, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
@@ -27,7 +27,7 @@ import { failMigration, finishMigration, holdAfterRunError, quotedTable, startMi
 import { RunTransaction, runPrologue, takeStatement, type Take, type TakenMigration } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
-import { BatchSizer, MAX_BATCH_SIZE, type PaceSettings } from './pace.ts';
+import { BatchSizer, type PaceSettings } from './pace.ts';
 import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
 import { JobSession } from './session.ts';
 import type { Job, JobDb, RunResult, Work } from './types.ts';
@@ -427,7 +427,7 @@ function isTransient(error: Error): boolean {
 function paceSettings(migration: TakenMigration): PaceSettings | null {
   if (migration.targetJobMs === null) return null;
   const minSize = migration.minBatchSize ?? 1;
-  return { targetMs: migration.targetJobMs, minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? MAX_BATCH_SIZE) };
+  return { targetMs: migration.targetJobMs, minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? INT4_MAX) };
 }
 
 /**

@@ -3,7 +3,7 @@ import { isValidWorkName } from '../bbm/registry.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { MAX_LANES } from '../store/codes.ts';
+import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
 import { insertMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
 import { begin, commit, rollback } from '../store/tx.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
@@ -17,7 +17,7 @@ export async function enqueue(context: Context): Promise<number> {
   const work = requiredFlag(flags, 'work', 'enqueue');
   const tableName = requiredFlag(flags, 'table', 'enqueue');
   const columnName = requiredFlag(flags, 'column', 'enqueue');
-  const batchSize = integerFlag(flags, 'batch-size', { min: 1, max: 2_147_483_647 });
+  const batchSize = integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX });
   if (batchSize === undefined) throw new UsageError('bbm enqueue needs --batch-size');
   const pace = paceFlags(flags);
   const minValue = bigintFlag(flags, 'min');
@@ -113,8 +113,6 @@ export async function retry(context: Context): Promise<number> {
   context.print({ retried: name, jobsReset: jobs }, () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`);
   return 0;
 }
-
-const INT4_MAX = 2_147_483_647;
 
 /** The pace flags of `enqueue` and `set`, checked (the table's CHECK constraints are the backstop). */
 function paceFlags(flags: Context['flags']): MigrationPace {

@@ -35,6 +35,9 @@ export const ErrorCode = {
 export type ErrorCodeName = keyof typeof ErrorCode;
 export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];
 
+/** The largest value of an `integer` column: batch sizes, their bounds, target_job_ms. */
+export const INT4_MAX = 2_147_483_647;
+
 /** Upper bound of a migration's `max_parallel_jobs`: each lane is an advisory-lock key of its own. */
 export const MAX_LANES = 256;
 

@@ -2,16 +2,16 @@
  * Statements on `batched_background_migration_jobs`: cutting ranges ahead of the lanes,
  * recording outcomes, splitting a range that timed out.
  *
- * A job's row is cut as `active` (see cutRangeStatements), then taken by a lane with a row lock (bbm_take_job, migrations/0006) and updated with its outcome in the
- * transaction that ran its work, so the work and its record commit together.
+ * A job's row is cut as `active` (see cutRangeStatements), then taken by a lane with a row lock
+ * (bbm_take_job, migrations/0006) and updated with its outcome in the transaction that ran its
+ * work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
 import pg from 'pg';
 import { execOne, textLiteral, type Queryable } from './db.ts';
-import { JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
+import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migrations.ts';
-
 
 /** A job as a lane runs it. Ranges are inclusive at both ends. */
 export interface ClaimedJob {
@@ -78,7 +78,7 @@ export function cutRangeStatements(cut: RangeCut): string {
     textLiteral(validated.tableName),
     textLiteral(validated.columnName),
     textLiteral(validated.jobSignatureName),
-    size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(2_147_483_647, Math.round(size))))}::integer`,
+    size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
   ];
   return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
 }

@@ -36,10 +36,9 @@ export interface WorkFilter {
  * in the same round trip as BEGIN. With `only`, the run is bound to that migration (bbm finalize).
  */
 export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bigint): string {
-  const literal = textLiteral;
-  const nameArray = `ARRAY[${names.map(literal).join(', ')}]::text[]`;
+  const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
-  return `SELECT * FROM bbm_take_job(${nameArray}, ${literal(validNamePattern)}, ${onlyId})`;
+  return `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId})`;
 }
 
 /**
@@ -166,9 +165,9 @@ function takeRowsOf(results: unknown): TakeRow[] {
 /** How recording a finished job ended. */
 export type FinishOutcome =
   /**
-   * Committed. `cut` is how many ranges the cut after it wrote (0 when none was left to cut or
-   * enough wait already), when one was sent and it ran; `laterError` is set when what followed the
-   * COMMIT (cutting, the next take) failed.
+   * Committed. `cut` is how many ranges the cut sent with it wrote (0 when none was left to cut or
+   * enough wait already), when it ran; `laterError` is set when the cut failed (rolled back to its
+   * savepoint, the job committed all the same) or what followed the COMMIT (the next take) did.
    */
   | { committed: true; cut?: number; laterError?: Error }
   /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
