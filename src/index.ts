@@ -3,6 +3,7 @@ export { createWorker, Worker, type WorkerParams, type RunLoopOptions } from './
 export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOptions } from './bbm/config.ts';
 export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
 export { VALID_WORK_NAME } from './bbm/registry.ts';
+export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorCode, type EnqueueOptions, type MigrationSpec } from './bbm/enqueue.ts';
 export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';

@@ -76,7 +76,7 @@ describe('bbm enqueue', () => {
     ['a malformed work name', ['--work', 'bad name'], 2, /not a valid work name/],
     ['a zero batch size', ['--batch-size', '0'], 2, /--batch-size must be a whole number from 1/],
     ['a non-numeric bound', ['--min', 'one'], 2, /--min must be an integer/],
-    ['max below min', ['--min', '10', '--max', '3'], 2, /--max 3 is below --min 10/],
+    ['max below min', ['--min', '10', '--max', '3'], 2, /max 3 is below min 10/],
   ])('refuses %s and writes nothing', async (_, extra, code, message) => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));

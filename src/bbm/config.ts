@@ -3,7 +3,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { createJiti } from 'jiti';
 import { MAX_LANES } from '../store/codes.ts';
 import { ConfigError } from './errors.ts';
 import type { Config, WorkerOptions } from './types.ts';
@@ -63,24 +63,30 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
   };
 }
 
-/** Where `bbm` looks for a config module when `--config` is not given. */
-export const DEFAULT_CONFIG_FILES = ['bbm.config.ts', 'bbm.config.mjs', 'bbm.config.js'];
+/** Where `bbm` looks for a config module when `--config` is not given, in this order. */
+export const DEFAULT_CONFIG_FILES = ['bbm.config.ts', 'bbm.config.mts', 'bbm.config.cts', 'bbm.config.mjs', 'bbm.config.cjs', 'bbm.config.js'];
 
 export function findDefaultConfig(cwd = process.cwd()): string | undefined {
   return DEFAULT_CONFIG_FILES.map((file) => path.join(cwd, file)).find((file) => existsSync(file));
 }
 
-/** Imports a config module and checks its shape. `.ts` modules load when running under tsx (as `bbm` does). */
+/**
+ * Loads a config module and checks its shape. jiti (the loader ESLint, Tailwind and Nuxt use for
+ * their configs) compiles TypeScript on the fly and bridges ES modules and CommonJS, so `.ts`,
+ * `.mts`, `.cts`, `.mjs`, `.cjs` and `.js` configs load alike in `"type": "module"` and
+ * `"type": "commonjs"` projects, with no loader flag and no build step.
+ */
 export async function loadConfig(file: string): Promise<Config> {
   const absolute = path.resolve(file);
   if (!existsSync(absolute)) throw new ConfigError(`config file ${file} does not exist`);
-  let module: { default?: unknown };
+  let config: unknown;
   try {
-    module = (await import(pathToFileURL(absolute).href)) as { default?: unknown };
+    // No disk cache: a config is loaded once per process; a cache would write into the project's node_modules.
+    const jiti = createJiti(import.meta.url, { fsCache: false });
+    config = await jiti.import(absolute, { default: true });
   } catch (cause) {
     throw new ConfigError(`config file ${file} failed to load: ${(cause as Error).message}`, { cause });
   }
-  const config = module.default;
   if (!config || typeof config !== 'object') {
     throw new ConfigError(`config file ${file} must default-export defineConfig({ work: [...] }) or a plain object`);
   }

@@ -7,7 +7,7 @@ import type pg from 'pg';
 import { Backoff, sleep } from './backoff.ts';
 import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
-import { createLogger, type Logger } from './log.ts';
+import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
@@ -19,6 +19,7 @@ export interface FinalizeParams extends WorkerOptions {
   work: readonly Work[];
   /** The migration's name. */
   name: string;
+  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
   logger?: Logger;
   observers?: readonly WorkerObserver[];
   /** Called with a fresh report at most every `progressEveryMs` (and once at the end). */
@@ -51,7 +52,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   const { pool, name, observers = [], onProgress, progressEveryMs = 250 } = params;
   const options = resolveOptions({ intervalMs: 1_000, maxIntervalMs: 10_000, ...params });
   const registry = new WorkRegistry(params.work);
-  const log = params.logger ?? createLogger();
+  const log = params.logger ?? defaultLibraryLogger();
   const report = async (): Promise<MigrationReport | undefined> => (await migrationReports(pool, { name }))[0];
 
   let current = await report();

@@ -26,3 +26,12 @@ export function createLogger({ level, format, destination = 1 }: LoggerOptions =
   }
   return pino(options, pino.destination({ dest: destination, sync: true }));
 }
+
+/**
+ * The logger of a Worker or finalizeMigration given none: warnings and errors only, as JSON lines
+ * on stderr, so an embedding application's stdout stays its own and a failing job is still seen.
+ * Pass `logger` (any pino logger, e.g. `createLogger()` or `pino({ level: 'silent' })`) to change it.
+ */
+export function defaultLibraryLogger(): Logger {
+  return createLogger({ level: 'warn', format: 'json', destination: 2 });
+}

@@ -5,9 +5,24 @@
  *
  * Sentry is set up without its default integrations: it installs no global handlers and
  * instruments nothing, so it changes nothing about how the process runs or exits.
+ *
+ * `@sentry/node` is an optional peer dependency (about 90 MB installed, and most users never set a
+ * DSN): it is imported here, when a reporter is created, never at `import 'pg-bbm'`.
  */
-import * as Sentry from '@sentry/node';
+import { ConfigError } from './errors.ts';
 import type { RunResult, WorkerObserver } from './types.ts';
+
+type SentryModule = typeof import('@sentry/node');
+
+async function importSentry(): Promise<SentryModule> {
+  try {
+    return await import('@sentry/node');
+  } catch (cause) {
+    const missing = (cause as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes("'@sentry/node'");
+    if (!missing) throw cause;
+    throw new ConfigError('a Sentry DSN is set but @sentry/node is not installed: run `npm install @sentry/node` (or unset SENTRY_DSN)', { cause });
+  }
+}
 
 export interface SentryOptions {
   dsn: string;
@@ -36,7 +51,9 @@ function scrubber(secrets: readonly string[]): <T>(event: T) => T {
 
 const REPORTED: ReadonlySet<RunResult['outcome']> = new Set(['job_failed', 'migration_failed', 'error']);
 
-export function createSentryReporter({ dsn, environment, release, secrets = [] }: SentryOptions): SentryReporter {
+/** Starts a Sentry client. Rejects with a ConfigError when `@sentry/node` is not installed. */
+export async function createSentryReporter({ dsn, environment, release, secrets = [] }: SentryOptions): Promise<SentryReporter> {
+  const Sentry = await importSentry();
   const scrub = scrubber(secrets);
   Sentry.initWithoutDefaultIntegrations({
     dsn,

@@ -14,7 +14,7 @@ import { announceWorker, HEARTBEAT_MS, retireWorker } from '../store/workers.ts'
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
-import { createLogger, type Logger } from './log.ts';
+import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
 import { BatchSizer } from './pace.ts';
@@ -29,6 +29,7 @@ export interface WorkerParams extends WorkerOptions {
   pool?: pg.Pool;
   /** Or a connection string: the worker opens and ends its own pool. */
   connectionString?: string;
+  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
   logger?: Logger;
   /** Told about every run and every wait (metrics, error reports, progress). */
   observers?: readonly WorkerObserver[];
@@ -83,7 +84,7 @@ export class Worker {
     } else {
       throw new ConfigError('a worker needs `pool` or `connectionString`');
     }
-    this.#log = (params.logger ?? createLogger()).child({ worker_pid: process.pid });
+    this.#log = (params.logger ?? defaultLibraryLogger()).child({ worker_pid: process.pid });
     this.#observers = params.observers ?? [];
     this.#throttle = params.throttle;
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);

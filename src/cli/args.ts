@@ -1,5 +1,6 @@
 /** `bbm`'s flags: which command takes which, their help, and parsing of their values. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { INT8_MAX, INT8_MIN } from '../store/codes.ts';
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';
@@ -32,6 +33,7 @@ export const OPTIONS = {
   min: { type: 'string' },
   max: { type: 'string' },
   paused: { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
   // enqueue, set: pace
   lanes: { type: 'string' },
   'target-job-ms': { type: 'string' },
@@ -68,6 +70,7 @@ const FLAG_HELP: Record<Flag, string> = {
   min: '--min N               First id of the range (default 1)',
   max: '--max N               Last id (default: the column\'s maximum when the migration starts)',
   paused: '--paused              Enqueue it paused',
+  'dry-run': '--dry-run             Print the INSERT (for a schema-migration file) instead of running it; no database needed',
   lanes: '--lanes N             Jobs of the migration that may run at once, across all workers (default 1)',
   'target-job-ms': '--target-job-ms MS    Adapt the batch size so a job\'s work takes about this long',
   'min-batch-size': '--min-batch-size N    Smallest adaptive size, and smallest half a timed-out range is split to',
@@ -108,7 +111,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
   enqueue: {
     summary: 'Add a migration, after checking its table, column, index and work function',
     usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused] …',
-    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'lanes', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'paused', 'json'],
+    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'lanes', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'paused', 'dry-run', 'json'],
   },
   set: {
     summary: "Change a migration's pace while it runs: lanes, batch size, adaptive sizing",
@@ -170,7 +173,7 @@ export function bigintFlag(flags: Flags, flag: Flag): bigint | undefined {
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || !/^-?\d+$/.test(value)) throw new UsageError(`--${flag} must be an integer, got ${JSON.stringify(value)}`);
   const parsed = BigInt(value);
-  if (parsed < -(2n ** 63n) || parsed >= 2n ** 63n) throw new UsageError(`--${flag} must fit in a bigint, got ${value}`);
+  if (parsed < INT8_MIN || parsed > INT8_MAX) throw new UsageError(`--${flag} must fit in a bigint, got ${value}`);
   return parsed;
 }
 

@@ -12,7 +12,7 @@ import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError
 import { toJson } from './format.ts';
 import { schedules, status } from './inspect.ts';
 import { finalize, run } from './process.ts';
-import { enqueue, retry, setPace, steer } from './steer.ts';
+import { enqueue, enqueueSql, retry, setPace, steer } from './steer.ts';
 
 export { UsageError };
 
@@ -78,6 +78,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   try {
     const configFile = flags.config ?? findDefaultConfig();
     const config = configFile ? await loadConfig(configFile) : undefined;
+    if (command === 'enqueue' && flags['dry-run']) return enqueueSql({ flags, config, io });
     const databaseUrl = flags['database-url'] ?? io.env.DATABASE_URL ?? config?.databaseUrl;
     if (!databaseUrl) {
       throw new UsageError('no database: set DATABASE_URL or pass --database-url postgres://user:password@host:5432/database');

@@ -29,11 +29,11 @@ function logger({ flags }: Context, destination: 1 | 2): Logger {
   return createLogger({ level: level as 'info' | undefined, format: format as LogFormat | undefined, destination });
 }
 
-function sentryFrom({ config, io, databaseUrl }: Context): SentryReporter | undefined {
+async function sentryFrom({ config, io, databaseUrl }: Context): Promise<SentryReporter | undefined> {
   const dsn = io.env.SENTRY_DSN ?? config?.sentry?.dsn;
   if (!dsn) return undefined;
   const password = passwordOf(databaseUrl);
-  return createSentryReporter({
+  return await createSentryReporter({
     dsn,
     ...(config?.sentry?.environment !== undefined && { environment: config.sentry.environment }),
     ...(config?.sentry?.release !== undefined && { release: config.sentry.release }),
@@ -104,7 +104,7 @@ export async function run(context: Context): Promise<number> {
   const observers: WorkerObserver[] = [];
   const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
   if (metrics) observers.push(metrics.observer);
-  const sentry = sentryFrom(context);
+  const sentry = await sentryFrom(context);
   if (sentry) observers.push(sentry.observer);
   let ops: OpsServer | undefined;
   try {
@@ -132,7 +132,7 @@ export async function finalize(context: Context): Promise<number> {
   if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
   const log = logger(context, 2);
   const options = workerOptionsOf(config);
-  const sentry = sentryFrom(context);
+  const sentry = await sentryFrom(context);
   const soft = new AbortController();
   const hard = new AbortController();
   const release = onStopSignals(log, config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS, () => soft.abort(), () => hard.abort());

@@ -1,79 +1,70 @@
 /** The commands that change migrations: enqueue, pause, resume, retry. */
-import { isValidWorkName } from '../bbm/registry.ts';
+import { enqueueMigration, enqueueMigrationSql, EnqueueError, type MigrationSpec } from '../bbm/enqueue.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
-import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
-import { insertMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
-import { begin, commit, rollback } from '../store/tx.ts';
+import { retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './main.ts';
 
-/** Checks a migration against the catalog and the config before inserting it; nothing is written when a check fails. */
-export async function enqueue(context: Context): Promise<number> {
-  const { flags, pool, io, config } = context;
-  const name = requiredFlag(flags, 'name', 'enqueue');
+/** The migration the flags describe, and the config's say on its work function. */
+function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): MigrationSpec {
   const work = requiredFlag(flags, 'work', 'enqueue');
-  const tableName = requiredFlag(flags, 'table', 'enqueue');
-  const columnName = requiredFlag(flags, 'column', 'enqueue');
-  const batchSize = integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX });
-  if (batchSize === undefined) throw new UsageError('bbm enqueue needs --batch-size');
+  const spec: MigrationSpec = {
+    name: requiredFlag(flags, 'name', 'enqueue'),
+    work,
+    table: requiredFlag(flags, 'table', 'enqueue'),
+    column: requiredFlag(flags, 'column', 'enqueue'),
+    batchSize: integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }) ?? usage('bbm enqueue needs --batch-size'),
+  };
+  const min = bigintFlag(flags, 'min');
+  const max = bigintFlag(flags, 'max');
   const pace = paceFlags(flags);
-  const minValue = bigintFlag(flags, 'min');
-  const maxValue = bigintFlag(flags, 'max');
-  if (maxValue !== undefined && maxValue < (minValue ?? 1n)) throw new UsageError(`--max ${maxValue} is below --min ${minValue ?? 1n}`);
-  if (!isValidWorkName(work)) throw new UsageError(`--work ${JSON.stringify(work)} is not a valid work name (letters, digits, _ . : / -)`);
+  if (min !== undefined) spec.min = min;
+  if (max !== undefined) spec.max = max;
+  if (flags.paused) spec.paused = true;
+  if (pace.maxParallelJobs !== undefined) spec.lanes = pace.maxParallelJobs;
+  if (typeof pace.targetJobMs === 'number') spec.targetJobMs = pace.targetJobMs;
+  if (typeof pace.minBatchSize === 'number') spec.minBatchSize = pace.minBatchSize;
+  if (typeof pace.maxBatchSize === 'number') spec.maxBatchSize = pace.maxBatchSize;
   if (config && !config.work.some((w) => w.name === work)) {
     throw new UsageError(`--work ${work} is not a work function of the config (it has: ${config.work.map((w) => w.name).join(', ') || 'none'})`);
   }
+  return spec;
+}
 
-  const client = await pool.connect();
+function usage(message: string): never {
+  throw new UsageError(message);
+}
+
+/** `bbm enqueue --dry-run`: the INSERT, for a schema-migration file; needs no database. */
+export function enqueueSql(context: Pick<Context, 'flags' | 'config' | 'io'>): number {
+  context.io.out(enqueueMigrationSql(migrationSpec(context)));
+  return 0;
+}
+
+/** Checks a migration against the catalog and the config before inserting it; nothing is written when a check fails. */
+export async function enqueue(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const spec = migrationSpec(context);
   let id: bigint;
   try {
-    await begin(client);
-    try {
-      const target = await resolveTarget(client, tableName, columnName);
-      if (!isTarget(target)) {
-        io.err(`bbm enqueue: ${target.code}: ${target.message}; nothing was written`);
-        await rollback(client);
-        return 1;
-      }
-      id = await insertMigration(client, {
-        name,
-        jobSignatureName: work,
-        tableName,
-        columnName,
-        batchSize,
-        minValue,
-        maxValue,
-        paused: flags.paused,
-        maxParallelJobs: pace.maxParallelJobs,
-        targetJobMs: pace.targetJobMs,
-        minBatchSize: pace.minBatchSize,
-        maxBatchSize: pace.maxBatchSize,
-      });
-      await commit(client);
-    } catch (error) {
-      await rollback(client).catch(() => {});
-      if (sqlStateOf(error) === SqlState.uniqueViolation) {
-        io.err(`bbm enqueue: a migration named ${JSON.stringify(name)} already exists; nothing was written`);
-        return 1;
-      }
-      throw error;
-    }
-  } finally {
-    client.release();
+    ({ id } = await enqueueMigration(pool, spec));
+  } catch (error) {
+    if (!(error instanceof EnqueueError)) throw error;
+    io.err(`bbm enqueue: ${error.code === 'duplicate_name' ? '' : `${error.code}: `}${error.message}; nothing was written`);
+    return 1;
   }
-  const [report] = await migrationReports(pool, { name });
+  const [report] = await migrationReports(pool, { name: spec.name });
   const live = await liveWorkNames(pool, LIVE_WORKER_WINDOW_MS);
   context.print(report, () =>
     [
-      `enqueued ${name} (id ${id}): ${work} over ${tableName}.${columnName} [${minValue ?? 1n}..${maxValue ?? 'max'}] in batches of ${batchSize}` +
-        (pace.targetJobMs ? ` (adapting toward ${pace.targetJobMs} ms jobs)` : '') +
-        (pace.maxParallelJobs && pace.maxParallelJobs > 1 ? `, ${pace.maxParallelJobs} lanes` : '') +
+      `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${spec.column} [${spec.min ?? 1n}..${spec.max ?? 'max'}] in batches of ${spec.batchSize}` +
+        (spec.targetJobMs ? ` (adapting toward ${spec.targetJobMs} ms jobs)` : '') +
+        (spec.lanes && spec.lanes > 1 ? `, ${spec.lanes} lanes` : '') +
         (flags.paused ? ', paused' : ''),
-      ...(live.includes(work) ? [] : [`note: no live worker has work function ${work} yet`]),
+      ...(live.includes(spec.work) ? [] : [`note: no live worker has work function ${spec.work} yet`]),
     ].join('\n'),
   );
   return 0;

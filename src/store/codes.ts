@@ -37,6 +37,9 @@ export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];
 
 /** The largest value of an `integer` column: batch sizes, their bounds, target_job_ms. */
 export const INT4_MAX = 2_147_483_647;
+/** The bigint (int8) domain: ids and range bounds. */
+export const INT8_MIN = -(2n ** 63n);
+export const INT8_MAX = 2n ** 63n - 1n;
 
 /** Upper bound of a migration's `max_parallel_jobs`: each lane is an advisory-lock key of its own. */
 export const MAX_LANES = 256;

@@ -3,6 +3,7 @@
  * read and steer. (Taking a migration's next job is bbm_take_job, through run-transaction.ts.)
  */
 import { sql, type SQL } from 'drizzle-orm';
+import pg from 'pg';
 import { exec, execOne, type Queryable } from './db.ts';
 import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
@@ -10,6 +11,7 @@ import { LANE_LOCK_BASE } from './locks.ts';
 
 const RUNNABLE = sql.raw(`${MigrationStatus.active}, ${MigrationStatus.running}`);
 
+const { escapeLiteral } = pg;
 const big = (value: string): bigint => BigInt(value);
 const bigOrNull = (value: string | null): bigint | null => (value === null ? null : BigInt(value));
 
@@ -317,21 +319,48 @@ export interface NewMigration {
   maxBatchSize?: number | null | undefined;
 }
 
+/**
+ * The INSERT of a migration as plain SQL text, values inlined as literals: what `enqueueMigration`
+ * runs, and what `enqueueMigrationSql` hands to a schema-migration tool (drizzle-kit, knex,
+ * node-pg-migrate), so both write the same row. Text goes through pg's escapeLiteral (an E''
+ * literal when it holds a backslash, so it means the same whatever standard_conforming_strings);
+ * numbers are integers the caller checked. Columns left at their defaults are not written.
+ */
+export function insertMigrationText(m: NewMigration): string {
+  const columns: [string, string][] = [
+    ['name', escapeLiteral(m.name)],
+    ['job_signature_name', escapeLiteral(m.jobSignatureName)],
+    ['table_name', escapeLiteral(m.tableName)],
+    ['column_name', escapeLiteral(m.columnName)],
+    ['batch_size', integerLiteral(m.batchSize)],
+  ];
+  const optional: [string, bigint | number | null | undefined][] = [
+    ['min_value', m.minValue],
+    ['max_value', m.maxValue],
+    ['max_parallel_jobs', m.maxParallelJobs],
+    ['target_job_ms', m.targetJobMs],
+    ['min_batch_size', m.minBatchSize],
+    ['max_batch_size', m.maxBatchSize],
+  ];
+  for (const [column, value] of optional) if (value !== undefined && value !== null) columns.push([column, integerLiteral(value)]);
+  if (m.paused) columns.push(['status', `${MigrationStatus.paused} /* paused */`]);
+  return [
+    `INSERT INTO batched_background_migrations (${columns.map(([column]) => column).join(', ')})`,
+    `VALUES (${columns.map(([, value]) => value).join(', ')})`,
+    'RETURNING id;',
+  ].join('\n');
+}
+
+function integerLiteral(value: bigint | number): string {
+  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new RangeError(`not an integer: ${value}`);
+  return String(value);
+}
+
 /** Inserts a migration (what `bbm enqueue` does after checking it); returns its id. */
 export async function insertMigration(db: Queryable, m: NewMigration): Promise<bigint> {
-  const row = await execOne<{ id: string }>(
-    db,
-    sql`
-      INSERT INTO batched_background_migrations
-        (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name,
-         max_parallel_jobs, target_job_ms, min_batch_size, max_batch_size)
-      VALUES (${m.name}, ${m.minValue ?? 1n}::bigint, ${m.maxValue ?? null}::bigint, ${m.batchSize},
-              ${m.paused ? MigrationStatus.paused : MigrationStatus.active}, ${m.jobSignatureName}, ${m.tableName}, ${m.columnName},
-              ${m.maxParallelJobs ?? 1}::int, ${m.targetJobMs ?? null}::int, ${m.minBatchSize ?? null}::int, ${m.maxBatchSize ?? null}::int)
-      RETURNING id`,
-  );
-  if (!row) throw new Error('INSERT ... RETURNING returned no row');
-  return big(row.id);
+  const { rows } = await db.query<{ id: string }>(insertMigrationText(m));
+  if (!rows[0]) throw new Error('INSERT ... RETURNING returned no row');
+  return big(rows[0].id);
 }
 
 /**

@@ -2,7 +2,8 @@
  * Plain transactions and savepoints, for the CLI's checked writes and catalog lookups. A run's
  * transaction has its own owner: run-transaction.ts.
  */
-import type { Queryable } from './db.ts';
+import type pg from 'pg';
+import { sqlStateOf, type Queryable } from './db.ts';
 
 /** A plain transaction, for the CLI's checked writes. */
 export async function begin(db: Queryable): Promise<void> {
@@ -38,4 +39,55 @@ export async function inSavepoint<T>(db: Queryable, fn: () => Promise<T>): Promi
     await db.query('ROLLBACK TO SAVEPOINT bbm_step');
     throw error;
   }
+}
+
+/** 25P01: SAVEPOINT outside a transaction block. */
+const NO_ACTIVE_TRANSACTION = '25P01';
+
+/**
+ * Runs `fn` atomically on one connection, whatever the caller holds: a Pool lends a connection
+ * for a transaction of its own; a client inside a transaction gets a savepoint, so `fn`'s writes
+ * commit or roll back with the caller's transaction and a failure of `fn` leaves that transaction
+ * usable; a client outside one gets a transaction of its own.
+ */
+export async function atomically<T>(db: pg.Pool | pg.ClientBase, fn: (client: Queryable) => Promise<T>): Promise<T> {
+  if (isPool(db)) {
+    const client = await db.connect();
+    try {
+      return await inTransaction(client, fn);
+    } finally {
+      client.release();
+    }
+  }
+  try {
+    await db.query('SAVEPOINT bbm_atomically');
+  } catch (error) {
+    if (sqlStateOf(error) !== NO_ACTIVE_TRANSACTION) throw error;
+    return await inTransaction(db, fn);
+  }
+  try {
+    const result = await fn(db);
+    await db.query('RELEASE SAVEPOINT bbm_atomically');
+    return result;
+  } catch (error) {
+    await db.query('ROLLBACK TO SAVEPOINT bbm_atomically; RELEASE SAVEPOINT bbm_atomically').catch(() => {});
+    throw error;
+  }
+}
+
+async function inTransaction<T>(client: Queryable, fn: (client: Queryable) => Promise<T>): Promise<T> {
+  await begin(client);
+  try {
+    const result = await fn(client);
+    await commit(client);
+    return result;
+  } catch (error) {
+    await rollback(client).catch(() => {});
+    throw error;
+  }
+}
+
+/** A pg Pool (duck-typed: the caller's `pg` may be another copy than ours). */
+function isPool(db: pg.Pool | pg.ClientBase): db is pg.Pool {
+  return 'totalCount' in db && typeof (db as pg.Pool).connect === 'function';
 }

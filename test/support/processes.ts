@@ -3,7 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type pg from 'pg';
 import { fileURLToPath } from 'node:url';
 
-export const BBM_BIN = fileURLToPath(new URL('../../bin/bbm.js', import.meta.url));
+/** The compiled command, as installed (the global setup builds dist/). */
+export const BBM_BIN = fileURLToPath(new URL('../../dist/cli/bin.js', import.meta.url));
 export const TEST_CONFIG = fileURLToPath(new URL('../fixtures/bbm.config.ts', import.meta.url));
 
 export interface BbmProcess {
