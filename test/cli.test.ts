@@ -1,8 +1,9 @@
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { describe, expect, inject, it } from 'vitest';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
-import { useTestDatabase } from './support/database.ts';
+import { createTestDatabase, useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range } from './support/engine.ts';
 import { TEST_CONFIG } from './support/processes.ts';
 
@@ -10,19 +11,28 @@ describe('bbm without a database', () => {
   it('says how to give one and exits 2', async () => {
     const result = await bbm(['status']);
     expect(result.code).toBe(2);
-    expect(result.err).toMatch(/no database: set DATABASE_URL or pass --database-url/);
+    expect(result.err).toMatch(/no database: set DATABASE_URL \(or PGHOST, PGDATABASE, …\) or pass --database-url/);
   });
 
   it.each([
     [['frobnicate'], /unknown command "frobnicate"/],
-    [['status', '--bogus'], /Unknown option '--bogus'/],
-    [['pause', '--watch'], /--watch is not an option of this command/],
+    [['status', '--bogus'], /^bbm status: unknown option --bogus\n\nRun `bbm status --help` for its options\.\n$/],
+    [['--bogus'], /^bbm: unknown option --bogus\n\nRun `bbm --help` for usage\.\n$/],
+    [['enqueue', '--name'], /^bbm enqueue: --name needs a value\n\nRun `bbm enqueue --help` for its options\.\n$/],
+    [['status', '--json=yes'], /^bbm status: --json takes no value\n/],
+    [['status', 'extra'], /^bbm: unexpected argument "extra"\n\nRun `bbm status --help` for its options\.\n$/],
+    [['pause', '--watch'], /^bbm pause: --watch is not an option of this command\n\nRun `bbm pause --help` for its options\.\n$/],
     [['run', '--database-url', 'postgres://x@127.0.0.1:1/x'], /bbm run needs work functions/],
     [['status', '--config', 'nope.config.ts', '--database-url', 'postgres://x@127.0.0.1:1/x'], /config file nope.config.ts does not exist/],
   ])('rejects %j with exit 2', async (args, message) => {
     const result = await bbm(args);
     expect(result.code).toBe(2);
     expect(result.err).toMatch(message);
+  });
+
+  it('prints the version with --version or -v, whatever the command', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const args of [['--version'], ['-v'], ['status', '--version']]) expect(await bbm(args)).toEqual({ code: 0, out: `pg-bbm ${version}\n`, err: '' });
   });
 
   it('prints help with exit 0 on --help', async () => {
@@ -42,10 +52,17 @@ describe('bbm without a database', () => {
 describe('bbm against a database', () => {
   const db = useTestDatabase();
 
-  it('migrate is idempotent', async () => {
-    const { url } = db();
-    expect(await bbm(['migrate'], { DATABASE_URL: url })).toMatchObject({ code: 0, out: 'pg-bbm schema is up to date\n' });
-    expect(await bbm(['migrate', '--database-url', url])).toMatchObject({ code: 0 });
+  it('migrate says what it applied, and is idempotent', async () => {
+    const fresh = await createTestDatabase({ empty: true });
+    try {
+      const first = await bbm(['migrate'], { DATABASE_URL: fresh.url });
+      expect(first.code).toBe(0);
+      expect(first.out).toMatch(/^applied (\d+) migration\(s\) of pg-bbm's schema: 0000_init, 0001_lock_next_migration, .*0007_cut_range/);
+      expect(await bbm(['migrate', '--json'], { DATABASE_URL: fresh.url })).toMatchObject({ code: 0, out: '{\n  "applied": []\n}\n' });
+      expect(await bbm(['migrate'], { DATABASE_URL: fresh.url })).toMatchObject({ code: 0, out: 'pg-bbm schema is up to date; nothing to apply\n' });
+    } finally {
+      await fresh.drop();
+    }
   });
 
   it('status --json reports every migration with progress and job counts', async () => {
@@ -128,6 +145,49 @@ describe('bbm against a database', () => {
     expect((await migrationRow(pool, 'c'))?.status).toBe(MigrationStatus.finished);
   });
 
+  it("connects with libpq's PG* variables when no URL is given, and never prints PGPASSWORD", async () => {
+    const { url } = db();
+    const parsed = new URL(url);
+    const env = {
+      PGHOST: parsed.hostname,
+      PGPORT: parsed.port,
+      PGUSER: decodeURIComponent(parsed.username),
+      PGPASSWORD: decodeURIComponent(parsed.password),
+      PGDATABASE: parsed.pathname.slice(1),
+    };
+    expect(await bbm(['status', '--json'], env)).toMatchObject({ code: 0, out: '[]\n' });
+    const wrong = await bbm(['status'], { ...env, PGDATABASE: 'no_such_db' });
+    expect(wrong).toMatchObject({ code: 1, err: expect.stringMatching(/database "no_such_db" does not exist/) });
+    expect(wrong.err).not.toContain(env.PGPASSWORD);
+  });
+
+  it('delete removes a paused, failed or finished migration with its jobs, and refuses an active one', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 30));
+    for (const [name, status] of [['wrong', MigrationStatus.paused], ['live', MigrationStatus.active], ['old', MigrationStatus.finished]] as const) {
+      await enqueue(pool, { name, work: 'test.touch', table: 'items', batchSize: 10, status });
+    }
+    await pool.query(
+      `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts)
+       SELECT id, 1, 10, 2, 1 FROM batched_background_migrations WHERE name IN ('old', 'live')`,
+    );
+    const env = { DATABASE_URL: url };
+    expect(await bbm(['delete', '--name', 'wrong'], env)).toEqual({ code: 0, out: 'deleted wrong and its 0 job(s)\n', err: '' });
+    expect(await bbm(['delete', '--name', 'old', '--json'], env)).toMatchObject({ code: 0, out: '{\n  "deleted": "old",\n  "jobs": 1\n}\n' });
+    expect(await bbm(['delete', '--name', 'live'], env)).toEqual({
+      code: 1,
+      out: '',
+      err: 'bbm delete: live is active; pause it first (bbm pause --name live), then delete it\n',
+    });
+    expect(await bbm(['delete', '--name', 'ghost'], env)).toMatchObject({ code: 1, err: 'bbm delete: no migration named "ghost"\n' });
+    expect(await bbm(['delete'], env)).toMatchObject({ code: 2, err: expect.stringMatching(/bbm delete needs --name/) });
+    const left = await pool.query<{ name: string; jobs: number }>(
+      `SELECT m.name, (SELECT count(*)::int FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) AS jobs
+       FROM batched_background_migrations m ORDER BY m.id`,
+    );
+    expect(left.rows).toEqual([{ name: 'live', jobs: 1 }]);
+  });
+
   it('rejects a non-numeric --interval with exit 2', async () => {
     const { url } = db();
     const result = await bbm(['run', '--config', TEST_CONFIG, '--interval', 'soon'], { DATABASE_URL: url });
@@ -136,7 +196,7 @@ describe('bbm against a database', () => {
 });
 
 describe('bbm help', () => {
-  it.each(['run', 'finalize', 'status', 'schedules', 'enqueue', 'set', 'pause', 'resume', 'retry', 'migrate'])('has help for %s', async (command) => {
+  it.each(['run', 'finalize', 'status', 'schedules', 'enqueue', 'set', 'pause', 'resume', 'retry', 'delete', 'migrate'])('has help for %s', async (command) => {
     const result = await bbm([command, '--help']);
     expect(result.code).toBe(0);
     expect(result.out).toMatch(new RegExp(`^bbm ${command}: .+\\n\\nUsage: bbm ${command}`));

@@ -5,7 +5,7 @@ import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../src/bbm/
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { createItems, drain, migrationRow, range, testWorker, touch } from './support/engine.ts';
 
 const spec = { name: 'fill', work: 'test.touch', table: 'items', column: 'id', batchSize: 10 };
 const names = async (pool: { query: (q: string) => Promise<{ rows: Array<{ name: string }> }> }) =>

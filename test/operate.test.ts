@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { createItems, drain, enqueue, jobRanges, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
+import { finalizeMigration } from '../src/bbm/finalize.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
 
 const count = async (pool: { query: (q: string) => Promise<{ rows: Array<{ n: number }> }> }) =>
@@ -189,12 +190,11 @@ describe('bbm finalize', () => {
     expect(runners.rows[0].n).toBe(2);
   });
 
-  it('exits 1 when the migration fails, is paused or already failed, and 2 without the work function', async () => {
+  it('exits 1 when the migration fails or already failed, and 2 without the work function', async () => {
     const { pool, url } = db();
     await createJobLog(pool);
     await createItems(pool, 'items', range(1, 30));
     await enqueue(pool, { name: 'doomed', work: 'test.touch', table: 'items', batchSize: 10 });
-    await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });
     await enqueue(pool, { name: 'alien', work: 'not.here', table: 'items', batchSize: 10 });
     const env = { DATABASE_URL: url, BBM_LOG_LEVEL: 'silent' };
 
@@ -203,16 +203,38 @@ describe('bbm finalize', () => {
     expect(doomed.code).toBe(1);
     expect(doomed.output).toMatch(/doomed is not finished: failed \(max_job_retry\): job \d+ \[11\.\.20\] failed 5 times; last error: row 15 cannot be migrated/);
     expect(await bbm(['finalize', '--name', 'doomed', '--config', TEST_CONFIG], env)).toMatchObject({ code: 1 });
-    expect(await bbm(['finalize', '--name', 'resting', '--config', TEST_CONFIG], env)).toMatchObject({
-      code: 1,
-      err: expect.stringMatching(/resting is not finished: paused: resume it/),
-    });
     expect(await bbm(['finalize', '--name', 'alien', '--config', TEST_CONFIG], env)).toMatchObject({
       code: 2,
       err: expect.stringMatching(/alien runs work function not\.here, which the config does not register/),
     });
     expect(await bbm(['finalize', '--name', 'ghost', '--config', TEST_CONFIG], env)).toMatchObject({ code: 2, err: expect.stringMatching(/no migration named "ghost"/) });
     expect(await bbm(['finalize', '--name', 'doomed'], { ...env, DATABASE_URL: url })).toMatchObject({ code: 2 });
+  });
+});
+
+describe('finalizing a paused migration', () => {
+  const db = useTestDatabase();
+
+  it('runs it to the end and says it overrode the pause', async () => {
+    const { pool, url } = db();
+    await createJobLog(pool);
+    await createItems(pool, 'items', range(1, 30));
+    await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });
+    const result = await runBbm(['finalize', '--name', 'resting', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_LOG_LEVEL: 'warn', BBM_LOG_FORMAT: 'json' });
+    expect(result.code).toBe(0);
+    expect(result.output).toMatch(/"level":40,.*resting was paused: finalizing runs it anyway/);
+    expect(result.output.trim().split('\n').at(-1)).toBe('resting is finished: 3 jobs, 0 failed');
+    expect((await migrationRow(pool, 'resting'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('pauses it again when finalizing stops before the end', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });
+    const stop = new AbortController();
+    stop.abort();
+    await expect(finalizeMigration({ pool, work: [touch], name: 'resting', logger: quiet, signal: stop.signal })).rejects.toThrow(/interrupted/);
+    expect((await migrationRow(pool, 'resting'))?.status).toBe(MigrationStatus.paused);
   });
 });
 

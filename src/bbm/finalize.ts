@@ -11,7 +11,7 @@ import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
 import { Runner } from './run.ts';
-import { migrationReports, type MigrationReport } from './status.ts';
+import { migrationReports, pause, resume, type MigrationReport } from './status.ts';
 import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
 
 export interface FinalizeParams extends WorkerOptions {
@@ -60,6 +60,14 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   if (!registry.get(current.jobSignatureName)) {
     throw new ConfigError(`${name} runs work function ${current.jobSignatureName}, which the config does not register`);
   }
+  // A deploy that needs the migration done gets it done: finalizing overrides a pause, says so,
+  // and pauses it again if it stops before the end (an operator's pause outlives the attempt).
+  let resumedFromPause = false;
+  if (current.status === 'paused') {
+    resumedFromPause = (await resume(pool, name)).length > 0;
+    if (resumedFromPause) log.warn({ bbm_name: name }, `${name} was paused: finalizing runs it anyway, and pauses it again if it stops before the end`);
+    current = (await report()) ?? current;
+  }
   const runner = new Runner({ pool, registry, options, log, hardStop: params.hardStop ?? new AbortController().signal, only: current.id });
   const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
   let errors = 0;
@@ -99,6 +107,9 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
         await sleep(waitMs, params.signal);
       }
     }
+  } catch (error) {
+    if (resumedFromPause && (await pause(pool, name).catch(() => [])).length > 0) log.warn({ bbm_name: name }, `${name} is paused again`);
+    throw error;
   } finally {
     await runner.release();
   }
@@ -112,7 +123,7 @@ function settledState(report: MigrationReport): string | null {
     case 'failed':
       return `failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`;
     case 'paused':
-      return 'paused: resume it (bbm resume --name …) to finalize it';
+      return 'paused while finalizing';
     default:
       return null;
   }

@@ -12,19 +12,27 @@ export interface LoggerOptions {
   level?: LevelWithSilent;
   /** Default: BBM_LOG_FORMAT, else pretty when the destination is a terminal and JSON otherwise. */
   format?: LogFormat;
-  /** 1 (stdout, the default) or 2 (stderr: for commands whose stdout is their result). */
-  destination?: 1 | 2;
+  /** 1 (stdout, the default), 2 (stderr: for commands whose stdout is their result), or a stream (pretty only). */
+  destination?: 1 | 2 | NodeJS.WritableStream;
+  /**
+   * Pretty lines of one line each, for a person at a terminal (`bbm run`'s live display): the
+   * message, the migration, the job's range and the error's message; no fields, no stacks.
+   */
+  terse?: boolean;
 }
 
-export function createLogger({ level, format, destination = 1 }: LoggerOptions = {}): Logger {
-  const tty = Boolean((destination === 1 ? process.stdout : process.stderr).isTTY);
-  const resolvedLevel = level ?? (process.env.BBM_LOG_LEVEL as LevelWithSilent | undefined) ?? 'info';
-  const resolvedFormat = format ?? (process.env.BBM_LOG_FORMAT as LogFormat | undefined) ?? (tty ? 'pretty' : 'json');
+const TERSE_LINE = '{msg}{if bbm_name}: {bbm_name}{end}{if job_start} [{job_start}..{job_end}] attempt {attempt}{end}{if err.message}: {err.message}{end}';
+
+export function createLogger({ level, format, destination = 1, terse = false }: LoggerOptions = {}): Logger {
+  const tty = typeof destination === 'number' ? Boolean((destination === 1 ? process.stdout : process.stderr).isTTY) : true;
+  const resolvedLevel = level ?? ((process.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'info';
+  const resolvedFormat = format ?? ((process.env.BBM_LOG_FORMAT || undefined) as LogFormat | undefined) ?? (tty ? 'pretty' : 'json');
   const options = { level: resolvedLevel, base: { component: 'pg-bbm' } };
   if (resolvedFormat === 'pretty') {
-    return pino(options, pretty({ colorize: tty, sync: true, destination, ignore: 'component,worker_pid' }));
+    const terseness = terse && { hideObject: true, messageFormat: TERSE_LINE, translateTime: 'HH:MM:ss' };
+    return pino(options, pretty({ colorize: tty, sync: true, destination, ignore: 'component,worker_pid', ...terseness }));
   }
-  return pino(options, pino.destination({ dest: destination, sync: true }));
+  return pino(options, typeof destination === 'number' ? pino.destination({ dest: destination, sync: true }) : destination);
 }
 
 /**

@@ -40,7 +40,10 @@ export interface WorkerParams extends WorkerOptions {
 }
 
 export interface RunLoopOptions {
-  /** Return once no migration this worker can run remains (finished, failed, paused or unknown work). */
+  /**
+   * Return once no migration this worker can run remains (finished, failed, paused or unknown
+   * work). Skips the startup jitter.
+   */
   untilDone?: boolean;
 }
 
@@ -136,7 +139,8 @@ export class Worker {
   async #runLoop({ untilDone = false }: RunLoopOptions): Promise<void> {
     const { options } = this;
     const stopping = this.#stopping.signal;
-    const startupJitterMs = Math.round(Math.random() * options.startupJitterMs);
+    // A one-shot drain has no fleet to spread out: it starts at once.
+    const startupJitterMs = untilDone ? 0 : Math.round(Math.random() * options.startupJitterMs);
     this.#log.info({ options, startup_jitter_ms: startupJitterMs, worker_id: this.id }, 'worker starting');
     await this.#heartbeat();
     const heartbeat = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);

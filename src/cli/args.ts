@@ -10,6 +10,7 @@ export const OPTIONS = {
   'database-url': { type: 'string' },
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
   json: { type: 'boolean' },
   name: { type: 'string' },
   // run
@@ -50,6 +51,7 @@ const FLAG_HELP: Record<Flag, string> = {
   'database-url': '--database-url URL    PostgreSQL to use; default DATABASE_URL, then the config\'s databaseUrl',
   config: '--config FILE         Config module (default: bbm.config.ts, .mjs or .js here)',
   help: '-h, --help            This help',
+  version: '-v, --version         pg-bbm\'s version',
   json: '--json                Print the result as JSON',
   name: '--name NAME           The migration',
   'until-done': '--until-done          Exit 0 once nothing this worker can run remains',
@@ -125,11 +127,18 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm retry --name NAME',
     flags: ['name', 'json'],
   },
+  delete: {
+    summary: 'Delete a paused, failed or finished migration and its jobs (an active or running one is refused: pause it first)',
+    usage: 'bbm delete --name NAME',
+    flags: ['name', 'json'],
+  },
   migrate: { summary: "Apply pg-bbm's own schema (idempotent; run does it too unless --skip-migrate)", usage: 'bbm migrate', flags: ['json'] },
 };
 export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
+/** Flags that need no command. */
+export const GLOBAL_FLAGS: Flag[] = ['help', 'version'];
 
-const FOOTER = 'Environment: DATABASE_URL, SENTRY_DSN, BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.';
+const FOOTER = 'Environment: DATABASE_URL (else libpq\'s PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.';
 const flagLines = (flags: Flag[]) => flags.map((flag) => `  ${FLAG_HELP[flag]}`).join('\n');
 
 export const HELP = [
@@ -141,7 +150,7 @@ export const HELP = [
   ...Object.entries(COMMANDS).map(([name, spec]) => `  ${name.padEnd(10)} ${spec.summary}`),
   '',
   'Options of every command:',
-  flagLines(COMMON_FLAGS),
+  flagLines([...COMMON_FLAGS, 'version']),
   '',
   FOOTER,
 ].join('\n');
@@ -152,9 +161,37 @@ export function commandHelp(command: string): string {
   return [`bbm ${command}: ${spec.summary}`, '', `Usage: ${spec.usage}`, '', 'Options:', flagLines([...spec.flags, ...COMMON_FLAGS]), '', FOOTER].join('\n');
 }
 
+/** The command's help hint, for messages about a bad command line. */
+export function helpHint(command?: string): string {
+  return command && COMMANDS[command] ? `Run \`bbm ${command} --help\` for its options.` : 'Run `bbm --help` for usage.';
+}
+
+/**
+ * The command and its flags. Node's parseArgs errors are turned into pg-bbm's own messages
+ * (theirs talk about positional arguments and '--'), each with the command's help hint.
+ */
 export function parseCommandLine(argv: string[]): { command: string | undefined; flags: Flags } {
-  const parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-  if (parsed.positionals.length > 1) throw new UsageError(`unexpected argument ${JSON.stringify(parsed.positionals[1])}`);
+  let parsed: { values: Flags; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    const command = argv.find((arg) => !arg.startsWith('-'));
+    const where = command && COMMANDS[command] ? `bbm ${command}` : 'bbm';
+    const { code, message } = error as NodeJS.ErrnoException;
+    const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1] ?? '';
+    const what =
+      code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION'
+        ? `unknown option ${option}`
+        : code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /argument missing/.test(message)
+          ? `${option} needs a value`
+          : code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE'
+            ? `${option} takes no value`
+            : message;
+    throw new UsageError(`${where}: ${what}\n\n${helpHint(command)}`);
+  }
+  if (parsed.positionals.length > 1) {
+    throw new UsageError(`bbm: unexpected argument ${JSON.stringify(parsed.positionals[1])}\n\n${helpHint(parsed.positionals[0])}`);
+  }
   return { command: parsed.positionals[0], flags: parsed.values };
 }
 

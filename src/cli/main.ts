@@ -2,17 +2,18 @@
  * `bbm`: run workers, and inspect and steer migrations.
  * Exit codes: 0 success, 1 failure, 2 bad usage (unknown command or flag, bad value, no database).
  */
+import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
 import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
-import { commandHelp, COMMANDS, COMMON_FLAGS, HELP, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
+import { commandHelp, COMMANDS, COMMON_FLAGS, GLOBAL_FLAGS, HELP, helpHint, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
 import { toJson } from './format.ts';
 import { schedules, status } from './inspect.ts';
 import { finalize, run } from './process.ts';
-import { enqueue, enqueueSql, retry, setPace, steer } from './steer.ts';
+import { deleteCommand, enqueue, enqueueSql, retry, setPace, steer } from './steer.ts';
 
 export { UsageError };
 
@@ -51,8 +52,12 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   try {
     ({ command, flags } = parseCommandLine(argv));
   } catch (error) {
-    io.err(`bbm: ${(error as Error).message}\n\nRun \`bbm --help\` for usage.`);
+    io.err((error as Error).message);
     return 2;
+  }
+  if (flags.version) {
+    io.out(`pg-bbm ${packageVersion()}`);
+    return 0;
   }
   if (command === undefined || command === 'help') {
     io.out(HELP);
@@ -60,16 +65,16 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   }
   const allowed = COMMANDS[command]?.flags;
   if (!allowed) {
-    io.err(`bbm: unknown command ${JSON.stringify(command)}\n\nRun \`bbm --help\` for usage.`);
+    io.err(`bbm: unknown command ${JSON.stringify(command)}\n\n${helpHint()}`);
     return 2;
   }
   if (flags.help) {
     io.out(commandHelp(command));
     return 0;
   }
-  const extra = (Object.keys(flags) as Flag[]).find((f) => !allowed.includes(f) && !COMMON_FLAGS.includes(f));
+  const extra = (Object.keys(flags) as Flag[]).find((f) => !allowed.includes(f) && !COMMON_FLAGS.includes(f) && !GLOBAL_FLAGS.includes(f));
   if (extra) {
-    io.err(`bbm ${command}: --${extra} is not an option of this command\n\nRun \`bbm --help\` for usage.`);
+    io.err(`bbm ${command}: --${extra} is not an option of this command\n\n${helpHint(command)}`);
     return 2;
   }
 
@@ -79,9 +84,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     const configFile = flags.config ?? findDefaultConfig();
     const config = configFile ? await loadConfig(configFile) : undefined;
     if (command === 'enqueue' && flags['dry-run']) return enqueueSql({ flags, config, io });
-    const databaseUrl = flags['database-url'] ?? io.env.DATABASE_URL ?? config?.databaseUrl;
+    const databaseUrl = flags['database-url'] || io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env);
     if (!databaseUrl) {
-      throw new UsageError('no database: set DATABASE_URL or pass --database-url postgres://user:password@host:5432/database');
+      throw new UsageError('no database: set DATABASE_URL (or PGHOST, PGDATABASE, …) or pass --database-url postgres://user:password@host:5432/database');
     }
     mask = masker(databaseUrl);
     pool = createPool({ connectionString: databaseUrl, max: 4, applicationName: `bbm ${command}` });
@@ -113,10 +118,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await retry(context);
       case 'set':
         return await setPace(context);
-      case 'migrate':
-        await migrateSchema(pool);
-        context.print({ migrated: true }, () => 'pg-bbm schema is up to date');
+      case 'delete':
+        return await deleteCommand(context);
+      case 'migrate': {
+        const { applied } = await migrateSchema(pool);
+        context.print({ applied }, () =>
+          applied.length === 0 ? 'pg-bbm schema is up to date; nothing to apply' : `applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`,
+        );
         return 0;
+      }
     }
     return 2;
   } catch (error) {
@@ -139,4 +149,29 @@ function masker(databaseUrl: string): (text: string) => string {
     if (password && password.length >= 3) out = out.split(password).join('***');
     return out;
   };
+}
+
+/** The installed package's version (package.json sits two levels up from src/cli and dist/cli alike). */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
+/**
+ * libpq's environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE) as a URL, when
+ * no URL is given and any of them is set, so `bbm` connects where `psql` would. A PGHOST that is
+ * a directory is a Unix socket.
+ */
+export function libpqUrl(env: NodeJS.ProcessEnv): string | undefined {
+  const { PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE } = env;
+  if (!PGHOST && !PGPORT && !PGUSER && !PGPASSWORD && !PGDATABASE) return undefined;
+  const url = new URL('postgres://localhost');
+  const socket = PGHOST?.startsWith('/');
+  if (PGHOST && !socket) url.hostname = PGHOST;
+  if (PGPORT) url.port = PGPORT;
+  if (PGUSER) url.username = encodeURIComponent(PGUSER);
+  if (PGPASSWORD) url.password = encodeURIComponent(PGPASSWORD);
+  url.pathname = `/${encodeURIComponent(PGDATABASE || PGUSER || '')}`;
+  if (socket && PGHOST) url.searchParams.set('host', PGHOST);
+  if (PGSSLMODE) url.searchParams.set('sslmode', PGSSLMODE);
+  return url.toString();
 }

@@ -1,7 +1,9 @@
 /** The long-running commands: `bbm run` (a worker) and `bbm finalize` (one migration, now). */
 import { resolveOptions } from '../bbm/config.ts';
 import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
+import type { LevelWithSilent } from 'pino';
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
+import { migrationReports } from '../bbm/status.ts';
 import { createMetrics } from '../bbm/metrics.ts';
 import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
@@ -13,20 +15,42 @@ import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
 import { duration, percent, progressBar } from './format.ts';
+import { createLiveDisplay, type LiveDisplay } from './live.ts';
 import type { Context } from './main.ts';
 
 export const DEFAULT_GRACE_PERIOD_MS = 25_000;
 
-function logger({ flags }: Context, destination: 1 | 2): Logger {
+function logLevelFlag({ flags }: Context): LevelWithSilent | undefined {
   const level = flags['log-level'];
   if (level !== undefined && !(LOG_LEVELS as string[]).includes(level)) {
     throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}; got ${JSON.stringify(level)}`);
   }
+  return level as LevelWithSilent | undefined;
+}
+
+function logFormatFlag({ flags }: Context): LogFormat | undefined {
   const format = flags['log-format'];
   if (format !== undefined && format !== 'json' && format !== 'pretty') {
     throw new UsageError(`--log-format must be json or pretty; got ${JSON.stringify(format)}`);
   }
-  return createLogger({ level: level as 'info' | undefined, format: format as LogFormat | undefined, destination });
+  return format;
+}
+
+function logger(context: Context, destination: 1 | 2): Logger {
+  return createLogger({ level: logLevelFlag(context), format: logFormatFlag(context), destination });
+}
+
+/**
+ * `bbm run` on a terminal (unless JSON logs are asked for): a live display, with log lines on one
+ * line each above it, at warn unless a level is given (failures show; each finished job does not).
+ */
+function terminalOutput(context: Context): { log: Logger; display: LiveDisplay } | undefined {
+  const level = logLevelFlag(context);
+  const format = logFormatFlag(context) ?? (context.io.env.BBM_LOG_FORMAT as LogFormat | undefined);
+  if (!context.io.tty || format === 'json') return undefined;
+  const display = createLiveDisplay({ db: context.pool, knownWork: context.config?.work.map((w) => w.name) ?? [], write: (text) => process.stdout.write(text) });
+  const log = createLogger({ level: level ?? ((context.io.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'warn', format: 'pretty', destination: display.stream, terse: true });
+  return { log, display };
 }
 
 async function sentryFrom({ config, io, databaseUrl }: Context): Promise<SentryReporter | undefined> {
@@ -90,18 +114,28 @@ function overrides(context: Context): WorkerOptions {
 }
 
 export async function run(context: Context): Promise<number> {
-  const { config, flags, pool } = context;
+  const { config, flags, pool, io } = context;
   if (!config) throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
-  const log = logger(context, 1);
+  const terminal = terminalOutput(context);
+  const log = terminal?.log ?? logger(context, 1);
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
   if (flags['metrics-host'] !== undefined && metricsPort === undefined) throw new UsageError('--metrics-host needs --metrics-port');
   const { work, throttle, schedules } = config;
   const options = { ...workerOptionsOf(config), ...overrides(context) };
   resolveOptions(options);
+  const untilDone = Boolean(flags['until-done']);
 
   if (!flags['skip-migrate']) await migrateSchema(pool);
-  const observers: WorkerObserver[] = [];
+  // The migrations this worker ran jobs of: with --until-done, the exit code says whether any failed.
+  const workedOn = new Set<string>();
+  const observers: WorkerObserver[] = [
+    {
+      run(result) {
+        if (result.migration) workedOn.add(result.migration.name);
+      },
+    },
+  ];
   const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
   if (metrics) observers.push(metrics.observer);
   const sentry = await sentryFrom(context);
@@ -114,16 +148,23 @@ export async function run(context: Context): Promise<number> {
     }
     const worker = new Worker({ ...options, work, pool, logger: log, observers, ...(throttle && { throttle }), ...(schedules && { schedules }) });
     const release = onStopSignals(log, graceMs, () => void worker.stop(), () => void worker.stop({ abort: true }));
+    terminal?.display.start();
     try {
-      await worker.run({ untilDone: Boolean(flags['until-done']) });
+      await worker.run({ untilDone });
     } finally {
       release();
+      await terminal?.display.stop();
     }
   } finally {
     await ops?.close();
     await sentry?.close();
   }
-  return 0;
+  if (!untilDone || workedOn.size === 0) return 0;
+  const failed = (await migrationReports(pool)).filter((report) => workedOn.has(report.name) && report.status === 'failed');
+  for (const report of failed) {
+    io.err(context.mask(`bbm run: ${report.name} failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`));
+  }
+  return failed.length > 0 ? 1 : 0;
 }
 
 export async function finalize(context: Context): Promise<number> {

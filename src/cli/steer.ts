@@ -3,7 +3,8 @@ import { enqueueMigration, enqueueMigrationSql, EnqueueError, type MigrationSpec
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
-import { retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
+import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
+import { migrationStatusName } from '../store/codes.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './main.ts';
@@ -154,5 +155,22 @@ export async function setPace(context: Context): Promise<number> {
           : ` (adapting toward ${report.targetJobMs} ms jobs, ${report.minBatchSize ?? 1}..${report.maxBatchSize ?? 'no max'})`)
       : name,
   );
+  return 0;
+}
+
+/** `bbm delete`: undoes a wrong enqueue, or clears out a finished or failed migration, without hand-written SQL. */
+export async function deleteCommand(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const name = requiredFlag(flags, 'name', 'delete');
+  const result = await deleteMigration(pool, name);
+  if (!result.deleted) {
+    io.err(
+      result.status === null
+        ? `bbm delete: no migration named ${JSON.stringify(name)}`
+        : `bbm delete: ${name} is ${migrationStatusName(result.status)}; pause it first (bbm pause --name ${name}), then delete it`,
+    );
+    return 1;
+  }
+  context.print({ deleted: name, jobs: result.jobs }, () => `deleted ${name} and its ${result.jobs} job(s)`);
   return 0;
 }

@@ -5,6 +5,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import { exec, execOne, type Queryable } from './db.ts';
+import { atomically } from './tx.ts';
 import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
@@ -137,6 +138,43 @@ export async function resumeMigrations(db: Queryable, name?: string): Promise<st
       RETURNING name`,
   );
   return rows.map((r) => r.name);
+}
+
+/** Statuses a migration may be deleted in: nothing takes its jobs. */
+const DELETABLE = sql.raw(`${MigrationStatus.paused}, ${MigrationStatus.failed}, ${MigrationStatus.finished}`);
+
+export type DeleteResult = { deleted: true; jobs: number } | { deleted: false; status: MigrationStatusCode | null };
+
+/**
+ * Deletes a paused, failed or finished migration with its jobs, atomically; refuses an active or
+ * running one (status returned; null when no migration has the name). The jobs go first: a job
+ * still finishing in a lane (paused after it was taken) holds its row, and the delete waits for it
+ * rather than locking the migration row the finishing job updates (which would deadlock).
+ */
+export async function deleteMigration(db: pg.Pool | pg.ClientBase, name: string): Promise<DeleteResult> {
+  let refusal: DeleteResult | undefined;
+  try {
+    return await atomically(db, async (client): Promise<DeleteResult> => {
+      const found = await execOne<{ id: string; status: MigrationStatusCode }>(client, sql`SELECT id, status FROM batched_background_migrations WHERE name = ${name}`);
+      if (!found) return { deleted: false, status: null };
+      const jobs = await exec(
+        client,
+        sql`DELETE FROM batched_background_migration_jobs
+            WHERE batched_background_migration_id = ${found.id}::bigint
+              AND EXISTS (SELECT 1 FROM batched_background_migrations WHERE id = ${found.id}::bigint AND status IN (${DELETABLE}))
+            RETURNING id`,
+      );
+      const deleted = await execOne(client, sql`DELETE FROM batched_background_migrations WHERE id = ${found.id}::bigint AND status IN (${DELETABLE}) RETURNING id`);
+      if (deleted) return { deleted: true, jobs: jobs.length };
+      // Not deletable (now): throw, so that any job rows deleted above are rolled back.
+      const now = await execOne<{ status: MigrationStatusCode }>(client, sql`SELECT status FROM batched_background_migrations WHERE id = ${found.id}::bigint`);
+      refusal = { deleted: false, status: now?.status ?? null };
+      throw new Error('not deletable');
+    });
+  } catch (error) {
+    if (refusal) return refusal;
+    throw error;
+  }
 }
 
 /** How many migrations are in each status. */
