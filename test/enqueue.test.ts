@@ -1,4 +1,6 @@
 /** Enqueueing from application code: enqueueMigration on pools and clients, in the caller's transaction, and its SQL text. */
+import { sql } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/node-postgres';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/bbm/errors.ts';
 import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../src/bbm/enqueue.ts';
@@ -75,6 +77,30 @@ describe('enqueueMigration', () => {
     }
     expect(await names(pool)).toEqual(['fill']);
     expect((await pool.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(6);
+  });
+
+  it("inside a drizzle transaction on the same client (the README's pattern): commits with it, rolls back with it", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 5));
+    const client = await pool.connect();
+    try {
+      await drizzle(client).transaction(async (tx) => {
+        await tx.execute(sql`ALTER TABLE items ADD COLUMN email_lower text`);
+        await enqueueMigration(client, { ...spec, lanes: 2 });
+      });
+      await expect(
+        drizzle(client).transaction(async (tx) => {
+          await tx.execute(sql`ALTER TABLE items ADD COLUMN other text`);
+          await enqueueMigration(client, { ...spec, name: 'second' });
+          throw new Error('the schema migration fails after enqueueing');
+        }),
+      ).rejects.toThrow(/schema migration fails/);
+    } finally {
+      client.release();
+    }
+    expect(await names(pool)).toEqual(['fill']);
+    const columns = await pool.query<{ column_name: string }>("SELECT column_name FROM information_schema.columns WHERE table_name = 'items' ORDER BY ordinal_position");
+    expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'v', 'touched', 'email_lower']);
   });
 
   it('on a client outside a transaction: one of its own, atomic', async () => {
