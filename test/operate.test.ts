@@ -265,6 +265,14 @@ describe('bbm status pace', () => {
     expect(report.lastError).toBe('row 44 is odd');
     const table = await bbm(['status', '--config', TEST_CONFIG], { DATABASE_URL: url });
     expect(table.out).toMatch(/paced\s+running\s+40\.0%\s+4\/1\s+5\s+12s\s+items\.id \[1\.\.100\] by 10\s+test\.touch\s+last job error: row 44 is odd/);
+
+    // Failed or paused, with the same recent jobs: no pace, no time left (neither is moving).
+    for (const status of [MigrationStatus.failed, MigrationStatus.paused]) {
+      await pool.query('UPDATE batched_background_migrations SET status = $1 WHERE id = $2', [status, id]);
+      const [stopped] = JSON.parse((await bbm(['status', '--json'], { DATABASE_URL: url })).out);
+      expect(stopped).toMatchObject({ rowsPerSecond: null, etaSeconds: null });
+      expect((await bbm(['status'], { DATABASE_URL: url })).out).toMatch(/paced\s+(failed|paused)\s+40\.0%\s+4\/1\s+-\s+-\s/);
+    }
   });
 
   it('--watch redraws every second until interrupted, then exits 0 (plain blocks when not a terminal)', async () => {
