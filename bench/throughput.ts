@@ -107,7 +107,7 @@ async function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, con
     Array.from({ length: connections }, async () => {
       const client = await pool.connect();
       try {
-        for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]!);
+        for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]);
       } finally {
         client.release();
       }

@@ -7,8 +7,8 @@ export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorC
 export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
-export { anyThrottle, replicaLagThrottle, walArchiveThrottle, type Throttle } from './bbm/throttle.ts';
-export { parseEvery, passName, tickSchedules, type Schedule } from './bbm/schedules.ts';
+export { anyThrottle, replicaLagThrottle, walArchiveThrottle } from './bbm/throttle.ts';
+export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';
 export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops-server.ts';
 export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';
@@ -17,4 +17,4 @@ export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/migrate.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';
-export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Work, WorkerObserver, WorkerOptions } from './bbm/types.ts';
+export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Schedule, Throttle, Work, WorkerObserver, WorkerOptions } from './bbm/types.ts';

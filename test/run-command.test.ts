@@ -73,6 +73,7 @@ describe('bbm run on a terminal', () => {
       expect(error.code).toBe(1); // the migration failed
       return error;
     });
+    // eslint-disable-next-line no-control-regex -- the ANSI escapes of the redrawn display are what it strips
     const text = stdout.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
     expect(text).toMatch(/fill \[#*\.*\] +\d+\.\d% \d+ jobs/); // the live line
     expect(text).toMatch(/job failed/); // each failure, one line (warn)

@@ -1,8 +1,10 @@
+import type pg from 'pg';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/bbm/errors.ts';
 import { WorkRegistry } from '../src/bbm/registry.ts';
-import { parseEvery, resolveSchedules, tickSchedules, type Schedule } from '../src/bbm/schedules.ts';
+import { parseEvery, resolveSchedules, tickSchedules } from '../src/bbm/schedules.ts';
+import type { Schedule } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
@@ -47,10 +49,10 @@ describe('scheduling passes', () => {
   const db = useTestDatabase();
   const registry = new WorkRegistry([touch]);
   const [sweep] = resolveSchedules([{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }], registry);
-  const tick = (pool: import('pg').Pool, now: string, retentionMs = 7 * 86_400_000) => tickSchedules(pool, [sweep!], { retentionMs, now: at(now) });
-  const passes = async (pool: import('pg').Pool) =>
+  const tick = (pool: pg.Pool, now: string, retentionMs = 7 * 86_400_000) => tickSchedules(pool, [sweep!], { retentionMs, now: at(now) });
+  const passes = async (pool: pg.Pool) =>
     (await pool.query(`SELECT name, status FROM batched_background_migrations ORDER BY id`)).rows as Array<{ name: string; status: number }>;
-  const finishAll = (pool: import('pg').Pool, status: number = MigrationStatus.finished) =>
+  const finishAll = (pool: pg.Pool, status: number = MigrationStatus.finished) =>
     pool.query(`UPDATE batched_background_migrations SET status = $1, finished_at = now()`, [status]);
 
   it('enqueues one pass per slot, never while the last is unfinished, and one catch-up pass after downtime', async () => {

@@ -145,7 +145,7 @@ function bigintOf(spec: MigrationSpec, key: 'min' | 'max'): bigint | undefined {
   if (value === undefined) return undefined;
   const parsed = typeof value === 'bigint' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? BigInt(value) : undefined;
   if (parsed === undefined || parsed < INT8_MIN || parsed > INT8_MAX) {
-    throw new ConfigError(`${key} must be a bigint or a safe integer within the bigint range, got ${String(value)}`);
+    throw new ConfigError(`${key} must be a bigint or a safe integer within the bigint range, got ${typeof value === 'bigint' ? value : JSON.stringify(value)}`);
   }
   return parsed;
 }

@@ -13,8 +13,9 @@ export class WorkRegistry {
   readonly #byName = new Map<string, Work>();
 
   constructor(work: readonly Work[]) {
+    // `as unknown`: Array.isArray would narrow a readonly array to any[].
     if (!Array.isArray(work)) throw new ConfigError('`work` must be an array of { name, do } objects');
-    for (const [index, entry] of work.entries()) {
+    work.forEach((entry: Work, index) => {
       const name: unknown = entry?.name;
       if (typeof name !== 'string' || !validWorkName.test(name)) {
         throw new ConfigError(
@@ -24,7 +25,7 @@ export class WorkRegistry {
       if (typeof entry.do !== 'function') throw new ConfigError(`work ${name}: \`do\` must be a function`);
       if (this.#byName.has(name)) throw new ConfigError(`work ${name} is registered twice`);
       this.#byName.set(name, entry);
-    }
+    });
   }
 
   get(name: string): Work | undefined {

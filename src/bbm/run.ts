@@ -101,7 +101,7 @@ export class Runner {
     this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
     const take = takeStatement({ names: ctx.registry.names, validNamePattern: VALID_WORK_NAME }, ctx.only);
     this.#prologue = runPrologue(this.#backstopMs, take);
-    this.#sizers = ctx.sizers ?? new Map();
+    this.#sizers = ctx.sizers ?? new Map<bigint, BatchSizer>();
   }
 
   /**
@@ -447,7 +447,7 @@ function workFailureAtCommit(error: unknown): Error {
 /** drizzle over the fenced session, nested (savepoints) inside the run's transaction. */
 function jobDb(session: JobSession): JobDb {
   const pgSession = new NodePgSession(session as unknown as pg.PoolClient, dialect, undefined);
-  return new NodePgTransaction(dialect, pgSession, undefined, 1) as JobDb;
+  return new NodePgTransaction(dialect, pgSession, undefined, 1);
 }
 
 /** The work's promise, resolving to the rows it reports changing, if any; a synchronous throw becomes a rejection. */
@@ -460,9 +460,11 @@ async function callWork(work: Work, job: Job): Promise<number | undefined> {
 function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   // A timed-out work function keeps running detached; its eventual rejection must not go unhandled.
   work.catch(() => {});
-  if (signal.aborted) return Promise.reject(signal.reason);
+  // The runner aborts with an Error (JobTimeoutError, or the worker's stop); anything else is wrapped.
+  const reason = (): Error => (signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
+  if (signal.aborted) return Promise.reject(reason());
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
+    const onAbort = () => reject(reason());
     signal.addEventListener('abort', onAbort, { once: true });
     work.then(
       (value) => {
@@ -471,7 +473,7 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
       },
       (error: unknown) => {
         signal.removeEventListener('abort', onAbort);
-        reject(error);
+        reject(asError(error));
       },
     );
   });

@@ -16,18 +16,7 @@ import { begin, commit, rollback } from '../store/tx.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
 import { isValidWorkName, type WorkRegistry } from './registry.ts';
-
-export interface Schedule {
-  /** Letters, digits and `_ . : -`; the passes are named `<name>@<slot>`. */
-  name: string;
-  /** The work function each pass runs. */
-  work: string;
-  table: string;
-  column: string;
-  batchSize: number;
-  /** `30s`, `15m`, `1h`, `1d` (slots aligned to the epoch), or a five-field cron expression in UTC. */
-  every: string;
-}
+import type { Schedule } from './types.ts';
 
 /** When a schedule's passes are due: the slot a time falls in, and the slot after a slot. */
 export interface Cadence {

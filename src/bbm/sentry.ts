@@ -9,10 +9,11 @@
  * `@sentry/node` is an optional peer dependency (about 90 MB installed, and most users never set a
  * DSN): it is imported here, when a reporter is created, never at `import 'pg-bbm'`.
  */
+import type * as SentryNode from '@sentry/node';
 import { ConfigError } from './errors.ts';
 import type { RunResult, WorkerObserver } from './types.ts';
 
-type SentryModule = typeof import('@sentry/node');
+type SentryModule = typeof SentryNode;
 
 async function importSentry(): Promise<SentryModule> {
   try {

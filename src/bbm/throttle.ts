@@ -2,10 +2,8 @@
  * Throttles: asked by a worker before its runs (at most every `throttleCheckMs`), each returns a
  * reason to hold back, or false. While one holds back, the worker runs nothing and backs off.
  */
-import type { Queryable } from '../store/db.ts';
+import type { Throttle } from './types.ts';
 import { maxReplicaLagBytes, readyWalSegments } from '../store/health.ts';
-
-export type Throttle = (db: Queryable) => Promise<string | false>;
 
 /**
  * Holds back while more than `maxReadySegments` WAL segments wait for the archiver (GitLab's

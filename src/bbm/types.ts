@@ -5,8 +5,7 @@ import type { QueryResult, QueryResultRow } from 'pg';
 import type { Logger } from 'pino';
 import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
 import type { ErrorCodeName } from '../store/codes.ts';
-import type { Schedule } from './schedules.ts';
-import type { Throttle } from './throttle.ts';
+import type { Queryable } from '../store/db.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
 export type JobQuery = <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]) => Promise<QueryResult<R>>;
@@ -178,3 +177,21 @@ export interface WorkerObserver {
   run?(result: RunResult): void;
   sleep?(ms: number): void;
 }
+
+export interface Schedule {
+  /** Letters, digits and `_ . : -`; the passes are named `<name>@<slot>`. */
+  name: string;
+  /** The work function each pass runs. */
+  work: string;
+  table: string;
+  column: string;
+  batchSize: number;
+  /** `30s`, `15m`, `1h`, `1d` (slots aligned to the epoch), or a five-field cron expression in UTC. */
+  every: string;
+}
+
+/**
+ * Asked by a worker before its runs (at most every `throttleCheckMs`): a reason to hold back, or
+ * false. While one holds back, the worker runs nothing and backs off.
+ */
+export type Throttle = (db: Queryable) => Promise<string | false>;

@@ -17,11 +17,10 @@ import { ConfigError } from './errors.ts';
 import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './registry.ts';
-import { BatchSizer } from './pace.ts';
+import { type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
-import { resolveSchedules, tickSchedules, type ResolvedSchedule, type Schedule } from './schedules.ts';
-import type { Throttle } from './throttle.ts';
-import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
+import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
+import type { RunResult, Schedule, Throttle, Work, WorkerObserver, WorkerOptions } from './types.ts';
 
 export interface WorkerParams extends WorkerOptions {
   work: readonly Work[];
@@ -270,10 +269,10 @@ export class Worker {
       case 'migration_failed':
         backoff.reset();
         return pauseMs;
+      // lock_in_use: every lane of every migration it may take is busy. Back off like an idle lane,
+      // so that a fleet larger than the lanes it works does not poll the database (a sibling wakes
+      // it when a migration changes).
       case 'lock_in_use':
-      // Every lane of every migration it may take is busy: back off like an idle lane, so that a
-      // fleet larger than the lanes it works does not poll the database (a sibling wakes it when
-      // a migration changes).
       case 'job_failed':
       case 'no_job':
       case 'throttled':

@@ -3,7 +3,7 @@ import { WorkRegistry } from '../bbm/registry.ts';
 import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
 import { migrationReports, type MigrationReport } from '../bbm/status.ts';
 import { UsageError } from './args.ts';
-import type { Context } from './main.ts';
+import type { Context } from './context.ts';
 import { duration, percent, table, toJson } from './format.ts';
 
 export async function status(context: Context): Promise<number> {

@@ -4,9 +4,9 @@
  */
 import { readFileSync } from 'node:fs';
 import type pg from 'pg';
+import type { Context, Io } from './context.ts';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
-import type { Config } from '../bbm/types.ts';
 import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
 import { commandHelp, COMMANDS, COMMON_FLAGS, GLOBAL_FLAGS, HELP, helpHint, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
@@ -16,14 +16,7 @@ import { finalize, run } from './process.ts';
 import { deleteCommand, enqueue, enqueueSql, retry, setPace, steer } from './steer.ts';
 
 export { UsageError };
-
-export interface Io {
-  out: (text: string) => void;
-  err: (text: string) => void;
-  env: NodeJS.ProcessEnv;
-  /** Whether output goes to a terminal (progress bars, redrawing, pretty logs). */
-  tty: boolean;
-}
+export type { Io };
 
 const processIo: Io = {
   out: (text) => process.stdout.write(`${text}\n`),
@@ -31,20 +24,6 @@ const processIo: Io = {
   env: process.env,
   tty: Boolean(process.stdout.isTTY),
 };
-
-/** What every command gets. */
-export interface Context {
-  command: string;
-  flags: Flags;
-  io: Io;
-  config: Config | undefined;
-  pool: pg.Pool;
-  databaseUrl: string;
-  /** Text with the database URL and password masked. */
-  mask: (text: string) => string;
-  /** Prints `data` as JSON with --json, else `text`. */
-  print: (data: unknown, text: () => string) => void;
-}
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let command: string | undefined;

@@ -16,7 +16,7 @@ import { migrateSchema } from '../store/migrate.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
 import { duration, percent, progressBar } from './format.ts';
 import { createLiveDisplay, type LiveDisplay } from './live.ts';
-import type { Context } from './main.ts';
+import type { Context } from './context.ts';
 
 export const DEFAULT_GRACE_PERIOD_MS = 25_000;
 

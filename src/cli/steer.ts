@@ -2,12 +2,11 @@
 import { enqueueMigration, enqueueMigrationSql, EnqueueError, type MigrationSpec } from '../bbm/enqueue.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
+import { INT4_MAX, MAX_LANES, migrationStatusName } from '../store/codes.ts';
 import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
-import { migrationStatusName } from '../store/codes.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
-import type { Context } from './main.ts';
+import type { Context } from './context.ts';
 
 /** The migration the flags describe, and the config's say on its work function. */
 function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): MigrationSpec {

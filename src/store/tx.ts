@@ -89,5 +89,5 @@ async function inTransaction<T>(client: Queryable, fn: (client: Queryable) => Pr
 
 /** A pg Pool (duck-typed: the caller's `pg` may be another copy than ours). */
 function isPool(db: pg.Pool | pg.ClientBase): db is pg.Pool {
-  return 'totalCount' in db && typeof (db as pg.Pool).connect === 'function';
+  return 'totalCount' in db && typeof (db).connect === 'function';
 }

@@ -57,7 +57,7 @@ export async function drain(worker: Worker, maxRuns = 10_000): Promise<RunResult
   for (let i = 0; i < maxRuns; i += 1) {
     const result = await worker.runOnce();
     results.push(result);
-    if (result.outcome === 'error') throw result.error;
+    if (result.outcome === 'error') throw result.error ?? new Error('run failed');
     if (result.outcome === 'no_job') return results;
   }
   throw new Error(`still runnable after ${maxRuns} runs`);

@@ -10,8 +10,7 @@
  *   gc.expired_cleanup       expired manifests deleted, up to a capacity per pass (their blobs become the orphan sweep's)
  *   gc.deleted_repositories  everything under repositories marked deleted (blobs left to the orphan sweep)
  */
-import type { Schedule } from '../../bbm/schedules.ts';
-import type { Job, Work } from '../../bbm/types.ts';
+import type { Job, Schedule, Work } from '../../bbm/types.ts';
 import type { Queryable } from '../../store/db.ts';
 import {
   deleteBlobRows,
