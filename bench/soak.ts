@@ -33,7 +33,10 @@ const say = (text: string) => process.stderr.write(`${text}\n`);
 const work: Work = {
   name: 'soak.hits',
   async do(job) {
-    const result = await job.query(`UPDATE ${job.table} SET hits = hits + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
+    const result = await job.query(`UPDATE ${job.table} SET hits = hits + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+      job.start,
+      job.end,
+    ]);
     return result.rowCount ?? undefined;
   },
 };
@@ -58,16 +61,28 @@ async function main(): Promise<void> {
   const pool = createPool({ connectionString: url, max: 2, applicationName: 'pg-bbm-soak' });
   const workers = Array.from(
     { length: 4 },
-    () => new Worker({ connectionString: url, work: [work], logger: pino({ level: 'silent' }), concurrency: 2, intervalMs: 100, maxIntervalMs: 1_000 }),
+    () =>
+      new Worker({
+        connectionString: url,
+        work: [work],
+        logger: pino({ level: 'silent' }),
+        concurrency: 2,
+        intervalMs: 100,
+        maxIntervalMs: 1_000,
+      }),
   );
   try {
     await migrateSchema(pool);
     await pool.query('DROP TABLE IF EXISTS soak_items');
     await pool.query('CREATE TABLE soak_items (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0, payload text)');
-    await pool.query('INSERT INTO soak_items (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i', [ROWS]);
+    await pool.query('INSERT INTO soak_items (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i', [
+      ROWS,
+    ]);
     await pool.query('VACUUM ANALYZE soak_items');
     const running = workers.map((w) => w.run());
-    say(`soak: ${MINUTES} min, 4 workers × 2 lanes, ${ROWS.toLocaleString('en')} rows a migration in batches of ${BATCH}`);
+    say(
+      `soak: ${MINUTES} min, 4 workers × 2 lanes, ${ROWS.toLocaleString('en')} rows a migration in batches of ${BATCH}`,
+    );
 
     const started = performance.now();
     const deadline = started + MINUTES * 60_000;
@@ -84,7 +99,10 @@ async function main(): Promise<void> {
         [`soak_${migrations}`, BATCH],
       );
       for (;;) {
-        const { rows } = await pool.query<{ status: number }>('SELECT status FROM batched_background_migrations WHERE name = $1', [`soak_${migrations}`]);
+        const { rows } = await pool.query<{ status: number }>(
+          'SELECT status FROM batched_background_migrations WHERE name = $1',
+          [`soak_${migrations}`],
+        );
         if (rows[0]?.status === 2) break;
         if (rows[0]?.status === 3) {
           wrong = `migration soak_${migrations} failed`;
@@ -92,7 +110,9 @@ async function main(): Promise<void> {
         }
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
-      const check = await pool.query<{ lo: number; hi: number }>('SELECT min(hits) AS lo, max(hits) AS hi FROM soak_items');
+      const check = await pool.query<{ lo: number; hi: number }>(
+        'SELECT min(hits) AS lo, max(hits) AS hi FROM soak_items',
+      );
       if (check.rows[0]?.lo !== migrations || check.rows[0]?.hi !== migrations) {
         wrong ??= `after ${migrations} migrations rows hold ${check.rows[0]?.lo}..${check.rows[0]?.hi}`;
       }

@@ -48,7 +48,10 @@ const ROWS = Number(flags.rows);
 const BATCH = Number(flags['batch-size']);
 const PAIRS = Number(flags.pairs);
 const WARMUP = Number(flags.warmup);
-const LANES = flags.lanes.split(',').map(Number).filter((n) => n > 1);
+const LANES = flags.lanes
+  .split(',')
+  .map(Number)
+  .filter((n) => n > 1);
 const log = (text: string) => {
   if (!flags.json) process.stderr.write(`${text}\n`);
 };
@@ -63,7 +66,7 @@ async function plainLoop(pool: pg.Pool): Promise<number> {
     const started = performance.now();
     const { rows } = await client.query<{ max: string }>('SELECT max(id) AS max FROM bench_items');
     const max = BigInt(rows[0]!.max);
-    for (let start = 1n; start <= max; ) {
+    for (let start = 1n; start <= max;) {
       const next = await client.query<{ end_id: string }>(NEXT_END, [start, max, BATCH - 1]);
       const end = BigInt(next.rows[0]!.end_id);
       await client.query(UPDATE, [start, end]);
@@ -93,7 +96,14 @@ async function engine(pool: pg.Pool, lanes: number): Promise<number> {
      VALUES ($1, $2, 'bench.hits', 'bench_items', 'id', $3)`,
     [`bench_${pass}`, BATCH, lanes],
   );
-  const worker = new Worker({ pool, work: [work], logger: quiet, startupJitterMs: 0, intervalMs: 1, concurrency: lanes });
+  const worker = new Worker({
+    pool,
+    work: [work],
+    logger: quiet,
+    startupJitterMs: 0,
+    intervalMs: 1,
+    concurrency: lanes,
+  });
   const started = performance.now();
   await worker.run({ untilDone: true });
   return performance.now() - started;
@@ -121,7 +131,9 @@ const rate = (ms: number) => Math.round(ROWS / (ms / 1000));
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
 /** Starting at batch 100, toward 200 ms jobs: when the job time first lands within ±25 %, and how many stay there. */
-async function adaptive(pool: pg.Pool): Promise<{ targetMs: number; convergedAtJob: number | null; withinShare: number; jobs: number }> {
+async function adaptive(
+  pool: pg.Pool,
+): Promise<{ targetMs: number; convergedAtJob: number | null; withinShare: number; jobs: number }> {
   const targetMs = 200;
   await pool.query(
     `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, target_job_ms)
@@ -158,7 +170,13 @@ async function adaptive(pool: pg.Pool): Promise<{ targetMs: number; convergedAtJ
  */
 async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Promise<number> {
   const transactions = async () =>
-    Number((await pool.query('SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()')).rows[0].n);
+    Number(
+      (
+        await pool.query(
+          'SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()',
+        )
+      ).rows[0].n,
+    );
   pass += 1;
   await pool.query(
     `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
@@ -169,7 +187,15 @@ async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Pr
   // Each worker has its own pool, ended by close(): a backend flushes its statistics when it exits.
   const workers = Array.from(
     { length: count },
-    () => new Worker({ connectionString: url, work: [work], logger: quiet, startupJitterMs: 0, intervalMs: 50, maxIntervalMs: 2_000 }),
+    () =>
+      new Worker({
+        connectionString: url,
+        work: [work],
+        logger: quiet,
+        startupJitterMs: 0,
+        intervalMs: 50,
+        maxIntervalMs: 2_000,
+      }),
   );
   await Promise.all(workers.map((w) => w.run({ untilDone: true })));
   await Promise.all(workers.map((w) => w.close()));
@@ -190,10 +216,14 @@ async function main() {
     await migrateSchema(pool);
     await pool.query('DROP TABLE IF EXISTS bench_items');
     await pool.query('CREATE TABLE bench_items (id bigint PRIMARY KEY, hits integer NOT NULL DEFAULT 0, payload text)');
-    await pool.query(`INSERT INTO bench_items (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i`, [ROWS]);
+    await pool.query(
+      `INSERT INTO bench_items (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i`,
+      [ROWS],
+    );
     await pool.query('VACUUM ANALYZE bench_items');
     const ranges: Array<[string, string]> = [];
-    for (let start = 1; start <= ROWS; start += BATCH) ranges.push([String(start), String(Math.min(ROWS, start + BATCH - 1))]);
+    for (let start = 1; start <= ROWS; start += BATCH)
+      ranges.push([String(start), String(Math.min(ROWS, start + BATCH - 1))]);
 
     const methods: Array<{ name: string; run: () => Promise<number> }> = [
       { name: 'plain 1', run: () => plainLoop(pool) },
@@ -203,7 +233,9 @@ async function main() {
         { name: `engine ${n}`, run: () => engine(pool, n) },
       ]),
     ];
-    log(`${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up rounds, then ${2 * PAIRS} measured rounds of: ${methods.map((m) => m.name).join(', ')}`);
+    log(
+      `${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up rounds, then ${2 * PAIRS} measured rounds of: ${methods.map((m) => m.name).join(', ')}`,
+    );
     for (let i = 0; i < WARMUP; i += 1) {
       for (const method of methods) await method.run();
       log(`  warm-up ${i + 1} done`);
@@ -214,7 +246,9 @@ async function main() {
       const rotated = methods.map((_, i) => methods[(i + round) % methods.length]!);
       const order = round % 2 === 0 ? rotated : rotated.reverse();
       for (const method of order) times.get(method.name)!.push(await method.run());
-      log(`  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`);
+      log(
+        `  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`,
+      );
     }
     // Rates are rows over time, so a round's engine/plain ratio is plain time over engine time.
     const ratioOf = (engineName: string, plainName: string) =>
@@ -247,13 +281,19 @@ async function main() {
     log('');
     log(`method        rows/s (median)   ratio`);
     log(`plain 1       ${String(result.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
-    log(`engine 1      ${String(result.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${result.ratio} of plain 1`);
+    log(
+      `engine 1      ${String(result.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${result.ratio} of plain 1`,
+    );
     for (const lane of result.lanes) {
       log(`plain ${lane.lanes}       ${String(lane.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
-      log(`engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.speedup}× engine 1`);
+      log(
+        `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.speedup}× engine 1`,
+      );
     }
     const a = result.adaptive;
-    log(`adaptive: from batch 100 toward ${a.targetMs} ms jobs: within ±25 % at job ${a.convergedAtJob ?? 'never'}, then ${Math.round(a.withinShare * 100)} % of jobs stayed (${a.jobs} jobs)`);
+    log(
+      `adaptive: from batch 100 toward ${a.targetMs} ms jobs: within ±25 % at job ${a.convergedAtJob ?? 'never'}, then ${Math.round(a.withinShare * 100)} % of jobs stayed (${a.jobs} jobs)`,
+    );
     log(
       `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
         `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,

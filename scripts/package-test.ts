@@ -32,13 +32,19 @@ function check(condition: unknown, what: string): asserts condition {
 }
 
 /** A command's exit code and output, never throwing. */
-function sh(cwd: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): { code: number; stdout: string; stderr: string } {
+function sh(
+  cwd: string,
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): { code: number; stdout: string; stderr: string } {
   const result = spawnSync(command, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8', timeout: 180_000 });
   return { code: result.status ?? -1, stdout: result.stdout ?? '', stderr: result.stderr ?? '' };
 }
 
 function mustSucceed(result: { code: number; stdout: string; stderr: string }, what: string): string {
-  if (result.code !== 0) throw new Error(`package test failed: ${what} exited ${result.code}\n${result.stdout}\n${result.stderr}`);
+  if (result.code !== 0)
+    throw new Error(`package test failed: ${what} exited ${result.code}\n${result.stdout}\n${result.stderr}`);
   return result.stdout;
 }
 
@@ -48,7 +54,9 @@ function readmeBlock(readme: string, language: string, firstLine: string): strin
   for (const match of readme.matchAll(fence)) {
     if (match[1]!.startsWith(firstLine)) return match[1]!;
   }
-  throw new Error(`package test failed: README.md has no \`\`\`${language} block starting with ${JSON.stringify(firstLine)}`);
+  throw new Error(
+    `package test failed: README.md has no \`\`\`${language} block starting with ${JSON.stringify(firstLine)}`,
+  );
 }
 
 async function directoryBytes(dir: string): Promise<number> {
@@ -95,7 +103,9 @@ async function main(): Promise<void> {
     const measurements: string[] = [];
     for (const variant of VARIANTS) {
       say(`\n${variant.name}`);
-      measurements.push(...(await tryVariant(variant, { work, tarball, serverUrl, configText, insertSql, workerSnippet })));
+      measurements.push(
+        ...(await tryVariant(variant, { work, tarball, serverUrl, configText, insertSql, workerSnippet })),
+      );
     }
     say(`\n${measurements.join('\n')}`);
     say(`package test passed in ${((Date.now() - started) / 1000).toFixed(0)} s`);
@@ -107,7 +117,14 @@ async function main(): Promise<void> {
 
 async function tryVariant(
   variant: Variant,
-  { work, tarball, serverUrl, configText, insertSql, workerSnippet }: { work: string; tarball: string; serverUrl: string; configText: string; insertSql: string; workerSnippet: string },
+  {
+    work,
+    tarball,
+    serverUrl,
+    configText,
+    insertSql,
+    workerSnippet,
+  }: { work: string; tarball: string; serverUrl: string; configText: string; insertSql: string; workerSnippet: string },
 ): Promise<string[]> {
   const dir = path.join(work, variant.type);
   await run('mkdir', ['-p', dir]);
@@ -116,11 +133,23 @@ async function tryVariant(
   const manifest = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as { type?: string };
   check((manifest.type ?? 'commonjs') === variant.type, `the project is "type": "${variant.type}"`);
 
-  mustSucceed(sh(dir, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball, 'pg']), 'npm install pg-bbm pg');
+  mustSucceed(
+    sh(dir, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball, 'pg']),
+    'npm install pg-bbm pg',
+  );
   const installMb = (await directoryBytes(path.join(dir, 'node_modules'))) / 1e6;
-  check(installMb <= MAX_INSTALL_MB, `node_modules after \`npm install pg-bbm pg\` is ${installMb.toFixed(1)} MB (budget ${MAX_INSTALL_MB} MB)`);
-  check(!(await exists(path.join(dir, 'node_modules', '@sentry', 'node'))), '@sentry/node is not installed (optional peer)');
-  check(!(await exists(path.join(dir, 'node_modules', 'tsx'))), 'tsx is not installed (the bin runs compiled JavaScript)');
+  check(
+    installMb <= MAX_INSTALL_MB,
+    `node_modules after \`npm install pg-bbm pg\` is ${installMb.toFixed(1)} MB (budget ${MAX_INSTALL_MB} MB)`,
+  );
+  check(
+    !(await exists(path.join(dir, 'node_modules', '@sentry', 'node'))),
+    '@sentry/node is not installed (optional peer)',
+  );
+  check(
+    !(await exists(path.join(dir, 'node_modules', 'tsx'))),
+    'tsx is not installed (the bin runs compiled JavaScript)',
+  );
 
   await writeFile(path.join(dir, variant.config), configText);
   const database = `bbm_package_${variant.type}`;
@@ -136,7 +165,9 @@ async function tryVariant(
   await db.connect();
   try {
     await db.query('CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, email_lower text)');
-    await db.query(`INSERT INTO users (id, email) SELECT i * 3, 'User' || i || '@Example.COM' FROM generate_series(1, ${ROWS}) i`);
+    await db.query(
+      `INSERT INTO users (id, email) SELECT i * 3, 'User' || i || '@Example.COM' FROM generate_series(1, ${ROWS}) i`,
+    );
 
     const bbm = path.join(dir, 'node_modules', '.bin', 'bbm');
     const version = mustSucceed(sh(dir, bbm, ['--version']), 'bbm --version').trim();
@@ -144,24 +175,51 @@ async function tryVariant(
     const helpMs = medianMs(() => mustSucceed(sh(dir, bbm, ['--help']), 'bbm --help'), 5);
 
     const migrated = mustSucceed(sh(dir, bbm, ['migrate'], env), 'bbm migrate');
-    check(/^applied \d+ migration\(s\) of pg-bbm's schema: 0000_init/.test(migrated), `bbm migrate says what it applied (${migrated.trim().slice(0, 60)}…)`);
+    check(
+      /^applied \d+ migration\(s\) of pg-bbm's schema: 0000_init/.test(migrated),
+      `bbm migrate says what it applied (${migrated.trim().slice(0, 60)}…)`,
+    );
 
     await db.query(insertSql);
     check(true, "the README's INSERT runs");
 
     const drained = sh(dir, bbm, ['run', '--until-done'], env);
-    check(drained.code === 0, `bbm run --until-done (config ${variant.config} found by default) exits 0${drained.code === 0 ? '' : `: ${drained.stderr}`}`);
-    const [status] = JSON.parse(mustSucceed(sh(dir, bbm, ['status', '--json'], env), 'bbm status --json')) as Array<{ name: string; status: string; progress: number }>;
-    check(status?.name === 'backfill_email_lower' && status.status === 'finished' && status.progress === 1, `bbm status --json: ${status?.name} ${status?.status}, progress ${status?.progress}`);
-    const wrong = await db.query('SELECT count(*)::int AS n FROM users WHERE email_lower IS DISTINCT FROM lower(email)');
+    check(
+      drained.code === 0,
+      `bbm run --until-done (config ${variant.config} found by default) exits 0${drained.code === 0 ? '' : `: ${drained.stderr}`}`,
+    );
+    const [status] = JSON.parse(mustSucceed(sh(dir, bbm, ['status', '--json'], env), 'bbm status --json')) as Array<{
+      name: string;
+      status: string;
+      progress: number;
+    }>;
+    check(
+      status?.name === 'backfill_email_lower' && status.status === 'finished' && status.progress === 1,
+      `bbm status --json: ${status?.name} ${status?.status}, progress ${status?.progress}`,
+    );
+    const wrong = await db.query(
+      'SELECT count(*)::int AS n FROM users WHERE email_lower IS DISTINCT FROM lower(email)',
+    );
     check(wrong.rows[0].n === 0, `all ${ROWS} rows backfilled by the README's work function`);
 
     const sentry = sh(dir, bbm, ['run', '--until-done'], { ...env, SENTRY_DSN: 'http://public@127.0.0.1:9/1' });
-    check(sentry.code === 2 && /@sentry\/node is not installed: run `npm install @sentry\/node`/.test(sentry.stderr), 'with SENTRY_DSN set and no @sentry/node, bbm says to install it and exits 2');
+    check(
+      sentry.code === 2 && /@sentry\/node is not installed: run `npm install @sentry\/node`/.test(sentry.stderr),
+      'with SENTRY_DSN set and no @sentry/node, bbm says to install it and exits 2',
+    );
 
     if (variant.type === 'commonjs') {
-      const required = mustSucceed(sh(dir, process.execPath, ['-e', "const b = require('pg-bbm'); const gc = require('pg-bbm/gc'); console.log(typeof b.enqueueMigration, typeof b.defineConfig, typeof gc.gcWork)"]), "require('pg-bbm')");
-      check(required.trim() === 'function function function', "require('pg-bbm') and require('pg-bbm/gc') work from CommonJS");
+      const required = mustSucceed(
+        sh(dir, process.execPath, [
+          '-e',
+          "const b = require('pg-bbm'); const gc = require('pg-bbm/gc'); console.log(typeof b.enqueueMigration, typeof b.defineConfig, typeof gc.gcWork)",
+        ]),
+        "require('pg-bbm')",
+      );
+      check(
+        required.trim() === 'function function function',
+        "require('pg-bbm') and require('pg-bbm/gc') work from CommonJS",
+      );
 
       // The library snippet, verbatim, on a second migration enqueued from CommonJS code.
       await writeFile(
@@ -183,16 +241,47 @@ async function db(pool) {
       mustSucceed(sh(dir, process.execPath, ['enqueue.cjs'], env), 'enqueueMigration from a CommonJS script');
       await writeFile(path.join(dir, 'worker.mjs'), workerSnippet);
       mustSucceed(sh(dir, process.execPath, ['worker.mjs'], env), "the README's worker.mjs");
-      const again = await db.query("SELECT m.status, (SELECT count(*)::int FROM users WHERE email_lower IS DISTINCT FROM lower(email)) AS wrong FROM batched_background_migrations m WHERE m.name = 'again'");
-      check(again.rows[0]?.status === 2 && again.rows[0]?.wrong === 0, "the README's library snippet drains a migration enqueued with enqueueMigration");
+      const again = await db.query(
+        "SELECT m.status, (SELECT count(*)::int FROM users WHERE email_lower IS DISTINCT FROM lower(email)) AS wrong FROM batched_background_migrations m WHERE m.name = 'again'",
+      );
+      check(
+        again.rows[0]?.status === 2 && again.rows[0]?.wrong === 0,
+        "the README's library snippet drains a migration enqueued with enqueueMigration",
+      );
 
       await typecheckConsumer(dir);
     } else {
-      const sql = mustSucceed(sh(dir, bbm, ['enqueue', '--dry-run', '--name', 'dry', '--work', 'users.backfill_email_lower', '--table', 'users', '--column', 'id', '--batch-size', '100'], { DATABASE_URL: '' }), 'bbm enqueue --dry-run');
+      const sql = mustSucceed(
+        sh(
+          dir,
+          bbm,
+          [
+            'enqueue',
+            '--dry-run',
+            '--name',
+            'dry',
+            '--work',
+            'users.backfill_email_lower',
+            '--table',
+            'users',
+            '--column',
+            'id',
+            '--batch-size',
+            '100',
+          ],
+          { DATABASE_URL: '' },
+        ),
+        'bbm enqueue --dry-run',
+      );
       await db.query(sql);
-      check((await db.query("SELECT 1 FROM batched_background_migrations WHERE name = 'dry'")).rowCount === 1, 'bbm enqueue --dry-run prints an INSERT that runs');
+      check(
+        (await db.query("SELECT 1 FROM batched_background_migrations WHERE name = 'dry'")).rowCount === 1,
+        'bbm enqueue --dry-run prints an INSERT that runs',
+      );
     }
-    return [`${variant.name}: node_modules ${installMb.toFixed(1)} MB; \`bbm --help\` median ${helpMs.toFixed(0)} ms over 5 runs`];
+    return [
+      `${variant.name}: node_modules ${installMb.toFixed(1)} MB; \`bbm --help\` median ${helpMs.toFixed(0)} ms over 5 runs`,
+    ];
   } finally {
     await db.end();
   }
@@ -201,10 +290,23 @@ async function db(pool) {
 /** A strict consumer project: pg-bbm's published .d.ts must type-check, and be clean even without skipLibCheck. */
 async function typecheckConsumer(dir: string): Promise<void> {
   const typescript = `typescript@${JSON.parse(await readFile(path.join(ROOT, 'package.json'), 'utf8')).devDependencies.typescript}`;
-  mustSucceed(sh(dir, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--no-save', typescript]), `npm install ${typescript}`);
+  mustSucceed(
+    sh(dir, 'npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--no-save', typescript]),
+    `npm install ${typescript}`,
+  );
   await writeFile(
     path.join(dir, 'tsconfig.json'),
-    JSON.stringify({ compilerOptions: { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', skipLibCheck: true }, include: ['check.mts'] }),
+    JSON.stringify({
+      compilerOptions: {
+        strict: true,
+        noEmit: true,
+        module: 'nodenext',
+        moduleResolution: 'nodenext',
+        target: 'es2022',
+        skipLibCheck: true,
+      },
+      include: ['check.mts'],
+    }),
   );
   await writeFile(
     path.join(dir, 'check.mts'),
@@ -225,14 +327,20 @@ await enqueueMigration(pool, { ...spec, batchSize: '10' });
   );
   const tsc = path.join(dir, 'node_modules', '.bin', 'tsc');
   const strict = sh(dir, tsc, ['-p', '.']);
-  check(strict.code === 0, `a strict TypeScript consumer (skipLibCheck: true) type-checks against pg-bbm's .d.ts${strict.code === 0 ? '' : `:\n${strict.stdout}${strict.stderr}`}`);
+  check(
+    strict.code === 0,
+    `a strict TypeScript consumer (skipLibCheck: true) type-checks against pg-bbm's .d.ts${strict.code === 0 ? '' : `:\n${strict.stdout}${strict.stderr}`}`,
+  );
   // Without skipLibCheck, every .d.ts is checked: pg-bbm's must be clean. drizzle-orm's own
   // declarations are not (errors in its sqlite, mysql and pg-core files that the consumer never
   // imports), which is why the README says skipLibCheck is needed.
   const all = sh(dir, tsc, ['-p', '.', '--skipLibCheck', 'false']);
   const errors = `${all.stdout}${all.stderr}`.split('\n').filter((line) => /error TS\d+/.test(line));
   const ours = errors.filter((line) => !line.startsWith('node_modules/drizzle-orm/'));
-  check(ours.length === 0, `without skipLibCheck, no error in pg-bbm's .d.ts or the consumer (${errors.length} in drizzle-orm's own)${ours.length === 0 ? '' : `:\n${ours.join('\n')}`}`);
+  check(
+    ours.length === 0,
+    `without skipLibCheck, no error in pg-bbm's .d.ts or the consumer (${errors.length} in drizzle-orm's own)${ours.length === 0 ? '' : `:\n${ours.join('\n')}`}`,
+  );
 }
 
 function medianMs(fn: () => void, times: number): number {

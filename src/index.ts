@@ -3,7 +3,14 @@ export { createWorker, Worker, type WorkerParams, type RunLoopOptions } from './
 export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOptions } from './bbm/config.ts';
 export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
 export { VALID_WORK_NAME } from './bbm/registry.ts';
-export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorCode, type EnqueueOptions, type MigrationSpec } from './bbm/enqueue.ts';
+export {
+  enqueueMigration,
+  enqueueMigrationSql,
+  EnqueueError,
+  type EnqueueErrorCode,
+  type EnqueueOptions,
+  type MigrationSpec,
+} from './bbm/enqueue.ts';
 export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
@@ -12,9 +19,27 @@ export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';
 export { startOpsServer, type OpsServer, type OpsServerOptions } from './bbm/ops-server.ts';
 export { createSentryReporter, type SentryOptions, type SentryReporter } from './bbm/sentry.ts';
 export { createLogger } from './bbm/log.ts';
-export { MigrationStatus, JobStatus, SERIAL_KEY_SET, type MigrationStatusName, type JobStatusName } from './store/codes.ts';
+export {
+  MigrationStatus,
+  JobStatus,
+  SERIAL_KEY_SET,
+  type MigrationStatusName,
+  type JobStatusName,
+} from './store/codes.ts';
 export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/migrate.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';
-export type { Config, Job, JobDb, JobQuery, RunOutcome, RunResult, Schedule, Throttle, Work, WorkerObserver, WorkerOptions } from './bbm/types.ts';
+export type {
+  Config,
+  Job,
+  JobDb,
+  JobQuery,
+  RunOutcome,
+  RunResult,
+  Schedule,
+  Throttle,
+  Work,
+  WorkerObserver,
+  WorkerOptions,
+} from './bbm/types.ts';

@@ -21,9 +21,15 @@ describe('bbm without a database', () => {
     [['enqueue', '--name'], /^bbm enqueue: --name needs a value\n\nRun `bbm enqueue --help` for its options\.\n$/],
     [['status', '--json=yes'], /^bbm status: --json takes no value\n/],
     [['status', 'extra'], /^bbm: unexpected argument "extra"\n\nRun `bbm status --help` for its options\.\n$/],
-    [['pause', '--watch'], /^bbm pause: --watch is not an option of this command\n\nRun `bbm pause --help` for its options\.\n$/],
+    [
+      ['pause', '--watch'],
+      /^bbm pause: --watch is not an option of this command\n\nRun `bbm pause --help` for its options\.\n$/,
+    ],
     [['run', '--database-url', 'postgres://x@127.0.0.1:1/x'], /bbm run needs work functions/],
-    [['status', '--config', 'nope.config.ts', '--database-url', 'postgres://x@127.0.0.1:1/x'], /config file nope.config.ts does not exist/],
+    [
+      ['status', '--config', 'nope.config.ts', '--database-url', 'postgres://x@127.0.0.1:1/x'],
+      /config file nope.config.ts does not exist/,
+    ],
   ])('rejects %j with exit 2', async (args, message) => {
     const result = await bbm(args);
     expect(result.code).toBe(2);
@@ -31,8 +37,11 @@ describe('bbm without a database', () => {
   });
 
   it('prints the version with --version or -v, whatever the command', async () => {
-    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
-    for (const args of [['--version'], ['-v'], ['status', '--version']]) expect(await bbm(args)).toEqual({ code: 0, out: `pg-bbm ${version}\n`, err: '' });
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
+    for (const args of [['--version'], ['-v'], ['status', '--version']])
+      expect(await bbm(args)).toEqual({ code: 0, out: `pg-bbm ${version}\n`, err: '' });
   });
 
   it('prints help with exit 0 on --help', async () => {
@@ -57,9 +66,17 @@ describe('bbm against a database', () => {
     try {
       const first = await bbm(['migrate'], { DATABASE_URL: fresh.url });
       expect(first.code).toBe(0);
-      expect(first.out).toMatch(/^applied (\d+) migration\(s\) of pg-bbm's schema: 0000_init, 0001_lock_next_migration, .*0007_cut_range/);
-      expect(await bbm(['migrate', '--json'], { DATABASE_URL: fresh.url })).toMatchObject({ code: 0, out: '{\n  "applied": []\n}\n' });
-      expect(await bbm(['migrate'], { DATABASE_URL: fresh.url })).toMatchObject({ code: 0, out: 'pg-bbm schema is up to date; nothing to apply\n' });
+      expect(first.out).toMatch(
+        /^applied (\d+) migration\(s\) of pg-bbm's schema: 0000_init, 0001_lock_next_migration, .*0007_cut_range/,
+      );
+      expect(await bbm(['migrate', '--json'], { DATABASE_URL: fresh.url })).toMatchObject({
+        code: 0,
+        out: '{\n  "applied": []\n}\n',
+      });
+      expect(await bbm(['migrate'], { DATABASE_URL: fresh.url })).toMatchObject({
+        code: 0,
+        out: 'pg-bbm schema is up to date; nothing to apply\n',
+      });
     } finally {
       await fresh.drop();
     }
@@ -69,7 +86,14 @@ describe('bbm against a database', () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 10));
     await enqueue(pool, { name: 'done_half', work: 'test.touch', table: 'items', batchSize: 5, max: 10 });
-    await enqueue(pool, { name: 'newcomer', work: 'not.deployed.yet', table: 'items', batchSize: 5, min: 2n ** 60n, max: 2n ** 60n + 1n });
+    await enqueue(pool, {
+      name: 'newcomer',
+      work: 'not.deployed.yet',
+      table: 'items',
+      batchSize: 5,
+      min: 2n ** 60n,
+      max: 2n ** 60n + 1n,
+    });
     const id = (await migrationRow(pool, 'done_half'))!.id;
     await pool.query(
       `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts)
@@ -138,8 +162,14 @@ describe('bbm against a database', () => {
     expect((await migrationRow(pool, 'a'))?.status).toBe(MigrationStatus.paused);
     expect((await migrationRow(pool, 'b'))?.status).toBe(MigrationStatus.active);
     expect(await bbm(['pause'], env)).toMatchObject({ code: 0, out: 'paused: b\n' });
-    expect(await bbm(['pause', '--name', 'c'], env)).toMatchObject({ code: 0, out: 'c is finished; nothing to pause\n' });
-    expect(await bbm(['resume', '--name', 'ghost'], env)).toMatchObject({ code: 1, err: 'bbm resume: no migration named "ghost"\n' });
+    expect(await bbm(['pause', '--name', 'c'], env)).toMatchObject({
+      code: 0,
+      out: 'c is finished; nothing to pause\n',
+    });
+    expect(await bbm(['resume', '--name', 'ghost'], env)).toMatchObject({
+      code: 1,
+      err: 'bbm resume: no migration named "ghost"\n',
+    });
     expect(await bbm(['resume'], env)).toMatchObject({ code: 0, out: 'resumed: a, b\n' });
     expect((await migrationRow(pool, 'a'))?.status).toBe(MigrationStatus.active);
     expect((await migrationRow(pool, 'c'))?.status).toBe(MigrationStatus.finished);
@@ -164,7 +194,11 @@ describe('bbm against a database', () => {
   it('delete removes a paused, failed or finished migration with its jobs, and refuses an active one', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));
-    for (const [name, status] of [['wrong', MigrationStatus.paused], ['live', MigrationStatus.active], ['old', MigrationStatus.finished]] as const) {
+    for (const [name, status] of [
+      ['wrong', MigrationStatus.paused],
+      ['live', MigrationStatus.active],
+      ['old', MigrationStatus.finished],
+    ] as const) {
       await enqueue(pool, { name, work: 'test.touch', table: 'items', batchSize: 10, status });
     }
     await pool.query(
@@ -172,15 +206,28 @@ describe('bbm against a database', () => {
        SELECT id, 1, 10, 2, 1 FROM batched_background_migrations WHERE name IN ('old', 'live')`,
     );
     const env = { DATABASE_URL: url };
-    expect(await bbm(['delete', '--name', 'wrong'], env)).toEqual({ code: 0, out: 'deleted wrong and its 0 job(s)\n', err: '' });
-    expect(await bbm(['delete', '--name', 'old', '--json'], env)).toMatchObject({ code: 0, out: '{\n  "deleted": "old",\n  "jobs": 1\n}\n' });
+    expect(await bbm(['delete', '--name', 'wrong'], env)).toEqual({
+      code: 0,
+      out: 'deleted wrong and its 0 job(s)\n',
+      err: '',
+    });
+    expect(await bbm(['delete', '--name', 'old', '--json'], env)).toMatchObject({
+      code: 0,
+      out: '{\n  "deleted": "old",\n  "jobs": 1\n}\n',
+    });
     expect(await bbm(['delete', '--name', 'live'], env)).toEqual({
       code: 1,
       out: '',
       err: 'bbm delete: live is active; pause it first (bbm pause --name live), then delete it\n',
     });
-    expect(await bbm(['delete', '--name', 'ghost'], env)).toMatchObject({ code: 1, err: 'bbm delete: no migration named "ghost"\n' });
-    expect(await bbm(['delete'], env)).toMatchObject({ code: 2, err: expect.stringMatching(/bbm delete needs --name/) });
+    expect(await bbm(['delete', '--name', 'ghost'], env)).toMatchObject({
+      code: 1,
+      err: 'bbm delete: no migration named "ghost"\n',
+    });
+    expect(await bbm(['delete'], env)).toMatchObject({
+      code: 2,
+      err: expect.stringMatching(/bbm delete needs --name/),
+    });
     const left = await pool.query<{ name: string; jobs: number }>(
       `SELECT m.name, (SELECT count(*)::int FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) AS jobs
        FROM batched_background_migrations m ORDER BY m.id`,
@@ -196,7 +243,19 @@ describe('bbm against a database', () => {
 });
 
 describe('bbm help', () => {
-  it.each(['run', 'finalize', 'status', 'schedules', 'enqueue', 'set', 'pause', 'resume', 'retry', 'delete', 'migrate'])('has help for %s', async (command) => {
+  it.each([
+    'run',
+    'finalize',
+    'status',
+    'schedules',
+    'enqueue',
+    'set',
+    'pause',
+    'resume',
+    'retry',
+    'delete',
+    'migrate',
+  ])('has help for %s', async (command) => {
     const result = await bbm([command, '--help']);
     expect(result.code).toBe(0);
     expect(result.out).toMatch(new RegExp(`^bbm ${command}: .+\\n\\nUsage: bbm ${command}`));
@@ -215,7 +274,12 @@ describe('bbm against a database never migrated', () => {
       const url = new URL(adminUrl);
       url.pathname = `/${name}`;
       const result = await bbm(['status'], { DATABASE_URL: url.toString() });
-      expect(result).toMatchObject({ code: 1, err: expect.stringMatching(/relation "batched_background_migration\w*" does not exist \(run `bbm migrate` first\)/) });
+      expect(result).toMatchObject({
+        code: 1,
+        err: expect.stringMatching(
+          /relation "batched_background_migration\w*" does not exist \(run `bbm migrate` first\)/,
+        ),
+      });
     } finally {
       await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
       await admin.end();

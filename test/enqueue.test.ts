@@ -19,7 +19,15 @@ describe('enqueueMigration', () => {
   it('on a pool: checks the target, inserts, and a worker then runs the migration', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 25));
-    const { id } = await enqueueMigration(pool, { ...spec, min: 3n, max: 22, lanes: 2, targetJobMs: 100, minBatchSize: 5, maxBatchSize: 50 });
+    const { id } = await enqueueMigration(pool, {
+      ...spec,
+      min: 3n,
+      max: 22,
+      lanes: 2,
+      targetJobMs: 100,
+      minBatchSize: 5,
+      maxBatchSize: 50,
+    });
     expect(typeof id).toBe('bigint');
     const row = (await pool.query('SELECT * FROM batched_background_migrations WHERE name = $1', ['fill'])).rows[0];
     expect(row).toMatchObject({
@@ -67,9 +75,16 @@ describe('enqueueMigration', () => {
     try {
       await client.query('BEGIN');
       await enqueueMigration(client, spec);
-      await expect(enqueueMigration(client, spec)).rejects.toMatchObject({ name: 'EnqueueError', code: 'duplicate_name' });
-      await expect(enqueueMigration(client, { ...spec, name: 'other', table: 'nope' })).rejects.toMatchObject({ code: 'invalid_table' });
-      await expect(enqueueMigration(client, { ...spec, name: 'other', column: 'touched' })).rejects.toMatchObject({ code: 'invalid_column' });
+      await expect(enqueueMigration(client, spec)).rejects.toMatchObject({
+        name: 'EnqueueError',
+        code: 'duplicate_name',
+      });
+      await expect(enqueueMigration(client, { ...spec, name: 'other', table: 'nope' })).rejects.toMatchObject({
+        code: 'invalid_table',
+      });
+      await expect(enqueueMigration(client, { ...spec, name: 'other', column: 'touched' })).rejects.toMatchObject({
+        code: 'invalid_column',
+      });
       await client.query('INSERT INTO items (id) VALUES (100)');
       await client.query('COMMIT');
     } finally {
@@ -99,7 +114,9 @@ describe('enqueueMigration', () => {
       client.release();
     }
     expect(await names(pool)).toEqual(['fill']);
-    const columns = await pool.query<{ column_name: string }>("SELECT column_name FROM information_schema.columns WHERE table_name = 'items' ORDER BY ordinal_position");
+    const columns = await pool.query<{ column_name: string }>(
+      "SELECT column_name FROM information_schema.columns WHERE table_name = 'items' ORDER BY ordinal_position",
+    );
     expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'v', 'touched', 'email_lower']);
   });
 
@@ -110,9 +127,14 @@ describe('enqueueMigration', () => {
     try {
       await enqueueMigration(client, spec);
       expect(await names(pool)).toEqual(['fill']); // committed: another connection sees it
-      await expect(enqueueMigration(client, { ...spec, name: 'x', table: 'nope' })).rejects.toBeInstanceOf(EnqueueError);
+      await expect(enqueueMigration(client, { ...spec, name: 'x', table: 'nope' })).rejects.toBeInstanceOf(
+        EnqueueError,
+      );
       // No transaction left open on the client.
-      expect((await client.query<{ open: boolean }>('SELECT pg_current_xact_id_if_assigned() IS NOT NULL AS open')).rows[0]!.open).toBe(false);
+      expect(
+        (await client.query<{ open: boolean }>('SELECT pg_current_xact_id_if_assigned() IS NOT NULL AS open')).rows[0]!
+          .open,
+      ).toBe(false);
     } finally {
       client.release();
     }
@@ -136,7 +158,11 @@ describe('enqueueMigration', () => {
     ['max below min', { min: 10, max: 3 }, /max 3 is below min 10/],
     ['an unsafe number bound', { max: 2 ** 60 }, /max must be a bigint or a safe integer/],
     ['a bound past int8', { max: 2n ** 63n }, /max must be a bigint/],
-    ['maxBatchSize below minBatchSize', { minBatchSize: 10, maxBatchSize: 5 }, /maxBatchSize 5 is below minBatchSize 10/],
+    [
+      'maxBatchSize below minBatchSize',
+      { minBatchSize: 10, maxBatchSize: 5 },
+      /maxBatchSize 5 is below minBatchSize 10/,
+    ],
   ])('refuses %s before touching the database', async (_, change, message) => {
     const { pool } = db();
     await expect(enqueueMigration(pool, { ...spec, ...change })).rejects.toThrow(message);
@@ -153,15 +179,35 @@ describe('enqueueMigrationSql', () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 30));
     const odd = `it's a \\ "name"; DROP TABLE items; --`;
-    const text = enqueueMigrationSql({ ...spec, name: odd, min: -(2n ** 63n), max: 2n ** 63n - 1n, paused: true, lanes: 3 });
+    const text = enqueueMigrationSql({
+      ...spec,
+      name: odd,
+      min: -(2n ** 63n),
+      max: 2n ** 63n - 1n,
+      paused: true,
+      lanes: 3,
+    });
     expect(text).toMatch(/^INSERT INTO batched_background_migrations \(/);
     const inserted = await pool.query<{ id: string }>(text);
-    await enqueueMigration(pool, { ...spec, name: 'twin', min: -(2n ** 63n), max: 2n ** 63n - 1n, paused: true, lanes: 3 });
+    await enqueueMigration(pool, {
+      ...spec,
+      name: 'twin',
+      min: -(2n ** 63n),
+      max: 2n ** 63n - 1n,
+      paused: true,
+      lanes: 3,
+    });
     const rows = (await pool.query('SELECT * FROM batched_background_migrations ORDER BY id')).rows;
     expect(rows.map((r) => r.name)).toEqual([odd, 'twin']);
-    const comparable = ({ id: _id, name: _name, created_at: _c, updated_at: _u, ...rest }: Record<string, unknown>) => rest;
+    const comparable = ({ id: _id, name: _name, created_at: _c, updated_at: _u, ...rest }: Record<string, unknown>) =>
+      rest;
     expect(comparable(rows[0])).toEqual(comparable(rows[1]));
-    expect(rows[0]).toMatchObject({ id: inserted.rows[0]!.id, status: MigrationStatus.paused, min_value: '-9223372036854775808', max_value: '9223372036854775807' });
+    expect(rows[0]).toMatchObject({
+      id: inserted.rows[0]!.id,
+      status: MigrationStatus.paused,
+      min_value: '-9223372036854775808',
+      max_value: '9223372036854775807',
+    });
     expect((await pool.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(30);
   });
 
@@ -170,7 +216,7 @@ describe('enqueueMigrationSql', () => {
     const client = await pool.connect();
     try {
       await client.query('SET standard_conforming_strings = off');
-      await client.query(enqueueMigrationSql({ ...spec, name: 'a\\b\'c' }));
+      await client.query(enqueueMigrationSql({ ...spec, name: "a\\b'c" }));
     } finally {
       await client.query('RESET standard_conforming_strings');
       client.release();
@@ -179,9 +225,27 @@ describe('enqueueMigrationSql', () => {
   });
 
   it('is what `bbm enqueue --dry-run` prints, with no database at all', async () => {
-    const result = await bbm(['enqueue', '--dry-run', '--name', 'fill', '--work', 'test.touch', '--table', 'items', '--column', 'id', '--batch-size', '10', '--lanes', '2'], {
-      DATABASE_URL: '',
-    });
+    const result = await bbm(
+      [
+        'enqueue',
+        '--dry-run',
+        '--name',
+        'fill',
+        '--work',
+        'test.touch',
+        '--table',
+        'items',
+        '--column',
+        'id',
+        '--batch-size',
+        '10',
+        '--lanes',
+        '2',
+      ],
+      {
+        DATABASE_URL: '',
+      },
+    );
     expect(result).toMatchObject({ code: 0, err: '', out: `${enqueueMigrationSql({ ...spec, lanes: 2 })}\n` });
   });
 });

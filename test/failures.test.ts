@@ -6,19 +6,53 @@ import { migrationReports } from '../src/bbm/status.ts';
 import { waitFor } from './support/processes.ts';
 import { ErrorCode, MigrationStatus, JobStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
+import {
+  createItems,
+  drain,
+  enqueue,
+  jobRanges,
+  migrationRow,
+  nextJob,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
 
 describe('bad migration rows', () => {
   const db = useTestDatabase();
 
   /** Each error code the engine records, reached by a real bad row (or a failing job for `unknown`). */
-  const cases: Record<keyof typeof ErrorCode, { setup?: string; row: Partial<Parameters<typeof enqueue>[1]>; message: RegExp; work?: Work }> = {
-    unknown: { row: {}, message: /boom/, work: { name: 'test.boom', do: async () => { throw new Error('boom'); } } },
+  const cases: Record<
+    keyof typeof ErrorCode,
+    { setup?: string; row: Partial<Parameters<typeof enqueue>[1]>; message: RegExp; work?: Work }
+  > = {
+    unknown: {
+      row: {},
+      message: /boom/,
+      work: {
+        name: 'test.boom',
+        do: async () => {
+          throw new Error('boom');
+        },
+      },
+    },
     invalid_table: { row: { table: 'no_such_table' }, message: /"no_such_table" does not exist/ },
     invalid_column: { row: { column: 'nope' }, message: /column "nope" does not exist in public.items/ },
     invalid_job_signature: { row: { work: 'test.touch ' }, message: /can never name a work function/ },
-    max_job_retry: { row: {}, message: /failed 2 times; last error: boom/, work: { name: 'test.boom', do: async () => { throw new Error('boom'); } } },
-    invalid_batching_strategy: { row: { batchingStrategy: 'nullable_column' }, message: /"nullable_column" is not supported/ },
+    max_job_retry: {
+      row: {},
+      message: /failed 2 times; last error: boom/,
+      work: {
+        name: 'test.boom',
+        do: async () => {
+          throw new Error('boom');
+        },
+      },
+    },
+    invalid_batching_strategy: {
+      row: { batchingStrategy: 'nullable_column' },
+      message: /"nullable_column" is not supported/,
+    },
     // A fault the engine does not foresee: every range it cuts is refused.
     run_error: {
       setup: `CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'ranges refused'; END $$;
@@ -36,7 +70,12 @@ describe('bad migration rows', () => {
       await enqueue(pool, { name: 'bad', work: work.name, table: 'items', batchSize: 10, ...scenario.row });
       if (scenario.setup) await pool.query(scenario.setup);
 
-      const worker = testWorker(pool, { work: [touch, ...(scenario.work ? [scenario.work] : [])], maxAttempts: 2, maxRunErrors: 2, runErrorHoldMs: 20 });
+      const worker = testWorker(pool, {
+        work: [touch, ...(scenario.work ? [scenario.work] : [])],
+        maxAttempts: 2,
+        maxRunErrors: 2,
+        runErrorHoldMs: 20,
+      });
       // Run errors are the worker's to sit out, not the test's: run it until nothing is left.
       if (codeName === 'run_error') await worker.run({ untilDone: true });
       else await drain(worker);
@@ -44,7 +83,9 @@ describe('bad migration rows', () => {
       const code = ErrorCode[codeName as keyof typeof ErrorCode];
       if (codeName === 'unknown') {
         // A job's own failure is recorded on the job with code unknown (0).
-        const { rows } = await pool.query('SELECT failure_error_code, failure_message FROM batched_background_migration_jobs');
+        const { rows } = await pool.query(
+          'SELECT failure_error_code, failure_message FROM batched_background_migration_jobs',
+        );
         expect(rows).toEqual([{ failure_error_code: code, failure_message: expect.stringMatching(scenario.message) }]);
       } else {
         const row = await migrationRow(pool, 'bad');
@@ -56,10 +97,28 @@ describe('bad migration rows', () => {
   }
 
   it.each([
-    ['a view', 'CREATE VIEW items_view AS SELECT * FROM items', { table: 'items_view' }, 1, /public.items_view is a view, not a table/],
-    ['a text column', 'ALTER TABLE items ADD COLUMN label text UNIQUE', { column: 'label' }, 2, /is text; batching needs/],
+    [
+      'a view',
+      'CREATE VIEW items_view AS SELECT * FROM items',
+      { table: 'items_view' },
+      1,
+      /public.items_view is a view, not a table/,
+    ],
+    [
+      'a text column',
+      'ALTER TABLE items ADD COLUMN label text UNIQUE',
+      { column: 'label' },
+      2,
+      /is text; batching needs/,
+    ],
     ['an unindexed column', 'SELECT 1', { column: 'v' }, 2, /has no valid, non-partial btree index/],
-    ['a partially indexed column', 'CREATE UNIQUE INDEX ON items (v) WHERE v > 1', { column: 'v' }, 2, /no valid, non-partial btree/],
+    [
+      'a partially indexed column',
+      'CREATE UNIQUE INDEX ON items (v) WHERE v > 1',
+      { column: 'v' },
+      2,
+      /no valid, non-partial btree/,
+    ],
     ['a column with a differently cased name', 'SELECT 1', { column: 'ID' }, 2, /column "ID" does not exist/],
     ['too many dotted names', 'SELECT 1', { table: 'a.b.c.d' }, 1, /too many dotted names/],
   ])('fails a migration over %s', async (_, setup, row, code, message) => {
@@ -80,12 +139,24 @@ describe('bad migration rows', () => {
     await createItems(pool, 'items', range(1, 3));
     await pool.query('CREATE TABLE x (id int)');
     await enqueue(pool, { name: 'evil', work: touch.name, table: 'items; drop table x', batchSize: 10 });
-    await enqueue(pool, { name: 'evil_column', work: touch.name, table: 'items', column: 'id; drop table x', batchSize: 10 });
+    await enqueue(pool, {
+      name: 'evil_column',
+      work: touch.name,
+      table: 'items',
+      column: 'id; drop table x',
+      batchSize: 10,
+    });
 
     await drain(testWorker(pool, { work: [touch] }));
 
-    expect(await migrationRow(pool, 'evil')).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.invalid_table });
-    expect(await migrationRow(pool, 'evil_column')).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.invalid_column });
+    expect(await migrationRow(pool, 'evil')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.invalid_table,
+    });
+    expect(await migrationRow(pool, 'evil_column')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.invalid_column,
+    });
     const { rows } = await pool.query(`SELECT to_regclass('x') IS NOT NULL AS present`);
     expect(rows[0].present).toBe(true);
   });
@@ -100,7 +171,9 @@ describe('bad migration rows', () => {
     ['an unknown status', { status: 7 }, 'batched_background_migrations_status_known'],
   ])('refuses a row with %s at the door', async (_, row, constraint) => {
     const { pool } = db();
-    await expect(enqueue(pool, { name: 'bad', work: touch.name, table: 'items', batchSize: 10, ...row })).rejects.toMatchObject({
+    await expect(
+      enqueue(pool, { name: 'bad', work: touch.name, table: 'items', batchSize: 10, ...row }),
+    ).rejects.toMatchObject({
       code: '23514',
       constraint,
     });
@@ -118,7 +191,10 @@ describe('failing jobs', () => {
       name: 'test.flaky',
       async do(job) {
         seen.push(`${job.start}-${job.end}#${job.attempt}`);
-        await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE id BETWEEN $1 AND $2`, [job.start, job.end]);
+        await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE id BETWEEN $1 AND $2`, [
+          job.start,
+          job.end,
+        ]);
         if (job.start === 4n && job.attempt < 3) throw new Error(`flake ${job.attempt}`);
       },
     };
@@ -186,8 +262,12 @@ describe('failing jobs', () => {
     expect(result.error?.message).toBe('half done');
     const { rows } = await pool.query('SELECT count(*)::int AS changed FROM items WHERE v = -1 OR id = 1000');
     expect(rows[0].changed).toBe(0);
-    const jobs = await pool.query('SELECT status, attempts, failure_error_code, failure_message FROM batched_background_migration_jobs');
-    expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 1, failure_error_code: ErrorCode.unknown, failure_message: 'half done' }]);
+    const jobs = await pool.query(
+      'SELECT status, attempts, failure_error_code, failure_message FROM batched_background_migration_jobs',
+    );
+    expect(jobs.rows).toEqual([
+      { status: JobStatus.failed, attempts: 1, failure_error_code: ErrorCode.unknown, failure_message: 'half done' },
+    ]);
   });
 
   it('fails a job whose work function swallowed a failed statement, instead of committing half of it', async () => {
@@ -265,7 +345,9 @@ describe('failing jobs', () => {
     expect(result.error?.message).toMatch(/timed out/);
     expect(Date.now() - started).toBeLessThan(10_000);
     const jobs = await shared.query('SELECT status, attempts, failure_message FROM batched_background_migration_jobs');
-    expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 1, failure_message: expect.stringMatching(/timed out/) }]);
+    expect(jobs.rows).toEqual([
+      { status: JobStatus.failed, attempts: 1, failure_message: expect.stringMatching(/timed out/) },
+    ]);
     const { rows } = await pool.query('SELECT count(*)::int AS n FROM items WHERE v = -1');
     expect(rows[0].n).toBe(0);
   });
@@ -306,7 +388,9 @@ describe('failing jobs', () => {
         if (!killed && job.start === 3n) {
           killed = true;
           // The server side of this connection goes away, as in a failover or network cut.
-          await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1', ['%touched = touched + 1%']);
+          await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1', [
+            '%touched = touched + 1%',
+          ]);
           await job.query('SELECT 1');
         }
       },
@@ -350,7 +434,9 @@ describe('failing jobs', () => {
 
     expect(result.outcome).toBe('job_failed');
     expect(result.error?.message).toMatch(/violates foreign key constraint/);
-    const { rows } = await pool.query('SELECT (SELECT count(*)::int FROM items WHERE v = -1) AS changed, (SELECT count(*)::int FROM children) AS children');
+    const { rows } = await pool.query(
+      'SELECT (SELECT count(*)::int FROM items WHERE v = -1) AS changed, (SELECT count(*)::int FROM children) AS children',
+    );
     expect(rows[0]).toEqual({ changed: 0, children: 0 });
     expect(await jobRanges(pool, 'orphaning')).toEqual([{ min: 1, max: 4, status: JobStatus.failed, attempts: 1 }]);
   });
@@ -397,7 +483,9 @@ describe('a migration whose runs keep failing', () => {
     // An unforeseen fault in recording: every range cut for `broken` is refused by the database.
     await pool.query(`CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN IF NEW.batched_background_migration_id = ${brokenId} THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
-    await pool.query('CREATE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()');
+    await pool.query(
+      'CREATE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
+    );
     const outcomes: RunResult[] = [];
     const worker = testWorker(pool, {
       work: [touch],
@@ -413,7 +501,11 @@ describe('a migration whose runs keep failing', () => {
     }, 'the broken migration to be set aside');
     await running;
 
-    expect(held).toMatchObject({ status: 'running', runErrors: expect.any(Number), holdReason: expect.stringMatching(/^run error: ranges refused/) });
+    expect(held).toMatchObject({
+      status: 'running',
+      runErrors: expect.any(Number),
+      holdReason: expect.stringMatching(/^run error: ranges refused/),
+    });
     expect(held.onHoldUntil!.getTime()).toBeGreaterThan(Date.now() - 5_000);
     expect(await migrationRow(pool, 'sound')).toMatchObject({ status: MigrationStatus.finished });
     const touched = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
@@ -425,7 +517,9 @@ describe('a migration whose runs keep failing', () => {
     });
     // Each run error was reported once, the third as the migration's failure.
     expect(outcomes.filter((r) => r.outcome === 'error' && r.migration?.name === 'broken')).toHaveLength(2);
-    expect(outcomes.filter((r) => r.outcome === 'migration_failed')).toMatchObject([{ errorCode: 'run_error', migration: { name: 'broken' } }]);
+    expect(outcomes.filter((r) => r.outcome === 'migration_failed')).toMatchObject([
+      { errorCode: 'run_error', migration: { name: 'broken' } },
+    ]);
     // The error reported is the one stored on the row.
     const reported = outcomes.find((r) => r.outcome === 'migration_failed');
     expect(reported?.error?.message).toBe((await migrationRow(pool, 'broken'))?.failure_message);
@@ -444,7 +538,9 @@ describe('a migration whose runs keep failing', () => {
         // From now on every range cut is refused, starting with the cut sent with this job's COMMIT.
         await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
           BEGIN IF NEW.batched_background_migration_id = ${id} THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
-        await pool.query('CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()');
+        await pool.query(
+          'CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
+        );
       },
     };
     const worker = testWorker(pool, { work: [arming] });
@@ -453,8 +549,12 @@ describe('a migration whose runs keep failing', () => {
     expect((await worker.runOnce()).outcome).toBe('job_succeeded');
     await worker.runOnce();
 
-    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([[1, 10, JobStatus.finished]]);
-    const { rows } = await pool.query('SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items');
+    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
+      [1, 10, JobStatus.finished],
+    ]);
+    const { rows } = await pool.query(
+      'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
+    );
     expect(rows[0]).toEqual({ done: 10, twice: 0 });
   });
 
@@ -469,12 +569,16 @@ describe('a migration whose runs keep failing', () => {
         await touch.do(job);
         if (!terminated) {
           terminated = true;
-          await pool.query('SELECT pg_terminate_backend($1)', [(await job.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid]);
+          await pool.query('SELECT pg_terminate_backend($1)', [
+            (await job.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid,
+          ]);
         }
       },
     };
     const outcomes: RunResult[] = [];
-    await testWorker(pool, { work: [unlucky], maxRunErrors: 1, observers: [{ run: (r) => outcomes.push(r) }] }).run({ untilDone: true });
+    await testWorker(pool, { work: [unlucky], maxRunErrors: 1, observers: [{ run: (r) => outcomes.push(r) }] }).run({
+      untilDone: true,
+    });
 
     expect(outcomes.some((r) => r.outcome === 'error' || r.outcome === 'job_failed')).toBe(true);
     expect(outcomes.every((r) => r.heldForMs === undefined)).toBe(true);

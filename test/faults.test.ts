@@ -21,7 +21,10 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const logged: Work = {
   name: 'test.logged',
   async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
+    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+      job.start,
+      job.end,
+    ]);
     await job.query('INSERT INTO job_log (range_start, range_end) VALUES ($1, $2)', [job.start, job.end]);
     await job.query('SELECT pg_sleep(0.005)');
   },
@@ -63,7 +66,9 @@ function workers(url: string) {
         intervalMs: 20,
         maxIntervalMs: 300,
         startupJitterMs: 0,
-        observers: [{ run: (r) => void (r.outcome === 'error' || r.outcome === 'job_failed' ? (errors.runs += 1) : 0) }],
+        observers: [
+          { run: (r) => void (r.outcome === 'error' || r.outcome === 'job_failed' ? (errors.runs += 1) : 0) },
+        ],
       }),
   );
   return { fleet, errors };

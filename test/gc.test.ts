@@ -20,8 +20,19 @@ const GC_CONFIG = fileURLToPath(new URL('./fixtures/gc.config.ts', import.meta.u
 const bytes = (text: string) => new TextEncoder().encode(text);
 
 /** Runs one pass of a sweep over its whole table, as its schedule would enqueue it. */
-async function sweep(pool: pg.Pool, work: Work[], name: keyof typeof GC_WORK, table: string, batchSize = 2): Promise<void> {
-  await enqueue(pool, { name: `${GC_WORK[name]}@${Date.now()}-${Math.random()}`, work: GC_WORK[name], table, batchSize });
+async function sweep(
+  pool: pg.Pool,
+  work: Work[],
+  name: keyof typeof GC_WORK,
+  table: string,
+  batchSize = 2,
+): Promise<void> {
+  await enqueue(pool, {
+    name: `${GC_WORK[name]}@${Date.now()}-${Math.random()}`,
+    work: GC_WORK[name],
+    table,
+    batchSize,
+  });
   await drain(testWorker(pool, { work, maxAttempts: 1 }));
 }
 
@@ -44,7 +55,11 @@ describe('the GC pack', () => {
     const { pool } = db();
     const registry = new Registry();
     const work = gcWork({ store, metrics: createGcMetrics(registry) });
-    const kept = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('base'), bytes('app v1')] });
+    const kept = await pushImage(pool, store, {
+      repository: 'app',
+      tag: 'v1',
+      layers: [bytes('base'), bytes('app v1')],
+    });
     const oldOrphan = await pushBlob(pool, store, bytes('abandoned layer'));
     const youngOrphan = await pushBlob(pool, store, bytes('layer of a push in flight'));
     await age(pool, 'blobs', 'created_at', '2 hours', `id <> ${youngOrphan.id}`);
@@ -66,13 +81,20 @@ describe('the GC pack', () => {
     const { pool } = db();
     const work = gcWork({ store, orphanGraceMs: 0 });
     const layer = await pushBlob(pool, store, bytes('shared base'));
-    const repositoryId = (await pool.query(`INSERT INTO registry.repositories (name) VALUES ('app') RETURNING id`)).rows[0].id;
+    const repositoryId = (await pool.query(`INSERT INTO registry.repositories (name) VALUES ('app') RETURNING id`))
+      .rows[0].id;
     const push = await pool.connect();
     try {
       // The push links the blob to its manifest and has not committed yet.
       await push.query('BEGIN');
-      const manifest = await push.query(`INSERT INTO registry.manifests (repository_id, digest) VALUES ($1, 'sha256:m') RETURNING id`, [repositoryId]);
-      await push.query('INSERT INTO registry.manifest_blobs (manifest_id, blob_id) VALUES ($1, $2)', [manifest.rows[0].id, layer.id]);
+      const manifest = await push.query(
+        `INSERT INTO registry.manifests (repository_id, digest) VALUES ($1, 'sha256:m') RETURNING id`,
+        [repositoryId],
+      );
+      await push.query('INSERT INTO registry.manifest_blobs (manifest_id, blob_id) VALUES ($1, $2)', [
+        manifest.rows[0].id,
+        layer.id,
+      ]);
 
       await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
 
@@ -132,8 +154,16 @@ describe('the GC pack', () => {
   it('expires manifests past their repository TTL (enabled policies only), never serves them, then cleans them up', async () => {
     const { pool } = db();
     const work = gcWork({ store, orphanGraceMs: 0 });
-    const old = await pushImage(pool, store, { repository: 'cache', tag: 'old', layers: [bytes('shared'), bytes('old only')] });
-    const fresh = await pushImage(pool, store, { repository: 'cache', tag: 'fresh', layers: [bytes('shared'), bytes('fresh only')] });
+    const old = await pushImage(pool, store, {
+      repository: 'cache',
+      tag: 'old',
+      layers: [bytes('shared'), bytes('old only')],
+    });
+    const fresh = await pushImage(pool, store, {
+      repository: 'cache',
+      tag: 'fresh',
+      layers: [bytes('shared'), bytes('fresh only')],
+    });
     const disabled = await pushImage(pool, store, { repository: 'keep', tag: 'v1', layers: [bytes('kept')] });
     const unpoliced = await pushImage(pool, store, { repository: 'free', tag: 'v1', layers: [bytes('free')] });
     await setTtlPolicy(pool, old.repositoryId, { enabled: true, ttlDays: 7 });
@@ -154,7 +184,11 @@ describe('the GC pack', () => {
     await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
 
     const manifests = await pool.query('SELECT id FROM registry.manifests ORDER BY id');
-    expect(manifests.rows.map((r) => BigInt(r.id))).toEqual([fresh.manifestId, disabled.manifestId, unpoliced.manifestId]);
+    expect(manifests.rows.map((r) => BigInt(r.id))).toEqual([
+      fresh.manifestId,
+      disabled.manifestId,
+      unpoliced.manifestId,
+    ]);
     const tags = await pool.query('SELECT name FROM registry.tags ORDER BY id');
     expect(tags.rows.map((r) => r.name)).toEqual(['fresh', 'v1', 'v1']);
     expect(await store.exists(blobKey(old.blobs[1]!.digest))).toBe(false);
@@ -164,7 +198,11 @@ describe('the GC pack', () => {
   it('removes everything under a deleted repository and leaves its blobs to the orphan sweep', async () => {
     const { pool } = db();
     const work = gcWork({ store, orphanGraceMs: 0 });
-    const gone = await pushImage(pool, store, { repository: 'gone', tag: 'v1', layers: [bytes('shared'), bytes('gone only')] });
+    const gone = await pushImage(pool, store, {
+      repository: 'gone',
+      tag: 'v1',
+      layers: [bytes('shared'), bytes('gone only')],
+    });
     await pushImage(pool, store, { repository: 'gone', tag: 'v2', layers: [bytes('gone v2')] });
     await pushImage(pool, store, { repository: 'stays', tag: 'v1', layers: [bytes('shared')] });
     const upload = await openUpload(pool, store, 'gone', bytes('staged'));
@@ -175,7 +213,8 @@ describe('the GC pack', () => {
 
     const repositories = await pool.query('SELECT name FROM registry.repositories ORDER BY id');
     expect(repositories.rows.map((r) => r.name)).toEqual(['stays']);
-    const counts = await pool.query(`SELECT (SELECT count(*)::int FROM registry.manifests) AS manifests, (SELECT count(*)::int FROM registry.tags) AS tags,
+    const counts =
+      await pool.query(`SELECT (SELECT count(*)::int FROM registry.manifests) AS manifests, (SELECT count(*)::int FROM registry.tags) AS tags,
                                             (SELECT count(*)::int FROM registry.uploads) AS uploads, (SELECT count(*)::int FROM registry.deleted_repositories) AS markers,
                                             (SELECT count(*)::int FROM registry.blobs) AS blobs`);
     expect(counts.rows[0]).toEqual({ manifests: 1, tags: 1, uploads: 0, markers: 0, blobs: 3 });
@@ -193,13 +232,16 @@ describe('the GC pack', () => {
   it('deletes at most its capacity of expired manifests per pass, and the rest in the next pass', async () => {
     const { pool } = db();
     const work = gcWork({ store, expiredDeletesPerPass: 3 });
-    for (let i = 0; i < 5; i += 1) await pushImage(pool, store, { repository: 'cache', tag: `t${i}`, layers: [bytes(`layer ${i}`)] });
+    for (let i = 0; i < 5; i += 1)
+      await pushImage(pool, store, { repository: 'cache', tag: `t${i}`, layers: [bytes(`layer ${i}`)] });
     await pool.query('UPDATE registry.manifests SET expired_at = now()');
 
     await sweep(pool, work, 'expiredCleanup', 'registry.manifests', 2);
 
     expect((await pool.query('SELECT count(*)::int AS n FROM registry.manifests')).rows[0].n).toBe(2);
-    const reported = await pool.query('SELECT array_agg(row_count ORDER BY min_value) AS rows FROM batched_background_migration_jobs');
+    const reported = await pool.query(
+      'SELECT array_agg(row_count ORDER BY min_value) AS rows FROM batched_background_migration_jobs',
+    );
     expect(reported.rows[0].rows.map(Number)).toEqual([2, 1, 0]);
 
     await sweep(pool, work, 'expiredCleanup', 'registry.manifests', 2);
@@ -235,7 +277,12 @@ describe('the GC pack', () => {
   it('is finished by its schedules like any migration', async () => {
     const { pool } = db();
     await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('x')] });
-    await enqueue(pool, { name: 'gc.orphan_blobs@now', work: GC_WORK.orphanBlobs, table: 'registry.blobs', batchSize: 10 });
+    await enqueue(pool, {
+      name: 'gc.orphan_blobs@now',
+      work: GC_WORK.orphanBlobs,
+      table: 'registry.blobs',
+      batchSize: 10,
+    });
     await drain(testWorker(pool, { work: gcWork({ store }) }));
     expect((await migrationRow(pool, 'gc.orphan_blobs@now'))?.status).toBe(MigrationStatus.finished);
   });
@@ -244,7 +291,12 @@ describe('the GC pack', () => {
     const { pool, url } = db();
     const image = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('base'), bytes('app')] });
     for (let i = 0; i < 8; i += 1) await pushBlob(pool, store, bytes(`orphan ${i}`));
-    await enqueue(pool, { name: 'gc.orphan_blobs@killed', work: GC_WORK.orphanBlobs, table: 'registry.blobs', batchSize: 100 });
+    await enqueue(pool, {
+      name: 'gc.orphan_blobs@killed',
+      work: GC_WORK.orphanBlobs,
+      table: 'registry.blobs',
+      batchSize: 100,
+    });
     const countObjects = async () => {
       let n = 0;
       for await (const _ of store.list('blobs/')) n += 1;

@@ -73,7 +73,8 @@ describe('lanes', () => {
     const { work, seen } = observedTouch(10);
     const worker = testWorker(pool, { work: [work], concurrency: 4, intervalMs: 5, maxIntervalMs: 20 });
     const running = worker.run({ untilDone: true });
-    const setLanes = (lanes: number) => pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = $1 WHERE id = $2', [lanes, id]);
+    const setLanes = (lanes: number) =>
+      pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = $1 WHERE id = $2', [lanes, id]);
 
     await waitFor(async () => seen.length >= 15 && seen, 'jobs in one lane');
     const atOne = seen.length;
@@ -107,7 +108,9 @@ describe('lanes', () => {
         if (!killed && job.start <= 55n && 55n <= job.end) {
           killed = true;
           // As a DBA (or a failover) would: the backend running this job goes away mid-job.
-          await pool.query('SELECT pg_terminate_backend($1)', [(await job.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid]);
+          await pool.query('SELECT pg_terminate_backend($1)', [
+            (await job.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid,
+          ]);
           await job.query('SELECT 1');
         }
       },
@@ -171,7 +174,8 @@ describe('lanes', () => {
       name: 'test.stuck',
       async do(job) {
         await job.query("SET LOCAL lock_timeout = '10ms'");
-        if (job.start <= 2n && 2n <= job.end) throw Object.assign(new Error('could not obtain lock on row'), { code: '55P03' });
+        if (job.start <= 2n && 2n <= job.end)
+          throw Object.assign(new Error('could not obtain lock on row'), { code: '55P03' });
       },
     };
     const worker = testWorker(pool, { work: [work], maxAttempts: 2 });
@@ -191,7 +195,10 @@ describe('lanes', () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 3000));
     const id = await enqueue(pool, { name: 'adaptive', work: 'test.paced', table: 'items', batchSize: 5 });
-    await pool.query('UPDATE batched_background_migrations SET target_job_ms = 40, max_batch_size = 150 WHERE id = $1', [id]);
+    await pool.query(
+      'UPDATE batched_background_migrations SET target_job_ms = 40, max_batch_size = 150 WHERE id = $1',
+      [id],
+    );
     const work: Work = {
       name: 'test.paced',
       async do(job) {
@@ -230,7 +237,12 @@ describe('lanes', () => {
     const outcomes: string[] = [];
     const { work } = observedTouch(5);
     const workers = Array.from({ length: 4 }, () =>
-      testWorker(pool, { work: [work], intervalMs: 10, maxIntervalMs: 2_000, observers: [{ run: (r) => outcomes.push(r.outcome) }] }),
+      testWorker(pool, {
+        work: [work],
+        intervalMs: 10,
+        maxIntervalMs: 2_000,
+        observers: [{ run: (r) => outcomes.push(r.outcome) }],
+      }),
     );
 
     await Promise.all(workers.map((w) => w.run({ untilDone: true })));
@@ -244,7 +256,7 @@ describe('lanes', () => {
   });
 });
 
-describe('names written into the run\'s statements', () => {
+describe("names written into the run's statements", () => {
   const db = useTestDatabase();
 
   it('stay inert with standard_conforming_strings off, for a table named with a quote and a backslash', async () => {
@@ -270,41 +282,53 @@ describe('names written into the run\'s statements', () => {
 describe('lanes across processes', () => {
   const db = useTestDatabase();
 
-  it.each([2, 3])('4 lanes over %i `bbm run` processes, SIGKILLed mid-job over and over: every row exactly once', async (processes) => {
-    const { pool, url } = db();
-    await createJobLog(pool);
-    await createItems(pool, 'items', range(1, 3000));
-    await pool.query('DELETE FROM items WHERE id % 11 = 5');
-    const id = await enqueue(pool, { name: 'fleet', work: 'test.touch', table: 'items', batchSize: 10 });
-    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE id = $1', [id]);
-    const env = { DATABASE_URL: url, BBM_TEST_JOB_SLEEP_MS: '15' };
-    const start = () => startBbm(['run', '--config', TEST_CONFIG, '--concurrency', '2'], env);
-    const fleet: BbmProcess[] = Array.from({ length: processes }, start);
+  it.each([2, 3])(
+    '4 lanes over %i `bbm run` processes, SIGKILLed mid-job over and over: every row exactly once',
+    async (processes) => {
+      const { pool, url } = db();
+      await createJobLog(pool);
+      await createItems(pool, 'items', range(1, 3000));
+      await pool.query('DELETE FROM items WHERE id % 11 = 5');
+      const id = await enqueue(pool, { name: 'fleet', work: 'test.touch', table: 'items', batchSize: 10 });
+      await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE id = $1', [id]);
+      const env = { DATABASE_URL: url, BBM_TEST_JOB_SLEEP_MS: '15' };
+      const start = () => startBbm(['run', '--config', TEST_CONFIG, '--concurrency', '2'], env);
+      const fleet: BbmProcess[] = Array.from({ length: processes }, start);
 
-    let kills = 0;
-    while (kills < 5) {
-      await waitFor(async () => (await pool.query('SELECT count(*)::int AS n FROM job_log')).rows[0].n > 20 * (kills + 1), 'jobs to run');
-      const victim = fleet.splice(Math.floor(Math.random() * fleet.length), 1)[0]!;
-      victim.child.kill('SIGKILL');
-      expect((await victim.exited).signal).toBe('SIGKILL');
-      kills += 1;
-      fleet.push(start());
-    }
-    const survivor = await runBbm(['run', '--config', TEST_CONFIG, '--until-done', '--concurrency', '4'], env);
-    expect(survivor, survivor.output).toMatchObject({ code: 0 });
-    // A worker started by the last kill may still be starting: stop each once it is up.
-    const pids = fleet.map((worker) => worker.child.pid);
-    await waitFor(
-      async () => (await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers WHERE pid = ANY($1)', [pids])).rows[0].n === pids.length,
-      'the fleet to be up',
-    );
-    for (const worker of fleet) worker.child.kill('SIGTERM');
-    for (const worker of fleet) expect((await worker.exited).code, worker.output()).toBe(0);
+      let kills = 0;
+      while (kills < 5) {
+        await waitFor(
+          async () => (await pool.query('SELECT count(*)::int AS n FROM job_log')).rows[0].n > 20 * (kills + 1),
+          'jobs to run',
+        );
+        const victim = fleet.splice(Math.floor(Math.random() * fleet.length), 1)[0]!;
+        victim.child.kill('SIGKILL');
+        expect((await victim.exited).signal).toBe('SIGKILL');
+        kills += 1;
+        fleet.push(start());
+      }
+      const survivor = await runBbm(['run', '--config', TEST_CONFIG, '--until-done', '--concurrency', '4'], env);
+      expect(survivor, survivor.output).toMatchObject({ code: 0 });
+      // A worker started by the last kill may still be starting: stop each once it is up.
+      const pids = fleet.map((worker) => worker.child.pid);
+      await waitFor(
+        async () =>
+          (
+            await pool.query(
+              'SELECT count(*)::int AS n FROM batched_background_migration_workers WHERE pid = ANY($1)',
+              [pids],
+            )
+          ).rows[0].n === pids.length,
+        'the fleet to be up',
+      );
+      for (const worker of fleet) worker.child.kill('SIGTERM');
+      for (const worker of fleet) expect((await worker.exited).code, worker.output()).toBe(0);
 
-    await expectEveryRowOnce(pool, 'items', 'fleet');
-    const duplicates = await pool.query('SELECT range_start FROM job_log GROUP BY range_start HAVING count(*) > 1');
-    expect(duplicates.rows).toEqual([]);
-    // The lanes were shared: more than one process ran jobs.
-    expect((await pool.query('SELECT count(DISTINCT pid)::int AS n FROM job_log')).rows[0].n).toBeGreaterThan(1);
-  });
+      await expectEveryRowOnce(pool, 'items', 'fleet');
+      const duplicates = await pool.query('SELECT range_start FROM job_log GROUP BY range_start HAVING count(*) > 1');
+      expect(duplicates.rows).toEqual([]);
+      // The lanes were shared: more than one process ran jobs.
+      expect((await pool.query('SELECT count(DISTINCT pid)::int AS n FROM job_log')).rows[0].n).toBeGreaterThan(1);
+    },
+  );
 });

@@ -21,7 +21,12 @@ function parseMetrics(text: string): Map<string, number> {
     if (!line || line.startsWith('#')) continue;
     const match = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$/.exec(line);
     if (!match) throw new Error(`unparsable metrics line: ${line}`);
-    const labels = (match[2] ?? '').replace(/^\{|\}$/g, '').split(',').filter(Boolean).sort().join(',');
+    const labels = (match[2] ?? '')
+      .replace(/^\{|\}$/g, '')
+      .split(',')
+      .filter(Boolean)
+      .sort()
+      .join(',');
     samples.set(labels ? `${match[1]}{${labels}}` : match[1]!, Number(match[3]));
   }
   return samples;
@@ -36,20 +41,38 @@ describe('bbm run --metrics-port', () => {
     await createItems(pool, 'items', range(1, 250));
     await pool.query('DELETE FROM items WHERE id % 10 = 0');
     await enqueue(pool, { name: 'counted', work: 'test.touch', table: 'items', batchSize: 20 });
-    await enqueue(pool, { name: 'later@2026-01-01T00:00:00Z', work: 'test.touch', table: 'items', batchSize: 20, status: MigrationStatus.paused });
-    const worker = startBbm(['run', '--config', TEST_CONFIG, '--metrics-port', '0', '--log-level', 'info', '--log-format', 'json'], {
-      DATABASE_URL: url,
-      BBM_LOG_LEVEL: 'info',
+    await enqueue(pool, {
+      name: 'later@2026-01-01T00:00:00Z',
+      work: 'test.touch',
+      table: 'items',
+      batchSize: 20,
+      status: MigrationStatus.paused,
     });
+    const worker = startBbm(
+      ['run', '--config', TEST_CONFIG, '--metrics-port', '0', '--log-level', 'info', '--log-format', 'json'],
+      {
+        DATABASE_URL: url,
+        BBM_LOG_LEVEL: 'info',
+      },
+    );
     onTestFinished(() => void worker.child.kill('SIGKILL'));
     const base = await waitFor(async () => {
-      const line = worker.output().split('\n').find((l) => l.includes('serving metrics'));
+      const line = worker
+        .output()
+        .split('\n')
+        .find((l) => l.includes('serving metrics'));
       return line ? (JSON.parse(line) as { url: string }).url.replace(/\/metrics$/, '') : undefined;
     }, 'the metrics server');
     expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    await waitFor(async () => (await migrationRow(pool, 'counted'))?.status === MigrationStatus.finished, 'the migration to finish');
+    await waitFor(
+      async () => (await migrationRow(pool, 'counted'))?.status === MigrationStatus.finished,
+      'the migration to finish',
+    );
     // Once a run found nothing to do, the worker has also reported the wait that follows it.
-    await waitFor(async () => (await (await fetch(`${base}/metrics`)).text()).includes('bbm_runs_total{result="no_job"}'), 'an idle run');
+    await waitFor(
+      async () => (await (await fetch(`${base}/metrics`)).text()).includes('bbm_runs_total{result="no_job"}'),
+      'an idle run',
+    );
 
     const response = await fetch(`${base}/metrics`);
     expect(response.status).toBe(200);
@@ -85,7 +108,11 @@ describe('bbm run --metrics-port', () => {
     await expect(fetch(`${base}/healthz`)).rejects.toThrow();
 
     // One JSON line per job outcome, with the run's correlation id and the job's fields; no idle lines at info.
-    const lines = worker.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = worker
+      .output()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const jobLines = lines.filter((l) => l.msg === 'job finished');
     expect(jobLines).toHaveLength(jobs);
     for (const line of jobLines) {
@@ -119,11 +146,15 @@ describe('bbm run --metrics-port', () => {
 
   it('refuses --metrics-host without --metrics-port, and a bad port', async () => {
     const { url } = db();
-    expect(await runBbm(['run', '--config', TEST_CONFIG, '--metrics-host', '0.0.0.0'], { DATABASE_URL: url })).toMatchObject({
+    expect(
+      await runBbm(['run', '--config', TEST_CONFIG, '--metrics-host', '0.0.0.0'], { DATABASE_URL: url }),
+    ).toMatchObject({
       code: 2,
       output: expect.stringMatching(/--metrics-host needs --metrics-port/),
     });
-    expect(await runBbm(['run', '--config', TEST_CONFIG, '--metrics-port', '70000'], { DATABASE_URL: url })).toMatchObject({
+    expect(
+      await runBbm(['run', '--config', TEST_CONFIG, '--metrics-port', '70000'], { DATABASE_URL: url }),
+    ).toMatchObject({
       code: 2,
       output: expect.stringMatching(/--metrics-port must be a whole number from 0 to 65535/),
     });
@@ -149,7 +180,8 @@ async function sentryIngest(): Promise<{ dsn: string; envelopes: Envelope[]; clo
     void read(request).then((raw) => {
       const [header, ...rest] = raw.split('\n').filter(Boolean);
       const items: Envelope['items'] = [];
-      for (let i = 0; i + 1 < rest.length; i += 2) items.push({ header: JSON.parse(rest[i]!), payload: JSON.parse(rest[i + 1]!) });
+      for (let i = 0; i + 1 < rest.length; i += 2)
+        items.push({ header: JSON.parse(rest[i]!), payload: JSON.parse(rest[i + 1]!) });
       envelopes.push({ header: JSON.parse(header ?? '{}'), items, raw });
       response.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     });
@@ -185,7 +217,9 @@ describe('Sentry', () => {
 
     expect(result).toMatchObject({ code: 1 }); // --until-done: migrations it worked on failed
     expect(await migrationRow(pool, 'poisoned')).toMatchObject({ status: MigrationStatus.failed });
-    const events = ingest.envelopes.flatMap((e) => e.items.filter((i) => i.header.type === 'event').map((i) => i.payload));
+    const events = ingest.envelopes.flatMap((e) =>
+      e.items.filter((i) => i.header.type === 'event').map((i) => i.payload),
+    );
     const summary = events.map((e) => {
       const tags = e.tags as Record<string, string>;
       return [tags.outcome, tags.bbm_name, tags.work, tags.error_code];
@@ -198,7 +232,8 @@ describe('Sentry', () => {
         ['migration_failed', 'poisoned', 'test.touch', 'max_job_retry'],
       ].sort(),
     );
-    for (const event of events) expect((event.tags as Record<string, string>).correlation_id).toMatch(/^[0-9a-f-]{36}$/);
+    for (const event of events)
+      expect((event.tags as Record<string, string>).correlation_id).toMatch(/^[0-9a-f-]{36}$/);
     expect(new Set(events.map((e) => e.event_id)).size).toBe(4);
     expect(new Set(events.map((e) => (e.tags as Record<string, string>).correlation_id)).size).toBe(4);
     const failure = events.find((e) => (e.tags as Record<string, string>).outcome === 'job_failed');
@@ -215,7 +250,10 @@ describe('shutdown', () => {
     await createJobLog(pool);
     await createItems(pool, 'items', range(1, 100));
     await enqueue(pool, { name: 'slow', work: 'test.touch', table: 'items', batchSize: 50 });
-    const worker = startBbm(['run', '--config', TEST_CONFIG, '--grace-period', '300'], { DATABASE_URL: url, BBM_TEST_STALL_AT: '60' });
+    const worker = startBbm(['run', '--config', TEST_CONFIG, '--grace-period', '300'], {
+      DATABASE_URL: url,
+      BBM_TEST_STALL_AT: '60',
+    });
     await waitForStall(pool, 'the worker to be mid-job');
 
     const stopped = Date.now();

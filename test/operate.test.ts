@@ -3,7 +3,17 @@ import { describe, expect, it } from 'vitest';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
+import {
+  createItems,
+  drain,
+  enqueue,
+  jobRanges,
+  migrationRow,
+  quiet,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
 import { finalizeMigration } from '../src/bbm/finalize.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor } from './support/processes.ts';
 
@@ -13,14 +23,27 @@ const count = async (pool: { query: (q: string) => Promise<{ rows: Array<{ n: nu
 describe('bbm enqueue', () => {
   const db = useTestDatabase();
   const args = (extra: string[] = []) => [
-    'enqueue', '--name', 'fill', '--work', 'test.touch', '--table', 'items', '--column', 'id', '--batch-size', '10', ...extra,
+    'enqueue',
+    '--name',
+    'fill',
+    '--work',
+    'test.touch',
+    '--table',
+    'items',
+    '--column',
+    'id',
+    '--batch-size',
+    '10',
+    ...extra,
   ];
 
   it('checks the target and work, inserts the row and prints it', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));
 
-    const result = await bbm([...args(['--min', '5', '--max', '25', '--json', '--config', TEST_CONFIG])], { DATABASE_URL: url });
+    const result = await bbm([...args(['--min', '5', '--max', '25', '--json', '--config', TEST_CONFIG])], {
+      DATABASE_URL: url,
+    });
 
     expect(result).toMatchObject({ code: 0, err: '' });
     expect(JSON.parse(result.out)).toMatchObject({
@@ -34,24 +57,42 @@ describe('bbm enqueue', () => {
       batchSize: 10,
     });
     await drain(testWorker(pool, { work: [touch] }));
-    expect((await jobRanges(pool, 'fill')).map((j) => [j.min, j.max])).toEqual([[5, 14], [15, 24], [25, 25]]);
+    expect((await jobRanges(pool, 'fill')).map((j) => [j.min, j.max])).toEqual([
+      [5, 14],
+      [15, 24],
+      [25, 25],
+    ]);
   });
 
   it('sets lanes and adaptive sizing with --lanes and --target-job-ms, and bbm set changes them while it runs', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));
 
-    const enqueued = await bbm([...args(['--lanes', '3', '--target-job-ms', '250', '--max-batch-size', '5000', '--json'])], { DATABASE_URL: url });
+    const enqueued = await bbm(
+      [...args(['--lanes', '3', '--target-job-ms', '250', '--max-batch-size', '5000', '--json'])],
+      { DATABASE_URL: url },
+    );
     expect(enqueued).toMatchObject({ code: 0, err: '' });
-    expect(JSON.parse(enqueued.out)).toMatchObject({ lanes: 3, targetJobMs: 250, minBatchSize: null, maxBatchSize: 5000 });
+    expect(JSON.parse(enqueued.out)).toMatchObject({
+      lanes: 3,
+      targetJobMs: 250,
+      minBatchSize: null,
+      maxBatchSize: 5000,
+    });
 
-    const set = await bbm(['set', '--name', 'fill', '--lanes', '8', '--batch-size', '20', '--fixed'], { DATABASE_URL: url });
+    const set = await bbm(['set', '--name', 'fill', '--lanes', '8', '--batch-size', '20', '--fixed'], {
+      DATABASE_URL: url,
+    });
     expect(set).toMatchObject({ code: 0, out: 'fill: 8 lane(s), batch size 20 (fixed)\n' });
-    const row = await pool.query('SELECT max_parallel_jobs, batch_size, target_job_ms FROM batched_background_migrations');
+    const row = await pool.query(
+      'SELECT max_parallel_jobs, batch_size, target_job_ms FROM batched_background_migrations',
+    );
     expect(row.rows).toEqual([{ max_parallel_jobs: 8, batch_size: 20, target_job_ms: null }]);
 
     expect(await bbm(['set', '--name', 'fill', '--lanes', '0'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
-    expect(await bbm(['set', '--name', 'fill', '--min-batch-size', '10', '--max-batch-size', '5'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
+    expect(
+      await bbm(['set', '--name', 'fill', '--min-batch-size', '10', '--max-batch-size', '5'], { DATABASE_URL: url }),
+    ).toMatchObject({ code: 2 });
     expect(await bbm(['set', '--name', 'fill'], { DATABASE_URL: url })).toMatchObject({ code: 2 });
     expect(await bbm(['set', '--name', 'nope', '--lanes', '2'], { DATABASE_URL: url })).toMatchObject({ code: 1 });
     // A bound that contradicts the stored one is refused by the table's CHECK, and nothing changes.
@@ -66,14 +107,21 @@ describe('bbm enqueue', () => {
     await createItems(pool, 'items', range(1, 30));
     const result = await bbm(args(['--paused', '--database-url', url]));
     expect(result.code).toBe(0);
-    expect(result.out).toMatch(/^enqueued fill \(id \d+\): test\.touch over items\.id \[1\.\.max\] in batches of 10, paused\nnote: no live worker has work function test\.touch yet\n$/);
+    expect(result.out).toMatch(
+      /^enqueued fill \(id \d+\): test\.touch over items\.id \[1\.\.max\] in batches of 10, paused\nnote: no live worker has work function test\.touch yet\n$/,
+    );
     expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.paused);
   });
 
   it.each([
     ['a missing table', ['--table', 'nope'], 1, /invalid_table: table "nope" does not exist/],
     ['an unindexed column', ['--column', 'v'], 1, /invalid_column: .*has no valid, non-partial btree index/],
-    ['a work function the config lacks', ['--work', 'other.work', '--config', TEST_CONFIG], 2, /not a work function of the config \(it has: test\.touch\)/],
+    [
+      'a work function the config lacks',
+      ['--work', 'other.work', '--config', TEST_CONFIG],
+      2,
+      /not a work function of the config \(it has: test\.touch\)/,
+    ],
     ['a malformed work name', ['--work', 'bad name'], 2, /not a valid work name/],
     ['a zero batch size', ['--batch-size', '0'], 2, /--batch-size must be a whole number from 1/],
     ['a non-numeric bound', ['--min', 'one'], 2, /--min must be an integer/],
@@ -93,13 +141,18 @@ describe('bbm enqueue', () => {
     await createItems(pool, 'items', range(1, 30));
     expect((await bbm(args(), { DATABASE_URL: url })).code).toBe(0);
     const again = await bbm(args(), { DATABASE_URL: url });
-    expect(again).toMatchObject({ code: 1, err: 'bbm enqueue: a migration named "fill" already exists; nothing was written\n' });
+    expect(again).toMatchObject({
+      code: 1,
+      err: 'bbm enqueue: a migration named "fill" already exists; nothing was written\n',
+    });
     expect(await count(pool)).toBe(1);
   });
 
   it('needs every required flag', async () => {
     const { url } = db();
-    const result = await bbm(['enqueue', '--name', 'x', '--table', 'items', '--column', 'id', '--batch-size', '5'], { DATABASE_URL: url });
+    const result = await bbm(['enqueue', '--name', 'x', '--table', 'items', '--column', 'id', '--batch-size', '5'], {
+      DATABASE_URL: url,
+    });
     expect(result).toMatchObject({ code: 2, err: expect.stringMatching(/bbm enqueue needs --work/) });
   });
 });
@@ -120,12 +173,19 @@ describe('bbm retry', () => {
     };
     await enqueue(pool, { name: 'fragile', work: fragile.name, table: 'items', batchSize: 10 });
     await drain(testWorker(pool, { work: [fragile], maxAttempts: 2 }));
-    expect(await migrationRow(pool, 'fragile')).toMatchObject({ status: MigrationStatus.failed, failure_error_code: ErrorCode.max_job_retry });
+    expect(await migrationRow(pool, 'fragile')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.max_job_retry,
+    });
 
     const result = await bbm(['retry', '--name', 'fragile'], { DATABASE_URL: url });
 
     expect(result).toMatchObject({ code: 0, out: 'fragile is active again; 1 failed range(s) get fresh attempts\n' });
-    expect(await migrationRow(pool, 'fragile')).toMatchObject({ status: MigrationStatus.active, failure_error_code: null, failure_message: null });
+    expect(await migrationRow(pool, 'fragile')).toMatchObject({
+      status: MigrationStatus.active,
+      failure_error_code: null,
+      failure_message: null,
+    });
     expect((await jobRanges(pool, 'fragile'))[1]).toMatchObject({ status: JobStatus.failed, attempts: 0 });
     broken = false;
     await drain(testWorker(pool, { work: [fragile], maxAttempts: 2 }));
@@ -143,8 +203,14 @@ describe('bbm retry', () => {
       code: 1,
       err: 'bbm retry: fine is active; only a failed migration can be retried\n',
     });
-    expect(await bbm(['retry', '--name', 'ghost'], { DATABASE_URL: url })).toMatchObject({ code: 1, err: 'bbm retry: no migration named "ghost"\n' });
-    expect(await bbm(['retry'], { DATABASE_URL: url })).toMatchObject({ code: 2, err: 'bbm retry: bbm retry needs --name\n' });
+    expect(await bbm(['retry', '--name', 'ghost'], { DATABASE_URL: url })).toMatchObject({
+      code: 1,
+      err: 'bbm retry: no migration named "ghost"\n',
+    });
+    expect(await bbm(['retry'], { DATABASE_URL: url })).toMatchObject({
+      code: 2,
+      err: 'bbm retry: bbm retry needs --name\n',
+    });
   });
 });
 
@@ -157,7 +223,10 @@ describe('bbm finalize', () => {
     await createItems(pool, 'items', range(1, 95));
     await enqueue(pool, { name: 'deploy_gate', work: 'test.touch', table: 'items', batchSize: 10 });
 
-    const result = await bbm(['finalize', '--name', 'deploy_gate', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_LOG_LEVEL: 'warn' });
+    const result = await bbm(['finalize', '--name', 'deploy_gate', '--config', TEST_CONFIG], {
+      DATABASE_URL: url,
+      BBM_LOG_LEVEL: 'warn',
+    });
 
     expect(result.err).toBe('');
     expect(result.code).toBe(0);
@@ -174,9 +243,15 @@ describe('bbm finalize', () => {
     await createItems(pool, 'items', range(1, 3000));
     await enqueue(pool, { name: 'raced', work: 'test.touch', table: 'items', batchSize: 20 });
     const background = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url });
-    await waitFor(async () => (await pool.query('SELECT 1 FROM job_log LIMIT 1')).rows.length > 0, 'the background worker to start');
+    await waitFor(
+      async () => (await pool.query('SELECT 1 FROM job_log LIMIT 1')).rows.length > 0,
+      'the background worker to start',
+    );
 
-    const result = await bbm(['finalize', '--name', 'raced', '--config', TEST_CONFIG, '--json'], { DATABASE_URL: url, BBM_LOG_LEVEL: 'warn' });
+    const result = await bbm(['finalize', '--name', 'raced', '--config', TEST_CONFIG, '--json'], {
+      DATABASE_URL: url,
+      BBM_LOG_LEVEL: 'warn',
+    });
     background.child.kill('SIGTERM');
     await background.exited;
 
@@ -199,15 +274,23 @@ describe('bbm finalize', () => {
     const env = { DATABASE_URL: url, BBM_LOG_LEVEL: 'silent' };
 
     // In a process of its own: the failing range is set up through the environment.
-    const doomed = await runBbm(['finalize', '--name', 'doomed', '--config', TEST_CONFIG], { ...env, BBM_TEST_FAIL_AT: '15' });
+    const doomed = await runBbm(['finalize', '--name', 'doomed', '--config', TEST_CONFIG], {
+      ...env,
+      BBM_TEST_FAIL_AT: '15',
+    });
     expect(doomed.code).toBe(1);
-    expect(doomed.output).toMatch(/doomed is not finished: failed \(max_job_retry\): job \d+ \[11\.\.20\] failed 5 times; last error: row 15 cannot be migrated/);
+    expect(doomed.output).toMatch(
+      /doomed is not finished: failed \(max_job_retry\): job \d+ \[11\.\.20\] failed 5 times; last error: row 15 cannot be migrated/,
+    );
     expect(await bbm(['finalize', '--name', 'doomed', '--config', TEST_CONFIG], env)).toMatchObject({ code: 1 });
     expect(await bbm(['finalize', '--name', 'alien', '--config', TEST_CONFIG], env)).toMatchObject({
       code: 2,
       err: expect.stringMatching(/alien runs work function not\.here, which the config does not register/),
     });
-    expect(await bbm(['finalize', '--name', 'ghost', '--config', TEST_CONFIG], env)).toMatchObject({ code: 2, err: expect.stringMatching(/no migration named "ghost"/) });
+    expect(await bbm(['finalize', '--name', 'ghost', '--config', TEST_CONFIG], env)).toMatchObject({
+      code: 2,
+      err: expect.stringMatching(/no migration named "ghost"/),
+    });
     expect(await bbm(['finalize', '--name', 'doomed'], { ...env, DATABASE_URL: url })).toMatchObject({ code: 2 });
   });
 });
@@ -219,8 +302,18 @@ describe('finalizing a paused migration', () => {
     const { pool, url } = db();
     await createJobLog(pool);
     await createItems(pool, 'items', range(1, 30));
-    await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });
-    const result = await runBbm(['finalize', '--name', 'resting', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_LOG_LEVEL: 'warn', BBM_LOG_FORMAT: 'json' });
+    await enqueue(pool, {
+      name: 'resting',
+      work: 'test.touch',
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.paused,
+    });
+    const result = await runBbm(['finalize', '--name', 'resting', '--config', TEST_CONFIG], {
+      DATABASE_URL: url,
+      BBM_LOG_LEVEL: 'warn',
+      BBM_LOG_FORMAT: 'json',
+    });
     expect(result.code).toBe(0);
     expect(result.output).toMatch(/"level":40,.*resting was paused: finalizing runs it anyway/);
     expect(result.output.trim().split('\n').at(-1)).toBe('resting is finished: 3 jobs, 0 failed');
@@ -230,10 +323,18 @@ describe('finalizing a paused migration', () => {
   it('pauses it again when finalizing stops before the end', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 30));
-    await enqueue(pool, { name: 'resting', work: 'test.touch', table: 'items', batchSize: 10, status: MigrationStatus.paused });
+    await enqueue(pool, {
+      name: 'resting',
+      work: 'test.touch',
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.paused,
+    });
     const stop = new AbortController();
     stop.abort();
-    await expect(finalizeMigration({ pool, work: [touch], name: 'resting', logger: quiet, signal: stop.signal })).rejects.toThrow(/interrupted/);
+    await expect(
+      finalizeMigration({ pool, work: [touch], name: 'resting', logger: quiet, signal: stop.signal }),
+    ).rejects.toThrow(/interrupted/);
     expect((await migrationRow(pool, 'resting'))?.status).toBe(MigrationStatus.paused);
   });
 });
@@ -244,7 +345,14 @@ describe('bbm status pace', () => {
   it('reports rows per second and time left from the last jobs, and the last job error', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 100));
-    const id = await enqueue(pool, { name: 'paced', work: 'test.touch', table: 'items', batchSize: 10, max: 100, status: MigrationStatus.running });
+    const id = await enqueue(pool, {
+      name: 'paced',
+      work: 'test.touch',
+      table: 'items',
+      batchSize: 10,
+      max: 100,
+      status: MigrationStatus.running,
+    });
     // Four ranges of 10 finished over the last 8 seconds; one range failed.
     await pool.query(
       `INSERT INTO batched_background_migration_jobs
@@ -264,14 +372,18 @@ describe('bbm status pace', () => {
     expect(report.etaSeconds).toBeCloseTo(12, 0);
     expect(report.lastError).toBe('row 44 is odd');
     const table = await bbm(['status', '--config', TEST_CONFIG], { DATABASE_URL: url });
-    expect(table.out).toMatch(/paced\s+running\s+40\.0%\s+4\/1\s+5\s+12s\s+items\.id \[1\.\.100\] by 10\s+test\.touch\s+last job error: row 44 is odd/);
+    expect(table.out).toMatch(
+      /paced\s+running\s+40\.0%\s+4\/1\s+5\s+12s\s+items\.id \[1\.\.100\] by 10\s+test\.touch\s+last job error: row 44 is odd/,
+    );
 
     // Failed or paused, with the same recent jobs: no pace, no time left (neither is moving).
     for (const status of [MigrationStatus.failed, MigrationStatus.paused]) {
       await pool.query('UPDATE batched_background_migrations SET status = $1 WHERE id = $2', [status, id]);
       const [stopped] = JSON.parse((await bbm(['status', '--json'], { DATABASE_URL: url })).out);
       expect(stopped).toMatchObject({ rowsPerSecond: null, etaSeconds: null });
-      expect((await bbm(['status'], { DATABASE_URL: url })).out).toMatch(/paced\s+(failed|paused)\s+40\.0%\s+4\/1\s+-\s+-\s/);
+      expect((await bbm(['status'], { DATABASE_URL: url })).out).toMatch(
+        /paced\s+(failed|paused)\s+40\.0%\s+4\/1\s+-\s+-\s/,
+      );
     }
   });
 
@@ -286,6 +398,7 @@ describe('bbm status pace', () => {
     expect(await watcher.exited).toEqual({ code: 0, signal: null });
     const blocks = watcher.output().split(/^--- /m).filter(Boolean);
     expect(blocks.length).toBeGreaterThanOrEqual(2);
-    for (const block of blocks) expect(block).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z\nID\s+NAME\s+STATUS[^\n]*\n1\s+watched\s+active/);
+    for (const block of blocks)
+      expect(block).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z\nID\s+NAME\s+STATUS[^\n]*\n1\s+watched\s+active/);
   });
 });

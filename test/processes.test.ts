@@ -9,7 +9,13 @@ import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range } from './support/engine.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, waitForStall } from './support/processes.ts';
 
-async function prepare(pool: pg.Pool, migrations: number, rows: number, batchSize: number, status: number = MigrationStatus.active): Promise<string[]> {
+async function prepare(
+  pool: pg.Pool,
+  migrations: number,
+  rows: number,
+  batchSize: number,
+  status: number = MigrationStatus.active,
+): Promise<string[]> {
   await createJobLog(pool);
   const names: string[] = [];
   for (let m = 0; m < migrations; m += 1) {
@@ -44,12 +50,23 @@ describe('worker processes', () => {
   it.each([2, 4, 8])('%i concurrent workers process every row exactly once', async (workers) => {
     const { pool, url } = db();
     const names = await prepare(pool, 3, 3000, 20, MigrationStatus.paused);
-    const fleet = Array.from({ length: workers }, () => startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url }));
+    const fleet = Array.from({ length: workers }, () =>
+      startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url }),
+    );
     // Every worker is up (it announces itself) before the work is released to them.
-    await waitFor(async () => (await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers')).rows[0].n === workers, 'the fleet');
+    await waitFor(
+      async () =>
+        (await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_workers')).rows[0].n === workers,
+      'the fleet',
+    );
     await pool.query(`UPDATE batched_background_migrations SET status = ${MigrationStatus.active}`);
     await waitFor(
-      async () => (await pool.query(`SELECT bool_and(status = ${MigrationStatus.finished}) AS done FROM batched_background_migrations`)).rows[0].done,
+      async () =>
+        (
+          await pool.query(
+            `SELECT bool_and(status = ${MigrationStatus.finished}) AS done FROM batched_background_migrations`,
+          )
+        ).rows[0].done,
       'the migrations to finish',
     );
 
@@ -82,7 +99,11 @@ describe('worker processes', () => {
   it('SIGTERM lets the job in flight finish and commit, then exits 0', async () => {
     const { pool, url } = db();
     const names = await prepare(pool, 1, 200, 50);
-    const worker = startBbm(['run', '--config', TEST_CONFIG], { DATABASE_URL: url, BBM_TEST_STALL_AT: '60', BBM_TEST_STALL_SECONDS: '1' });
+    const worker = startBbm(['run', '--config', TEST_CONFIG], {
+      DATABASE_URL: url,
+      BBM_TEST_STALL_AT: '60',
+      BBM_TEST_STALL_SECONDS: '1',
+    });
     await waitForStall(pool, 'the worker to be mid-job');
 
     worker.child.kill('SIGTERM');

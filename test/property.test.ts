@@ -21,8 +21,15 @@ const MIN = -(2n ** 63n);
 const logged: Work = {
   name: 'test.logged',
   async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
-    await job.query('INSERT INTO job_log (migration_id, range_start, range_end) VALUES ($1, $2, $3)', [job.migration.id, job.start, job.end]);
+    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+      job.start,
+      job.end,
+    ]);
+    await job.query('INSERT INTO job_log (migration_id, range_start, range_end) VALUES ($1, $2, $3)', [
+      job.migration.id,
+      job.start,
+      job.end,
+    ]);
   },
 };
 const failing: Work = {
@@ -34,18 +41,33 @@ const failing: Work = {
 const KNOWN_WORK = new Set([logged.name, failing.name]);
 
 /** Mostly rows that can run, so the engine's paths are walked, and a share of every kind of bad one. */
-const often = <T,>(good: fc.Arbitrary<T>, bad: fc.Arbitrary<T>, weight = 4) =>
+const often = <T>(good: fc.Arbitrary<T>, bad: fc.Arbitrary<T>, weight = 4) =>
   fc.oneof({ arbitrary: good, weight }, { arbitrary: bad, weight: 1 });
 const row = fc.record({
   name: fc.oneof(fc.string({ maxLength: 12 }), fc.constantFrom('m', ' ', "it's", 'a;b', '"q"')),
   table: often(
     fc.constantFrom('items', 'public.items', '"items"', 'ITEMS'),
-    fc.oneof(fc.constantFrom('other', 'nope', 'items; drop table sentinel', 'pg_class', 'a.b.c.d', 'items_view', ''), fc.string({ maxLength: 10 })),
+    fc.oneof(
+      fc.constantFrom('other', 'nope', 'items; drop table sentinel', 'pg_class', 'a.b.c.d', 'items_view', ''),
+      fc.string({ maxLength: 10 }),
+    ),
   ),
-  column: often(fc.constant('id'), fc.oneof(fc.constantFrom('v', 'touched', 'ID', 'nope', 'id; drop table sentinel', ''), fc.string({ maxLength: 6 }))),
-  work: often(fc.constantFrom(logged.name, logged.name, failing.name), fc.constantFrom('not.deployed', 'bad name', 'x'.repeat(201), '')),
-  min: often(fc.bigInt({ min: -30n, max: 270n }), fc.oneof(fc.constantFrom(MIN, MAX), fc.bigInt({ min: MIN, max: MAX }))),
-  max: often(fc.oneof(fc.constant(null), fc.bigInt({ min: -30n, max: 300n })), fc.oneof(fc.constantFrom(MIN, MAX), fc.bigInt({ min: MIN, max: MAX }))),
+  column: often(
+    fc.constant('id'),
+    fc.oneof(fc.constantFrom('v', 'touched', 'ID', 'nope', 'id; drop table sentinel', ''), fc.string({ maxLength: 6 })),
+  ),
+  work: often(
+    fc.constantFrom(logged.name, logged.name, failing.name),
+    fc.constantFrom('not.deployed', 'bad name', 'x'.repeat(201), ''),
+  ),
+  min: often(
+    fc.bigInt({ min: -30n, max: 270n }),
+    fc.oneof(fc.constantFrom(MIN, MAX), fc.bigInt({ min: MIN, max: MAX })),
+  ),
+  max: often(
+    fc.oneof(fc.constant(null), fc.bigInt({ min: -30n, max: 300n })),
+    fc.oneof(fc.constantFrom(MIN, MAX), fc.bigInt({ min: MIN, max: MAX })),
+  ),
   batchSize: often(fc.integer({ min: 1, max: 40 }), fc.constantFrom(-1, 0, 1_000_000, 2_147_483_647)),
   lanes: often(fc.integer({ min: 1, max: 4 }), fc.constantFrom(0, 257)),
   status: fc.constantFrom(0, 1, 1, 1, 1, 2, 3, 4, 4, 7),
@@ -63,7 +85,9 @@ describe('SQL-inserted migration rows', () => {
 
   it('end finished, failed with a code, paused or waiting; ranges run once; nothing else changes; a sound migration finishes', async () => {
     const { pool } = db();
-    await pool.query('CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)');
+    await pool.query(
+      'CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)',
+    );
     await pool.query(`INSERT INTO items (id, v) SELECT x, x FROM generate_series(-20, 260) x WHERE x % 7 <> 3`);
     await pool.query(`INSERT INTO items (id) VALUES (${MIN}), (${MAX}), (${MAX - 1n})`);
     await pool.query('CREATE TABLE other (id int PRIMARY KEY, touched int NOT NULL DEFAULT 0)');
@@ -119,7 +143,9 @@ describe('SQL-inserted migration rows', () => {
 
         const codes = new Set<number>(Object.values(ErrorCode));
         for (const migration of accepted) {
-          const { rows: [m] } = await pool.query(
+          const {
+            rows: [m],
+          } = await pool.query(
             'SELECT status, failure_error_code, min_value::text AS min, max_value::text AS max FROM batched_background_migrations WHERE id = $1',
             [migration.id],
           );

@@ -74,7 +74,12 @@ describe('ranges', () => {
 
     const results = await drain(testWorker(pool, { work: [touch] }));
 
-    expect(results.map((r) => r.outcome)).toEqual(['migration_started', 'job_succeeded', 'migration_finished', 'no_job']);
+    expect(results.map((r) => r.outcome)).toEqual([
+      'migration_started',
+      'job_succeeded',
+      'migration_finished',
+      'no_job',
+    ]);
     expect(await jobRanges(pool, 'empty')).toEqual([{ min: 1, max: 1, status: 2, attempts: 1 }]);
     expect((await migrationRow(pool, 'empty'))?.status).toBe(MigrationStatus.finished);
   });
@@ -108,7 +113,13 @@ describe('ranges', () => {
     it('runs rows at both ends of the type exactly once, from min_value at the type minimum, and status still adds up', async () => {
       const { pool } = db();
       await pool.query(`CREATE TABLE ends (id ${type} PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
-      const ids = [...Array.from({ length: 40 }, (_, i) => min + BigInt(i)), -3n, 0n, 7n, ...Array.from({ length: 40 }, (_, i) => max - BigInt(i))];
+      const ids = [
+        ...Array.from({ length: 40 }, (_, i) => min + BigInt(i)),
+        -3n,
+        0n,
+        7n,
+        ...Array.from({ length: 40 }, (_, i) => max - BigInt(i)),
+      ];
       await pool.query('INSERT INTO ends (id) SELECT unnest($1::bigint[])', [ids.map(String)]);
       // max_value NULL: resolved to the column's maximum, here the type's.
       await enqueue(pool, { name: 'ends', work: touch.name, table: 'ends', batchSize: 7, min, max: null });
@@ -124,7 +135,8 @@ describe('ranges', () => {
       );
       expect(BigInt(jobs.rows[0]!.min)).toBe(min);
       expect(BigInt(jobs.rows.at(-1)!.max)).toBe(max);
-      for (let i = 1; i < jobs.rows.length; i += 1) expect(BigInt(jobs.rows[i]!.min)).toBe(BigInt(jobs.rows[i - 1]!.max) + 1n);
+      for (let i = 1; i < jobs.rows.length; i += 1)
+        expect(BigInt(jobs.rows[i]!.min)).toBe(BigInt(jobs.rows[i - 1]!.max) + 1n);
       // The widths of these ranges sum past 2^63 for bigint: status reads them as numeric.
       const [report] = await migrationReports(pool, { name: 'ends' });
       expect(report).toMatchObject({ status: 'finished', progress: 1, finishedPrefixEnd: max });

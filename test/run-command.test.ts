@@ -28,9 +28,14 @@ describe('bbm run --until-done', () => {
     await enqueue(pool, { name: 'bad', work: 'test.touch', table: 'items', batchSize: 10, min: 21, max: 40 });
     const env = { DATABASE_URL: url, BBM_LOG_LEVEL: 'silent' };
 
-    const failing = await runBbm(['run', '--until-done', '--config', TEST_CONFIG, '--max-attempts', '2'], { ...env, BBM_TEST_FAIL_AT: '35' });
+    const failing = await runBbm(['run', '--until-done', '--config', TEST_CONFIG, '--max-attempts', '2'], {
+      ...env,
+      BBM_TEST_FAIL_AT: '35',
+    });
     expect(failing.code).toBe(1);
-    expect(failing.output).toMatch(/^bbm run: bad failed \(max_job_retry\): job \d+ \[31\.\.40\] failed 2 times; last error: row 35 cannot be migrated$/m);
+    expect(failing.output).toMatch(
+      /^bbm run: bad failed \(max_job_retry\): job \d+ \[31\.\.40\] failed 2 times; last error: row 35 cannot be migrated$/m,
+    );
     expect(failing.output).not.toMatch(/good failed/);
     expect((await migrationRow(pool, 'good'))?.status).toBe(MigrationStatus.finished);
 
@@ -52,7 +57,9 @@ describe('bbm run --until-done', () => {
       };\n`,
     );
     // Without the skip this would sleep up to an hour; the test's timeout is a minute.
-    expect(await runBbm(['run', '--until-done', '--config', config], { DATABASE_URL: url, BBM_LOG_LEVEL: 'silent' })).toMatchObject({ code: 0 });
+    expect(
+      await runBbm(['run', '--until-done', '--config', config], { DATABASE_URL: url, BBM_LOG_LEVEL: 'silent' }),
+    ).toMatchObject({ code: 0 });
     expect((await migrationRow(pool, 'quick'))?.status).toBe(MigrationStatus.finished);
   });
 });
@@ -66,9 +73,18 @@ describe('bbm run on a terminal', () => {
     await createItems(pool, 'items', range(1, 60));
     await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 10 });
     // `script` gives the command a pseudo-terminal, as a person's shell would.
-    const command = [process.execPath, BBM_BIN, 'run', '--until-done', '--config', TEST_CONFIG].map((arg) => `'${arg}'`).join(' ');
+    const command = [process.execPath, BBM_BIN, 'run', '--until-done', '--config', TEST_CONFIG]
+      .map((arg) => `'${arg}'`)
+      .join(' ');
     const { stdout } = await promisify(execFile)('script', ['-qefc', command, '/dev/null'], {
-      env: { ...process.env, DATABASE_URL: url, BBM_TEST_FAIL_AT: '25', BBM_TEST_JOB_SLEEP_MS: '150', BBM_LOG_LEVEL: '', BBM_LOG_FORMAT: '' },
+      env: {
+        ...process.env,
+        DATABASE_URL: url,
+        BBM_TEST_FAIL_AT: '25',
+        BBM_TEST_JOB_SLEEP_MS: '150',
+        BBM_LOG_LEVEL: '',
+        BBM_LOG_FORMAT: '',
+      },
     }).catch((error: { stdout: string; code: number }) => {
       expect(error.code).toBe(1); // the migration failed
       return error;

@@ -38,7 +38,9 @@ describe('cadences', () => {
     const registry = new WorkRegistry([touch]);
     const ok: Schedule = { name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' };
     expect(resolveSchedules([ok], registry)).toHaveLength(1);
-    expect(() => resolveSchedules([{ ...ok, work: 'gc.unknown' }], registry)).toThrow(/not a work function of this config/);
+    expect(() => resolveSchedules([{ ...ok, work: 'gc.unknown' }], registry)).toThrow(
+      /not a work function of this config/,
+    );
     expect(() => resolveSchedules([{ ...ok, name: 'a@b' }], registry)).toThrow(/must be letters/);
     expect(() => resolveSchedules([ok, ok], registry)).toThrow(/defined twice/);
     expect(() => resolveSchedules([{ ...ok, batchSize: 0 }], registry)).toThrow(/batchSize/);
@@ -48,10 +50,17 @@ describe('cadences', () => {
 describe('scheduling passes', () => {
   const db = useTestDatabase();
   const registry = new WorkRegistry([touch]);
-  const [sweep] = resolveSchedules([{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }], registry);
-  const tick = (pool: pg.Pool, now: string, retentionMs = 7 * 86_400_000) => tickSchedules(pool, [sweep!], { retentionMs, now: at(now) });
+  const [sweep] = resolveSchedules(
+    [{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }],
+    registry,
+  );
+  const tick = (pool: pg.Pool, now: string, retentionMs = 7 * 86_400_000) =>
+    tickSchedules(pool, [sweep!], { retentionMs, now: at(now) });
   const passes = async (pool: pg.Pool) =>
-    (await pool.query(`SELECT name, status FROM batched_background_migrations ORDER BY id`)).rows as Array<{ name: string; status: number }>;
+    (await pool.query(`SELECT name, status FROM batched_background_migrations ORDER BY id`)).rows as Array<{
+      name: string;
+      status: number;
+    }>;
   const finishAll = (pool: pg.Pool, status: number = MigrationStatus.finished) =>
     pool.query(`UPDATE batched_background_migrations SET status = $1, finished_at = now()`, [status]);
 
@@ -83,7 +92,9 @@ describe('scheduling passes', () => {
     const pools = Array.from({ length: 3 }, () => createPool({ connectionString: url, max: 2 }));
     try {
       const ticks = await Promise.all(
-        Array.from({ length: 30 }, (_, i) => tickSchedules(pools[i % 3]!, [sweep!], { retentionMs: 86_400_000, now: at('2026-11-22T10:05:00Z') })),
+        Array.from({ length: 30 }, (_, i) =>
+          tickSchedules(pools[i % 3]!, [sweep!], { retentionMs: 86_400_000, now: at('2026-11-22T10:05:00Z') }),
+        ),
       );
       expect(ticks.flatMap((t) => t.enqueued)).toEqual(['sweep@2026-11-22T10:00:00.000Z']);
       expect(await passes(pool)).toHaveLength(1);
@@ -99,12 +110,21 @@ describe('scheduling passes', () => {
                       SELECT id, 1, 10, 2, 1 FROM batched_background_migrations`);
     await pool.query(`UPDATE batched_background_migrations SET status = 2, finished_at = now() - interval '8 days'`);
 
-    expect(await tick(pool, '2026-11-22T11:05:00Z')).toMatchObject({ enqueued: ['sweep@2026-11-22T11:00:00.000Z'], pruned: 1 });
+    expect(await tick(pool, '2026-11-22T11:05:00Z')).toMatchObject({
+      enqueued: ['sweep@2026-11-22T11:00:00.000Z'],
+      pruned: 1,
+    });
     // Failed passes are kept for a look, however old.
     await pool.query(`UPDATE batched_background_migrations SET status = 3, finished_at = now() - interval '8 days'`);
-    expect(await tick(pool, '2026-11-22T12:05:00Z')).toMatchObject({ enqueued: ['sweep@2026-11-22T12:00:00.000Z'], pruned: 0 });
+    expect(await tick(pool, '2026-11-22T12:05:00Z')).toMatchObject({
+      enqueued: ['sweep@2026-11-22T12:00:00.000Z'],
+      pruned: 0,
+    });
 
-    expect((await passes(pool)).map((p) => p.name)).toEqual(['sweep@2026-11-22T11:00:00.000Z', 'sweep@2026-11-22T12:00:00.000Z']);
+    expect((await passes(pool)).map((p) => p.name)).toEqual([
+      'sweep@2026-11-22T11:00:00.000Z',
+      'sweep@2026-11-22T12:00:00.000Z',
+    ]);
     const jobs = await pool.query('SELECT count(*)::int AS n FROM batched_background_migration_jobs');
     expect(jobs.rows[0].n).toBe(0);
   });
@@ -115,13 +135,20 @@ describe('scheduling passes', () => {
     const schedules = [{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }];
     const pools = Array.from({ length: 3 }, () => createPool({ connectionString: url, max: 2 }));
     try {
-      await Promise.all(pools.map((p) => testWorker(p, { work: [touch], schedules, intervalMs: 5, maxIntervalMs: 10 }).run({ untilDone: true })));
+      await Promise.all(
+        pools.map((p) =>
+          testWorker(p, { work: [touch], schedules, intervalMs: 5, maxIntervalMs: 10 }).run({ untilDone: true }),
+        ),
+      );
     } finally {
       await Promise.all(pools.map((p) => p.end()));
     }
     const all = await passes(pool);
     expect(all).toHaveLength(1);
-    expect(all[0]).toMatchObject({ name: expect.stringMatching(/^sweep@\d{4}-\d\d-\d\dT\d\d:00:00\.000Z$/), status: MigrationStatus.finished });
+    expect(all[0]).toMatchObject({
+      name: expect.stringMatching(/^sweep@\d{4}-\d\d-\d\dT\d\d:00:00\.000Z$/),
+      status: MigrationStatus.finished,
+    });
     const { rows } = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
     expect(rows[0].t).toEqual([1]);
   });
@@ -137,12 +164,17 @@ describe('bbm status with schedules', () => {
       /SCHEDULE\s+EVERY\s+WORK\s+LAST PASS\s+STATUS\s+NEXT DUE\nsweep\s+1h\s+test\.touch\s+-\s+-\s+\d{4}-\d\d-\d\dT\d\d:00:00\.000Z/,
     );
     const registry = new WorkRegistry([touch]);
-    const schedules = resolveSchedules([{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }], registry);
+    const schedules = resolveSchedules(
+      [{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }],
+      registry,
+    );
     await tickSchedules(pool, schedules, { retentionMs: 86_400_000, now: at('2026-11-22T10:05:00Z') });
 
     const result = await bbm(['status', '--config', config], { DATABASE_URL: url });
 
-    expect(result.out).toMatch(/sweep\s+1h\s+test\.touch\s+sweep@2026-11-22T10:00:00\.000Z\s+active\s+after the last pass/);
+    expect(result.out).toMatch(
+      /sweep\s+1h\s+test\.touch\s+sweep@2026-11-22T10:00:00\.000Z\s+active\s+after the last pass/,
+    );
     await pool.query(`UPDATE batched_background_migrations SET status = 2, finished_at = now()`);
     expect((await bbm(['status', '--config', config], { DATABASE_URL: url })).out).toMatch(
       /sweep@2026-11-22T10:00:00\.000Z\s+finished\s+2026-11-22T11:00:00\.000Z/,
@@ -157,7 +189,10 @@ describe('bbm status with schedules', () => {
         nextDue: '2026-11-22T11:00:00.000Z',
       },
     ]);
-    expect(await bbm(['schedules'], { DATABASE_URL: url })).toMatchObject({ code: 2, err: expect.stringMatching(/needs --config/) });
+    expect(await bbm(['schedules'], { DATABASE_URL: url })).toMatchObject({
+      code: 2,
+      err: expect.stringMatching(/needs --config/),
+    });
   });
 });
 
@@ -168,9 +203,14 @@ describe('a pass', () => {
     const { pool } = db();
     await createItems(pool, 'items', range(5, 77));
     const registry = new WorkRegistry([touch]);
-    const schedules = resolveSchedules([{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }], registry);
+    const schedules = resolveSchedules(
+      [{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }],
+      registry,
+    );
     await tickSchedules(pool, schedules, { retentionMs: 86_400_000, now: at('2026-11-22T10:05:00Z') });
-    const { rows } = await pool.query('SELECT min_value::int AS min, max_value::int AS max FROM batched_background_migrations');
+    const { rows } = await pool.query(
+      'SELECT min_value::int AS min, max_value::int AS max FROM batched_background_migrations',
+    );
     expect(rows).toEqual([{ min: 1, max: 77 }]);
   });
 });

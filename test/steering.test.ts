@@ -6,7 +6,17 @@ import { LANE_LOCK_BASE } from '../src/store/locks.ts';
 import { maxReplicaLagBytes, readyWalSegments } from '../src/store/health.ts';
 import { anyThrottle, replicaLagThrottle, walArchiveThrottle } from '../src/bbm/throttle.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, drain, enqueue, jobRanges, migrationRow, nextJob, range, testWorker, touch } from './support/engine.ts';
+import {
+  createItems,
+  drain,
+  enqueue,
+  jobRanges,
+  migrationRow,
+  nextJob,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
 describe('steering', () => {
@@ -64,7 +74,10 @@ describe('steering', () => {
     const older = testWorker(pool, { work: [touch] });
 
     expect((await older.runOnce()).outcome).toBe('no_job');
-    expect(await migrationRow(pool, 'for_newer')).toMatchObject({ status: MigrationStatus.active, failure_error_code: null });
+    expect(await migrationRow(pool, 'for_newer')).toMatchObject({
+      status: MigrationStatus.active,
+      failure_error_code: null,
+    });
     expect(await jobRanges(pool, 'for_newer')).toEqual([]);
     expect((await migrationReports(pool, { knownWork: [touch.name] }))[0]?.waitingForWork).toBe(true);
 
@@ -137,14 +150,20 @@ describe('the documented lock key', () => {
       name: 'test.probe',
       async do() {
         // From another connection, as an operator's script would check it.
-        const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LANE_LOCK_BASE, Number(id)]);
+        const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [
+          LANE_LOCK_BASE,
+          Number(id),
+        ]);
         seen.push(rows[0].free);
       },
     };
     await drain(testWorker(pool, { work: [probe] }));
 
     expect(seen).toEqual([false, false]);
-    const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [LANE_LOCK_BASE, Number(id)]);
+    const { rows } = await pool.query('SELECT pg_try_advisory_xact_lock($1, $2::int) AS free', [
+      LANE_LOCK_BASE,
+      Number(id),
+    ]);
     expect(rows[0].free).toBe(true);
   });
 });
@@ -155,7 +174,13 @@ describe('live workers', () => {
   it('announce their work functions while they run, so status can tell who waits for what', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 10));
-    await enqueue(pool, { name: 'mine', work: touch.name, table: 'items', batchSize: 5, status: MigrationStatus.paused });
+    await enqueue(pool, {
+      name: 'mine',
+      work: touch.name,
+      table: 'items',
+      batchSize: 5,
+      status: MigrationStatus.paused,
+    });
     await enqueue(pool, { name: 'theirs', work: 'not.deployed.yet', table: 'items', batchSize: 5 });
     const before = await migrationReports(pool);
     expect(before.map((r) => [r.name, r.waitingForWork])).toEqual([
@@ -166,9 +191,17 @@ describe('live workers', () => {
     // No live worker has test.touch yet.
     expect((await migrationReports(pool, { name: 'mine' }))[0]?.waitingForWork).toBe(true);
 
-    const worker = testWorker(pool, { work: [touch], intervalMs: 10_000, maxIntervalMs: 10_000, startupJitterMs: 10_000 });
+    const worker = testWorker(pool, {
+      work: [touch],
+      intervalMs: 10_000,
+      maxIntervalMs: 10_000,
+      startupJitterMs: 10_000,
+    });
     const running = worker.run();
-    await waitFor(async () => (await migrationReports(pool, { name: 'mine' }))[0]?.waitingForWork === false, 'the worker to announce itself');
+    await waitFor(
+      async () => (await migrationReports(pool, { name: 'mine' }))[0]?.waitingForWork === false,
+      'the worker to announce itself',
+    );
     const { rows } = await pool.query('SELECT id, pid, work_names FROM batched_background_migration_workers');
     expect(rows).toEqual([{ id: worker.id, pid: process.pid, work_names: [touch.name] }]);
     expect((await migrationReports(pool, { name: 'theirs' }))[0]?.waitingForWork).toBe(true);
@@ -195,12 +228,21 @@ describe('throttles', () => {
       maxIntervalMs: 2,
       throttleCheckMs: 0,
       throttle: async () => reasons.shift() ?? false,
-      observers: [{ run: (result) => outcomes.push(result.outcome === 'throttled' ? `throttled: ${result.error?.message}` : result.outcome) }],
+      observers: [
+        {
+          run: (result) =>
+            outcomes.push(result.outcome === 'throttled' ? `throttled: ${result.error?.message}` : result.outcome),
+        },
+      ],
     });
 
     await worker.run({ untilDone: true });
 
-    expect(outcomes.slice(0, 3)).toEqual(['throttled: replica far behind', 'throttled: replica still behind', 'migration_started']);
+    expect(outcomes.slice(0, 3)).toEqual([
+      'throttled: replica far behind',
+      'throttled: replica still behind',
+      'migration_started',
+    ]);
     expect(outcomes.filter((o) => o === 'job_succeeded')).toHaveLength(3);
     expect((await migrationRow(pool, 'held'))?.status).toBe(MigrationStatus.finished);
   });
@@ -215,7 +257,13 @@ describe('throttles', () => {
       if (asked === 1) throw new Error('metrics endpoint down');
       return false;
     }) as unknown as Parameters<typeof testWorker>[1]['throttle'];
-    const worker = testWorker(pool, { work: [touch], intervalMs: 1, maxIntervalMs: 2, throttleCheckMs: 0, ...(throttle && { throttle }) });
+    const worker = testWorker(pool, {
+      work: [touch],
+      intervalMs: 1,
+      maxIntervalMs: 2,
+      throttleCheckMs: 0,
+      ...(throttle && { throttle }),
+    });
 
     await worker.run({ untilDone: true });
 

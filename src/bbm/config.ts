@@ -41,7 +41,13 @@ function integer(options: WorkerOptions, key: keyof WorkerOptions, fallback: num
 export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
   const day = 86_400_000;
   const intervalMs = integer(options, 'intervalMs', DEFAULTS.intervalMs, 1, day);
-  const maxIntervalMs = integer(options, 'maxIntervalMs', Math.max(DEFAULTS.maxIntervalMs, intervalMs), intervalMs, day);
+  const maxIntervalMs = integer(
+    options,
+    'maxIntervalMs',
+    Math.max(DEFAULTS.maxIntervalMs, intervalMs),
+    intervalMs,
+    day,
+  );
   const jitterRatio = options.jitterRatio ?? DEFAULTS.jitterRatio;
   if (typeof jitterRatio !== 'number' || !(jitterRatio >= 0 && jitterRatio < 1)) {
     throw new ConfigError(`jitterRatio must be a number in [0, 1), got ${JSON.stringify(options.jitterRatio)}`);
@@ -64,7 +70,14 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
 }
 
 /** Where `bbm` looks for a config module when `--config` is not given, in this order. */
-export const DEFAULT_CONFIG_FILES = ['bbm.config.ts', 'bbm.config.mts', 'bbm.config.cts', 'bbm.config.mjs', 'bbm.config.cjs', 'bbm.config.js'];
+export const DEFAULT_CONFIG_FILES = [
+  'bbm.config.ts',
+  'bbm.config.mts',
+  'bbm.config.cts',
+  'bbm.config.mjs',
+  'bbm.config.cjs',
+  'bbm.config.js',
+];
 
 export function findDefaultConfig(cwd = process.cwd()): string | undefined {
   return DEFAULT_CONFIG_FILES.map((file) => path.join(cwd, file)).find((file) => existsSync(file));

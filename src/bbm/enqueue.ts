@@ -67,7 +67,11 @@ export class EnqueueError extends Error {
  * caller's work, and a refusal leaves the caller's transaction usable). Throws ConfigError for
  * bad input (before touching the database) and EnqueueError when the database refuses it.
  */
-export async function enqueueMigration(db: pg.Pool | pg.ClientBase, spec: MigrationSpec, { check = true }: EnqueueOptions = {}): Promise<{ id: bigint }> {
+export async function enqueueMigration(
+  db: pg.Pool | pg.ClientBase,
+  spec: MigrationSpec,
+  { check = true }: EnqueueOptions = {},
+): Promise<{ id: bigint }> {
   const row = newMigration(spec);
   try {
     const id = await atomically(db, async (client) => {
@@ -80,7 +84,9 @@ export async function enqueueMigration(db: pg.Pool | pg.ClientBase, spec: Migrat
     return { id };
   } catch (error) {
     if (sqlStateOf(error) === SqlState.uniqueViolation) {
-      throw new EnqueueError('duplicate_name', `a migration named ${JSON.stringify(spec.name)} already exists`, { cause: error });
+      throw new EnqueueError('duplicate_name', `a migration named ${JSON.stringify(spec.name)} already exists`, {
+        cause: error,
+      });
     }
     throw error;
   }
@@ -99,12 +105,14 @@ export function enqueueMigrationSql(spec: MigrationSpec): string {
 function newMigration(spec: MigrationSpec): NewMigration {
   const text = (key: 'name' | 'work' | 'table' | 'column') => {
     const value: unknown = spec[key];
-    if (typeof value !== 'string' || value.trim() === '') throw new ConfigError(`${key} must be a non-empty string, got ${JSON.stringify(value)}`);
+    if (typeof value !== 'string' || value.trim() === '')
+      throw new ConfigError(`${key} must be a non-empty string, got ${JSON.stringify(value)}`);
     return value;
   };
   const name = text('name');
   const work = text('work');
-  if (!isValidWorkName(work)) throw new ConfigError(`work ${JSON.stringify(work)} is not a valid work name (letters, digits, _ . : / -)`);
+  if (!isValidWorkName(work))
+    throw new ConfigError(`work ${JSON.stringify(work)} is not a valid work name (letters, digits, _ . : / -)`);
   const min = bigintOf(spec, 'min');
   const max = bigintOf(spec, 'max');
   if (max !== undefined && max < (min ?? 1n)) throw new ConfigError(`max ${max} is below min ${min ?? 1n}`);
@@ -131,7 +139,12 @@ function newMigration(spec: MigrationSpec): NewMigration {
   };
 }
 
-function integerOf(spec: MigrationSpec, key: 'batchSize' | 'lanes' | 'targetJobMs' | 'minBatchSize' | 'maxBatchSize', min: number, max: number): number | undefined {
+function integerOf(
+  spec: MigrationSpec,
+  key: 'batchSize' | 'lanes' | 'targetJobMs' | 'minBatchSize' | 'maxBatchSize',
+  min: number,
+  max: number,
+): number | undefined {
   const value: unknown = spec[key];
   if (value === undefined) return undefined;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
@@ -143,9 +156,16 @@ function integerOf(spec: MigrationSpec, key: 'batchSize' | 'lanes' | 'targetJobM
 function bigintOf(spec: MigrationSpec, key: 'min' | 'max'): bigint | undefined {
   const value: unknown = spec[key];
   if (value === undefined) return undefined;
-  const parsed = typeof value === 'bigint' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? BigInt(value) : undefined;
+  const parsed =
+    typeof value === 'bigint'
+      ? value
+      : typeof value === 'number' && Number.isSafeInteger(value)
+        ? BigInt(value)
+        : undefined;
   if (parsed === undefined || parsed < INT8_MIN || parsed > INT8_MAX) {
-    throw new ConfigError(`${key} must be a bigint or a safe integer within the bigint range, got ${typeof value === 'bigint' ? value : JSON.stringify(value)}`);
+    throw new ConfigError(
+      `${key} must be a bigint or a safe integer within the bigint range, got ${typeof value === 'bigint' ? value : JSON.stringify(value)}`,
+    );
   }
   return parsed;
 }

@@ -65,10 +65,21 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   let resumedFromPause = false;
   if (current.status === 'paused') {
     resumedFromPause = (await resume(pool, name)).length > 0;
-    if (resumedFromPause) log.warn({ bbm_name: name }, `${name} was paused: finalizing runs it anyway, and pauses it again if it stops before the end`);
+    if (resumedFromPause)
+      log.warn(
+        { bbm_name: name },
+        `${name} was paused: finalizing runs it anyway, and pauses it again if it stops before the end`,
+      );
     current = (await report()) ?? current;
   }
-  const runner = new Runner({ pool, registry, options, log, hardStop: params.hardStop ?? new AbortController().signal, only: current.id });
+  const runner = new Runner({
+    pool,
+    registry,
+    options,
+    log,
+    hardStop: params.hardStop ?? new AbortController().signal,
+    only: current.id,
+  });
   const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
   let errors = 0;
   let lastProgress = 0;
@@ -80,7 +91,8 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
         return current;
       }
       if (settled) throw new FinalizeError(settled, current);
-      if (params.signal?.aborted) throw new FinalizeError(`interrupted at ${(current.progress * 100).toFixed(1)}%`, current);
+      if (params.signal?.aborted)
+        throw new FinalizeError(`interrupted at ${(current.progress * 100).toFixed(1)}%`, current);
 
       const result = await runner.runOnce({ chain: true });
       tellObservers(observers, log, (observer) => observer.run?.(result));
@@ -88,7 +100,8 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
       if (result.outcome === 'error') {
         errors += 1;
         log.error({ err: result.error, correlation_id: result.runId }, 'finalize run failed');
-        if (errors >= MAX_CONSECUTIVE_ERRORS) throw new FinalizeError(`giving up after ${errors} failed runs in a row`, current, { cause: result.error });
+        if (errors >= MAX_CONSECUTIVE_ERRORS)
+          throw new FinalizeError(`giving up after ${errors} failed runs in a row`, current, { cause: result.error });
       } else {
         errors = 0;
       }
@@ -108,7 +121,8 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
       }
     }
   } catch (error) {
-    if (resumedFromPause && (await pause(pool, name).catch(() => [])).length > 0) log.warn({ bbm_name: name }, `${name} is paused again`);
+    if (resumedFromPause && (await pause(pool, name).catch(() => [])).length > 0)
+      log.warn({ bbm_name: name }, `${name} is paused again`);
     throw error;
   } finally {
     await runner.release();

@@ -21,18 +21,27 @@ export interface LoggerOptions {
   terse?: boolean;
 }
 
-const TERSE_LINE = '{msg}{if bbm_name}: {bbm_name}{end}{if job_start} [{job_start}..{job_end}] attempt {attempt}{end}{if err.message}: {err.message}{end}';
+const TERSE_LINE =
+  '{msg}{if bbm_name}: {bbm_name}{end}{if job_start} [{job_start}..{job_end}] attempt {attempt}{end}{if err.message}: {err.message}{end}';
 
 export function createLogger({ level, format, destination = 1, terse = false }: LoggerOptions = {}): Logger {
-  const tty = typeof destination === 'number' ? Boolean((destination === 1 ? process.stdout : process.stderr).isTTY) : true;
+  const tty =
+    typeof destination === 'number' ? Boolean((destination === 1 ? process.stdout : process.stderr).isTTY) : true;
   const resolvedLevel = level ?? ((process.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'info';
-  const resolvedFormat = format ?? ((process.env.BBM_LOG_FORMAT || undefined) as LogFormat | undefined) ?? (tty ? 'pretty' : 'json');
+  const resolvedFormat =
+    format ?? ((process.env.BBM_LOG_FORMAT || undefined) as LogFormat | undefined) ?? (tty ? 'pretty' : 'json');
   const options = { level: resolvedLevel, base: { component: 'pg-bbm' } };
   if (resolvedFormat === 'pretty') {
     const terseness = terse && { hideObject: true, messageFormat: TERSE_LINE, translateTime: 'HH:MM:ss' };
-    return pino(options, pretty({ colorize: tty, sync: true, destination, ignore: 'component,worker_pid', ...terseness }));
+    return pino(
+      options,
+      pretty({ colorize: tty, sync: true, destination, ignore: 'component,worker_pid', ...terseness }),
+    );
   }
-  return pino(options, typeof destination === 'number' ? pino.destination({ dest: destination, sync: true }) : destination);
+  return pino(
+    options,
+    typeof destination === 'number' ? pino.destination({ dest: destination, sync: true }) : destination,
+  );
 }
 
 /**

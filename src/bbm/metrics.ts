@@ -11,14 +11,17 @@ import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
 
 export const METRIC_HELP = {
-  bbm_runs_total: 'Worker runs by result: job_ran (a job was executed), no_job, lock_in_use, throttled, migration_changed (started, finished or failed a migration), error.',
+  bbm_runs_total:
+    'Worker runs by result: job_ran (a job was executed), no_job, lock_in_use, throttled, migration_changed (started, finished or failed a migration), error.',
   bbm_run_duration_seconds: 'Duration of a worker run: one transaction, from BEGIN to COMMIT.',
   bbm_job_duration_seconds: 'Time spent in the work function of a job.',
   bbm_job_batch_size: 'Batch size of the jobs executed.',
-  bbm_migrated_tuples_total: 'Rows migrated: what work functions report changing, or the batch size of each successful job when they report nothing.',
+  bbm_migrated_tuples_total:
+    'Rows migrated: what work functions report changing, or the batch size of each successful job when they report nothing.',
   bbm_jobs_total: 'Jobs executed, by result: succeeded or failed.',
   bbm_sleep_duration_seconds: 'Waits of workers between runs.',
-  bbm_migration_progress: 'Share (0..1) of a migration\'s id range covered by finished jobs, for migrations not finished or failed.',
+  bbm_migration_progress:
+    "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed.",
   bbm_migrations: 'Migrations by status.',
 } as const;
 
@@ -59,10 +62,18 @@ export interface BbmMetrics {
  * `db`, the two gauges that describe migrations rather than this process are read from the
  * database at each scrape.
  */
-export function createMetrics({ db, registry = new Registry() }: { db?: Queryable; registry?: Registry } = {}): BbmMetrics {
+export function createMetrics({
+  db,
+  registry = new Registry(),
+}: { db?: Queryable; registry?: Registry } = {}): BbmMetrics {
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
-  const runs = new Counter({ name: 'bbm_runs_total', help: METRIC_HELP.bbm_runs_total, labelNames: ['result'], registers });
+  const runs = new Counter({
+    name: 'bbm_runs_total',
+    help: METRIC_HELP.bbm_runs_total,
+    labelNames: ['result'],
+    registers,
+  });
   const runDuration = new Histogram({
     name: 'bbm_run_duration_seconds',
     help: METRIC_HELP.bbm_run_duration_seconds,
@@ -82,8 +93,18 @@ export function createMetrics({ db, registry = new Registry() }: { db?: Queryabl
     buckets: [10, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000],
     registers,
   });
-  const tuples = new Counter({ name: 'bbm_migrated_tuples_total', help: METRIC_HELP.bbm_migrated_tuples_total, labelNames: ['migration'], registers });
-  const jobs = new Counter({ name: 'bbm_jobs_total', help: METRIC_HELP.bbm_jobs_total, labelNames: ['migration', 'result'], registers });
+  const tuples = new Counter({
+    name: 'bbm_migrated_tuples_total',
+    help: METRIC_HELP.bbm_migrated_tuples_total,
+    labelNames: ['migration'],
+    registers,
+  });
+  const jobs = new Counter({
+    name: 'bbm_jobs_total',
+    help: METRIC_HELP.bbm_jobs_total,
+    labelNames: ['migration', 'result'],
+    registers,
+  });
   const sleeps = new Histogram({
     name: 'bbm_sleep_duration_seconds',
     help: METRIC_HELP.bbm_sleep_duration_seconds,

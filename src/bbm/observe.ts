@@ -3,7 +3,11 @@ import type { Logger } from './log.ts';
 import type { WorkerObserver } from './types.ts';
 
 /** Calls every observer; one that throws is logged, and the others still hear. */
-export function tellObservers(observers: readonly WorkerObserver[], log: Logger, call: (observer: WorkerObserver) => void): void {
+export function tellObservers(
+  observers: readonly WorkerObserver[],
+  log: Logger,
+  call: (observer: WorkerObserver) => void,
+): void {
   for (const observer of observers) {
     try {
       call(observer);

@@ -23,7 +23,13 @@ export interface OpsServerOptions {
   readyTimeoutMs?: number;
 }
 
-export async function startOpsServer({ registry, db, port, host = '127.0.0.1', readyTimeoutMs = 2_000 }: OpsServerOptions): Promise<OpsServer> {
+export async function startOpsServer({
+  registry,
+  db,
+  port,
+  host = '127.0.0.1',
+  readyTimeoutMs = 2_000,
+}: OpsServerOptions): Promise<OpsServer> {
   const server = createServer((request, response) => {
     const reply = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
       response.writeHead(status, { 'content-type': type }).end(body);

@@ -30,7 +30,6 @@ export const PANIC_FACTOR = 5;
 /** Weight of the newest job in the smoothed time per row (about the last six jobs count). */
 const SMOOTHING = 0.3;
 
-
 export interface JobSample {
   /** The size the job's range was cut with. */
   size: number;

@@ -22,9 +22,23 @@ import type { Logger } from 'pino';
 import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { cancelBackend, jobFailureMessage, recordFailedAttempt, splitRange, type ClaimedJob, type RangeCut, type ValidatedMigration } from '../store/jobs.ts';
+import {
+  cancelBackend,
+  jobFailureMessage,
+  recordFailedAttempt,
+  splitRange,
+  type ClaimedJob,
+  type RangeCut,
+  type ValidatedMigration,
+} from '../store/jobs.ts';
 import { failMigration, finishMigration, holdAfterRunError, quotedTable, startMigration } from '../store/migrations.ts';
-import { RunTransaction, runPrologue, takeStatement, type Take, type TakenMigration } from '../store/run-transaction.ts';
+import {
+  RunTransaction,
+  runPrologue,
+  takeStatement,
+  type Take,
+  type TakenMigration,
+} from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
@@ -209,10 +223,19 @@ export class Runner {
           return this.#fail(
             tx,
             ref,
-            new BbmError('max_job_retry', `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${(await jobFailureMessage(tx.db, job.id)) ?? 'unknown'}`),
+            new BbmError(
+              'max_job_retry',
+              `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${(await jobFailureMessage(tx.db, job.id)) ?? 'unknown'}`,
+            ),
           );
         }
-        const claimed: ClaimedJob = { id: job.id, start: job.start, end: job.end, attempt: job.attempts + 1, batchSize: job.batchSize ?? migration.batchSize };
+        const claimed: ClaimedJob = {
+          id: job.id,
+          start: job.start,
+          end: job.end,
+          attempt: job.attempts + 1,
+          batchSize: job.batchSize ?? migration.batchSize,
+        };
         return this.#execute(tx, migration, ref, checked, claimed, take.lane, run);
       }
 
@@ -256,9 +279,18 @@ export class Runner {
    * column and work function as when it was asked.
    */
   async #check(tx: RunTransaction, migration: TakenMigration): Promise<Validated | BbmError | 'not_mine'> {
-    const names = { tableName: migration.tableName, columnName: migration.columnName, jobSignatureName: migration.jobSignatureName };
+    const names = {
+      tableName: migration.tableName,
+      columnName: migration.columnName,
+      jobSignatureName: migration.jobSignatureName,
+    };
     const cached = this.#validated.get(migration.id);
-    if (cached && cached.tableName === names.tableName && cached.columnName === names.columnName && cached.jobSignatureName === names.jobSignatureName) {
+    if (
+      cached &&
+      cached.tableName === names.tableName &&
+      cached.columnName === names.columnName &&
+      cached.jobSignatureName === names.jobSignatureName
+    ) {
       return cached;
     }
     const work = this.ctx.registry.get(migration.jobSignatureName);
@@ -381,7 +413,10 @@ export class Runner {
       if (finished.committed) {
         if (finished.cut === 0) validated.cutDone = true;
         if (finished.laterError) {
-          this.ctx.log.warn({ err: finished.laterError, correlation_id: runId }, 'job committed; cutting the next range or beginning the next run failed');
+          this.ctx.log.warn(
+            { err: finished.laterError, correlation_id: runId },
+            'job committed; cutting the next range or beginning the next run failed',
+          );
         }
         return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, ended: true };
       }
@@ -390,7 +425,13 @@ export class Runner {
     }
     if (!rolledBack) await tx.rollbackWork();
     if (isTimeout(failure) && (await splitRange(tx.db, claimed, migration.id, target, migration.minBatchSize ?? 1))) {
-      return { outcome: 'job_failed', migration: ref, job: { ...jobRef, split: true }, error: failure, errorCode: 'unknown' };
+      return {
+        outcome: 'job_failed',
+        migration: ref,
+        job: { ...jobRef, split: true },
+        error: failure,
+        errorCode: 'unknown',
+      };
     }
     await recordFailedAttempt(tx.db, claimed, ErrorCode.unknown, storedMessage(failure), jobRef.durationMs);
     return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure, errorCode: 'unknown' };
@@ -438,7 +479,9 @@ function paceSettings(migration: TakenMigration): PaceSettings | null {
 function workFailureAtCommit(error: unknown): Error {
   const state = sqlStateOf(error);
   if (state === SqlState.inFailedTransaction) {
-    return new Error('the work function returned normally after one of its statements failed (the error was swallowed)');
+    return new Error(
+      'the work function returned normally after one of its statements failed (the error was swallowed)',
+    );
   }
   if (state?.startsWith('23')) return asError(error);
   throw error;

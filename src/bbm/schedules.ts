@@ -38,7 +38,10 @@ export function parseEvery(every: string): Cadence {
     };
   }
   const fields = every.trim().split(/\s+/);
-  if (fields.length !== 5) throw new ConfigError(`every ${JSON.stringify(every)} is neither a period (30s, 15m, 1h, 1d) nor a five-field cron expression`);
+  if (fields.length !== 5)
+    throw new ConfigError(
+      `every ${JSON.stringify(every)} is neither a period (30s, 15m, 1h, 1d) nor a five-field cron expression`,
+    );
   try {
     CronExpressionParser.parse(every, { tz: 'UTC' });
   } catch (cause) {
@@ -46,7 +49,10 @@ export function parseEvery(every: string): Cadence {
   }
   return {
     // The latest firing at or before now.
-    slotAt: (now) => CronExpressionParser.parse(every, { currentDate: new Date(now.getTime() + 1), tz: 'UTC' }).prev().toDate(),
+    slotAt: (now) =>
+      CronExpressionParser.parse(every, { currentDate: new Date(now.getTime() + 1), tz: 'UTC' })
+        .prev()
+        .toDate(),
     after: (slot) => CronExpressionParser.parse(every, { currentDate: slot, tz: 'UTC' }).next().toDate(),
   };
 }
@@ -59,15 +65,20 @@ export function resolveSchedules(schedules: readonly Schedule[], registry: WorkR
   return schedules.map((schedule, index) => {
     const where = `schedules[${index}]`;
     if (typeof schedule?.name !== 'string' || !SCHEDULE_NAME.test(schedule.name)) {
-      throw new ConfigError(`${where}.name ${JSON.stringify(schedule?.name)} must be letters, digits and _ . : - (at most 100)`);
+      throw new ConfigError(
+        `${where}.name ${JSON.stringify(schedule?.name)} must be letters, digits and _ . : - (at most 100)`,
+      );
     }
     if (seen.has(schedule.name)) throw new ConfigError(`schedule ${schedule.name} is defined twice`);
     seen.add(schedule.name);
     if (typeof schedule.work !== 'string' || !isValidWorkName(schedule.work) || !registry.get(schedule.work)) {
-      throw new ConfigError(`schedule ${schedule.name}: work ${JSON.stringify(schedule.work)} is not a work function of this config`);
+      throw new ConfigError(
+        `schedule ${schedule.name}: work ${JSON.stringify(schedule.work)} is not a work function of this config`,
+      );
     }
     for (const key of ['table', 'column'] as const) {
-      if (typeof schedule[key] !== 'string' || schedule[key].trim() === '') throw new ConfigError(`schedule ${schedule.name}: ${key} is required`);
+      if (typeof schedule[key] !== 'string' || schedule[key].trim() === '')
+        throw new ConfigError(`schedule ${schedule.name}: ${key} is required`);
     }
     if (!Number.isInteger(schedule.batchSize) || schedule.batchSize <= 0) {
       throw new ConfigError(`schedule ${schedule.name}: batchSize must be a positive integer`);
@@ -143,7 +154,8 @@ export async function tickSchedules(
   } finally {
     client.release();
   }
-  if (tick.enqueued.length > 0 || tick.pruned > 0) log?.info({ enqueued: tick.enqueued, pruned: tick.pruned }, 'scheduled passes');
+  if (tick.enqueued.length > 0 || tick.pruned > 0)
+    log?.info({ enqueued: tick.enqueued, pruned: tick.pruned }, 'scheduled passes');
   return tick;
 }
 
@@ -157,17 +169,24 @@ export interface ScheduleReport {
 }
 
 /** Each schedule with its newest pass and when its next pass is due. */
-export async function scheduleReports(db: Queryable, schedules: readonly ResolvedSchedule[], now = new Date()): Promise<ScheduleReport[]> {
+export async function scheduleReports(
+  db: Queryable,
+  schedules: readonly ResolvedSchedule[],
+  now = new Date(),
+): Promise<ScheduleReport[]> {
   const reports: ScheduleReport[] = [];
   for (const schedule of schedules) {
     const last = await latestPass(db, schedule.name);
     const lastSlot = last ? slotOf(last.name) : null;
-    const nextDue = !last || lastSlot === null ? schedule.slotAt(now) : UNFINISHED.has(last.status) ? null : schedule.after(lastSlot);
+    const nextDue =
+      !last || lastSlot === null ? schedule.slotAt(now) : UNFINISHED.has(last.status) ? null : schedule.after(lastSlot);
     reports.push({
       name: schedule.name,
       every: schedule.every,
       work: schedule.work,
-      lastPass: last ? { name: last.name, status: migrationStatusName(last.status), finishedAt: last.finishedAt } : null,
+      lastPass: last
+        ? { name: last.name, status: migrationStatusName(last.status), finishedAt: last.finishedAt }
+        : null,
       nextDue,
     });
   }

@@ -19,9 +19,14 @@ async function importSentry(): Promise<SentryModule> {
   try {
     return await import('@sentry/node');
   } catch (cause) {
-    const missing = (cause as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && String((cause as Error).message).includes("'@sentry/node'");
+    const missing =
+      (cause as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' &&
+      String((cause as Error).message).includes("'@sentry/node'");
     if (!missing) throw cause;
-    throw new ConfigError('a Sentry DSN is set but @sentry/node is not installed: run `npm install @sentry/node` (or unset SENTRY_DSN)', { cause });
+    throw new ConfigError(
+      'a Sentry DSN is set but @sentry/node is not installed: run `npm install @sentry/node` (or unset SENTRY_DSN)',
+      { cause },
+    );
   }
 }
 
@@ -53,7 +58,12 @@ function scrubber(secrets: readonly string[]): <T>(event: T) => T {
 const REPORTED: ReadonlySet<RunResult['outcome']> = new Set(['job_failed', 'migration_failed', 'error']);
 
 /** Starts a Sentry client. Rejects with a ConfigError when `@sentry/node` is not installed. */
-export async function createSentryReporter({ dsn, environment, release, secrets = [] }: SentryOptions): Promise<SentryReporter> {
+export async function createSentryReporter({
+  dsn,
+  environment,
+  release,
+  secrets = [],
+}: SentryOptions): Promise<SentryReporter> {
   const Sentry = await importSentry();
   const scrub = scrubber(secrets);
   Sentry.initWithoutDefaultIntegrations({
@@ -77,11 +87,17 @@ export async function createSentryReporter({ dsn, environment, release, secrets 
         contexts: {
           bbm: {
             ...(migration && { bbm_id: String(migration.id) }),
-            ...(job && { job_id: String(job.id), job_start: String(job.start), job_end: String(job.end), attempt: job.attempt }),
+            ...(job && {
+              job_id: String(job.id),
+              job_start: String(job.start),
+              job_end: String(job.end),
+              attempt: job.attempt,
+            }),
           },
         },
         // A migration fails once, for one reason: group its report by migration and code.
-        ...(result.outcome === 'migration_failed' && migration && { fingerprint: ['bbm-migration-failed', migration.name, result.errorCode ?? 'unknown'] }),
+        ...(result.outcome === 'migration_failed' &&
+          migration && { fingerprint: ['bbm-migration-failed', migration.name, result.errorCode ?? 'unknown'] }),
       });
     },
   };

@@ -15,14 +15,20 @@ export class JobSession {
   constructor(private readonly client: pg.PoolClient) {}
 
   /** pg's `query(text | config, values)`; drizzle calls it with a config object. */
-  query = <R extends pg.QueryResultRow = pg.QueryResultRow>(...[textOrConfig, values]: QueryArgs): Promise<pg.QueryResult<R>> => {
+  query = <R extends pg.QueryResultRow = pg.QueryResultRow>(
+    ...[textOrConfig, values]: QueryArgs
+  ): Promise<pg.QueryResult<R>> => {
     if (this.#closed) {
-      return Promise.reject(new Error('this job is over (finished, failed or timed out); its transaction can no longer be used'));
+      return Promise.reject(
+        new Error('this job is over (finished, failed or timed out); its transaction can no longer be used'),
+      );
     }
     const text = typeof textOrConfig === 'string' ? textOrConfig : textOrConfig.text;
     if (isTransactionControl(text)) {
       return Promise.reject(
-        new Error('a work function cannot end or restart the job transaction; use job.db.transaction() for a savepoint'),
+        new Error(
+          'a work function cannot end or restart the job transaction; use job.db.transaction() for a savepoint',
+        ),
       );
     }
     const pending = this.client.query<R>(textOrConfig as string, values);

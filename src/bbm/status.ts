@@ -1,6 +1,12 @@
 /** What operators read and steer: migration summaries, pause and resume. */
 import type { Queryable } from '../store/db.ts';
-import { errorCodeName, MigrationStatus, migrationStatusName, type ErrorCodeName, type MigrationStatusName } from '../store/codes.ts';
+import {
+  errorCodeName,
+  MigrationStatus,
+  migrationStatusName,
+  type ErrorCodeName,
+  type MigrationStatusName,
+} from '../store/codes.ts';
 import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migrations.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 

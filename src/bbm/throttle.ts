@@ -12,7 +12,9 @@ import { maxReplicaLagBytes, readyWalSegments } from '../store/health.ts';
 export function walArchiveThrottle({ maxReadySegments = 42 }: { maxReadySegments?: number } = {}): Throttle {
   return async (db) => {
     const ready = await readyWalSegments(db);
-    return ready !== null && ready > maxReadySegments ? `${ready} WAL segments wait for the archiver (limit ${maxReadySegments})` : false;
+    return ready !== null && ready > maxReadySegments
+      ? `${ready} WAL segments wait for the archiver (limit ${maxReadySegments})`
+      : false;
   };
 }
 

@@ -8,7 +8,10 @@ import type { ErrorCodeName } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
-export type JobQuery = <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]) => Promise<QueryResult<R>>;
+export type JobQuery = <R extends QueryResultRow = QueryResultRow>(
+  text: string,
+  values?: unknown[],
+) => Promise<QueryResult<R>>;
 
 /**
  * drizzle bound to the job's transaction. `db.transaction()` opens a savepoint inside it; ending

@@ -93,7 +93,15 @@ export class Worker {
     const sizers = new Map<bigint, BatchSizer>();
     this.#runners = Array.from(
       { length: this.options.concurrency },
-      () => new Runner({ pool: this.#pool, registry, options: this.options, log: this.#log, hardStop: this.#hardStop.signal, sizers }),
+      () =>
+        new Runner({
+          pool: this.#pool,
+          registry,
+          options: this.options,
+          log: this.#log,
+          hardStop: this.#hardStop.signal,
+          sizers,
+        }),
     );
   }
 
@@ -150,7 +158,9 @@ export class Worker {
     } finally {
       clearInterval(heartbeat);
       await Promise.all(this.#runners.map((runner) => runner.release()));
-      await retireWorker(this.#pool, this.id).catch((error: unknown) => this.#log.warn({ err: error }, 'could not retire worker'));
+      await retireWorker(this.#pool, this.id).catch((error: unknown) =>
+        this.#log.warn({ err: error }, 'could not retire worker'),
+      );
     }
     this.#log.info('worker stopped');
   }
@@ -175,7 +185,8 @@ export class Worker {
       if (result.outcome.startsWith('migration_')) this.#wakeLanes();
       let waitMs = this.#waitAfter(result, backoff);
       // Idle lanes still wake for the next scheduling round.
-      if (this.#schedules.length > 0) waitMs = Math.min(waitMs, Math.max(0, this.#scheduledAt + options.scheduleCheckMs - performance.now()));
+      if (this.#schedules.length > 0)
+        waitMs = Math.min(waitMs, Math.max(0, this.#scheduledAt + options.scheduleCheckMs - performance.now()));
       if (waitMs > 0) {
         this.#tell((observer) => observer.sleep?.(waitMs));
         await sleep(waitMs, AbortSignal.any([stopping, this.#wake.signal]));
@@ -236,7 +247,10 @@ export class Worker {
   async #tickSchedules(): Promise<boolean> {
     this.#scheduledAt = performance.now();
     try {
-      const tick = await tickSchedules(this.#pool, this.#schedules, { retentionMs: this.options.passRetentionMs, log: this.#log });
+      const tick = await tickSchedules(this.#pool, this.#schedules, {
+        retentionMs: this.options.passRetentionMs,
+        log: this.#log,
+      });
       return tick.enqueued.length > 0;
     } catch (error) {
       this.#log.error({ err: error }, 'scheduling passes failed');
@@ -251,7 +265,12 @@ export class Worker {
   /** Records that this worker is alive. Failing to is logged, never fatal: it only feeds `bbm status`. */
   async #heartbeat(): Promise<void> {
     try {
-      await announceWorker(this.#pool, { id: this.id, hostname: hostname(), pid: process.pid, workNames: this.#workNames });
+      await announceWorker(this.#pool, {
+        id: this.id,
+        hostname: hostname(),
+        pid: process.pid,
+        workNames: this.#workNames,
+      });
     } catch (error) {
       this.#log.warn({ err: error }, 'could not record worker heartbeat');
     }
@@ -287,7 +306,11 @@ export class Worker {
       correlation_id: result.runId,
       outcome: result.outcome,
       duration_ms: Math.round(result.durationMs * 10) / 10,
-      ...(result.migration && { bbm_id: String(result.migration.id), bbm_name: result.migration.name, work: result.migration.work }),
+      ...(result.migration && {
+        bbm_id: String(result.migration.id),
+        bbm_name: result.migration.name,
+        work: result.migration.work,
+      }),
       ...(result.job && {
         job_id: String(result.job.id),
         job_start: String(result.job.start),
@@ -318,7 +341,10 @@ export class Worker {
       case 'throttled':
         return this.#log.info(fields, 'throttled: holding back');
       case 'error':
-        return this.#log.error(fields, result.heldForMs === undefined ? 'run failed' : 'run failed; its migration is set aside meanwhile');
+        return this.#log.error(
+          fields,
+          result.heldForMs === undefined ? 'run failed' : 'run failed; its migration is set aside meanwhile',
+        );
       case 'no_job':
       case 'lock_in_use':
         return this.#log.debug(fields, 'nothing to do');

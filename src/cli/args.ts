@@ -48,21 +48,22 @@ export type Flag = keyof Flags;
 
 /** What a flag means, for help. */
 const FLAG_HELP: Record<Flag, string> = {
-  'database-url': '--database-url URL    PostgreSQL to use; default DATABASE_URL, then the config\'s databaseUrl',
+  'database-url': "--database-url URL    PostgreSQL to use; default DATABASE_URL, then the config's databaseUrl",
   config: '--config FILE         Config module (default: bbm.config.ts, .mjs or .js here)',
   help: '-h, --help            This help',
-  version: '-v, --version         pg-bbm\'s version',
+  version: "-v, --version         pg-bbm's version",
   json: '--json                Print the result as JSON',
   name: '--name NAME           The migration',
   'until-done': '--until-done          Exit 0 once nothing this worker can run remains',
-  interval: '--interval MS         Base wait between idle runs (overrides the config\'s intervalMs)',
+  interval: "--interval MS         Base wait between idle runs (overrides the config's intervalMs)",
   'max-attempts': '--max-attempts N      Tries per range before its migration fails (overrides maxAttempts)',
-  'skip-migrate': '--skip-migrate        Do not apply pg-bbm\'s schema at start',
+  'skip-migrate': "--skip-migrate        Do not apply pg-bbm's schema at start",
   'log-level': '--log-level LEVEL     trace, debug, info (default), warn, error, silent',
   'log-format': '--log-format FORMAT   json (default when not on a terminal) or pretty',
   'metrics-port': '--metrics-port PORT   Serve /metrics, /healthz and /readyz on this port (default: off)',
   'metrics-host': '--metrics-host HOST   Address to bind them to (default 127.0.0.1)',
-  'grace-period': '--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config\'s gracePeriodMs, else 25000)',
+  'grace-period':
+    "--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config's gracePeriodMs, else 25000)",
   concurrency: '--concurrency N       Jobs this worker runs at once, each on its own connection (default 1)',
   watch: '--watch               Redraw every second until interrupted',
   work: '--work WORK           The work function (job_signature_name)',
@@ -70,11 +71,12 @@ const FLAG_HELP: Record<Flag, string> = {
   column: '--column COLUMN       The integer column with a btree index to batch over',
   'batch-size': '--batch-size N        Rows per range',
   min: '--min N               First id of the range (default 1)',
-  max: '--max N               Last id (default: the column\'s maximum when the migration starts)',
+  max: "--max N               Last id (default: the column's maximum when the migration starts)",
   paused: '--paused              Enqueue it paused',
-  'dry-run': '--dry-run             Print the INSERT (for a schema-migration file) instead of running it; no database needed',
+  'dry-run':
+    '--dry-run             Print the INSERT (for a schema-migration file) instead of running it; no database needed',
   lanes: '--lanes N             Jobs of the migration that may run at once, across all workers (default 1)',
-  'target-job-ms': '--target-job-ms MS    Adapt the batch size so a job\'s work takes about this long',
+  'target-job-ms': "--target-job-ms MS    Adapt the batch size so a job's work takes about this long",
   'min-batch-size': '--min-batch-size N    Smallest adaptive size, and smallest half a timed-out range is split to',
   'max-batch-size': '--max-batch-size N    Largest adaptive size',
   fixed: '--fixed               Stop adapting: keep the batch size fixed (clears --target-job-ms)',
@@ -93,7 +95,17 @@ export const COMMANDS: Record<string, CommandSpec> = {
   run: {
     summary: 'Run a worker until stopped (SIGTERM/SIGINT: finish the job in flight; twice: roll it back)',
     usage: 'bbm run [--config FILE] [--until-done] [--metrics-port PORT] …',
-    flags: ['until-done', 'concurrency', 'interval', 'max-attempts', 'grace-period', 'metrics-port', 'metrics-host', 'skip-migrate', ...LOGGING],
+    flags: [
+      'until-done',
+      'concurrency',
+      'interval',
+      'max-attempts',
+      'grace-period',
+      'metrics-port',
+      'metrics-host',
+      'skip-migrate',
+      ...LOGGING,
+    ],
   },
   finalize: {
     summary: 'Run the rest of one migration now, in this process; exit 0 once it is finished',
@@ -112,33 +124,64 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   enqueue: {
     summary: 'Add a migration, after checking its table, column, index and work function',
-    usage: 'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused] …',
-    flags: ['name', 'work', 'table', 'column', 'batch-size', 'min', 'max', 'lanes', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'paused', 'dry-run', 'json'],
+    usage:
+      'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused] …',
+    flags: [
+      'name',
+      'work',
+      'table',
+      'column',
+      'batch-size',
+      'min',
+      'max',
+      'lanes',
+      'target-job-ms',
+      'min-batch-size',
+      'max-batch-size',
+      'paused',
+      'dry-run',
+      'json',
+    ],
   },
   set: {
     summary: "Change a migration's pace while it runs: lanes, batch size, adaptive sizing",
-    usage: 'bbm set --name NAME [--lanes N] [--batch-size N] [--target-job-ms MS] [--min-batch-size N] [--max-batch-size N] [--fixed]',
+    usage:
+      'bbm set --name NAME [--lanes N] [--batch-size N] [--target-job-ms MS] [--min-batch-size N] [--max-batch-size N] [--fixed]',
     flags: ['name', 'lanes', 'batch-size', 'target-job-ms', 'min-batch-size', 'max-batch-size', 'fixed', 'json'],
   },
-  pause: { summary: 'Pause active and running migrations (all, or --name)', usage: 'bbm pause [--name NAME]', flags: ['name', 'json'] },
-  resume: { summary: 'Resume paused migrations (all, or --name)', usage: 'bbm resume [--name NAME]', flags: ['name', 'json'] },
+  pause: {
+    summary: 'Pause active and running migrations (all, or --name)',
+    usage: 'bbm pause [--name NAME]',
+    flags: ['name', 'json'],
+  },
+  resume: {
+    summary: 'Resume paused migrations (all, or --name)',
+    usage: 'bbm resume [--name NAME]',
+    flags: ['name', 'json'],
+  },
   retry: {
     summary: 'Make a failed migration active again, its failed ranges with fresh attempts',
     usage: 'bbm retry --name NAME',
     flags: ['name', 'json'],
   },
   delete: {
-    summary: 'Delete a paused, failed or finished migration and its jobs (an active or running one is refused: pause it first)',
+    summary:
+      'Delete a paused, failed or finished migration and its jobs (an active or running one is refused: pause it first)',
     usage: 'bbm delete --name NAME',
     flags: ['name', 'json'],
   },
-  migrate: { summary: "Apply pg-bbm's own schema (idempotent; run does it too unless --skip-migrate)", usage: 'bbm migrate', flags: ['json'] },
+  migrate: {
+    summary: "Apply pg-bbm's own schema (idempotent; run does it too unless --skip-migrate)",
+    usage: 'bbm migrate',
+    flags: ['json'],
+  },
 };
 export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
 /** Flags that need no command. */
 export const GLOBAL_FLAGS: Flag[] = ['help', 'version'];
 
-const FOOTER = 'Environment: DATABASE_URL (else libpq\'s PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.';
+const FOOTER =
+  "Environment: DATABASE_URL (else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.";
 const flagLines = (flags: Flag[]) => flags.map((flag) => `  ${FLAG_HELP[flag]}`).join('\n');
 
 export const HELP = [
@@ -158,12 +201,23 @@ export const HELP = [
 export function commandHelp(command: string): string {
   const spec = COMMANDS[command];
   if (!spec) return HELP;
-  return [`bbm ${command}: ${spec.summary}`, '', `Usage: ${spec.usage}`, '', 'Options:', flagLines([...spec.flags, ...COMMON_FLAGS]), '', FOOTER].join('\n');
+  return [
+    `bbm ${command}: ${spec.summary}`,
+    '',
+    `Usage: ${spec.usage}`,
+    '',
+    'Options:',
+    flagLines([...spec.flags, ...COMMON_FLAGS]),
+    '',
+    FOOTER,
+  ].join('\n');
 }
 
 /** The command's help hint, for messages about a bad command line. */
 export function helpHint(command?: string): string {
-  return command && COMMANDS[command] ? `Run \`bbm ${command} --help\` for its options.` : 'Run `bbm --help` for usage.';
+  return command && COMMANDS[command]
+    ? `Run \`bbm ${command} --help\` for its options.`
+    : 'Run `bbm --help` for usage.';
 }
 
 /**
@@ -190,12 +244,18 @@ export function parseCommandLine(argv: string[]): { command: string | undefined;
     throw new UsageError(`${where}: ${what}\n\n${helpHint(command)}`);
   }
   if (parsed.positionals.length > 1) {
-    throw new UsageError(`bbm: unexpected argument ${JSON.stringify(parsed.positionals[1])}\n\n${helpHint(parsed.positionals[0])}`);
+    throw new UsageError(
+      `bbm: unexpected argument ${JSON.stringify(parsed.positionals[1])}\n\n${helpHint(parsed.positionals[0])}`,
+    );
   }
   return { command: parsed.positionals[0], flags: parsed.values };
 }
 
-export function integerFlag(flags: Flags, flag: Flag, { min = 0, max = Number.MAX_SAFE_INTEGER } = {}): number | undefined {
+export function integerFlag(
+  flags: Flags,
+  flag: Flag,
+  { min = 0, max = Number.MAX_SAFE_INTEGER } = {},
+): number | undefined {
   const value = flags[flag];
   if (value === undefined) return undefined;
   if (typeof value !== 'string' || !/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
@@ -208,7 +268,8 @@ export function integerFlag(flags: Flags, flag: Flag, { min = 0, max = Number.MA
 export function bigintFlag(flags: Flags, flag: Flag): bigint | undefined {
   const value = flags[flag];
   if (value === undefined) return undefined;
-  if (typeof value !== 'string' || !/^-?\d+$/.test(value)) throw new UsageError(`--${flag} must be an integer, got ${JSON.stringify(value)}`);
+  if (typeof value !== 'string' || !/^-?\d+$/.test(value))
+    throw new UsageError(`--${flag} must be an integer, got ${JSON.stringify(value)}`);
   const parsed = BigInt(value);
   if (parsed < INT8_MIN || parsed > INT8_MAX) throw new UsageError(`--${flag} must fit in a bigint, got ${value}`);
   return parsed;

@@ -24,4 +24,3 @@ export interface Context {
   /** Prints `data` as JSON with --json, else `text`. */
   print: (data: unknown, text: () => string) => void;
 }
-

@@ -42,31 +42,57 @@ async function main(): Promise<void> {
 
     say(`seeding a registry (blob store in ${root})…`);
     for (let v = 1; v <= 3; v += 1) {
-      await pushImage(pool, store, { repository: 'shop/web', tag: `v${v}`, layers: [layer('debian base'), layer(`web ${v}`)] });
+      await pushImage(pool, store, {
+        repository: 'shop/web',
+        tag: `v${v}`,
+        layers: [layer('debian base'), layer(`web ${v}`)],
+      });
     }
-    const cache = await pushImage(pool, store, { repository: 'cache/node', tag: '18', layers: [layer('debian base'), layer('node 18')] });
-    await pushImage(pool, store, { repository: 'cache/node', tag: '20', layers: [layer('debian base'), layer('node 20')] });
+    const cache = await pushImage(pool, store, {
+      repository: 'cache/node',
+      tag: '18',
+      layers: [layer('debian base'), layer('node 18')],
+    });
+    await pushImage(pool, store, {
+      repository: 'cache/node',
+      tag: '20',
+      layers: [layer('debian base'), layer('node 20')],
+    });
     await setTtlPolicy(pool, cache.repositoryId, { enabled: true, ttlDays: 14 });
-    await pool.query(`UPDATE registry.manifests SET last_pulled_at = now() - interval '30 days' WHERE id = $1`, [cache.manifestId]);
+    await pool.query(`UPDATE registry.manifests SET last_pulled_at = now() - interval '30 days' WHERE id = $1`, [
+      cache.manifestId,
+    ]);
     await pushImage(pool, store, { repository: 'team/retired', tag: 'latest', layers: [layer('retired app')] });
     await deleteRepository(pool, 'team/retired');
     for (let i = 0; i < 5; i += 1) await pushBlob(pool, store, layer(`abandoned push ${i}`));
     const stale = await openUpload(pool, store, 'shop/web', layer('half uploaded'));
     await openUpload(pool, store, 'shop/web', layer('uploading right now'));
-    await pool.query(`UPDATE registry.uploads SET last_activity_at = now() - interval '2 days' WHERE id = $1`, [stale.id]);
+    await pool.query(`UPDATE registry.uploads SET last_activity_at = now() - interval '2 days' WHERE id = $1`, [
+      stale.id,
+    ]);
     // As if everything had been pushed hours ago: past the orphan grace period.
     await pool.query(`UPDATE registry.blobs SET created_at = now() - interval '3 hours'`);
 
     const before = await storeSize(store);
     say(`  ${before.objects} objects, ${(before.bytes / 1024).toFixed(0)} KiB in the store`);
-    say('  cache/node:18 was last pulled 30 days ago (TTL 14 days); team/retired is deleted; 5 blobs are orphans; 1 upload is stale');
+    say(
+      '  cache/node:18 was last pulled 30 days ago (TTL 14 days); team/retired is deleted; 5 blobs are orphans; 1 upload is stale',
+    );
 
     const registry = new Registry();
     const metrics = createGcMetrics(registry);
     const worker = new Worker({
       pool,
       work: gcWork({ store, metrics }),
-      schedules: gcSchedules({ every: { orphanBlobs: '2s', staleUploads: '2s', ttlExpire: '2s', expiredCleanup: '2s', deletedRepositories: '2s' } }),
+      schedules: gcSchedules({
+        every: {
+          orphanBlobs: '2s',
+          staleUploads: '2s',
+          ttlExpire: '2s',
+          expiredCleanup: '2s',
+          deletedRepositories: '2s',
+        },
+      }),
       scheduleCheckMs: 500,
       intervalMs: 100,
       maxIntervalMs: 500,
@@ -84,13 +110,22 @@ async function main(): Promise<void> {
       `SELECT name, status FROM batched_background_migrations ORDER BY id`,
     );
     say(`\n${passes.length} passes ran:`);
-    say(table(['PASS', 'STATUS'], passes.map((p) => [p.name, p.status === 2 ? 'finished' : String(p.status)])));
+    say(
+      table(
+        ['PASS', 'STATUS'],
+        passes.map((p) => [p.name, p.status === 2 ? 'finished' : String(p.status)]),
+      ),
+    );
     const counters = await registry.getMetricsAsJSON();
     const deleted = counters.find((m) => m.name === 'bbm_gc_deleted_total')?.values ?? [];
     say(`\nfreed: ${deleted.map((v) => `${v.value} ${v.labels.kind}${v.value === 1 ? '' : 's'}`).join(', ')}`);
-    say(`store: ${before.objects} → ${after.objects} objects, ${(before.bytes / 1024).toFixed(0)} → ${(after.bytes / 1024).toFixed(0)} KiB`);
-    say(`still served: shop/web:v1 ${(await pull(pool, 'shop/web', 'v1')) ? 'yes' : 'NO'}, cache/node:20 ${(await pull(pool, 'cache/node', '20')) ? 'yes' : 'NO'};` +
-      ` gone: cache/node:18 ${(await pull(pool, 'cache/node', '18')) ? 'NO' : 'yes'}, team/retired ${(await pull(pool, 'team/retired', 'latest')) ? 'NO' : 'yes'}`);
+    say(
+      `store: ${before.objects} → ${after.objects} objects, ${(before.bytes / 1024).toFixed(0)} → ${(after.bytes / 1024).toFixed(0)} KiB`,
+    );
+    say(
+      `still served: shop/web:v1 ${(await pull(pool, 'shop/web', 'v1')) ? 'yes' : 'NO'}, cache/node:20 ${(await pull(pool, 'cache/node', '20')) ? 'yes' : 'NO'};` +
+        ` gone: cache/node:18 ${(await pull(pool, 'cache/node', '18')) ? 'NO' : 'yes'}, team/retired ${(await pull(pool, 'team/retired', 'latest')) ? 'NO' : 'yes'}`,
+    );
   } finally {
     await pool.end();
     await cluster.stop();

@@ -63,7 +63,9 @@ async function main(): Promise<void> {
     await migrateSchema(pool);
 
     say(`creating items with ${ROWS.toLocaleString('en')} rows, some ids missing…`);
-    await pool.query('CREATE TABLE items (id bigint PRIMARY KEY, price_cents integer NOT NULL, price_cents_big bigint)');
+    await pool.query(
+      'CREATE TABLE items (id bigint PRIMARY KEY, price_cents integer NOT NULL, price_cents_big bigint)',
+    );
     // Every 97th id is missing: ranges are found through the index, holes and all.
     await pool.query(
       `INSERT INTO items (id, price_cents) SELECT i + i / 97, (i * 37) % 100000 FROM generate_series(1, $1::int) i`,
@@ -71,7 +73,9 @@ async function main(): Promise<void> {
     );
     await pool.query('ANALYZE items');
 
-    say(`enqueueing a backfill of price_cents_big, in batches of ${BATCH_SIZE.toLocaleString('en')}, ${LANES} lanes:\n\n${ENQUEUE_SQL}\n`);
+    say(
+      `enqueueing a backfill of price_cents_big, in batches of ${BATCH_SIZE.toLocaleString('en')}, ${LANES} lanes:\n\n${ENQUEUE_SQL}\n`,
+    );
     await pool.query(ENQUEUE_SQL);
 
     const work = [copyColumn({ name: 'demo.copy_price', from: 'price_cents', to: 'price_cents_big' })];
@@ -84,10 +88,19 @@ async function main(): Promise<void> {
         if (result.outcome === 'lock_in_use') lockedOut.set(n, (lockedOut.get(n) ?? 0) + 1);
       };
       workers.push(
-        new Worker({ connectionString: url, work, logger: logger.child({ worker: n }), intervalMs: 200, startupJitterMs: 50, observers: [{ run: count }] }),
+        new Worker({
+          connectionString: url,
+          work,
+          logger: logger.child({ worker: n }),
+          intervalMs: 200,
+          startupJitterMs: 50,
+          observers: [{ run: count }],
+        }),
       );
     }
-    say(`running ${WORKERS} workers against it; up to ${LANES} jobs of the migration run at once (its lanes), each range exactly once`);
+    say(
+      `running ${WORKERS} workers against it; up to ${LANES} jobs of the migration run at once (its lanes), each range exactly once`,
+    );
     const running = workers.map((w) => w.run({ untilDone: true }));
 
     const tty = process.stdout.isTTY;
@@ -98,7 +111,10 @@ async function main(): Promise<void> {
       const [report] = await migrationReports(pool);
       if (report) {
         const tenth = Math.floor(report.progress * 10);
-        if (tty) process.stdout.write(`\r  ${progressBar(report.progress)}  ${report.jobs.finished} jobs  ${report.status}   `);
+        if (tty)
+          process.stdout.write(
+            `\r  ${progressBar(report.progress)}  ${report.jobs.finished} jobs  ${report.status}   `,
+          );
         else if (tenth > lastShown) say(`  ${progressBar(report.progress)}  ${report.jobs.finished} jobs`);
         lastShown = Math.max(lastShown, tenth);
       }
@@ -107,11 +123,15 @@ async function main(): Promise<void> {
     await Promise.all(running);
 
     const [report] = await migrationReports(pool);
-    if (tty) process.stdout.write(`\r  ${progressBar(report?.progress ?? 0)}  ${report?.jobs.finished} jobs  ${report?.status}   \n`);
+    if (tty)
+      process.stdout.write(
+        `\r  ${progressBar(report?.progress ?? 0)}  ${report?.jobs.finished} jobs  ${report?.status}   \n`,
+      );
     const { rows } = await pool.query<{ copied: string; wrong: string }>(
       'SELECT count(*) FILTER (WHERE price_cents_big = price_cents) AS copied, count(*) FILTER (WHERE price_cents_big IS DISTINCT FROM price_cents) AS wrong FROM items',
     );
-    const seconds = report?.startedAt && report.finishedAt ? (report.finishedAt.getTime() - report.startedAt.getTime()) / 1000 : NaN;
+    const seconds =
+      report?.startedAt && report.finishedAt ? (report.finishedAt.getTime() - report.startedAt.getTime()) / 1000 : NaN;
     say('');
     say(`migration ${report?.name}: ${report?.status} in ${seconds.toFixed(2)} s`);
     say(`  rows copied: ${Number(rows[0]?.copied).toLocaleString('en')}, rows left wrong: ${rows[0]?.wrong}`);
@@ -124,7 +144,9 @@ async function main(): Promise<void> {
           `found every lane busy ${lockedOut.get(n) ?? 0} times`,
       );
     }
-    say(`done in ${((Date.now() - started) / 1000).toFixed(1)} s. Try \`bbm status\` against your own database next (see README).`);
+    say(
+      `done in ${((Date.now() - started) / 1000).toFixed(1)} s. Try \`bbm status\` against your own database next (see README).`,
+    );
     if (report?.status !== 'finished' || rows[0]?.wrong !== '0') process.exitCode = 1;
   } finally {
     await Promise.all(workers.map((w) => w.close()));

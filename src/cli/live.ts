@@ -21,7 +21,15 @@ const REDRAW_MS = 1_000;
 const UP = (lines: number) => `\x1b[${lines}A`;
 const CLEAR_DOWN = '\x1b[0J';
 
-export function createLiveDisplay({ db, knownWork, write }: { db: Queryable; knownWork: readonly string[]; write: (text: string) => void }): LiveDisplay {
+export function createLiveDisplay({
+  db,
+  knownWork,
+  write,
+}: {
+  db: Queryable;
+  knownWork: readonly string[];
+  write: (text: string) => void;
+}): LiveDisplay {
   let drawn: string[] = [];
   let previous = new Map<string, MigrationReport['status']>();
   let timer: NodeJS.Timeout | undefined;
@@ -37,7 +45,8 @@ export function createLiveDisplay({ db, knownWork, write }: { db: Queryable; kno
     for (const report of reports) {
       next.set(report.name, report.status);
       const before = previous.get(report.name);
-      if (before !== undefined && before !== report.status) changes.push(`${report.name}: ${before} → ${describeChange(report)}\n`);
+      if (before !== undefined && before !== report.status)
+        changes.push(`${report.name}: ${before} → ${describeChange(report)}\n`);
     }
     previous = next;
     const block = reports.filter((r) => r.status === 'active' || r.status === 'running').map(progressLine);
@@ -85,7 +94,8 @@ function describeChange(report: MigrationReport): string {
 }
 
 function progressLine(report: MigrationReport): string {
-  const held = report.onHoldUntil && report.onHoldUntil.getTime() > Date.now() ? `, held: ${report.holdReason ?? ''}` : '';
+  const held =
+    report.onHoldUntil && report.onHoldUntil.getTime() > Date.now() ? `, held: ${report.holdReason ?? ''}` : '';
   return (
     `${report.name} ${progressBar(report.progress, 20)} ${report.jobs.finished} jobs` +
     (report.rowsPerSecond === null ? '' : `, ${Math.round(report.rowsPerSecond).toLocaleString('en')} rows/s`) +

@@ -9,7 +9,18 @@ import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf } from '../store/db.ts';
 import { migrateSchema } from '../store/migrate.ts';
-import { commandHelp, COMMANDS, COMMON_FLAGS, GLOBAL_FLAGS, HELP, helpHint, parseCommandLine, UsageError, type Flag, type Flags } from './args.ts';
+import {
+  commandHelp,
+  COMMANDS,
+  COMMON_FLAGS,
+  GLOBAL_FLAGS,
+  HELP,
+  helpHint,
+  parseCommandLine,
+  UsageError,
+  type Flag,
+  type Flags,
+} from './args.ts';
 import { toJson } from './format.ts';
 import { schedules, status } from './inspect.ts';
 import { finalize, run } from './process.ts';
@@ -51,7 +62,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     io.out(commandHelp(command));
     return 0;
   }
-  const extra = (Object.keys(flags) as Flag[]).find((f) => !allowed.includes(f) && !COMMON_FLAGS.includes(f) && !GLOBAL_FLAGS.includes(f));
+  const extra = (Object.keys(flags) as Flag[]).find(
+    (f) => !allowed.includes(f) && !COMMON_FLAGS.includes(f) && !GLOBAL_FLAGS.includes(f),
+  );
   if (extra) {
     io.err(`bbm ${command}: --${extra} is not an option of this command\n\n${helpHint(command)}`);
     return 2;
@@ -65,7 +78,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (command === 'enqueue' && flags['dry-run']) return enqueueSql({ flags, config, io });
     const databaseUrl = flags['database-url'] || io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env);
     if (!databaseUrl) {
-      throw new UsageError('no database: set DATABASE_URL (or PGHOST, PGDATABASE, …) or pass --database-url postgres://user:password@host:5432/database');
+      throw new UsageError(
+        'no database: set DATABASE_URL (or PGHOST, PGDATABASE, …) or pass --database-url postgres://user:password@host:5432/database',
+      );
     }
     mask = masker(databaseUrl);
     pool = createPool({ connectionString: databaseUrl, max: 4, applicationName: `bbm ${command}` });
@@ -102,7 +117,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case 'migrate': {
         const { applied } = await migrateSchema(pool);
         context.print({ applied }, () =>
-          applied.length === 0 ? 'pg-bbm schema is up to date; nothing to apply' : `applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`,
+          applied.length === 0
+            ? 'pg-bbm schema is up to date; nothing to apply'
+            : `applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`,
         );
         return 0;
       }
@@ -111,7 +128,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   } catch (error) {
     const message = (error as Error).message ?? String(error);
     // pg-bbm's tables are missing: the database was never migrated.
-    const hint = sqlStateOf(error) === SqlState.undefinedTable && /batched_background_migration|registry\./.test(message) ? ' (run `bbm migrate` first)' : '';
+    const hint =
+      sqlStateOf(error) === SqlState.undefinedTable && /batched_background_migration|registry\./.test(message)
+        ? ' (run `bbm migrate` first)'
+        : '';
     io.err(mask(`bbm ${command}: ${message}${hint}`));
     return error instanceof UsageError || error instanceof ConfigError ? 2 : 1;
   } finally {
@@ -132,7 +152,8 @@ function masker(databaseUrl: string): (text: string) => string {
 
 /** The installed package's version (package.json sits two levels up from src/cli and dist/cli alike). */
 function packageVersion(): string {
-  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
+    .version;
 }
 
 /**

@@ -48,8 +48,17 @@ function terminalOutput(context: Context): { log: Logger; display: LiveDisplay }
   const level = logLevelFlag(context);
   const format = logFormatFlag(context) ?? (context.io.env.BBM_LOG_FORMAT as LogFormat | undefined);
   if (!context.io.tty || format === 'json') return undefined;
-  const display = createLiveDisplay({ db: context.pool, knownWork: context.config?.work.map((w) => w.name) ?? [], write: (text) => process.stdout.write(text) });
-  const log = createLogger({ level: level ?? ((context.io.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'warn', format: 'pretty', destination: display.stream, terse: true });
+  const display = createLiveDisplay({
+    db: context.pool,
+    knownWork: context.config?.work.map((w) => w.name) ?? [],
+    write: (text) => process.stdout.write(text),
+  });
+  const log = createLogger({
+    level: level ?? ((context.io.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'warn',
+    format: 'pretty',
+    destination: display.stream,
+    terse: true,
+  });
   return { log, display };
 }
 
@@ -98,7 +107,15 @@ function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: ()
 
 /** A config's worker options: the config less what is not a worker option. */
 function workerOptionsOf(config: Config): WorkerOptions {
-  const { work: _work, throttle: _throttle, schedules: _schedules, databaseUrl: _url, gracePeriodMs: _grace, sentry: _sentry, ...options } = config;
+  const {
+    work: _work,
+    throttle: _throttle,
+    schedules: _schedules,
+    databaseUrl: _url,
+    gracePeriodMs: _grace,
+    sentry: _sentry,
+    ...options
+  } = config;
   return options;
 }
 
@@ -115,12 +132,14 @@ function overrides(context: Context): WorkerOptions {
 
 export async function run(context: Context): Promise<number> {
   const { config, flags, pool, io } = context;
-  if (!config) throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
+  if (!config)
+    throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
   const terminal = terminalOutput(context);
   const log = terminal?.log ?? logger(context, 1);
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
-  if (flags['metrics-host'] !== undefined && metricsPort === undefined) throw new UsageError('--metrics-host needs --metrics-port');
+  if (flags['metrics-host'] !== undefined && metricsPort === undefined)
+    throw new UsageError('--metrics-host needs --metrics-port');
   const { work, throttle, schedules } = config;
   const options = { ...workerOptionsOf(config), ...overrides(context) };
   resolveOptions(options);
@@ -143,11 +162,29 @@ export async function run(context: Context): Promise<number> {
   let ops: OpsServer | undefined;
   try {
     if (metrics && metricsPort !== undefined) {
-      ops = await startOpsServer({ registry: metrics.registry, db: pool, port: metricsPort, host: flags['metrics-host'] ?? '127.0.0.1' });
+      ops = await startOpsServer({
+        registry: metrics.registry,
+        db: pool,
+        port: metricsPort,
+        host: flags['metrics-host'] ?? '127.0.0.1',
+      });
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
-    const worker = new Worker({ ...options, work, pool, logger: log, observers, ...(throttle && { throttle }), ...(schedules && { schedules }) });
-    const release = onStopSignals(log, graceMs, () => void worker.stop(), () => void worker.stop({ abort: true }));
+    const worker = new Worker({
+      ...options,
+      work,
+      pool,
+      logger: log,
+      observers,
+      ...(throttle && { throttle }),
+      ...(schedules && { schedules }),
+    });
+    const release = onStopSignals(
+      log,
+      graceMs,
+      () => void worker.stop(),
+      () => void worker.stop({ abort: true }),
+    );
     terminal?.display.start();
     try {
       await worker.run({ untilDone });
@@ -160,9 +197,15 @@ export async function run(context: Context): Promise<number> {
     await sentry?.close();
   }
   if (!untilDone || workedOn.size === 0) return 0;
-  const failed = (await migrationReports(pool)).filter((report) => workedOn.has(report.name) && report.status === 'failed');
+  const failed = (await migrationReports(pool)).filter(
+    (report) => workedOn.has(report.name) && report.status === 'failed',
+  );
   for (const report of failed) {
-    io.err(context.mask(`bbm run: ${report.name} failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`));
+    io.err(
+      context.mask(
+        `bbm run: ${report.name} failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`,
+      ),
+    );
   }
   return failed.length > 0 ? 1 : 0;
 }
@@ -176,7 +219,12 @@ export async function finalize(context: Context): Promise<number> {
   const sentry = await sentryFrom(context);
   const soft = new AbortController();
   const hard = new AbortController();
-  const release = onStopSignals(log, config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS, () => soft.abort(), () => hard.abort());
+  const release = onStopSignals(
+    log,
+    config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS,
+    () => soft.abort(),
+    () => hard.abort(),
+  );
   const progress = progressPrinter(context);
   try {
     const report = await finalizeMigration({
@@ -197,7 +245,8 @@ export async function finalize(context: Context): Promise<number> {
     progress.done();
     if (!(error instanceof FinalizeError)) throw error;
     io.err(context.mask(`bbm finalize: ${name} is not finished: ${error.message}`));
-    if (flags.json && error.report) io.out(JSON.stringify({ name, finished: false, reason: error.message, status: error.report.status }));
+    if (flags.json && error.report)
+      io.out(JSON.stringify({ name, finished: false, reason: error.message, status: error.report.status }));
     return 1;
   } finally {
     release();

@@ -29,7 +29,9 @@ function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): Mi
   if (typeof pace.minBatchSize === 'number') spec.minBatchSize = pace.minBatchSize;
   if (typeof pace.maxBatchSize === 'number') spec.maxBatchSize = pace.maxBatchSize;
   if (config && !config.work.some((w) => w.name === work)) {
-    throw new UsageError(`--work ${work} is not a work function of the config (it has: ${config.work.map((w) => w.name).join(', ') || 'none'})`);
+    throw new UsageError(
+      `--work ${work} is not a work function of the config (it has: ${config.work.map((w) => w.name).join(', ') || 'none'})`,
+    );
   }
   return spec;
 }
@@ -53,7 +55,9 @@ export async function enqueue(context: Context): Promise<number> {
     ({ id } = await enqueueMigration(pool, spec));
   } catch (error) {
     if (!(error instanceof EnqueueError)) throw error;
-    io.err(`bbm enqueue: ${error.code === 'duplicate_name' ? '' : `${error.code}: `}${error.message}; nothing was written`);
+    io.err(
+      `bbm enqueue: ${error.code === 'duplicate_name' ? '' : `${error.code}: `}${error.message}; nothing was written`,
+    );
     return 1;
   }
   const [report] = await migrationReports(pool, { name: spec.name });
@@ -80,11 +84,16 @@ export async function steer(context: Context, command: 'pause' | 'resume'): Prom
       io.err(`bbm ${command}: no migration named ${JSON.stringify(name)}`);
       return 1;
     }
-    context.print({ [command === 'pause' ? 'paused' : 'resumed']: [] }, () => `${name} is ${existing.status}; nothing to ${command}`);
+    context.print(
+      { [command === 'pause' ? 'paused' : 'resumed']: [] },
+      () => `${name} is ${existing.status}; nothing to ${command}`,
+    );
     return 0;
   }
   const verb = command === 'pause' ? 'paused' : 'resumed';
-  context.print({ [verb]: changed }, () => (changed.length === 0 ? `nothing to ${command}` : `${verb}: ${changed.join(', ')}`));
+  context.print({ [verb]: changed }, () =>
+    changed.length === 0 ? `nothing to ${command}` : `${verb}: ${changed.join(', ')}`,
+  );
   return 0;
 }
 
@@ -101,7 +110,10 @@ export async function retry(context: Context): Promise<number> {
     );
     return 1;
   }
-  context.print({ retried: name, jobsReset: jobs }, () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`);
+  context.print(
+    { retried: name, jobsReset: jobs },
+    () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`,
+  );
   return 0;
 }
 
@@ -129,9 +141,14 @@ function paceFlags(flags: Context['flags']): MigrationPace {
 export async function setPace(context: Context): Promise<number> {
   const { flags, pool, io } = context;
   const name = requiredFlag(flags, 'name', 'set');
-  const pace: MigrationPace = { ...paceFlags(flags), batchSize: integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }) };
+  const pace: MigrationPace = {
+    ...paceFlags(flags),
+    batchSize: integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }),
+  };
   if (Object.values(pace).every((value) => value === undefined)) {
-    throw new UsageError('bbm set needs at least one of --lanes, --batch-size, --target-job-ms, --min-batch-size, --max-batch-size, --fixed');
+    throw new UsageError(
+      'bbm set needs at least one of --lanes, --batch-size, --target-job-ms, --min-batch-size, --max-batch-size, --fixed',
+    );
   }
   try {
     if (!(await setMigrationPace(pool, name, pace))) {

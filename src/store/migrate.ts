@@ -33,13 +33,17 @@ export interface MigrateResult {
 
 /** The set's migrations in order, from drizzle-kit's journal. */
 function migrationTags(folder: string): string[] {
-  const journal = JSON.parse(readFileSync(path.join(folder, 'meta', '_journal.json'), 'utf8')) as { entries: Array<{ idx: number; tag: string }> };
+  const journal = JSON.parse(readFileSync(path.join(folder, 'meta', '_journal.json'), 'utf8')) as {
+    entries: Array<{ idx: number; tag: string }>;
+  };
   return journal.entries.sort((a, b) => a.idx - b.idx).map((entry) => entry.tag);
 }
 
 /** Rows in drizzle's bookkeeping table (a name of ours, not input): one per applied migration, 0 before the first apply. */
 async function appliedCount(client: pg.PoolClient, table: string): Promise<number> {
-  const { rows } = await client.query<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [`public.${table}`]);
+  const { rows } = await client.query<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [
+    `public.${table}`,
+  ]);
   if (!rows[0]?.present) return 0;
   const counted = await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM public.${table}`);
   return counted.rows[0]?.n ?? 0;

@@ -6,7 +6,14 @@ import { sql, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import { exec, execOne, type Queryable } from './db.ts';
 import { atomically } from './tx.ts';
-import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus, type ErrorCodeNumber, type MigrationStatusCode } from './codes.ts';
+import {
+  ErrorCode,
+  JobStatus,
+  MAX_LANES,
+  MigrationStatus,
+  type ErrorCodeNumber,
+  type MigrationStatusCode,
+} from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -155,7 +162,10 @@ export async function deleteMigration(db: pg.Pool | pg.ClientBase, name: string)
   let refusal: DeleteResult | undefined;
   try {
     return await atomically(db, async (client): Promise<DeleteResult> => {
-      const found = await execOne<{ id: string; status: MigrationStatusCode }>(client, sql`SELECT id, status FROM batched_background_migrations WHERE name = ${name}`);
+      const found = await execOne<{ id: string; status: MigrationStatusCode }>(
+        client,
+        sql`SELECT id, status FROM batched_background_migrations WHERE name = ${name}`,
+      );
       if (!found) return { deleted: false, status: null };
       const jobs = await exec(
         client,
@@ -164,10 +174,16 @@ export async function deleteMigration(db: pg.Pool | pg.ClientBase, name: string)
               AND EXISTS (SELECT 1 FROM batched_background_migrations WHERE id = ${found.id}::bigint AND status IN (${DELETABLE}))
             RETURNING id`,
       );
-      const deleted = await execOne(client, sql`DELETE FROM batched_background_migrations WHERE id = ${found.id}::bigint AND status IN (${DELETABLE}) RETURNING id`);
+      const deleted = await execOne(
+        client,
+        sql`DELETE FROM batched_background_migrations WHERE id = ${found.id}::bigint AND status IN (${DELETABLE}) RETURNING id`,
+      );
       if (deleted) return { deleted: true, jobs: jobs.length };
       // Not deletable (now): throw, so that any job rows deleted above are rolled back.
-      const now = await execOne<{ status: MigrationStatusCode }>(client, sql`SELECT status FROM batched_background_migrations WHERE id = ${found.id}::bigint`);
+      const now = await execOne<{ status: MigrationStatusCode }>(
+        client,
+        sql`SELECT status FROM batched_background_migrations WHERE id = ${found.id}::bigint`,
+      );
       refusal = { deleted: false, status: now?.status ?? null };
       throw new Error('not deletable');
     });
@@ -332,11 +348,21 @@ export async function listMigrations(
     createdAt: r.created_at,
     startedAt: r.started_at,
     finishedAt: r.finished_at,
-    jobs: { total: Number(r.jobs_total), finished: Number(r.jobs_finished), failed: Number(r.jobs_failed), active: Number(r.jobs_active) },
+    jobs: {
+      total: Number(r.jobs_total),
+      finished: Number(r.jobs_finished),
+      failed: Number(r.jobs_failed),
+      active: Number(r.jobs_active),
+    },
     lanesInUse: Number(r.lanes_in_use),
     finishedWidth: big(r.finished_width),
     finishedPrefixEnd: bigOrNull(r.finished_prefix_end),
-    recent: { jobs: Number(r.recent_jobs), width: big(r.recent_width), rows: Number(r.recent_rows), seconds: r.recent_seconds ?? 0 },
+    recent: {
+      jobs: Number(r.recent_jobs),
+      width: big(r.recent_width),
+      rows: Number(r.recent_rows),
+      seconds: r.recent_seconds ?? 0,
+    },
     lastJobError: r.last_job_error,
   }));
 }
@@ -380,7 +406,8 @@ export function insertMigrationText(m: NewMigration): string {
     ['min_batch_size', m.minBatchSize],
     ['max_batch_size', m.maxBatchSize],
   ];
-  for (const [column, value] of optional) if (value !== undefined && value !== null) columns.push([column, integerLiteral(value)]);
+  for (const [column, value] of optional)
+    if (value !== undefined && value !== null) columns.push([column, integerLiteral(value)]);
   if (m.paused) columns.push(['status', `${MigrationStatus.paused} /* paused */`]);
   return [
     `INSERT INTO batched_background_migrations (${columns.map(([column]) => column).join(', ')})`,
@@ -422,7 +449,10 @@ export async function setMigrationPace(db: Queryable, name: string, pace: Migrat
   if (pace.minBatchSize !== undefined) sets.push(sql`min_batch_size = ${pace.minBatchSize}::int`);
   if (pace.maxBatchSize !== undefined) sets.push(sql`max_batch_size = ${pace.maxBatchSize}::int`);
   sets.push(sql`updated_at = now()`);
-  const rows = await exec(db, sql`UPDATE batched_background_migrations SET ${sql.join(sets, sql`, `)} WHERE name = ${name} RETURNING id`);
+  const rows = await exec(
+    db,
+    sql`UPDATE batched_background_migrations SET ${sql.join(sets, sql`, `)} WHERE name = ${name} RETURNING id`,
+  );
   return rows.length > 0;
 }
 

@@ -16,7 +16,14 @@ import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { textLiteral, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
-import { cutRangeStatements, cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
+import {
+  cutRangeStatements,
+  cutRangeTransaction,
+  finishJobText,
+  jobStatus,
+  type FinishedJob,
+  type RangeCut,
+} from './jobs.ts';
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
 const WORK_SAVEPOINT = 'bbm_work';
@@ -239,13 +246,20 @@ export class RunTransaction {
    * says whether the COMMIT happened. Throws when the connection is gone or the COMMIT itself
    * failed (the range is then not recorded and will run again).
    */
-  async finish(finished: FinishedJob, { cut, chain }: { cut?: RangeCut | undefined; chain: boolean }): Promise<FinishOutcome> {
-    const cutText = cut ? `; SAVEPOINT ${CUT_SAVEPOINT}; ${cutRangeStatements(cut)}; RELEASE SAVEPOINT ${CUT_SAVEPOINT}` : '';
+  async finish(
+    finished: FinishedJob,
+    { cut, chain }: { cut?: RangeCut | undefined; chain: boolean },
+  ): Promise<FinishOutcome> {
+    const cutText = cut
+      ? `; SAVEPOINT ${CUT_SAVEPOINT}; ${cutRangeStatements(cut)}; RELEASE SAVEPOINT ${CUT_SAVEPOINT}`
+      : '';
     const text = `${finishJobText(finished)}${cutText}; COMMIT${chain ? `; ${this.prologue}` : ''}`;
     try {
       const results: unknown = await this.client.query(text);
       if (chain) this.#begun = parseTake(takeRowsOf(results));
-      const cutResult = (results as QueryResult<{ bbm_cut?: number }>[]).find((result) => result.fields?.[0]?.name === 'bbm_cut');
+      const cutResult = (results as QueryResult<{ bbm_cut?: number }>[]).find(
+        (result) => result.fields?.[0]?.name === 'bbm_cut',
+      );
       const cutCount = cutResult?.rows[0]?.bbm_cut;
       return cut && cutCount !== undefined ? { committed: true, cut: cutCount } : { committed: true };
     } catch (thrown) {
@@ -282,7 +296,9 @@ export class RunTransaction {
   /** Rolls the run back; a failure to do so marks the connection lost (it is destroyed on release). */
   async rollback(): Promise<void> {
     this.#begun = undefined;
-    await this.client.query('ROLLBACK').catch((error: unknown) => this.lost(error instanceof Error ? error : new Error(String(error))));
+    await this.client
+      .query('ROLLBACK')
+      .catch((error: unknown) => this.lost(error instanceof Error ? error : new Error(String(error))));
   }
 
   lost(error: Error): void {

@@ -37,7 +37,13 @@ export async function latestPass(db: Queryable, schedule: string): Promise<Pass 
       ORDER BY id DESC LIMIT 1`,
   );
   return row
-    ? { id: BigInt(row.id), name: row.name, status: row.status as MigrationStatusCode, createdAt: row.created_at, finishedAt: row.finished_at }
+    ? {
+        id: BigInt(row.id),
+        name: row.name,
+        status: row.status as MigrationStatusCode,
+        createdAt: row.created_at,
+        finishedAt: row.finished_at,
+      }
     : null;
 }
 

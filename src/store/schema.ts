@@ -4,7 +4,19 @@
  * Column names and numbers follow GitLab's container registry so its SQL works here.
  */
 import { sql } from 'drizzle-orm';
-import { bigint, check, doublePrecision, foreignKey, index, integer, pgTable, smallint, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import {
+  bigint,
+  check,
+  doublePrecision,
+  foreignKey,
+  index,
+  integer,
+  pgTable,
+  smallint,
+  text,
+  timestamp,
+  uniqueIndex,
+} from 'drizzle-orm/pg-core';
 import { ErrorCode, JobStatus, MAX_LANES, MigrationStatus } from './codes.ts';
 
 const list = (values: Record<string, number>) => sql.raw(Object.values(values).join(', '));
@@ -20,7 +32,9 @@ export const batchedBackgroundMigrations = pgTable(
   {
     id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
     name: text('name').notNull(),
-    minValue: bigint('min_value', { mode: 'bigint' }).notNull().default(sql`1`),
+    minValue: bigint('min_value', { mode: 'bigint' })
+      .notNull()
+      .default(sql`1`),
     /** NULL: resolved to the column's maximum when the migration first starts. */
     maxValue: bigint('max_value', { mode: 'bigint' }),
     batchSize: integer('batch_size').notNull(),
@@ -56,11 +70,23 @@ export const batchedBackgroundMigrations = pgTable(
     check('batched_background_migrations_column_name_not_empty', sql`length(btrim(${t.columnName})) > 0`),
     check('batched_background_migrations_job_signature_name_not_empty', sql`length(btrim(${t.jobSignatureName})) > 0`),
     check('batched_background_migrations_batch_size_positive', sql`${t.batchSize} > 0`),
-    check('batched_background_migrations_max_value_not_below_min', sql`${t.maxValue} IS NULL OR ${t.maxValue} >= ${t.minValue}`),
+    check(
+      'batched_background_migrations_max_value_not_below_min',
+      sql`${t.maxValue} IS NULL OR ${t.maxValue} >= ${t.minValue}`,
+    ),
     check('batched_background_migrations_status_known', sql`${t.status} IN (${list(MigrationStatus)})`),
-    check('batched_background_migrations_max_parallel_jobs_range', sql`${t.maxParallelJobs} BETWEEN 1 AND ${sql.raw(String(MAX_LANES))}`),
-    check('batched_background_migrations_target_job_ms_positive', sql`${t.targetJobMs} IS NULL OR ${t.targetJobMs} > 0`),
-    check('batched_background_migrations_min_batch_size_positive', sql`${t.minBatchSize} IS NULL OR ${t.minBatchSize} > 0`),
+    check(
+      'batched_background_migrations_max_parallel_jobs_range',
+      sql`${t.maxParallelJobs} BETWEEN 1 AND ${sql.raw(String(MAX_LANES))}`,
+    ),
+    check(
+      'batched_background_migrations_target_job_ms_positive',
+      sql`${t.targetJobMs} IS NULL OR ${t.targetJobMs} > 0`,
+    ),
+    check(
+      'batched_background_migrations_min_batch_size_positive',
+      sql`${t.minBatchSize} IS NULL OR ${t.minBatchSize} > 0`,
+    ),
     check(
       'batched_background_migrations_max_batch_size_not_below_min',
       sql`${t.maxBatchSize} IS NULL OR ${t.maxBatchSize} >= greatest(coalesce(${t.minBatchSize}, 1), 1)`,

@@ -22,7 +22,8 @@ export async function rollback(db: Queryable): Promise<void> {
  * Statements that would end or restart the run's transaction from inside a work function.
  * Savepoints (and so drizzle's nested `transaction()`) stay allowed.
  */
-const TRANSACTION_CONTROL = /^\s*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!\s+(?:(?:work|transaction)\s+)?to\b))\b/i;
+const TRANSACTION_CONTROL =
+  /^\s*(begin|start\s+transaction|commit|end|abort|prepare\s+transaction|rollback(?!\s+(?:(?:work|transaction)\s+)?to\b))\b/i;
 
 export function isTransactionControl(text: string): boolean {
   return TRANSACTION_CONTROL.test(text);
@@ -89,5 +90,5 @@ async function inTransaction<T>(client: Queryable, fn: (client: Queryable) => Pr
 
 /** A pg Pool (duck-typed: the caller's `pg` may be another copy than ours). */
 function isPool(db: pg.Pool | pg.ClientBase): db is pg.Pool {
-  return 'totalCount' in db && typeof (db).connect === 'function';
+  return 'totalCount' in db && typeof db.connect === 'function';
 }

@@ -17,7 +17,8 @@ export interface CopyColumnOptions {
 }
 
 export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnOptions): Work {
-  if (!from || !to || from === to) throw new ConfigError(`copyColumn ${name}: \`from\` and \`to\` must be two different columns`);
+  if (!from || !to || from === to)
+    throw new ConfigError(`copyColumn ${name}: \`from\` and \`to\` must be two different columns`);
   return {
     name,
     async do(job) {

@@ -10,7 +10,10 @@ export const quiet = pino({ level: 'silent' });
 export const touch: Work = {
   name: 'test.touch',
   async do(job) {
-    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [job.start, job.end]);
+    await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+      job.start,
+      job.end,
+    ]);
   },
 };
 
@@ -69,7 +72,13 @@ export async function migrationRow(db: pg.Pool, name: string) {
     [name],
   );
   return rows[0] as
-    | { id: string; status: number; max_value: string | null; failure_error_code: number | null; failure_message: string | null }
+    | {
+        id: string;
+        status: number;
+        max_value: string | null;
+        failure_error_code: number | null;
+        failure_message: string | null;
+      }
     | undefined;
 }
 
@@ -93,7 +102,9 @@ export async function jobRanges(
 
 /** A table `name(id, v, touched)` holding the given ids; `touched` counts how often a work function hit a row. */
 export async function createItems(db: pg.Pool, name: string, ids: Iterable<number>): Promise<void> {
-  await db.query(`CREATE TABLE ${name} (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)`);
+  await db.query(
+    `CREATE TABLE ${name} (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)`,
+  );
   await db.query(`INSERT INTO ${name} (id, v) SELECT x, x FROM unnest($1::bigint[]) AS x`, [[...ids]]);
 }
 

@@ -24,7 +24,10 @@ declare module 'vitest' {
 const TEMPLATE = `bbm_template_${process.pid}`;
 
 export default async function setup(project: TestProject) {
-  execFileSync('npm', ['run', '--silent', 'build'], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: 'inherit' });
+  execFileSync('npm', ['run', '--silent', 'build'], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    stdio: 'inherit',
+  });
   let cluster: EmbeddedCluster | undefined;
   let adminUrl = process.env.DATABASE_URL;
   if (!adminUrl) {

@@ -28,13 +28,20 @@ export function startBbm(args: string[], env: Record<string, string> = {}): BbmP
 }
 
 /** Runs `bbm` to completion and returns its exit code and output. */
-export async function runBbm(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; output: string }> {
+export async function runBbm(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; output: string }> {
   const proc = startBbm(args, env);
   const { code } = await proc.exited;
   return { code, output: proc.output() };
 }
 
-export async function waitFor<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 30_000): Promise<T> {
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined | false>,
+  what: string,
+  timeoutMs = 30_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();

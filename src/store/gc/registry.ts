@@ -19,7 +19,10 @@ export async function createRepository(db: Queryable, name: string): Promise<big
 }
 
 /** Records a blob (content-addressed: one row per digest). Returns its id and whether it was new. */
-export async function upsertBlob(db: Queryable, blob: { digest: string; size: number; storageKey: string }): Promise<bigint> {
+export async function upsertBlob(
+  db: Queryable,
+  blob: { digest: string; size: number; storageKey: string },
+): Promise<bigint> {
   const row = await execOne<{ id: string }>(
     db,
     sql`INSERT INTO registry.blobs (digest, size, storage_key) VALUES (${blob.digest}, ${blob.size}, ${blob.storageKey})
@@ -61,7 +64,11 @@ export interface PulledManifest {
 }
 
 /** Resolves a tag or digest to a manifest, refreshing its pull time. Expired manifests are absent. */
-export async function pullManifest(db: Queryable, repository: string, reference: string): Promise<PulledManifest | null> {
+export async function pullManifest(
+  db: Queryable,
+  repository: string,
+  reference: string,
+): Promise<PulledManifest | null> {
   const row = await execOne<{ id: string; digest: string }>(
     db,
     sql`
@@ -79,7 +86,11 @@ export async function pullManifest(db: Queryable, repository: string, reference:
     sql`SELECT b.digest, b.storage_key FROM registry.manifest_blobs mb JOIN registry.blobs b ON b.id = mb.blob_id
         WHERE mb.manifest_id = ${big(row.id)} ORDER BY b.id`,
   );
-  return { id: big(row.id), digest: row.digest, blobs: blobs.map((b) => ({ digest: b.digest, storageKey: b.storage_key })) };
+  return {
+    id: big(row.id),
+    digest: row.digest,
+    blobs: blobs.map((b) => ({ digest: b.digest, storageKey: b.storage_key })),
+  };
 }
 
 export async function startUpload(db: Queryable, repositoryId: bigint, storageKey: string): Promise<bigint> {
@@ -94,7 +105,11 @@ export async function touchUpload(db: Queryable, uploadId: bigint): Promise<void
   await exec(db, sql`UPDATE registry.uploads SET last_activity_at = now() WHERE id = ${uploadId}`);
 }
 
-export async function setTtlPolicy(db: Queryable, repositoryId: bigint, policy: { enabled: boolean; ttlDays: number }): Promise<void> {
+export async function setTtlPolicy(
+  db: Queryable,
+  repositoryId: bigint,
+  policy: { enabled: boolean; ttlDays: number },
+): Promise<void> {
   await exec(
     db,
     sql`INSERT INTO registry.ttl_policies (repository_id, enabled, ttl_days) VALUES (${repositoryId}, ${policy.enabled}, ${policy.ttlDays})
@@ -104,5 +119,8 @@ export async function setTtlPolicy(db: Queryable, repositoryId: bigint, policy: 
 
 /** Marks a repository deleted: it is no longer served, and gc.deleted_repositories removes its contents. */
 export async function markRepositoryDeleted(db: Queryable, repositoryId: bigint): Promise<void> {
-  await exec(db, sql`INSERT INTO registry.deleted_repositories (repository_id) VALUES (${repositoryId}) ON CONFLICT DO NOTHING`);
+  await exec(
+    db,
+    sql`INSERT INTO registry.deleted_repositories (repository_id) VALUES (${repositoryId}) ON CONFLICT DO NOTHING`,
+  );
 }

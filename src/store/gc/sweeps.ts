@@ -19,7 +19,12 @@ export interface BlobRef {
  * than the grace period. A blob being referenced right now (its reference's foreign key check
  * holds a lock on it) is skipped; once locked, no new reference to it can commit.
  */
-export async function lockOrphanCandidates(db: Queryable, start: bigint, end: bigint, graceMs: number): Promise<BlobRef[]> {
+export async function lockOrphanCandidates(
+  db: Queryable,
+  start: bigint,
+  end: bigint,
+  graceMs: number,
+): Promise<BlobRef[]> {
   const rows = await exec<{ id: string; storage_key: string; size: string }>(
     db,
     sql`
@@ -85,7 +90,12 @@ export async function expireManifests(db: Queryable, start: bigint, end: bigint)
  * Deletes the expired manifests of the range (their tags and blob links go with them; blobs left
  * unreferenced are the orphan sweep's), at most `limit`, oldest ids first.
  */
-export async function deleteExpiredManifests(db: Queryable, start: bigint, end: bigint, limit: number): Promise<number> {
+export async function deleteExpiredManifests(
+  db: Queryable,
+  start: bigint,
+  end: bigint,
+  limit: number,
+): Promise<number> {
   const rows = await exec<{ id: string }>(
     db,
     sql`
@@ -133,11 +143,19 @@ export async function purgeDeletedRepositories(
     sql`DELETE FROM registry.repositories WHERE id = ANY(${ids}::bigint[]) RETURNING id`,
   );
   await exec(db, sql`DELETE FROM registry.deleted_repositories WHERE repository_id = ANY(${ids}::bigint[])`);
-  return { manifests: manifests.length, repositories: repositories.length, uploadKeys: uploads.map((u) => u.storage_key) };
+  return {
+    manifests: manifests.length,
+    repositories: repositories.length,
+    uploadKeys: uploads.map((u) => u.storage_key),
+  };
 }
 
 /** Which of `keys` a row of `table` (blobs or uploads) still points at. */
-export async function keysInUse(db: Queryable, table: 'blobs' | 'uploads', keys: readonly string[]): Promise<Set<string>> {
+export async function keysInUse(
+  db: Queryable,
+  table: 'blobs' | 'uploads',
+  keys: readonly string[],
+): Promise<Set<string>> {
   if (keys.length === 0) return new Set();
   const rows = await exec<{ storage_key: string }>(
     db,

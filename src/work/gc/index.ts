@@ -77,9 +77,16 @@ async function deleteStrayObjects(
   let bytes = 0;
   let batch: StoredObject[] = [];
   const flush = async () => {
-    const used = await keysInUse(inJob(job), table, batch.map((o) => o.key));
+    const used = await keysInUse(
+      inJob(job),
+      table,
+      batch.map((o) => o.key),
+    );
     const strays = batch.filter((o) => !used.has(o.key));
-    await deleteObjects(store, strays.map((o) => o.key));
+    await deleteObjects(
+      store,
+      strays.map((o) => o.key),
+    );
     count += strays.length;
     bytes += strays.reduce((sum, o) => sum + o.size, 0);
     batch = [];
@@ -107,11 +114,20 @@ export function gcWork({
       async do(job) {
         const candidates = await lockOrphanCandidates(inJob(job), job.start, job.end, orphanGraceMs);
         // Referenced after the candidates were read, before we locked them: kept.
-        const referenced = await referencedBlobs(inJob(job), candidates.map((b) => b.id));
+        const referenced = await referencedBlobs(
+          inJob(job),
+          candidates.map((b) => b.id),
+        );
         const orphans = candidates.filter((b) => !referenced.has(b.id));
         // Objects first: should the job die now, the rows stay and the next pass finishes the work.
-        await deleteObjects(store, orphans.map((b) => b.storageKey));
-        const deleted = await deleteBlobRows(inJob(job), orphans.map((b) => b.id));
+        await deleteObjects(
+          store,
+          orphans.map((b) => b.storageKey),
+        );
+        const deleted = await deleteBlobRows(
+          inJob(job),
+          orphans.map((b) => b.id),
+        );
         const strays = await deleteStrayObjects(job, store, {
           prefix: 'blobs/',
           table: 'blobs',
@@ -123,7 +139,12 @@ export function gcWork({
         metrics.deleted('object', strays.count);
         metrics.bytesFreed(bytes);
         job.log.info(
-          { deleted_blobs: deleted, kept_referenced: referenced.size, deleted_stray_objects: strays.count, bytes_freed: bytes },
+          {
+            deleted_blobs: deleted,
+            kept_referenced: referenced.size,
+            deleted_stray_objects: strays.count,
+            bytes_freed: bytes,
+          },
           'gc: orphaned blobs',
         );
         return deleted;
@@ -173,7 +194,10 @@ export function gcWork({
         metrics.deleted('manifest', purged.manifests);
         metrics.deleted('repository', purged.repositories);
         metrics.deleted('upload', purged.uploadKeys.length);
-        job.log.info({ deleted_manifests: purged.manifests, deleted_repositories: purged.repositories }, 'gc: deleted repositories');
+        job.log.info(
+          { deleted_manifests: purged.manifests, deleted_repositories: purged.repositories },
+          'gc: deleted repositories',
+        );
         return purged.manifests;
       },
     },
@@ -207,6 +231,15 @@ export function gcSchedules({ every = {}, batchSize = 1_000 }: GcScheduleOptions
   return (Object.keys(GC_WORK) as Array<keyof typeof GC_WORK>).flatMap((sweep) => {
     const cadence = every[sweep] === undefined ? DEFAULT_EVERY[sweep] : every[sweep];
     if (cadence === null) return [];
-    return [{ name: GC_WORK[sweep], work: GC_WORK[sweep], table: SWEEP_TABLES[sweep], column: 'id', batchSize, every: cadence }];
+    return [
+      {
+        name: GC_WORK[sweep],
+        work: GC_WORK[sweep],
+        table: SWEEP_TABLES[sweep],
+        column: 'id',
+        batchSize,
+        every: cadence,
+      },
+    ];
   });
 }

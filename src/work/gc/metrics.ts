@@ -9,13 +9,23 @@ export interface GcMetrics {
 }
 
 export const GC_METRIC_HELP = {
-  bbm_gc_deleted_total: 'Things the GC sweeps deleted, by kind: blob, object (stray, with no row), upload, manifest, repository.',
+  bbm_gc_deleted_total:
+    'Things the GC sweeps deleted, by kind: blob, object (stray, with no row), upload, manifest, repository.',
   bbm_gc_bytes_freed_total: 'Bytes of blob objects the GC sweeps deleted from the blob store.',
 } as const;
 
 export function createGcMetrics(registry: Registry): GcMetrics {
-  const deleted = new Counter({ name: 'bbm_gc_deleted_total', help: GC_METRIC_HELP.bbm_gc_deleted_total, labelNames: ['kind'], registers: [registry] });
-  const bytes = new Counter({ name: 'bbm_gc_bytes_freed_total', help: GC_METRIC_HELP.bbm_gc_bytes_freed_total, registers: [registry] });
+  const deleted = new Counter({
+    name: 'bbm_gc_deleted_total',
+    help: GC_METRIC_HELP.bbm_gc_deleted_total,
+    labelNames: ['kind'],
+    registers: [registry],
+  });
+  const bytes = new Counter({
+    name: 'bbm_gc_bytes_freed_total',
+    help: GC_METRIC_HELP.bbm_gc_bytes_freed_total,
+    registers: [registry],
+  });
   return {
     deleted: (kind, count) => {
       if (count > 0) deleted.inc({ kind }, count);

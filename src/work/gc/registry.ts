@@ -23,7 +23,11 @@ export const blobKey = (digest: string): string => `blobs/${digest.replace(':', 
  * Stores a blob: its object, then its row. A row whose object is missing (a sweep deleted the
  * object, then died before deleting the row) gets its object back.
  */
-export async function pushBlob(db: Queryable, store: BlobStore, data: Uint8Array): Promise<{ id: bigint; digest: string }> {
+export async function pushBlob(
+  db: Queryable,
+  store: BlobStore,
+  data: Uint8Array,
+): Promise<{ id: bigint; digest: string }> {
   const digest = sha256(data);
   const key = blobKey(digest);
   if (!(await store.exists(key))) await store.put(key, data);
@@ -41,7 +45,12 @@ export async function pushImage(
   const blobs = [];
   for (const layer of image.layers) blobs.push(await pushBlob(db, store, layer));
   const digest = sha256(Buffer.from(JSON.stringify(blobs.map((b) => b.digest))));
-  const manifestId = await upsertManifest(db, { repositoryId, digest, blobIds: blobs.map((b) => b.id), tag: image.tag });
+  const manifestId = await upsertManifest(db, {
+    repositoryId,
+    digest,
+    blobIds: blobs.map((b) => b.id),
+    tag: image.tag,
+  });
   return { repositoryId, manifestId, digest, blobs };
 }
 
@@ -51,7 +60,12 @@ export function pull(db: Queryable, repository: string, reference: string): Prom
 }
 
 /** Opens an upload session with some bytes staged. */
-export async function openUpload(db: Queryable, store: BlobStore, repository: string, staged: Uint8Array): Promise<{ id: bigint; key: string }> {
+export async function openUpload(
+  db: Queryable,
+  store: BlobStore,
+  repository: string,
+  staged: Uint8Array,
+): Promise<{ id: bigint; key: string }> {
   const repositoryId = await createRepository(db, repository);
   const key = `uploads/${randomUUID()}`;
   await store.put(key, staged);
