@@ -5,7 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Queryable } from '../store/db.ts';
-import { MigrationStatus, type MigrationStatusName } from '../store/codes.ts';
+import { MigrationStatus, UNFINISHED_STATUSES, type MigrationStatusName } from '../store/codes.ts';
 import { countMigrationsByStatus } from '../store/migrations.ts';
 import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
@@ -119,7 +119,7 @@ export function createMetrics({
       registers,
       async collect() {
         this.reset();
-        const reports = await migrationReports(db, { statuses: ['active', 'running', 'paused'] });
+        const reports = await migrationReports(db, { statuses: UNFINISHED_STATUSES });
         for (const report of reports) this.set({ migration: migrationLabel(report.name) }, report.progress);
       },
     });

@@ -8,7 +8,7 @@
  */
 import { CronExpressionParser } from 'cron-parser';
 import type pg from 'pg';
-import { MigrationStatus, migrationStatusName } from '../store/codes.ts';
+import { migrationStatusName, statusIn, UNFINISHED_STATUSES } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { columnMax, insertPass, latestPass, prunePasses, trySchedulerLock } from '../store/schedules.ts';
@@ -105,8 +105,6 @@ export interface SchedulerTick {
   scheduled: boolean;
 }
 
-const UNFINISHED = new Set<number>([MigrationStatus.paused, MigrationStatus.active, MigrationStatus.running]);
-
 /**
  * One scheduling round, in one transaction under the scheduler's lock: enqueue each schedule's
  * pass for the current slot when it is due, and prune finished passes past `retentionMs`.
@@ -128,7 +126,7 @@ export async function tickSchedules(
           const slot = schedule.slotAt(now);
           const last = await latestPass(client, schedule.name);
           const lastSlot = last ? slotOf(last.name) : null;
-          const due = !last || (!UNFINISHED.has(last.status) && (lastSlot === null || lastSlot < slot));
+          const due = !last || (!statusIn(UNFINISHED_STATUSES, last.status) && (lastSlot === null || lastSlot < slot));
           if (due) {
             const name = passName(schedule.name, slot);
             // A bad table or column is enqueued all the same: the worker fails the pass with its code.
@@ -179,7 +177,11 @@ export async function scheduleReports(
     const last = await latestPass(db, schedule.name);
     const lastSlot = last ? slotOf(last.name) : null;
     const nextDue =
-      !last || lastSlot === null ? schedule.slotAt(now) : UNFINISHED.has(last.status) ? null : schedule.after(lastSlot);
+      !last || lastSlot === null
+        ? schedule.slotAt(now)
+        : statusIn(UNFINISHED_STATUSES, last.status)
+          ? null
+          : schedule.after(lastSlot);
     reports.push({
       name: schedule.name,
       every: schedule.every,

@@ -4,6 +4,8 @@ import {
   errorCodeName,
   MigrationStatus,
   migrationStatusName,
+  RUNNABLE_STATUSES,
+  statusIn,
   type ErrorCodeName,
   type MigrationStatusName,
 } from '../store/codes.ts';
@@ -62,7 +64,7 @@ export interface MigrationReport {
 }
 
 function progressOf(m: MigrationSummary): number {
-  if (m.status === 2) return 1;
+  if (m.status === MigrationStatus.finished) return 1;
   if (m.maxValue === null) return 0;
   const width = m.maxValue - m.minValue + 1n;
   if (width <= 0n) return 0;
@@ -72,7 +74,7 @@ function progressOf(m: MigrationSummary): number {
 
 function pace(m: MigrationSummary): { rowsPerSecond: number | null; etaSeconds: number | null } {
   const { jobs, width, rows, seconds } = m.recent;
-  const running = m.status === MigrationStatus.running || m.status === MigrationStatus.active;
+  const running = statusIn(RUNNABLE_STATUSES, m.status);
   if (!running || jobs === 0 || seconds <= 0) return { rowsPerSecond: null, etaSeconds: null };
   const rowsPerSecond = rows / seconds;
   if (m.maxValue === null) return { rowsPerSecond, etaSeconds: null };
@@ -119,7 +121,7 @@ export async function migrationReports(
       ...pace(m),
       lastError: m.failureMessage ?? m.lastJobError,
       jobs: m.jobs,
-      waitingForWork: (status === 'active' || status === 'running') && !known.has(m.jobSignatureName),
+      waitingForWork: statusIn(RUNNABLE_STATUSES, status) && !known.has(m.jobSignatureName),
       createdAt: m.createdAt,
       startedAt: m.startedAt,
       finishedAt: m.finishedAt,

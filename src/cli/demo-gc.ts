@@ -9,6 +9,7 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { Worker } from '../bbm/worker.ts';
+import { migrationStatusName } from '../store/codes.ts';
 import { createPool } from '../store/db.ts';
 import { startEmbeddedPostgres } from '../store/embedded.ts';
 import { setTtlPolicy } from '../store/gc/registry.ts';
@@ -113,7 +114,7 @@ async function main(): Promise<void> {
     say(
       table(
         ['PASS', 'STATUS'],
-        passes.map((p) => [p.name, p.status === 2 ? 'finished' : String(p.status)]),
+        passes.map((p) => [p.name, migrationStatusName(p.status)]),
       ),
     );
     const counters = await registry.getMetricsAsJSON();

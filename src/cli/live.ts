@@ -6,6 +6,7 @@
  */
 import { Writable } from 'node:stream';
 import { migrationReports, type MigrationReport } from '../bbm/status.ts';
+import { RUNNABLE_STATUSES, statusIn } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 import { duration, progressBar } from './format.ts';
 
@@ -49,7 +50,7 @@ export function createLiveDisplay({
         changes.push(`${report.name}: ${before} → ${describeChange(report)}\n`);
     }
     previous = next;
-    const block = reports.filter((r) => r.status === 'active' || r.status === 'running').map(progressLine);
+    const block = reports.filter((r) => statusIn(RUNNABLE_STATUSES, r.status)).map(progressLine);
     write(`${undraw()}${changes.join('')}${block.map((line) => `${line}\n`).join('')}`);
     drawn = block;
   };

@@ -14,6 +14,25 @@ export const MigrationStatus = {
 export type MigrationStatusName = keyof typeof MigrationStatus;
 export type MigrationStatusCode = (typeof MigrationStatus)[MigrationStatusName];
 
+/**
+ * The status sets, defined once. Runnable: a worker may take its jobs (bbm_take_job, in SQL,
+ * spells the same set: migrations/0006_take_job.sql). Unfinished: runnable or paused (a
+ * schedule's next pass waits while its last is unfinished). Deletable: nothing takes its jobs.
+ */
+export const RUNNABLE_STATUSES: readonly MigrationStatusName[] = ['active', 'running'];
+export const UNFINISHED_STATUSES: readonly MigrationStatusName[] = ['paused', ...RUNNABLE_STATUSES];
+export const DELETABLE_STATUSES: readonly MigrationStatusName[] = ['paused', 'failed', 'finished'];
+
+/** Whether a status (by name or number) is in a set. */
+export function statusIn(set: readonly MigrationStatusName[], status: MigrationStatusName | number): boolean {
+  return set.includes(typeof status === 'number' ? migrationStatusName(status) : status);
+}
+
+/** A set's numbers, for SQL: `status IN (1, 4)`. */
+export function statusCodes(set: readonly MigrationStatusName[]): string {
+  return set.map((name) => MigrationStatus[name]).join(', ');
+}
+
 export const JobStatus = {
   active: 1,
   finished: 2,

@@ -11,13 +11,16 @@ import {
   JobStatus,
   MAX_LANES,
   MigrationStatus,
+  DELETABLE_STATUSES,
+  RUNNABLE_STATUSES,
+  statusCodes,
   type ErrorCodeNumber,
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
-const RUNNABLE = sql.raw(`${MigrationStatus.active}, ${MigrationStatus.running}`);
+const RUNNABLE = sql.raw(statusCodes(RUNNABLE_STATUSES));
 
 const { escapeLiteral } = pg;
 const big = (value: string): bigint => BigInt(value);
@@ -147,8 +150,7 @@ export async function resumeMigrations(db: Queryable, name?: string): Promise<st
   return rows.map((r) => r.name);
 }
 
-/** Statuses a migration may be deleted in: nothing takes its jobs. */
-const DELETABLE = sql.raw(`${MigrationStatus.paused}, ${MigrationStatus.failed}, ${MigrationStatus.finished}`);
+const DELETABLE = sql.raw(statusCodes(DELETABLE_STATUSES));
 
 export type DeleteResult = { deleted: true; jobs: number } | { deleted: false; status: MigrationStatusCode | null };
 
@@ -312,13 +314,13 @@ export async function listMigrations(
              CASE WHEN count(j.id) = 0 THEN NULL
                   ELSE coalesce(min(j.min_value::numeric) FILTER (WHERE j.status <> ${JobStatus.finished}) - 1, max(j.max_value)) END
                AS finished_prefix_end,
-             count(j.id) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}) AS recent_jobs,
-             coalesce(sum(j.max_value::numeric - j.min_value + 1) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_width,
-             coalesce(sum(coalesce(j.batch_size, m.batch_size)) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}), 0) AS recent_rows,
-             extract(epoch FROM max(j.finished_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT})
-                              - min(j.started_at) FILTER (WHERE j.status = 2 AND j.finished_at > now() - ${RECENT}))::float8 AS recent_seconds,
+             count(j.id) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}) AS recent_jobs,
+             coalesce(sum(j.max_value::numeric - j.min_value + 1) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}), 0) AS recent_width,
+             coalesce(sum(coalesce(j.batch_size, m.batch_size)) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}), 0) AS recent_rows,
+             extract(epoch FROM max(j.finished_at) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT})
+                              - min(j.started_at) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}))::float8 AS recent_seconds,
              (SELECT f.failure_message FROM batched_background_migration_jobs f
-              WHERE f.batched_background_migration_id = m.id AND f.status = 3
+              WHERE f.batched_background_migration_id = m.id AND f.status = ${JobStatus.failed}
               ORDER BY f.updated_at DESC LIMIT 1) AS last_job_error
       FROM batched_background_migrations m
       LEFT JOIN batched_background_migration_jobs j ON j.batched_background_migration_id = m.id
