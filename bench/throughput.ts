@@ -31,8 +31,8 @@ import { pino } from 'pino';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/store/embedded.ts';
-import { migrateSchema } from '../src/store/migrate.ts';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { migrateSchema } from '../src/store/apply-schema.ts';
 
 const { values: flags } = parseArgs({
   options: {

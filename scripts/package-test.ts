@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/store/embedded.ts';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const ROWS = 5_000;

@@ -2,7 +2,7 @@
 export { createWorker, Worker, type WorkerParams, type RunLoopOptions } from './bbm/worker.ts';
 export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOptions } from './bbm/config.ts';
 export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
-export { VALID_WORK_NAME } from './bbm/registry.ts';
+export { VALID_WORK_NAME } from './bbm/work-registry.ts';
 export {
   enqueueMigration,
   enqueueMigrationSql,
@@ -27,7 +27,7 @@ export {
   type JobStatusName,
 } from './store/codes.ts';
 export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
-export { migrateGcSchema, migrateSchema } from './store/migrate.ts';
+export { migrateGcSchema, migrateSchema } from './store/apply-schema.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn } from './work/copy-column.ts';
 export type {

@@ -10,7 +10,7 @@ import type { Work } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { setTtlPolicy } from '../src/store/gc/registry.ts';
 import { createGcMetrics, FilesystemBlobStore, GC_WORK, gcWork, type BlobStore } from '../src/work/gc/index.ts';
-import { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage } from '../src/work/gc/registry.ts';
+import { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage } from '../src/dev/registry-client.ts';
 import { useTestDatabase } from './support/database.ts';
 import { drain, enqueue, migrationRow, testWorker } from './support/engine.ts';
 import { runBbm, startBbm, waitFor } from './support/processes.ts';

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../src/bbm/errors.ts';
-import { WorkRegistry } from '../src/bbm/registry.ts';
+import { WorkRegistry } from '../src/bbm/work-registry.ts';
 import { parseEvery, resolveSchedules, tickSchedules } from '../src/bbm/schedules.ts';
 import type { Schedule } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';

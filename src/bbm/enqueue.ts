@@ -7,10 +7,10 @@ import type pg from 'pg';
 import { INT4_MAX, INT8_MAX, INT8_MIN, MAX_LANES } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { insertMigration, insertMigrationText, type NewMigration } from '../store/migrations.ts';
+import { insertMigration, insertMigrationText, type NewMigration } from '../store/migration-rows.ts';
 import { atomically } from '../store/tx.ts';
 import { ConfigError } from './errors.ts';
-import { isValidWorkName } from './registry.ts';
+import { isValidWorkName } from './work-registry.ts';
 
 export interface MigrationSpec {
   /** Unique; how operators name it (`bbm status --name`). */

@@ -14,10 +14,6 @@ export class BbmError extends Error {
     super(message, options);
     this.code = code;
   }
-
-  get codeNumber(): number {
-    return ErrorCode[this.code];
-  }
 }
 
 /** Bad configuration or arguments, found before any work starts. */

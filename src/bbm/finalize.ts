@@ -9,7 +9,7 @@ import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
-import { WorkRegistry } from './registry.ts';
+import { WorkRegistry } from './work-registry.ts';
 import { Runner } from './run.ts';
 import { migrationReports, pause, resume, type MigrationReport } from './status.ts';
 import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';

@@ -21,9 +21,8 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
-import { SqlState, sqlStateOf } from '../store/db.ts';
+import { cancelBackend, SqlState, sqlStateOf } from '../store/db.ts';
 import {
-  cancelBackend,
   jobFailureMessage,
   recordFailedAttempt,
   splitRange,
@@ -31,7 +30,13 @@ import {
   type RangeCut,
   type ValidatedMigration,
 } from '../store/jobs.ts';
-import { failMigration, finishMigration, holdAfterRunError, quotedTable, startMigration } from '../store/migrations.ts';
+import {
+  failMigration,
+  finishMigration,
+  holdAfterRunError,
+  quotedTable,
+  startMigration,
+} from '../store/migration-rows.ts';
 import {
   RunTransaction,
   runPrologue,
@@ -42,7 +47,7 @@ import {
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
-import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './registry.ts';
+import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './work-registry.ts';
 import { JobSession } from './session.ts';
 import type { Job, JobDb, RunResult, Work } from './types.ts';
 
@@ -80,11 +85,11 @@ class JobTimeoutError extends BbmError {
  */
 function isTimeout(error: Error): boolean {
   const state = sqlStateOf(error);
-  return error instanceof JobTimeoutError || state === '57014' || state === '55P03';
+  return error instanceof JobTimeoutError || state === SqlState.queryCanceled || state === SqlState.lockNotAvailable;
 }
 
 /** A run's result before timing; `ended` when its transaction is already committed or rolled back. */
-type Outcome = Omit<RunResult, 'durationMs' | 'runId'> & { ended?: true };
+type UntimedRunResult = Omit<RunResult, 'durationMs' | 'runId'> & { ended?: true };
 
 /** What a runner remembers of a migration it validated. */
 interface Validated extends ValidatedMigration {
@@ -127,7 +132,7 @@ export class Runner {
     this.#held = undefined;
     const started = held?.started ?? performance.now();
     const runId = randomUUID();
-    const finish = (outcome: Outcome): RunResult => {
+    const finish = (outcome: UntimedRunResult): RunResult => {
       const { ended: _ended, ...result } = outcome;
       return { ...result, runId, durationMs: performance.now() - started };
     };
@@ -164,7 +169,7 @@ export class Runner {
    * server restarting, a lock or statement timeout, a serialization failure) is not its fault
    * and is not counted.
    */
-  async #afterRunError(error: Error, migration: MigrationRef | undefined): Promise<Outcome> {
+  async #afterRunError(error: Error, migration: MigrationRef | undefined): Promise<UntimedRunResult> {
     if (!migration || isTransient(error)) return { outcome: 'error', error, ...(migration && { migration }) };
     const { runErrorHoldMs, maxRunErrors, maxIntervalMs } = this.ctx.options;
     const reason = `run error: ${storedMessage(error, 500)}`;
@@ -199,7 +204,7 @@ export class Runner {
     held.tx.release();
   }
 
-  async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<Outcome> {
+  async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<UntimedRunResult> {
     let take = first;
     for (let cuts = 0; ; cuts += 1) {
       if (take.kind === 'nothing' || take.kind === 'busy') {
@@ -262,7 +267,7 @@ export class Runner {
   }
 
   /** Fails the migration with the error's code (committed by the caller). */
-  async #fail(tx: RunTransaction, ref: MigrationRef, error: BbmError): Promise<Outcome> {
+  async #fail(tx: RunTransaction, ref: MigrationRef, error: BbmError): Promise<UntimedRunResult> {
     await failMigration(tx.db, ref.id, ErrorCode[error.code], storedMessage(error));
     this.#forget(ref.id);
     return { outcome: 'migration_failed', migration: ref, error, errorCode: error.code };
@@ -335,7 +340,7 @@ export class Runner {
     claimed: ClaimedJob,
     lane: number,
     { started, runId, chain }: RunInfo,
-  ): Promise<Outcome> {
+  ): Promise<UntimedRunResult> {
     const { options, hardStop, pool } = this.ctx;
     const { target, work } = validated;
     const jobRef: NonNullable<RunResult['job']> = {

@@ -11,11 +11,12 @@ import type pg from 'pg';
 import { migrationStatusName, statusIn, UNFINISHED_STATUSES } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
-import { columnMax, insertPass, latestPass, prunePasses, trySchedulerLock } from '../store/schedules.ts';
-import { begin, commit, rollback } from '../store/tx.ts';
+import { insertMigrationIfAbsent } from '../store/migration-rows.ts';
+import { columnMax, latestPass, prunePasses, trySchedulerLock } from '../store/schedules.ts';
+import { atomically } from '../store/tx.ts';
 import { ConfigError } from './errors.ts';
 import type { Logger } from './log.ts';
-import { isValidWorkName, type WorkRegistry } from './registry.ts';
+import { isValidWorkName, type WorkRegistry } from './work-registry.ts';
 import type { Schedule } from './types.ts';
 
 /** When a schedule's passes are due: the slot a time falls in, and the slot after a slot. */
@@ -116,42 +117,34 @@ export async function tickSchedules(
 ): Promise<SchedulerTick> {
   const tick: SchedulerTick = { enqueued: [], pruned: 0, scheduled: false };
   if (schedules.length === 0) return tick;
-  const client = await pool.connect();
-  try {
-    await begin(client);
-    try {
-      tick.scheduled = await trySchedulerLock(client);
-      if (tick.scheduled) {
-        for (const schedule of schedules) {
-          const slot = schedule.slotAt(now);
-          const last = await latestPass(client, schedule.name);
-          const lastSlot = last ? slotOf(last.name) : null;
-          const due = !last || (!statusIn(UNFINISHED_STATUSES, last.status) && (lastSlot === null || lastSlot < slot));
-          if (due) {
-            const name = passName(schedule.name, slot);
-            // A bad table or column is enqueued all the same: the worker fails the pass with its code.
-            const target = await resolveTarget(client, schedule.table, schedule.column);
-            const inserted = await insertPass(client, {
-              name,
-              jobSignatureName: schedule.work,
-              tableName: schedule.table,
-              columnName: schedule.column,
-              batchSize: schedule.batchSize,
-              maxValue: isTarget(target) ? await columnMax(client, target) : null,
-            });
-            if (inserted) tick.enqueued.push(name);
-          }
-          tick.pruned += await prunePasses(client, schedule.name, retentionMs);
-        }
+  await atomically(pool, async (client) => {
+    tick.scheduled = await trySchedulerLock(client);
+    if (!tick.scheduled) return;
+    for (const schedule of schedules) {
+      const slot = schedule.slotAt(now);
+      const last = await latestPass(client, schedule.name);
+      const lastSlot = last ? slotOf(last.name) : null;
+      const due = !last || (!statusIn(UNFINISHED_STATUSES, last.status) && (lastSlot === null || lastSlot < slot));
+      if (due) {
+        const name = passName(schedule.name, slot);
+        // A bad table or column is enqueued all the same: the worker fails the pass with its code.
+        const target = await resolveTarget(client, schedule.table, schedule.column);
+        const max = isTarget(target) ? await columnMax(client, target) : null;
+        const inserted = await insertMigrationIfAbsent(client, {
+          name,
+          jobSignatureName: schedule.work,
+          tableName: schedule.table,
+          columnName: schedule.column,
+          batchSize: schedule.batchSize,
+          minValue: 1n,
+          // An empty or all-negative column (or a bad target) still gets a valid [1, 1] pass.
+          maxValue: max === null || max < 1n ? 1n : max,
+        });
+        if (inserted) tick.enqueued.push(name);
       }
-      await commit(client);
-    } catch (error) {
-      await rollback(client).catch(() => {});
-      throw error;
+      tick.pruned += await prunePasses(client, schedule.name, retentionMs);
     }
-  } finally {
-    client.release();
-  }
+  });
   if (tick.enqueued.length > 0 || tick.pruned > 0)
     log?.info({ enqueued: tick.enqueued, pruned: tick.pruned }, 'scheduled passes');
   return tick;

@@ -9,59 +9,35 @@ import {
   type ErrorCodeName,
   type MigrationStatusName,
 } from '../store/codes.ts';
-import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migrations.ts';
+import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 
-export interface MigrationReport {
-  id: bigint;
-  name: string;
+/**
+ * A migration as operators see it (`bbm status --json`): its row's fields (documented on
+ * MigrationSummary) with statuses and codes by name, plus what is derived from its jobs.
+ */
+export type MigrationReport = Omit<
+  MigrationSummary,
+  'status' | 'failureErrorCode' | 'maxParallelJobs' | 'finishedWidth' | 'recent' | 'lastJobError'
+> & {
   status: MigrationStatusName;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  minValue: bigint;
-  maxValue: bigint | null;
-  /** The batch size ranges are cut with now (the adaptive size, when `targetJobMs` is set). */
-  batchSize: number;
+  failureErrorCode: ErrorCodeName | null;
   /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
   lanes: number;
-  /** Lanes working on it at this moment, across all workers. */
-  lanesInUse: number;
-  /** Adaptive sizing: the target time of a job's work, and the size bounds; null when fixed. */
-  targetJobMs: number | null;
-  minBatchSize: number | null;
-  maxBatchSize: number | null;
-  /** Set while the migration is set aside (after run errors): until when, and why. */
-  onHoldUntil: Date | null;
-  holdReason: string | null;
-  /** Runs in a row that failed for a reason not its work function's (`maxRunErrors` of them fail it). */
-  runErrors: number;
-  failureErrorCode: ErrorCodeName | null;
-  failureMessage: string | null;
   /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
   progress: number;
-  /**
-   * End of the contiguous finished prefix: every id up to it is done, and a resume would start
-   * after it (lanes finish ranges out of order). Null before the first range.
-   */
-  finishedPrefixEnd: bigint | null;
   /** Rows per second over the last five minutes (the sizes of the ranges finished); null when idle, paused or failed. */
   rowsPerSecond: number | null;
   /** Seconds left at the last five minutes' pace; null when not running or idle. */
   etaSeconds: number | null;
   /** The migration's failure, else the last failure of a job still failed; null when neither. */
   lastError: string | null;
-  /** Ranges cut: finished, failed (waiting for a retry), active (running in a lane, or cut ahead for one). */
-  jobs: { total: number; finished: number; failed: number; active: number };
   /**
    * Set when the migration is runnable but no live worker has its work function: it waits for a
    * worker that has it (during a rolling deploy, older workers lack new work functions).
    */
   waitingForWork: boolean;
-  createdAt: Date;
-  startedAt: Date | null;
-  finishedAt: Date | null;
-}
+};
 
 function progressOf(m: MigrationSummary): number {
   if (m.status === MigrationStatus.finished) return 1;
@@ -95,36 +71,30 @@ export async function migrationReports(
   const statuses = options.statuses?.map((status) => MigrationStatus[status]);
   const rows = await listMigrations(db, { name: options.name, statuses });
   return rows.map((m) => {
-    const status = migrationStatusName(m.status);
+    const {
+      id,
+      name,
+      status: code,
+      failureErrorCode,
+      maxParallelJobs,
+      finishedWidth: _width,
+      recent: _recent,
+      lastJobError,
+      ...row
+    } = m;
+    const status = migrationStatusName(code);
     return {
-      id: m.id,
-      name: m.name,
+      // id, name and status first: the JSON reads in this order.
+      id,
+      name,
       status,
-      jobSignatureName: m.jobSignatureName,
-      tableName: m.tableName,
-      columnName: m.columnName,
-      minValue: m.minValue,
-      maxValue: m.maxValue,
-      batchSize: m.batchSize,
-      lanes: m.maxParallelJobs,
-      lanesInUse: m.lanesInUse,
-      targetJobMs: m.targetJobMs,
-      minBatchSize: m.minBatchSize,
-      maxBatchSize: m.maxBatchSize,
-      onHoldUntil: m.onHoldUntil,
-      holdReason: m.holdReason,
-      runErrors: m.runErrors,
-      failureErrorCode: m.failureErrorCode === null ? null : errorCodeName(m.failureErrorCode),
-      failureMessage: m.failureMessage,
+      ...row,
+      lanes: maxParallelJobs,
+      failureErrorCode: failureErrorCode === null ? null : errorCodeName(failureErrorCode),
       progress: progressOf(m),
-      finishedPrefixEnd: m.finishedPrefixEnd,
       ...pace(m),
-      lastError: m.failureMessage ?? m.lastJobError,
-      jobs: m.jobs,
+      lastError: m.failureMessage ?? lastJobError,
       waitingForWork: statusIn(RUNNABLE_STATUSES, status) && !known.has(m.jobSignatureName),
-      createdAt: m.createdAt,
-      startedAt: m.startedAt,
-      finishedAt: m.finishedAt,
     };
   });
 }

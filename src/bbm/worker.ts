@@ -16,7 +16,7 @@ import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
-import { WorkRegistry } from './registry.ts';
+import { WorkRegistry } from './work-registry.ts';
 import { type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';

@@ -8,7 +8,7 @@ import type { Context, Io } from './context.ts';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf } from '../store/db.ts';
-import { migrateSchema } from '../store/migrate.ts';
+import { migrateSchema } from '../store/apply-schema.ts';
 import {
   commandHelp,
   COMMANDS,
@@ -22,9 +22,9 @@ import {
   type Flags,
 } from './args.ts';
 import { toJson } from './format.ts';
-import { schedules, status } from './inspect.ts';
-import { finalize, run } from './process.ts';
-import { deleteCommand, enqueue, enqueueSql, retry, setPace, steer } from './steer.ts';
+import { schedules, status } from './status-commands.ts';
+import { finalize, run } from './run-commands.ts';
+import { deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
 
 export { UsageError };
 export type { Io };
@@ -107,7 +107,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await enqueue(context);
       case 'pause':
       case 'resume':
-        return await steer(context, command);
+        return await pauseOrResume(context, command);
       case 'retry':
         return await retry(context);
       case 'set':

@@ -4,7 +4,7 @@
  * the catalog returns are ever quoted into SQL.
  */
 import { sql } from 'drizzle-orm';
-import { execOne, sqlStateOf, type Queryable } from './db.ts';
+import { execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 import { inSavepoint } from './tx.ts';
 
 /** A batched table and column as the catalog knows them. */
@@ -87,7 +87,7 @@ export async function resolveTarget(
     row = await inSavepoint(db, () => lookUp(db, tableName, columnName));
   } catch (error) {
     const state = sqlStateOf(error);
-    if (state?.startsWith('42') || state === '0A000' || state === '22023') {
+    if (state?.startsWith('42') || state === SqlState.featureNotSupported || state === SqlState.invalidParameterValue) {
       return { code: 'invalid_table', message: `table ${JSON.stringify(tableName)}: ${(error as Error).message}` };
     }
     throw error;

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import type { SQL } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
@@ -99,6 +99,15 @@ export const SqlState = {
   checkViolation: '23514',
   /** 23505: a unique constraint refused a row. */
   uniqueViolation: '23505',
+  /** 55P03: lock_timeout, or NOWAIT, found the lock taken. */
+  lockNotAvailable: '55P03',
+  /** 42501: the role lacks a privilege (health views without pg_monitor). */
+  insufficientPrivilege: '42501',
+  /** 0A000 and 22023: a name to_regclass refuses outright (cross-database references, …). */
+  featureNotSupported: '0A000',
+  invalidParameterValue: '22023',
+  /** 25P01: SAVEPOINT outside a transaction block. */
+  noActiveTransaction: '25P01',
 } as const;
 
 export function sqlStateOf(error: unknown): string | undefined {
@@ -117,4 +126,24 @@ export function sqlStateOf(error: unknown): string | undefined {
 /** Resolves when the database answers a trivial query. */
 export async function ping(db: Queryable): Promise<void> {
   await db.query('SELECT 1');
+}
+
+/**
+ * Cancels the statement a backend is running (a run past its timeout); false when it is gone.
+ * It connects on its own rather than through the pool: the pool's connections may all be busy,
+ * one of them with the very run being cancelled.
+ */
+export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean> {
+  const client = new pg.Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const row = await execOne<{ cancelled: boolean }>(
+      client,
+      sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`,
+    );
+    return row?.cancelled ?? false;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

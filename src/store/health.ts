@@ -4,7 +4,7 @@
  * they report nothing rather than fail.
  */
 import { sql } from 'drizzle-orm';
-import { execOne, sqlStateOf, type Queryable } from './db.ts';
+import { execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 
 /** WAL segments waiting for the archiver, or null when archiving is off or not visible. */
 export async function readyWalSegments(db: Queryable): Promise<number | null> {
@@ -19,7 +19,7 @@ export async function readyWalSegments(db: Queryable): Promise<number | null> {
     );
     return row?.archiving && row.ready !== null ? Number(row.ready) : null;
   } catch (error) {
-    if (sqlStateOf(error) === '42501') return null;
+    if (sqlStateOf(error) === SqlState.insufficientPrivilege) return null;
     throw error;
   }
 }

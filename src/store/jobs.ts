@@ -7,11 +7,10 @@
  * work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
-import pg from 'pg';
 import { execOne, textLiteral, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { quotedTable } from './migrations.ts';
+import { quotedTable } from './migration-rows.ts';
 
 /** A job as a lane runs it. Ranges are inclusive at both ends. */
 export interface ClaimedJob {
@@ -210,24 +209,4 @@ export async function reportedRows(db: Queryable, migrationId: bigint): Promise<
         WHERE batched_background_migration_id = ${migrationId} AND status = ${JobStatus.finished}`,
   );
   return Number(row?.rows ?? 0);
-}
-
-/**
- * Cancels the statement a backend is running (a run past its timeout); false when it is gone.
- * It connects on its own rather than through the pool: the pool's connections may all be busy,
- * one of them with the very run being cancelled.
- */
-export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean> {
-  const client = new pg.Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    const row = await execOne<{ cancelled: boolean }>(
-      client,
-      sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`,
-    );
-    return row?.cancelled ?? false;
-  } finally {
-    await client.end().catch(() => {});
-  }
 }

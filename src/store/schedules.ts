@@ -7,7 +7,7 @@ import { exec, execOne, type Queryable } from './db.ts';
 import { MigrationStatus, type MigrationStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { LOCK_NAMESPACE, SCHEDULER_LOCK_KEY } from './locks.ts';
-import { quotedTable } from './migrations.ts';
+import { quotedTable } from './migration-rows.ts';
 
 /** Takes the scheduler's transaction-level lock if it is free: one worker schedules at a time. */
 export async function trySchedulerLock(db: Queryable): Promise<boolean> {
@@ -45,30 +45,6 @@ export async function latestPass(db: Queryable, schedule: string): Promise<Pass 
         finishedAt: row.finished_at,
       }
     : null;
-}
-
-export interface NewPass {
-  name: string;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  batchSize: number;
-  /** The column's current maximum; null (resolved when the pass starts) when unknown or the table is empty. */
-  maxValue: bigint | null;
-}
-
-/** Enqueues a pass over the column from 1. Returns false when a pass of that name exists already. */
-export async function insertPass(db: Queryable, pass: NewPass): Promise<boolean> {
-  const rows = await exec<{ id: string }>(
-    db,
-    sql`
-      INSERT INTO batched_background_migrations (name, min_value, max_value, batch_size, status, job_signature_name, table_name, column_name)
-      VALUES (${pass.name}, 1, greatest(1, ${pass.maxValue}::bigint), ${pass.batchSize}, ${MigrationStatus.active},
-              ${pass.jobSignatureName}, ${pass.tableName}, ${pass.columnName})
-      ON CONFLICT (name) DO NOTHING
-      RETURNING id`,
-  );
-  return rows.length > 0;
 }
 
 /** The column's current maximum (an index lookup), null on an empty table. */

@@ -159,6 +159,3 @@ export const batchedBackgroundMigrationWorkers = pgTable(
   },
   (t) => [index('batched_background_migration_workers_last_seen_at_idx').on(t.lastSeenAt)],
 );
-
-export type MigrationRow = typeof batchedBackgroundMigrations.$inferSelect;
-export type JobRow = typeof batchedBackgroundMigrationJobs.$inferSelect;

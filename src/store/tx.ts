@@ -3,7 +3,7 @@
  * transaction has its own owner: run-transaction.ts.
  */
 import type pg from 'pg';
-import { sqlStateOf, type Queryable } from './db.ts';
+import { SqlState, sqlStateOf, type Queryable } from './db.ts';
 
 /** A plain transaction, for the CLI's checked writes. */
 export async function begin(db: Queryable): Promise<void> {
@@ -42,9 +42,6 @@ export async function inSavepoint<T>(db: Queryable, fn: () => Promise<T>): Promi
   }
 }
 
-/** 25P01: SAVEPOINT outside a transaction block. */
-const NO_ACTIVE_TRANSACTION = '25P01';
-
 /**
  * Runs `fn` atomically on one connection, whatever the caller holds: a Pool lends a connection
  * for a transaction of its own; a client inside a transaction gets a savepoint, so `fn`'s writes
@@ -63,7 +60,7 @@ export async function atomically<T>(db: pg.Pool | pg.ClientBase, fn: (client: Qu
   try {
     await db.query('SAVEPOINT bbm_atomically');
   } catch (error) {
-    if (sqlStateOf(error) !== NO_ACTIVE_TRANSACTION) throw error;
+    if (sqlStateOf(error) !== SqlState.noActiveTransaction) throw error;
     return await inTransaction(db, fn);
   }
   try {

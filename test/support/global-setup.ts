@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { createPool } from '../../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../../src/store/embedded.ts';
-import { migrateGcSchema, migrateSchema } from '../../src/store/migrate.ts';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../../src/dev/embedded-postgres.ts';
+import { migrateGcSchema, migrateSchema } from '../../src/store/apply-schema.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {

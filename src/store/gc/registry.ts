@@ -7,15 +7,13 @@
 import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from '../db.ts';
 
-const big = (value: string): bigint => BigInt(value);
-
 export async function createRepository(db: Queryable, name: string): Promise<bigint> {
   const row = await execOne<{ id: string }>(
     db,
     sql`INSERT INTO registry.repositories (name) VALUES (${name})
         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id`,
   );
-  return big(row!.id);
+  return BigInt(row!.id);
 }
 
 /** Records a blob (content-addressed: one row per digest). Returns its id and whether it was new. */
@@ -28,7 +26,7 @@ export async function upsertBlob(
     sql`INSERT INTO registry.blobs (digest, size, storage_key) VALUES (${blob.digest}, ${blob.size}, ${blob.storageKey})
         ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest RETURNING id`,
   );
-  return big(row!.id);
+  return BigInt(row!.id);
 }
 
 /** Records a manifest of a repository referencing blobs, and points `tag` at it. */
@@ -41,7 +39,7 @@ export async function upsertManifest(
     sql`INSERT INTO registry.manifests (repository_id, digest) VALUES (${m.repositoryId}, ${m.digest})
         ON CONFLICT (repository_id, digest) DO UPDATE SET last_pulled_at = now(), expired_at = NULL RETURNING id`,
   );
-  const manifestId = big(row!.id);
+  const manifestId = BigInt(row!.id);
   await exec(
     db,
     sql`INSERT INTO registry.manifest_blobs (manifest_id, blob_id)
@@ -84,10 +82,10 @@ export async function pullManifest(
   const blobs = await exec<{ digest: string; storage_key: string }>(
     db,
     sql`SELECT b.digest, b.storage_key FROM registry.manifest_blobs mb JOIN registry.blobs b ON b.id = mb.blob_id
-        WHERE mb.manifest_id = ${big(row.id)} ORDER BY b.id`,
+        WHERE mb.manifest_id = ${BigInt(row.id)} ORDER BY b.id`,
   );
   return {
-    id: big(row.id),
+    id: BigInt(row.id),
     digest: row.digest,
     blobs: blobs.map((b) => ({ digest: b.digest, storageKey: b.storage_key })),
   };
@@ -98,7 +96,7 @@ export async function startUpload(db: Queryable, repositoryId: bigint, storageKe
     db,
     sql`INSERT INTO registry.uploads (repository_id, storage_key) VALUES (${repositoryId}, ${storageKey}) RETURNING id`,
   );
-  return big(row!.id);
+  return BigInt(row!.id);
 }
 
 export async function touchUpload(db: Queryable, uploadId: bigint): Promise<void> {

@@ -5,7 +5,6 @@
 import { sql } from 'drizzle-orm';
 import { exec, type Queryable } from '../db.ts';
 
-const big = (value: string): bigint => BigInt(value);
 const ago = (ms: number) => sql`now() - make_interval(secs => ${ms / 1000}::float8)`;
 
 export interface BlobRef {
@@ -34,7 +33,7 @@ export async function lockOrphanCandidates(
       ORDER BY b.id
       FOR UPDATE OF b SKIP LOCKED`,
   );
-  return rows.map((r) => ({ id: big(r.id), storageKey: r.storage_key, size: Number(r.size) }));
+  return rows.map((r) => ({ id: BigInt(r.id), storageKey: r.storage_key, size: Number(r.size) }));
 }
 
 /**
@@ -47,7 +46,7 @@ export async function referencedBlobs(db: Queryable, ids: readonly bigint[]): Pr
     db,
     sql`SELECT DISTINCT blob_id FROM registry.manifest_blobs WHERE blob_id = ANY(${sql.param(ids.map(String))}::bigint[])`,
   );
-  return new Set(rows.map((r) => big(r.blob_id)));
+  return new Set(rows.map((r) => BigInt(r.blob_id)));
 }
 
 export async function deleteBlobRows(db: Queryable, ids: readonly bigint[]): Promise<number> {

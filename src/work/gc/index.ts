@@ -28,8 +28,7 @@ import { noGcMetrics, type GcMetrics } from './metrics.ts';
 
 export { FilesystemBlobStore, type BlobStore, type StoredObject } from './blob-store.ts';
 export { createGcMetrics, GC_METRIC_HELP, type GcKind, type GcMetrics } from './metrics.ts';
-export { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage, sha256 } from './registry.ts';
-export { migrateGcSchema } from '../../store/migrate.ts';
+export { migrateGcSchema } from '../../store/apply-schema.ts';
 export { setTtlPolicy, touchUpload } from '../../store/gc/registry.ts';
 
 export interface GcOptions {

@@ -12,7 +12,7 @@ import type { Config, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
 import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
-import { migrateSchema } from '../store/migrate.ts';
+import { migrateSchema } from '../store/apply-schema.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
 import { duration, percent, progressBar } from './format.ts';
 import { createLiveDisplay, type LiveDisplay } from './live.ts';

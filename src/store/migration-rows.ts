@@ -23,7 +23,6 @@ import { LANE_LOCK_BASE } from './locks.ts';
 const RUNNABLE = sql.raw(statusCodes(RUNNABLE_STATUSES));
 
 const { escapeLiteral } = pg;
-const big = (value: string): bigint => BigInt(value);
 const bigOrNull = (value: string | null): bigint | null => (value === null ? null : BigInt(value));
 
 export function quotedTable(target: Target): SQL {
@@ -51,7 +50,7 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );
-  return row ? big(row.max_value) : null;
+  return row ? BigInt(row.max_value) : null;
 }
 
 /** running -> finished, unless a range is still active or failed (a lane may have split one meanwhile). */
@@ -214,19 +213,24 @@ export interface MigrationSummary {
   columnName: string;
   minValue: bigint;
   maxValue: bigint | null;
+  /** The batch size ranges are cut with now (the adaptive size, when `targetJobMs` is set). */
   batchSize: number;
   maxParallelJobs: number;
+  /** Adaptive sizing: the target time of a job's work, and the size bounds; null when fixed. */
   targetJobMs: number | null;
   minBatchSize: number | null;
   maxBatchSize: number | null;
+  /** Set while the migration is set aside (after run errors): until when, and why. */
   onHoldUntil: Date | null;
   holdReason: string | null;
+  /** Runs in a row that failed for a reason not its work function's (`maxRunErrors` of them fail it). */
   runErrors: number;
   failureErrorCode: number | null;
   failureMessage: string | null;
   createdAt: Date;
   startedAt: Date | null;
   finishedAt: Date | null;
+  /** Ranges cut: finished, failed (waiting for a retry), active (running in a lane, or cut ahead for one). */
   jobs: { total: number; finished: number; failed: number; active: number };
   /** Lanes whose lock is held now: jobs running at this moment, across all workers. */
   lanesInUse: number;
@@ -329,13 +333,13 @@ export async function listMigrations(
       ORDER BY m.id`,
   );
   return rows.map((r) => ({
-    id: big(r.id),
+    id: BigInt(r.id),
     name: r.name,
     status: r.status as MigrationStatusCode,
     jobSignatureName: r.job_signature_name,
     tableName: r.table_name,
     columnName: r.column_name,
-    minValue: big(r.min_value),
+    minValue: BigInt(r.min_value),
     maxValue: bigOrNull(r.max_value),
     batchSize: r.batch_size,
     maxParallelJobs: r.max_parallel_jobs,
@@ -357,11 +361,11 @@ export async function listMigrations(
       active: Number(r.jobs_active),
     },
     lanesInUse: Number(r.lanes_in_use),
-    finishedWidth: big(r.finished_width),
+    finishedWidth: BigInt(r.finished_width),
     finishedPrefixEnd: bigOrNull(r.finished_prefix_end),
     recent: {
       jobs: Number(r.recent_jobs),
-      width: big(r.recent_width),
+      width: BigInt(r.recent_width),
       rows: Number(r.recent_rows),
       seconds: r.recent_seconds ?? 0,
     },
@@ -392,7 +396,7 @@ export interface NewMigration {
  * literal when it holds a backslash, so it means the same whatever standard_conforming_strings);
  * numbers are integers the caller checked. Columns left at their defaults are not written.
  */
-export function insertMigrationText(m: NewMigration): string {
+export function insertMigrationText(m: NewMigration, { ifAbsent = false } = {}): string {
   const columns: [string, string][] = [
     ['name', escapeLiteral(m.name)],
     ['job_signature_name', escapeLiteral(m.jobSignatureName)],
@@ -414,6 +418,7 @@ export function insertMigrationText(m: NewMigration): string {
   return [
     `INSERT INTO batched_background_migrations (${columns.map(([column]) => column).join(', ')})`,
     `VALUES (${columns.map(([, value]) => value).join(', ')})`,
+    ...(ifAbsent ? ['ON CONFLICT (name) DO NOTHING'] : []),
     'RETURNING id;',
   ].join('\n');
 }
@@ -423,11 +428,17 @@ function integerLiteral(value: bigint | number): string {
   return String(value);
 }
 
+/** Inserts a migration unless one of that name exists (a schedule's pass); true when it did. */
+export async function insertMigrationIfAbsent(db: Queryable, m: NewMigration): Promise<boolean> {
+  const { rows } = await db.query<{ id: string }>(insertMigrationText(m, { ifAbsent: true }));
+  return rows.length > 0;
+}
+
 /** Inserts a migration (what `bbm enqueue` does after checking it); returns its id. */
 export async function insertMigration(db: Queryable, m: NewMigration): Promise<bigint> {
   const { rows } = await db.query<{ id: string }>(insertMigrationText(m));
   if (!rows[0]) throw new Error('INSERT ... RETURNING returned no row');
-  return big(rows[0].id);
+  return BigInt(rows[0].id);
 }
 
 /**

@@ -4,7 +4,7 @@
  * `blobs/sha256/<digest>`, upload sessions under `uploads/<uuid>`.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Queryable } from '../../store/db.ts';
+import type { Queryable } from '../store/db.ts';
 import {
   createRepository,
   markRepositoryDeleted,
@@ -13,8 +13,8 @@ import {
   upsertBlob,
   upsertManifest,
   type PulledManifest,
-} from '../../store/gc/registry.ts';
-import type { BlobStore } from './blob-store.ts';
+} from '../store/gc/registry.ts';
+import type { BlobStore } from '../work/gc/blob-store.ts';
 
 export const sha256 = (data: Uint8Array): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 export const blobKey = (digest: string): string => `blobs/${digest.replace(':', '/')}`;

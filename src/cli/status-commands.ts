@@ -1,5 +1,5 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
-import { WorkRegistry } from '../bbm/registry.ts';
+import { WorkRegistry } from '../bbm/work-registry.ts';
 import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
 import { migrationReports, type MigrationReport } from '../bbm/status.ts';
 import { UsageError } from './args.ts';

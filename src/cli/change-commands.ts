@@ -3,7 +3,7 @@ import { enqueueMigration, enqueueMigrationSql, EnqueueError, type MigrationSpec
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { INT4_MAX, MAX_LANES, migrationStatusName } from '../store/codes.ts';
-import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migrations.ts';
+import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
@@ -74,7 +74,7 @@ export async function enqueue(context: Context): Promise<number> {
   return 0;
 }
 
-export async function steer(context: Context, command: 'pause' | 'resume'): Promise<number> {
+export async function pauseOrResume(context: Context, command: 'pause' | 'resume'): Promise<number> {
   const { flags, pool, io } = context;
   const name = flags.name;
   const changed = command === 'pause' ? await pause(pool, name) : await resume(pool, name);

@@ -7,14 +7,14 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { pino } from 'pino';
-import { migrationReports } from '../bbm/status.ts';
-import type { RunResult } from '../bbm/types.ts';
-import { Worker } from '../bbm/worker.ts';
-import { createPool, maskConnectionString } from '../store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../store/embedded.ts';
-import { migrateSchema } from '../store/migrate.ts';
-import { copyColumn } from '../work/copy-column.ts';
-import { progressBar } from './format.ts';
+import { migrationReports } from '../src/bbm/status.ts';
+import type { RunResult } from '../src/bbm/types.ts';
+import { Worker } from '../src/bbm/worker.ts';
+import { createPool, maskConnectionString } from '../src/store/db.ts';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { migrateSchema } from '../src/store/apply-schema.ts';
+import { copyColumn } from '../src/work/copy-column.ts';
+import { progressBar } from '../src/cli/format.ts';
 
 const ROWS = 200_000;
 const BATCH_SIZE = 5_000;
