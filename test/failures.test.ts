@@ -1,5 +1,5 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { createPool } from '../src/store/db.ts';
+import { createPool, exec } from '../src/store/db.ts';
 import { sql } from 'drizzle-orm';
 import type { RunResult, Work } from '../src/bbm/types.ts';
 import { migrationReports } from '../src/bbm/status.ts';
@@ -516,7 +516,10 @@ describe('a migration whose runs keep failing', () => {
       failure_message: expect.stringMatching(/^3 runs in a row failed; last error: run error: ranges refused/),
     });
     // Each run error was reported once, the third as the migration's failure.
-    expect(outcomes.filter((r) => r.outcome === 'error' && r.migration?.name === 'broken')).toHaveLength(2);
+    const runErrors = outcomes.filter((r) => r.outcome === 'error' && r.migration?.name === 'broken');
+    expect(runErrors).toHaveLength(2);
+    // Each names the statement that failed (never its values), for logs and Sentry.
+    for (const r of runErrors) expect(r.error).toMatchObject({ statement: expect.stringMatching(/bbm_cut_range/) });
     expect(outcomes.filter((r) => r.outcome === 'migration_failed')).toMatchObject([
       { errorCode: 'run_error', migration: { name: 'broken' } },
     ]);
@@ -583,5 +586,21 @@ describe('a migration whose runs keep failing', () => {
     expect(outcomes.some((r) => r.outcome === 'error' || r.outcome === 'job_failed')).toBe(true);
     expect(outcomes.every((r) => r.heldForMs === undefined)).toBe(true);
     expect(await migrationRow(pool, 'unlucky')).toMatchObject({ status: MigrationStatus.finished });
+  });
+});
+
+describe('a failed store statement', () => {
+  const db = useTestDatabase();
+
+  it('names the statement on the error, with placeholders and never the values', async () => {
+    const { pool } = db();
+    const secret = 'value-that-must-not-leak';
+    const failing = exec(pool, sql`SELECT 1 / 0 AS boom WHERE ${secret}::text IS NOT NULL`);
+    await expect(failing).rejects.toMatchObject({
+      code: '22012',
+      statement: 'SELECT 1 / 0 AS boom WHERE $1::text IS NOT NULL',
+    });
+    const error = await failing.catch((e: unknown) => e as Error & { statement: string });
+    expect(JSON.stringify({ ...error, message: error.message })).not.toContain(secret);
   });
 });

@@ -70,7 +70,7 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
 }
 
 /** Where `bbm` looks for a config module when `--config` is not given, in this order. */
-export const DEFAULT_CONFIG_FILES = [
+const DEFAULT_CONFIG_FILES = [
   'bbm.config.ts',
   'bbm.config.mts',
   'bbm.config.cts',

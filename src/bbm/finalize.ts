@@ -7,7 +7,7 @@ import type pg from 'pg';
 import { Backoff, sleep } from './backoff.ts';
 import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
-import { defaultLibraryLogger, type Logger } from './log.ts';
+import { CORRELATION_ID, defaultLibraryLogger, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
 import { Runner } from './run.ts';
@@ -99,7 +99,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
       const waitMs = afterRun(result, backoff);
       if (result.outcome === 'error') {
         errors += 1;
-        log.error({ err: result.error, correlation_id: result.runId }, 'finalize run failed');
+        log.error({ err: result.error, [CORRELATION_ID]: result.runId }, 'finalize run failed');
         if (errors >= MAX_CONSECUTIVE_ERRORS)
           throw new FinalizeError(`giving up after ${errors} failed runs in a row`, current, { cause: result.error });
       } else {

@@ -52,3 +52,37 @@ export function createLogger({ level, format, destination = 1, terse = false }: 
 export function defaultLibraryLogger(): Logger {
   return createLogger({ level: 'warn', format: 'json', destination: 2 });
 }
+
+/**
+ * The field names of log lines and error reports, spelled once (as the registry's bbm.go keeps
+ * its log keys together): the run's correlation id, the migration's and the job's fields.
+ */
+export const CORRELATION_ID = 'correlation_id';
+
+export function migrationFields(migration: { id: bigint; name: string; work?: string }): {
+  bbm_id: string;
+  bbm_name: string;
+  work?: string;
+} {
+  return {
+    bbm_id: String(migration.id),
+    bbm_name: migration.name,
+    ...(migration.work !== undefined && { work: migration.work }),
+  };
+}
+
+export function jobFields(job: { id: bigint; start: bigint; end: bigint; attempt: number; lane?: number }): {
+  job_id: string;
+  job_start: string;
+  job_end: string;
+  attempt: number;
+  lane?: number;
+} {
+  return {
+    job_id: String(job.id),
+    job_start: String(job.start),
+    job_end: String(job.end),
+    attempt: job.attempt,
+    ...(job.lane !== undefined && { lane: job.lane }),
+  };
+}

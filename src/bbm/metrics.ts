@@ -25,9 +25,9 @@ export const METRIC_HELP = {
   bbm_migrations: 'Migrations by status.',
 } as const;
 
-export type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
+type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
 
-export function runResultLabel(outcome: RunOutcome): RunResultLabel {
+function runResultLabel(outcome: RunOutcome): RunResultLabel {
   switch (outcome) {
     case 'job_succeeded':
     case 'job_failed':
@@ -47,7 +47,7 @@ export function runResultLabel(outcome: RunOutcome): RunResultLabel {
 }
 
 /** A migration's metric label: its name up to any `@`, so recurring passes share one series. */
-export const migrationLabel = (name: string): string => name.split('@', 1)[0] ?? name;
+const migrationLabel = (name: string): string => name.split('@', 1)[0] ?? name;
 
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180];
 

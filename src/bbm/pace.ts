@@ -24,13 +24,13 @@ export interface PaceSettings {
 /** How much one step may grow the size. */
 export const GROWTH_CAP = 1.5;
 /** How much one ordinary step may shrink it. */
-export const SHRINK_CAP = 0.5;
+const SHRINK_CAP = 0.5;
 /** A job this many times over the target shrinks the size at once. */
 export const PANIC_FACTOR = 5;
 /** Weight of the newest job in the smoothed time per row (about the last six jobs count). */
 const SMOOTHING = 0.3;
 
-export interface JobSample {
+interface JobSample {
   /** The size the job's range was cut with. */
   size: number;
   /** Time in the work function. */

@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
-import type { Logger } from 'pino';
+import { CORRELATION_ID, jobFields, migrationFields, type Logger } from './log.ts';
 import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import { cancelBackend, SqlState, sqlStateOf } from '../store/db.ts';
@@ -54,7 +54,7 @@ import type { Job, JobDb, RunResult, Work } from './types.ts';
 /** How far past the run timeout the server-side backstops (statement and idle timeouts) sit. */
 const BACKSTOP_MARGIN_MS = 10_000;
 
-export interface RunContext {
+interface RunContext {
   pool: pg.Pool;
   registry: WorkRegistry;
   options: ResolvedOptions;
@@ -374,14 +374,9 @@ export class Runner {
       lane,
       signal: abort.signal,
       log: this.ctx.log.child({
-        correlation_id: runId,
-        bbm_id: String(ref.id),
-        bbm_name: ref.name,
-        job_id: String(claimed.id),
-        job_start: String(claimed.start),
-        job_end: String(claimed.end),
-        attempt: claimed.attempt,
-        lane,
+        [CORRELATION_ID]: runId,
+        ...migrationFields(ref),
+        ...jobFields({ ...claimed, lane }),
       }),
     };
 
@@ -419,7 +414,7 @@ export class Runner {
         if (finished.cut === 0) validated.cutDone = true;
         if (finished.laterError) {
           this.ctx.log.warn(
-            { err: finished.laterError, correlation_id: runId },
+            { err: finished.laterError, [CORRELATION_ID]: runId },
             'job committed; cutting the next range or beginning the next run failed',
           );
         }

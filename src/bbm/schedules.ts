@@ -91,7 +91,7 @@ export function resolveSchedules(schedules: readonly Schedule[], registry: WorkR
 export const passName = (schedule: string, slot: Date): string => `${schedule}@${slot.toISOString()}`;
 
 /** The slot a pass stands for, read back from its name. */
-export function slotOf(pass: string): Date | null {
+function slotOf(pass: string): Date | null {
   const at = pass.lastIndexOf('@');
   const slot = at < 0 ? NaN : Date.parse(pass.slice(at + 1));
   return Number.isNaN(slot) ? null : new Date(slot);

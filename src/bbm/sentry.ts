@@ -11,6 +11,7 @@
  */
 import type * as SentryNode from '@sentry/node';
 import { ConfigError } from './errors.ts';
+import { CORRELATION_ID, jobFields, migrationFields } from './log.ts';
 import type { RunResult, WorkerObserver } from './types.ts';
 
 type SentryModule = typeof SentryNode;
@@ -77,22 +78,21 @@ export async function createSentryReporter({
     run(result) {
       if (!REPORTED.has(result.outcome) || !result.error) return;
       const { migration, job } = result;
+      const migrationTags = migration && migrationFields(migration);
+      const statement: unknown = (result.error as { statement?: unknown }).statement;
       Sentry.captureException(result.error, {
         tags: {
-          correlation_id: result.runId,
+          [CORRELATION_ID]: result.runId,
           outcome: result.outcome,
-          ...(migration && { bbm_name: migration.name, work: migration.work }),
+          ...(migrationTags && { bbm_name: migrationTags.bbm_name, work: migrationTags.work }),
           ...(result.errorCode && { error_code: result.errorCode }),
         },
         contexts: {
           bbm: {
-            ...(migration && { bbm_id: String(migration.id) }),
-            ...(job && {
-              job_id: String(job.id),
-              job_start: String(job.start),
-              job_end: String(job.end),
-              attempt: job.attempt,
-            }),
+            ...(migrationTags && { bbm_id: migrationTags.bbm_id }),
+            // The store statement that failed, when one did (its name or text, never its values).
+            ...(typeof statement === 'string' && { statement }),
+            ...(job && jobFields({ id: job.id, start: job.start, end: job.end, attempt: job.attempt })),
           },
         },
         // A migration fails once, for one reason: group its report by migration and code.

@@ -14,7 +14,7 @@ import { announceWorker, HEARTBEAT_MS, retireWorker } from '../store/workers.ts'
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
-import { defaultLibraryLogger, type Logger } from './log.ts';
+import { CORRELATION_ID, defaultLibraryLogger, jobFields, migrationFields, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
 import { type BatchSizer } from './pace.ts';
@@ -303,20 +303,12 @@ export class Worker {
 
   #report(result: RunResult): void {
     const fields = {
-      correlation_id: result.runId,
+      [CORRELATION_ID]: result.runId,
       outcome: result.outcome,
       duration_ms: Math.round(result.durationMs * 10) / 10,
-      ...(result.migration && {
-        bbm_id: String(result.migration.id),
-        bbm_name: result.migration.name,
-        work: result.migration.work,
-      }),
+      ...(result.migration && migrationFields(result.migration)),
       ...(result.job && {
-        job_id: String(result.job.id),
-        job_start: String(result.job.start),
-        job_end: String(result.job.end),
-        attempt: result.job.attempt,
-        lane: result.job.lane,
+        ...jobFields(result.job),
         batch_size: result.job.batchSize,
         ...(result.job.split && { split: true }),
       }),

@@ -6,7 +6,7 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
-export const OPTIONS = {
+const OPTIONS = {
   'database-url': { type: 'string' },
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },

@@ -161,7 +161,7 @@ function packageVersion(): string {
  * no URL is given and any of them is set, so `bbm` connects where `psql` would. A PGHOST that is
  * a directory is a Unix socket.
  */
-export function libpqUrl(env: NodeJS.ProcessEnv): string | undefined {
+function libpqUrl(env: NodeJS.ProcessEnv): string | undefined {
   const { PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE } = env;
   if (!PGHOST && !PGPORT && !PGUSER && !PGPASSWORD && !PGDATABASE) return undefined;
   const url = new URL('postgres://localhost');

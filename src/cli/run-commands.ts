@@ -18,7 +18,7 @@ import { duration, percent, progressBar } from './format.ts';
 import { createLiveDisplay, type LiveDisplay } from './live.ts';
 import type { Context } from './context.ts';
 
-export const DEFAULT_GRACE_PERIOD_MS = 25_000;
+const DEFAULT_GRACE_PERIOD_MS = 25_000;
 
 function logLevelFlag({ flags }: Context): LevelWithSilent | undefined {
   const level = flags['log-level'];

@@ -13,11 +13,11 @@ interface MigrationSet {
   table: string;
 }
 
-export const ENGINE_MIGRATIONS: MigrationSet = {
+const ENGINE_MIGRATIONS: MigrationSet = {
   folder: fileURLToPath(new URL('../../migrations', import.meta.url)),
   table: 'pg_bbm_schema_migrations',
 };
-export const GC_MIGRATIONS: MigrationSet = {
+const GC_MIGRATIONS: MigrationSet = {
   folder: fileURLToPath(new URL('../../migrations/gc', import.meta.url)),
   table: 'pg_bbm_gc_schema_migrations',
 };

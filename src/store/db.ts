@@ -39,10 +39,30 @@ export function textLiteral(value: string): string {
   return `convert_from(decode('${Buffer.from(value, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
 }
 
+/**
+ * Marks an error with the statement that raised it, for logs and error reports (as drizzle's
+ * DrizzleQueryError keeps its query): a name, or the statement's text with its `$n`
+ * placeholders, never its values. The error itself is kept (its SQLSTATE still decides).
+ */
+export function withStatement(error: unknown, statement: string): unknown {
+  if (error instanceof Error && !('statement' in error)) Object.assign(error, { statement });
+  return error;
+}
+
+/** The text of a statement as it is named on errors: whitespace collapsed, at most 160 characters. */
+function statementLabel(text: string): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length <= 160 ? flat : `${flat.slice(0, 159)}…`;
+}
+
 export async function exec<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R[]> {
   const { sql: text, params } = dialect.sqlToQuery(statement);
-  const result = await db.query<R>({ name: statementName(text), text, values: params });
-  return result.rows;
+  try {
+    const result = await db.query<R>({ name: statementName(text), text, values: params });
+    return result.rows;
+  } catch (error) {
+    throw withStatement(error, statementLabel(text));
+  }
 }
 
 export async function execOne<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R | undefined> {

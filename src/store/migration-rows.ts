@@ -248,7 +248,7 @@ export interface MigrationSummary {
 }
 
 /** How far back `recent` looks: the rate a migration has now, not its average since it started. */
-export const RECENT_WINDOW_SECONDS = 300;
+const RECENT_WINDOW_SECONDS = 300;
 
 interface SummaryRow {
   id: string;

@@ -14,7 +14,7 @@
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
-import { textLiteral, type Queryable } from './db.ts';
+import { textLiteral, withStatement, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import {
   cutRangeStatements,
@@ -223,7 +223,7 @@ export class RunTransaction {
     const begun = this.#begun;
     this.#begun = undefined;
     if (begun) return begun;
-    return parseTake(takeRowsOf(await this.client.query(this.prologue)));
+    return parseTake(takeRowsOf(await this.#query(this.prologue, 'bbm_take_job (beginning a run)')));
   }
 
   /**
@@ -231,7 +231,14 @@ export class RunTransaction {
    * next run, in one round trip; returns that run's take.
    */
   async cutAndTake(cut: RangeCut): Promise<Take> {
-    return parseTake(takeRowsOf(await this.client.query(`ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue}`)));
+    return parseTake(
+      takeRowsOf(
+        await this.#query(
+          `ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue}`,
+          'bbm_cut_range, then bbm_take_job',
+        ),
+      ),
+    );
   }
 
   /**
@@ -264,16 +271,28 @@ export class RunTransaction {
       return cut && cutCount !== undefined ? { committed: true, cut: cutCount } : { committed: true };
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
-      if (this.#lost) throw error;
+      if (this.#lost) throw withStatement(error, 'finishing a job (record, cut, commit)');
       if (cut && (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${CUT_SAVEPOINT}`))) {
         await this.client.query('COMMIT');
-        return { committed: true, laterError: error };
+        return { committed: true, laterError: withStatement(error, 'bbm_cut_range (after a job)') as Error };
       }
-      if (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`)) return { committed: false, error };
+      if (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`)) {
+        return { committed: false, error: withStatement(error, "recording a job's finish") as Error };
+      }
       await this.client.query('ROLLBACK').catch(() => {});
       const status = await jobStatus(this.client, finished.job.id);
-      if (status === JobStatus.finished) return { committed: true, laterError: error };
-      throw error;
+      if (status === JobStatus.finished)
+        return { committed: true, laterError: withStatement(error, "the next run's bbm_take_job") as Error };
+      throw withStatement(error, 'COMMIT of a job');
+    }
+  }
+
+  /** A round trip whose failure is named (`statement`) on the error. */
+  async #query(text: string, statement: string): Promise<unknown> {
+    try {
+      return await this.client.query(text);
+    } catch (error) {
+      throw withStatement(error, statement);
     }
   }
 

@@ -1,20 +1,21 @@
 /**
- * Plain transactions and savepoints, for the CLI's checked writes and catalog lookups. A run's
- * transaction has its own owner: run-transaction.ts.
+ * Transactions outside a run: `atomically` (enqueueing, deleting, scheduling), savepoints for
+ * catalog lookups, and the guard against transaction control inside a work function. A run's
+ * transaction has its own owner, run-transaction.ts.
  */
 import type pg from 'pg';
 import { SqlState, sqlStateOf, type Queryable } from './db.ts';
 
-/** A plain transaction, for the CLI's checked writes. */
-export async function begin(db: Queryable): Promise<void> {
+/** A plain transaction (through `atomically`). */
+async function begin(db: Queryable): Promise<void> {
   await db.query('BEGIN');
 }
 
-export async function commit(db: Queryable): Promise<void> {
+async function commit(db: Queryable): Promise<void> {
   await db.query('COMMIT');
 }
 
-export async function rollback(db: Queryable): Promise<void> {
+async function rollback(db: Queryable): Promise<void> {
   await db.query('ROLLBACK');
 }
 

@@ -1,5 +1,5 @@
 /**
- * A database of its own for each test file, cloned from the migrated template. Set
+ * A database of its own for each test, cloned from the migrated template. Set
  * BBM_KEEP_TEST_DB=1 to keep it after the run for inspection (its name is logged).
  */
 import { randomBytes } from 'node:crypto';

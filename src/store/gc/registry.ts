@@ -16,7 +16,7 @@ export async function createRepository(db: Queryable, name: string): Promise<big
   return BigInt(row!.id);
 }
 
-/** Records a blob (content-addressed: one row per digest). Returns its id and whether it was new. */
+/** Records a blob (content-addressed: one row per digest). Returns its id. */
 export async function upsertBlob(
   db: Queryable,
   blob: { digest: string; size: number; storageKey: string },

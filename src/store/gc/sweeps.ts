@@ -7,7 +7,7 @@ import { exec, type Queryable } from '../db.ts';
 
 const ago = (ms: number) => sql`now() - make_interval(secs => ${ms / 1000}::float8)`;
 
-export interface BlobRef {
+interface BlobRef {
   id: bigint;
   storageKey: string;
   size: number;

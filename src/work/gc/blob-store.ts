@@ -26,7 +26,7 @@ export interface BlobStore {
 /** Keys are relative paths of safe characters: no `..`, no leading `/`. */
 const KEY = /^[A-Za-z0-9_.:-]+(\/[A-Za-z0-9_.:-]+)*$/;
 
-export function checkKey(key: string): string {
+function checkKey(key: string): string {
   if (!KEY.test(key) || key.split('/').some((part) => part === '.' || part === '..')) {
     throw new Error(`invalid object key ${JSON.stringify(key)}`);
   }
