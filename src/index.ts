@@ -1,18 +1,11 @@
 /** pg-bbm: batched background migrations for PostgreSQL. */
-export { createWorker, Worker, type WorkerParams, type RunLoopOptions } from './bbm/worker.ts';
+export { createWorker, Worker } from './bbm/worker.ts';
 export { defineConfig, loadConfig, resolveOptions, DEFAULTS, type ResolvedOptions } from './bbm/config.ts';
 export { BbmError, ConfigError, ErrorCode, errorCodeName, type ErrorCodeName } from './bbm/errors.ts';
 export { VALID_WORK_NAME } from './bbm/work-registry.ts';
-export {
-  enqueueMigration,
-  enqueueMigrationSql,
-  EnqueueError,
-  type EnqueueErrorCode,
-  type EnqueueOptions,
-  type MigrationSpec,
-} from './bbm/enqueue.ts';
-export { migrationReports, pause, resume, type MigrationReport } from './bbm/status.ts';
-export { finalizeMigration, FinalizeError, type FinalizeParams } from './bbm/finalize.ts';
+export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorCode } from './bbm/enqueue.ts';
+export { migrationReports, pause, resume } from './bbm/status.ts';
+export { finalizeMigration, FinalizeError } from './bbm/finalize.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
 export { anyThrottle, replicaLagThrottle, walArchiveThrottle } from './bbm/throttle.ts';
 export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';
@@ -32,9 +25,14 @@ export { createPool, maskConnectionString, type Queryable } from './store/db.ts'
 export { copyColumn } from './work/copy-column.ts';
 export type {
   Config,
+  EnqueueOptions,
+  FinalizeParams,
   Job,
   JobDb,
   JobQuery,
+  MigrationReport,
+  MigrationSpec,
+  RunLoopOptions,
   RunOutcome,
   RunResult,
   Schedule,
@@ -42,4 +40,5 @@ export type {
   Work,
   WorkerObserver,
   WorkerOptions,
+  WorkerParams,
 } from './bbm/types.ts';

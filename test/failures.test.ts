@@ -600,7 +600,7 @@ describe('a failed store statement', () => {
       code: '22012',
       statement: 'SELECT 1 / 0 AS boom WHERE $1::text IS NOT NULL',
     });
-    const error = await failing.catch((e: unknown) => e as Error & { statement: string });
+    const error = (await failing.catch((e: unknown) => e)) as Error & { statement: string };
     expect(JSON.stringify({ ...error, message: error.message })).not.toContain(secret);
   });
 });

@@ -10,42 +10,8 @@ import { SqlState, sqlStateOf } from '../store/db.ts';
 import { insertMigration, insertMigrationText, type NewMigration } from '../store/migration-rows.ts';
 import { atomically } from '../store/tx.ts';
 import { ConfigError } from './errors.ts';
+import type { EnqueueOptions, MigrationSpec } from './types.ts';
 import { isValidWorkName } from './work-registry.ts';
-
-export interface MigrationSpec {
-  /** Unique; how operators name it (`bbm status --name`). */
-  name: string;
-  /** The work function's name (`job_signature_name`). */
-  work: string;
-  /** The table, optionally schema-qualified, read as SQL reads it. */
-  table: string;
-  /** An integer column with a btree index leading with it. */
-  column: string;
-  /** Rows per range (the starting size when `targetJobMs` is set). */
-  batchSize: number;
-  /** First id of the range. Default 1. */
-  min?: bigint | number;
-  /** Last id. Default: the column's maximum when the migration starts. */
-  max?: bigint | number;
-  /** Enqueue it paused (`bbm resume` starts it). */
-  paused?: boolean;
-  /** Jobs of it that may run at once, across all workers (1..256). Default 1. */
-  lanes?: number;
-  /** Adapt the batch size so a job's work takes about this long. Default: fixed size. */
-  targetJobMs?: number;
-  minBatchSize?: number;
-  maxBatchSize?: number;
-}
-
-export interface EnqueueOptions {
-  /**
-   * Check the table, column and index in the catalog first (default true). A table created
-   * earlier in the same transaction passes. Turn it off when the table or its index will only
-   * exist later (an index built CONCURRENTLY by a later migration): a migration whose target is
-   * still wrong when it starts fails with invalid_table or invalid_column, writing nothing.
-   */
-  check?: boolean;
-}
 
 export type EnqueueErrorCode = 'invalid_table' | 'invalid_column' | 'duplicate_name';
 

@@ -3,33 +3,15 @@
  * done is deployed. Its runs take a free lane of the migration, or wait for lane 0 when every lane
  * is busy, so background workers may keep running meanwhile: no range runs twice.
  */
-import type pg from 'pg';
 import { Backoff, sleep } from './backoff.ts';
 import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
-import { CORRELATION_ID, defaultLibraryLogger, type Logger } from './log.ts';
+import { CORRELATION_ID, defaultLibraryLogger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
 import { Runner } from './run.ts';
-import { migrationReports, pause, resume, type MigrationReport } from './status.ts';
-import type { RunResult, Work, WorkerObserver, WorkerOptions } from './types.ts';
-
-export interface FinalizeParams extends WorkerOptions {
-  pool: pg.Pool;
-  work: readonly Work[];
-  /** The migration's name. */
-  name: string;
-  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
-  logger?: Logger;
-  observers?: readonly WorkerObserver[];
-  /** Called with a fresh report at most every `progressEveryMs` (and once at the end). */
-  onProgress?: (report: MigrationReport) => void;
-  progressEveryMs?: number;
-  /** Stop after the job in flight. */
-  signal?: AbortSignal;
-  /** Cancel and roll back the job in flight. */
-  hardStop?: AbortSignal;
-}
+import { migrationReports, pause, resume } from './status.ts';
+import type { FinalizeParams, MigrationReport, RunResult } from './types.ts';
 
 /** Why finalizing stopped short of a finished migration. */
 export class FinalizeError extends Error {

@@ -6,38 +6,11 @@ import {
   migrationStatusName,
   RUNNABLE_STATUSES,
   statusIn,
-  type ErrorCodeName,
   type MigrationStatusName,
 } from '../store/codes.ts';
 import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
-
-/**
- * A migration as operators see it (`bbm status --json`): its row's fields (documented on
- * MigrationSummary) with statuses and codes by name, plus what is derived from its jobs.
- */
-export type MigrationReport = Omit<
-  MigrationSummary,
-  'status' | 'failureErrorCode' | 'maxParallelJobs' | 'finishedWidth' | 'recent' | 'lastJobError'
-> & {
-  status: MigrationStatusName;
-  failureErrorCode: ErrorCodeName | null;
-  /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
-  lanes: number;
-  /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
-  progress: number;
-  /** Rows per second over the last five minutes (the sizes of the ranges finished); null when idle, paused or failed. */
-  rowsPerSecond: number | null;
-  /** Seconds left at the last five minutes' pace; null when not running or idle. */
-  etaSeconds: number | null;
-  /** The migration's failure, else the last failure of a job still failed; null when neither. */
-  lastError: string | null;
-  /**
-   * Set when the migration is runnable but no live worker has its work function: it waits for a
-   * worker that has it (during a rolling deploy, older workers lack new work functions).
-   */
-  waitingForWork: boolean;
-};
+import type { MigrationReport } from './types.ts';
 
 function progressOf(m: MigrationSummary): number {
   if (m.status === MigrationStatus.finished) return 1;

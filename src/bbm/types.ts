@@ -1,17 +1,20 @@
 /**
- * pg-bbm's public types: what a work function receives, and how a worker is configured.
+ * pg-bbm's public types, in one place: what a work function receives, how a worker and
+ * finalizing are configured, schedules and throttles, what a run reports, and the reports of
+ * migrations. Everything here is exported from the package root.
  */
-import type { QueryResult, QueryResultRow } from 'pg';
 import type { Logger } from 'pino';
 import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
-import type { ErrorCodeName } from '../store/codes.ts';
+import type pg from 'pg';
+import type { ErrorCodeName, MigrationStatusName } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
+import type { MigrationSummary } from '../store/migration-rows.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
-export type JobQuery = <R extends QueryResultRow = QueryResultRow>(
+export type JobQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
   text: string,
   values?: unknown[],
-) => Promise<QueryResult<R>>;
+) => Promise<pg.QueryResult<R>>;
 
 /**
  * drizzle bound to the job's transaction. `db.transaction()` opens a savepoint inside it; ending
@@ -198,3 +201,109 @@ export interface Schedule {
  * false. While one holds back, the worker runs nothing and backs off.
  */
 export type Throttle = (db: Queryable) => Promise<string | false>;
+
+/** What `createWorker` / `new Worker` take: the work, a database, worker options, and what to tell and ask. */
+export interface WorkerParams extends WorkerOptions {
+  work: readonly Work[];
+  /** A pool to use (the caller ends it); it needs room for `concurrency` + 1 connections. */
+  pool?: pg.Pool;
+  /** Or a connection string: the worker opens and ends its own pool. */
+  connectionString?: string;
+  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
+  logger?: Logger;
+  /** Told about every run and every wait (metrics, error reports, progress). */
+  observers?: readonly WorkerObserver[];
+  /** Asked before runs, at most every `throttleCheckMs`: while it holds back, nothing runs. */
+  throttle?: Throttle;
+  /** Recurring migrations this worker enqueues passes of (their work functions must be in `work`). */
+  schedules?: readonly Schedule[];
+}
+
+export interface RunLoopOptions {
+  /**
+   * Return once no migration this worker can run remains (finished, failed, paused or unknown
+   * work). Skips the startup jitter.
+   */
+  untilDone?: boolean;
+}
+
+/** What `finalizeMigration` takes. */
+export interface FinalizeParams extends WorkerOptions {
+  pool: pg.Pool;
+  work: readonly Work[];
+  /** The migration's name. */
+  name: string;
+  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
+  logger?: Logger;
+  observers?: readonly WorkerObserver[];
+  /** Called with a fresh report at most every `progressEveryMs` (and once at the end). */
+  onProgress?: (report: MigrationReport) => void;
+  progressEveryMs?: number;
+  /** Stop after the job in flight. */
+  signal?: AbortSignal;
+  /** Cancel and roll back the job in flight. */
+  hardStop?: AbortSignal;
+}
+
+/**
+ * A migration as operators see it (`bbm status --json`): its row's fields (documented on
+ * MigrationSummary) with statuses and codes by name, plus what is derived from its jobs.
+ */
+export type MigrationReport = Omit<
+  MigrationSummary,
+  'status' | 'failureErrorCode' | 'maxParallelJobs' | 'finishedWidth' | 'recent' | 'lastJobError'
+> & {
+  status: MigrationStatusName;
+  failureErrorCode: ErrorCodeName | null;
+  /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
+  lanes: number;
+  /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
+  progress: number;
+  /** Rows per second over the last five minutes (the sizes of the ranges finished); null when idle, paused or failed. */
+  rowsPerSecond: number | null;
+  /** Seconds left at the last five minutes' pace; null when not running or idle. */
+  etaSeconds: number | null;
+  /** The migration's failure, else the last failure of a job still failed; null when neither. */
+  lastError: string | null;
+  /**
+   * Set when the migration is runnable but no live worker has its work function: it waits for a
+   * worker that has it (during a rolling deploy, older workers lack new work functions).
+   */
+  waitingForWork: boolean;
+};
+
+/** What `enqueueMigration` and `enqueueMigrationSql` take: a migration to add. */
+export interface MigrationSpec {
+  /** Unique; how operators name it (`bbm status --name`). */
+  name: string;
+  /** The work function's name (`job_signature_name`). */
+  work: string;
+  /** The table, optionally schema-qualified, read as SQL reads it. */
+  table: string;
+  /** An integer column with a btree index leading with it. */
+  column: string;
+  /** Rows per range (the starting size when `targetJobMs` is set). */
+  batchSize: number;
+  /** First id of the range. Default 1. */
+  min?: bigint | number;
+  /** Last id. Default: the column's maximum when the migration starts. */
+  max?: bigint | number;
+  /** Enqueue it paused (`bbm resume` starts it). */
+  paused?: boolean;
+  /** Jobs of it that may run at once, across all workers (1..256). Default 1. */
+  lanes?: number;
+  /** Adapt the batch size so a job's work takes about this long. Default: fixed size. */
+  targetJobMs?: number;
+  minBatchSize?: number;
+  maxBatchSize?: number;
+}
+
+export interface EnqueueOptions {
+  /**
+   * Check the table, column and index in the catalog first (default true). A table created
+   * earlier in the same transaction passes. Turn it off when the table or its index will only
+   * exist later (an index built CONCURRENTLY by a later migration): a migration whose target is
+   * still wrong when it starts fails with invalid_table or invalid_column, writing nothing.
+   */
+  check?: boolean;
+}

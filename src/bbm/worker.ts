@@ -20,31 +20,7 @@ import { WorkRegistry } from './work-registry.ts';
 import { type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
-import type { RunResult, Schedule, Throttle, Work, WorkerObserver, WorkerOptions } from './types.ts';
-
-export interface WorkerParams extends WorkerOptions {
-  work: readonly Work[];
-  /** A pool to use (the caller ends it); it needs room for `concurrency` + 1 connections. */
-  pool?: pg.Pool;
-  /** Or a connection string: the worker opens and ends its own pool. */
-  connectionString?: string;
-  /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
-  logger?: Logger;
-  /** Told about every run and every wait (metrics, error reports, progress). */
-  observers?: readonly WorkerObserver[];
-  /** Asked before runs, at most every `throttleCheckMs`: while it holds back, nothing runs. */
-  throttle?: Throttle;
-  /** Recurring migrations this worker enqueues passes of (their work functions must be in `work`). */
-  schedules?: readonly Schedule[];
-}
-
-export interface RunLoopOptions {
-  /**
-   * Return once no migration this worker can run remains (finished, failed, paused or unknown
-   * work). Skips the startup jitter.
-   */
-  untilDone?: boolean;
-}
+import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams } from './types.ts';
 
 export class Worker {
   readonly options: ResolvedOptions;

@@ -1,5 +1,6 @@
 /** The commands that change migrations: enqueue, pause, resume, retry. */
-import { enqueueMigration, enqueueMigrationSql, EnqueueError, type MigrationSpec } from '../bbm/enqueue.ts';
+import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../bbm/enqueue.ts';
+import type { MigrationSpec } from '../bbm/types.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { INT4_MAX, MAX_LANES, migrationStatusName } from '../store/codes.ts';

@@ -5,7 +5,8 @@
  * tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
  */
 import { Writable } from 'node:stream';
-import { migrationReports, type MigrationReport } from '../bbm/status.ts';
+import { migrationReports } from '../bbm/status.ts';
+import type { MigrationReport } from '../bbm/types.ts';
 import { RUNNABLE_STATUSES, statusIn } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 import { duration, progressBar } from './format.ts';

@@ -1,7 +1,8 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
 import { WorkRegistry } from '../bbm/work-registry.ts';
 import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
-import { migrationReports, type MigrationReport } from '../bbm/status.ts';
+import { migrationReports } from '../bbm/status.ts';
+import type { MigrationReport } from '../bbm/types.ts';
 import { UsageError } from './args.ts';
 import type { Context } from './context.ts';
 import { duration, percent, table, toJson } from './format.ts';

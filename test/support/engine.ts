@@ -1,8 +1,8 @@
 /** Helpers shared by the engine tests: enqueueing by SQL, quiet workers, draining. */
 import { pino } from 'pino';
 import type pg from 'pg';
-import { Worker, type WorkerParams } from '../../src/bbm/worker.ts';
-import type { RunResult, Work } from '../../src/bbm/types.ts';
+import { Worker } from '../../src/bbm/worker.ts';
+import type { RunResult, Work, WorkerParams } from '../../src/bbm/types.ts';
 
 export const quiet = pino({ level: 'silent' });
 
