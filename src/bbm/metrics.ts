@@ -6,7 +6,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Queryable } from '../store/db.ts';
 import { MigrationStatus, UNFINISHED_STATUSES, type MigrationStatusName } from '../store/codes.ts';
-import { countMigrationsByStatus } from '../store/migration-rows.ts';
+import { countHeldMigrations, countMigrationsByStatus } from '../store/migration-rows.ts';
 import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
 
@@ -23,6 +23,9 @@ export const METRIC_HELP = {
   bbm_migration_progress:
     "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed.",
   bbm_migrations: 'Migrations by status.',
+  bbm_holds_total:
+    'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive): one per migration newly set aside.',
+  bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
 } as const;
 
 type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
@@ -105,6 +108,12 @@ export function createMetrics({
     labelNames: ['migration', 'result'],
     registers,
   });
+  const holds = new Counter({
+    name: 'bbm_holds_total',
+    help: METRIC_HELP.bbm_holds_total,
+    labelNames: ['reason'],
+    registers,
+  });
   const sleeps = new Histogram({
     name: 'bbm_sleep_duration_seconds',
     help: METRIC_HELP.bbm_sleep_duration_seconds,
@@ -121,6 +130,14 @@ export function createMetrics({
         this.reset();
         const reports = await migrationReports(db, { statuses: UNFINISHED_STATUSES });
         for (const report of reports) this.set({ migration: migrationLabel(report.name) }, report.progress);
+      },
+    });
+    new Gauge({
+      name: 'bbm_held_migrations',
+      help: METRIC_HELP.bbm_held_migrations,
+      registers,
+      async collect() {
+        this.set(await countHeldMigrations(db));
       },
     });
     new Gauge({
@@ -152,6 +169,9 @@ export function createMetrics({
     },
     sleep(ms: number) {
       sleeps.observe(ms / 1000);
+    },
+    hold(event) {
+      holds.inc({ reason: event.kind }, event.migrations.length);
     },
   };
   return { registry, observer };

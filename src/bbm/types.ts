@@ -115,6 +115,8 @@ export interface Config extends WorkerOptions {
   throttle?: Throttle;
   /** Recurring migrations (sweeps): a pass of each is enqueued every period. */
   schedules?: readonly Schedule[];
+  /** Health holds: signals from Postgres that set migrations aside (see HealthOptions); `false` turns them off. */
+  health?: HealthOptions | false;
   /** Used when neither `--database-url` nor DATABASE_URL is given. */
   databaseUrl?: string;
   /** `bbm run`: how long, after SIGTERM/SIGINT, the job in flight may take before it is rolled back [25000]. */
@@ -182,6 +184,20 @@ export interface RunResult {
 export interface WorkerObserver {
   run?(result: RunResult): void;
   sleep?(ms: number): void;
+  /** A health hold set migrations aside that were not held before (told once per hold, by the worker that set it). */
+  hold?(event: HoldEvent): void;
+}
+
+/** Which health signal held migrations: the `reason` label of `bbm_holds_total`. */
+export type HoldKind = 'autovacuum' | 'transaction_age' | 'replay_lag' | 'wal_archive';
+
+export interface HoldEvent {
+  kind: HoldKind;
+  /** As stored in `hold_reason` and shown by `bbm status`, e.g. "autovacuum on public.items". */
+  reason: string;
+  /** The migrations newly held. */
+  migrations: readonly string[];
+  holdMs: number;
 }
 
 export interface Schedule {
@@ -217,6 +233,8 @@ export interface WorkerParams extends WorkerOptions {
   throttle?: Throttle;
   /** Recurring migrations this worker enqueues passes of (their work functions must be in `work`). */
   schedules?: readonly Schedule[];
+  /** Health holds; all on by default, `false` turns them off. */
+  health?: HealthOptions | false;
 }
 
 export interface RunLoopOptions {
@@ -306,4 +324,25 @@ export interface EnqueueOptions {
    * still wrong when it starts fails with invalid_table or invalid_column, writing nothing.
    */
   check?: boolean;
+}
+
+/**
+ * Health holds (`health` in the config): signals read from Postgres itself that set migrations
+ * aside until the database is well again. Each is on by default and switched off with `false`
+ * (or `null` for a threshold); `health: false` turns them all off. Without the privileges a
+ * signal needs (pg_monitor), it sees what the role can see, and never fails a run.
+ */
+export interface HealthOptions {
+  /** Hold a migration while its table is being vacuumed (autovacuum or VACUUM). Default true. */
+  autovacuum?: boolean;
+  /** Hold every migration while a transaction in this database is older than this. Default 300000 (5 min). */
+  maxTransactionAgeMs?: number | null;
+  /** Hold every migration while a streaming replica replays more than this many bytes behind. Default 64 MiB. */
+  maxReplayLagBytes?: number | null;
+  /** Hold every migration while more WAL segments than this wait for the archiver. Default 42. */
+  maxWalArchiveReady?: number | null;
+  /** How often a worker reads the signals (one lane for all). Default 10000. */
+  checkMs?: number;
+  /** How long a hold lasts; a signal still firing at the next check extends it. Default 30000. */
+  holdMs?: number;
 }

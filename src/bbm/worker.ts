@@ -19,6 +19,7 @@ import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
 import { type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
+import { checkHealth, resolveHealth, type ResolvedHealth } from './health.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
 import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams } from './types.ts';
 
@@ -48,6 +49,9 @@ export class Worker {
   #throttleCheck: Promise<string | false> | undefined;
   #scheduledAt = -Infinity;
   #scheduling: Promise<boolean> | undefined;
+  readonly #health: ResolvedHealth | null;
+  #healthCheckedAt = -Infinity;
+  #healthCheck: Promise<void> | undefined;
 
   constructor(params: WorkerParams) {
     this.options = resolveOptions(params);
@@ -66,6 +70,7 @@ export class Worker {
     this.#observers = params.observers ?? [];
     this.#throttle = params.throttle;
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);
+    this.#health = resolveHealth(params.health);
     const sizers = new Map<bigint, BatchSizer>();
     this.#runners = Array.from(
       { length: this.options.concurrency },
@@ -152,6 +157,8 @@ export class Worker {
       if (this.#schedules.length > 0 && performance.now() - this.#scheduledAt >= options.scheduleCheckMs) {
         if (await this.#schedule()) backoff.reset();
       }
+      if (this.#health && performance.now() - this.#healthCheckedAt >= this.#health.checkMs)
+        await this.#checkHealth(this.#health);
       const result = (await this.#throttled(runner)) ?? (await this.#runOnce(runner, chain));
       if (untilDone && result.outcome === 'no_job') {
         this.#wakeLanes();
@@ -209,6 +216,30 @@ export class Worker {
     } finally {
       this.#throttleCheckedAt = performance.now();
     }
+  }
+
+  /**
+   * Reads the health signals and sets the holds they call for, one check in flight for all lanes.
+   * A new hold is logged once and told to observers (metrics); it is not an error (no Sentry). A
+   * check that fails is logged, never fatal: the worker runs on without it.
+   */
+  #checkHealth(health: ResolvedHealth): Promise<void> {
+    this.#healthCheck ??= (async () => {
+      try {
+        for (const event of await checkHealth(this.#pool, health)) {
+          this.#log.warn(
+            { hold: event.kind, hold_reason: event.reason, migrations: event.migrations, hold_ms: event.holdMs },
+            `health hold: ${event.migrations.join(', ')} set aside: ${event.reason}`,
+          );
+          this.#tell((observer) => observer.hold?.(event));
+        }
+      } catch (error) {
+        this.#log.warn({ err: error }, 'health check failed; holding nothing back this time');
+      } finally {
+        this.#healthCheckedAt = performance.now();
+      }
+    })().finally(() => (this.#healthCheck = undefined));
+    return this.#healthCheck;
   }
 
   /**

@@ -113,6 +113,7 @@ function workerOptionsOf(config: Config): WorkerOptions {
     databaseUrl: _url,
     gracePeriodMs: _grace,
     sentry: _sentry,
+    health: _health,
     ...options
   } = config;
   return options;
@@ -177,6 +178,7 @@ export async function run(context: Context): Promise<number> {
       observers,
       ...(throttle && { throttle }),
       ...(schedules && { schedules }),
+      ...(config.health !== undefined && { health: config.health }),
     });
     const release = onStopSignals(
       log,

@@ -1,7 +1,9 @@
 /**
- * Database health signals that throttles read: WAL waiting to be archived, and replicas lagging.
- * Both need the pg_monitor role (or superuser); without it, or without archiving or replicas,
- * they report nothing rather than fail.
+ * Database health signals that health holds and throttles read: WAL waiting to be archived,
+ * replicas lagging, the oldest open transaction. They need the pg_monitor role (or superuser) to
+ * see everything; without it, or without archiving or replicas, they report what they can see
+ * (or nothing) rather than fail. Vacuum on a migration's table is read by the hold itself
+ * (migration-rows.ts, holdVacuumingMigrations).
  */
 import { sql } from 'drizzle-orm';
 import { execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
@@ -31,4 +33,27 @@ export async function maxReplicaLagBytes(db: Queryable): Promise<number | null> 
     sql`SELECT max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)) AS lag FROM pg_catalog.pg_stat_replication`,
   );
   return row?.lag == null ? null : Number(row.lag);
+}
+
+/**
+ * The oldest transaction open in this database that holds back vacuum's horizon (it has an xid
+ * or a snapshot), or a prepared transaction: its age and backend pid (null for a prepared one).
+ * Other roles' transactions are visible with pg_monitor (pg_read_all_stats); without it, only
+ * this role's own. Null when none is open.
+ */
+export async function oldestTransaction(db: Queryable): Promise<{ ageMs: number; pid: number | null } | null> {
+  const row = await execOne<{ age_ms: number; pid: number | null }>(
+    db,
+    sql`
+      SELECT age_ms, pid FROM (
+        SELECT extract(epoch FROM now() - xact_start) * 1000 AS age_ms, pid
+        FROM pg_catalog.pg_stat_activity
+        WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()
+          AND backend_type = 'client backend' AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+        UNION ALL
+        SELECT extract(epoch FROM now() - prepared) * 1000, NULL
+        FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
+      ) open ORDER BY age_ms DESC LIMIT 1`,
+  );
+  return row ? { ageMs: Number(row.age_ms), pid: row.pid } : null;
 }

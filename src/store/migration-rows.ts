@@ -125,6 +125,77 @@ export async function holdAfterRunError(
   return row.failed ? { failed: true } : { failed: false, heldForMs: row.held_ms ?? 0 };
 }
 
+/** A health hold set on a migration: its name, why, and whether it was not held before (log it once). */
+export interface HoldSet {
+  name: string;
+  reason: string;
+  fresh: boolean;
+}
+
+/**
+ * Holds every runnable migration until now + `holdMs`, for a signal about the whole server (a
+ * long-open transaction, replica lag, the WAL archiver). A hold only ever moves later; `fresh`
+ * marks migrations that were not held before, whichever worker set it.
+ */
+export async function holdRunnable(
+  db: Queryable,
+  { holdMs, reason }: { holdMs: number; reason: string },
+): Promise<HoldSet[]> {
+  return exec<HoldSet>(
+    db,
+    sql`
+      WITH target AS (
+        SELECT id, on_hold_until AS before FROM batched_background_migrations
+        WHERE status IN (${RUNNABLE}) AND (on_hold_until IS NULL OR on_hold_until < now() + ${holdMs}::float8 * interval '1 millisecond')
+        FOR UPDATE
+      )
+      UPDATE batched_background_migrations m
+      SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = ${reason}, updated_at = now()
+      FROM target t WHERE m.id = t.id
+      RETURNING m.name, m.hold_reason AS reason, (t.before IS NULL OR t.before <= now()) AS fresh`,
+  );
+}
+
+/**
+ * Holds each runnable migration whose table is being vacuumed now (autovacuum, or a manual
+ * VACUUM) until now + `holdMs`, with the reason "autovacuum on public.items": the migration's
+ * writes and the vacuum compete for the same table, and the vacuum should win. Other roles'
+ * vacuums are visible with pg_monitor.
+ */
+export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdMs: number }): Promise<HoldSet[]> {
+  return exec<HoldSet>(
+    db,
+    sql`
+      WITH vacuuming AS (
+        SELECT p.relid, format('%s on %I.%I', CASE WHEN a.backend_type = 'autovacuum worker' THEN 'autovacuum' ELSE 'vacuum' END,
+                              n.nspname, c.relname) AS reason
+        FROM pg_catalog.pg_stat_progress_vacuum p
+        JOIN pg_catalog.pg_class c ON c.oid = p.relid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
+        WHERE p.datname = current_database()
+      ), target AS (
+        SELECT m.id, m.on_hold_until AS before, v.reason
+        FROM batched_background_migrations m JOIN vacuuming v ON v.relid = bbm_try_regclass(m.table_name)
+        WHERE m.status IN (${RUNNABLE}) AND (m.on_hold_until IS NULL OR m.on_hold_until < now() + ${holdMs}::float8 * interval '1 millisecond')
+        FOR UPDATE OF m
+      )
+      UPDATE batched_background_migrations m
+      SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
+      FROM target t WHERE m.id = t.id
+      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh`,
+  );
+}
+
+/** How many migrations are held now (a gauge). */
+export async function countHeldMigrations(db: Queryable): Promise<number> {
+  const row = await execOne<{ n: number }>(
+    db,
+    sql`SELECT count(*)::int AS n FROM batched_background_migrations WHERE status IN (${RUNNABLE}) AND on_hold_until > now()`,
+  );
+  return row?.n ?? 0;
+}
+
 /** running/active -> paused. Returns the names changed. */
 export async function pauseMigrations(db: Queryable, name?: string): Promise<string[]> {
   const rows = await exec<{ name: string }>(

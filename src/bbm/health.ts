@@ -1,0 +1,102 @@
+/**
+ * Health holds: a worker reads signals from Postgres itself, at most every `checkMs` (one lane
+ * for all), and sets aside the migrations a firing signal concerns until a time, with the reason,
+ * on their rows (`on_hold_until`, `hold_reason`), where every worker's take skips them and
+ * `bbm status` shows them. A hold lasts `holdMs` and is extended while its signal keeps firing,
+ * so it ends by itself once the cause goes away. Anchors: GitLab Rails' health indicators
+ * (autovacuum on the table, WAL queue), gh-ost's hibernation instead of failing.
+ */
+import { holdRunnable, holdVacuumingMigrations, type HoldSet } from '../store/migration-rows.ts';
+import type { Queryable } from '../store/db.ts';
+import { maxReplicaLagBytes, oldestTransaction, readyWalSegments } from '../store/health.ts';
+import { ConfigError } from './errors.ts';
+import type { HealthOptions, HoldEvent, HoldKind } from './types.ts';
+
+export type ResolvedHealth = Required<{ [K in keyof HealthOptions]: Exclude<HealthOptions[K], undefined> }>;
+
+export const HEALTH_DEFAULTS: ResolvedHealth = {
+  autovacuum: true,
+  maxTransactionAgeMs: 300_000,
+  maxReplayLagBytes: 64 * 1024 * 1024,
+  maxWalArchiveReady: 42,
+  checkMs: 10_000,
+  holdMs: 30_000,
+};
+
+/** The options, checked; null when health holds are off. */
+export function resolveHealth(options: HealthOptions | false | undefined): ResolvedHealth | null {
+  if (options === false) return null;
+  const resolved = { ...HEALTH_DEFAULTS, ...options };
+  for (const key of ['maxTransactionAgeMs', 'maxReplayLagBytes', 'maxWalArchiveReady'] as const) {
+    const value = resolved[key];
+    if (value !== null && !(typeof value === 'number' && Number.isFinite(value) && value >= 0)) {
+      throw new ConfigError(
+        `health.${key} must be a number of at least 0, or null to turn it off; got ${JSON.stringify(value)}`,
+      );
+    }
+  }
+  for (const key of ['checkMs', 'holdMs'] as const) {
+    const value = resolved[key];
+    if (!(Number.isInteger(value) && value >= 1 && value <= 86_400_000)) {
+      throw new ConfigError(`health.${key} must be an integer from 1 to 86400000; got ${JSON.stringify(value)}`);
+    }
+  }
+  if (typeof resolved.autovacuum !== 'boolean') throw new ConfigError('health.autovacuum must be true or false');
+  return resolved;
+}
+
+const MB = 1024 * 1024;
+/** 0.3s, 12s, 300s. */
+const seconds = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
+
+/**
+ * Reads every signal once and sets the holds they call for. Returns the holds that set aside
+ * migrations not held before, one event per signal, to be logged and counted once.
+ */
+export async function checkHealth(db: Queryable, health: ResolvedHealth): Promise<HoldEvent[]> {
+  const events: HoldEvent[] = [];
+  const hold = (kind: HoldKind, sets: HoldSet[]) => {
+    const fresh = sets.filter((set) => set.fresh);
+    for (const [reason, names] of groupBy(fresh))
+      events.push({ kind, reason, migrations: names, holdMs: health.holdMs });
+  };
+  const serverWide = async (kind: HoldKind, reason: string | null) => {
+    if (reason !== null) hold(kind, await holdRunnable(db, { holdMs: health.holdMs, reason }));
+  };
+
+  if (health.maxTransactionAgeMs !== null) {
+    const oldest = await oldestTransaction(db);
+    await serverWide(
+      'transaction_age',
+      oldest && oldest.ageMs > health.maxTransactionAgeMs
+        ? `a transaction open for ${seconds(oldest.ageMs)} (${oldest.pid === null ? 'prepared' : `pid ${oldest.pid}`}) holds back vacuum (limit ${seconds(health.maxTransactionAgeMs)})`
+        : null,
+    );
+  }
+  if (health.maxReplayLagBytes !== null) {
+    const lag = await maxReplicaLagBytes(db);
+    await serverWide(
+      'replay_lag',
+      lag !== null && lag > health.maxReplayLagBytes
+        ? `a replica replays ${(lag / MB).toFixed(1)} MB behind (limit ${(health.maxReplayLagBytes / MB).toFixed(1)} MB)`
+        : null,
+    );
+  }
+  if (health.maxWalArchiveReady !== null) {
+    const ready = await readyWalSegments(db);
+    await serverWide(
+      'wal_archive',
+      ready !== null && ready > health.maxWalArchiveReady
+        ? `${ready} WAL segments wait for the archiver (limit ${health.maxWalArchiveReady})`
+        : null,
+    );
+  }
+  if (health.autovacuum) hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
+  return events;
+}
+
+function groupBy(sets: HoldSet[]): Map<string, string[]> {
+  const byReason = new Map<string, string[]>();
+  for (const set of sets) byReason.set(set.reason, [...(byReason.get(set.reason) ?? []), set.name]);
+  return byReason;
+}

@@ -1,0 +1,150 @@
+/** Health holds, each signal made real: a long-open transaction, a vacuum running on the table. */
+import pg from 'pg';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { ConfigError } from '../src/bbm/errors.ts';
+import { resolveHealth } from '../src/bbm/health.ts';
+import { createMetrics } from '../src/bbm/metrics.ts';
+import { migrationReports } from '../src/bbm/status.ts';
+import type { HoldEvent } from '../src/bbm/types.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { useTestDatabase } from './support/database.ts';
+import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { waitFor } from './support/processes.ts';
+
+const finishedJobs = async (pool: pg.Pool, name: string): Promise<number> =>
+  (
+    await pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM batched_background_migration_jobs j JOIN batched_background_migrations m
+         ON m.id = j.batched_background_migration_id WHERE m.name = $1 AND j.status = 2`,
+      [name],
+    )
+  ).rows[0]!.n;
+
+/** A connection outside the test's pool (which the test database's teardown ends), closed when the test finishes. */
+async function openClient(url: string): Promise<pg.Client> {
+  const client = new pg.Client(url);
+  client.on('error', () => {});
+  await client.connect();
+  onTestFinished(() => client.end().catch(() => {}));
+  return client;
+}
+
+describe('health holds', () => {
+  const db = useTestDatabase();
+
+  it('hold every migration while a transaction stays open past the bound, once each, and end by themselves after it ends', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 40));
+    await enqueue(pool, { name: 'first', work: touch.name, table: 'items', batchSize: 5, max: 20 });
+    await enqueue(pool, { name: 'second', work: touch.name, table: 'items', batchSize: 5, min: 21, max: 40 });
+    const blocker = await openClient(url);
+    await blocker.query('BEGIN');
+    const { rows } = await blocker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, txid_current()');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    const holds: HoldEvent[] = [];
+    const metrics = createMetrics();
+    const worker = testWorker(pool, {
+      work: [touch],
+      observers: [{ hold: (event) => holds.push(event) }, metrics.observer],
+      health: { maxTransactionAgeMs: 200, autovacuum: false, checkMs: 50, holdMs: 400 },
+    });
+    const running = worker.run({ untilDone: true });
+
+    const [held] = await waitFor(async () => {
+      const reports = await migrationReports(pool);
+      return reports.every((r) => r.holdReason !== null) ? reports : undefined;
+    }, 'both migrations held');
+    expect(held?.holdReason).toMatch(
+      new RegExp(`^a transaction open for \\d+\\.\\ds \\(pid ${rows[0]!.pid}\\) holds back vacuum \\(limit 0\\.2s\\)$`),
+    );
+    // Held for as long as the transaction stays open: several checks extend the hold, no job runs.
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    expect(await finishedJobs(pool, 'first')).toBe(0);
+    expect(await finishedJobs(pool, 'second')).toBe(0);
+    expect(holds).toEqual([
+      { kind: 'transaction_age', reason: held!.holdReason, migrations: ['first', 'second'], holdMs: 400 },
+    ]);
+
+    await blocker.query('COMMIT');
+    await running;
+    expect((await migrationRow(pool, 'first'))?.status).toBe(MigrationStatus.finished);
+    expect((await migrationRow(pool, 'second'))?.status).toBe(MigrationStatus.finished);
+    const touched = await pool.query('SELECT array_agg(DISTINCT touched) AS t FROM items');
+    expect(touched.rows[0].t).toEqual([1]);
+    expect(await metrics.registry.getSingleMetricAsString('bbm_holds_total')).toContain(
+      'bbm_holds_total{reason="transaction_age"} 2',
+    );
+  });
+
+  it('hold only the migration whose table is being vacuumed; the others carry on', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 30));
+    await pool.query(
+      'CREATE TABLE bloated (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)',
+    );
+    await pool.query(`ALTER TABLE bloated SET (autovacuum_enabled = false)`);
+    await pool.query('INSERT INTO bloated (id) SELECT generate_series(1, 20000)');
+    await pool.query('UPDATE bloated SET v = 1');
+    await enqueue(pool, { name: 'on_bloated', work: touch.name, table: 'bloated', batchSize: 5000 });
+    await enqueue(pool, { name: 'on_items', work: touch.name, table: 'items', batchSize: 5 });
+
+    // A VACUUM slowed down to a crawl (cost-based delay after every page): a vacuum that runs a while.
+    const vacuumer = await openClient(url);
+    await vacuumer.query('SET vacuum_cost_delay = 50');
+    await vacuumer.query('SET vacuum_cost_limit = 1');
+    const { rows } = await vacuumer.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const vacuum = vacuumer.query('VACUUM bloated').catch((error: Error) => error);
+    await waitFor(
+      async () =>
+        (await pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'bloated'::regclass")).rowCount,
+      'the vacuum to start',
+    );
+
+    const holds: HoldEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      observers: [{ hold: (event) => holds.push(event) }],
+      health: { maxTransactionAgeMs: null, checkMs: 50, holdMs: 300 },
+    });
+    const running = worker.run({ untilDone: true });
+
+    await waitFor(
+      async () => (await migrationRow(pool, 'on_items'))?.status === MigrationStatus.finished,
+      'on_items to finish',
+    );
+    const [report] = await migrationReports(pool, { name: 'on_bloated' });
+    expect(report).toMatchObject({ holdReason: 'vacuum on public.bloated' });
+    expect(await finishedJobs(pool, 'on_bloated')).toBe(0);
+    expect(holds).toEqual([
+      { kind: 'autovacuum', reason: 'vacuum on public.bloated', migrations: ['on_bloated'], holdMs: 300 },
+    ]);
+
+    await pool.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
+    expect(await vacuum).toMatchObject({ code: '57014' });
+    await running;
+    expect((await migrationRow(pool, 'on_bloated'))?.status).toBe(MigrationStatus.finished);
+    expect(await finishedJobs(pool, 'on_bloated')).toBe(4);
+  });
+
+  it('are off with health: false', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 10));
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5 });
+    const blocker = await openClient(url);
+    await blocker.query('BEGIN');
+    await blocker.query('SELECT txid_current()');
+    await testWorker(pool, { work: [touch], health: false }).run({ untilDone: true });
+    expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it.each([
+    [{ maxTransactionAgeMs: -1 }, /health.maxTransactionAgeMs must be a number of at least 0, or null/],
+    [{ checkMs: 0 }, /health.checkMs must be an integer from 1/],
+    [{ holdMs: 1.5 }, /health.holdMs must be an integer/],
+    [{ autovacuum: 'yes' as unknown as boolean }, /health.autovacuum must be true or false/],
+  ])('refuse bad options: %j', (options, message) => {
+    expect(() => resolveHealth(options)).toThrow(message);
+    expect(() => resolveHealth(options)).toThrow(ConfigError);
+  });
+});
