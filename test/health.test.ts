@@ -5,7 +5,8 @@ import { ConfigError } from '../src/bbm/errors.ts';
 import { resolveHealth } from '../src/bbm/health.ts';
 import { createMetrics } from '../src/bbm/metrics.ts';
 import { migrationReports } from '../src/bbm/status.ts';
-import type { HoldEvent } from '../src/bbm/types.ts';
+import type { HoldEvent, LanesEvent, Work } from '../src/bbm/types.ts';
+import { setMigrationPace } from '../src/store/migration-rows.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
@@ -125,6 +126,69 @@ describe('health holds', () => {
     await running;
     expect((await migrationRow(pool, 'on_bloated'))?.status).toBe(MigrationStatus.finished);
     expect(await finishedJobs(pool, 'on_bloated')).toBe(4);
+  });
+
+  it("shed a migration's lanes when its jobs slow down past their norm, for every worker, and grow them back once healthy", async () => {
+    const { pool } = db();
+    // Enough ranges (2,000) that the migration cannot finish before the lanes have grown back.
+    await createItems(pool, 'items', range(1, 20_000));
+    const id = await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE id = $1', [id]);
+    let slow = false;
+    const sometimesSlow: Work = {
+      name: touch.name,
+      async do(job) {
+        await touch.do(job);
+        // The database slowing the work down: 30 ms a job instead of well under 1.
+        if (slow) await job.query('SELECT pg_sleep(0.03)');
+      },
+    };
+    const changes: LanesEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [sometimesSlow],
+      concurrency: 4,
+      observers: [{ lanes: (event) => changes.push(event) }],
+      health: {
+        autovacuum: false,
+        maxTransactionAgeMs: null,
+        maxReplayLagBytes: null,
+        maxWalArchiveReady: null,
+        checkMs: 100,
+      },
+    });
+    const running = worker.run({ untilDone: true });
+    const lanesAllowed = async () =>
+      (
+        await pool.query<{ l: number | null }>(
+          'SELECT lanes_allowed AS l FROM batched_background_migrations WHERE id = $1',
+          [id],
+        )
+      ).rows[0]!.l;
+
+    await waitFor(async () => (await finishedJobs(pool, 'fill')) >= 30, 'the norm to be learned');
+    slow = true;
+    await waitFor(async () => (await lanesAllowed()) === 1, 'the lanes to be shed down to 1');
+    expect(changes.filter((c) => c.direction === 'shed').map((c) => [c.from, c.to])).toContainEqual([2, 1]);
+    const [report] = await migrationReports(pool, { name: 'fill' });
+    expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1 });
+    // The jobs already running in higher lanes finish; then one lane works.
+    await waitFor(async () => (await migrationReports(pool, { name: 'fill' }))[0]!.lanesInUse <= 1, 'one lane in use');
+
+    slow = false;
+    await waitFor(async () => (await lanesAllowed()) === null, 'the lanes to grow back to all 4');
+    // Additive increase, multiplicative decrease: one lane back at a time, halved on pressure (a
+    // slow job still in flight when the slowdown ended may shed once more), ending at all 4.
+    for (const change of changes) {
+      expect(change.to).toBe(change.direction === 'grown' ? change.from + 1 : Math.max(1, Math.floor(change.from / 2)));
+    }
+    expect(changes.at(-1)).toMatchObject({ direction: 'grown', from: 3, to: 4 });
+    await worker.stop();
+    await running;
+
+    // An operator's lanes win over the controller's allowance.
+    await pool.query('UPDATE batched_background_migrations SET lanes_allowed = 1 WHERE id = $1', [id]);
+    await setMigrationPace(pool, 'fill', { maxParallelJobs: 3 });
+    expect(await lanesAllowed()).toBeNull();
   });
 
   it('are off with health: false', async () => {

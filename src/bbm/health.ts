@@ -19,6 +19,8 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
   maxTransactionAgeMs: 300_000,
   maxReplayLagBytes: 64 * 1024 * 1024,
   maxWalArchiveReady: 42,
+  latency: true,
+  latencyFactor: 3,
   checkMs: 10_000,
   holdMs: 30_000,
 };
@@ -41,7 +43,14 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
       throw new ConfigError(`health.${key} must be an integer from 1 to 86400000; got ${JSON.stringify(value)}`);
     }
   }
-  if (typeof resolved.autovacuum !== 'boolean') throw new ConfigError('health.autovacuum must be true or false');
+  for (const key of ['autovacuum', 'latency'] as const) {
+    if (typeof resolved[key] !== 'boolean') throw new ConfigError(`health.${key} must be true or false`);
+  }
+  if (!(typeof resolved.latencyFactor === 'number' && resolved.latencyFactor > 1)) {
+    throw new ConfigError(
+      `health.latencyFactor must be a number above 1; got ${JSON.stringify(resolved.latencyFactor)}`,
+    );
+  }
   return resolved;
 }
 

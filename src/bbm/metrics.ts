@@ -26,6 +26,7 @@ export const METRIC_HELP = {
   bbm_holds_total:
     'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive): one per migration newly set aside.',
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
+  bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
 } as const;
 
 type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
@@ -114,6 +115,12 @@ export function createMetrics({
     labelNames: ['reason'],
     registers,
   });
+  const laneChanges = new Counter({
+    name: 'bbm_lane_changes_total',
+    help: METRIC_HELP.bbm_lane_changes_total,
+    labelNames: ['direction'],
+    registers,
+  });
   const sleeps = new Histogram({
     name: 'bbm_sleep_duration_seconds',
     help: METRIC_HELP.bbm_sleep_duration_seconds,
@@ -172,6 +179,9 @@ export function createMetrics({
     },
     hold(event) {
       holds.inc({ reason: event.kind }, event.migrations.length);
+    },
+    lanes(event) {
+      laneChanges.inc({ direction: event.direction });
     },
   };
   return { registry, observer };

@@ -78,3 +78,46 @@ export class BatchSizer {
 function clamp(size: number, { minSize, maxSize }: PaceSettings): number {
   return Math.min(maxSize, Math.max(minSize, Math.max(1, size)));
 }
+
+/** What one job's time per row says about the database, against the migration's recent norm. */
+export type LatencyVerdict = 'learning' | 'pressure' | 'steady' | 'healthy';
+
+/** Jobs a migration's norm is learned from before verdicts are given. */
+const LATENCY_WARMUP = 5;
+/** Weight of a job in the norm: slow, so that the norm is the recent past, not the last job. */
+const NORM_SMOOTHING = 0.1;
+/** Within this many times the norm, a job is healthy (lanes may grow back). */
+const HEALTHY_FACTOR = 1.5;
+
+/**
+ * The engine's own latency signal: the work's in-database time per row, per migration, against
+ * its norm (a slow moving average of the jobs that were not under pressure). A job `factor` times
+ * over the norm is pressure: the database is slowing the work down before it says so itself.
+ * Pressure does not move the norm, so a lasting slowdown stays pressure until it ends.
+ */
+export class LatencyWatch {
+  readonly #norms = new Map<bigint, { msPerRow: number; jobs: number }>();
+
+  constructor(private readonly factor: number) {}
+
+  observe(migrationId: bigint, { workMs, rows }: { workMs: number; rows: number }): LatencyVerdict {
+    if (rows <= 0 || !(workMs >= 0)) return 'learning';
+    const msPerRow = workMs / rows;
+    const norm = this.#norms.get(migrationId);
+    if (!norm || norm.jobs < LATENCY_WARMUP) {
+      const jobs = (norm?.jobs ?? 0) + 1;
+      this.#norms.set(migrationId, { msPerRow: norm ? norm.msPerRow * 0.7 + msPerRow * 0.3 : msPerRow, jobs });
+      return 'learning';
+    }
+    const ratio = norm.msPerRow > 0 ? msPerRow / norm.msPerRow : 1;
+    if (ratio >= this.factor) return 'pressure';
+    norm.msPerRow = norm.msPerRow * (1 - NORM_SMOOTHING) + msPerRow * NORM_SMOOTHING;
+    norm.jobs += 1;
+    return ratio <= HEALTHY_FACTOR ? 'healthy' : 'steady';
+  }
+
+  /** The norm's time per row, for log lines. */
+  normMsPerRow(migrationId: bigint): number | undefined {
+    return this.#norms.get(migrationId)?.msPerRow;
+  }
+}

@@ -186,6 +186,15 @@ export interface WorkerObserver {
   sleep?(ms: number): void;
   /** A health hold set migrations aside that were not held before (told once per hold, by the worker that set it). */
   hold?(event: HoldEvent): void;
+  /** The latency controller shed or gave back lanes of a migration. */
+  lanes?(event: LanesEvent): void;
+}
+
+export interface LanesEvent {
+  migration: string;
+  direction: 'shed' | 'grown';
+  from: number;
+  to: number;
 }
 
 /** Which health signal held migrations: the `reason` label of `bbm_holds_total`. */
@@ -341,6 +350,14 @@ export interface HealthOptions {
   maxReplayLagBytes?: number | null;
   /** Hold every migration while more WAL segments than this wait for the archiver. Default 42. */
   maxWalArchiveReady?: number | null;
+  /**
+   * The engine's own latency: when a job's work takes `latencyFactor` times its recent norm per
+   * row, the migration's lanes are halved (shared by every worker, down to 1); while jobs stay
+   * within 1.5× the norm, one lane comes back every `checkMs`. Default true.
+   */
+  latency?: boolean;
+  /** Default 3. */
+  latencyFactor?: number;
   /** How often a worker reads the signals (one lane for all). Default 10000. */
   checkMs?: number;
   /** How long a hold lasts; a signal still firing at the next check extends it. Default 30000. */

@@ -17,9 +17,10 @@ import { ConfigError } from './errors.ts';
 import { CORRELATION_ID, defaultLibraryLogger, jobFields, migrationFields, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
-import { type BatchSizer } from './pace.ts';
+import { LatencyWatch, type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { checkHealth, resolveHealth, type ResolvedHealth } from './health.ts';
+import { growLanes, shedLanes } from '../store/migration-rows.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
 import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams } from './types.ts';
 
@@ -50,6 +51,9 @@ export class Worker {
   #scheduledAt = -Infinity;
   #scheduling: Promise<boolean> | undefined;
   readonly #health: ResolvedHealth | null;
+  /** The latency controller: each migration's norm, and when its lanes were last shed or grown. */
+  readonly #latency: LatencyWatch | null;
+  readonly #lanesSteeredAt = new Map<bigint, number>();
   #healthCheckedAt = -Infinity;
   #healthCheck: Promise<void> | undefined;
 
@@ -71,6 +75,7 @@ export class Worker {
     this.#throttle = params.throttle;
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);
     this.#health = resolveHealth(params.health);
+    this.#latency = this.#health?.latency ? new LatencyWatch(this.#health.latencyFactor) : null;
     const sizers = new Map<bigint, BatchSizer>();
     this.#runners = Array.from(
       { length: this.options.concurrency },
@@ -164,6 +169,9 @@ export class Worker {
         this.#wakeLanes();
         break;
       }
+      if (result.outcome === 'job_succeeded' && this.#latency && this.#health) {
+        await this.#steerLanes(result, this.#latency, this.#health);
+      }
       // A migration that started, finished or failed changes what the other lanes may find.
       if (result.outcome.startsWith('migration_')) this.#wakeLanes();
       let waitMs = this.#waitAfter(result, backoff);
@@ -240,6 +248,48 @@ export class Worker {
       }
     })().finally(() => (this.#healthCheck = undefined));
     return this.#healthCheck;
+  }
+
+  /**
+   * The latency controller (additive increase, multiplicative decrease): a job whose work took
+   * `latencyFactor` times its norm per row halves the migration's lanes, for every worker; jobs
+   * back within 1.5× give one lane back. At most one change per migration every `checkMs`, so a
+   * change shows in the jobs before the next. Failing is logged, never fatal.
+   */
+  async #steerLanes(result: RunResult, latency: LatencyWatch, health: ResolvedHealth): Promise<void> {
+    const { migration, job } = result;
+    if (!migration || !job) return;
+    const verdict = latency.observe(migration.id, { workMs: job.durationMs, rows: job.rows ?? job.batchSize });
+    if (verdict !== 'pressure' && verdict !== 'healthy') return;
+    const now = performance.now();
+    if (now - (this.#lanesSteeredAt.get(migration.id) ?? -Infinity) < health.checkMs) return;
+    this.#lanesSteeredAt.set(migration.id, now);
+    try {
+      const change =
+        verdict === 'pressure' ? await shedLanes(this.#pool, migration.id) : await growLanes(this.#pool, migration.id);
+      if (!change) return;
+      const event = {
+        migration: change.name,
+        direction: verdict === 'pressure' ? 'shed' : 'grown',
+        from: change.from,
+        to: change.to,
+      } as const;
+      const perRow = (ms: number | undefined) => (ms === undefined ? '?' : `${ms.toFixed(3)} ms`);
+      if (event.direction === 'shed') {
+        this.#log.warn(
+          { ...migrationFields(migration), lanes_from: change.from, lanes_to: change.to },
+          `latency: ${change.name} sheds lanes ${change.from} → ${change.to}: a job's work took ${perRow(job.durationMs / (job.rows ?? job.batchSize))} per row, ${perRow(latency.normMsPerRow(migration.id))} is its norm`,
+        );
+      } else {
+        this.#log.info(
+          { ...migrationFields(migration), lanes_from: change.from, lanes_to: change.to },
+          `latency: ${change.name} grows lanes back ${change.from} → ${change.to}`,
+        );
+      }
+      this.#tell((observer) => observer.lanes?.(event));
+    } catch (error) {
+      this.#log.warn({ err: error }, 'latency controller could not change lanes');
+    }
   }
 
   /**

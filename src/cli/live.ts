@@ -102,7 +102,9 @@ function progressLine(report: MigrationReport): string {
     `${report.name} ${progressBar(report.progress, 20)} ${report.jobs.finished} jobs` +
     (report.rowsPerSecond === null ? '' : `, ${Math.round(report.rowsPerSecond).toLocaleString('en')} rows/s`) +
     (report.etaSeconds === null ? '' : `, ${duration(report.etaSeconds)} left`) +
-    `, ${report.lanesInUse}/${report.lanes} lanes, batch ${report.batchSize.toLocaleString('en')}` +
+    `, ${report.lanesInUse}/${report.lanes} lanes` +
+    (report.lanesAllowed < report.lanes ? ` (${report.lanesAllowed} allowed: latency)` : '') +
+    `, batch ${report.batchSize.toLocaleString('en')}` +
     (report.waitingForWork ? ', waiting for a worker with its work function' : '') +
     held
   );

@@ -115,6 +115,7 @@ function note(r: MigrationReport): string {
     const seconds = Math.max(0, (r.onHoldUntil.getTime() - Date.now()) / 1000);
     notes.push(`held ${duration(seconds)}: ${r.holdReason ?? ''}`);
   }
+  if (r.lanesAllowed < r.lanes) notes.push(`latency: ${r.lanesAllowed} of ${r.lanes} lanes allowed`);
   if (r.waitingForWork) notes.push(`waiting for a worker with work function ${r.jobSignatureName}`);
   if (r.lastError !== null) notes.push(`last job error: ${r.lastError}`);
   return notes.join('; ');

@@ -187,6 +187,54 @@ export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdM
   );
 }
 
+/** A change of the lanes a migration is allowed: from and to (null: all of max_parallel_jobs). */
+export interface LanesChange {
+  name: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * Halves the lanes a runnable migration is allowed (at least 1): the latency controller's
+ * multiplicative decrease. Null when it already runs in one lane, or is not runnable.
+ */
+export async function shedLanes(db: Queryable, id: bigint): Promise<LanesChange | null> {
+  const row = await execOne<LanesChange>(
+    db,
+    sql`
+      WITH before AS (
+        SELECT id, coalesce(lanes_allowed, max_parallel_jobs) AS lanes FROM batched_background_migrations
+        WHERE id = ${id} AND status IN (${RUNNABLE}) AND coalesce(lanes_allowed, max_parallel_jobs) > 1
+        FOR UPDATE
+      )
+      UPDATE batched_background_migrations m SET lanes_allowed = greatest(1, b.lanes / 2), updated_at = now()
+      FROM before b WHERE m.id = b.id
+      RETURNING m.name, b.lanes AS "from", m.lanes_allowed AS "to"`,
+  );
+  return row ?? null;
+}
+
+/**
+ * Allows a runnable migration one lane more, back to all of max_parallel_jobs (NULL): the latency
+ * controller's additive increase. Null when nothing was held back.
+ */
+export async function growLanes(db: Queryable, id: bigint): Promise<LanesChange | null> {
+  const row = await execOne<{ name: string; from: number; to: number | null; max: number }>(
+    db,
+    sql`
+      WITH before AS (
+        SELECT id, lanes_allowed AS lanes, max_parallel_jobs AS max FROM batched_background_migrations
+        WHERE id = ${id} AND status IN (${RUNNABLE}) AND lanes_allowed IS NOT NULL
+        FOR UPDATE
+      )
+      UPDATE batched_background_migrations m
+      SET lanes_allowed = CASE WHEN b.lanes + 1 >= b.max THEN NULL ELSE b.lanes + 1 END, updated_at = now()
+      FROM before b WHERE m.id = b.id
+      RETURNING m.name, b.lanes AS "from", m.lanes_allowed AS "to", b.max AS max`,
+  );
+  return row ? { name: row.name, from: row.from, to: row.to ?? row.max } : null;
+}
+
 /** How many migrations are held now (a gauge). */
 export async function countHeldMigrations(db: Queryable): Promise<number> {
   const row = await execOne<{ n: number }>(
@@ -287,6 +335,8 @@ export interface MigrationSummary {
   /** The batch size ranges are cut with now (the adaptive size, when `targetJobMs` is set). */
   batchSize: number;
   maxParallelJobs: number;
+  /** Lanes the latency controller allows now (max_parallel_jobs unless it shed some). */
+  lanesAllowed: number;
   /** Adaptive sizing: the target time of a job's work, and the size bounds; null when fixed. */
   targetJobMs: number | null;
   minBatchSize: number | null;
@@ -332,6 +382,7 @@ interface SummaryRow {
   max_value: string | null;
   batch_size: number;
   max_parallel_jobs: number;
+  lanes_allowed: number;
   target_job_ms: number | null;
   min_batch_size: number | null;
   max_batch_size: number | null;
@@ -371,7 +422,8 @@ export async function listMigrations(
     db,
     sql`
       SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
-             m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size, m.max_batch_size,
+             m.batch_size, m.max_parallel_jobs, least(m.max_parallel_jobs, coalesce(m.lanes_allowed, m.max_parallel_jobs)) AS lanes_allowed,
+             m.target_job_ms, m.min_batch_size, m.max_batch_size,
              CASE WHEN m.on_hold_until > now() THEN m.on_hold_until END AS on_hold_until,
              CASE WHEN m.on_hold_until > now() THEN m.hold_reason END AS hold_reason, m.run_errors,
              m.failure_error_code, m.failure_message, m.created_at, m.started_at, m.finished_at,
@@ -414,6 +466,7 @@ export async function listMigrations(
     maxValue: bigOrNull(r.max_value),
     batchSize: r.batch_size,
     maxParallelJobs: r.max_parallel_jobs,
+    lanesAllowed: r.lanes_allowed,
     targetJobMs: r.target_job_ms,
     minBatchSize: r.min_batch_size,
     maxBatchSize: r.max_batch_size,
@@ -527,7 +580,9 @@ export interface MigrationPace {
 /** Sets a migration's pace; returns false when no migration has that name. CHECK constraints guard the values. */
 export async function setMigrationPace(db: Queryable, name: string, pace: MigrationPace): Promise<boolean> {
   const sets: SQL[] = [];
-  if (pace.maxParallelJobs !== undefined) sets.push(sql`max_parallel_jobs = ${pace.maxParallelJobs}::int`);
+  // The operator's word on lanes wins over the latency controller's allowance (it sheds again if need be).
+  if (pace.maxParallelJobs !== undefined)
+    sets.push(sql`max_parallel_jobs = ${pace.maxParallelJobs}::int, lanes_allowed = NULL`);
   if (pace.batchSize !== undefined) sets.push(sql`batch_size = ${pace.batchSize}::int`);
   if (pace.targetJobMs !== undefined) sets.push(sql`target_job_ms = ${pace.targetJobMs}::int`);
   if (pace.minBatchSize !== undefined) sets.push(sql`min_batch_size = ${pace.minBatchSize}::int`);

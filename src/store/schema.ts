@@ -50,6 +50,11 @@ export const batchedBackgroundMigrations = pgTable(
     totalTupleCount: bigint('total_tuple_count', { mode: 'bigint' }),
     /** Lanes: how many of its jobs may run at once, across all workers. Read at every take. */
     maxParallelJobs: integer('max_parallel_jobs').notNull().default(1),
+    /**
+     * Lanes the latency controller allows now (at most max_parallel_jobs): shed when the work's
+     * time per row climbs well past its norm, grown back one at a time while healthy. NULL: all.
+     */
+    lanesAllowed: integer('lanes_allowed'),
     /** Adaptive sizing: the work time a job should take; NULL keeps `batch_size` fixed. */
     targetJobMs: integer('target_job_ms'),
     /** Bounds of adaptive sizing, and the smallest range a timed-out range is split down to (NULL: 1). */
@@ -78,6 +83,10 @@ export const batchedBackgroundMigrations = pgTable(
     check(
       'batched_background_migrations_max_parallel_jobs_range',
       sql`${t.maxParallelJobs} BETWEEN 1 AND ${sql.raw(String(MAX_LANES))}`,
+    ),
+    check(
+      'batched_background_migrations_lanes_allowed_positive',
+      sql`${t.lanesAllowed} IS NULL OR ${t.lanesAllowed} >= 1`,
     ),
     check(
       'batched_background_migrations_target_job_ms_positive',
