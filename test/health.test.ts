@@ -64,7 +64,7 @@ describe('health holds', () => {
     expect(await finishedJobs(pool, 'first')).toBe(0);
     expect(await finishedJobs(pool, 'second')).toBe(0);
     expect(holds).toEqual([
-      { kind: 'transaction_age', reason: held!.holdReason, migrations: ['first', 'second'], holdMs: 400 },
+      { kind: 'transaction_age', reason: held!.holdReason, migrations: ['first', 'second'], until: expect.any(Date) },
     ]);
 
     await blocker.query('COMMIT');
@@ -118,7 +118,7 @@ describe('health holds', () => {
     expect(report).toMatchObject({ holdReason: 'vacuum on public.bloated' });
     expect(await finishedJobs(pool, 'on_bloated')).toBe(0);
     expect(holds).toEqual([
-      { kind: 'autovacuum', reason: 'vacuum on public.bloated', migrations: ['on_bloated'], holdMs: 300 },
+      { kind: 'autovacuum', reason: 'vacuum on public.bloated', migrations: ['on_bloated'], until: expect.any(Date) },
     ]);
 
     await pool.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
@@ -189,6 +189,41 @@ describe('health holds', () => {
     await pool.query('UPDATE batched_background_migrations SET lanes_allowed = 1 WHERE id = $1', [id]);
     await setMigrationPace(pool, 'fill', { maxParallelJobs: 3 });
     expect(await lanesAllowed()).toBeNull();
+  });
+
+  it('record the WAL each job wrote, and hold a migration that writes past its WAL budget', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 5000));
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 50 });
+    const holds: HoldEvent[] = [];
+    const metrics = createMetrics();
+    const worker = testWorker(pool, {
+      work: [touch],
+      observers: [{ hold: (event) => holds.push(event) }, metrics.observer],
+      health: { autovacuum: false, maxTransactionAgeMs: null, maxWalBytesPerSecond: 1000, checkMs: 50 },
+    });
+    const running = worker.run({ untilDone: true });
+    const [report] = await waitFor(async () => {
+      const reports = await migrationReports(pool, { name: 'fill' });
+      return reports[0]?.holdReason ? reports : undefined;
+    }, 'the WAL budget to hold the migration');
+    const heldAt = Date.now();
+    await worker.stop();
+    await running;
+
+    expect(report?.holdReason).toMatch(/^WAL budget: [\d.]+ kB\/s over the last 10s \(limit 1\.0 kB\/s\)$/);
+    // Held for as long as its 10-second average needs to fall back within the budget: at most the window.
+    expect(report!.onHoldUntil!.getTime() - heldAt).toBeLessThanOrEqual(10_500);
+    expect(holds).toMatchObject([{ kind: 'wal_budget', migrations: ['fill'] }]);
+    const jobs = await pool.query<{ wal: string | null }>(
+      'SELECT wal_bytes AS wal FROM batched_background_migration_jobs WHERE status = 2',
+    );
+    expect(jobs.rows.length).toBeGreaterThan(0);
+    for (const job of jobs.rows) expect(Number(job.wal)).toBeGreaterThan(0);
+    const total = jobs.rows.reduce((sum, job) => sum + Number(job.wal), 0);
+    expect(await metrics.registry.getSingleMetricAsString('bbm_wal_bytes_total')).toContain(
+      `bbm_wal_bytes_total{migration="fill"} ${total}`,
+    );
   });
 
   it('are off with health: false', async () => {

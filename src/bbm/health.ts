@@ -6,7 +6,7 @@
  * so it ends by itself once the cause goes away. Anchors: GitLab Rails' health indicators
  * (autovacuum on the table, WAL queue), gh-ost's hibernation instead of failing.
  */
-import { holdRunnable, holdVacuumingMigrations, type HoldSet } from '../store/migration-rows.ts';
+import { holdOverWalBudget, holdRunnable, holdVacuumingMigrations, type HoldSet } from '../store/migration-rows.ts';
 import type { Queryable } from '../store/db.ts';
 import { maxReplicaLagBytes, oldestTransaction, readyWalSegments } from '../store/health.ts';
 import { ConfigError } from './errors.ts';
@@ -19,6 +19,7 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
   maxTransactionAgeMs: 300_000,
   maxReplayLagBytes: 64 * 1024 * 1024,
   maxWalArchiveReady: 42,
+  maxWalBytesPerSecond: null,
   latency: true,
   latencyFactor: 3,
   checkMs: 10_000,
@@ -29,7 +30,12 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
 export function resolveHealth(options: HealthOptions | false | undefined): ResolvedHealth | null {
   if (options === false) return null;
   const resolved = { ...HEALTH_DEFAULTS, ...options };
-  for (const key of ['maxTransactionAgeMs', 'maxReplayLagBytes', 'maxWalArchiveReady'] as const) {
+  for (const key of [
+    'maxTransactionAgeMs',
+    'maxReplayLagBytes',
+    'maxWalArchiveReady',
+    'maxWalBytesPerSecond',
+  ] as const) {
     const value = resolved[key];
     if (value !== null && !(typeof value === 'number' && Number.isFinite(value) && value >= 0)) {
       throw new ConfigError(
@@ -55,6 +61,8 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
 }
 
 const MB = 1024 * 1024;
+/** The WAL budget's averaging window. */
+const WAL_WINDOW_MS = 10_000;
 /** 0.3s, 12s, 300s. */
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
 
@@ -66,8 +74,10 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
   const events: HoldEvent[] = [];
   const hold = (kind: HoldKind, sets: HoldSet[]) => {
     const fresh = sets.filter((set) => set.fresh);
-    for (const [reason, names] of groupBy(fresh))
-      events.push({ kind, reason, migrations: names, holdMs: health.holdMs });
+    for (const [reason, held] of groupBy(fresh)) {
+      const until = new Date(Math.max(...held.map((set) => set.until.getTime())));
+      events.push({ kind, reason, migrations: held.map((set) => set.name), until });
+    }
   };
   const serverWide = async (kind: HoldKind, reason: string | null) => {
     if (reason !== null) hold(kind, await holdRunnable(db, { holdMs: health.holdMs, reason }));
@@ -101,11 +111,17 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
     );
   }
   if (health.autovacuum) hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
+  if (health.maxWalBytesPerSecond !== null) {
+    hold(
+      'wal_budget',
+      await holdOverWalBudget(db, { bytesPerSecond: health.maxWalBytesPerSecond, windowMs: WAL_WINDOW_MS }),
+    );
+  }
   return events;
 }
 
-function groupBy(sets: HoldSet[]): Map<string, string[]> {
-  const byReason = new Map<string, string[]>();
-  for (const set of sets) byReason.set(set.reason, [...(byReason.get(set.reason) ?? []), set.name]);
+function groupBy(sets: HoldSet[]): Map<string, HoldSet[]> {
+  const byReason = new Map<string, HoldSet[]>();
+  for (const set of sets) byReason.set(set.reason, [...(byReason.get(set.reason) ?? []), set]);
   return byReason;
 }

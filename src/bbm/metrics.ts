@@ -26,6 +26,7 @@ export const METRIC_HELP = {
   bbm_holds_total:
     'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive): one per migration newly set aside.',
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
+  bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
 } as const;
 
@@ -115,6 +116,12 @@ export function createMetrics({
     labelNames: ['reason'],
     registers,
   });
+  const walBytes = new Counter({
+    name: 'bbm_wal_bytes_total',
+    help: METRIC_HELP.bbm_wal_bytes_total,
+    labelNames: ['migration'],
+    registers,
+  });
   const laneChanges = new Counter({
     name: 'bbm_lane_changes_total',
     help: METRIC_HELP.bbm_lane_changes_total,
@@ -173,6 +180,7 @@ export function createMetrics({
       const succeeded = result.outcome === 'job_succeeded';
       jobs.inc({ migration: label, result: succeeded ? 'succeeded' : 'failed' });
       if (succeeded) tuples.inc({ migration: label }, job.rows ?? job.batchSize);
+      if (job.walBytes !== undefined && job.walBytes > 0) walBytes.inc({ migration: label }, job.walBytes);
     },
     sleep(ms: number) {
       sleeps.observe(ms / 1000);

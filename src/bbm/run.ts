@@ -240,6 +240,7 @@ export class Runner {
           end: job.end,
           attempt: job.attempts + 1,
           batchSize: job.batchSize ?? migration.batchSize,
+          walLsn: job.walLsn,
         };
         return this.#execute(tx, migration, ref, checked, claimed, take.lane, run);
       }
@@ -418,7 +419,12 @@ export class Runner {
             'job committed; cutting the next range or beginning the next run failed',
           );
         }
-        return { outcome: 'job_succeeded', migration: ref, job: { ...jobRef, rows }, ended: true };
+        return {
+          outcome: 'job_succeeded',
+          migration: ref,
+          job: { ...jobRef, rows, ...(finished.walBytes !== undefined && { walBytes: finished.walBytes }) },
+          ended: true,
+        };
       }
       failure = workFailureAtCommit(finished.error);
       rolledBack = true;

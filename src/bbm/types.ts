@@ -166,6 +166,8 @@ export interface RunResult {
     rows?: number;
     durationMs: number;
     split?: boolean;
+    /** WAL the server wrote while the job ran (its lanes' neighbours' included), when measured. */
+    walBytes?: number;
   };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
@@ -198,7 +200,7 @@ export interface LanesEvent {
 }
 
 /** Which health signal held migrations: the `reason` label of `bbm_holds_total`. */
-export type HoldKind = 'autovacuum' | 'transaction_age' | 'replay_lag' | 'wal_archive';
+export type HoldKind = 'autovacuum' | 'transaction_age' | 'replay_lag' | 'wal_archive' | 'wal_budget';
 
 export interface HoldEvent {
   kind: HoldKind;
@@ -206,7 +208,8 @@ export interface HoldEvent {
   reason: string;
   /** The migrations newly held. */
   migrations: readonly string[];
-  holdMs: number;
+  /** Until when (a signal still firing at the next check extends it). */
+  until: Date;
 }
 
 export interface Schedule {
@@ -358,6 +361,12 @@ export interface HealthOptions {
   latency?: boolean;
   /** Default 3. */
   latencyFactor?: number;
+  /**
+   * The WAL budget, per migration: while its jobs wrote more WAL than this per second over the
+   * last 10 s, it is held for as long as its average needs to fall back within the budget, so a
+   * backfill cannot outrun replicas or the archiver. Default null (off).
+   */
+  maxWalBytesPerSecond?: number | null;
   /** How often a worker reads the signals (one lane for all). Default 10000. */
   checkMs?: number;
   /** How long a hold lasts; a signal still firing at the next check extends it. Default 30000. */

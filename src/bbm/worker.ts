@@ -236,7 +236,12 @@ export class Worker {
       try {
         for (const event of await checkHealth(this.#pool, health)) {
           this.#log.warn(
-            { hold: event.kind, hold_reason: event.reason, migrations: event.migrations, hold_ms: event.holdMs },
+            {
+              hold: event.kind,
+              hold_reason: event.reason,
+              migrations: event.migrations,
+              held_until: event.until.toISOString(),
+            },
             `health hold: ${event.migrations.join(', ')} set aside: ${event.reason}`,
           );
           this.#tell((observer) => observer.hold?.(event));

@@ -21,6 +21,8 @@ export interface ClaimedJob {
   attempt: number;
   /** The size the range was cut with. */
   batchSize: number;
+  /** The server's WAL insert position when it was taken (wal_bytes is measured from it). */
+  walLsn?: string | null | undefined;
 }
 
 /** What a migration's row said when it was validated; cutting a range requires it still says so. */
@@ -110,13 +112,21 @@ export interface FinishedJob {
  * our own numbers, written as a literal, so the text can travel with the COMMIT and the next
  * run's prologue in one round trip.
  */
+/** A pg_lsn as Postgres prints it (`16/B374D848`): checked, since it travels as a literal. */
+const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
+
 export function finishJobText({ job, rows, durationMs }: FinishedJob): string {
   const rowCount = rows === undefined ? 'NULL' : int(Math.round(rows));
+  const walBytes =
+    job.walLsn && LSN.test(job.walLsn)
+      ? `pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '${job.walLsn}'::pg_lsn)::bigint`
+      : 'NULL';
   return (
     'SET CONSTRAINTS ALL IMMEDIATE; ' +
     `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, attempts = ${int(job.attempt)}, ` +
     `row_count = ${rowCount}, duration_ms = ${ms(durationMs)}, started_at = now(), finished_at = clock_timestamp(), ` +
-    `updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL WHERE id = ${int(job.id)}`
+    `updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL, wal_bytes = ${walBytes} ` +
+    `WHERE id = ${int(job.id)} RETURNING wal_bytes AS bbm_wal_bytes`
   );
 }
 

@@ -130,6 +130,7 @@ export interface HoldSet {
   name: string;
   reason: string;
   fresh: boolean;
+  until: Date;
 }
 
 /**
@@ -152,7 +153,7 @@ export async function holdRunnable(
       UPDATE batched_background_migrations m
       SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = ${reason}, updated_at = now()
       FROM target t WHERE m.id = t.id
-      RETURNING m.name, m.hold_reason AS reason, (t.before IS NULL OR t.before <= now()) AS fresh`,
+      RETURNING m.name, m.hold_reason AS reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
   );
 }
 
@@ -183,7 +184,7 @@ export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdM
       UPDATE batched_background_migrations m
       SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
       FROM target t WHERE m.id = t.id
-      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh`,
+      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
   );
 }
 
@@ -233,6 +234,43 @@ export async function growLanes(db: Queryable, id: bigint): Promise<LanesChange 
       RETURNING m.name, b.lanes AS "from", m.lanes_allowed AS "to", b.max AS max`,
   );
   return row ? { name: row.name, from: row.from, to: row.to ?? row.max } : null;
+}
+
+/**
+ * The WAL budget: holds each runnable migration whose finished jobs wrote more than
+ * `bytesPerSecond` of WAL on average over the last `windowMs`, for as long as that average needs
+ * to fall back to the budget (the window's share past the budget, if its WAL was spread evenly).
+ */
+export async function holdOverWalBudget(
+  db: Queryable,
+  { bytesPerSecond, windowMs }: { bytesPerSecond: number; windowMs: number },
+): Promise<HoldSet[]> {
+  return exec<HoldSet>(
+    db,
+    sql`
+      WITH spent AS (
+        SELECT j.batched_background_migration_id AS id, sum(j.wal_bytes)::float8 AS bytes
+        FROM batched_background_migration_jobs j
+        WHERE j.finished_at > now() - ${windowMs}::float8 * interval '1 millisecond' AND j.wal_bytes IS NOT NULL
+        GROUP BY 1
+      ), over AS (
+        SELECT s.id, s.bytes, ${windowMs}::float8 * (1 - ${bytesPerSecond}::float8 * ${windowMs}::float8 / 1000 / s.bytes) AS hold_ms
+        FROM spent s WHERE s.bytes / (${windowMs}::float8 / 1000) > ${bytesPerSecond}::float8
+      ), target AS (
+        SELECT m.id, m.on_hold_until AS before, o.hold_ms,
+               format('WAL budget: %s kB/s over the last %ss (limit %s kB/s)',
+                      round((o.bytes / (${windowMs}::float8 / 1000) / 1000)::numeric, 1),
+                      round(${windowMs}::numeric / 1000), round((${bytesPerSecond}::float8 / 1000)::numeric, 1)) AS reason
+        FROM batched_background_migrations m JOIN over o ON o.id = m.id
+        WHERE m.status IN (${RUNNABLE})
+          AND (m.on_hold_until IS NULL OR m.on_hold_until < now() + o.hold_ms * interval '1 millisecond')
+        FOR UPDATE OF m
+      )
+      UPDATE batched_background_migrations m
+      SET on_hold_until = now() + t.hold_ms * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
+      FROM target t WHERE m.id = t.id
+      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
+  );
 }
 
 /** How many migrations are held now (a gauge). */

@@ -45,7 +45,8 @@ export interface WorkFilter {
 export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bigint): string {
   const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
-  return `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId})`;
+  // The WAL insert position at the take: the finish records the WAL written since (wal_bytes).
+  return `SELECT t.*, pg_catalog.pg_current_wal_insert_lsn()::text AS wal_lsn FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}) t`;
 }
 
 /**
@@ -96,6 +97,8 @@ export interface TakenJob {
   attempts: number;
   /** The size it was cut with; null for a range cut before sizes were recorded. */
   batchSize: number | null;
+  /** The server's WAL insert position when it was taken. */
+  walLsn: string | null;
 }
 
 /** What a take found. `step` says what the run must do when it holds a lane but no job. */
@@ -126,6 +129,7 @@ interface TakeRow {
   job_status: number | null;
   job_attempts: number | null;
   job_batch_size: number | null;
+  wal_lsn: string | null;
 }
 
 function parseTake(rows: TakeRow[]): Take {
@@ -157,6 +161,7 @@ function parseTake(rows: TakeRow[]): Take {
     status: (row.job_status ?? JobStatus.active) as JobStatusCode,
     attempts: row.job_attempts ?? 0,
     batchSize: row.job_batch_size,
+    walLsn: row.wal_lsn,
   };
   return { kind: 'job', lane, migration, job };
 }
@@ -176,7 +181,7 @@ export type FinishOutcome =
    * enough wait already), when it ran; `laterError` is set when the cut failed (rolled back to its
    * savepoint, the job committed all the same) or what followed the COMMIT (the next take) did.
    */
-  | { committed: true; cut?: number; laterError?: Error }
+  | { committed: true; cut?: number; walBytes?: number; laterError?: Error }
   /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
   | { committed: false; error: Error };
 
@@ -268,7 +273,15 @@ export class RunTransaction {
         (result) => result.fields?.[0]?.name === 'bbm_cut',
       );
       const cutCount = cutResult?.rows[0]?.bbm_cut;
-      return cut && cutCount !== undefined ? { committed: true, cut: cutCount } : { committed: true };
+      const walResult = (results as QueryResult<{ bbm_wal_bytes?: string | null }>[]).find(
+        (result) => result.fields?.[0]?.name === 'bbm_wal_bytes',
+      );
+      const walBytes = walResult?.rows[0]?.bbm_wal_bytes;
+      return {
+        committed: true,
+        ...(cut && cutCount !== undefined && { cut: cutCount }),
+        ...(walBytes != null && { walBytes: Number(walBytes) }),
+      };
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (this.#lost) throw withStatement(error, 'finishing a job (record, cut, commit)');

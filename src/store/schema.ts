@@ -124,6 +124,11 @@ export const batchedBackgroundMigrationJobs = pgTable(
     batchSize: integer('batch_size'),
     /** Time spent in the work function by the attempt that finished it, in milliseconds. */
     durationMs: doublePrecision('duration_ms'),
+    /**
+     * WAL written while the job ran: the server's WAL insert position at its take and at its
+     * finish (what its lanes' neighbours wrote meanwhile included). Feeds the WAL budget.
+     */
+    walBytes: bigint('wal_bytes', { mode: 'number' }),
     ...timestamps,
   },
   (t) => [

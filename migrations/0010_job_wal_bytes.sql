@@ -1,0 +1,1 @@
+ALTER TABLE "batched_background_migration_jobs" ADD COLUMN "wal_bytes" bigint;
