@@ -22,12 +22,14 @@
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup }],
  * adaptive: { targetMs, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
- * oneWorkerTransactionsPerJob } }.
+ * oneWorkerTransactionsPerJob }, foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
+ * unthrottledRowsPerSec, heldRowsPerSec } } (see foreground.ts).
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
+import { foreground } from './foreground.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
@@ -211,7 +213,8 @@ async function main() {
     url = cluster.connectionString();
   }
   const maxLanes = Math.max(1, ...LANES);
-  const pool = createPool({ connectionString: url, max: maxLanes + 2 });
+  // Lanes, the worker's own connection, and the foreground client of the foreground section.
+  const pool = createPool({ connectionString: url, max: Math.max(maxLanes, 4) + 3 });
   try {
     await migrateSchema(pool);
     await pool.query('DROP TABLE IF EXISTS bench_items');
@@ -273,6 +276,7 @@ async function main() {
         transactionsPerJob: await transactionsPerJob(pool, url, 4),
         oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
       },
+      foreground: await foreground(pool, { rows: ROWS, batch: BATCH, work }),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -297,6 +301,12 @@ async function main() {
     log(
       `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
         `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,
+    );
+    const f = result.foreground;
+    log(
+      `foreground: ${f.rate} single-row updates/s on the same table; p99 ${f.baselineP99Ms} ms alone, ` +
+        `${f.unthrottledP99Ms} ms beside ${f.lanes} lanes with health holds off (${f.unthrottledRowsPerSec.toLocaleString('en')} rows/s), ` +
+        `${f.heldP99Ms} ms with them on (${f.heldRowsPerSec.toLocaleString('en')} rows/s)`,
     );
   } finally {
     await pool.end();

@@ -24,7 +24,7 @@ export const METRIC_HELP = {
     "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed.",
   bbm_migrations: 'Migrations by status.',
   bbm_holds_total:
-    'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive): one per migration newly set aside.',
+    'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive, wal_budget): one per migration newly set aside.',
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
   bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",

@@ -86,8 +86,12 @@ export type LatencyVerdict = 'learning' | 'pressure' | 'steady' | 'healthy';
 const LATENCY_WARMUP = 5;
 /** Weight of a job in the norm: slow, so that the norm is the recent past, not the last job. */
 const NORM_SMOOTHING = 0.1;
-/** Within this many times the norm, a job is healthy (lanes may grow back). */
-const HEALTHY_FACTOR = 1.5;
+/**
+ * Within this many times the norm, a job is healthy and lanes may grow. Tight on purpose: the
+ * norm is learned at low concurrency (a migration starts in one lane), and lanes stop growing
+ * once more of them makes each job slower, which is where the database's headroom ends.
+ */
+const HEALTHY_FACTOR = 1.25;
 
 /**
  * The engine's own latency signal: the work's in-database time per row, per migration, against

@@ -356,7 +356,8 @@ export interface HealthOptions {
   /**
    * The engine's own latency: when a job's work takes `latencyFactor` times its recent norm per
    * row, the migration's lanes are halved (shared by every worker, down to 1); while jobs stay
-   * within 1.5× the norm, one lane comes back every `checkMs`. Default true.
+   * within 1.25× the norm, one lane comes back every `checkMs`. A migration with several lanes
+   * starts in one (slow start). Default true.
    */
   latency?: boolean;
   /** Default 3. */

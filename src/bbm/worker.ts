@@ -20,7 +20,7 @@ import { WorkRegistry } from './work-registry.ts';
 import { LatencyWatch, type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { checkHealth, resolveHealth, type ResolvedHealth } from './health.ts';
-import { growLanes, shedLanes } from '../store/migration-rows.ts';
+import { growLanes, shedLanes, startInOneLane } from '../store/migration-rows.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
 import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams } from './types.ts';
 
@@ -172,6 +172,8 @@ export class Worker {
       if (result.outcome === 'job_succeeded' && this.#latency && this.#health) {
         await this.#steerLanes(result, this.#latency, this.#health);
       }
+      if (result.outcome === 'migration_started' && this.#latency && result.migration)
+        await this.#slowStart(result.migration);
       // A migration that started, finished or failed changes what the other lanes may find.
       if (result.outcome.startsWith('migration_')) this.#wakeLanes();
       let waitMs = this.#waitAfter(result, backoff);
@@ -294,6 +296,20 @@ export class Worker {
       this.#tell((observer) => observer.lanes?.(event));
     } catch (error) {
       this.#log.warn({ err: error }, 'latency controller could not change lanes');
+    }
+  }
+
+  /** A migration this worker started begins in one lane; the latency controller grows it from there. */
+  async #slowStart(migration: { id: bigint; name: string }): Promise<void> {
+    try {
+      if (await startInOneLane(this.#pool, migration.id)) {
+        this.#log.info(
+          migrationFields(migration),
+          `latency: ${migration.name} starts in one lane and grows while its jobs stay fast`,
+        );
+      }
+    } catch (error) {
+      this.#log.warn({ err: error }, 'latency controller could not start the migration in one lane');
     }
   }
 

@@ -216,6 +216,20 @@ export async function shedLanes(db: Queryable, id: bigint): Promise<LanesChange 
 }
 
 /**
+ * Slow start: a migration with several lanes starts in one (lanes_allowed = 1), so that the
+ * latency controller learns its norm before concurrency, and grows lanes while jobs stay within
+ * it. True when it did (not when lanes_allowed was already set, or there is one lane).
+ */
+export async function startInOneLane(db: Queryable, id: bigint): Promise<boolean> {
+  const rows = await exec(
+    db,
+    sql`UPDATE batched_background_migrations SET lanes_allowed = 1, updated_at = now()
+        WHERE id = ${id} AND status IN (${RUNNABLE}) AND max_parallel_jobs > 1 AND lanes_allowed IS NULL RETURNING id`,
+  );
+  return rows.length > 0;
+}
+
+/**
  * Allows a runnable migration one lane more, back to all of max_parallel_jobs (NULL): the latency
  * controller's additive increase. Null when nothing was held back.
  */
