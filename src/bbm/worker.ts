@@ -260,7 +260,7 @@ export class Worker {
   /**
    * The latency controller (additive increase, multiplicative decrease): a job whose work took
    * `latencyFactor` times its norm per row halves the migration's lanes, for every worker; jobs
-   * back within 1.5× give one lane back. At most one change per migration every `checkMs`, so a
+   * back within 1.25× give one lane back. At most one change per migration every `checkMs`, so a
    * change shows in the jobs before the next. Failing is logged, never fatal.
    */
   async #steerLanes(result: RunResult, latency: LatencyWatch, health: ResolvedHealth): Promise<void> {
