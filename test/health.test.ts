@@ -33,7 +33,7 @@ async function openClient(url: string): Promise<pg.Client> {
 describe('health holds', () => {
   const db = useTestDatabase();
 
-  it('hold every migration while a transaction stays open past the bound, once each, and end by themselves after it ends', async () => {
+  it('hold every migration while a transaction stays open past the bound, once each, and are lifted once it ends', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 40));
     await enqueue(pool, { name: 'first', work: touch.name, table: 'items', batchSize: 5, max: 20 });
@@ -48,7 +48,8 @@ describe('health holds', () => {
     const worker = testWorker(pool, {
       work: [touch],
       observers: [{ hold: (event) => holds.push(event) }, metrics.observer],
-      health: { maxTransactionAgeMs: 200, autovacuum: false, checkMs: 50, holdMs: 400 },
+      // A hold longer than the test: only lifting it when the cause goes away lets the migrations finish.
+      health: { maxTransactionAgeMs: 200, autovacuum: false, checkMs: 50, holdMs: 600_000 },
     });
     const running = worker.run({ untilDone: true });
 
@@ -106,7 +107,7 @@ describe('health holds', () => {
     const worker = testWorker(pool, {
       work: [touch],
       observers: [{ hold: (event) => holds.push(event) }],
-      health: { maxTransactionAgeMs: null, checkMs: 50, holdMs: 300 },
+      health: { maxTransactionAgeMs: null, checkMs: 50, holdMs: 600_000 },
     });
     const running = worker.run({ untilDone: true });
 
@@ -157,6 +158,7 @@ describe('health holds', () => {
       },
     });
     const running = worker.run({ untilDone: true });
+    onTestFinished(() => worker.stop());
     const lanesAllowed = async () =>
       (
         await pool.query<{ l: number | null }>(
@@ -168,7 +170,8 @@ describe('health holds', () => {
     await waitFor(async () => (await finishedJobs(pool, 'fill')) >= 30, 'the norm to be learned');
     slow = true;
     await waitFor(async () => (await lanesAllowed()) === 1, 'the lanes to be shed down to 1');
-    expect(changes.filter((c) => c.direction === 'shed').map((c) => [c.from, c.to])).toContainEqual([2, 1]);
+    // Slow start grew the lanes from 1; the slowdown halved them (4 → 2 → 1, or 3 → 1).
+    expect(changes.filter((c) => c.direction === 'shed').at(-1)).toMatchObject({ to: 1 });
     const [report] = await migrationReports(pool, { name: 'fill' });
     expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1 });
     // The jobs already running in higher lanes finish; then one lane works.

@@ -6,7 +6,13 @@
  * so it ends by itself once the cause goes away. Anchors: GitLab Rails' health indicators
  * (autovacuum on the table, WAL queue), gh-ost's hibernation instead of failing.
  */
-import { holdOverWalBudget, holdRunnable, holdVacuumingMigrations, type HoldSet } from '../store/migration-rows.ts';
+import {
+  holdOverWalBudget,
+  holdRunnable,
+  holdVacuumingMigrations,
+  releaseHolds,
+  type HoldSet,
+} from '../store/migration-rows.ts';
 import type { Queryable } from '../store/db.ts';
 import { maxReplicaLagBytes, oldestTransaction, readyWalSegments } from '../store/health.ts';
 import { ConfigError } from './errors.ts';
@@ -66,21 +72,39 @@ const WAL_WINDOW_MS = 10_000;
 /** 0.3s, 12s, 300s. */
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
 
+/** What a health check did: holds set on migrations not held before, and migrations released. */
+export interface HealthCheck {
+  holds: HoldEvent[];
+  released: string[];
+}
+
 /**
- * Reads every signal once and sets the holds they call for. Returns the holds that set aside
- * migrations not held before, one event per signal, to be logged and counted once.
+ * How each signal's reason starts (a LIKE pattern), so that the holds of a signal that stopped
+ * firing can be found and lifted; run-error holds and WAL-budget holds (timed exactly) are left.
  */
-export async function checkHealth(db: Queryable, health: ResolvedHealth): Promise<HoldEvent[]> {
-  const events: HoldEvent[] = [];
+const REASON_LIKE: Record<Exclude<HoldKind, 'wal_budget'>, string> = {
+  transaction_age: 'a transaction open for %',
+  replay_lag: 'a replica replays %',
+  wal_archive: '% WAL segments wait for the archiver %',
+  autovacuum: '%vacuum on %',
+};
+
+/**
+ * Reads every signal once, sets the holds they call for and lifts those of signals that stopped
+ * firing. New holds come back one event per signal, to be logged and counted once.
+ */
+export async function checkHealth(db: Queryable, health: ResolvedHealth): Promise<HealthCheck> {
+  const check: HealthCheck = { holds: [], released: [] };
   const hold = (kind: HoldKind, sets: HoldSet[]) => {
     const fresh = sets.filter((set) => set.fresh);
     for (const [reason, held] of groupBy(fresh)) {
       const until = new Date(Math.max(...held.map((set) => set.until.getTime())));
-      events.push({ kind, reason, migrations: held.map((set) => set.name), until });
+      check.holds.push({ kind, reason, migrations: held.map((set) => set.name), until });
     }
   };
-  const serverWide = async (kind: HoldKind, reason: string | null) => {
+  const serverWide = async (kind: Exclude<HoldKind, 'wal_budget' | 'autovacuum'>, reason: string | null) => {
     if (reason !== null) hold(kind, await holdRunnable(db, { holdMs: health.holdMs, reason }));
+    else check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE[kind] })));
   };
 
   if (health.maxTransactionAgeMs !== null) {
@@ -110,14 +134,17 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
         : null,
     );
   }
-  if (health.autovacuum) hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
+  if (health.autovacuum) {
+    hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
+    check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE.autovacuum, unlessVacuuming: true })));
+  }
   if (health.maxWalBytesPerSecond !== null) {
     hold(
       'wal_budget',
       await holdOverWalBudget(db, { bytesPerSecond: health.maxWalBytesPerSecond, windowMs: WAL_WINDOW_MS }),
     );
   }
-  return events;
+  return check;
 }
 
 function groupBy(sets: HoldSet[]): Map<string, HoldSet[]> {

@@ -236,7 +236,9 @@ export class Worker {
   #checkHealth(health: ResolvedHealth): Promise<void> {
     this.#healthCheck ??= (async () => {
       try {
-        for (const event of await checkHealth(this.#pool, health)) {
+        const { holds, released } = await checkHealth(this.#pool, health);
+        if (released.length > 0) this.#log.info({ migrations: released }, `health hold lifted: ${released.join(', ')}`);
+        for (const event of holds) {
           this.#log.warn(
             {
               hold: event.kind,

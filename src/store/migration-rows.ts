@@ -287,6 +287,32 @@ export async function holdOverWalBudget(
   );
 }
 
+/**
+ * Lifts the holds of a signal that no longer fires (their reason matches `reasonLike`, a LIKE
+ * pattern), so a migration resumes at the next check after its cause went away rather than when
+ * its hold runs out. With `unlessVacuuming`, only those whose table is not being vacuumed now.
+ * Returns the names released.
+ */
+export async function releaseHolds(
+  db: Queryable,
+  { reasonLike, unlessVacuuming = false }: { reasonLike: string; unlessVacuuming?: boolean },
+): Promise<string[]> {
+  const rows = await exec<{ name: string }>(
+    db,
+    sql`
+      UPDATE batched_background_migrations m SET on_hold_until = NULL, hold_reason = NULL, updated_at = now()
+      WHERE m.status IN (${RUNNABLE}) AND m.on_hold_until > now() AND m.hold_reason LIKE ${reasonLike}
+        ${
+          unlessVacuuming
+            ? sql`AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_progress_vacuum p
+                                  WHERE p.datname = current_database() AND p.relid = bbm_try_regclass(m.table_name))`
+            : sql``
+        }
+      RETURNING m.name`,
+  );
+  return rows.map((row) => row.name);
+}
+
 /** How many migrations are held now (a gauge). */
 export async function countHeldMigrations(db: Queryable): Promise<number> {
   const row = await execOne<{ n: number }>(
