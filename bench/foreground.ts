@@ -111,6 +111,7 @@ export async function foreground(
   const unthrottledRun = drain(pool, work, batch, lanes, false);
   const unthrottled = await foregroundLoad(pool, rows, perSecond, unthrottledRun);
   const unthrottledMs = await unthrottledRun;
+  await pool.query('VACUUM bench_items');
 
   // Every hold on, checked often enough to act within a run this short.
   const heldRun = drain(pool, work, batch, lanes, { checkMs: 500, holdMs: 2_000 });
