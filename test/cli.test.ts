@@ -254,6 +254,7 @@ describe('bbm help', () => {
     'resume',
     'retry',
     'delete',
+    'dashboard',
     'migrate',
   ])('has help for %s', async (command) => {
     const result = await bbm([command, '--help']);

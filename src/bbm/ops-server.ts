@@ -1,11 +1,13 @@
 /**
  * The HTTP endpoints of a running worker process: `/metrics` (Prometheus text), `/healthz` (the
- * process is alive) and `/readyz` (the database answers). Bound to 127.0.0.1 unless told otherwise.
+ * process is alive) and `/readyz` (the database answers), and, when given, the status page (`/`,
+ * `/migrations/<name>`, `/api/...`). Bound to 127.0.0.1 unless told otherwise.
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ping, type Queryable } from '../store/db.ts';
+import type { StatusPage } from './status-page.ts';
 
 export interface OpsServer {
   host: string;
@@ -14,7 +16,10 @@ export interface OpsServer {
 }
 
 export interface OpsServerOptions {
-  registry: Registry;
+  /** Prometheus metrics; without them /metrics answers 404 (`bbm dashboard` serves the page only). */
+  registry?: Registry | undefined;
+  /** The status page (createStatusPage), on every other path. */
+  page?: StatusPage | undefined;
   db: Queryable;
   /** 0 picks a free port. */
   port: number;
@@ -25,6 +30,7 @@ export interface OpsServerOptions {
 
 export async function startOpsServer({
   registry,
+  page,
   db,
   port,
   host = '127.0.0.1',
@@ -34,10 +40,14 @@ export async function startOpsServer({
     const reply = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
       response.writeHead(status, { 'content-type': type }).end(body);
     };
-    if (request.method !== 'GET' && request.method !== 'HEAD') return reply(405, 'method not allowed\n');
     const path = (request.url ?? '/').split('?', 1)[0];
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      if (page?.(request, response)) return;
+      return reply(405, 'method not allowed\n');
+    }
     switch (path) {
       case '/metrics':
+        if (!registry) return reply(404, 'no metrics here\n');
         registry.metrics().then(
           (text) => reply(200, text, registry.contentType),
           (error: unknown) => reply(500, `metrics failed: ${(error as Error).message}\n`),
@@ -59,6 +69,7 @@ export async function startOpsServer({
         return;
       }
       default:
+        if (page?.(request, response)) return;
         return reply(404, 'not found: try /metrics, /healthz or /readyz\n');
     }
   });

@@ -22,6 +22,9 @@ const OPTIONS = {
   'log-format': { type: 'string' },
   'metrics-port': { type: 'string' },
   'metrics-host': { type: 'string' },
+  'dashboard-token': { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
   'grace-period': { type: 'string' },
   concurrency: { type: 'string' },
   // status
@@ -65,6 +68,10 @@ const FLAG_HELP: Record<Flag, string> = {
   'grace-period':
     "--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config's gracePeriodMs, else 25000)",
   concurrency: '--concurrency N       Jobs this worker runs at once, each on its own connection (default 1)',
+  'dashboard-token':
+    "--dashboard-token T  Operator token for the status page's pause, resume and retry (default\n                        BBM_DASHBOARD_TOKEN; without one the page is read-only); 16+ characters",
+  port: '--port PORT           Port to serve on (default 9188)',
+  host: '--host HOST           Address to bind to (default 127.0.0.1)',
   watch: '--watch               Redraw every second until interrupted',
   work: '--work WORK           The work function (job_signature_name)',
   table: '--table TABLE         The table, optionally schema-qualified',
@@ -97,6 +104,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm run [--config FILE] [--until-done] [--metrics-port PORT] …',
     flags: [
       'until-done',
+      'dashboard-token',
       'concurrency',
       'interval',
       'max-attempts',
@@ -164,6 +172,11 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm retry --name NAME',
     flags: ['name', 'json'],
   },
+  dashboard: {
+    summary: 'Serve the status page (progress, pace, holds, jobs; pause, resume, retry with the token) until stopped',
+    usage: 'bbm dashboard [--port PORT] [--host HOST] [--dashboard-token TOKEN]',
+    flags: ['port', 'host', 'dashboard-token'],
+  },
   delete: {
     summary:
       'Delete a paused, failed or finished migration and its jobs (an active or running one is refused: pause it first)',
@@ -181,7 +194,7 @@ export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
 export const GLOBAL_FLAGS: Flag[] = ['help', 'version'];
 
 const FOOTER =
-  "Environment: DATABASE_URL (else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.";
+  "Environment: DATABASE_URL (else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_DASHBOARD_TOKEN, BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.";
 const flagLines = (flags: Flag[]) => flags.map((flag) => `  ${FLAG_HELP[flag]}`).join('\n');
 
 export const HELP = [

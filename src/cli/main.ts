@@ -23,7 +23,7 @@ import {
 } from './args.ts';
 import { toJson } from './format.ts';
 import { schedules, status } from './status-commands.ts';
-import { finalize, run } from './run-commands.ts';
+import { dashboard, finalize, run } from './run-commands.ts';
 import { deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
 
 export { UsageError };
@@ -114,6 +114,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await setPace(context);
       case 'delete':
         return await deleteCommand(context);
+      case 'dashboard':
+        return await dashboard(context);
       case 'migrate': {
         const { applied } = await migrateSchema(pool);
         context.print({ applied }, () =>

@@ -6,6 +6,7 @@ import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/lo
 import { migrationReports } from '../bbm/status.ts';
 import { createMetrics } from '../bbm/metrics.ts';
 import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
+import { createStatusPage } from '../bbm/status-page.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
@@ -164,6 +165,7 @@ export async function run(context: Context): Promise<number> {
     if (metrics && metricsPort !== undefined) {
       ops = await startOpsServer({
         registry: metrics.registry,
+        page: createStatusPage({ db: pool, token: dashboardToken(context), log }),
         db: pool,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
@@ -284,4 +286,35 @@ function progressPrinter({ io, flags }: Context): { update: (report: MigrationRe
       drawn = false;
     },
   };
+}
+
+/** The operator token of the status page: --dashboard-token, else BBM_DASHBOARD_TOKEN; none makes it read-only. */
+function dashboardToken({ flags, io }: Context): string | undefined {
+  const token = flags['dashboard-token'] || io.env.BBM_DASHBOARD_TOKEN || undefined;
+  if (token !== undefined && token.length < 16)
+    throw new UsageError('the dashboard token must be at least 16 characters');
+  return token;
+}
+
+/** `bbm dashboard`: the status page on its own, until SIGINT/SIGTERM. */
+export async function dashboard(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const port = integerFlag(flags, 'port', { max: 65_535 }) ?? 9188;
+  const log = logger(context, 2);
+  const token = dashboardToken(context);
+  const server = await startOpsServer({
+    page: createStatusPage({ db: pool, token, log }),
+    db: pool,
+    port,
+    host: flags.host ?? '127.0.0.1',
+  });
+  io.out(
+    `status page on http://${server.host}:${server.port}/ (${token ? 'controls need the operator token' : 'read-only: no --dashboard-token'})`,
+  );
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+  });
+  await server.close();
+  return 0;
 }

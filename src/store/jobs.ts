@@ -7,7 +7,7 @@
  * work, so the work and its record commit together.
  */
 import { sql } from 'drizzle-orm';
-import { execOne, textLiteral, type Queryable } from './db.ts';
+import { exec, execOne, textLiteral, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
@@ -219,4 +219,66 @@ export async function reportedRows(db: Queryable, migrationId: bigint): Promise<
         WHERE batched_background_migration_id = ${migrationId} AND status = ${JobStatus.finished}`,
   );
   return Number(row?.rows ?? 0);
+}
+
+/** A job as the status page shows it. */
+export interface JobRow {
+  id: bigint;
+  start: bigint;
+  end: bigint;
+  status: JobStatusCode;
+  attempts: number;
+  batchSize: number | null;
+  rows: number | null;
+  durationMs: number | null;
+  walBytes: number | null;
+  failureMessage: string | null;
+  finishedAt: Date | null;
+}
+
+/**
+ * A migration's most recent jobs (by last change), and every failed one whatever its age: what
+ * the status page shows of one migration.
+ */
+export async function recentJobs(
+  db: Queryable,
+  migrationId: bigint,
+  limit = 50,
+): Promise<{ recent: JobRow[]; failed: JobRow[] }> {
+  const rows = await exec<{
+    id: string;
+    min_value: string;
+    max_value: string;
+    status: number;
+    attempts: number;
+    batch_size: number | null;
+    row_count: string | null;
+    duration_ms: number | null;
+    wal_bytes: string | null;
+    failure_message: string | null;
+    finished_at: Date | null;
+    recent: boolean;
+  }>(
+    db,
+    sql`
+      (SELECT j.*, true AS recent FROM batched_background_migration_jobs j
+       WHERE j.batched_background_migration_id = ${migrationId} ORDER BY j.updated_at DESC, j.id DESC LIMIT ${limit}::int)
+      UNION ALL
+      (SELECT j.*, false FROM batched_background_migration_jobs j
+       WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.failed} ORDER BY j.min_value)`,
+  );
+  const toJob = (r: (typeof rows)[number]): JobRow => ({
+    id: BigInt(r.id),
+    start: BigInt(r.min_value),
+    end: BigInt(r.max_value),
+    status: r.status as JobStatusCode,
+    attempts: r.attempts,
+    batchSize: r.batch_size,
+    rows: r.row_count === null ? null : Number(r.row_count),
+    durationMs: r.duration_ms,
+    walBytes: r.wal_bytes === null ? null : Number(r.wal_bytes),
+    failureMessage: r.failure_message,
+    finishedAt: r.finished_at,
+  });
+  return { recent: rows.filter((r) => r.recent).map(toJob), failed: rows.filter((r) => !r.recent).map(toJob) };
 }

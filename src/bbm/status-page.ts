@@ -1,0 +1,293 @@
+/**
+ * The status page: every migration with its progress, pace, lanes, hold and last error, a page
+ * per migration with its recent jobs and failed ranges, updated live by polling a JSON endpoint;
+ * and, behind the operator token, pause, resume and retry.
+ *
+ * Served by the ops server (`bbm run --metrics-port`, `bbm dashboard`). Plain server-rendered
+ * HTML and a little script; no framework, no build step. Everything shown comes from rows and is
+ * escaped (server side by `html`, client side by textContent). State changes are POSTs only, and
+ * need the token in a header (which a cross-site form cannot send) from the page's own origin.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import type { Queryable } from '../store/db.ts';
+import { recentJobs, type JobRow } from '../store/jobs.ts';
+import { retryMigration } from '../store/migration-rows.ts';
+import { migrationReports, pause, resume } from './status.ts';
+import type { MigrationReport } from './types.ts';
+
+export interface StatusPageOptions {
+  db: Queryable;
+  /** The operator token: without one the page is read-only (and says so). */
+  token?: string | undefined;
+  log?: Logger | undefined;
+}
+
+/** Handles the page's routes; false for a path that is not the page's. */
+export type StatusPage = (request: IncomingMessage, response: ServerResponse) => boolean;
+
+const ACTIONS = ['pause', 'resume', 'retry'] as const;
+type Action = (typeof ACTIONS)[number];
+
+/** Text as HTML: every character a row may hold that means something in markup, escaped. */
+export function html(text: unknown): string {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+/** JSON where bigints are strings (a browser's JSON.parse would round them). */
+const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
+
+export function createStatusPage({ db, token, log }: StatusPageOptions): StatusPage {
+  const expected = token ? Buffer.from(token) : undefined;
+  const authorized = (request: IncomingMessage): boolean => {
+    const given = request.headers['x-bbm-token'];
+    if (!expected || typeof given !== 'string') return false;
+    const buffer = Buffer.from(given);
+    return buffer.length === expected.length && timingSafeEqual(buffer, expected);
+  };
+  /** A browser sends Origin with a POST; it must be this server's own. */
+  const sameOrigin = (request: IncomingMessage): boolean => {
+    const origin = request.headers.origin;
+    if (origin === undefined) return true; // not a browser (curl, a script): the token alone decides
+    try {
+      return new URL(origin).host === request.headers.host;
+    } catch {
+      return false;
+    }
+  };
+
+  const send = (response: ServerResponse, status: number, body: string, type: string) => {
+    response.writeHead(status, {
+      'content-type': type,
+      'cache-control': 'no-store',
+      // The page's own script only; no framing by other sites.
+      'content-security-policy':
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+      'x-content-type-options': 'nosniff',
+    });
+    response.end(body);
+  };
+  const fail = (response: ServerResponse, error: unknown) =>
+    send(response, 500, `status page failed: ${html((error as Error).message)}\n`, 'text/plain; charset=utf-8');
+
+  return (request, response) => {
+    const url = new URL(request.url ?? '/', 'http://page');
+    const path = url.pathname;
+    const method = request.method ?? 'GET';
+
+    if (method === 'POST') {
+      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry)$/.exec(path);
+      if (!match) return false;
+      const name = decodeURIComponent(match[1]!);
+      const action = match[2] as Action;
+      const who = { remote: request.socket.remoteAddress, user_agent: request.headers['user-agent'] };
+      if (!expected) {
+        send(
+          response,
+          403,
+          json({ error: 'the status page is read-only: start it with --dashboard-token' }),
+          'application/json',
+        );
+        return true;
+      }
+      if (!sameOrigin(request) || !authorized(request)) {
+        log?.warn({ ...who, action, bbm_name: name }, 'status page: action refused (bad token or origin)');
+        send(
+          response,
+          403,
+          json({ error: 'refused: a valid operator token (x-bbm-token) from this page is needed' }),
+          'application/json',
+        );
+        return true;
+      }
+      act(db, action, name).then(
+        (result) => {
+          log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
+          send(response, result.changed ? 200 : 409, json(result), 'application/json');
+        },
+        (error: unknown) => fail(response, error),
+      );
+      return true;
+    }
+    if (method !== 'GET' && method !== 'HEAD') return false;
+
+    if (path === '/') {
+      migrationReports(db).then(
+        (reports) => send(response, 200, listPage(reports, Boolean(expected)), 'text/html; charset=utf-8'),
+        (error: unknown) => fail(response, error),
+      );
+      return true;
+    }
+    if (path === '/api/migrations') {
+      migrationReports(db).then(
+        (reports) => send(response, 200, json(reports), 'application/json'),
+        (error: unknown) => fail(response, error),
+      );
+      return true;
+    }
+    if (path === '/status-page.js') {
+      send(response, 200, CLIENT_SCRIPT, 'text/javascript; charset=utf-8');
+      return true;
+    }
+    const detail = /^\/migrations\/([^/]+)$/.exec(path);
+    if (detail) {
+      const name = decodeURIComponent(detail[1]!);
+      migrationReports(db, { name })
+        .then(async ([report]) => {
+          if (!report)
+            return send(
+              response,
+              404,
+              `no migration named ${html(JSON.stringify(name))}\n`,
+              'text/plain; charset=utf-8',
+            );
+          const jobs = await recentJobs(db, report.id);
+          send(response, 200, migrationPage(report, jobs, Boolean(expected)), 'text/html; charset=utf-8');
+        })
+        .catch((error: unknown) => fail(response, error));
+      return true;
+    }
+    return false;
+  };
+}
+
+async function act(
+  db: Queryable,
+  action: Action,
+  name: string,
+): Promise<{ action: Action; name: string; changed: boolean }> {
+  switch (action) {
+    case 'pause':
+      return { action, name, changed: (await pause(db, name)).length > 0 };
+    case 'resume':
+      return { action, name, changed: (await resume(db, name)).length > 0 };
+    case 'retry':
+      return { action, name, changed: (await retryMigration(db, name)) !== null };
+  }
+}
+
+const STYLE = `body{font:14px/1.4 system-ui,sans-serif;margin:1rem;color:#222}table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}.wrap{overflow-x:auto}
+progress{width:8rem}.note{color:#a40}.ro{background:#fff4d6;padding:.5rem}button{margin:.1rem}
+@media (max-width:600px){body{margin:.5rem;font-size:13px}progress{width:5rem}}`;
+
+function shell(title: string, body: string, writable: boolean): string {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>${html(title)}</title><style>${STYLE}</style></head><body data-writable="${writable}">
+<h1>${html(title)}</h1>
+${
+  writable
+    ? '<p><label>Operator token <input id="token" type="password" autocomplete="off"></label> (kept in this tab only)</p>'
+    : '<p class="ro">Read-only: start the server with <code>--dashboard-token</code> (or BBM_DASHBOARD_TOKEN) to pause, resume and retry from here.</p>'
+}
+${body}<p id="message" role="status"></p><script src="/status-page.js"></script></body></html>`;
+}
+
+const pace = (r: MigrationReport) =>
+  [
+    r.rowsPerSecond === null ? '' : `${Math.round(r.rowsPerSecond).toLocaleString('en')} rows/s`,
+    r.etaSeconds === null ? '' : `${Math.round(r.etaSeconds)} s left`,
+  ]
+    .filter(Boolean)
+    .join(', ');
+
+const lanes = (r: MigrationReport) =>
+  `${r.lanesInUse}/${r.lanes} lanes${r.lanesAllowed < r.lanes ? ` (${r.lanesAllowed} allowed)` : ''}, batch ${r.batchSize}`;
+
+const note = (r: MigrationReport) =>
+  r.failureMessage ??
+  (r.holdReason
+    ? `held: ${r.holdReason}`
+    : r.waitingForWork
+      ? `waiting for a worker with ${r.jobSignatureName}`
+      : (r.lastError ?? ''));
+
+function listPage(reports: MigrationReport[], writable: boolean): string {
+  const rows = reports
+    .map(
+      (
+        r,
+      ) => `<tr data-name="${html(r.name)}"><td><a href="/migrations/${html(encodeURIComponent(r.name))}">${html(r.name)}</a></td>
+<td data-field="status">${html(r.status)}</td><td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${(r.progress * 100).toFixed(1)}%</span></td>
+<td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td><td data-field="note" class="note">${html(note(r))}</td>
+<td>${ACTIONS.map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`).join('')}</td></tr>`,
+    )
+    .join('\n');
+  return shell(
+    'pg-bbm: batched background migrations',
+    `<div class="wrap"><table id="migrations"><thead><tr><th>migration</th><th>status</th><th>progress</th><th>pace</th><th>lanes</th><th>note</th><th></th></tr></thead>
+<tbody>${rows}</tbody></table></div>${reports.length === 0 ? '<p>No migrations yet.</p>' : ''}`,
+    writable,
+  );
+}
+
+function jobTable(jobs: JobRow[]): string {
+  if (jobs.length === 0) return '<p>None.</p>';
+  return `<div class="wrap"><table><thead><tr><th>job</th><th>range</th><th>status</th><th>attempts</th><th>duration</th><th>rows</th><th>error</th></tr></thead><tbody>
+${jobs
+  .map(
+    (j) =>
+      `<tr><td>${j.id}</td><td>${j.start}..${j.end}</td><td>${['', 'active', 'finished', 'failed'][j.status] ?? j.status}</td><td>${j.attempts}</td>` +
+      `<td>${j.durationMs === null ? '' : `${j.durationMs.toFixed(1)} ms`}</td><td>${j.rows ?? ''}</td><td class="note">${html(j.failureMessage ?? '')}</td></tr>`,
+  )
+  .join('\n')}</tbody></table></div>`;
+}
+
+function migrationPage(r: MigrationReport, jobs: { recent: JobRow[]; failed: JobRow[] }, writable: boolean): string {
+  return shell(
+    `pg-bbm: ${r.name}`,
+    `<p><a href="/">all migrations</a></p>
+<div class="wrap"><table id="migrations"><tbody><tr data-name="${html(r.name)}"><td data-field="status">${html(r.status)}</td>
+<td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${(r.progress * 100).toFixed(1)}%</span></td>
+<td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td><td data-field="note" class="note">${html(note(r))}</td>
+<td>${ACTIONS.map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`).join('')}</td></tr></tbody></table></div>
+<p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}]`)}</p>
+<h2>Failed ranges</h2>${jobTable(jobs.failed)}<h2>Recent jobs</h2>${jobTable(jobs.recent)}`,
+    writable,
+  );
+}
+
+/** The page's script: polls the JSON every 2 s and updates the rows with textContent; sends actions with the token. */
+const CLIENT_SCRIPT = `'use strict';
+(() => {
+  const token = document.getElementById('token');
+  if (token) {
+    token.value = sessionStorage.getItem('bbm-token') || '';
+    token.addEventListener('input', () => sessionStorage.setItem('bbm-token', token.value));
+  }
+  const message = document.getElementById('message');
+  const pace = (r) => [r.rowsPerSecond === null ? '' : Math.round(r.rowsPerSecond).toLocaleString('en') + ' rows/s',
+    r.etaSeconds === null ? '' : Math.round(r.etaSeconds) + ' s left'].filter(Boolean).join(', ');
+  const lanes = (r) => r.lanesInUse + '/' + r.lanes + ' lanes' + (r.lanesAllowed < r.lanes ? ' (' + r.lanesAllowed + ' allowed)' : '') + ', batch ' + r.batchSize;
+  const note = (r) => r.failureMessage || (r.holdReason ? 'held: ' + r.holdReason : r.waitingForWork ? 'waiting for a worker with ' + r.jobSignatureName : (r.lastError || ''));
+  async function refresh() {
+    try {
+      const reports = await (await fetch('/api/migrations', { cache: 'no-store' })).json();
+      for (const row of document.querySelectorAll('#migrations tr[data-name]')) {
+        const r = reports.find((x) => x.name === row.dataset.name);
+        if (!r) continue;
+        row.querySelector('[data-field=status]').textContent = r.status;
+        row.querySelector('[data-field=progress]').textContent = (r.progress * 100).toFixed(1) + '%';
+        row.querySelector('progress').value = r.progress;
+        row.querySelector('[data-field=pace]').textContent = pace(r);
+        row.querySelector('[data-field=lanes]').textContent = lanes(r);
+        row.querySelector('[data-field=note]').textContent = note(r);
+      }
+    } catch (error) {
+      message.textContent = 'could not refresh: ' + error.message;
+    }
+  }
+  document.addEventListener('click', async (event) => {
+    const button = event.target.closest('button[data-action]');
+    if (!button) return;
+    const name = button.closest('tr').dataset.name;
+    const response = await fetch('/api/migrations/' + encodeURIComponent(name) + '/' + button.dataset.action, {
+      method: 'POST', headers: { 'x-bbm-token': token ? token.value : '' } });
+    const body = await response.json().catch(() => ({}));
+    message.textContent = response.ok ? button.dataset.action + ': ' + name : (body.error || (button.dataset.action + ' changed nothing'));
+    refresh();
+  });
+  setInterval(refresh, 2000);
+})();
+`;

@@ -1,0 +1,116 @@
+/** The status page over HTTP: what it shows (escaped), live data, and controls behind the operator token. */
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { startOpsServer } from '../src/bbm/ops-server.ts';
+import { createStatusPage } from '../src/bbm/status-page.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { useTestDatabase } from './support/database.ts';
+import { createItems, enqueue, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
+import { waitFor } from './support/processes.ts';
+
+const TOKEN = 'operator-token-0123456789';
+const HOSTILE = '<img src=x onerror=alert(1)>';
+
+async function serve(pool: Parameters<typeof createStatusPage>[0]['db'], token?: string) {
+  const server = await startOpsServer({ page: createStatusPage({ db: pool, token, log: quiet }), db: pool, port: 0 });
+  onTestFinished(() => server.close());
+  const base = `http://${server.host}:${server.port}`;
+  const post = (path: string, headers: Record<string, string> = {}) =>
+    fetch(`${base}${path}`, { method: 'POST', headers });
+  return { base, post };
+}
+
+describe('the status page', () => {
+  const db = useTestDatabase();
+
+  it('shows every migration, escapes what rows hold, and its JSON follows a worker draining one', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 400));
+    await enqueue(pool, { name: HOSTILE, work: touch.name, table: 'items', batchSize: 10 });
+    const { base } = await serve(pool);
+
+    const page = await (await fetch(`${base}/`)).text();
+    expect(page).toContain('&#60;img src=x onerror=alert(1)&#62;');
+    expect(page).not.toContain(HOSTILE);
+    expect(page).toContain('Read-only');
+    const script = await fetch(`${base}/status-page.js`);
+    expect(script.headers.get('content-type')).toMatch(/javascript/);
+    expect(await script.text()).not.toContain('innerHTML');
+
+    const progress = async () =>
+      ((await (await fetch(`${base}/api/migrations`)).json()) as Array<{ progress: number }>)[0]!.progress;
+    expect(await progress()).toBe(0);
+    const worker = testWorker(pool, { work: [touch], pauseMs: 20 });
+    const running = worker.run({ untilDone: true });
+    const seen = await waitFor(async () => {
+      const p = await progress();
+      return p > 0 && p < 1 ? p : undefined;
+    }, 'progress part of the way');
+    expect(seen).toBeGreaterThan(0);
+    await running;
+    expect(await progress()).toBe(1);
+  });
+
+  it("shows a migration's recent jobs and failed ranges, error messages escaped", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const failing = {
+      name: touch.name,
+      async do(job: Parameters<typeof touch.do>[0]) {
+        await touch.do(job);
+        if (job.start === 11n) throw new Error(`bad row ${HOSTILE}`);
+      },
+    };
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    const worker = testWorker(pool, { work: [failing], maxAttempts: 2 });
+    await worker.run({ untilDone: true });
+    const { base } = await serve(pool);
+    const page = await (await fetch(`${base}/migrations/fill`)).text();
+    expect(page).toMatch(
+      /<h2>Failed ranges<\/h2><div class="wrap"><table>.*<td>11\.\.20<\/td><td>failed<\/td><td>2<\/td>/s,
+    );
+    expect(page).toContain('bad row &#60;img src=x onerror=alert(1)&#62;');
+    expect(page).not.toContain(HOSTILE);
+    expect((await fetch(`${base}/migrations/nope`)).status).toBe(404);
+  });
+
+  it('pauses, resumes and retries only with the token, from its own origin, never by GET', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 200));
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    const { base, post } = await serve(pool, TOKEN);
+    const status = async () => (await migrationRow(pool, 'fill'))?.status;
+
+    expect((await post('/api/migrations/fill/pause')).status).toBe(403);
+    expect((await post('/api/migrations/fill/pause', { 'x-bbm-token': 'wrong-token-0123456789' })).status).toBe(403);
+    expect(
+      (await post('/api/migrations/fill/pause', { 'x-bbm-token': TOKEN, origin: 'http://evil.example' })).status,
+    ).toBe(403);
+    expect((await fetch(`${base}/api/migrations/fill/pause`)).status).toBe(404);
+    expect(await status()).toBe(MigrationStatus.active);
+
+    const paused = await post('/api/migrations/fill/pause', { 'x-bbm-token': TOKEN, origin: base });
+    expect(paused.status).toBe(200);
+    expect(await paused.json()).toEqual({ action: 'pause', name: 'fill', changed: true });
+    expect(await status()).toBe(MigrationStatus.paused);
+    // A paused migration: a worker takes none of its jobs.
+    const worker = testWorker(pool, { work: [touch] });
+    await worker.run({ untilDone: true });
+    expect((await pool.query('SELECT count(*)::int AS n FROM items WHERE touched > 0')).rows[0].n).toBe(0);
+
+    expect((await post('/api/migrations/fill/resume', { 'x-bbm-token': TOKEN })).status).toBe(200);
+    expect((await post('/api/migrations/fill/retry', { 'x-bbm-token': TOKEN })).status).toBe(409); // not failed: nothing to retry
+    await testWorker(pool, { work: [touch] }).run({ untilDone: true });
+    expect(await status()).toBe(MigrationStatus.finished);
+    expect(await (await fetch(`${base}/`)).text()).not.toContain('Read-only');
+  });
+
+  it('is read-only without a token, and says so', async () => {
+    const { pool } = db();
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    const { post } = await serve(pool);
+    const refused = await post('/api/migrations/fill/pause', { 'x-bbm-token': TOKEN });
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ error: expect.stringMatching(/read-only/) });
+    expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.active);
+  });
+});
