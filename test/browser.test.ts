@@ -118,7 +118,7 @@ describe.skipIf(!available)('the status page in Chromium', () => {
     expect(await progress()).toBe('100.0%');
     if (process.env.BBM_SCREENSHOT) {
       // The README's picture (BBM_SCREENSHOT=docs/status-page.png npx vitest run test/browser.test.ts).
-      await page.evaluate(() => document.querySelector('.wrap')?.scrollTo(0, 0));
+      await page.evaluate("document.querySelector('.wrap')?.scrollTo(0, 0)");
       await page.screenshot({ path: process.env.BBM_SCREENSHOT });
     }
     await worker.stop();

@@ -140,8 +140,9 @@ describe('health holds', () => {
       name: touch.name,
       async do(job) {
         await touch.do(job);
-        // The database slowing the work down: 30 ms a job instead of well under 1.
-        if (slow) await job.query('SELECT pg_sleep(0.03)');
+        // Jobs that wait rather than compute (5 ms), so that more lanes do not slow each one down on
+        // a 2-core machine; then the database slowing the work down: 50 ms a job.
+        await job.query('SELECT pg_sleep($1)', [slow ? 0.05 : 0.005]);
       },
     };
     const changes: LanesEvent[] = [];
@@ -158,7 +159,6 @@ describe('health holds', () => {
       },
     });
     const running = worker.run({ untilDone: true });
-    onTestFinished(() => worker.stop());
     const lanesAllowed = async () =>
       (
         await pool.query<{ l: number | null }>(
@@ -166,27 +166,40 @@ describe('health holds', () => {
           [id],
         )
       ).rows[0]!.l;
+    try {
+      // Slow start: one lane first, then one more every check while jobs stay fast, up to all 4.
+      await waitFor(async () => (await lanesAllowed()) === 1, 'the slow start in one lane');
+      await waitFor(async () => (await lanesAllowed()) === null, 'the lanes to grow to all 4');
+      // (Jobs this short are noisy: a stray slow one may shed a lane on the way, grown back after.)
+      expect(changes.filter((c) => c.direction === 'grown').map((c) => c.to)).toEqual(
+        expect.arrayContaining([2, 3, 4]),
+      );
 
-    await waitFor(async () => (await finishedJobs(pool, 'fill')) >= 30, 'the norm to be learned');
-    slow = true;
-    await waitFor(async () => (await lanesAllowed()) === 1, 'the lanes to be shed down to 1');
-    // Slow start grew the lanes from 1; the slowdown halved them (4 → 2 → 1, or 3 → 1).
-    expect(changes.filter((c) => c.direction === 'shed').at(-1)).toMatchObject({ to: 1 });
-    const [report] = await migrationReports(pool, { name: 'fill' });
-    expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1 });
-    // The jobs already running in higher lanes finish; then one lane works.
-    await waitFor(async () => (await migrationReports(pool, { name: 'fill' }))[0]!.lanesInUse <= 1, 'one lane in use');
+      slow = true;
+      await waitFor(async () => (await lanesAllowed()) === 1, 'the lanes to be shed down to 1');
+      expect(changes.filter((c) => c.direction === 'shed').at(-1)).toMatchObject({ to: 1 });
+      const [report] = await migrationReports(pool, { name: 'fill' });
+      expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1 });
+      // The jobs already running in higher lanes finish; then one lane works.
+      await waitFor(
+        async () => (await migrationReports(pool, { name: 'fill' }))[0]!.lanesInUse <= 1,
+        'one lane in use',
+      );
 
-    slow = false;
-    await waitFor(async () => (await lanesAllowed()) === null, 'the lanes to grow back to all 4');
-    // Additive increase, multiplicative decrease: one lane back at a time, halved on pressure (a
-    // slow job still in flight when the slowdown ended may shed once more), ending at all 4.
-    for (const change of changes) {
-      expect(change.to).toBe(change.direction === 'grown' ? change.from + 1 : Math.max(1, Math.floor(change.from / 2)));
+      slow = false;
+      await waitFor(async () => (await lanesAllowed()) === null, 'the lanes to grow back to all 4');
+      // Additive increase, multiplicative decrease: one lane back at a time, halved on pressure (a
+      // slow job still in flight when the slowdown ended may shed once more), ending at all 4.
+      for (const change of changes) {
+        expect(change.to).toBe(
+          change.direction === 'grown' ? change.from + 1 : Math.max(1, Math.floor(change.from / 2)),
+        );
+      }
+      expect(changes.at(-1)).toMatchObject({ direction: 'grown', from: 3, to: 4 });
+    } finally {
+      await worker.stop();
+      await running;
     }
-    expect(changes.at(-1)).toMatchObject({ direction: 'grown', from: 3, to: 4 });
-    await worker.stop();
-    await running;
 
     // An operator's lanes win over the controller's allowance.
     await pool.query('UPDATE batched_background_migrations SET lanes_allowed = 1 WHERE id = $1', [id]);

@@ -2,6 +2,8 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { startOpsServer } from '../src/bbm/ops-server.ts';
 import { createStatusPage } from '../src/bbm/status-page.ts';
+import { resolveSchedules } from '../src/bbm/schedules.ts';
+import { WorkRegistry } from '../src/bbm/work-registry.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
@@ -102,6 +104,44 @@ describe('the status page', () => {
     await testWorker(pool, { work: [touch] }).run({ untilDone: true });
     expect(await status()).toBe(MigrationStatus.finished);
     expect(await (await fetch(`${base}/`)).text()).not.toContain('Read-only');
+  });
+
+  it("changes a migration's lanes and batch size with the token, and refuses bad values", async () => {
+    const { pool } = db();
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    const { base } = await serve(pool, TOKEN);
+    const set = (body: unknown) =>
+      fetch(`${base}/api/migrations/fill/set`, {
+        method: 'POST',
+        headers: { 'x-bbm-token': TOKEN, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    const pace = async () =>
+      (
+        await pool.query('SELECT max_parallel_jobs, batch_size FROM batched_background_migrations WHERE name = $1', [
+          'fill',
+        ])
+      ).rows[0];
+    expect((await set({ lanes: 3, batchSize: '50' })).status).toBe(200);
+    expect(await pace()).toEqual({ max_parallel_jobs: 3, batch_size: 50 });
+    for (const bad of [{ lanes: 0 }, { lanes: 257 }, { batchSize: 1.5 }, {}, 'text']) {
+      expect((await set(bad)).status).toBe(400);
+    }
+    expect(await pace()).toEqual({ max_parallel_jobs: 3, batch_size: 50 });
+  });
+
+  it('lists the schedules it is given, with their last pass and next due', async () => {
+    const { pool } = db();
+    const schedules = resolveSchedules(
+      [{ name: 'sweep', work: touch.name, table: 'items', column: 'id', batchSize: 10, every: '1h' }],
+      new WorkRegistry([touch]),
+    );
+    const server = await startOpsServer({ page: createStatusPage({ db: pool, schedules }), db: pool, port: 0 });
+    onTestFinished(() => server.close());
+    const page = await (await fetch(`http://${server.host}:${server.port}/`)).text();
+    expect(page).toMatch(
+      /<h2>Schedules<\/h2>.*<td>sweep<\/td><td>1h<\/td><td>test\.touch<\/td><td>-<\/td><td>-<\/td><td>\d{4}-\d\d-\d\dT/s,
+    );
   });
 
   it('is read-only without a token, and says so', async () => {

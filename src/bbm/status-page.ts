@@ -13,12 +13,16 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { Queryable } from '../store/db.ts';
 import { recentJobs, type JobRow } from '../store/jobs.ts';
-import { retryMigration } from '../store/migration-rows.ts';
+import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
+import { retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
+import { scheduleReports, type ResolvedSchedule, type ScheduleReport } from './schedules.ts';
 import { migrationReports, pause, resume } from './status.ts';
 import type { MigrationReport } from './types.ts';
 
 export interface StatusPageOptions {
   db: Queryable;
+  /** The config's schedules, shown with their last pass and when the next is due. */
+  schedules?: readonly ResolvedSchedule[] | undefined;
   /** The operator token: without one the page is read-only (and says so). */
   token?: string | undefined;
   log?: Logger | undefined;
@@ -28,7 +32,44 @@ export interface StatusPageOptions {
 export type StatusPage = (request: IncomingMessage, response: ServerResponse) => boolean;
 
 const ACTIONS = ['pause', 'resume', 'retry'] as const;
-type Action = (typeof ACTIONS)[number];
+type Action = (typeof ACTIONS)[number] | 'set';
+
+class BadRequest extends Error {}
+
+/** A POST's JSON body (at most 4 kB), or {} when there is none. */
+async function readBody(request: IncomingMessage): Promise<Record<string, unknown>> {
+  let text = '';
+  for await (const chunk of request) {
+    text += String(chunk);
+    if (text.length > 4096) throw new BadRequest('body too large');
+  }
+  if (text.trim() === '') return {};
+  try {
+    const body: unknown = JSON.parse(text);
+    if (body && typeof body === 'object' && !Array.isArray(body)) return body as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new BadRequest('the body must be a JSON object');
+}
+
+/** `set`'s fields: lanes (1..256) and batchSize (1..2147483647), each optional. */
+function paceOf(body: Record<string, unknown>): MigrationPace {
+  const pace: MigrationPace = {};
+  const integer = (key: string, max: number): number | undefined => {
+    const value = body[key];
+    if (value === undefined || value === null || value === '') return undefined;
+    const number = Number(value);
+    if (!Number.isInteger(number) || number < 1 || number > max)
+      throw new BadRequest(`${key} must be a whole number from 1 to ${max}`);
+    return number;
+  };
+  pace.maxParallelJobs = integer('lanes', MAX_LANES);
+  pace.batchSize = integer('batchSize', INT4_MAX);
+  if (pace.maxParallelJobs === undefined && pace.batchSize === undefined)
+    throw new BadRequest('set needs lanes or batchSize');
+  return pace;
+}
 
 /** Text as HTML: every character a row may hold that means something in markup, escaped. */
 export function html(text: unknown): string {
@@ -38,7 +79,7 @@ export function html(text: unknown): string {
 /** JSON where bigints are strings (a browser's JSON.parse would round them). */
 const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
 
-export function createStatusPage({ db, token, log }: StatusPageOptions): StatusPage {
+export function createStatusPage({ db, token, log, schedules = [] }: StatusPageOptions): StatusPage {
   const expected = token ? Buffer.from(token) : undefined;
   const authorized = (request: IncomingMessage): boolean => {
     const given = request.headers['x-bbm-token'];
@@ -77,7 +118,7 @@ export function createStatusPage({ db, token, log }: StatusPageOptions): StatusP
     const method = request.method ?? 'GET';
 
     if (method === 'POST') {
-      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry)$/.exec(path);
+      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|set)$/.exec(path);
       if (!match) return false;
       const name = decodeURIComponent(match[1]!);
       const action = match[2] as Action;
@@ -101,20 +142,26 @@ export function createStatusPage({ db, token, log }: StatusPageOptions): StatusP
         );
         return true;
       }
-      act(db, action, name).then(
-        (result) => {
-          log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
-          send(response, result.changed ? 200 : 409, json(result), 'application/json');
-        },
-        (error: unknown) => fail(response, error),
-      );
+      readBody(request)
+        .then((body) => act(db, action, name, body))
+        .then(
+          (result) => {
+            log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
+            send(response, result.changed ? 200 : 409, json(result), 'application/json');
+          },
+          (error: unknown) =>
+            error instanceof BadRequest
+              ? send(response, 400, json({ error: error.message }), 'application/json')
+              : fail(response, error),
+        );
       return true;
     }
     if (method !== 'GET' && method !== 'HEAD') return false;
 
     if (path === '/') {
-      migrationReports(db).then(
-        (reports) => send(response, 200, listPage(reports, Boolean(expected)), 'text/html; charset=utf-8'),
+      Promise.all([migrationReports(db), scheduleReports(db, schedules)]).then(
+        ([reports, passes]) =>
+          send(response, 200, listPage(reports, passes, Boolean(expected)), 'text/html; charset=utf-8'),
         (error: unknown) => fail(response, error),
       );
       return true;
@@ -156,8 +203,11 @@ async function act(
   db: Queryable,
   action: Action,
   name: string,
+  body: Record<string, unknown>,
 ): Promise<{ action: Action; name: string; changed: boolean }> {
   switch (action) {
+    case 'set':
+      return { action, name, changed: await setMigrationPace(db, name, paceOf(body)) };
     case 'pause':
       return { action, name, changed: (await pause(db, name)).length > 0 };
     case 'resume':
@@ -203,7 +253,19 @@ const note = (r: MigrationReport) =>
       ? `waiting for a worker with ${r.jobSignatureName}`
       : (r.lastError ?? ''));
 
-function listPage(reports: MigrationReport[], writable: boolean): string {
+function scheduleTable(schedules: ScheduleReport[]): string {
+  if (schedules.length === 0) return '';
+  return `<h2>Schedules</h2><div class="wrap"><table><thead><tr><th>schedule</th><th>every</th><th>work</th><th>last pass</th><th>status</th><th>next due</th></tr></thead><tbody>
+${schedules
+  .map(
+    (s) =>
+      `<tr><td>${html(s.name)}</td><td>${html(s.every)}</td><td>${html(s.work)}</td><td>${html(s.lastPass?.name ?? '-')}</td>` +
+      `<td>${html(s.lastPass?.status ?? '-')}</td><td>${html(s.nextDue === null ? 'after the last pass' : s.nextDue.toISOString())}</td></tr>`,
+  )
+  .join('\n')}</tbody></table></div>`;
+}
+
+function listPage(reports: MigrationReport[], schedules: ScheduleReport[], writable: boolean): string {
   const rows = reports
     .map(
       (
@@ -217,7 +279,7 @@ function listPage(reports: MigrationReport[], writable: boolean): string {
   return shell(
     'pg-bbm: batched background migrations',
     `<div class="wrap"><table id="migrations"><thead><tr><th>migration</th><th>status</th><th>progress</th><th>pace</th><th>lanes</th><th>note</th><th></th></tr></thead>
-<tbody>${rows}</tbody></table></div>${reports.length === 0 ? '<p>No migrations yet.</p>' : ''}`,
+<tbody>${rows}</tbody></table></div>${reports.length === 0 ? '<p>No migrations yet.</p>' : ''}${scheduleTable(schedules)}`,
     writable,
   );
 }
@@ -243,6 +305,9 @@ function migrationPage(r: MigrationReport, jobs: { recent: JobRow[]; failed: Job
 <td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td><td data-field="note" class="note">${html(note(r))}</td>
 <td>${ACTIONS.map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`).join('')}</td></tr></tbody></table></div>
 <p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}]`)}</p>
+<form id="pace" data-name="${html(r.name)}"><label>lanes <input name="lanes" type="number" min="1" max="${MAX_LANES}" value="${r.lanes}" ${writable ? '' : 'disabled'}></label>
+<label>batch size <input name="batchSize" type="number" min="1" value="${r.batchSize}" ${writable ? '' : 'disabled'}></label>
+<button type="submit" ${writable ? '' : 'disabled'}>set</button></form>
 <h2>Failed ranges</h2>${jobTable(jobs.failed)}<h2>Recent jobs</h2>${jobTable(jobs.recent)}`,
     writable,
   );
@@ -286,6 +351,17 @@ const CLIENT_SCRIPT = `'use strict';
       method: 'POST', headers: { 'x-bbm-token': token ? token.value : '' } });
     const body = await response.json().catch(() => ({}));
     message.textContent = response.ok ? button.dataset.action + ': ' + name : (body.error || (button.dataset.action + ' changed nothing'));
+    refresh();
+  });
+  const paceForm = document.getElementById('pace');
+  if (paceForm) paceForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const form = new FormData(paceForm);
+    const response = await fetch('/api/migrations/' + encodeURIComponent(paceForm.dataset.name) + '/set', {
+      method: 'POST', headers: { 'x-bbm-token': token ? token.value : '', 'content-type': 'application/json' },
+      body: JSON.stringify({ lanes: form.get('lanes'), batchSize: form.get('batchSize') }) });
+    const body = await response.json().catch(() => ({}));
+    message.textContent = response.ok ? 'set: ' + paceForm.dataset.name : (body.error || 'set changed nothing');
     refresh();
   });
   setInterval(refresh, 2000);

@@ -7,6 +7,8 @@ import { migrationReports } from '../bbm/status.ts';
 import { createMetrics } from '../bbm/metrics.ts';
 import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
 import { createStatusPage } from '../bbm/status-page.ts';
+import { resolveSchedules, type ResolvedSchedule } from '../bbm/schedules.ts';
+import { WorkRegistry } from '../bbm/work-registry.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
@@ -165,7 +167,7 @@ export async function run(context: Context): Promise<number> {
     if (metrics && metricsPort !== undefined) {
       ops = await startOpsServer({
         registry: metrics.registry,
-        page: createStatusPage({ db: pool, token: dashboardToken(context), log }),
+        page: createStatusPage({ db: pool, token: dashboardToken(context), log, schedules: schedulesOf(config) }),
         db: pool,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
@@ -303,7 +305,7 @@ export async function dashboard(context: Context): Promise<number> {
   const log = logger(context, 2);
   const token = dashboardToken(context);
   const server = await startOpsServer({
-    page: createStatusPage({ db: pool, token, log }),
+    page: createStatusPage({ db: pool, token, log, schedules: schedulesOf(context.config) }),
     db: pool,
     port,
     host: flags.host ?? '127.0.0.1',
@@ -317,4 +319,9 @@ export async function dashboard(context: Context): Promise<number> {
   });
   await server.close();
   return 0;
+}
+
+/** The config's schedules, resolved, for the status page. */
+function schedulesOf(config: Config | undefined): ResolvedSchedule[] {
+  return config?.schedules ? resolveSchedules(config.schedules, new WorkRegistry(config.work)) : [];
 }
