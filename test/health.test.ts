@@ -242,6 +242,40 @@ describe('health holds', () => {
     );
   });
 
+  it('hold every migration while the replica lag source reports too much, and lift it when it drops (a faked source: no replica here)', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 40));
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5 });
+    let lag: number | null = 200 * 1024 * 1024;
+    const holds: HoldEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      observers: [{ hold: (event) => holds.push(event) }],
+      health: {
+        autovacuum: false,
+        maxTransactionAgeMs: null,
+        replayLagBytes: () => Promise.resolve(lag),
+        checkMs: 50,
+        holdMs: 600_000,
+      },
+    });
+    const running = worker.run({ untilDone: true });
+    try {
+      const [report] = await waitFor(async () => {
+        const reports = await migrationReports(pool, { name: 'fill' });
+        return reports[0]?.holdReason ? reports : undefined;
+      }, 'the replica lag hold');
+      expect(report?.holdReason).toBe('a replica replays 200.0 MB behind (limit 64.0 MB)');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await finishedJobs(pool, 'fill')).toBe(0);
+    } finally {
+      lag = 1024; // the replica catches up: the hold is lifted at the next check
+      await running;
+    }
+    expect(holds).toMatchObject([{ kind: 'replay_lag', migrations: ['fill'] }]);
+    expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
+  });
+
   it('are off with health: false', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 10));

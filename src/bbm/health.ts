@@ -24,6 +24,7 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
   autovacuum: true,
   maxTransactionAgeMs: 300_000,
   maxReplayLagBytes: 64 * 1024 * 1024,
+  replayLagBytes: maxReplicaLagBytes,
   maxWalArchiveReady: 42,
   maxWalBytesPerSecond: null,
   latency: true,
@@ -55,6 +56,7 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
       throw new ConfigError(`health.${key} must be an integer from 1 to 86400000; got ${JSON.stringify(value)}`);
     }
   }
+  if (typeof resolved.replayLagBytes !== 'function') throw new ConfigError('health.replayLagBytes must be a function');
   for (const key of ['autovacuum', 'latency'] as const) {
     if (typeof resolved[key] !== 'boolean') throw new ConfigError(`health.${key} must be true or false`);
   }
@@ -117,7 +119,7 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
     );
   }
   if (health.maxReplayLagBytes !== null) {
-    const lag = await maxReplicaLagBytes(db);
+    const lag = await health.replayLagBytes(db);
     await serverWide(
       'replay_lag',
       lag !== null && lag > health.maxReplayLagBytes

@@ -351,6 +351,12 @@ export interface HealthOptions {
   maxTransactionAgeMs?: number | null;
   /** Hold every migration while a streaming replica replays more than this many bytes behind. Default 64 MiB. */
   maxReplayLagBytes?: number | null;
+  /**
+   * How replay lag is read, in bytes (null: no replica). Default: the largest of
+   * `pg_stat_replication` on this server. Give your own where that view cannot see the replicas
+   * (cascading or cloud read replicas, lag measured elsewhere).
+   */
+  replayLagBytes?: (db: Queryable) => Promise<number | null>;
   /** Hold every migration while more WAL segments than this wait for the archiver. Default 42. */
   maxWalArchiveReady?: number | null;
   /**
