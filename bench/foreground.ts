@@ -6,9 +6,8 @@
  * the foreground's p99 latency in each, and the migration's rows/s beside it.
  */
 import type pg from 'pg';
-import { pino } from 'pino';
-import type { HealthOptions, Work } from '../src/bbm/types.ts';
-import { Worker } from '../src/bbm/worker.ts';
+import type { Work } from '../src/bbm/types.ts';
+import { drain } from './drain.ts';
 
 export interface ForegroundResult {
   /** Foreground updates per second asked for. */
@@ -22,7 +21,6 @@ export interface ForegroundResult {
 }
 
 const FOREGROUND_UPDATE = 'UPDATE bench_items SET payload = md5(random()::text) WHERE id = $1';
-const quiet = pino({ level: 'silent' });
 
 function p99(samples: number[]): number {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -60,36 +58,6 @@ async function foregroundLoad(
   return latencies;
 }
 
-let pass = 0;
-
-/** Drains a fresh migration over the table; resolves with its duration in ms. */
-async function drain(
-  pool: pg.Pool,
-  work: Work,
-  batch: number,
-  lanes: number,
-  health: HealthOptions | false,
-): Promise<number> {
-  pass += 1;
-  await pool.query(
-    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs)
-     VALUES ($1, $2, $3, 'bench_items', 'id', $4)`,
-    [`bench_fg_${pass}`, batch, work.name, lanes],
-  );
-  const worker = new Worker({
-    pool,
-    work: [work],
-    logger: quiet,
-    startupJitterMs: 0,
-    intervalMs: 1,
-    concurrency: lanes,
-    health,
-  });
-  const started = performance.now();
-  await worker.run({ untilDone: true });
-  return performance.now() - started;
-}
-
 export async function foreground(
   pool: pg.Pool,
   {
@@ -108,13 +76,13 @@ export async function foreground(
     new Promise((resolve) => setTimeout(resolve, baselineMs)),
   );
 
-  const unthrottledRun = drain(pool, work, batch, lanes, false);
+  const unthrottledRun = drain(pool, { work, batch, lanes, health: false });
   const unthrottled = await foregroundLoad(pool, rows, perSecond, unthrottledRun);
   const unthrottledMs = await unthrottledRun;
   await pool.query('VACUUM bench_items');
 
   // Every hold on, checked often enough to act within a run this short.
-  const heldRun = drain(pool, work, batch, lanes, { checkMs: 500, holdMs: 2_000 });
+  const heldRun = drain(pool, { work, batch, lanes, health: { checkMs: 500, holdMs: 2_000 } });
   const held = await foregroundLoad(pool, rows, perSecond, heldRun);
   const heldMs = await heldRun;
 

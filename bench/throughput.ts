@@ -29,6 +29,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
+import { drain } from './drain.ts';
 import { foreground } from './foreground.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
@@ -88,31 +89,13 @@ const work: Work = {
 };
 
 const quiet = pino({ level: 'silent' });
-let pass = 0;
-
-/** Drains a fresh migration over the table with `lanes` lanes and one worker of that concurrency. */
-async function engine(pool: pg.Pool, lanes: number): Promise<number> {
-  pass += 1;
-  await pool.query(
-    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs)
-     VALUES ($1, $2, 'bench.hits', 'bench_items', 'id', $3)`,
-    [`bench_${pass}`, BATCH, lanes],
-  );
-  const worker = new Worker({
-    pool,
-    work: [work],
-    logger: quiet,
-    startupJitterMs: 0,
-    intervalMs: 1,
-    concurrency: lanes,
-    // The engine's own speed: no holds (autovacuum on this table, rewritten over and over, would
-    // set it aside), no slow start. The foreground section measures them.
-    health: false,
-  });
-  const started = performance.now();
-  await worker.run({ untilDone: true });
-  return performance.now() - started;
-}
+/**
+ * Drains a fresh migration over the table with `lanes` lanes and one worker of that concurrency,
+ * without health holds (autovacuum on this table, rewritten over and over, would set it aside;
+ * the foreground section measures them).
+ */
+const engine = (pool: pg.Pool, lanes: number): Promise<number> =>
+  drain(pool, { work, batch: BATCH, lanes, health: false });
 
 /** The same UPDATEs over precomputed ranges, shared out to `connections` connections. */
 async function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
@@ -174,6 +157,8 @@ async function adaptive(
  * drained by `count` workers: each job is two (its own and the cut of the next range); what
  * more workers add is the cost of the locked-out ones.
  */
+let busyPass = 0;
+
 async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Promise<number> {
   const transactions = async () =>
     Number(
@@ -183,11 +168,11 @@ async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Pr
         )
       ).rows[0].n,
     );
-  pass += 1;
+  busyPass += 1;
   await pool.query(
     `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
      VALUES ($1, $2, 'bench.hits', 'bench_items', 'id')`,
-    [`bench_busy_${pass}`, BATCH],
+    [`bench_busy_${busyPass}`, BATCH],
   );
   const before = await transactions();
   // Each worker has its own pool, ended by close(): a backend flushes its statistics when it exits.

@@ -1,0 +1,36 @@
+/** What every engine section of the benchmark does: enqueue a fresh migration over bench_items and drain it. */
+import type pg from 'pg';
+import { pino } from 'pino';
+import type { HealthOptions, Work } from '../src/bbm/types.ts';
+import { Worker } from '../src/bbm/worker.ts';
+
+const quiet = pino({ level: 'silent' });
+let pass = 0;
+
+/**
+ * Drains a fresh migration with `lanes` lanes and one worker of that concurrency; resolves with
+ * its duration in ms. `health: false` measures the engine's own speed (no holds, no slow start).
+ */
+export async function drain(
+  pool: pg.Pool,
+  { work, batch, lanes, health }: { work: Work; batch: number; lanes: number; health: HealthOptions | false },
+): Promise<number> {
+  pass += 1;
+  await pool.query(
+    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs)
+     VALUES ($1, $2, $3, 'bench_items', 'id', $4)`,
+    [`bench_${pass}`, batch, work.name, lanes],
+  );
+  const worker = new Worker({
+    pool,
+    work: [work],
+    logger: quiet,
+    startupJitterMs: 0,
+    intervalMs: 1,
+    concurrency: lanes,
+    health,
+  });
+  const started = performance.now();
+  await worker.run({ untilDone: true });
+  return performance.now() - started;
+}
