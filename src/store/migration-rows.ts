@@ -135,25 +135,39 @@ export interface HoldSet {
 
 /**
  * Holds every runnable migration until now + `holdMs`, for a signal about the whole server (a
- * long-open transaction, replica lag, the WAL archiver). A hold only ever moves later; `fresh`
- * marks migrations that were not held before, whichever worker set it.
+ * long-open transaction, replica lag, the WAL archiver).
  */
 export async function holdRunnable(
   db: Queryable,
   { holdMs, reason }: { holdMs: number; reason: string },
 ): Promise<HoldSet[]> {
+  return setHolds(
+    db,
+    sql`SELECT id, ${reason}::text AS reason, ${holdMs}::float8 AS hold_ms
+        FROM batched_background_migrations WHERE status IN (${RUNNABLE})`,
+  );
+}
+
+/**
+ * Sets the holds `candidates` call for: a query of (id, reason, hold_ms) rows, one per runnable
+ * migration to hold. Each is held until now + hold_ms with its reason; a hold only ever moves
+ * later, and `fresh` marks migrations that were not held before (whichever worker set it).
+ */
+async function setHolds(db: Queryable, candidates: SQL): Promise<HoldSet[]> {
   return exec<HoldSet>(
     db,
     sql`
-      WITH target AS (
-        SELECT id, on_hold_until AS before FROM batched_background_migrations
-        WHERE status IN (${RUNNABLE}) AND (on_hold_until IS NULL OR on_hold_until < now() + ${holdMs}::float8 * interval '1 millisecond')
-        FOR UPDATE
+      WITH candidate AS (${candidates}), target AS (
+        SELECT m.id, m.on_hold_until AS before, c.reason, c.hold_ms
+        FROM batched_background_migrations m JOIN candidate c ON c.id = m.id
+        WHERE m.status IN (${RUNNABLE})
+          AND (m.on_hold_until IS NULL OR m.on_hold_until < now() + c.hold_ms * interval '1 millisecond')
+        FOR UPDATE OF m
       )
       UPDATE batched_background_migrations m
-      SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = ${reason}, updated_at = now()
+      SET on_hold_until = now() + t.hold_ms * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
       FROM target t WHERE m.id = t.id
-      RETURNING m.name, m.hold_reason AS reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
+      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
   );
 }
 
@@ -164,27 +178,21 @@ export async function holdRunnable(
  * vacuums are visible with pg_monitor.
  */
 export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdMs: number }): Promise<HoldSet[]> {
-  return exec<HoldSet>(
+  return setHolds(
     db,
     sql`
-      WITH vacuuming AS (
+      SELECT m.id, v.reason, ${holdMs}::float8 AS hold_ms
+      FROM batched_background_migrations m
+      JOIN (
         SELECT p.relid, format('%s on %I.%I', CASE WHEN a.backend_type = 'autovacuum worker' THEN 'autovacuum' ELSE 'vacuum' END,
-                              n.nspname, c.relname) AS reason
+                               n.nspname, c.relname) AS reason
         FROM pg_catalog.pg_stat_progress_vacuum p
         JOIN pg_catalog.pg_class c ON c.oid = p.relid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
         WHERE p.datname = current_database()
-      ), target AS (
-        SELECT m.id, m.on_hold_until AS before, v.reason
-        FROM batched_background_migrations m JOIN vacuuming v ON v.relid = bbm_try_regclass(m.table_name)
-        WHERE m.status IN (${RUNNABLE}) AND (m.on_hold_until IS NULL OR m.on_hold_until < now() + ${holdMs}::float8 * interval '1 millisecond')
-        FOR UPDATE OF m
-      )
-      UPDATE batched_background_migrations m
-      SET on_hold_until = now() + ${holdMs}::float8 * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
-      FROM target t WHERE m.id = t.id
-      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
+      ) v ON v.relid = bbm_try_regclass(m.table_name)
+      WHERE m.status IN (${RUNNABLE})`,
   );
 }
 
@@ -259,31 +267,21 @@ export async function holdOverWalBudget(
   db: Queryable,
   { bytesPerSecond, windowMs }: { bytesPerSecond: number; windowMs: number },
 ): Promise<HoldSet[]> {
-  return exec<HoldSet>(
+  return setHolds(
     db,
     sql`
-      WITH spent AS (
+      SELECT s.id,
+             format('WAL budget: %s kB/s over the last %ss (limit %s kB/s)',
+                    round((s.bytes / (${windowMs}::float8 / 1000) / 1000)::numeric, 1),
+                    round(${windowMs}::numeric / 1000), round((${bytesPerSecond}::float8 / 1000)::numeric, 1)) AS reason,
+             ${windowMs}::float8 * (1 - ${bytesPerSecond}::float8 * ${windowMs}::float8 / 1000 / s.bytes) AS hold_ms
+      FROM (
         SELECT j.batched_background_migration_id AS id, sum(j.wal_bytes)::float8 AS bytes
         FROM batched_background_migration_jobs j
         WHERE j.finished_at > now() - ${windowMs}::float8 * interval '1 millisecond' AND j.wal_bytes IS NOT NULL
         GROUP BY 1
-      ), over AS (
-        SELECT s.id, s.bytes, ${windowMs}::float8 * (1 - ${bytesPerSecond}::float8 * ${windowMs}::float8 / 1000 / s.bytes) AS hold_ms
-        FROM spent s WHERE s.bytes / (${windowMs}::float8 / 1000) > ${bytesPerSecond}::float8
-      ), target AS (
-        SELECT m.id, m.on_hold_until AS before, o.hold_ms,
-               format('WAL budget: %s kB/s over the last %ss (limit %s kB/s)',
-                      round((o.bytes / (${windowMs}::float8 / 1000) / 1000)::numeric, 1),
-                      round(${windowMs}::numeric / 1000), round((${bytesPerSecond}::float8 / 1000)::numeric, 1)) AS reason
-        FROM batched_background_migrations m JOIN over o ON o.id = m.id
-        WHERE m.status IN (${RUNNABLE})
-          AND (m.on_hold_until IS NULL OR m.on_hold_until < now() + o.hold_ms * interval '1 millisecond')
-        FOR UPDATE OF m
-      )
-      UPDATE batched_background_migrations m
-      SET on_hold_until = now() + t.hold_ms * interval '1 millisecond', hold_reason = t.reason, updated_at = now()
-      FROM target t WHERE m.id = t.id
-      RETURNING m.name, t.reason, (t.before IS NULL OR t.before <= now()) AS fresh, m.on_hold_until AS until`,
+      ) s
+      WHERE s.bytes / (${windowMs}::float8 / 1000) > ${bytesPerSecond}::float8`,
   );
 }
 
