@@ -1,7 +1,7 @@
-/** The registry GC pack's sweeps, on real Postgres and a temporary directory as the blob store. */
-import { mkdtemp, rm, utimes } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
+/**
+ * The registry GC pack's sweeps, on real Postgres, each against both blob stores: a temporary
+ * directory, and a real S3 API server on 127.0.0.1 through the AWS SDK.
+ */
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { Registry } from 'prom-client';
@@ -9,11 +9,27 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Work } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { setTtlPolicy } from '../src/store/gc/registry.ts';
-import { createGcMetrics, FilesystemBlobStore, GC_WORK, gcWork, type BlobStore } from '../src/work/gc/index.ts';
-import { blobKey, deleteRepository, openUpload, pull, pushBlob, pushImage } from '../src/dev/registry-client.ts';
+import {
+  createGcMetrics,
+  GC_WORK,
+  gcWork,
+  NamespaceDeletedError,
+  setTagExpiry,
+  type BlobStore,
+} from '../src/work/gc/index.ts';
+import {
+  blobKey,
+  deleteNamespace,
+  deleteRepository,
+  openUpload,
+  pull,
+  pushBlob,
+  pushImage,
+} from '../src/dev/registry-client.ts';
 import { useTestDatabase } from './support/database.ts';
 import { drain, enqueue, migrationRow, testWorker } from './support/engine.ts';
 import { runBbm, startBbm, waitFor } from './support/processes.ts';
+import { storeKinds, useS3Server, type StoreUnderTest } from './support/blob-stores.ts';
 
 const GC_CONFIG = fileURLToPath(new URL('./fixtures/gc.config.ts', import.meta.url));
 
@@ -39,16 +55,18 @@ async function sweep(
 const age = (pool: pg.Pool, table: string, column: string, interval: string, where = 'true') =>
   pool.query(`UPDATE registry.${table} SET ${column} = now() - interval '${interval}' WHERE ${where}`);
 
-describe('the GC pack', () => {
+const s3 = useS3Server();
+
+describe.each(storeKinds(s3))('the GC pack on the $name store', (kind) => {
   const db = useTestDatabase();
-  let root: string;
-  let store: FilesystemBlobStore;
+  let under: StoreUnderTest;
+  let store: BlobStore;
   beforeEach(async () => {
-    root = await mkdtemp(path.join(tmpdir(), 'bbm-gc-'));
-    store = new FilesystemBlobStore(root);
+    under = await kind.open();
+    store = under.store;
   });
   afterEach(async () => {
-    await rm(root, { recursive: true, force: true });
+    await under.cleanup();
   });
 
   it('deletes orphaned blobs past the grace period, object then row, and keeps young and referenced ones', async () => {
@@ -120,7 +138,7 @@ describe('the GC pack', () => {
       list: (prefix, olderThan) => store.list(prefix, olderThan),
       delete: async (key) => {
         if (left-- <= 0) throw new Error('killed mid-job');
-        return store.delete(key);
+        await store.delete(key);
       },
     };
     await sweep(pool, gcWork({ store: dying }), 'orphanBlobs', 'registry.blobs', 100);
@@ -229,6 +247,98 @@ describe('the GC pack', () => {
     expect(await pull(pool, 'stays', 'v1')).not.toBeNull();
   });
 
+  it('deletes a namespace: nothing under it served or pushed at once, its repositories through their own sweep, then it', async () => {
+    const { pool } = db();
+    const registry = new Registry();
+    const work = gcWork({ store, orphanGraceMs: 0, metrics: createGcMetrics(registry) });
+    const web = await pushImage(pool, store, {
+      repository: 'acme/web',
+      tag: 'v1',
+      layers: [bytes('shared'), bytes('web')],
+    });
+    await pushImage(pool, store, { repository: 'acme/api', tag: 'v1', layers: [bytes('api')] });
+    const upload = await openUpload(pool, store, 'acme/web', bytes('staged'));
+    await pushImage(pool, store, { repository: 'other/app', tag: 'v1', layers: [bytes('shared')] });
+
+    await deleteNamespace(pool, 'acme');
+    // A push that checked the namespace just before it was deleted, and created its repository after.
+    await pool.query(
+      `INSERT INTO registry.repositories (name, namespace_id) SELECT 'acme/raced', id FROM registry.namespaces WHERE name = 'acme'`,
+    );
+
+    expect(await pull(pool, 'acme/web', 'v1')).toBeNull();
+    expect(await pull(pool, 'acme/web', web.digest)).toBeNull();
+    await expect(pushImage(pool, store, { repository: 'acme/new', tag: 'v1', layers: [bytes('x')] })).rejects.toThrow(
+      NamespaceDeletedError,
+    );
+    expect(await pull(pool, 'other/app', 'v1')).not.toBeNull();
+
+    // Its repositories still hold manifests: the namespace stays, only the raced (empty) repository goes.
+    await sweep(pool, work, 'deletedNamespaces', 'registry.namespaces', 1);
+    const names = async (table: string) =>
+      (await pool.query(`SELECT name FROM registry.${table} ORDER BY name`)).rows.map((r) => r.name);
+    expect(await names('namespaces')).toEqual(['acme', 'other']);
+    expect(await names('repositories')).toEqual(['acme/api', 'acme/web', 'other/app']);
+
+    await sweep(pool, work, 'deletedRepositories', 'registry.manifests', 1);
+    await sweep(pool, work, 'deletedNamespaces', 'registry.namespaces', 1);
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+    expect(await names('namespaces')).toEqual(['other']);
+    expect(await names('repositories')).toEqual(['other/app']);
+    const left = await pool.query(`SELECT (SELECT count(*)::int FROM registry.manifests) AS manifests,
+      (SELECT count(*)::int FROM registry.tags) AS tags, (SELECT count(*)::int FROM registry.uploads) AS uploads,
+      (SELECT count(*)::int FROM registry.deleted_repositories) AS markers, (SELECT count(*)::int FROM registry.blobs) AS blobs`);
+    expect(left.rows[0]).toEqual({ manifests: 1, tags: 1, uploads: 0, markers: 0, blobs: 1 });
+    expect(await store.exists(upload.key)).toBe(false);
+    expect(await store.exists(blobKey(web.blobs[1]!.digest))).toBe(false);
+    expect(await store.exists(blobKey(web.blobs[0]!.digest))).toBe(true);
+    expect(await pull(pool, 'other/app', 'v1')).not.toBeNull();
+    const deleted = (await registry.getMetricsAsJSON()).find((m) => m.name === 'bbm_gc_deleted_total')!.values;
+    const count = (kind: string) => deleted.find((v) => v.labels.kind === kind)?.value;
+    expect([count('namespace'), count('repository')]).toEqual([1, 3]);
+  });
+
+  it('expires tags: not served past their expiry, deleted by the sweep, and a manifest no live tag names goes the expiry way', async () => {
+    const { pool } = db();
+    const registry = new Registry();
+    const work = gcWork({ store, orphanGraceMs: 0, metrics: createGcMetrics(registry) });
+    const a = await pushImage(pool, store, { repository: 'app', tag: 'v1', layers: [bytes('shared'), bytes('a')] });
+    await pushImage(pool, store, { repository: 'app', tag: 'stable', layers: [bytes('shared'), bytes('a')] });
+    const b = await pushImage(pool, store, { repository: 'app', tag: 'v2', layers: [bytes('shared'), bytes('b')] });
+    const c = await pushImage(pool, store, { repository: 'app', tag: 'v3', layers: [bytes('c')] });
+    const past = new Date(Date.now() - 60_000);
+    expect(await setTagExpiry(pool, a.repositoryId, 'v1', past)).toBe(true);
+    await setTagExpiry(pool, a.repositoryId, 'v2', past);
+    await setTagExpiry(pool, a.repositoryId, 'stable', new Date(Date.now() + 3_600_000));
+    await setTagExpiry(pool, a.repositoryId, 'v3', past);
+    await setTagExpiry(pool, a.repositoryId, 'v3', null);
+    expect(await setTagExpiry(pool, a.repositoryId, 'nope', past)).toBe(false);
+
+    // Before any sweep: an expired tag is not served.
+    expect(await pull(pool, 'app', 'v1')).toBeNull();
+    expect(await pull(pool, 'app', 'v2')).toBeNull();
+    expect(await pull(pool, 'app', 'stable')).toMatchObject({ digest: a.digest });
+    expect(await pull(pool, 'app', 'v3')).toMatchObject({ digest: c.digest });
+
+    await sweep(pool, work, 'expiredTags', 'registry.tags', 1);
+
+    const tags = await pool.query('SELECT name FROM registry.tags ORDER BY name');
+    expect(tags.rows.map((r) => r.name)).toEqual(['stable', 'v3']);
+    const expired = await pool.query('SELECT id FROM registry.manifests WHERE expired_at IS NOT NULL');
+    expect(expired.rows.map((r) => BigInt(r.id))).toEqual([b.manifestId]);
+    expect(await pull(pool, 'app', b.digest)).toBeNull();
+
+    await sweep(pool, work, 'expiredCleanup', 'registry.manifests');
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs');
+
+    expect(await store.exists(blobKey(b.blobs[1]!.digest))).toBe(false);
+    for (const blob of [...a.blobs, ...c.blobs]) expect(await store.exists(blobKey(blob.digest))).toBe(true);
+    expect(await pull(pool, 'app', 'stable')).toMatchObject({ digest: a.digest });
+    const deleted = (await registry.getMetricsAsJSON()).find((m) => m.name === 'bbm_gc_deleted_total')!.values;
+    expect(deleted.find((v) => v.labels.kind === 'tag')?.value).toBe(2);
+  });
+
   it('deletes at most its capacity of expired manifests per pass, and the rest in the next pass', async () => {
     const { pool } = db();
     const work = gcWork({ store, expiredDeletesPerPass: 3 });
@@ -257,7 +367,7 @@ describe('the GC pack', () => {
     await store.put('uploads/0b5e55ed', bytes('an upload died before its row'));
     const past = new Date(Date.now() - 3 * 86_400_000);
     for (const key of ['blobs/sha256/deadbeef', 'uploads/0b5e55ed', blobKey(image.blobs[0]!.digest)]) {
-      await utimes(path.join(root, key), past, past);
+      await under.age(key, past);
     }
 
     await sweep(pool, gcWork({ store }), 'orphanBlobs', 'registry.blobs');
@@ -271,7 +381,8 @@ describe('the GC pack', () => {
   it('refuses object keys that could leave the store', async () => {
     await expect(store.put('../escape', bytes('x'))).rejects.toThrow(/invalid object key/);
     await expect(store.delete('/etc/passwd')).rejects.toThrow(/invalid object key/);
-    expect(await store.delete('blobs/never/was')).toBe(false);
+    await expect(store.exists('a/../../b')).rejects.toThrow(/invalid object key/);
+    await expect(store.delete('blobs/never/was')).resolves.toBeUndefined();
   });
 
   it('is finished by its schedules like any migration', async () => {
@@ -302,7 +413,7 @@ describe('the GC pack', () => {
       for await (const _ of store.list('blobs/')) n += 1;
       return n;
     };
-    const env = { DATABASE_URL: url, BBM_TEST_GC_ROOT: root };
+    const env = { DATABASE_URL: url, ...under.env };
     const victim = startBbm(['run', '--config', GC_CONFIG], { ...env, BBM_TEST_GC_DELETE_DELAY_MS: '200' });
     await waitFor(async () => (await countObjects()) <= 8, 'the sweep to be half way through the objects');
 

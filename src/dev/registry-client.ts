@@ -7,6 +7,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { Queryable } from '../store/db.ts';
 import {
   createRepository,
+  markNamespaceDeleted,
   markRepositoryDeleted,
   pullManifest,
   startUpload,
@@ -74,4 +75,8 @@ export async function openUpload(
 
 export async function deleteRepository(db: Queryable, repository: string): Promise<void> {
   await markRepositoryDeleted(db, await createRepository(db, repository));
+}
+
+export async function deleteNamespace(db: Queryable, namespace: string): Promise<void> {
+  if (!(await markNamespaceDeleted(db, namespace))) throw new Error(`no namespace ${namespace}`);
 }

@@ -7,10 +7,39 @@
 import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from '../db.ts';
 
+/** A push into a namespace that is being deleted. */
+export class NamespaceDeletedError extends Error {
+  override readonly name = 'NamespaceDeletedError';
+  readonly code = 'namespace_deleted';
+
+  constructor(readonly namespace: string) {
+    super(`namespace ${JSON.stringify(namespace)} is being deleted: it accepts no pushes`);
+  }
+}
+
+/** The namespace of a repository name: its first path segment, or null for a top-level name. */
+export const namespaceOf = (repository: string): string | null =>
+  repository.includes('/') ? repository.slice(0, repository.indexOf('/')) : null;
+
+/**
+ * Finds or creates a repository (and its namespace) for a push. Refused with a
+ * NamespaceDeletedError when the namespace is being deleted.
+ */
 export async function createRepository(db: Queryable, name: string): Promise<bigint> {
+  const namespace = namespaceOf(name);
+  let namespaceId: bigint | null = null;
+  if (namespace !== null) {
+    const ns = await execOne<{ id: string; deleted: boolean }>(
+      db,
+      sql`INSERT INTO registry.namespaces (name) VALUES (${namespace})
+          ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id, deleted_at IS NOT NULL AS deleted`,
+    );
+    if (ns!.deleted) throw new NamespaceDeletedError(namespace);
+    namespaceId = BigInt(ns!.id);
+  }
   const row = await execOne<{ id: string }>(
     db,
-    sql`INSERT INTO registry.repositories (name) VALUES (${name})
+    sql`INSERT INTO registry.repositories (name, namespace_id) VALUES (${name}, ${namespaceId})
         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id`,
   );
   return BigInt(row!.id);
@@ -61,7 +90,10 @@ export interface PulledManifest {
   blobs: Array<{ digest: string; storageKey: string }>;
 }
 
-/** Resolves a tag or digest to a manifest, refreshing its pull time. Expired manifests are absent. */
+/**
+ * Resolves a tag or digest to a manifest, refreshing its pull time. Expired manifests, tags past
+ * their expiry, and deleted repositories and namespaces are absent.
+ */
 export async function pullManifest(
   db: Queryable,
   repository: string,
@@ -74,8 +106,10 @@ export async function pullManifest(
       FROM registry.repositories r
       WHERE r.name = ${repository} AND m.repository_id = r.id AND m.expired_at IS NULL
         AND (m.digest = ${reference}
-             OR m.id = (SELECT t.manifest_id FROM registry.tags t WHERE t.repository_id = r.id AND t.name = ${reference}))
+             OR m.id = (SELECT t.manifest_id FROM registry.tags t
+                        WHERE t.repository_id = r.id AND t.name = ${reference} AND (t.expires_at IS NULL OR t.expires_at > now())))
         AND NOT EXISTS (SELECT 1 FROM registry.deleted_repositories d WHERE d.repository_id = r.id)
+        AND NOT EXISTS (SELECT 1 FROM registry.namespaces n WHERE n.id = r.namespace_id AND n.deleted_at IS NOT NULL)
       RETURNING m.id, m.digest`,
   );
   if (!row) return null;
@@ -121,4 +155,39 @@ export async function markRepositoryDeleted(db: Queryable, repositoryId: bigint)
     db,
     sql`INSERT INTO registry.deleted_repositories (repository_id) VALUES (${repositoryId}) ON CONFLICT DO NOTHING`,
   );
+}
+
+/**
+ * Marks a namespace deleted, and every repository under it, in one statement: from its commit on,
+ * nothing under it is served or accepts pushes. False when there is no such namespace.
+ */
+export async function markNamespaceDeleted(db: Queryable, namespace: string): Promise<boolean> {
+  const rows = await exec<{ id: string }>(
+    db,
+    sql`
+      WITH ns AS (
+        UPDATE registry.namespaces SET deleted_at = coalesce(deleted_at, now()) WHERE name = ${namespace} RETURNING id
+      ), marked AS (
+        INSERT INTO registry.deleted_repositories (repository_id)
+        SELECT r.id FROM registry.repositories r JOIN ns ON r.namespace_id = ns.id
+        ON CONFLICT DO NOTHING
+      )
+      SELECT id FROM ns`,
+  );
+  return rows.length > 0;
+}
+
+/** Sets (or, with null, clears) a tag's expiry; past it the tag is not served and gc.expired_tags deletes it. */
+export async function setTagExpiry(
+  db: Queryable,
+  repositoryId: bigint,
+  tag: string,
+  expiresAt: Date | null,
+): Promise<boolean> {
+  const rows = await exec<{ id: string }>(
+    db,
+    sql`UPDATE registry.tags SET expires_at = ${expiresAt?.toISOString() ?? null}::timestamptz
+        WHERE repository_id = ${repositoryId} AND name = ${tag} RETURNING id`,
+  );
+  return rows.length > 0;
 }

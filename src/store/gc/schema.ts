@@ -23,14 +23,38 @@ export const registry = pgSchema('registry');
 const id = () => bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity();
 const at = (name: string) => timestamp(name, { withTimezone: true });
 
+/**
+ * Namespaces (organisations, users): the first path segment of a repository name (`shop` of
+ * `shop/web`). Deleting one sets `deleted_at` and marks its repositories deleted at once; from
+ * then on nothing under it is served or accepts pushes, and gc.deleted_namespaces removes it once
+ * gc.deleted_repositories has emptied its repositories.
+ */
+export const namespaces = registry.table(
+  'namespaces',
+  {
+    id: id(),
+    name: text('name').notNull(),
+    createdAt: at('created_at').notNull().defaultNow(),
+    deletedAt: at('deleted_at'),
+  },
+  (t) => [uniqueIndex('namespaces_name_key').on(t.name)],
+);
+
 export const repositories = registry.table(
   'repositories',
   {
     id: id(),
     name: text('name').notNull(),
+    /** Null for a top-level name (`nginx`). */
+    namespaceId: bigint('namespace_id', { mode: 'bigint' }),
     createdAt: at('created_at').notNull().defaultNow(),
   },
-  (t) => [uniqueIndex('repositories_name_key').on(t.name)],
+  (t) => [
+    uniqueIndex('repositories_name_key').on(t.name),
+    // No cascade: a namespace row goes only once its repositories are gone (through their own purge).
+    foreignKey({ name: 'repositories_namespace_fkey', columns: [t.namespaceId], foreignColumns: [namespaces.id] }),
+    index('repositories_namespace_idx').on(t.namespaceId),
+  ],
 );
 
 /** Content-addressed layers and configs; shared by every manifest that references them. */
@@ -98,6 +122,8 @@ export const tags = registry.table(
     name: text('name').notNull(),
     manifestId: bigint('manifest_id', { mode: 'bigint' }).notNull(),
     updatedAt: at('updated_at').notNull().defaultNow(),
+    /** A tag's lifetime (Quay's tag expiration): past it the tag is not served, and gc.expired_tags deletes it. */
+    expiresAt: at('expires_at'),
   },
   (t) => [
     foreignKey({ name: 'tags_repository_fkey', columns: [t.repositoryId], foreignColumns: [repositories.id] }).onDelete(

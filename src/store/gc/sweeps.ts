@@ -110,8 +110,8 @@ export async function deleteExpiredManifests(
 
 /**
  * Deletes the manifests of the range that belong to repositories marked deleted (with their tags
- * and blob links), then those repositories that have no manifest left, with their uploads,
- * policies and markers. Returns the counts and the staging objects of the uploads removed.
+ * and blob links), then the marked repositories that have no manifest left (see
+ * purgeEmptiedRepositories). Returns the counts and the staging objects of the uploads removed.
  */
 export async function purgeDeletedRepositories(
   db: Queryable,
@@ -125,13 +125,31 @@ export async function purgeDeletedRepositories(
       WHERE m.id BETWEEN ${start}::bigint AND ${end}::bigint AND m.repository_id = d.repository_id
       RETURNING m.id`,
   );
+  return { manifests: manifests.length, ...(await purgeEmptiedRepositories(db)) };
+}
+
+/**
+ * Deletes the repositories marked deleted that have no manifest left (all of them, or those under
+ * `namespaceIds`), with their uploads, policies and markers; returns how many, and the staging
+ * objects of the uploads removed. A marker another job holds is skipped (it purges it).
+ */
+async function purgeEmptiedRepositories(
+  db: Queryable,
+  namespaceIds?: readonly string[],
+): Promise<{ repositories: number; uploadKeys: string[] }> {
+  const inNamespaces =
+    namespaceIds === undefined
+      ? sql`true`
+      : sql`EXISTS (SELECT 1 FROM registry.repositories r
+                    WHERE r.id = d.repository_id AND r.namespace_id = ANY(${sql.param(namespaceIds)}::bigint[]))`;
   const emptied = await exec<{ repository_id: string }>(
     db,
     sql`
       SELECT d.repository_id FROM registry.deleted_repositories d
-      WHERE NOT EXISTS (SELECT 1 FROM registry.manifests m WHERE m.repository_id = d.repository_id)
+      WHERE NOT EXISTS (SELECT 1 FROM registry.manifests m WHERE m.repository_id = d.repository_id) AND ${inNamespaces}
       FOR UPDATE OF d SKIP LOCKED`,
   );
+  if (emptied.length === 0) return { repositories: 0, uploadKeys: [] };
   const ids = sql.param(emptied.map((r) => r.repository_id));
   const uploads = await exec<{ storage_key: string }>(
     db,
@@ -142,11 +160,77 @@ export async function purgeDeletedRepositories(
     sql`DELETE FROM registry.repositories WHERE id = ANY(${ids}::bigint[]) RETURNING id`,
   );
   await exec(db, sql`DELETE FROM registry.deleted_repositories WHERE repository_id = ANY(${ids}::bigint[])`);
-  return {
-    manifests: manifests.length,
-    repositories: repositories.length,
-    uploadKeys: uploads.map((u) => u.storage_key),
-  };
+  return { repositories: repositories.length, uploadKeys: uploads.map((u) => u.storage_key) };
+}
+
+/**
+ * For the namespaces of the range marked deleted: marks deleted any repository under them not
+ * marked yet (one a push created while the namespace was being deleted), purges those of their
+ * repositories gc.deleted_repositories has emptied, and deletes the namespaces left with no
+ * repository. A namespace whose repositories still hold manifests stays for a later pass.
+ */
+export async function purgeDeletedNamespaces(
+  db: Queryable,
+  start: bigint,
+  end: bigint,
+): Promise<{ namespaces: number; repositories: number; uploadKeys: string[] }> {
+  const deleted = await exec<{ id: string }>(
+    db,
+    sql`
+      SELECT id FROM registry.namespaces
+      WHERE id BETWEEN ${start}::bigint AND ${end}::bigint AND deleted_at IS NOT NULL
+      ORDER BY id FOR UPDATE SKIP LOCKED`,
+  );
+  if (deleted.length === 0) return { namespaces: 0, repositories: 0, uploadKeys: [] };
+  const ids = deleted.map((n) => n.id);
+  await exec(
+    db,
+    sql`
+      INSERT INTO registry.deleted_repositories (repository_id)
+      SELECT r.id FROM registry.repositories r WHERE r.namespace_id = ANY(${sql.param(ids)}::bigint[])
+      ON CONFLICT DO NOTHING`,
+  );
+  const purged = await purgeEmptiedRepositories(db, ids);
+  const namespaces = await exec<{ id: string }>(
+    db,
+    sql`
+      DELETE FROM registry.namespaces n
+      WHERE n.id = ANY(${sql.param(ids)}::bigint[])
+        AND NOT EXISTS (SELECT 1 FROM registry.repositories r WHERE r.namespace_id = n.id)
+      RETURNING n.id`,
+  );
+  return { namespaces: namespaces.length, ...purged };
+}
+
+/**
+ * Deletes the tags of the range past their expiry, and marks expired the manifests that no live
+ * tag references any more (an expired tag, deleted here or not yet, does not count), which hands
+ * them to gc.expired_cleanup, and their blobs then to the orphan sweep. Returns both counts.
+ */
+export async function expireTags(
+  db: Queryable,
+  start: bigint,
+  end: bigint,
+): Promise<{ tags: number; manifests: number }> {
+  const rows = await exec<{ tags: number; manifests: number }>(
+    db,
+    sql`
+      WITH gone AS (
+        DELETE FROM registry.tags
+        WHERE id BETWEEN ${start}::bigint AND ${end}::bigint AND expires_at <= now()
+        RETURNING id, manifest_id
+      ), untagged AS (
+        UPDATE registry.manifests m SET expired_at = now()
+        WHERE m.id IN (SELECT manifest_id FROM gone) AND m.expired_at IS NULL
+          AND NOT EXISTS (
+            SELECT 1 FROM registry.tags t
+            WHERE t.manifest_id = m.id AND t.id NOT IN (SELECT id FROM gone)
+              AND (t.expires_at IS NULL OR t.expires_at > now()))
+        RETURNING m.id
+      )
+      SELECT (SELECT count(*)::int FROM gone) AS tags, (SELECT count(*)::int FROM untagged) AS manifests`,
+  );
+  return rows[0] ?? { tags: 0, manifests: 0 };
 }
 
 /** Which of `keys` a row of `table` (blobs or uploads) still points at. */

@@ -1,7 +1,7 @@
 /**
- * Where blob bytes live. The GC sweeps need only these four operations; the built-in store is a
- * directory on the filesystem, and an S3 one is a small class over the same interface
- * (PutObject, DeleteObject, HeadObject, ListObjectsV2).
+ * Where blob bytes live. The GC sweeps need only these four operations: a directory on the
+ * filesystem (here) and S3-compatible object storage (s3-blob-store.ts) implement them. The sweeps
+ * call a store concurrently.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -16,8 +16,8 @@ export interface StoredObject {
 export interface BlobStore {
   /** Writes an object; replaces one with the same key. */
   put(key: string, data: Uint8Array): Promise<void>;
-  /** Deletes an object; false when there was none (deleting twice is fine). */
-  delete(key: string): Promise<boolean>;
+  /** Deletes an object; one that is not there is fine (a sweep retried after a crash deletes again). */
+  delete(key: string): Promise<void>;
   exists(key: string): Promise<boolean>;
   /** The objects under `prefix`, optionally only those last modified before `olderThan`. */
   list(prefix: string, olderThan?: Date): AsyncIterable<StoredObject>;
@@ -26,7 +26,7 @@ export interface BlobStore {
 /** Keys are relative paths of safe characters: no `..`, no leading `/`. */
 const KEY = /^[A-Za-z0-9_.:-]+(\/[A-Za-z0-9_.:-]+)*$/;
 
-function checkKey(key: string): string {
+export function checkKey(key: string): string {
   if (!KEY.test(key) || key.split('/').some((part) => part === '.' || part === '..')) {
     throw new Error(`invalid object key ${JSON.stringify(key)}`);
   }
@@ -49,14 +49,8 @@ export class FilesystemBlobStore implements BlobStore {
     await rename(temporary, target);
   }
 
-  async delete(key: string): Promise<boolean> {
-    try {
-      await rm(this.#path(key));
-      return true;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
-      throw error;
-    }
+  async delete(key: string): Promise<void> {
+    await rm(this.#path(key), { force: true });
   }
 
   async exists(key: string): Promise<boolean> {

@@ -9,6 +9,8 @@
  *   gc.ttl_expire            manifests not pulled within their repository's TTL: marked expired (never served again)
  *   gc.expired_cleanup       expired manifests deleted, up to a capacity per pass (their blobs become the orphan sweep's)
  *   gc.deleted_repositories  everything under repositories marked deleted (blobs left to the orphan sweep)
+ *   gc.deleted_namespaces    namespaces marked deleted, once their repositories are purged (through gc.deleted_repositories)
+ *   gc.expired_tags          tags past their expiry; manifests no live tag references are marked expired (then as gc.ttl_expire's)
  */
 import type { Job, Schedule, Work } from '../../bbm/types.ts';
 import type { Queryable } from '../../store/db.ts';
@@ -17,8 +19,10 @@ import {
   deleteExpiredManifests,
   deleteStaleUploads,
   expireManifests,
+  expireTags,
   keysInUse,
   lockOrphanCandidates,
+  purgeDeletedNamespaces,
   purgeDeletedRepositories,
   referencedBlobs,
 } from '../../store/gc/sweeps.ts';
@@ -27,9 +31,16 @@ import type { BlobStore, StoredObject } from './blob-store.ts';
 import { noGcMetrics, type GcMetrics } from './metrics.ts';
 
 export { FilesystemBlobStore, type BlobStore, type StoredObject } from './blob-store.ts';
+export { BlobStoreError, S3BlobStore, type S3BlobStoreOptions } from './s3-blob-store.ts';
 export { createGcMetrics, GC_METRIC_HELP, type GcKind, type GcMetrics } from './metrics.ts';
 export { migrateGcSchema } from '../../store/apply-schema.ts';
-export { setTtlPolicy, touchUpload } from '../../store/gc/registry.ts';
+export {
+  markNamespaceDeleted,
+  NamespaceDeletedError,
+  setTagExpiry,
+  setTtlPolicy,
+  touchUpload,
+} from '../../store/gc/registry.ts';
 
 export interface GcOptions {
   store: BlobStore;
@@ -42,6 +53,8 @@ export interface GcOptions {
   expiredDeletesPerPass?: number;
   /** At most this many stray objects (objects no row points at) are deleted per pass [10000]. */
   strayObjectsPerPass?: number;
+  /** Object deletions a job keeps in flight at once [8]; a store may cap its own requests lower. */
+  deleteConcurrency?: number;
 }
 
 export const GC_WORK = {
@@ -50,14 +63,33 @@ export const GC_WORK = {
   ttlExpire: 'gc.ttl_expire',
   expiredCleanup: 'gc.expired_cleanup',
   deletedRepositories: 'gc.deleted_repositories',
+  deletedNamespaces: 'gc.deleted_namespaces',
+  expiredTags: 'gc.expired_tags',
 } as const;
 
 /** The job's query handle as the store's statements take it (it accepts query configs too). */
 const inJob = (job: Job): Queryable => ({ query: job.query as Queryable['query'] });
 
-/** Deletes objects one by one; a key already gone counts as deleted (an earlier, rolled-back attempt). */
-async function deleteObjects(store: BlobStore, keys: readonly string[]): Promise<void> {
-  for (const key of keys) await store.delete(key);
+/**
+ * Deletes objects, `concurrency` at a time; a key already gone counts as deleted (an earlier,
+ * rolled-back attempt). On a failure, the deletions already started are let finish before it is
+ * thrown, so that nothing touches the store after the job has ended.
+ */
+async function deleteObjects(store: BlobStore, keys: readonly string[], concurrency: number): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const lane = async () => {
+    while (!failure && next < keys.length) {
+      const key = keys[next++]!;
+      try {
+        await store.delete(key);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, keys.length) }, lane));
+  if (failure) throw failure.error;
 }
 
 /**
@@ -69,7 +101,13 @@ async function deleteObjects(store: BlobStore, keys: readonly string[]): Promise
 async function deleteStrayObjects(
   job: Job,
   store: BlobStore,
-  { prefix, table, olderThan, limit }: { prefix: string; table: 'blobs' | 'uploads'; olderThan: Date; limit: number },
+  {
+    prefix,
+    table,
+    olderThan,
+    limit,
+    concurrency,
+  }: { prefix: string; table: 'blobs' | 'uploads'; olderThan: Date; limit: number; concurrency: number },
 ): Promise<{ count: number; bytes: number }> {
   if (job.start > 1n) return { count: 0, bytes: 0 };
   let count = 0;
@@ -85,6 +123,7 @@ async function deleteStrayObjects(
     await deleteObjects(
       store,
       strays.map((o) => o.key),
+      concurrency,
     );
     count += strays.length;
     bytes += strays.reduce((sum, o) => sum + o.size, 0);
@@ -106,6 +145,7 @@ export function gcWork({
   uploadIdleMs = 86_400_000,
   expiredDeletesPerPass = 10_000,
   strayObjectsPerPass = 10_000,
+  deleteConcurrency = 8,
 }: GcOptions): Work[] {
   return [
     {
@@ -122,6 +162,7 @@ export function gcWork({
         await deleteObjects(
           store,
           orphans.map((b) => b.storageKey),
+          deleteConcurrency,
         );
         const deleted = await deleteBlobRows(
           inJob(job),
@@ -132,6 +173,7 @@ export function gcWork({
           table: 'blobs',
           olderThan: new Date(Date.now() - orphanGraceMs),
           limit: strayObjectsPerPass,
+          concurrency: deleteConcurrency,
         });
         const bytes = orphans.reduce((sum, b) => sum + b.size, 0) + strays.bytes;
         metrics.deleted('blob', deleted);
@@ -153,12 +195,13 @@ export function gcWork({
       name: GC_WORK.staleUploads,
       async do(job) {
         const keys = await deleteStaleUploads(inJob(job), job.start, job.end, uploadIdleMs);
-        await deleteObjects(store, keys);
+        await deleteObjects(store, keys, deleteConcurrency);
         const strays = await deleteStrayObjects(job, store, {
           prefix: 'uploads/',
           table: 'uploads',
           olderThan: new Date(Date.now() - uploadIdleMs),
           limit: strayObjectsPerPass,
+          concurrency: deleteConcurrency,
         });
         metrics.deleted('upload', keys.length);
         metrics.deleted('object', strays.count);
@@ -189,7 +232,7 @@ export function gcWork({
       name: GC_WORK.deletedRepositories,
       async do(job) {
         const purged = await purgeDeletedRepositories(inJob(job), job.start, job.end);
-        await deleteObjects(store, purged.uploadKeys);
+        await deleteObjects(store, purged.uploadKeys, deleteConcurrency);
         metrics.deleted('manifest', purged.manifests);
         metrics.deleted('repository', purged.repositories);
         metrics.deleted('upload', purged.uploadKeys.length);
@@ -198,6 +241,30 @@ export function gcWork({
           'gc: deleted repositories',
         );
         return purged.manifests;
+      },
+    },
+    {
+      name: GC_WORK.deletedNamespaces,
+      async do(job) {
+        const purged = await purgeDeletedNamespaces(inJob(job), job.start, job.end);
+        await deleteObjects(store, purged.uploadKeys, deleteConcurrency);
+        metrics.deleted('namespace', purged.namespaces);
+        metrics.deleted('repository', purged.repositories);
+        metrics.deleted('upload', purged.uploadKeys.length);
+        job.log.info(
+          { deleted_namespaces: purged.namespaces, deleted_repositories: purged.repositories },
+          'gc: deleted namespaces',
+        );
+        return purged.namespaces;
+      },
+    },
+    {
+      name: GC_WORK.expiredTags,
+      async do(job) {
+        const expired = await expireTags(inJob(job), job.start, job.end);
+        metrics.deleted('tag', expired.tags);
+        job.log.info({ deleted_tags: expired.tags, expired_manifests: expired.manifests }, 'gc: expired tags');
+        return expired.tags;
       },
     },
   ];
@@ -215,6 +282,8 @@ const SWEEP_TABLES: Record<keyof typeof GC_WORK, string> = {
   ttlExpire: 'registry.manifests',
   expiredCleanup: 'registry.manifests',
   deletedRepositories: 'registry.manifests',
+  deletedNamespaces: 'registry.namespaces',
+  expiredTags: 'registry.tags',
 };
 
 const DEFAULT_EVERY: Record<keyof typeof GC_WORK, string> = {
@@ -223,6 +292,8 @@ const DEFAULT_EVERY: Record<keyof typeof GC_WORK, string> = {
   ttlExpire: '1h',
   expiredCleanup: '1h',
   deletedRepositories: '15m',
+  deletedNamespaces: '15m',
+  expiredTags: '1h',
 };
 
 /** The pack's schedules, one per sweep, named like their work functions. */

@@ -1,7 +1,7 @@
 /** What the GC sweeps free, for Prometheus: `bbm_gc_deleted_total{kind}` and `bbm_gc_bytes_freed_total`. */
 import { Counter, type Registry } from 'prom-client';
 
-export type GcKind = 'blob' | 'object' | 'upload' | 'manifest' | 'repository';
+export type GcKind = 'blob' | 'object' | 'upload' | 'manifest' | 'tag' | 'repository' | 'namespace';
 
 export interface GcMetrics {
   deleted(kind: GcKind, count: number): void;
@@ -10,7 +10,7 @@ export interface GcMetrics {
 
 export const GC_METRIC_HELP = {
   bbm_gc_deleted_total:
-    'Things the GC sweeps deleted, by kind: blob, object (stray, with no row), upload, manifest, repository.',
+    'Things the GC sweeps deleted, by kind: blob, object (stray, with no row), upload, manifest, tag, repository, namespace.',
   bbm_gc_bytes_freed_total: 'Bytes of blob objects the GC sweeps deleted from the blob store.',
 } as const;
 
