@@ -266,7 +266,7 @@ async function main() {
         transactionsPerJob: await transactionsPerJob(pool, url, 4),
         oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
       },
-      foreground: await foreground(pool, { rows: ROWS, batch: BATCH, work }),
+      foreground: await foreground(pool, { url, rows: ROWS, batch: BATCH, work }),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);

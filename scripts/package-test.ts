@@ -147,6 +147,10 @@ async function tryVariant(
     '@sentry/node is not installed (optional peer)',
   );
   check(
+    !(await exists(path.join(dir, 'node_modules', '@aws-sdk'))),
+    '@aws-sdk/client-s3 is not installed (optional peer)',
+  );
+  check(
     !(await exists(path.join(dir, 'node_modules', 'tsx'))),
     'tsx is not installed (the bin runs compiled JavaScript)',
   );
@@ -206,6 +210,18 @@ async function tryVariant(
     check(
       sentry.code === 2 && /@sentry\/node is not installed: run `npm install @sentry\/node`/.test(sentry.stderr),
       'with SENTRY_DSN set and no @sentry/node, bbm says to install it and exits 2',
+    );
+
+    await writeFile(
+      path.join(dir, 's3.mjs'),
+      `import { S3BlobStore } from 'pg-bbm/gc';
+await new S3BlobStore({ bucket: 'registry', endpoint: 'http://127.0.0.1:9' }).exists('blobs/x');
+`,
+    );
+    const s3 = sh(dir, process.execPath, ['s3.mjs'], env);
+    check(
+      s3.code !== 0 && /S3BlobStore needs the AWS SDK: run `npm install @aws-sdk\/client-s3`/.test(s3.stderr),
+      'an S3BlobStore without @aws-sdk/client-s3 says to install it',
     );
 
     if (variant.type === 'commonjs') {

@@ -378,6 +378,55 @@ describe.each(storeKinds(s3))('the GC pack on the $name store', (kind) => {
     expect(objects.sort()).toEqual([blobKey(image.blobs[0]!.digest), 'blobs/sha256/cafebabe'].sort());
   });
 
+  it('lists in key order as S3 does (a-c before a/…), after a given key, and only objects older than asked', async () => {
+    // S3 lists in byte order, so blobs/a-c comes before blobs/a/…; s3rver walks its directories
+    // instead and lists it after them, so that one key is asked of the filesystem store only.
+    const tricky = kind.name === 'filesystem' ? ['blobs/a-c'] : [];
+    for (const key of ['blobs/b', 'blobs/a/c/d', ...tricky, 'blobs/a/b', 'uploads/u']) await store.put(key, bytes(key));
+    await under.age('blobs/a/b', new Date(Date.now() - 86_400_000));
+    const keys = async (...args: [string, Date?, string?]) => {
+      const found = [];
+      for await (const object of store.list(...args)) found.push(object.key);
+      return found;
+    };
+
+    expect(await keys('blobs/')).toEqual([...tricky, 'blobs/a/b', 'blobs/a/c/d', 'blobs/b']);
+    expect(await keys('blobs/', undefined, 'blobs/a/b')).toEqual(['blobs/a/c/d', 'blobs/b']);
+    expect(await keys('blobs/', undefined, 'blobs/a/')).toEqual(['blobs/a/b', 'blobs/a/c/d', 'blobs/b']);
+    expect(await keys('', undefined, 'blobs/b')).toEqual(['uploads/u']);
+    expect(await keys('blobs/', new Date(Date.now() - 3_600_000))).toEqual(['blobs/a/b']);
+  });
+
+  it('looks at a bounded number of objects per pass for strays, each pass continuing where the last stopped', async () => {
+    const { pool } = db();
+    const image = await pushImage(pool, store, {
+      repository: 'app',
+      tag: 'v1',
+      layers: [bytes('kept 1'), bytes('kept 2')],
+    });
+    const strays = ['blobs/sha256/s1', 'blobs/sha256/s2', 'blobs/sha256/s3', 'blobs/sha256/s4', 'blobs/sha256/s5'];
+    for (const key of strays) await store.put(key, bytes(key));
+    const past = new Date(Date.now() - 3 * 86_400_000);
+    for (const key of [...strays, ...image.blobs.map((b) => blobKey(b.digest))]) await under.age(key, past);
+    const work = gcWork({ store, strayScanPerPass: 3 });
+    const left = async () => {
+      const found = [];
+      for await (const object of store.list('blobs/')) found.push(object.key);
+      return found.filter((key) => strays.includes(key)).length;
+    };
+
+    // 7 objects in key order: the two kept blobs' (sha256/<hex>) sort before s1…s5.
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs', 100);
+    expect(await left()).toBe(4);
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs', 100);
+    expect(await left()).toBe(1);
+    await sweep(pool, work, 'orphanBlobs', 'registry.blobs', 100);
+    expect(await left()).toBe(0);
+    const cursor = await pool.query(`SELECT after_key FROM registry.stray_scan_cursors WHERE prefix = 'blobs/'`);
+    expect(cursor.rows).toEqual([{ after_key: '' }]);
+    for (const blob of image.blobs) expect(await store.exists(blobKey(blob.digest))).toBe(true);
+  });
+
   it('refuses object keys that could leave the store', async () => {
     await expect(store.put('../escape', bytes('x'))).rejects.toThrow(/invalid object key/);
     await expect(store.delete('/etc/passwd')).rejects.toThrow(/invalid object key/);

@@ -182,3 +182,14 @@ export const deletedRepositories = registry.table(
   },
   (t) => [uniqueIndex('deleted_repositories_repository_key').on(t.repositoryId)],
 );
+
+/**
+ * Where the scan for stray objects under a prefix stopped (the last key it looked at): each pass
+ * looks at a bounded number of objects and the next pass continues after it, so a store of any
+ * size is covered in turns without one long job. '' starts from the first key.
+ */
+export const strayScanCursors = registry.table('stray_scan_cursors', {
+  prefix: text('prefix').primaryKey(),
+  afterKey: text('after_key').notNull().default(''),
+  updatedAt: at('updated_at').notNull().defaultNow(),
+});

@@ -246,3 +246,24 @@ export async function keysInUse(
   );
   return new Set(rows.map((r) => r.storage_key));
 }
+
+/**
+ * Where the stray scan of `prefix` resumes (the key after which it lists; '' for the start),
+ * locked until the job ends: two passes never scan the same stretch at once.
+ */
+export async function lockStrayScanCursor(db: Queryable, prefix: string): Promise<string> {
+  await exec(db, sql`INSERT INTO registry.stray_scan_cursors (prefix) VALUES (${prefix}) ON CONFLICT DO NOTHING`);
+  const rows = await exec<{ after_key: string }>(
+    db,
+    sql`SELECT after_key FROM registry.stray_scan_cursors WHERE prefix = ${prefix} FOR UPDATE`,
+  );
+  return rows[0]?.after_key ?? '';
+}
+
+/** Records where the stray scan of `prefix` stopped; committed with the job's deletions, or not at all. */
+export async function saveStrayScanCursor(db: Queryable, prefix: string, afterKey: string): Promise<void> {
+  await exec(
+    db,
+    sql`UPDATE registry.stray_scan_cursors SET after_key = ${afterKey}, updated_at = now() WHERE prefix = ${prefix}`,
+  );
+}

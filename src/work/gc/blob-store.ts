@@ -19,8 +19,11 @@ export interface BlobStore {
   /** Deletes an object; one that is not there is fine (a sweep retried after a crash deletes again). */
   delete(key: string): Promise<void>;
   exists(key: string): Promise<boolean>;
-  /** The objects under `prefix`, optionally only those last modified before `olderThan`. */
-  list(prefix: string, olderThan?: Date): AsyncIterable<StoredObject>;
+  /**
+   * The objects under `prefix` in ascending key order (byte order, as S3 lists), optionally only
+   * those last modified before `olderThan`, and only those whose key sorts after `startAfter`.
+   */
+  list(prefix: string, olderThan?: Date, startAfter?: string): AsyncIterable<StoredObject>;
 }
 
 /** Keys are relative paths of safe characters: no `..`, no leading `/`. */
@@ -62,28 +65,54 @@ export class FilesystemBlobStore implements BlobStore {
     }
   }
 
-  async *list(prefix: string, olderThan?: Date): AsyncIterable<StoredObject> {
+  async *list(prefix: string, olderThan?: Date, startAfter?: string): AsyncIterable<StoredObject> {
     const base = prefix === '' ? this.root : this.#path(prefix.replace(/\/$/, ''));
+    yield* this.#walk(base, olderThan, startAfter);
+  }
+
+  /**
+   * A directory's files and, depth first, its subdirectories', in the order of their keys: a
+   * subdirectory `a` sorts as `a/`, so that `a-b` comes before everything under `a/`, as in S3.
+   * Files at or before `startAfter`, and subdirectories whose keys all sort before it (unless
+   * `startAfter` lies inside), are passed over unread; files are stat'ed only as the caller asks for
+   * them, so a caller that stops early pays for what it took.
+   */
+  async *#walk(directory: string, olderThan?: Date, startAfter?: string): AsyncGenerator<StoredObject> {
     let entries;
     try {
-      entries = await readdir(base, { withFileTypes: true, recursive: true });
+      entries = await readdir(directory, { withFileTypes: true });
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw error;
     }
+    const relative = path.relative(this.root, directory).split(path.sep).join('/');
+    const keyPrefix = relative === '' ? '' : `${relative}/`;
+    // A directory of a million objects is a million entries: filter before sorting, and build keys by concatenation.
+    const keyed = [];
     for (const entry of entries) {
-      if (!entry.isFile() || entry.name.endsWith('.partial')) continue;
-      const full = path.join(entry.parentPath, entry.name);
+      const isDirectory = entry.isDirectory();
+      if (!isDirectory && (!entry.isFile() || entry.name.endsWith('.partial'))) continue;
+      const key = keyPrefix + entry.name;
+      const order = isDirectory ? `${key}/` : key;
+      if (startAfter !== undefined && order <= startAfter && !(isDirectory && startAfter.startsWith(order))) continue;
+      keyed.push({ entry, key, order });
+    }
+    keyed.sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
+    for (const { entry, key } of keyed) {
+      if (entry.isDirectory()) {
+        yield* this.#walk(path.join(directory, entry.name), olderThan, startAfter);
+        continue;
+      }
       let info;
       try {
-        info = await stat(full);
+        info = await stat(path.join(directory, entry.name));
       } catch (error) {
         // Deleted since the directory was read: a concurrent sweep or delete.
         if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
         throw error;
       }
       if (olderThan && info.mtime >= olderThan) continue;
-      yield { key: path.relative(this.root, full).split(path.sep).join('/'), size: info.size, modifiedAt: info.mtime };
+      yield { key, size: info.size, modifiedAt: info.mtime };
     }
   }
 }

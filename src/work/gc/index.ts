@@ -22,9 +22,11 @@ import {
   expireTags,
   keysInUse,
   lockOrphanCandidates,
+  lockStrayScanCursor,
   purgeDeletedNamespaces,
   purgeDeletedRepositories,
   referencedBlobs,
+  saveStrayScanCursor,
 } from '../../store/gc/sweeps.ts';
 import { reportedRows } from '../../store/jobs.ts';
 import type { BlobStore, StoredObject } from './blob-store.ts';
@@ -53,6 +55,11 @@ export interface GcOptions {
   expiredDeletesPerPass?: number;
   /** At most this many stray objects (objects no row points at) are deleted per pass [10000]. */
   strayObjectsPerPass?: number;
+  /**
+   * At most this many objects are looked at per pass in the search for strays; the next pass
+   * continues where this one stopped [10000]. 0 turns the search off.
+   */
+  strayScanPerPass?: number;
   /** Object deletions a job keeps in flight at once [8]; a store may cap its own requests lower. */
   deleteConcurrency?: number;
 }
@@ -95,23 +102,31 @@ async function deleteObjects(store: BlobStore, keys: readonly string[], concurre
 /**
  * Deletes objects under `prefix` older than `olderThan` that no row of `table` points at: what a
  * push or upload left when it died between writing its object and its row. Done by the first job
- * of a pass (the range starting at 1), at most `limit` objects; young objects may belong to a
- * write in flight and are left alone.
+ * of a pass (the range starting at 1). It looks at `scanLimit` objects at most, continuing after
+ * where the last pass stopped (the cursor commits with the job) and starting over once it reaches
+ * the end, so that a store of millions of objects costs each pass a bounded job, not a full walk;
+ * it deletes `deleteLimit` at most. Young objects may belong to a write in flight and are kept.
  */
 async function deleteStrayObjects(
   job: Job,
   store: BlobStore,
-  {
-    prefix,
-    table,
-    olderThan,
-    limit,
-    concurrency,
-  }: { prefix: string; table: 'blobs' | 'uploads'; olderThan: Date; limit: number; concurrency: number },
-): Promise<{ count: number; bytes: number }> {
-  if (job.start > 1n) return { count: 0, bytes: 0 };
+  options: {
+    prefix: string;
+    table: 'blobs' | 'uploads';
+    olderThan: Date;
+    scanLimit: number;
+    deleteLimit: number;
+    concurrency: number;
+  },
+): Promise<{ count: number; bytes: number; scanned: number }> {
+  const { prefix, table, olderThan, scanLimit, deleteLimit, concurrency } = options;
+  if (job.start > 1n || scanLimit <= 0) return { count: 0, bytes: 0, scanned: 0 };
+  const after = await lockStrayScanCursor(inJob(job), prefix);
   let count = 0;
   let bytes = 0;
+  let scanned = 0;
+  let last = after;
+  let reachedEnd = true;
   let batch: StoredObject[] = [];
   const flush = async () => {
     const used = await keysInUse(
@@ -119,7 +134,7 @@ async function deleteStrayObjects(
       table,
       batch.map((o) => o.key),
     );
-    const strays = batch.filter((o) => !used.has(o.key));
+    const strays = batch.filter((o) => !used.has(o.key)).slice(0, deleteLimit - count);
     await deleteObjects(
       store,
       strays.map((o) => o.key),
@@ -129,13 +144,20 @@ async function deleteStrayObjects(
     bytes += strays.reduce((sum, o) => sum + o.size, 0);
     batch = [];
   };
-  for await (const object of store.list(prefix, olderThan)) {
-    batch.push(object);
+  for await (const object of store.list(prefix, undefined, after === '' ? undefined : after)) {
+    scanned += 1;
+    last = object.key;
+    if (object.modifiedAt < olderThan) batch.push(object);
     if (batch.length === 500) await flush();
-    if (count + batch.length >= limit) break;
+    if (scanned >= scanLimit || count >= deleteLimit) {
+      reachedEnd = false;
+      break;
+    }
   }
   await flush();
-  return { count, bytes };
+  // At the end of the listing the next pass starts over; otherwise it continues after the last key seen.
+  await saveStrayScanCursor(inJob(job), prefix, reachedEnd ? '' : last);
+  return { count, bytes, scanned };
 }
 
 export function gcWork({
@@ -145,6 +167,7 @@ export function gcWork({
   uploadIdleMs = 86_400_000,
   expiredDeletesPerPass = 10_000,
   strayObjectsPerPass = 10_000,
+  strayScanPerPass = 10_000,
   deleteConcurrency = 8,
 }: GcOptions): Work[] {
   return [
@@ -172,7 +195,8 @@ export function gcWork({
           prefix: 'blobs/',
           table: 'blobs',
           olderThan: new Date(Date.now() - orphanGraceMs),
-          limit: strayObjectsPerPass,
+          scanLimit: strayScanPerPass,
+          deleteLimit: strayObjectsPerPass,
           concurrency: deleteConcurrency,
         });
         const bytes = orphans.reduce((sum, b) => sum + b.size, 0) + strays.bytes;
@@ -184,6 +208,7 @@ export function gcWork({
             deleted_blobs: deleted,
             kept_referenced: referenced.size,
             deleted_stray_objects: strays.count,
+            scanned_objects: strays.scanned,
             bytes_freed: bytes,
           },
           'gc: orphaned blobs',
@@ -200,12 +225,16 @@ export function gcWork({
           prefix: 'uploads/',
           table: 'uploads',
           olderThan: new Date(Date.now() - uploadIdleMs),
-          limit: strayObjectsPerPass,
+          scanLimit: strayScanPerPass,
+          deleteLimit: strayObjectsPerPass,
           concurrency: deleteConcurrency,
         });
         metrics.deleted('upload', keys.length);
         metrics.deleted('object', strays.count);
-        job.log.info({ deleted_uploads: keys.length, deleted_stray_objects: strays.count }, 'gc: stale uploads');
+        job.log.info(
+          { deleted_uploads: keys.length, deleted_stray_objects: strays.count, scanned_objects: strays.scanned },
+          'gc: stale uploads',
+        );
         return keys.length;
       },
     },

@@ -204,13 +204,20 @@ export class S3BlobStore implements BlobStore {
     );
   }
 
-  async *list(prefix: string, olderThan?: Date): AsyncIterable<StoredObject> {
+  async *list(prefix: string, olderThan?: Date, startAfter?: string): AsyncIterable<StoredObject> {
     if (prefix !== '') checkKey(prefix.replace(/\/$/, ''));
     const Prefix = this.prefix + prefix;
+    const StartAfter = startAfter === undefined ? undefined : this.prefix + startAfter;
     let ContinuationToken: string | undefined;
     do {
       const page = await this.#send('ListObjectsV2', prefix, (sdk, client) =>
-        client.send(new sdk.ListObjectsV2Command({ Bucket: this.bucket, Prefix, ContinuationToken })),
+        client.send(
+          new sdk.ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix,
+            ...(ContinuationToken ? { ContinuationToken } : StartAfter !== undefined && { StartAfter }),
+          }),
+        ),
       );
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined || !object.Key.startsWith(this.prefix)) continue;
