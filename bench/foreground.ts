@@ -22,6 +22,12 @@ export interface ForegroundResult {
   heldP99Ms: number;
   unthrottledRowsPerSec: number;
   heldRowsPerSec: number;
+  /**
+   * The trade-off, one lane at smaller batches (health holds off): each point's foreground p99
+   * and migration rows/s. Each job's COMMIT flushes its WAL, and the foreground's commits wait
+   * behind those flushes on the same disk: smaller jobs, shorter waits, less speed.
+   */
+  curve: Array<{ lanes: number; batchSize: number; p99Ms: number; rowsPerSec: number }>;
 }
 
 function p99(samples: number[]): number {
@@ -72,7 +78,17 @@ export async function foreground(
     lanes = 4,
     perSecond = 200,
     baselineMs = 5_000,
-  }: { url: string; rows: number; batch: number; work: Work; lanes?: number; perSecond?: number; baselineMs?: number },
+    curveBatchSizes = [100, 300, 1_000],
+  }: {
+    url: string;
+    rows: number;
+    batch: number;
+    work: Work;
+    lanes?: number;
+    perSecond?: number;
+    baselineMs?: number;
+    curveBatchSizes?: number[];
+  },
 ): Promise<ForegroundResult> {
   const baseline = await foregroundLoad(
     url,
@@ -81,6 +97,7 @@ export async function foreground(
     () => new Promise((resolve) => setTimeout(resolve, baselineMs)),
   );
 
+  await pool.query('VACUUM bench_items');
   let unthrottledMs = 0;
   const unthrottled = await foregroundLoad(url, rows, perSecond, async () => {
     unthrottledMs = await drain(pool, { work, batch, lanes, health: false });
@@ -93,6 +110,16 @@ export async function foreground(
     heldMs = await drain(pool, { work, batch, lanes, health: { checkMs: 500, holdMs: 2_000 } });
   });
 
+  const curve = [];
+  for (const batchSize of curveBatchSizes) {
+    await pool.query('VACUUM bench_items');
+    let ms = 0;
+    const latencies = await foregroundLoad(url, rows, perSecond, async () => {
+      ms = await drain(pool, { work, batch: batchSize, lanes: 1, health: false });
+    });
+    curve.push({ lanes: 1, batchSize, p99Ms: p99(latencies), rowsPerSec: Math.round(rows / (ms / 1000)) });
+  }
+
   return {
     rate: perSecond,
     lanes,
@@ -101,5 +128,6 @@ export async function foreground(
     heldP99Ms: p99(held),
     unthrottledRowsPerSec: Math.round(rows / (unthrottledMs / 1000)),
     heldRowsPerSec: Math.round(rows / (heldMs / 1000)),
+    curve,
   };
 }
