@@ -292,6 +292,8 @@ describe('health holds', () => {
     [{ checkMs: 0 }, /health.checkMs must be an integer from 1/],
     [{ holdMs: 1.5 }, /health.holdMs must be an integer/],
     [{ autovacuum: 'yes' as unknown as boolean }, /health.autovacuum must be true or false/],
+    [{ commitLatencyFactor: 1 }, /health.commitLatencyFactor must be a number above 1, or null/],
+    [{ commitLatencyFactor: Number.POSITIVE_INFINITY }, /health.commitLatencyFactor must be a number above 1/],
   ])('refuse bad options: %j', (options, message) => {
     expect(() => resolveHealth(options)).toThrow(message);
     expect(() => resolveHealth(options)).toThrow(ConfigError);

@@ -29,6 +29,7 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
   maxWalBytesPerSecond: null,
   latency: true,
   latencyFactor: 3,
+  commitLatencyFactor: null,
   checkMs: 10_000,
   holdMs: 30_000,
 };
@@ -63,6 +64,15 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
   if (!(typeof resolved.latencyFactor === 'number' && resolved.latencyFactor > 1)) {
     throw new ConfigError(
       `health.latencyFactor must be a number above 1; got ${JSON.stringify(resolved.latencyFactor)}`,
+    );
+  }
+  const commitFactor = resolved.commitLatencyFactor;
+  if (
+    commitFactor !== null &&
+    !(typeof commitFactor === 'number' && commitFactor > 1 && Number.isFinite(commitFactor))
+  ) {
+    throw new ConfigError(
+      `health.commitLatencyFactor must be a number above 1, or null to turn it off; got ${JSON.stringify(commitFactor)}`,
     );
   }
   return resolved;

@@ -125,3 +125,63 @@ export class LatencyWatch {
     return this.#norms.get(migrationId)?.msPerRow;
   }
 }
+
+/** Probes of commit latency the usual is learned from: 10 minutes of checks every 10 s, 10 probes each. */
+const COMMIT_WINDOW = 600;
+/** The smallest share of its size a range is cut at under commit pressure. */
+const MIN_BATCH_SCALE = 1 / 32;
+/** Under the factor by this much, the size grows back. */
+const COMMIT_HEALTHY_SHARE = 0.8;
+/** What the size grows back by per healthy check. */
+const SCALE_STEP = 0.1;
+/** Probes the usual is learned from before any verdict: the 10th percentile of a few is no usual. */
+const COMMIT_WARMUP = 50;
+
+const percentile = (sorted: readonly number[], p: number): number =>
+  sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0;
+
+/** What a round of commit probes said, and what it did to the size of the ranges cut. */
+export interface CommitVerdict {
+  p90Ms: number;
+  baselineMs: number;
+  scaleFrom: number;
+  scale: number;
+}
+
+/**
+ * Foreground protection: commit latency as an application feels it, against its usual, steering
+ * the share of their size at which this worker cuts ranges (multiplicative decrease, additive
+ * increase). The usual is the 10th percentile of the last probes: the commits that waited for no
+ * one, learned while the migration runs.
+ */
+export class CommitWatch {
+  readonly #window: number[] = [];
+  #scale = 1;
+
+  constructor(private readonly factor: number) {}
+
+  /** The share of its size at which a range is cut now (1: all of it). */
+  get scale(): number {
+    return this.#scale;
+  }
+
+  observe(latenciesMs: readonly number[]): CommitVerdict | null {
+    if (latenciesMs.length === 0) return null;
+    this.#window.push(...latenciesMs);
+    if (this.#window.length > COMMIT_WINDOW) this.#window.splice(0, this.#window.length - COMMIT_WINDOW);
+    const baselineMs = percentile(
+      [...this.#window].sort((a, b) => a - b),
+      0.1,
+    );
+    const p90Ms = percentile(
+      [...latenciesMs].sort((a, b) => a - b),
+      0.9,
+    );
+    const scaleFrom = this.#scale;
+    if (this.#window.length < COMMIT_WARMUP) return { p90Ms, baselineMs, scaleFrom, scale: scaleFrom };
+    if (baselineMs > 0 && p90Ms >= this.factor * baselineMs) this.#scale = Math.max(MIN_BATCH_SCALE, this.#scale / 2);
+    else if (p90Ms <= COMMIT_HEALTHY_SHARE * this.factor * baselineMs)
+      this.#scale = Math.min(1, this.#scale + SCALE_STEP);
+    return { p90Ms, baselineMs, scaleFrom, scale: this.#scale };
+  }
+}

@@ -369,6 +369,17 @@ export interface HealthOptions {
   /** Default 3. */
   latencyFactor?: number;
   /**
+   * Foreground protection: at each check the worker times 10 commits of its own (each updates
+   * its row in batched_background_migration_workers and waits for the flush, as an application's
+   * write does). While their p90 is `commitLatencyFactor` times their usual (the 10th percentile
+   * of the last 600, learned from 50 on), every range this worker cuts is halved again (down to
+   * 1/32 of its size; min_batch_size still bounds it); while they are back within 0.8 × the
+   * factor, the size grows back by a tenth per check. Each job's COMMIT flushes its WAL and an
+   * application's commits wait behind it: smaller jobs, shorter waits. Default null (off): it
+   * trades speed for the foreground's tail (see the README).
+   */
+  commitLatencyFactor?: number | null;
+  /**
    * The WAL budget, per migration: while its jobs wrote more WAL than this per second over the
    * last 10 s, it is held for as long as its average needs to fall back within the budget, so a
    * backfill cannot outrun replicas or the archiver. Default null (off).

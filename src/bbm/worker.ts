@@ -10,19 +10,22 @@ import { performance } from 'node:perf_hooks';
 import { hostname } from 'node:os';
 import type pg from 'pg';
 import { createPool } from '../store/db.ts';
-import { announceWorker, HEARTBEAT_MS, retireWorker } from '../store/workers.ts';
+import { announceWorker, HEARTBEAT_MS, probeCommit, retireWorker } from '../store/workers.ts';
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { CORRELATION_ID, defaultLibraryLogger, jobFields, migrationFields, type Logger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
-import { LatencyWatch, type BatchSizer } from './pace.ts';
+import { CommitWatch, LatencyWatch, type BatchSizer } from './pace.ts';
 import { Runner } from './run.ts';
 import { checkHealth, resolveHealth, type ResolvedHealth } from './health.ts';
 import { growLanes, shedLanes, startInOneLane } from '../store/migration-rows.ts';
 import { resolveSchedules, tickSchedules, type ResolvedSchedule } from './schedules.ts';
 import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams } from './types.ts';
+
+/** Commits timed per health check for foreground protection. */
+const COMMIT_PROBES = 10;
 
 export class Worker {
   readonly options: ResolvedOptions;
@@ -54,6 +57,8 @@ export class Worker {
   /** The latency controller: each migration's norm, and when its lanes were last shed or grown. */
   readonly #latency: LatencyWatch | null;
   readonly #lanesSteeredAt = new Map<bigint, number>();
+  /** Foreground protection: commit latency steering the size of the ranges this worker cuts. */
+  readonly #commits: CommitWatch | null;
   #healthCheckedAt = -Infinity;
   #healthCheck: Promise<void> | undefined;
 
@@ -76,6 +81,9 @@ export class Worker {
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);
     this.#health = resolveHealth(params.health);
     this.#latency = this.#health?.latency ? new LatencyWatch(this.#health.latencyFactor) : null;
+    const commitFactor = this.#health?.commitLatencyFactor ?? null;
+    const commits = commitFactor === null ? null : new CommitWatch(commitFactor);
+    this.#commits = commits;
     const sizers = new Map<bigint, BatchSizer>();
     this.#runners = Array.from(
       { length: this.options.concurrency },
@@ -87,6 +95,7 @@ export class Worker {
           log: this.#log,
           hardStop: this.#hardStop.signal,
           sizers,
+          ...(commits && { batchScale: () => commits.scale }),
         }),
     );
   }
@@ -255,8 +264,46 @@ export class Worker {
       } finally {
         this.#healthCheckedAt = performance.now();
       }
+      if (this.#commits) await this.#probeCommits(this.#commits);
     })().finally(() => (this.#healthCheck = undefined));
     return this.#healthCheck;
+  }
+
+  /**
+   * Times COMMIT_PROBES commits on one connection and lets the commit watch resize the ranges this
+   * worker cuts; a change is logged (a cut, as a warning). Failing is logged, never fatal.
+   */
+  async #probeCommits(commits: CommitWatch): Promise<void> {
+    const latencies: number[] = [];
+    try {
+      const client = await this.#pool.connect();
+      try {
+        for (let i = 0; i < COMMIT_PROBES; i += 1) {
+          const started = performance.now();
+          await probeCommit(client, this.id);
+          latencies.push(performance.now() - started);
+        }
+      } finally {
+        client.release();
+      }
+    } catch (error) {
+      this.#log.warn({ err: error }, 'commit latency probe failed; ranges keep their size');
+      return;
+    }
+    const verdict = commits.observe(latencies);
+    if (!verdict || verdict.scale === verdict.scaleFrom) return;
+    const share = (scale: number) => `${Math.round(scale * 100)} %`;
+    const fields = {
+      commit_p90_ms: Math.round(verdict.p90Ms * 100) / 100,
+      commit_baseline_ms: Math.round(verdict.baselineMs * 100) / 100,
+      batch_scale: verdict.scale,
+    };
+    const said = `commits take ${fields.commit_p90_ms} ms (p90), ${fields.commit_baseline_ms} ms usually`;
+    if (verdict.scale < verdict.scaleFrom) {
+      this.#log.warn(fields, `commit latency: ${said}: ranges cut at ${share(verdict.scale)} of their size`);
+    } else {
+      this.#log.info(fields, `commit latency: ${said}: ranges grow back to ${share(verdict.scale)} of their size`);
+    }
   }
 
   /**

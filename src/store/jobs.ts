@@ -49,7 +49,10 @@ function ms(value: number): string {
 export interface RangeCut {
   migrationId: bigint;
   validated: ValidatedMigration;
-  /** The adaptive size, used when the migration has a target_job_ms; otherwise its batch_size is. */
+  /**
+   * The size to cut at: with a target_job_ms, the adaptive size; without, a smaller size than the
+   * batch_size (foreground protection), never a larger one. Null: the batch_size.
+   */
   size: number | null;
   /** Server-side bound on a cut in a transaction of its own, like a run's (see runPrologue). */
   statementTimeoutMs: number;

@@ -31,6 +31,15 @@ export async function announceWorker(db: Queryable, worker: WorkerAnnouncement):
   );
 }
 
+/**
+ * A commit that waits for its WAL to reach disk, as an application's write does: the worker's
+ * row seen again, in a transaction of its own. (A transaction that only takes an id writes no
+ * WAL and does not wait for a flush; this one writes one small record.)
+ */
+export async function probeCommit(db: Queryable, workerId: string): Promise<void> {
+  await exec(db, sql`UPDATE batched_background_migration_workers SET last_seen_at = now() WHERE id = ${workerId}`);
+}
+
 export async function retireWorker(db: Queryable, id: string): Promise<void> {
   await exec(db, sql`DELETE FROM batched_background_migration_workers WHERE id = ${id}`);
 }

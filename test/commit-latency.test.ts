@@ -1,0 +1,83 @@
+/**
+ * Foreground protection, made real: commits slowed by the server itself. `commit_delay` makes
+ * every WAL flush wait before it starts (as a saturated disk would make it wait), which needs a
+ * server with fsync on: one of this file's own, not the suite's ephemeral one.
+ */
+import type pg from 'pg';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { migrateSchema } from '../src/store/apply-schema.ts';
+import { createPool } from '../src/store/db.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { waitFor } from './support/processes.ts';
+
+describe('commit latency (health.commitLatencyFactor)', () => {
+  let cluster: EmbeddedCluster;
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    cluster = await startEmbeddedPostgres();
+    pool = createPool({ connectionString: cluster.connectionString(), max: 4 });
+    await migrateSchema(pool);
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await cluster?.stop();
+  });
+
+  const setCommitDelay = async (microseconds: number) => {
+    await pool.query(`ALTER SYSTEM SET commit_delay = ${microseconds}`);
+    await pool.query('ALTER SYSTEM SET commit_siblings = 0');
+    await pool.query('SELECT pg_reload_conf()');
+  };
+  const jobSizes = async (): Promise<number[]> =>
+    (
+      await pool.query<{ s: number }>('SELECT batch_size AS s FROM batched_background_migration_jobs ORDER BY id')
+    ).rows.map((r) => r.s);
+
+  it('cuts smaller ranges while commits are slow, grows them back once they are not, and every row is done once', async () => {
+    await createItems(pool, 'items', range(1, 100_000));
+    await enqueue(pool, { name: 'backfill', work: touch.name, table: 'items', batchSize: 400 });
+    const lines: string[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      logger: pino({ level: 'info' }, { write: (line: string) => lines.push(line) }),
+      intervalMs: 1,
+      health: {
+        // Above what this migration's own flushes do to commits here (about 3×), below commit_delay's 40×.
+        commitLatencyFactor: 10,
+        checkMs: 100,
+        autovacuum: false,
+        latency: false,
+        maxTransactionAgeMs: null,
+        maxReplayLagBytes: null,
+        maxWalArchiveReady: null,
+      },
+    });
+    const running = worker.run({ untilDone: true });
+    // Commits as usual first: the probes learn what they take.
+    await waitFor(async () => (await jobSizes()).length >= 15, '15 jobs at full size');
+    expect((await jobSizes())[0]).toBe(400);
+
+    await setCommitDelay(20_000);
+    await waitFor(async () => (await jobSizes()).some((size) => size <= 100), 'ranges cut at a quarter of their size');
+    const cutAt = (await jobSizes()).length;
+
+    await setCommitDelay(0);
+    await waitFor(
+      async () => (await jobSizes()).slice(cutAt).includes(400),
+      'ranges back at their full size once commits are fast again',
+    );
+    await running;
+
+    expect((await migrationRow(pool, 'backfill'))?.status).toBe(MigrationStatus.finished);
+    const wrong = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM items WHERE touched <> 1');
+    expect(wrong.rows[0]!.n).toBe(0);
+    const logged = lines.map((line) => JSON.parse(line) as { msg: string; batch_scale?: number });
+    expect(logged.some((l) => /^commit latency: commits take .* ranges cut at 50 % of their size$/.test(l.msg))).toBe(
+      true,
+    );
+    expect(logged.some((l) => /ranges grow back to 100 % of their size$/.test(l.msg))).toBe(true);
+  });
+});
