@@ -2,7 +2,9 @@
  * The foreground section of `npm run bench`: a migration run beside a synthetic foreground load,
  * a pgbench-like client updating random single rows of the same table at a fixed rate, as an
  * application would, in a process of its own (in this one, the engine's work on the event loop
- * would count as database latency). Three phases on the same table: the foreground alone (its baseline), beside
+ * would count as database latency). Phases: the foreground alone, beside the engine with health
+ * holds off, with them on, with them and foreground protection (commitLatencyFactor) on, and
+ * beside one lane at smaller batches. Three phases on the same table: the foreground alone (its baseline), beside
  * the engine with health holds off (unthrottled), and beside the engine with them on. Reports
  * the foreground's p99 latency in each, and the migration's rows/s beside it.
  */
@@ -22,6 +24,10 @@ export interface ForegroundResult {
   heldP99Ms: number;
   unthrottledRowsPerSec: number;
   heldRowsPerSec: number;
+  /** Holds on and foreground protection too (health.commitLatencyFactor). */
+  commitLatencyFactor: number;
+  guardedP99Ms: number;
+  guardedRowsPerSec: number;
   /**
    * The trade-off, one lane at smaller batches (health holds off): each point's foreground p99
    * and migration rows/s. Each job's COMMIT flushes its WAL, and the foreground's commits wait
@@ -79,6 +85,7 @@ export async function foreground(
     perSecond = 200,
     baselineMs = 5_000,
     curveBatchSizes = [100, 300, 1_000],
+    commitLatencyFactor = 1.5,
   }: {
     url: string;
     rows: number;
@@ -88,6 +95,7 @@ export async function foreground(
     perSecond?: number;
     baselineMs?: number;
     curveBatchSizes?: number[];
+    commitLatencyFactor?: number;
   },
 ): Promise<ForegroundResult> {
   const baseline = await foregroundLoad(
@@ -110,6 +118,18 @@ export async function foreground(
     heldMs = await drain(pool, { work, batch, lanes, health: { checkMs: 500, holdMs: 2_000 } });
   });
 
+  let guardedMs = 0;
+  await pool.query('VACUUM bench_items');
+  const guarded = await foregroundLoad(url, rows, perSecond, async () => {
+    guardedMs = await drain(pool, {
+      work,
+      batch,
+      lanes,
+      // Checked often enough that the probes learn their usual (50 of them) early in a run this short.
+      health: { checkMs: 200, holdMs: 2_000, commitLatencyFactor },
+    });
+  });
+
   const curve = [];
   for (const batchSize of curveBatchSizes) {
     await pool.query('VACUUM bench_items');
@@ -128,6 +148,9 @@ export async function foreground(
     heldP99Ms: p99(held),
     unthrottledRowsPerSec: Math.round(rows / (unthrottledMs / 1000)),
     heldRowsPerSec: Math.round(rows / (heldMs / 1000)),
+    commitLatencyFactor,
+    guardedP99Ms: p99(guarded),
+    guardedRowsPerSec: Math.round(rows / (guardedMs / 1000)),
     curve,
   };
 }

@@ -23,7 +23,8 @@
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup }],
  * adaptive: { targetMs, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
  * oneWorkerTransactionsPerJob }, foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
- * unthrottledRowsPerSec, heldRowsPerSec, curve: [{ lanes, batchSize, p99Ms, rowsPerSec }] } } (see foreground.ts).
+ * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
+ * batchSize, p99Ms, rowsPerSec }] } } (see foreground.ts).
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -297,6 +298,9 @@ async function main() {
       `foreground: ${f.rate} single-row updates/s on the same table; p99 ${f.baselineP99Ms} ms alone, ` +
         `${f.unthrottledP99Ms} ms beside ${f.lanes} lanes with health holds off (${f.unthrottledRowsPerSec.toLocaleString('en')} rows/s), ` +
         `${f.heldP99Ms} ms with them on (${f.heldRowsPerSec.toLocaleString('en')} rows/s)`,
+    );
+    log(
+      `foreground with holds and commitLatencyFactor ${f.commitLatencyFactor}: p99 ${f.guardedP99Ms} ms (${f.guardedRowsPerSec.toLocaleString('en')} rows/s)`,
     );
     log(
       `foreground beside 1 lane: ${f.curve.map((c) => `batch ${c.batchSize}: p99 ${c.p99Ms} ms at ${c.rowsPerSec.toLocaleString('en')} rows/s`).join('; ')}`,

@@ -18,7 +18,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
   let pool: pg.Pool;
   beforeAll(async () => {
     cluster = await startEmbeddedPostgres();
-    pool = createPool({ connectionString: cluster.connectionString(), max: 4 });
+    pool = createPool({ connectionString: cluster.connectionString(), max: 10 });
     await migrateSchema(pool);
   });
   afterAll(async () => {
@@ -31,13 +31,68 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     await pool.query('ALTER SYSTEM SET commit_siblings = 0');
     await pool.query('SELECT pg_reload_conf()');
   };
-  const jobSizes = async (): Promise<number[]> =>
+  const jobSizes = async (migration: string): Promise<number[]> =>
     (
-      await pool.query<{ s: number }>('SELECT batch_size AS s FROM batched_background_migration_jobs ORDER BY id')
+      await pool.query<{ s: number }>(
+        `SELECT j.batch_size AS s FROM batched_background_migration_jobs j
+           JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+         WHERE m.name = $1 ORDER BY j.id`,
+        [migration],
+      )
     ).rows.map((r) => r.s);
 
+  it('sheds lanes first, and cuts smaller ranges only at one lane; gives lanes back once commits are fast', async () => {
+    await createItems(pool, 'lanes_items', range(1, 300_000));
+    await enqueue(pool, { name: 'wide', work: touch.name, table: 'lanes_items', batchSize: 200 });
+    await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE name = 'wide'`);
+    const messages: string[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      concurrency: 4,
+      logger: pino(
+        { level: 'info' },
+        { write: (line: string) => messages.push((JSON.parse(line) as { msg: string }).msg) },
+      ),
+      intervalMs: 1,
+      health: {
+        commitLatencyFactor: 10,
+        checkMs: 100,
+        autovacuum: false,
+        latency: false,
+        maxTransactionAgeMs: null,
+        maxReplayLagBytes: null,
+        maxWalArchiveReady: null,
+      },
+    });
+    const running = worker.run();
+    try {
+      await waitFor(async () => (await jobSizes('wide')).length >= 20, '20 jobs');
+      await setCommitDelay(20_000);
+      await waitFor(async () => messages.some((m) => m.includes('ranges cut at 50 %')), 'ranges cut smaller');
+      const commitLines = messages.filter((m) => m.startsWith('commit latency:'));
+      expect(commitLines[0]).toMatch(/wide sheds lanes 4 → 2$/);
+      expect(commitLines[1]).toMatch(/wide sheds lanes 2 → 1$/);
+      expect(commitLines[2]).toMatch(/ranges cut at 50 % of their size$/);
+
+      await setCommitDelay(0);
+      await waitFor(async () => messages.some((m) => /wide grows lanes back 1 → 2$/.test(m)), 'a lane given back');
+      const back = messages.filter((m) => m.startsWith('commit latency:')).slice(3);
+      // The size comes back whole before any lane does.
+      const firstLane = back.findIndex((m) => m.includes('grows lanes back'));
+      expect(back[firstLane - 1]).toMatch(/ranges grow back to 100 % of their size$/);
+    } finally {
+      await worker.stop();
+      await running;
+      await setCommitDelay(0);
+      // Out of the next test's way.
+      await pool.query(
+        `UPDATE batched_background_migrations SET status = ${MigrationStatus.paused} WHERE name = 'wide'`,
+      );
+    }
+  });
+
   it('cuts smaller ranges while commits are slow, grows them back once they are not, and every row is done once', async () => {
-    await createItems(pool, 'items', range(1, 100_000));
+    await createItems(pool, 'items', range(1, 300_000));
     await enqueue(pool, { name: 'backfill', work: touch.name, table: 'items', batchSize: 400 });
     const lines: string[] = [];
     const worker = testWorker(pool, {
@@ -57,16 +112,19 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     });
     const running = worker.run({ untilDone: true });
     // Commits as usual first: the probes learn what they take.
-    await waitFor(async () => (await jobSizes()).length >= 15, '15 jobs at full size');
-    expect((await jobSizes())[0]).toBe(400);
+    await waitFor(async () => (await jobSizes('backfill')).length >= 15, '15 jobs at full size');
+    expect((await jobSizes('backfill'))[0]).toBe(400);
 
     await setCommitDelay(20_000);
-    await waitFor(async () => (await jobSizes()).some((size) => size <= 100), 'ranges cut at a quarter of their size');
-    const cutAt = (await jobSizes()).length;
+    await waitFor(
+      async () => (await jobSizes('backfill')).some((size) => size <= 100),
+      'ranges cut at a quarter of their size',
+    );
+    const cutAt = (await jobSizes('backfill')).length;
 
     await setCommitDelay(0);
     await waitFor(
-      async () => (await jobSizes()).slice(cutAt).includes(400),
+      async () => (await jobSizes('backfill')).slice(cutAt).includes(400),
       'ranges back at their full size once commits are fast again',
     );
     await running;

@@ -140,19 +140,19 @@ const COMMIT_WARMUP = 50;
 const percentile = (sorted: readonly number[], p: number): number =>
   sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0;
 
-/** What a round of commit probes said, and what it did to the size of the ranges cut. */
+/** What a round of commit probes said. */
 export interface CommitVerdict {
+  verdict: 'learning' | 'pressure' | 'steady' | 'healthy';
   p90Ms: number;
   baselineMs: number;
-  scaleFrom: number;
-  scale: number;
 }
 
 /**
- * Foreground protection: commit latency as an application feels it, against its usual, steering
- * the share of their size at which this worker cuts ranges (multiplicative decrease, additive
- * increase). The usual is the 10th percentile of the last probes: the commits that waited for no
- * one, learned while the migration runs.
+ * Foreground protection: commit latency as an application feels it, against its usual. The usual
+ * is the 10th percentile of the last probes: the commits that waited for no one, learned while
+ * the migration runs. It also keeps the share of their size at which this worker cuts ranges
+ * (`scale`), which the worker halves under pressure once lanes are down to one, and grows back a
+ * tenth at a time before it gives lanes back.
  */
 export class CommitWatch {
   readonly #window: number[] = [];
@@ -165,8 +165,7 @@ export class CommitWatch {
     return this.#scale;
   }
 
-  observe(latenciesMs: readonly number[]): CommitVerdict | null {
-    if (latenciesMs.length === 0) return null;
+  observe(latenciesMs: readonly number[]): CommitVerdict {
     this.#window.push(...latenciesMs);
     if (this.#window.length > COMMIT_WINDOW) this.#window.splice(0, this.#window.length - COMMIT_WINDOW);
     const baselineMs = percentile(
@@ -177,11 +176,28 @@ export class CommitWatch {
       [...latenciesMs].sort((a, b) => a - b),
       0.9,
     );
-    const scaleFrom = this.#scale;
-    if (this.#window.length < COMMIT_WARMUP) return { p90Ms, baselineMs, scaleFrom, scale: scaleFrom };
-    if (baselineMs > 0 && p90Ms >= this.factor * baselineMs) this.#scale = Math.max(MIN_BATCH_SCALE, this.#scale / 2);
-    else if (p90Ms <= COMMIT_HEALTHY_SHARE * this.factor * baselineMs)
-      this.#scale = Math.min(1, this.#scale + SCALE_STEP);
-    return { p90Ms, baselineMs, scaleFrom, scale: this.#scale };
+    const verdict =
+      this.#window.length < COMMIT_WARMUP || latenciesMs.length === 0 || !(baselineMs > 0)
+        ? 'learning'
+        : p90Ms >= this.factor * baselineMs
+          ? 'pressure'
+          : p90Ms <= COMMIT_HEALTHY_SHARE * this.factor * baselineMs
+            ? 'healthy'
+            : 'steady';
+    return { verdict, p90Ms, baselineMs };
+  }
+
+  /** Halves the share (down to MIN_BATCH_SCALE); false when it was already there. */
+  shrink(): boolean {
+    const before = this.#scale;
+    this.#scale = Math.max(MIN_BATCH_SCALE, this.#scale / 2);
+    return this.#scale !== before;
+  }
+
+  /** Grows the share by a tenth (up to 1); false when it was already whole. */
+  grow(): boolean {
+    const before = this.#scale;
+    this.#scale = Math.min(1, this.#scale + SCALE_STEP);
+    return this.#scale !== before;
   }
 }

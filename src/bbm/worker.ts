@@ -57,8 +57,12 @@ export class Worker {
   /** The latency controller: each migration's norm, and when its lanes were last shed or grown. */
   readonly #latency: LatencyWatch | null;
   readonly #lanesSteeredAt = new Map<bigint, number>();
-  /** Foreground protection: commit latency steering the size of the ranges this worker cuts. */
+  /** Foreground protection: commit latency steering lanes, then the size of the ranges this worker cuts. */
   readonly #commits: CommitWatch | null;
+  /** When the commit probes last found pressure: the latency controller grows no lane for a while after. */
+  #commitPressureAt = -Infinity;
+  /** Migrations this worker ran jobs of, and when last. */
+  readonly #ranLately = new Map<bigint, number>();
   #healthCheckedAt = -Infinity;
   #healthCheck: Promise<void> | undefined;
 
@@ -178,6 +182,8 @@ export class Worker {
         this.#wakeLanes();
         break;
       }
+      if (result.outcome === 'job_succeeded' && result.migration && this.#commits)
+        this.#ranLately.set(result.migration.id, performance.now());
       if (result.outcome === 'job_succeeded' && this.#latency && this.#health) {
         await this.#steerLanes(result, this.#latency, this.#health);
       }
@@ -264,16 +270,19 @@ export class Worker {
       } finally {
         this.#healthCheckedAt = performance.now();
       }
-      if (this.#commits) await this.#probeCommits(this.#commits);
+      if (this.#commits) await this.#probeCommits(this.#commits, health);
     })().finally(() => (this.#healthCheck = undefined));
     return this.#healthCheck;
   }
 
   /**
-   * Times COMMIT_PROBES commits on one connection and lets the commit watch resize the ranges this
-   * worker cuts; a change is logged (a cut, as a warning). Failing is logged, never fatal.
+   * Foreground protection. Times COMMIT_PROBES commits on one connection; under pressure, halves
+   * the lanes of the migrations this worker ran lately (for every worker, as the latency
+   * controller does), and once they are down to one, the size of the ranges this worker cuts;
+   * while healthy, grows the size back first, then a lane at a time. While it holds lanes down,
+   * the latency controller does not grow them. Changes are logged; failing is logged, never fatal.
    */
-  async #probeCommits(commits: CommitWatch): Promise<void> {
+  async #probeCommits(commits: CommitWatch, health: ResolvedHealth): Promise<void> {
     const latencies: number[] = [];
     try {
       const client = await this.#pool.connect();
@@ -287,22 +296,54 @@ export class Worker {
         client.release();
       }
     } catch (error) {
-      this.#log.warn({ err: error }, 'commit latency probe failed; ranges keep their size');
+      this.#log.warn({ err: error }, 'commit latency probe failed; nothing changed');
       return;
     }
-    const verdict = commits.observe(latencies);
-    if (!verdict || verdict.scale === verdict.scaleFrom) return;
-    const share = (scale: number) => `${Math.round(scale * 100)} %`;
+    const { verdict, p90Ms, baselineMs } = commits.observe(latencies);
+    if (verdict !== 'pressure' && verdict !== 'healthy') return;
     const fields = {
-      commit_p90_ms: Math.round(verdict.p90Ms * 100) / 100,
-      commit_baseline_ms: Math.round(verdict.baselineMs * 100) / 100,
-      batch_scale: verdict.scale,
+      commit_p90_ms: Math.round(p90Ms * 100) / 100,
+      commit_baseline_ms: Math.round(baselineMs * 100) / 100,
     };
     const said = `commits take ${fields.commit_p90_ms} ms (p90), ${fields.commit_baseline_ms} ms usually`;
-    if (verdict.scale < verdict.scaleFrom) {
-      this.#log.warn(fields, `commit latency: ${said}: ranges cut at ${share(verdict.scale)} of their size`);
-    } else {
-      this.#log.info(fields, `commit latency: ${said}: ranges grow back to ${share(verdict.scale)} of their size`);
+    const share = () => `${Math.round(commits.scale * 100)} %`;
+    const since = performance.now() - 2 * health.checkMs;
+    const recent = [...this.#ranLately].filter(([, at]) => at >= since).map(([id]) => id);
+    try {
+      if (verdict === 'pressure') {
+        this.#commitPressureAt = performance.now();
+        const shed = (await Promise.all(recent.map((id) => shedLanes(this.#pool, id)))).filter((c) => c !== null);
+        for (const change of shed) {
+          this.#log.warn(
+            { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
+            `commit latency: ${said}: ${change.name} sheds lanes ${change.from} → ${change.to}`,
+          );
+        }
+        if (shed.length === 0 && commits.shrink()) {
+          this.#log.warn(
+            { ...fields, batch_scale: commits.scale },
+            `commit latency: ${said}: ranges cut at ${share()} of their size`,
+          );
+        }
+        return;
+      }
+      if (commits.grow()) {
+        this.#log.info(
+          { ...fields, batch_scale: commits.scale },
+          `commit latency: ${said}: ranges grow back to ${share()} of their size`,
+        );
+        return;
+      }
+      for (const change of await Promise.all(recent.map((id) => growLanes(this.#pool, id)))) {
+        if (change) {
+          this.#log.info(
+            { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
+            `commit latency: ${said}: ${change.name} grows lanes back ${change.from} → ${change.to}`,
+          );
+        }
+      }
+    } catch (error) {
+      this.#log.warn({ err: error }, 'commit latency controller could not change lanes');
     }
   }
 
@@ -319,6 +360,9 @@ export class Worker {
     if (verdict !== 'pressure' && verdict !== 'healthy') return;
     const now = performance.now();
     if (now - (this.#lanesSteeredAt.get(migration.id) ?? -Infinity) < health.checkMs) return;
+    // Lanes the commit probes took away come back through them, not through the job's own latency.
+    if (verdict === 'healthy' && (now - this.#commitPressureAt < 3 * health.checkMs || (this.#commits?.scale ?? 1) < 1))
+      return;
     this.#lanesSteeredAt.set(migration.id, now);
     try {
       const change =
