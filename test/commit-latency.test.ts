@@ -1,6 +1,6 @@
 /**
  * Foreground protection, made real: commits slowed by the server itself. `commit_delay` makes
- * every WAL flush wait before it starts (as a saturated disk would make it wait), which needs a
+ * every WAL flush wait 100 ms before it starts (as a saturated disk would make it wait), which needs a
  * server with fsync on: one of this file's own, not the suite's ephemeral one.
  */
 import type pg from 'pg';
@@ -10,7 +10,7 @@ import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded
 import { migrateSchema } from '../src/store/apply-schema.ts';
 import { createPool } from '../src/store/db.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
-import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { createItems, drain, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
 describe('commit latency (health.commitLatencyFactor)', () => {
@@ -67,19 +67,18 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     const running = worker.run();
     try {
       await waitFor(async () => (await jobSizes('wide')).length >= 20, '20 jobs');
-      await setCommitDelay(20_000);
+      await setCommitDelay(100_000);
       await waitFor(async () => messages.some((m) => m.includes('ranges cut at 50 %')), 'ranges cut smaller');
-      const commitLines = messages.filter((m) => m.startsWith('commit latency:'));
-      expect(commitLines[0]).toMatch(/wide sheds lanes 4 → 2$/);
-      expect(commitLines[1]).toMatch(/wide sheds lanes 2 → 1$/);
-      expect(commitLines[2]).toMatch(/ranges cut at 50 % of their size$/);
+      // Lanes go first: no range is cut smaller before the migration is down to one lane.
+      const lines = () => messages.filter((m) => m.startsWith('commit latency:'));
+      const firstCut = lines().findIndex((m) => /ranges cut at \d+ % of their size$/.test(m));
+      expect(lines().findIndex((m) => /wide sheds lanes 2 → 1$/.test(m))).toBeLessThan(firstCut);
 
       await setCommitDelay(0);
-      await waitFor(async () => messages.some((m) => /wide grows lanes back 1 → 2$/.test(m)), 'a lane given back');
-      const back = messages.filter((m) => m.startsWith('commit latency:')).slice(3);
+      await waitFor(async () => lines().some((m) => /wide grows lanes back 1 → 2$/.test(m)), 'a lane given back');
       // The size comes back whole before any lane does.
-      const firstLane = back.findIndex((m) => m.includes('grows lanes back'));
-      expect(back[firstLane - 1]).toMatch(/ranges grow back to 100 % of their size$/);
+      const firstLaneBack = lines().findIndex((m) => /wide grows lanes back 1 → 2$/.test(m));
+      expect(lines()[firstLaneBack - 1]).toMatch(/ranges grow back to 100 % of their size$/);
     } finally {
       await worker.stop();
       await running;
@@ -100,7 +99,8 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       logger: pino({ level: 'info' }, { write: (line: string) => lines.push(line) }),
       intervalMs: 1,
       health: {
-        // Above what this migration's own flushes do to commits here (about 3×), below commit_delay's 40×.
+        // Above what the migration's own flushes do to commits here (about 3×), below what
+        // commit_delay does (100 ms, against 0.5 ms alone and about 5 ms on a loaded machine).
         commitLatencyFactor: 10,
         checkMs: 100,
         autovacuum: false,
@@ -110,12 +110,12 @@ describe('commit latency (health.commitLatencyFactor)', () => {
         maxWalArchiveReady: null,
       },
     });
-    const running = worker.run({ untilDone: true });
+    const running = worker.run();
     // Commits as usual first: the probes learn what they take.
     await waitFor(async () => (await jobSizes('backfill')).length >= 15, '15 jobs at full size');
     expect((await jobSizes('backfill'))[0]).toBe(400);
 
-    await setCommitDelay(20_000);
+    await setCommitDelay(100_000);
     await waitFor(
       async () => (await jobSizes('backfill')).some((size) => size <= 100),
       'ranges cut at a quarter of their size',
@@ -123,19 +123,26 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     const cutAt = (await jobSizes('backfill')).length;
 
     await setCommitDelay(0);
+    const messages = () => lines.map((line) => (JSON.parse(line) as { msg: string }).msg);
     await waitFor(
-      async () => (await jobSizes('backfill')).slice(cutAt).includes(400),
+      async () => messages().some((m) => /ranges grow back to 100 % of their size$/.test(m)),
       'ranges back at their full size once commits are fast again',
     );
+    await waitFor(
+      async () =>
+        (await jobSizes('backfill')).slice(cutAt).includes(400) ||
+        (await migrationRow(pool, 'backfill'))?.status === MigrationStatus.finished,
+      'a range cut at its full size (or the migration done)',
+    );
+    await worker.stop();
     await running;
+    await drain(testWorker(pool, { work: [touch] }));
 
     expect((await migrationRow(pool, 'backfill'))?.status).toBe(MigrationStatus.finished);
     const wrong = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM items WHERE touched <> 1');
     expect(wrong.rows[0]!.n).toBe(0);
-    const logged = lines.map((line) => JSON.parse(line) as { msg: string; batch_scale?: number });
-    expect(logged.some((l) => /^commit latency: commits take .* ranges cut at 50 % of their size$/.test(l.msg))).toBe(
+    expect(messages().some((m) => /^commit latency: commits take .* ranges cut at 50 % of their size$/.test(m))).toBe(
       true,
     );
-    expect(logged.some((l) => /ranges grow back to 100 % of their size$/.test(l.msg))).toBe(true);
   });
 });

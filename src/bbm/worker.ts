@@ -61,6 +61,8 @@ export class Worker {
   readonly #commits: CommitWatch | null;
   /** When the commit probes last found pressure: the latency controller grows no lane for a while after. */
   #commitPressureAt = -Infinity;
+  /** A round of commit probes in flight. */
+  #probing: Promise<void> | undefined;
   /** Migrations this worker ran jobs of, and when last. */
   readonly #ranLately = new Map<bigint, number>();
   #healthCheckedAt = -Infinity;
@@ -156,6 +158,7 @@ export class Worker {
       await Promise.all(this.#runners.map((runner) => this.#laneLoop(runner, untilDone)));
     } finally {
       clearInterval(heartbeat);
+      await this.#probing;
       await Promise.all(this.#runners.map((runner) => runner.release()));
       await retireWorker(this.#pool, this.id).catch((error: unknown) =>
         this.#log.warn({ err: error }, 'could not retire worker'),
@@ -270,7 +273,9 @@ export class Worker {
       } finally {
         this.#healthCheckedAt = performance.now();
       }
-      if (this.#commits) await this.#probeCommits(this.#commits, health);
+      // Beside the lanes, not before them: slow commits would otherwise hold every lane for ten of them.
+      const commits = this.#commits;
+      if (commits) this.#probing ??= this.#probeCommits(commits, health).finally(() => (this.#probing = undefined));
     })().finally(() => (this.#healthCheck = undefined));
     return this.#healthCheck;
   }
@@ -284,6 +289,7 @@ export class Worker {
    */
   async #probeCommits(commits: CommitWatch, health: ResolvedHealth): Promise<void> {
     const latencies: number[] = [];
+    const startedAt = performance.now();
     try {
       const client = await this.#pool.connect();
       try {
@@ -307,8 +313,9 @@ export class Worker {
     };
     const said = `commits take ${fields.commit_p90_ms} ms (p90), ${fields.commit_baseline_ms} ms usually`;
     const share = () => `${Math.round(commits.scale * 100)} %`;
-    const since = performance.now() - 2 * health.checkMs;
-    const recent = [...this.#ranLately].filter(([, at]) => at >= since).map(([id]) => id);
+    const since = startedAt - 2 * health.checkMs;
+    for (const [id, at] of this.#ranLately) if (at < since) this.#ranLately.delete(id);
+    const recent = [...this.#ranLately.keys()];
     try {
       if (verdict === 'pressure') {
         this.#commitPressureAt = performance.now();
