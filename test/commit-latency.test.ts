@@ -5,6 +5,7 @@
  */
 import type pg from 'pg';
 import { pino } from 'pino';
+import type { LanesEvent } from '../src/bbm/types.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
@@ -46,9 +47,11 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     await enqueue(pool, { name: 'wide', work: touch.name, table: 'lanes_items', batchSize: 200 });
     await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE name = 'wide'`);
     const messages: string[] = [];
+    const laneEvents: LanesEvent[] = [];
     const worker = testWorker(pool, {
       work: [touch],
       concurrency: 4,
+      observers: [{ lanes: (event) => laneEvents.push(event) }],
       logger: pino(
         { level: 'info' },
         { write: (line: string) => messages.push((JSON.parse(line) as { msg: string }).msg) },
@@ -79,6 +82,9 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       // The size comes back whole before any lane does.
       const firstLaneBack = lines().findIndex((m) => /wide grows lanes back 1 → 2$/.test(m));
       expect(lines()[firstLaneBack - 1]).toMatch(/ranges grow back to 100 % of their size$/);
+      // Told to observers (bbm_lane_changes_total) as the latency controller's changes are.
+      expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'shed', from: 2, to: 1 });
+      expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'grown', from: 1, to: 2 });
     } finally {
       await worker.stop();
       await running;

@@ -325,6 +325,9 @@ export class Worker {
             { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
             `commit latency: ${said}: ${change.name} sheds lanes ${change.from} → ${change.to}`,
           );
+          this.#tell((observer) =>
+            observer.lanes?.({ migration: change.name, direction: 'shed', from: change.from, to: change.to }),
+          );
         }
         if (shed.length === 0 && commits.shrink()) {
           this.#log.warn(
@@ -346,6 +349,9 @@ export class Worker {
           this.#log.info(
             { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
             `commit latency: ${said}: ${change.name} grows lanes back ${change.from} → ${change.to}`,
+          );
+          this.#tell((observer) =>
+            observer.lanes?.({ migration: change.name, direction: 'grown', from: change.from, to: change.to }),
           );
         }
       }
