@@ -1,4 +1,7 @@
-/** What every engine section of the benchmark does: enqueue a fresh migration over bench_items and drain it. */
+/**
+ * What the benchmarks' engine sections share: a worker as they run it, and (every throughput
+ * section) enqueueing a fresh migration over bench_items and draining it.
+ */
 import type pg from 'pg';
 import { pino } from 'pino';
 import type { HealthOptions, Work } from '../src/bbm/types.ts';
@@ -6,6 +9,33 @@ import { Worker } from '../src/bbm/worker.ts';
 
 const quiet = pino({ level: 'silent' });
 let pass = 0;
+
+/**
+ * A worker as the benchmarks run it: silent, no start-up jitter, no pause between runs, one lane
+ * per `lanes`; with `jobDurationsMs`, each successful job's duration is pushed onto it.
+ */
+export function benchWorker(
+  pool: pg.Pool,
+  {
+    work,
+    lanes = 1,
+    health,
+    jobDurationsMs,
+  }: { work: Work[]; lanes?: number; health: HealthOptions | false; jobDurationsMs?: number[] },
+): Worker {
+  return new Worker({
+    pool,
+    work,
+    logger: quiet,
+    startupJitterMs: 0,
+    intervalMs: 1,
+    concurrency: lanes,
+    health,
+    ...(jobDurationsMs && {
+      observers: [{ run: (r) => r.outcome === 'job_succeeded' && r.job && jobDurationsMs.push(r.job.durationMs) }],
+    }),
+  });
+}
 
 /**
  * Drains a fresh migration with `lanes` lanes and one worker of that concurrency; resolves with
@@ -21,15 +51,7 @@ export async function drain(
      VALUES ($1, $2, $3, 'bench_items', 'id', $4)`,
     [`bench_${pass}`, batch, work.name, lanes],
   );
-  const worker = new Worker({
-    pool,
-    work: [work],
-    logger: quiet,
-    startupJitterMs: 0,
-    intervalMs: 1,
-    concurrency: lanes,
-    health,
-  });
+  const worker = benchWorker(pool, { work: [work], lanes, health });
   const started = performance.now();
   await worker.run({ untilDone: true });
   return performance.now() - started;

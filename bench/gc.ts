@@ -19,10 +19,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { pino } from 'pino';
-import { Worker } from '../src/bbm/worker.ts';
+import { benchWorker } from './drain.ts';
 import { createPool } from '../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { LocalS3Server, S3RVER_CREDENTIALS } from '../src/dev/s3-server.ts';
 import { migrateGcSchema, migrateSchema } from '../src/store/apply-schema.ts';
 import { FilesystemBlobStore, GC_WORK, gcWork, S3BlobStore, type BlobStore } from '../src/work/gc/index.ts';
@@ -100,12 +99,7 @@ function timed(store: BlobStore) {
 }
 
 async function main() {
-  let cluster: EmbeddedCluster | undefined;
-  let url = process.env.DATABASE_URL;
-  if (!url) {
-    cluster = await startEmbeddedPostgres();
-    url = cluster.connectionString();
-  }
+  const { url, stop: stopDatabase } = await databaseFromEnv();
   const root = await mkdtemp(path.join(tmpdir(), 'bbm-bench-gc-'));
   let s3: LocalS3Server | undefined;
   const pool = createPool({ connectionString: url, max: LANES + 3 });
@@ -171,15 +165,11 @@ async function main() {
        VALUES ('bench_gc', $1, $2, 'registry.blobs', 'id', $3)`,
       [BATCH, GC_WORK.orphanBlobs, LANES],
     );
-    const worker = new Worker({
-      pool,
+    const worker = benchWorker(pool, {
       work: gcWork({ store, orphanGraceMs: 3_600_000 }),
-      logger: pino({ level: 'silent' }),
-      startupJitterMs: 0,
-      intervalMs: 1,
-      concurrency: LANES,
+      lanes: LANES,
       health: false,
-      observers: [{ run: (r) => r.outcome === 'job_succeeded' && r.job && jobMs.push(r.job.durationMs) }],
+      jobDurationsMs: jobMs,
     });
     const started = performance.now();
     await worker.run({ untilDone: true });
@@ -222,7 +212,7 @@ async function main() {
   } finally {
     await pool.end();
     await s3?.stop();
-    await cluster?.stop();
+    await stopDatabase();
     await rm(root, { recursive: true, force: true });
   }
 }

@@ -14,7 +14,7 @@ import { pino } from 'pino';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
 
 const { values: flags } = parseArgs({
@@ -51,12 +51,7 @@ interface Sample {
 }
 
 async function main(): Promise<void> {
-  let cluster: EmbeddedCluster | undefined;
-  let url = process.env.DATABASE_URL;
-  if (!url) {
-    cluster = await startEmbeddedPostgres();
-    url = cluster.connectionString();
-  }
+  const { url, stop: stopDatabase } = await databaseFromEnv();
   // Its own application name, so that the connections counted are the workers' alone.
   const pool = createPool({ connectionString: url, max: 2, applicationName: 'pg-bbm-soak' });
   const workers = Array.from(
@@ -168,7 +163,7 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(workers.map((w) => w.close()));
     await pool.end();
-    await cluster?.stop();
+    await stopDatabase();
   }
 }
 

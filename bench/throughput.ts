@@ -30,12 +30,12 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
-import { drain } from './drain.ts';
+import { benchWorker, drain } from './drain.ts';
 import { foreground } from './foreground.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
 
 const { values: flags } = parseArgs({
@@ -130,16 +130,7 @@ async function adaptive(
     [targetMs],
   );
   const durations: number[] = [];
-  const worker = new Worker({
-    pool,
-    work: [work],
-    logger: quiet,
-    startupJitterMs: 0,
-    intervalMs: 1,
-    health: false,
-    observers: [{ run: (r) => r.outcome === 'job_succeeded' && r.job && durations.push(r.job.durationMs) }],
-  });
-  await worker.run({ untilDone: true });
+  await benchWorker(pool, { work: [work], health: false, jobDurationsMs: durations }).run({ untilDone: true });
   // The last range holds what is left over, whatever the size: it says nothing about the servo.
   const measured = durations.slice(0, -1);
   const within = (ms: number) => Math.abs(ms - targetMs) <= 0.25 * targetMs;
@@ -197,12 +188,7 @@ async function transactionsPerJob(pool: pg.Pool, url: string, count: number): Pr
 }
 
 async function main() {
-  let cluster: EmbeddedCluster | undefined;
-  let url = process.env.DATABASE_URL;
-  if (!url) {
-    cluster = await startEmbeddedPostgres();
-    url = cluster.connectionString();
-  }
+  const { url, stop: stopDatabase } = await databaseFromEnv();
   const maxLanes = Math.max(1, ...LANES);
   // Lanes, the worker's own connection, and the foreground client of the foreground section.
   const pool = createPool({ connectionString: url, max: Math.max(maxLanes, 4) + 3 });
@@ -307,7 +293,7 @@ async function main() {
     );
   } finally {
     await pool.end();
-    await cluster?.stop();
+    await stopDatabase();
   }
 }
 

@@ -3,38 +3,39 @@
  * every WAL flush wait 100 ms before it starts (as a saturated disk would make it wait), which needs a
  * server with fsync on: one of this file's own, not the suite's ephemeral one.
  */
-import type pg from 'pg';
 import { pino } from 'pino';
-import type { LanesEvent } from '../src/bbm/types.ts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
-import { migrateSchema } from '../src/store/apply-schema.ts';
-import { createPool } from '../src/store/db.ts';
+import { describe, expect, it } from 'vitest';
+import type { HealthOptions, LanesEvent } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
+import { useOwnCluster } from './support/database.ts';
 import { createItems, drain, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
+/** Foreground protection alone, checked often. */
+const PROTECTION: HealthOptions = {
+  // Above what the migration's own flushes do to commits here (about 3×), below what
+  // commit_delay does (100 ms, against 0.5 ms alone and about 5 ms on a loaded machine).
+  commitLatencyFactor: 10,
+  checkMs: 100,
+  autovacuum: false,
+  latency: false,
+  maxTransactionAgeMs: null,
+  maxReplayLagBytes: null,
+  maxWalArchiveReady: null,
+};
+
 describe('commit latency (health.commitLatencyFactor)', () => {
-  let cluster: EmbeddedCluster;
-  let pool: pg.Pool;
-  beforeAll(async () => {
-    cluster = await startEmbeddedPostgres();
-    pool = createPool({ connectionString: cluster.connectionString(), max: 10 });
-    await migrateSchema(pool);
-  });
-  afterAll(async () => {
-    await pool?.end();
-    await cluster?.stop();
-  });
+  const own = useOwnCluster({ poolMax: 10 });
 
   const setCommitDelay = async (microseconds: number) => {
+    const { pool } = own();
     await pool.query(`ALTER SYSTEM SET commit_delay = ${microseconds}`);
     await pool.query('ALTER SYSTEM SET commit_siblings = 0');
     await pool.query('SELECT pg_reload_conf()');
   };
   const jobSizes = async (migration: string): Promise<number[]> =>
     (
-      await pool.query<{ s: number }>(
+      await own().pool.query<{ s: number }>(
         `SELECT j.batch_size AS s FROM batched_background_migration_jobs j
            JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
          WHERE m.name = $1 ORDER BY j.id`,
@@ -43,6 +44,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     ).rows.map((r) => r.s);
 
   it('sheds lanes first, and cuts smaller ranges only at one lane; gives lanes back once commits are fast', async () => {
+    const { pool } = own();
     await createItems(pool, 'lanes_items', range(1, 300_000));
     await enqueue(pool, { name: 'wide', work: touch.name, table: 'lanes_items', batchSize: 200 });
     await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE name = 'wide'`);
@@ -57,15 +59,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
         { write: (line: string) => messages.push((JSON.parse(line) as { msg: string }).msg) },
       ),
       intervalMs: 1,
-      health: {
-        commitLatencyFactor: 10,
-        checkMs: 100,
-        autovacuum: false,
-        latency: false,
-        maxTransactionAgeMs: null,
-        maxReplayLagBytes: null,
-        maxWalArchiveReady: null,
-      },
+      health: PROTECTION,
     });
     const running = worker.run();
     try {
@@ -97,6 +91,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
   });
 
   it('cuts smaller ranges while commits are slow, grows them back once they are not, and every row is done once', async () => {
+    const { pool } = own();
     await createItems(pool, 'items', range(1, 300_000));
     await enqueue(pool, { name: 'backfill', work: touch.name, table: 'items', batchSize: 400 });
     const lines: string[] = [];
@@ -104,17 +99,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       work: [touch],
       logger: pino({ level: 'info' }, { write: (line: string) => lines.push(line) }),
       intervalMs: 1,
-      health: {
-        // Above what the migration's own flushes do to commits here (about 3×), below what
-        // commit_delay does (100 ms, against 0.5 ms alone and about 5 ms on a loaded machine).
-        commitLatencyFactor: 10,
-        checkMs: 100,
-        autovacuum: false,
-        latency: false,
-        maxTransactionAgeMs: null,
-        maxReplayLagBytes: null,
-        maxWalArchiveReady: null,
-      },
+      health: PROTECTION,
     });
     const running = worker.run();
     // Commits as usual first: the probes learn what they take.

@@ -4,14 +4,11 @@
  * once, every range runs once, and the workers recover by themselves.
  */
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Work } from '../src/bbm/types.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
-import { createPool } from '../src/store/db.ts';
-import { startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
-import { migrateSchema } from '../src/store/apply-schema.ts';
-import { useTestDatabase } from './support/database.ts';
+import { useOwnCluster, useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, quiet, range } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
@@ -105,21 +102,11 @@ describe('backends of working lanes terminated over and over', () => {
 });
 
 describe('the server crashed and restarted mid-drain', () => {
-  let cluster: EmbeddedCluster;
-  let pool: pg.Pool;
-
-  beforeAll(async () => {
-    // A server of its own: crashing the shared one would take every other test file down with it.
-    cluster = await startEmbeddedPostgres();
-    pool = createPool({ connectionString: cluster.connectionString(), max: 2 });
-    await migrateSchema(pool);
-  });
-  afterAll(async () => {
-    await pool?.end();
-    await cluster?.stop();
-  });
+  // A server of its own: crashing the shared one would take every other test file down with it.
+  const own = useOwnCluster({ poolMax: 2 });
 
   it('twice: every row done exactly once, and the workers recover by themselves', async () => {
+    const { cluster, pool } = own();
     await prepare(pool, 3000);
     const { fleet, errors } = workers(cluster.connectionString());
     const running = fleet.map((w) => w.run({ untilDone: true }));

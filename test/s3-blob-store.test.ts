@@ -4,7 +4,6 @@
  * it that answers 503 SlowDown when told to. The sweeps' behaviour on both stores is gc.test.ts.
  */
 import { utimes } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import type pg from 'pg';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -13,19 +12,12 @@ import { BlobStoreError, GC_WORK, gcWork, S3BlobStore, type BlobStore } from '..
 import { blobKey, pushBlob, pushImage } from '../src/dev/registry-client.ts';
 import { useTestDatabase } from './support/database.ts';
 import { drain, enqueue, migrationRow, testWorker } from './support/engine.ts';
-import { FaultyProxy, S3_CREDENTIALS, useS3Server } from './support/blob-stores.ts';
+import { freePort } from '../src/dev/embedded-postgres.ts';
+import { S3RVER_CREDENTIALS } from '../src/dev/s3-server.ts';
+import { FaultyProxy, useS3Server } from './support/blob-stores.ts';
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 const s3 = useS3Server();
-
-/** A port nothing listens on: an endpoint that is down. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 async function keysOf(store: BlobStore, prefix: string, olderThan?: Date): Promise<string[]> {
   const keys = [];
@@ -105,7 +97,8 @@ describe('S3BlobStore', () => {
     const secret = 'wJalrXUtnFEMI-never-to-be-logged';
     const down = new S3BlobStore({
       bucket,
-      endpoint: `http://127.0.0.1:${await closedPort()}`,
+      // Nothing listens there: an endpoint that is down.
+      endpoint: `http://127.0.0.1:${await freePort()}`,
       credentials: { accessKeyId: 'AKIA-TEST', secretAccessKey: secret },
       maxAttempts: 2,
     });
@@ -140,7 +133,7 @@ describe('S3BlobStore', () => {
     const nowhere = new S3BlobStore({
       bucket: 'bbm-no-such-bucket',
       endpoint: s3.server.endpoint,
-      credentials: S3_CREDENTIALS,
+      credentials: S3RVER_CREDENTIALS,
     });
     stores.push(nowhere);
     const error = await nowhere.put('blobs/x', bytes('x')).catch((e: unknown) => e);

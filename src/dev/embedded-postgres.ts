@@ -32,7 +32,8 @@ export interface EmbeddedOptions {
 const USER = 'postgres';
 const PASSWORD = 'bbm-embedded';
 
-async function freePort(): Promise<number> {
+/** A port on 127.0.0.1 that nothing listens on (free when this resolves). */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
@@ -126,4 +127,15 @@ export async function startEmbeddedPostgres({
     },
     start,
   };
+}
+
+/**
+ * The server a benchmark runs on: DATABASE_URL when it is set, else an embedded cluster of its
+ * own. `stop` stops that cluster, and leaves a server of yours alone.
+ */
+export async function databaseFromEnv(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const url = process.env.DATABASE_URL;
+  if (url) return { url, stop: async () => {} };
+  const cluster = await startEmbeddedPostgres();
+  return { url: cluster.connectionString(), stop: () => cluster.stop() };
 }

@@ -12,8 +12,6 @@ import { afterAll, beforeAll } from 'vitest';
 import { LocalS3Server, S3RVER_CREDENTIALS } from '../../src/dev/s3-server.ts';
 import { FilesystemBlobStore, S3BlobStore, type BlobStore, type S3BlobStoreOptions } from '../../src/work/gc/index.ts';
 
-export { S3RVER_CREDENTIALS as S3_CREDENTIALS } from '../../src/dev/s3-server.ts';
-
 export interface StoreUnderTest {
   store: BlobStore;
   /** Sets an object's last-modified time, as the store would report it had the object been written then. */

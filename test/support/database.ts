@@ -4,7 +4,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterEach, beforeEach, inject } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, inject } from 'vitest';
+import { startEmbeddedPostgres, type EmbeddedCluster } from '../../src/dev/embedded-postgres.ts';
+import { migrateSchema } from '../../src/store/apply-schema.ts';
 import { createPool } from '../../src/store/db.ts';
 
 export interface TestDatabase {
@@ -62,5 +64,28 @@ export function useTestDatabase(): () => TestDatabase {
   return () => {
     if (!current) throw new Error('useTestDatabase: no database outside a test');
     return current;
+  };
+}
+
+/**
+ * A server of the test file's own, with pg-bbm's schema and a pool of `poolMax` connections,
+ * started before its tests and stopped after them: for tests that crash the server or change its
+ * configuration, which on the shared one would reach every other test file. Use inside a test.
+ */
+export function useOwnCluster({ poolMax }: { poolMax: number }): () => { cluster: EmbeddedCluster; pool: pg.Pool } {
+  let own: { cluster: EmbeddedCluster; pool: pg.Pool } | undefined;
+  beforeAll(async () => {
+    const cluster = await startEmbeddedPostgres();
+    const pool = createPool({ connectionString: cluster.connectionString(), max: poolMax });
+    own = { cluster, pool };
+    await migrateSchema(pool);
+  });
+  afterAll(async () => {
+    await own?.pool.end();
+    await own?.cluster.stop();
+  });
+  return () => {
+    if (!own) throw new Error("the test file's own cluster is not started (use it inside a test)");
+    return own;
   };
 }
