@@ -530,10 +530,12 @@ describe('a migration whose runs keep failing', () => {
     expect(report).toMatchObject({ holdReason: null, onHoldUntil: null });
   });
 
-  it('keeps a finished job committed when cutting the next range fails in the same round trip', async () => {
+  it('keeps a finished job committed when cutting the next range fails in the same round trip (several lanes)', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 30));
     const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
+    // In several lanes, the next range is cut in the commit of the job before it.
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
     const arming: Work = {
       name: 'test.arming',
       async do(job) {
@@ -550,7 +552,34 @@ describe('a migration whose runs keep failing', () => {
 
     expect((await worker.runOnce()).outcome).toBe('migration_started');
     expect((await worker.runOnce()).outcome).toBe('job_succeeded');
-    await worker.runOnce();
+    expect((await worker.runOnce()).outcome).toBe('error');
+
+    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
+      [1, 10, JobStatus.finished],
+    ]);
+    const { rows } = await pool.query(
+      'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
+    );
+    expect(rows[0]).toEqual({ done: 10, twice: 0 });
+  });
+
+  it('keeps a job committed when the cut beside it fails (one lane), and fails the run that must cut it itself', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const id = await enqueue(pool, { name: 'cut_fails', work: touch.name, table: 'items', batchSize: 10 });
+    // Every range after the first is refused: the cut beside the first job fails, then the lane's own.
+    await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.batched_background_migration_id = ${id} AND NEW.min_value > 10 THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
+    await pool.query(
+      'CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
+    );
+    const worker = testWorker(pool, { work: [touch] });
+
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
+    const refused = await worker.runOnce();
+    expect(refused.outcome).toBe('error');
+    expect(refused.error?.message).toContain('ranges refused');
 
     expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
       [1, 10, JobStatus.finished],

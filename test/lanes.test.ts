@@ -94,6 +94,52 @@ describe('lanes', () => {
     expect(new Set(afterTwo.map((s) => s.lane))).toEqual(new Set([0, 1]));
   });
 
+  it('in one lane, cut the next range beside the job while its work runs; in several, in the commit of the one before', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 50));
+    // Per job, whether a range after it was cut while its work ran (seen from another connection).
+    const seen: boolean[] = [];
+    let patienceMs = 0;
+    const looksAhead: Work = {
+      name: 'test.looks_ahead',
+      async do(job) {
+        await touch.do(job);
+        const ahead = async () =>
+          (
+            await pool.query<{ n: number }>(
+              'SELECT count(*)::int AS n FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1 AND min_value > $2',
+              [job.migration.id, job.end],
+            )
+          ).rows[0]!.n > 0;
+        const until = performance.now() + patienceMs;
+        let found = await ahead();
+        while (!found && performance.now() < until) {
+          await sleep(10);
+          found = await ahead();
+        }
+        seen.push(found);
+      },
+    };
+
+    patienceMs = 1_000;
+    await enqueue(pool, { name: 'one_lane', work: looksAhead.name, table: 'items', batchSize: 10 });
+    await testWorker(pool, { work: [looksAhead] }).run({ untilDone: true });
+    await expectEveryRowOnce(pool, 'items', 'one_lane');
+    // Every job but the last saw the range after it cut while it ran.
+    expect(seen).toEqual([true, true, true, true, false]);
+
+    // In two lanes, one worker running one job at a time: each job's commit cuts the range after
+    // the next, so none is ever cut while a job runs.
+    patienceMs = 200;
+    seen.length = 0;
+    await pool.query('UPDATE items SET touched = 0');
+    const id = await enqueue(pool, { name: 'two_lanes', work: looksAhead.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    await testWorker(pool, { work: [looksAhead] }).run({ untilDone: true });
+    await expectEveryRowOnce(pool, 'items', 'two_lanes');
+    expect(seen).toEqual([false, false, false, false, false]);
+  });
+
   it('redo once, in another lane, a range whose lane lost its connection mid-job, and nothing twice', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 200));

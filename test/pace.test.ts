@@ -23,6 +23,27 @@ describe('BatchSizer', () => {
     expect(times.slice(first).every((t) => Math.abs(t - 200) <= 50)).toBe(true);
   });
 
+  it('with ranges cut two jobs ahead of the work, still grows at most ×1.5 a range, converges and stays', () => {
+    const sizer = new BatchSizer(100);
+    const ahead = [sizer.nextCut(settings), sizer.nextCut(settings)];
+    const cuts = [...ahead];
+    const times: number[] = [];
+    for (let job = 0; job < 60; job += 1) {
+      const size = ahead.shift()!;
+      const workMs = cost(size, 0.004);
+      times.push(workMs);
+      sizer.observe({ size, workMs }, settings);
+      const next = sizer.nextCut(settings);
+      expect(next).toBeLessThanOrEqual(Math.round(cuts.at(-1)! * GROWTH_CAP));
+      cuts.push(next);
+      ahead.push(next);
+    }
+    const first = times.findIndex((t) => Math.abs(t - 200) <= 50);
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(30);
+    expect(times.slice(first).every((t) => Math.abs(t - 200) <= 50)).toBe(true);
+  });
+
   it(`shrinks at once, in proportion, after a job ${PANIC_FACTOR}× over the target`, () => {
     const sizer = new BatchSizer(50_000);
     sizer.observe({ size: 50_000, workMs: 200 }, settings);
@@ -39,6 +60,6 @@ describe('BatchSizer', () => {
     expect(sizer.size).toBe(500);
     sizer.observe({ size: 500, workMs: 100_000 }, settings);
     expect(sizer.size).toBe(10);
-    expect(sizer.bound({ targetMs: 200, minSize: 50, maxSize: 60 })).toBe(50);
+    expect(sizer.nextCut({ targetMs: 200, minSize: 50, maxSize: 60 })).toBe(50);
   });
 });

@@ -128,7 +128,7 @@ describe('steering', () => {
     await pool.query(`UPDATE batched_background_migrations SET batch_size = 20 WHERE name = 'paced'`);
     await drain(worker);
 
-    // The job of [1, 5] committed with [6, 10] cut ahead, at the old size; every range after it has the new one.
+    // The job of [1, 5] ran with [6, 10] cut beside it, at the old size; every range after it has the new one.
     expect((await jobRanges(pool, 'paced')).map((j) => [j.min, j.max])).toEqual([
       [1, 5],
       [6, 10],

@@ -42,9 +42,12 @@ interface JobSample {
 export class BatchSizer {
   #size: number;
   #msPerRow: number | undefined;
+  /** The size of the last range cut: ranges are cut ahead, so two jobs may be learned from between two cuts. */
+  #lastCut: number;
 
   constructor(initialSize: number) {
     this.#size = Math.max(1, Math.round(initialSize));
+    this.#lastCut = this.#size;
   }
 
   /** The size for the next range. */
@@ -68,10 +71,15 @@ export class BatchSizer {
     this.#size = clamp(Math.round(stepped), settings);
   }
 
-  /** Keeps the size within new bounds (an operator may change them while the migration runs). */
-  bound(settings: PaceSettings): number {
+  /**
+   * The size to cut the next range at: the size, within the bounds (an operator may change them
+   * while the migration runs), and at most GROWTH_CAP times the last range's, since the growth
+   * cap is a promise about consecutive ranges.
+   */
+  nextCut(settings: PaceSettings): number {
     this.#size = clamp(this.#size, settings);
-    return this.#size;
+    this.#lastCut = clamp(Math.min(this.#size, Math.round(this.#lastCut * GROWTH_CAP)), settings);
+    return this.#lastCut;
   }
 }
 

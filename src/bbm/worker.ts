@@ -76,7 +76,7 @@ export class Worker {
       this.#pool = params.pool;
       this.#ownsPool = false;
     } else if (params.connectionString) {
-      this.#pool = createPool({ connectionString: params.connectionString, max: this.options.concurrency + 1 });
+      this.#pool = createPool({ connectionString: params.connectionString, max: this.options.concurrency + 2 });
       this.#ownsPool = true;
     } else {
       throw new ConfigError('a worker needs `pool` or `connectionString`');

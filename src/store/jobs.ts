@@ -2,13 +2,14 @@
  * Statements on `batched_background_migration_jobs`: cutting ranges ahead of the lanes,
  * recording outcomes, splitting a range that timed out.
  *
- * A job's row is cut as `active` (see cutRangeStatements), then taken by a lane with a row lock
+ * A job's row is cut as `active` (see cutRangesStatement), then taken by a lane with a row lock
  * (bbm_take_job, migrations/0006) and updated with its outcome in the transaction that ran its
  * work, so the work and its record commit together.
  */
+import type pg from 'pg';
 import { sql } from 'drizzle-orm';
-import { exec, execOne, textLiteral, type Queryable } from './db.ts';
-import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
+import { exec, execOne, textLiteral, withStatement, type Queryable } from './db.ts';
+import { INT4_MAX, JobStatus, MAX_LANES, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
 
@@ -58,20 +59,25 @@ export interface RangeCut {
   statementTimeoutMs: number;
 }
 
+/** The most ranges one cut writes: two per lane of the most lanes a migration may have. */
+const MAX_RANGES_PER_CUT = 2 * MAX_LANES;
+
 /**
- * The statement that cuts the migration's next range and writes it as an active job, for a lane
- * to take: a call of bbm_cut_range (migrations/0007), which takes the migration's cursor lock,
- * (LOCK_NAMESPACE, id), held until the transaction ends. It runs inside a transaction: the one of a
- * job that just finished, before its COMMIT, or one of its own (cutRangeTransaction). Its one
- * column, `bbm_cut`, is the number of ranges cut (0 or 1).
+ * The statement that cuts the migration's next ranges, up to `ranges` of them, and writes them as
+ * active jobs, for lanes to take: a call of bbm_cut_ranges (migrations/0012), which takes the
+ * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends, and cuts no more
+ * than bring the migration's active ranges to two per lane (none when no range is left). It runs
+ * inside a transaction: the one of a job that just finished, before its COMMIT (a migration in
+ * several lanes), or one of its own (cutRangeTransaction). Its one column, `bbm_cut`, is the number
+ * of ranges cut.
  *
- * The range starts after the highest range cut so far (or at min_value); its end is the
+ * Each range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
  * between them. The table and column are the catalog's names from validation; the names the row
  * must still hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
-export function cutRangeStatements(cut: RangeCut): string {
+export function cutRangesStatement(cut: RangeCut, ranges: number): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const args = [
@@ -83,20 +89,98 @@ export function cutRangeStatements(cut: RangeCut): string {
     textLiteral(validated.columnName),
     textLiteral(validated.jobSignatureName),
     size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
+    `${int(Math.max(1, Math.min(MAX_RANGES_PER_CUT, ranges)))}::integer`,
   ];
-  return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
+  return `SELECT bbm_cut_ranges(${args.join(', ')}) AS bbm_cut`;
 }
 
 /**
- * A transaction of its own that cuts one range, for a lane that found none to take. Its commit is
- * asynchronous (synchronous_commit off): losing it in a crash loses only a range no work has used,
- * since the commit of any job that ran it flushes it first.
+ * A transaction of its own that cuts up to `ranges` ranges (see cutRangesStatement). Its commit
+ * is asynchronous (synchronous_commit off): losing it in a crash loses only ranges no work has
+ * used, since the commit of any job that ran one flushes it first.
  */
-export function cutRangeTransaction(cut: RangeCut): string {
+export function cutRangeTransaction(cut: RangeCut, ranges = 1): string {
   return (
     `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
-    `${cutRangeStatements(cut)}; COMMIT`
+    `${cutRangesStatement(cut, ranges)}; COMMIT`
   );
+}
+
+/** A range being cut beside a running job (cutRangeBeside). */
+export interface CutBeside {
+  /**
+   * Waits for the cut: up to `connectMs` for its connection (past that it is given up and cuts
+   * nothing: a pool lent out to lanes that wait for their own cuts would otherwise never lend
+   * one), then until it commits. Resolves with the ranges cut (0 or 1); rejects when it failed.
+   */
+  ended(connectMs: number): Promise<number>;
+  /** Settles when the cut is over, whichever way (committed, failed or given up). */
+  readonly over: Promise<void>;
+}
+
+/**
+ * Cuts the next range in a transaction of its own on another connection of the pool, while the
+ * job of a migration in one lane runs: the index scan that finds the range's end then costs the
+ * lane no time (the server has cores to spare beside one lane), and the lane's next take finds
+ * the range waiting. Undefined when the pool has no idle connection and no room for one (the lane
+ * then cuts the range itself when it needs it). A failure is the caller's to report; the
+ * connection is destroyed then, as it is when lost while checked out.
+ */
+export function cutRangeBeside(pool: pg.Pool, cut: RangeCut): CutBeside | undefined {
+  if (pool.idleCount === 0 && pool.totalCount >= (pool.options.max ?? 10)) return undefined;
+  let givenUp = false;
+  const connection = pool.connect();
+  let connected = false;
+  const done = (async () => {
+    const client = await connection;
+    connected = true;
+    if (givenUp) {
+      client.release();
+      return 0;
+    }
+    let lost: Error | undefined;
+    // A connection lost while checked out emits 'error' on the client; unheard, that would be an uncaught exception.
+    const onError = (error: Error) => (lost ??= error);
+    client.on('error', onError);
+    try {
+      const results: unknown = await client.query(cutRangeTransaction(cut));
+      const list = (Array.isArray(results) ? results : [results]) as pg.QueryResult<{ bbm_cut?: number }>[];
+      return list.find((result) => result.fields?.[0]?.name === 'bbm_cut')?.rows[0]?.bbm_cut ?? 0;
+    } catch (error) {
+      lost ??= error instanceof Error ? error : new Error(String(error));
+      throw withStatement(error, 'bbm_cut_ranges (beside a job)');
+    } finally {
+      client.off('error', onError);
+      client.release(lost);
+    }
+  })();
+  // A cut given up must not fail unheard.
+  const over = done.then(
+    () => {},
+    () => {},
+  );
+  return {
+    over,
+    async ended(connectMs) {
+      if (!connected) {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), connectMs)));
+        const first = await Promise.race([
+          connection.then(
+            () => 'connected' as const,
+            () => 'failed' as const,
+          ),
+          late,
+        ]);
+        clearTimeout(timer);
+        if (first === 'late' && !connected) {
+          givenUp = true;
+          return 0;
+        }
+      }
+      return done;
+    },
+  };
 }
 
 /** What a finished job's row records. */
