@@ -5,6 +5,7 @@
  */
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { createMetrics } from '../src/bbm/metrics.ts';
 import type { HealthOptions, LanesEvent } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useOwnCluster } from './support/database.ts';
@@ -95,8 +96,11 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     await createItems(pool, 'items', range(1, 300_000));
     await enqueue(pool, { name: 'backfill', work: touch.name, table: 'items', batchSize: 400 });
     const lines: string[] = [];
+    const metrics = createMetrics();
+    const scales: number[] = [];
     const worker = testWorker(pool, {
       work: [touch],
+      observers: [metrics.observer, { batchScale: (scale) => scales.push(scale) }],
       logger: pino({ level: 'info' }, { write: (line: string) => lines.push(line) }),
       intervalMs: 1,
       health: PROTECTION,
@@ -112,6 +116,8 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       'ranges cut at a quarter of their size',
     );
     const cutAt = (await jobSizes('backfill')).length;
+    const gauge = async () => (await metrics.registry.getSingleMetric('bbm_batch_scale')?.get())?.values[0]?.value;
+    expect(await gauge()).toBeLessThanOrEqual(0.25);
 
     await setCommitDelay(0);
     const messages = () => lines.map((line) => (JSON.parse(line) as { msg: string }).msg);
@@ -135,5 +141,9 @@ describe('commit latency (health.commitLatencyFactor)', () => {
     expect(messages().some((m) => /^commit latency: commits take .* ranges cut at 50 % of their size$/.test(m))).toBe(
       true,
     );
+    // Told to observers at every change, halving on the way down; the gauge whole again at the end.
+    expect(scales.slice(0, 2)).toEqual([0.5, 0.25]);
+    expect(scales.at(-1)).toBe(1);
+    expect(await gauge()).toBe(1);
   });
 });

@@ -190,6 +190,8 @@ export interface WorkerObserver {
   hold?(event: HoldEvent): void;
   /** The latency controller shed or gave back lanes of a migration. */
   lanes?(event: LanesEvent): void;
+  /** Foreground protection changed the share (0..1) of their size at which this worker cuts ranges. */
+  batchScale?(scale: number): void;
 }
 
 export interface LanesEvent {

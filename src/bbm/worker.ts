@@ -334,6 +334,7 @@ export class Worker {
             { ...fields, batch_scale: commits.scale },
             `commit latency: ${said}: ranges cut at ${share()} of their size`,
           );
+          this.#tell((observer) => observer.batchScale?.(commits.scale));
         }
         return;
       }
@@ -342,6 +343,7 @@ export class Worker {
           { ...fields, batch_scale: commits.scale },
           `commit latency: ${said}: ranges grow back to ${share()} of their size`,
         );
+        this.#tell((observer) => observer.batchScale?.(commits.scale));
         return;
       }
       for (const change of await Promise.all(recent.map((id) => growLanes(this.#pool, id)))) {
