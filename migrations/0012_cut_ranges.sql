@@ -71,3 +71,17 @@ BEGIN
   RETURN cut;
 END
 $$;
+--> statement-breakpoint
+-- One implementation: workers of earlier versions still call bbm_cut_range, which now cuts one
+-- range through bbm_cut_ranges.
+CREATE OR REPLACE FUNCTION bbm_cut_range(
+  migration_id bigint, target_schema text, target_table text, target_column text,
+  expected_table_name text, expected_column_name text, expected_work text, chosen_size integer
+)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+AS $$
+  SELECT bbm_cut_ranges(migration_id, target_schema, target_table, target_column,
+                        expected_table_name, expected_column_name, expected_work, chosen_size, 1)
+$$;

@@ -1,4 +1,5 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
+import type pg from 'pg';
 import { createPool, exec } from '../src/store/db.ts';
 import { sql } from 'drizzle-orm';
 import type { RunResult, Work } from '../src/bbm/types.ts';
@@ -17,6 +18,27 @@ import {
   testWorker,
   touch,
 } from './support/engine.ts';
+
+/** From now on, ranges of the migration starting after `after` are refused (a trigger on the jobs table raises). */
+async function refuseRanges(pool: pg.Pool, migrationId: bigint, after = 0): Promise<void> {
+  await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN IF NEW.batched_background_migration_id = ${migrationId} AND NEW.min_value > ${after} THEN
+      RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
+  await pool.query(
+    'CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
+  );
+}
+
+/** The one range done, [1, 10], its rows touched once, and nothing else cut. */
+async function expectOnlyFirstRangeDone(pool: pg.Pool): Promise<void> {
+  expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
+    [1, 10, JobStatus.finished],
+  ]);
+  const { rows } = await pool.query(
+    'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
+  );
+  expect(rows[0]).toEqual({ done: 10, twice: 0 });
+}
 
 describe('bad migration rows', () => {
   const db = useTestDatabase();
@@ -541,11 +563,7 @@ describe('a migration whose runs keep failing', () => {
       async do(job) {
         await touch.do(job);
         // From now on every range cut is refused, starting with the cut sent with this job's COMMIT.
-        await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-          BEGIN IF NEW.batched_background_migration_id = ${id} THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
-        await pool.query(
-          'CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
-        );
+        await refuseRanges(pool, id);
       },
     };
     const worker = testWorker(pool, { work: [arming] });
@@ -554,13 +572,7 @@ describe('a migration whose runs keep failing', () => {
     expect((await worker.runOnce()).outcome).toBe('job_succeeded');
     expect((await worker.runOnce()).outcome).toBe('error');
 
-    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
-      [1, 10, JobStatus.finished],
-    ]);
-    const { rows } = await pool.query(
-      'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
-    );
-    expect(rows[0]).toEqual({ done: 10, twice: 0 });
+    await expectOnlyFirstRangeDone(pool);
   });
 
   it('keeps a job committed when the cut beside it fails (one lane), and fails the run that must cut it itself', async () => {
@@ -568,11 +580,7 @@ describe('a migration whose runs keep failing', () => {
     await createItems(pool, 'items', range(1, 30));
     const id = await enqueue(pool, { name: 'cut_fails', work: touch.name, table: 'items', batchSize: 10 });
     // Every range after the first is refused: the cut beside the first job fails, then the lane's own.
-    await pool.query(`CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN IF NEW.batched_background_migration_id = ${id} AND NEW.min_value > 10 THEN RAISE EXCEPTION 'ranges refused'; END IF; RETURN NEW; END $$`);
-    await pool.query(
-      'CREATE OR REPLACE TRIGGER refuse BEFORE INSERT ON batched_background_migration_jobs FOR EACH ROW EXECUTE FUNCTION refuse()',
-    );
+    await refuseRanges(pool, id, 10);
     const worker = testWorker(pool, { work: [touch] });
 
     expect((await worker.runOnce()).outcome).toBe('migration_started');
@@ -581,13 +589,7 @@ describe('a migration whose runs keep failing', () => {
     expect(refused.outcome).toBe('error');
     expect(refused.error?.message).toContain('ranges refused');
 
-    expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
-      [1, 10, JobStatus.finished],
-    ]);
-    const { rows } = await pool.query(
-      'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
-    );
-    expect(rows[0]).toEqual({ done: 10, twice: 0 });
+    await expectOnlyFirstRangeDone(pool);
   });
 
   it('is not held for trouble that is not its fault: a backend terminated mid-run', async () => {
