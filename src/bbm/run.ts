@@ -2,9 +2,9 @@
  * One run of a lane: one transaction that takes a lane and a job of a migration, executes the
  * work function on the job's range and records the outcome (see store/run-transaction.ts for
  * the statements). On the common path that is one round trip besides the work's own: the job's
- * record, its COMMIT and the next run's take travel together. The migration's next range is cut
- * beside the job, on another connection, while the work runs, so the index scan that finds its
- * end is off the lane's path.
+ * record, its COMMIT and the next run's take travel together. A migration in one lane has its
+ * next range cut beside the job, on another connection, while the work runs, so the index scan
+ * that finds its end is off the lane's path; in several lanes it is cut in that round trip too.
  *
  * A take that holds a lane but no job says what the migration needs instead: to be started, a
  * range cut, or to be finished. A migration not yet validated by this runner is checked against
@@ -369,8 +369,8 @@ export class Runner {
 
   /**
    * Waits for the cut beside the job before the job's record, so that the next take (sent with
-   * the record) finds the range. A failed cut is only noted: the lane
-   * then cuts the range itself (cutAndTake), and a real fault fails that run and is reported there.
+   * the record) finds the range. A failed cut is only noted: the lane then cuts the range itself
+   * (cutAndTake), and a real fault fails that run and is reported there.
    */
   async #cutBesideEnded(beside: CutBeside | undefined, runId: string): Promise<void> {
     if (!beside) return;

@@ -2,14 +2,14 @@
  * Statements on `batched_background_migration_jobs`: cutting ranges ahead of the lanes,
  * recording outcomes, splitting a range that timed out.
  *
- * A job's row is cut as `active` (see cutRangesStatement), then taken by a lane with a row lock
+ * A job's row is cut as `active` (see cutRangeStatement), then taken by a lane with a row lock
  * (bbm_take_job, migrations/0006) and updated with its outcome in the transaction that ran its
  * work, so the work and its record commit together.
  */
 import type pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, execOne, textLiteral, withStatement, type Queryable } from './db.ts';
-import { INT4_MAX, JobStatus, MAX_LANES, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
+import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
 
@@ -59,25 +59,21 @@ export interface RangeCut {
   statementTimeoutMs: number;
 }
 
-/** The most ranges one cut writes: two per lane of the most lanes a migration may have. */
-const MAX_RANGES_PER_CUT = 2 * MAX_LANES;
-
 /**
- * The statement that cuts the migration's next ranges, up to `ranges` of them, and writes them as
- * active jobs, for lanes to take: a call of bbm_cut_ranges (migrations/0012), which takes the
- * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends, and cuts no more
- * than bring the migration's active ranges to two per lane (none when no range is left). It runs
- * inside a transaction: the one of a job that just finished, before its COMMIT (a migration in
- * several lanes), or one of its own (cutRangeTransaction). Its one column, `bbm_cut`, is the number
- * of ranges cut.
+ * The statement that cuts the migration's next range and writes it as an active job, for a lane
+ * to take: a call of bbm_cut_range (migrations/0007, 0011), which takes the migration's cursor
+ * lock, (LOCK_NAMESPACE, id), held until the transaction ends, and cuts nothing when two ranges per
+ * lane are active already or none is left. It runs inside a transaction: the one of a job that just
+ * finished, before its COMMIT (a migration in several lanes), or one of its own
+ * (cutRangeTransaction). Its one column, `bbm_cut`, is the number of ranges cut (0 or 1).
  *
- * Each range starts after the highest range cut so far (or at min_value); its end is the
+ * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
  * between them. The table and column are the catalog's names from validation; the names the row
  * must still hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
-export function cutRangesStatement(cut: RangeCut, ranges: number): string {
+export function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const args = [
@@ -89,20 +85,19 @@ export function cutRangesStatement(cut: RangeCut, ranges: number): string {
     textLiteral(validated.columnName),
     textLiteral(validated.jobSignatureName),
     size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
-    `${int(Math.max(1, Math.min(MAX_RANGES_PER_CUT, ranges)))}::integer`,
   ];
-  return `SELECT bbm_cut_ranges(${args.join(', ')}) AS bbm_cut`;
+  return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
 }
 
 /**
- * A transaction of its own that cuts up to `ranges` ranges (see cutRangesStatement). Its commit
- * is asynchronous (synchronous_commit off): losing it in a crash loses only ranges no work has
- * used, since the commit of any job that ran one flushes it first.
+ * A transaction of its own that cuts one range (see cutRangeStatement). Its commit is
+ * asynchronous (synchronous_commit off): losing it in a crash loses only a range no work has used,
+ * since the commit of any job that ran it flushes it first.
  */
-export function cutRangeTransaction(cut: RangeCut, ranges = 1): string {
+export function cutRangeTransaction(cut: RangeCut): string {
   return (
     `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
-    `${cutRangesStatement(cut, ranges)}; COMMIT`
+    `${cutRangeStatement(cut)}; COMMIT`
   );
 }
 
@@ -111,9 +106,9 @@ export interface CutBeside {
   /**
    * Waits for the cut: up to `connectMs` for its connection (past that it is given up and cuts
    * nothing: a pool lent out to lanes that wait for their own cuts would otherwise never lend
-   * one), then until it commits. Resolves with the ranges cut (0 or 1); rejects when it failed.
+   * one), then until it commits. Rejects when it failed.
    */
-  ended(connectMs: number): Promise<number>;
+  ended(connectMs: number): Promise<void>;
   /** Settles when the cut is over, whichever way (committed, failed or given up). */
   readonly over: Promise<void>;
 }
@@ -136,29 +131,24 @@ export function cutRangeBeside(pool: pg.Pool, cut: RangeCut): CutBeside | undefi
     connected = true;
     if (givenUp) {
       client.release();
-      return 0;
+      return;
     }
     let lost: Error | undefined;
     // A connection lost while checked out emits 'error' on the client; unheard, that would be an uncaught exception.
     const onError = (error: Error) => (lost ??= error);
     client.on('error', onError);
     try {
-      const results: unknown = await client.query(cutRangeTransaction(cut));
-      const list = (Array.isArray(results) ? results : [results]) as pg.QueryResult<{ bbm_cut?: number }>[];
-      return list.find((result) => result.fields?.[0]?.name === 'bbm_cut')?.rows[0]?.bbm_cut ?? 0;
+      await client.query(cutRangeTransaction(cut));
     } catch (error) {
       lost ??= error instanceof Error ? error : new Error(String(error));
-      throw withStatement(error, 'bbm_cut_ranges (beside a job)');
+      throw withStatement(error, 'bbm_cut_range (beside a job)');
     } finally {
       client.off('error', onError);
       client.release(lost);
     }
   })();
   // A cut given up must not fail unheard.
-  const over = done.then(
-    () => {},
-    () => {},
-  );
+  const over = done.catch(() => {});
   return {
     over,
     async ended(connectMs) {
@@ -175,7 +165,7 @@ export function cutRangeBeside(pool: pg.Pool, cut: RangeCut): CutBeside | undefi
         clearTimeout(timer);
         if (first === 'late' && !connected) {
           givenUp = true;
-          return 0;
+          return;
         }
       }
       return done;

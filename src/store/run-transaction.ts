@@ -7,18 +7,19 @@
  *
  *   BEGIN · backstops · bbm_take_job (a lane and a job, locked) · SAVEPOINT bbm_work
  *   … the work function's statements …
- *   record the job finished · COMMIT · [the next run's BEGIN …]
+ *   record the job finished · [cut the next range] · COMMIT · [the next run's BEGIN …]
  *
- * so on the common path a job costs one round trip besides its work: the next run is begun in the
- * round trip that commits this one. The ranges ahead are cut beside it, on another connection
- * (jobs.ts, cutRangeBeside), while its work runs.
+ * so on the common path a job costs one round trip besides its work: the next run is begun (and,
+ * for a migration in several lanes, the next range cut) in the round trip that commits this one.
+ * A migration in one lane has its next range cut beside the job instead, on another connection
+ * (jobs.ts, cutRangeBeside), while the work runs.
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { textLiteral, withStatement, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import {
-  cutRangesStatement,
+  cutRangeStatement,
   cutRangeTransaction,
   finishJobText,
   jobStatus,
@@ -241,7 +242,7 @@ export class RunTransaction {
       takeRowsOf(
         await this.#query(
           `ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue}`,
-          'bbm_cut_ranges, then bbm_take_job',
+          'bbm_cut_range, then bbm_take_job',
         ),
       ),
     );
@@ -264,7 +265,7 @@ export class RunTransaction {
     { cut, chain }: { cut?: RangeCut | undefined; chain: boolean },
   ): Promise<FinishOutcome> {
     const cutText = cut
-      ? `; SAVEPOINT ${CUT_SAVEPOINT}; ${cutRangesStatement(cut, 1)}; RELEASE SAVEPOINT ${CUT_SAVEPOINT}`
+      ? `; SAVEPOINT ${CUT_SAVEPOINT}; ${cutRangeStatement(cut)}; RELEASE SAVEPOINT ${CUT_SAVEPOINT}`
       : '';
     const text = `${finishJobText(finished)}${cutText}; COMMIT${chain ? `; ${this.prologue}` : ''}`;
     try {
@@ -288,7 +289,7 @@ export class RunTransaction {
       if (this.#lost) throw withStatement(error, 'finishing a job (record, cut, commit)');
       if (cut && (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${CUT_SAVEPOINT}`))) {
         await this.client.query('COMMIT');
-        return { committed: true, laterError: withStatement(error, 'bbm_cut_ranges (after a job)') as Error };
+        return { committed: true, laterError: withStatement(error, 'bbm_cut_range (after a job)') as Error };
       }
       if (await this.#succeeds(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`)) {
         return { committed: false, error: withStatement(error, "recording a job's finish") as Error };
