@@ -1,21 +1,23 @@
 /**
- * Foreground protection, made real: commits slowed by the server itself. `commit_delay` makes
- * every WAL flush wait 100 ms before it starts (as a saturated disk would make it wait), which needs a
- * server with fsync on: one of this file's own, not the suite's ephemeral one.
+ * Foreground protection, made real: the migration's own runs slow an application's commits. While
+ * `contending.on`, the work holds the rows the probes update (the workers' rows) for 100 ms, as a
+ * backfill holding rows an application writes would; commits with no run in flight stay fast.
  */
 import { pino } from 'pino';
+import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../src/bbm/metrics.ts';
-import type { HealthOptions, LanesEvent } from '../src/bbm/types.ts';
-import { MigrationStatus } from '../src/store/codes.ts';
-import { useOwnCluster } from './support/database.ts';
-import { createItems, drain, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import type { HealthOptions, LanesEvent, Work } from '../src/bbm/types.ts';
+import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
+import { whileRunsHeld } from '../src/store/workers.ts';
+import { useTestDatabase } from './support/database.ts';
+import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
 /** Foreground protection alone, checked often. */
 const PROTECTION: HealthOptions = {
-  // Above what the migration's own flushes do to commits here (about 3×), below what
-  // commit_delay does (100 ms, against 0.5 ms alone and about 5 ms on a loaded machine).
+  // Well above what the migration's own flushes do to commits here (2-4×, more on a loaded
+  // machine), well below what holding the probes' rows for 100 ms does (100 ms against about 1).
   commitLatencyFactor: 10,
   checkMs: 100,
   autovacuum: false,
@@ -25,125 +27,191 @@ const PROTECTION: HealthOptions = {
   maxWalArchiveReady: null,
 };
 
-describe('commit latency (health.commitLatencyFactor)', () => {
-  const own = useOwnCluster({ poolMax: 10 });
-
-  const setCommitDelay = async (microseconds: number) => {
-    const { pool } = own();
-    await pool.query(`ALTER SYSTEM SET commit_delay = ${microseconds}`);
-    await pool.query('ALTER SYSTEM SET commit_siblings = 0');
-    await pool.query('SELECT pg_reload_conf()');
+/** touch, which while `on` also holds every worker's row (what the probes update) for 100 ms. */
+function contendingTouch(): { work: Work; contending: { on: boolean } } {
+  const contending = { on: false };
+  const work: Work = {
+    name: touch.name,
+    async do(job) {
+      if (contending.on) {
+        await job.query('SELECT 1 FROM batched_background_migration_workers FOR UPDATE');
+        await job.query('SELECT pg_sleep(0.1)');
+      }
+      await touch.do(job);
+    },
   };
-  const jobSizes = async (migration: string): Promise<number[]> =>
+  return { work, contending };
+}
+
+const logLines = (into: string[]) =>
+  pino({ level: 'info' }, { write: (line: string) => into.push((JSON.parse(line) as { msg: string }).msg) });
+
+describe('commit latency (health.commitLatencyFactor)', () => {
+  const db = useTestDatabase();
+
+  const jobCount = async (pool: pg.Pool, migration: string): Promise<number> =>
     (
-      await own().pool.query<{ s: number }>(
-        `SELECT j.batch_size AS s FROM batched_background_migration_jobs j
+      await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
            JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-         WHERE m.name = $1 ORDER BY j.id`,
+         WHERE m.name = $1`,
         [migration],
       )
-    ).rows.map((r) => r.s);
+    ).rows[0]!.n;
 
-  it('sheds lanes first, and cuts smaller ranges only at one lane; gives lanes back once commits are fast', async () => {
-    const { pool } = own();
+  const finishedJobs = async (pool: pg.Pool, migration: string): Promise<number> =>
+    (
+      await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
+           JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+         WHERE m.name = $1 AND j.status = ${JobStatus.finished}`,
+        [migration],
+      )
+    ).rows[0]!.n;
+
+  it('sheds lanes first, and pauses lanes only at one lane; gives the time back, then lanes, once commits are fast', async () => {
+    const { pool } = db();
     await createItems(pool, 'lanes_items', range(1, 300_000));
     await enqueue(pool, { name: 'wide', work: touch.name, table: 'lanes_items', batchSize: 200 });
     await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE name = 'wide'`);
+    const { work, contending } = contendingTouch();
     const messages: string[] = [];
     const laneEvents: LanesEvent[] = [];
     const worker = testWorker(pool, {
-      work: [touch],
+      work: [work],
       concurrency: 4,
       observers: [{ lanes: (event) => laneEvents.push(event) }],
-      logger: pino(
-        { level: 'info' },
-        { write: (line: string) => messages.push((JSON.parse(line) as { msg: string }).msg) },
-      ),
+      logger: logLines(messages),
       intervalMs: 1,
       health: PROTECTION,
     });
     const running = worker.run();
+    const lines = () => messages.filter((m) => m.startsWith('commit latency:'));
     try {
-      await waitFor(async () => (await jobSizes('wide')).length >= 20, '20 jobs');
-      await setCommitDelay(100_000);
-      await waitFor(async () => messages.some((m) => m.includes('ranges cut at 50 %')), 'ranges cut smaller');
-      // Lanes go first: no range is cut smaller before the migration is down to one lane.
-      const lines = () => messages.filter((m) => m.startsWith('commit latency:'));
-      const firstCut = lines().findIndex((m) => /ranges cut at \d+ % of their size$/.test(m));
-      expect(lines().findIndex((m) => /wide sheds lanes 2 → 1$/.test(m))).toBeLessThan(firstCut);
+      await waitFor(async () => (await jobCount(pool, 'wide')) >= 20, '20 jobs');
+      contending.on = true;
+      await waitFor(async () => lines().some((m) => m.endsWith('lanes run 50 % of the time')), 'lanes paused');
+      // Lanes go first: no lane pauses before the migration is down to one lane.
+      const firstPause = lines().findIndex((m) => m.endsWith('lanes run 50 % of the time'));
+      expect(lines().findIndex((m) => /wide sheds lanes 2 → 1$/.test(m))).toBeLessThan(firstPause);
 
-      await setCommitDelay(0);
+      contending.on = false;
       await waitFor(async () => lines().some((m) => /wide grows lanes back 1 → 2$/.test(m)), 'a lane given back');
-      // The size comes back whole before any lane does.
+      // The time comes back whole before any lane does.
       const firstLaneBack = lines().findIndex((m) => /wide grows lanes back 1 → 2$/.test(m));
-      expect(lines()[firstLaneBack - 1]).toMatch(/ranges grow back to 100 % of their size$/);
+      expect(lines()[firstLaneBack - 1]).toMatch(/lanes run again 100 % of the time$/);
       // Told to observers (bbm_lane_changes_total) as the latency controller's changes are.
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'shed', from: 2, to: 1 });
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'grown', from: 1, to: 2 });
+      // The baseline is what commits take with no run in flight: well under the 100 ms the runs held rows for.
+      const [, median, quiet] = /commits take ([\d.]+) ms \(median\), ([\d.]+) ms with no run in flight/.exec(
+        lines()[firstPause]!,
+      )!;
+      expect(Number(median)).toBeGreaterThanOrEqual(50);
+      expect(Number(quiet)).toBeLessThan(50);
     } finally {
+      contending.on = false;
       await worker.stop();
       await running;
-      await setCommitDelay(0);
-      // Out of the next test's way.
-      await pool.query(
-        `UPDATE batched_background_migrations SET status = ${MigrationStatus.paused} WHERE name = 'wide'`,
-      );
     }
   });
 
-  it('cuts smaller ranges while commits are slow, grows them back once they are not, and every row is done once', async () => {
-    const { pool } = own();
-    await createItems(pool, 'items', range(1, 300_000));
+  it('pauses its lanes while the migration slows commits, runs whole again once it does not, and every row is done once', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 100_000));
     await enqueue(pool, { name: 'backfill', work: touch.name, table: 'items', batchSize: 400 });
-    const lines: string[] = [];
+    const { work, contending } = contendingTouch();
+    const messages: string[] = [];
     const metrics = createMetrics();
-    const scales: number[] = [];
+    const shares: number[] = [];
     const worker = testWorker(pool, {
-      work: [touch],
-      observers: [metrics.observer, { batchScale: (scale) => scales.push(scale) }],
-      logger: pino({ level: 'info' }, { write: (line: string) => lines.push(line) }),
+      work: [work],
+      observers: [metrics.observer, { dutyCycle: (share) => shares.push(share) }],
+      logger: logLines(messages),
       intervalMs: 1,
       health: PROTECTION,
     });
+    const gauge = async () => (await metrics.registry.getSingleMetric('bbm_duty_cycle')?.get())?.values[0]?.value;
     const running = worker.run();
-    // Commits as usual first: the probes learn what they take.
-    await waitFor(async () => (await jobSizes('backfill')).length >= 15, '15 jobs at full size');
-    expect((await jobSizes('backfill'))[0]).toBe(400);
-
-    await setCommitDelay(100_000);
-    await waitFor(
-      async () => (await jobSizes('backfill')).some((size) => size <= 100),
-      'ranges cut at a quarter of their size',
+    // Commits as usual first: the quiet rounds learn what they take.
+    await waitFor(async () => (await jobCount(pool, 'backfill')) >= 15, '15 jobs');
+    contending.on = true;
+    await waitFor(async () => (await gauge()) !== undefined && (await gauge())! <= 0.5, 'lanes run half the time');
+    const pausedFrom = await finishedJobs(pool, 'backfill');
+    // The lane rests for real: after some job, the next starts that job's time later or more.
+    await waitFor(async () => (await finishedJobs(pool, 'backfill')) >= pausedFrom + 3, 'three jobs while paused');
+    const gaps = await pool.query<{ job_ms: number; rest_ms: number | null }>(
+      `SELECT (extract(epoch FROM finished_at - started_at) * 1000)::float8 AS job_ms,
+              (extract(epoch FROM lead(started_at) OVER (ORDER BY id) - finished_at) * 1000)::float8 AS rest_ms
+       FROM batched_background_migration_jobs WHERE status = ${JobStatus.finished} ORDER BY id OFFSET $1`,
+      [pausedFrom],
     );
-    const cutAt = (await jobSizes('backfill')).length;
-    const gauge = async () => (await metrics.registry.getSingleMetric('bbm_batch_scale')?.get())?.values[0]?.value;
-    expect(await gauge()).toBeLessThanOrEqual(0.25);
+    expect(gaps.rows.some((r) => r.rest_ms !== null && r.rest_ms >= r.job_ms)).toBe(true);
 
-    await setCommitDelay(0);
-    const messages = () => lines.map((line) => (JSON.parse(line) as { msg: string }).msg);
+    contending.on = false;
     await waitFor(
-      async () => messages().some((m) => /ranges grow back to 100 % of their size$/.test(m)),
-      'ranges back at their full size once commits are fast again',
+      async () => messages.some((m) => /lanes run again 100 % of the time$/.test(m)),
+      'lanes running all the time once commits are fast again',
     );
     await waitFor(
-      async () =>
-        (await jobSizes('backfill')).slice(cutAt).includes(400) ||
-        (await migrationRow(pool, 'backfill'))?.status === MigrationStatus.finished,
-      'a range cut at its full size (or the migration done)',
+      async () => (await migrationRow(pool, 'backfill'))?.status === MigrationStatus.finished,
+      'the migration done',
     );
     await worker.stop();
     await running;
-    await drain(testWorker(pool, { work: [touch] }));
 
-    expect((await migrationRow(pool, 'backfill'))?.status).toBe(MigrationStatus.finished);
     const wrong = await pool.query<{ n: number }>('SELECT count(*)::int AS n FROM items WHERE touched <> 1');
     expect(wrong.rows[0]!.n).toBe(0);
-    expect(messages().some((m) => /^commit latency: commits take .* ranges cut at 50 % of their size$/.test(m))).toBe(
-      true,
-    );
-    // Told to observers at every change (down to a quarter or less), the gauge whole again at the end.
-    expect(Math.min(...scales)).toBeLessThanOrEqual(0.25);
-    expect(scales.at(-1)).toBe(1);
+    expect(messages.some((m) => /^commit latency: commits take .*: lanes run 50 % of the time$/.test(m))).toBe(true);
+    // Told to observers at every change (down to half or less), the gauge whole again at the end.
+    expect(Math.min(...shares)).toBeLessThanOrEqual(0.5);
+    expect(shares.at(-1)).toBe(1);
     expect(await gauge()).toBe(1);
+  });
+
+  it('a quiet round waits for the runs of every worker to end and holds their takes meanwhile; it gives up in time', async () => {
+    const { pool } = db();
+    await createItems(pool, 'slow_items', range(1, 10_000));
+    await enqueue(pool, { name: 'slow', work: 'test.slow', table: 'slow_items', batchSize: 100 });
+    await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE name = 'slow'`);
+    let inWork = 0;
+    const slow: Work = {
+      name: 'test.slow',
+      async do(job) {
+        inWork += 1;
+        try {
+          await job.query('SELECT pg_sleep(0.3)');
+          await touch.do(job);
+        } finally {
+          inWork -= 1;
+        }
+      },
+    };
+    // Another worker, without foreground protection of its own: its runs hold the lock all the same.
+    const other = testWorker(pool, { work: [slow], concurrency: 2, intervalMs: 1 });
+    const running = other.run();
+    const finished = () => finishedJobs(pool, 'slow');
+    const client = await pool.connect();
+    try {
+      await waitFor(async () => inWork === 2, 'two jobs in flight');
+      // Too short a wait for jobs of 300 ms: given up, and the takes waiting behind it go on.
+      expect(await whileRunsHeld(client, 50, async () => 'measured')).toBeUndefined();
+      await waitFor(async () => inWork === 2 && (await finished()) >= 3, 'jobs going on');
+
+      const seen = await whileRunsHeld(client, 5_000, async () => {
+        const atStart = { inWork, jobs: await finished() };
+        await new Promise((resolve) => setTimeout(resolve, 700));
+        return { atStart, atEnd: { inWork, jobs: await finished() } };
+      });
+      // Granted once the jobs in flight ended; none began while it was held (two 300 ms jobs would have).
+      expect(seen?.atStart.inWork).toBe(0);
+      expect(seen?.atEnd).toEqual(seen?.atStart);
+      const held = seen!.atEnd.jobs;
+      await waitFor(async () => (await finished()) >= held + 2, 'the other worker going on after it');
+    } finally {
+      client.release();
+      await other.stop();
+      await running;
+    }
   });
 });

@@ -1,6 +1,6 @@
-/** The adaptive batch size servo, against a model of a job's cost: no database needed. */
+/** The adaptive batch size servo, against a model of a job's cost, and the commit watch's verdicts: no database needed. */
 import { describe, expect, it } from 'vitest';
-import { BatchSizer, GROWTH_CAP, PANIC_FACTOR } from '../src/bbm/pace.ts';
+import { BatchSizer, CommitWatch, GROWTH_CAP, PANIC_FACTOR } from '../src/bbm/pace.ts';
 
 const settings = { targetMs: 200, minSize: 10, maxSize: 1_000_000 };
 /** A job costing 1 ms fixed plus `perRowMs` a row. */
@@ -61,5 +61,48 @@ describe('BatchSizer', () => {
     sizer.observe({ size: 500, workMs: 100_000 }, settings);
     expect(sizer.size).toBe(10);
     expect(sizer.nextCut({ targetMs: 200, minSize: 50, maxSize: 60 })).toBe(50);
+  });
+});
+
+describe('CommitWatch', () => {
+  const round = (ms: number) => Array.from({ length: 10 }, (_, i) => ms + i * 0.01);
+
+  it('learns its baseline from quiet rounds, then compares the same median of the rounds beside the runs', () => {
+    const watch = new CommitWatch(1.5);
+    // Quiet until the baseline has 20 probes, then one round in five.
+    const quietRounds: boolean[] = [];
+    for (let i = 0; i < 12; i += 1) {
+      const quiet = watch.quietDue;
+      quietRounds.push(quiet);
+      if (quiet) watch.observeQuiet(round(1));
+      else watch.observe(round(1.1));
+    }
+    expect(quietRounds).toEqual([true, true, false, false, true, false, false, false, false, true, false, false]);
+    // Within 0.8 × factor of the quiet median: healthy; between that and the factor: steady; at it: pressure.
+    expect(watch.observe(round(1.1)).verdict).toBe('healthy');
+    watch.changed();
+    expect(watch.observe(round(1.3)).verdict).toBe('learning');
+    expect(watch.observe(round(1.3))).toMatchObject({ verdict: 'steady', baselineMs: 1.05 });
+    watch.changed();
+    watch.observe(round(2));
+    expect(watch.observe(round(2)).verdict).toBe('pressure');
+  });
+
+  it('gives no verdict before its baseline is learned, however slow the commits', () => {
+    const watch = new CommitWatch(1.5);
+    watch.observeQuiet(round(1));
+    for (let i = 0; i < 5; i += 1) expect(watch.observe(round(50)).verdict).toBe('learning');
+  });
+
+  it('halves the duty cycle down to a sixteenth and grows it back a tenth at a time', () => {
+    const watch = new CommitWatch(1.5);
+    expect(watch.dutyCycle).toBe(1);
+    const shrinks = [];
+    while (watch.shrink()) shrinks.push(watch.dutyCycle);
+    expect(shrinks).toEqual([0.5, 0.25, 0.125, 0.0625]);
+    let grows = 0;
+    while (watch.grow()) grows += 1;
+    expect(grows).toBe(10);
+    expect(watch.dutyCycle).toBe(1);
   });
 });

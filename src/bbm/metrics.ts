@@ -28,8 +28,8 @@ export const METRIC_HELP = {
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
   bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
-  bbm_batch_scale:
-    'Foreground protection: the share (0..1) of their size at which this process cuts ranges now (1: whole; below 1 while commits are slow).',
+  bbm_duty_cycle:
+    "Foreground protection: the share (0..1) of the time this process's lanes run now (1: no pause after jobs; below 1 while the migration slows commits).",
 } as const;
 
 type RunResultLabel = 'job_ran' | 'no_job' | 'lock_in_use' | 'throttled' | 'migration_changed' | 'error';
@@ -130,8 +130,8 @@ export function createMetrics({
     labelNames: ['direction'],
     registers,
   });
-  const batchScale = new Gauge({ name: 'bbm_batch_scale', help: METRIC_HELP.bbm_batch_scale, registers });
-  batchScale.set(1);
+  const dutyCycle = new Gauge({ name: 'bbm_duty_cycle', help: METRIC_HELP.bbm_duty_cycle, registers });
+  dutyCycle.set(1);
   const sleeps = new Histogram({
     name: 'bbm_sleep_duration_seconds',
     help: METRIC_HELP.bbm_sleep_duration_seconds,
@@ -195,8 +195,8 @@ export function createMetrics({
     lanes(event) {
       laneChanges.inc({ direction: event.direction });
     },
-    batchScale(scale) {
-      batchScale.set(scale);
+    dutyCycle(share) {
+      dutyCycle.set(share);
     },
   };
   return { registry, observer };

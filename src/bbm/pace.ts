@@ -134,78 +134,110 @@ export class LatencyWatch {
   }
 }
 
-/** Probes of commit latency the usual is learned from: 10 minutes of checks every 10 s, 10 probes each. */
-const COMMIT_WINDOW = 600;
-/** The smallest share of its size a range is cut at under commit pressure. */
-const MIN_BATCH_SCALE = 1 / 32;
-/** Under the factor by this much, the size grows back. */
+/** Quiet probes the baseline is taken from: the last six quiet rounds of ten. */
+const QUIET_WINDOW = 60;
+/** Quiet probes learned before any verdict. */
+const QUIET_WARMUP = 20;
+/** Every this many rounds, one is quiet (the baseline follows the foreground's own load). */
+const QUIET_EVERY = 5;
+/** Probes since the last change a verdict is given on (two rounds), and the most it looks at (three). */
+const LOADED_MIN = 20;
+const LOADED_WINDOW = 30;
+/** The smallest share of the time lanes run under commit pressure. */
+const MIN_DUTY_CYCLE = 1 / 16;
+/** Under the factor by this much, the duty cycle grows back. */
 const COMMIT_HEALTHY_SHARE = 0.8;
-/** What the size grows back by per healthy check. */
-const SCALE_STEP = 0.1;
-/** Probes the usual is learned from before any verdict: the 10th percentile of a few is no usual. */
-const COMMIT_WARMUP = 50;
+/** What the duty cycle grows back by per healthy round. */
+const DUTY_STEP = 0.1;
 
-const percentile = (sorted: readonly number[], p: number): number =>
-  sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0;
+const percentile = (samples: readonly number[], p: number): number => {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0;
+};
 
 /** What a round of commit probes said. */
 export interface CommitVerdict {
   verdict: 'learning' | 'pressure' | 'steady' | 'healthy';
-  p90Ms: number;
+  /** The median of the probes since the last change. */
+  medianMs: number;
+  /** The median of the quiet probes: what commits take with no run in flight. */
   baselineMs: number;
 }
 
 /**
- * Foreground protection: commit latency as an application feels it, against its usual. The usual
- * is the 10th percentile of the last probes: the commits that waited for no one, learned while
- * the migration runs. It also keeps the share of their size at which this worker cuts ranges
- * (`scale`), which the worker halves under pressure once lanes are down to one, and grows back a
- * tenth at a time before it gives lanes back.
+ * Foreground protection: what commits take while runs are in flight, against what they take with
+ * none (quiet rounds: probes while every run of the fleet is held, workers.ts whileRunsHeld), the
+ * median of both. So the factor means what a user means by it: how much slower the migration
+ * makes an application's commits now, whatever the foreground's own load (a disk slow for other
+ * reasons is slow in the quiet rounds too). One round in QUIET_EVERY is quiet. The median, not a
+ * tail: probes take a millisecond or less, and the tail of a few dozen of them is scheduling noise
+ * (measured: a p90 rule held a migration at a sixteenth of its time with commits no slower).
+ *
+ * It also keeps this worker's duty cycle: the share of the time its lanes run, pausing after each
+ * job so that the rest is quiet. The worker halves it under pressure once lanes are down to one,
+ * and grows it back a tenth at a time before it gives lanes back. Pausing is the knob because a
+ * commit waits behind the WAL flushes in progress: fewer of them, fewer waits. (Cutting smaller
+ * ranges instead made more flushes per row and bought no latency, measured.)
  */
 export class CommitWatch {
-  readonly #window: number[] = [];
-  #scale = 1;
+  readonly #quiet: number[] = [];
+  #loaded: number[] = [];
+  #rounds = 0;
+  #dutyCycle = 1;
 
   constructor(private readonly factor: number) {}
 
-  /** The share of its size at which a range is cut now (1: all of it). */
-  get scale(): number {
-    return this.#scale;
+  /** The share of the time lanes run now (1: no pause after jobs). */
+  get dutyCycle(): number {
+    return this.#dutyCycle;
   }
 
+  /** Whether the next round should be quiet: until the baseline is learned, then one in QUIET_EVERY. */
+  get quietDue(): boolean {
+    return this.#quiet.length < QUIET_WARMUP || this.#rounds % QUIET_EVERY === QUIET_EVERY - 1;
+  }
+
+  /** A quiet round's latencies: the baseline. */
+  observeQuiet(latenciesMs: readonly number[]): void {
+    this.#rounds += 1;
+    this.#quiet.push(...latenciesMs);
+    if (this.#quiet.length > QUIET_WINDOW) this.#quiet.splice(0, this.#quiet.length - QUIET_WINDOW);
+  }
+
+  /** A round's latencies with runs in flight, against the baseline. */
   observe(latenciesMs: readonly number[]): CommitVerdict {
-    this.#window.push(...latenciesMs);
-    if (this.#window.length > COMMIT_WINDOW) this.#window.splice(0, this.#window.length - COMMIT_WINDOW);
-    const baselineMs = percentile(
-      [...this.#window].sort((a, b) => a - b),
-      0.1,
-    );
-    const p90Ms = percentile(
-      [...latenciesMs].sort((a, b) => a - b),
-      0.9,
-    );
+    this.#rounds += 1;
+    this.#loaded.push(...latenciesMs);
+    if (this.#loaded.length > LOADED_WINDOW) this.#loaded.splice(0, this.#loaded.length - LOADED_WINDOW);
+    const baselineMs = percentile(this.#quiet, 0.5);
+    const medianMs = percentile(this.#loaded, 0.5);
     const verdict =
-      this.#window.length < COMMIT_WARMUP || latenciesMs.length === 0 || !(baselineMs > 0)
+      this.#quiet.length < QUIET_WARMUP || this.#loaded.length < LOADED_MIN || !(baselineMs > 0)
         ? 'learning'
-        : p90Ms >= this.factor * baselineMs
+        : medianMs >= this.factor * baselineMs
           ? 'pressure'
-          : p90Ms <= COMMIT_HEALTHY_SHARE * this.factor * baselineMs
+          : medianMs <= COMMIT_HEALTHY_SHARE * this.factor * baselineMs
             ? 'healthy'
             : 'steady';
-    return { verdict, p90Ms, baselineMs };
+    return { verdict, medianMs, baselineMs };
   }
 
-  /** Halves the share (down to MIN_BATCH_SCALE); false when it was already there. */
+  /** After a change (lanes or duty cycle), verdicts wait for probes that saw it. */
+  changed(): void {
+    this.#loaded = [];
+  }
+
+  /** Halves the duty cycle (down to MIN_DUTY_CYCLE); false when it was already there. */
   shrink(): boolean {
-    const before = this.#scale;
-    this.#scale = Math.max(MIN_BATCH_SCALE, this.#scale / 2);
-    return this.#scale !== before;
+    const before = this.#dutyCycle;
+    this.#dutyCycle = Math.max(MIN_DUTY_CYCLE, this.#dutyCycle / 2);
+    return this.#dutyCycle !== before;
   }
 
-  /** Grows the share by a tenth (up to 1); false when it was already whole. */
+  /** Grows the duty cycle by a tenth (up to 1); false when it was already whole. */
   grow(): boolean {
-    const before = this.#scale;
-    this.#scale = Math.min(1, this.#scale + SCALE_STEP);
-    return this.#scale !== before;
+    const before = this.#dutyCycle;
+    this.#dutyCycle = Math.min(1, this.#dutyCycle + DUTY_STEP);
+    return this.#dutyCycle !== before;
   }
 }

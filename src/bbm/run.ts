@@ -70,8 +70,6 @@ interface RunContext {
   only?: bigint;
   /** Adaptive sizers by migration id, shared by the lanes of one worker. */
   sizers?: Map<bigint, BatchSizer>;
-  /** The share of its size a range is cut at now (foreground protection); 1 when absent. */
-  batchScale?: () => number;
 }
 
 /** The reason a run was rolled back on a hard stop. */
@@ -343,11 +341,6 @@ export class Runner {
       let sizer = this.#sizers.get(migration.id);
       if (!sizer) this.#sizers.set(migration.id, (sizer = new BatchSizer(migration.batchSize)));
       size = sizer.nextCut(settings);
-    }
-    const scale = this.ctx.batchScale?.() ?? 1;
-    if (scale < 1) {
-      // Foreground protection: a share of the size (the migration's min_batch_size still bounds it).
-      size = Math.max(1, Math.floor((size ?? migration.batchSize) * scale));
     }
     return { migrationId: migration.id, validated, size, statementTimeoutMs: this.#backstopMs };
   }

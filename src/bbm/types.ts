@@ -190,8 +190,8 @@ export interface WorkerObserver {
   hold?(event: HoldEvent): void;
   /** The latency controller shed or gave back lanes of a migration. */
   lanes?(event: LanesEvent): void;
-  /** Foreground protection changed the share (0..1) of their size at which this worker cuts ranges. */
-  batchScale?(scale: number): void;
+  /** Foreground protection changed the share (0..1) of the time this worker's lanes run. */
+  dutyCycle?(share: number): void;
 }
 
 export interface LanesEvent {
@@ -373,12 +373,13 @@ export interface HealthOptions {
   /**
    * Foreground protection: at each check the worker times 10 commits of its own (each updates
    * its row in batched_background_migration_workers and waits for the flush, as an application's
-   * write does). While their p90 is `commitLatencyFactor` times their usual (the 10th percentile
-   * of the last 600, learned from 50 on), every range this worker cuts is halved again (down to
-   * 1/32 of its size; min_batch_size still bounds it); while they are back within 0.8 × the
-   * factor, the size grows back by a tenth per check. Each job's COMMIT flushes its WAL and an
-   * application's commits wait behind it: smaller jobs, shorter waits. Default null (off): it
-   * trades speed for the foreground's tail (see the README).
+   * write does). One round in five (and the first two) is quiet: timed while every run of every
+   * worker is held (runs hold a shared advisory lock the round takes exclusively, waiting at most
+   * 1 s for runs in flight). While the median of the other rounds is `commitLatencyFactor` times
+   * the quiet median, the lanes of the migrations this worker runs are halved, down to one, then
+   * the share of the time its lanes run (a rest after each job), down to 1/16; while they are
+   * back within 0.8 × the factor, the share grows back by a tenth per check, then the lanes one
+   * at a time. Default null (off): it trades speed for the foreground (see the README).
    */
   commitLatencyFactor?: number | null;
   /**

@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { hostname } from 'node:os';
 import type pg from 'pg';
 import { createPool } from '../store/db.ts';
-import { announceWorker, HEARTBEAT_MS, probeCommit, retireWorker } from '../store/workers.ts';
+import { announceWorker, HEARTBEAT_MS, probeCommit, retireWorker, whileRunsHeld } from '../store/workers.ts';
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
@@ -26,6 +26,11 @@ import type { RunLoopOptions, RunResult, Throttle, WorkerObserver, WorkerParams 
 
 /** Commits timed per health check for foreground protection. */
 const COMMIT_PROBES = 10;
+/**
+ * How long a quiet round waits for the runs in flight to end. Every take of the fleet waits
+ * behind it meanwhile, so it is short; a round that cannot have quiet in time is skipped.
+ */
+const QUIET_WAIT_MS = 1_000;
 
 export class Worker {
   readonly options: ResolvedOptions;
@@ -57,10 +62,10 @@ export class Worker {
   /** The latency controller: each migration's norm, and when its lanes were last shed or grown. */
   readonly #latency: LatencyWatch | null;
   readonly #lanesSteeredAt = new Map<bigint, number>();
-  /** Foreground protection: commit latency steering lanes, then the size of the ranges this worker cuts. */
+  /** Foreground protection: commit latency steering lanes, then the share of the time this worker's lanes run. */
   readonly #commits: CommitWatch | null;
-  /** When the commit probes last found pressure: the latency controller grows no lane for a while after. */
-  #commitPressureAt = -Infinity;
+  /** Until when every lane rests after a job (foreground protection's duty cycle). */
+  #restUntil = -Infinity;
   /** A round of commit probes in flight. */
   #probing: Promise<void> | undefined;
   /** Migrations this worker ran jobs of, and when last. */
@@ -101,7 +106,6 @@ export class Worker {
           log: this.#log,
           hardStop: this.#hardStop.signal,
           sizers,
-          ...(commits && { batchScale: () => commits.scale }),
         }),
     );
   }
@@ -172,14 +176,21 @@ export class Worker {
     const { options } = this;
     const stopping = this.#stopping.signal;
     const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
-    // With no pause between jobs, each successful run also begins the next (one round trip less).
-    const chain = options.pauseMs === 0;
     while (!stopping.aborted) {
+      // With no pause between jobs, each successful run also begins the next (one round trip less).
+      const chain = options.pauseMs === 0 && (this.#commits?.dutyCycle ?? 1) === 1;
       if (this.#schedules.length > 0 && performance.now() - this.#scheduledAt >= options.scheduleCheckMs) {
         if (await this.#schedule()) backoff.reset();
       }
       if (this.#health && performance.now() - this.#healthCheckedAt >= this.#health.checkMs)
         await this.#checkHealth(this.#health);
+      if (performance.now() < this.#restUntil) {
+        // Foreground protection: every lane of the worker rests (or one lane would take the job
+        // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
+        await runner.release();
+        await sleep(this.#restUntil - performance.now(), stopping);
+        continue;
+      }
       const result = (await this.#throttled(runner)) ?? (await this.#runOnce(runner, chain));
       if (untilDone && result.outcome === 'no_job') {
         this.#wakeLanes();
@@ -194,6 +205,10 @@ export class Worker {
         await this.#slowStart(result.migration);
       // A migration that started, finished or failed changes what the other lanes may find.
       if (result.outcome.startsWith('migration_')) this.#wakeLanes();
+      const dutyCycle = this.#commits?.dutyCycle ?? 1;
+      if (dutyCycle < 1 && result.outcome === 'job_succeeded' && result.job?.rows !== 0) {
+        this.#restUntil = Math.max(this.#restUntil, performance.now() + result.durationMs * (1 / dutyCycle - 1));
+      }
       let waitMs = this.#waitAfter(result, backoff);
       // Idle lanes still wake for the next scheduling round.
       if (this.#schedules.length > 0)
@@ -281,46 +296,74 @@ export class Worker {
   }
 
   /**
-   * Foreground protection. Times COMMIT_PROBES commits on one connection; under pressure, halves
-   * the lanes of the migrations this worker ran lately (for every worker, as the latency
-   * controller does), and once they are down to one, the size of the ranges this worker cuts;
-   * while healthy, grows the size back first, then a lane at a time. While it holds lanes down,
-   * the latency controller does not grow them. Changes are logged; failing is logged, never fatal.
+   * Foreground protection. Times COMMIT_PROBES commits on one connection: in a quiet round (when
+   * the watch asks for one), with every run of the fleet held (whileRunsHeld), the baseline;
+   * otherwise beside the runs. Under pressure, halves the lanes of the migrations this worker ran
+   * lately (for every worker, as the latency controller does), and once they are down to one, the
+   * share of the time this worker's lanes run; while healthy, grows that back first, then a lane at
+   * a time. With it on, the latency controller only sheds lanes: they grow through the probes.
+   * Changes are logged; failing is logged, never fatal.
    */
   async #probeCommits(commits: CommitWatch, health: ResolvedHealth): Promise<void> {
-    const latencies: number[] = [];
+    const quiet = commits.quietDue;
     const startedAt = performance.now();
+    let latencies: number[] | undefined;
     try {
       const client = await this.#pool.connect();
-      try {
+      const probe = async () => {
+        const timed: number[] = [];
         for (let i = 0; i < COMMIT_PROBES; i += 1) {
           const started = performance.now();
           await probeCommit(client, this.id);
-          latencies.push(performance.now() - started);
+          timed.push(performance.now() - started);
         }
-      } finally {
+        return timed;
+      };
+      try {
+        latencies = quiet ? await whileRunsHeld(client, QUIET_WAIT_MS, probe) : await probe();
         client.release();
+      } catch (error) {
+        client.release(error instanceof Error ? error : true);
+        throw error;
       }
     } catch (error) {
       this.#log.warn({ err: error }, 'commit latency probe failed; nothing changed');
       return;
     }
-    const { verdict, p90Ms, baselineMs } = commits.observe(latencies);
+    if (!latencies) {
+      this.#log.debug(
+        `commit latency: runs in flight did not end within ${QUIET_WAIT_MS} ms; no quiet round this time`,
+      );
+      return;
+    }
+    if (quiet) {
+      commits.observeQuiet(latencies);
+      return;
+    }
+    const { verdict, medianMs, baselineMs } = commits.observe(latencies);
     if (verdict !== 'pressure' && verdict !== 'healthy') return;
     const fields = {
-      commit_p90_ms: Math.round(p90Ms * 100) / 100,
-      commit_baseline_ms: Math.round(baselineMs * 100) / 100,
+      commit_median_ms: Math.round(medianMs * 100) / 100,
+      commit_quiet_median_ms: Math.round(baselineMs * 100) / 100,
     };
-    const said = `commits take ${fields.commit_p90_ms} ms (p90), ${fields.commit_baseline_ms} ms usually`;
-    const share = () => `${Math.round(commits.scale * 100)} %`;
+    const said = `commits take ${fields.commit_median_ms} ms (median), ${fields.commit_quiet_median_ms} ms with no run in flight`;
+    const share = () => `${Math.round(commits.dutyCycle * 100)} %`;
     const since = startedAt - 2 * health.checkMs;
     for (const [id, at] of this.#ranLately) if (at < since) this.#ranLately.delete(id);
     const recent = [...this.#ranLately.keys()];
+    const dutyChanged = (level: 'info' | 'warn', how: string) => {
+      commits.changed();
+      this.#log[level](
+        { ...fields, duty_cycle: commits.dutyCycle },
+        `commit latency: ${said}: ${how} ${share()} of the time`,
+      );
+      this.#tell((observer) => observer.dutyCycle?.(commits.dutyCycle));
+    };
     try {
       if (verdict === 'pressure') {
-        this.#commitPressureAt = performance.now();
         const shed = (await Promise.all(recent.map((id) => shedLanes(this.#pool, id)))).filter((c) => c !== null);
         for (const change of shed) {
+          commits.changed();
           this.#log.warn(
             { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
             `commit latency: ${said}: ${change.name} sheds lanes ${change.from} → ${change.to}`,
@@ -329,25 +372,16 @@ export class Worker {
             observer.lanes?.({ migration: change.name, direction: 'shed', from: change.from, to: change.to }),
           );
         }
-        if (shed.length === 0 && commits.shrink()) {
-          this.#log.warn(
-            { ...fields, batch_scale: commits.scale },
-            `commit latency: ${said}: ranges cut at ${share()} of their size`,
-          );
-          this.#tell((observer) => observer.batchScale?.(commits.scale));
-        }
+        if (shed.length === 0 && commits.shrink()) dutyChanged('warn', 'lanes run');
         return;
       }
       if (commits.grow()) {
-        this.#log.info(
-          { ...fields, batch_scale: commits.scale },
-          `commit latency: ${said}: ranges grow back to ${share()} of their size`,
-        );
-        this.#tell((observer) => observer.batchScale?.(commits.scale));
+        dutyChanged('info', 'lanes run again');
         return;
       }
       for (const change of await Promise.all(recent.map((id) => growLanes(this.#pool, id)))) {
         if (change) {
+          commits.changed();
           this.#log.info(
             { ...fields, migration: change.name, lanes_from: change.from, lanes_to: change.to },
             `commit latency: ${said}: ${change.name} grows lanes back ${change.from} → ${change.to}`,
@@ -375,9 +409,9 @@ export class Worker {
     if (verdict !== 'pressure' && verdict !== 'healthy') return;
     const now = performance.now();
     if (now - (this.#lanesSteeredAt.get(migration.id) ?? -Infinity) < health.checkMs) return;
-    // Lanes the commit probes took away come back through them, not through the job's own latency.
-    if (verdict === 'healthy' && (now - this.#commitPressureAt < 3 * health.checkMs || (this.#commits?.scale ?? 1) < 1))
-      return;
+    // With foreground protection on, lanes grow only through the commit probes: a job's own
+    // latency says nothing of what the migration does to the application's commits.
+    if (verdict === 'healthy' && this.#commits) return;
     this.#lanesSteeredAt.set(migration.id, now);
     try {
       const change =

@@ -22,3 +22,11 @@ export const MIGRATE_LOCK_KEY = 0;
 
 /** (LOCK_NAMESPACE, -1): the scheduler's, never a migration's. */
 export const SCHEDULER_LOCK_KEY = -1;
+
+/**
+ * (LOCK_NAMESPACE, -2): held shared by every run from its take to its end (runPrologue). A worker
+ * measuring what commits take with no run in flight takes it exclusively for a few commits
+ * (foreground protection, workers.ts withRunsHeld): it waits for the runs in flight to end, and
+ * every take of every worker waits behind it meanwhile.
+ */
+export const QUIET_LOCK_KEY = -2;

@@ -18,6 +18,7 @@ import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { textLiteral, withStatement, type Queryable } from './db.ts';
 import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
+import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from './locks.ts';
 import {
   cutRangeStatement,
   cutRangeTransaction,
@@ -64,12 +65,16 @@ export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bi
  * worker that stalls while idle in the transaction is disconnected, and a worker killed
  * mid-statement is noticed within a second (client_connection_check_interval, PostgreSQL 14+)
  * instead of when the statement ends.
+ *
+ * Before the take, the run holds the quiet lock shared (locks.ts, QUIET_LOCK_KEY) until it ends,
+ * so that a worker measuring commits with no run in flight can wait for every run of the fleet.
  */
 export function runPrologue(backstopMs: number, take: string): string {
   if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0) throw new RangeError(`bad timeout ${backstopMs}`);
   return (
     `BEGIN; SET LOCAL statement_timeout = ${backstopMs}; SET LOCAL idle_in_transaction_session_timeout = ${backstopMs};` +
-    ` SET LOCAL client_connection_check_interval = 1000; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`
+    ` SET LOCAL client_connection_check_interval = 1000;` +
+    ` SELECT pg_catalog.pg_advisory_xact_lock_shared(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY}); ${take}; SAVEPOINT ${WORK_SAVEPOINT}`
   );
 }
 

@@ -1,6 +1,8 @@
 /** Statements on `batched_background_migration_workers`: who is running, with which work functions. */
 import { sql } from 'drizzle-orm';
-import { exec, type Queryable } from './db.ts';
+import type pg from 'pg';
+import { exec, SqlState, sqlStateOf, type Queryable } from './db.ts';
+import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from './locks.ts';
 
 /** How often a running worker records that it is alive. */
 export const HEARTBEAT_MS = 30_000;
@@ -38,6 +40,36 @@ export async function announceWorker(db: Queryable, worker: WorkerAnnouncement):
  */
 export async function probeCommit(db: Queryable, workerId: string): Promise<void> {
   await exec(db, sql`UPDATE batched_background_migration_workers SET last_seen_at = now() WHERE id = ${workerId}`);
+}
+
+/**
+ * Runs `measure` while no run of any worker is in flight: takes the quiet lock exclusively (every
+ * run holds it shared from its take to its end, runPrologue), which waits for the runs in flight
+ * to end and makes every new take wait behind it. Gives up (undefined) after `waitMs`, since the
+ * fleet's takes queue behind the request while it waits. A session lock: `client` must be a
+ * connection of its own, destroyed by the caller if this throws.
+ */
+export async function whileRunsHeld<T>(
+  client: pg.ClientBase,
+  waitMs: number,
+  measure: () => Promise<T>,
+): Promise<T | undefined> {
+  if (!Number.isSafeInteger(waitMs) || waitMs <= 0) throw new RangeError(`bad wait ${waitMs}`);
+  try {
+    await client.query(
+      `SET lock_timeout = ${waitMs}; SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY})`,
+    );
+  } catch (error) {
+    if (sqlStateOf(error) === SqlState.lockNotAvailable) return undefined;
+    throw error;
+  } finally {
+    await client.query('RESET lock_timeout');
+  }
+  try {
+    return await measure();
+  } finally {
+    await client.query(`SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY})`);
+  }
 }
 
 export async function retireWorker(db: Queryable, id: string): Promise<void> {
