@@ -26,7 +26,7 @@ export const SCHEDULER_LOCK_KEY = -1;
 /**
  * (LOCK_NAMESPACE, -2): held shared by every run from its take to its end (runPrologue). A worker
  * measuring what commits take with no run in flight takes it exclusively for a few commits
- * (foreground protection, workers.ts withRunsHeld): it waits for the runs in flight to end, and
+ * (foreground protection, workers.ts whileRunsHeld): it waits for the runs in flight to end, and
  * every take of every worker waits behind it meanwhile.
  */
 export const QUIET_LOCK_KEY = -2;
