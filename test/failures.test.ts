@@ -556,7 +556,7 @@ describe('a migration whose runs keep failing', () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 30));
     const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
-    // In several lanes, the next range is cut in the commit of the job before it.
+    // In several lanes, the next range is cut in the round trip that commits the job before it.
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
     const arming: Work = {
       name: 'test.arming',

@@ -99,6 +99,8 @@ type UntimedRunResult = Omit<RunResult, 'durationMs' | 'runId'> & { ended?: true
 /** What a runner remembers of a migration it validated. */
 interface Validated extends ValidatedMigration {
   work: Work;
+  /** The table and column as jobs see them (Job.table, Job.column), quoted once. */
+  quoted: { table: string; column: string };
   /** Set when a cut after a job found no range left to cut: none is sent after its jobs until one succeeds again. */
   cutDone?: boolean;
 }
@@ -328,7 +330,8 @@ export class Runner {
     }
     const target = await resolveTarget(tx.db, migration.tableName, migration.columnName);
     if (!isTarget(target)) return new BbmError(target.code, target.message);
-    const validated: Validated = { ...names, target, work };
+    const quoted = { table: dialect.sqlToQuery(quotedTable(target)).sql, column: dialect.escapeName(target.column) };
+    const validated: Validated = { ...names, target, work, quoted };
     this.#validated.set(migration.id, validated);
     return validated;
   }
@@ -347,9 +350,10 @@ export class Runner {
 
   /**
    * Starts cutting the next range of a migration in one lane beside its job (cutRangeBeside). With
-   * several lanes, the lanes keep the server's cores busy, and the cut costs least inside the
-   * finishing job's own transaction (measured: two lanes on two cores ran 8 % slower with their
-   * ranges cut beside them); with one, the cut runs on a spare core while the work runs.
+   * several lanes, the lanes keep the server's cores busy, and the cut costs least in the round
+   * trip that commits the finishing job, after its COMMIT (measured: two lanes on two cores ran
+   * 8 % slower with their ranges cut beside them, on connections of their own); with one, the cut
+   * runs on a spare core while the work runs.
    */
   #cutBeside(migration: TakenMigration, validated: Validated): CutBeside | undefined {
     if (migration.maxParallelJobs !== 1) return undefined;
@@ -384,7 +388,7 @@ export class Runner {
     { started, runId, chain }: RunInfo,
   ): Promise<UntimedRunResult> {
     const { options, hardStop, pool } = this.ctx;
-    const { target, work } = validated;
+    const { target, work, quoted } = validated;
     const jobRef: NonNullable<RunResult['job']> = {
       id: claimed.id,
       start: claimed.start,
@@ -404,11 +408,18 @@ export class Runner {
 
     const beside = this.#cutBeside(migration, validated);
     const session = new JobSession(tx.client);
+    const parentLog = this.ctx.log;
+    // The drizzle handle and the child logger are made when the work first asks for them: most
+    // work functions use neither, and a job's client CPU competes with the database for cores.
+    let db: JobDb | undefined;
+    let log: Logger | undefined;
     const job: Job = {
       query: session.query,
-      db: jobDb(session),
-      table: dialect.sqlToQuery(quotedTable(target)).sql,
-      column: dialect.escapeName(target.column),
+      get db() {
+        return (db ??= jobDb(session));
+      },
+      table: quoted.table,
+      column: quoted.column,
       start: claimed.start,
       end: claimed.end,
       batchSize: claimed.batchSize,
@@ -416,11 +427,13 @@ export class Runner {
       attempt: claimed.attempt,
       lane,
       signal: abort.signal,
-      log: this.ctx.log.child({
-        [CORRELATION_ID]: runId,
-        ...migrationFields(ref),
-        ...jobFields({ ...claimed, lane }),
-      }),
+      get log() {
+        return (log ??= parentLog.child({
+          [CORRELATION_ID]: runId,
+          ...migrationFields(ref),
+          ...jobFields({ ...claimed, lane }),
+        }));
+      },
     };
 
     let failure: Error | undefined;
@@ -452,7 +465,7 @@ export class Runner {
 
     let rolledBack = false;
     if (!failure) {
-      // Several lanes (or no connection to spare): the next range is cut in this job's commit (see #cutBeside).
+      // Several lanes (or no connection to spare): the next range is cut after this job's COMMIT (see #cutBeside).
       const cut = beside || validated.cutDone ? undefined : this.#cut(migration, validated);
       const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain });
       if (finished.committed) {

@@ -13,6 +13,12 @@ export interface Target {
   schema: string;
   table: string;
   column: string;
+  /**
+   * Whether a valid, non-partial unique index has the column as its only key: then a range of
+   * n consecutive keys holds at most n rows, and ranges where the keys are dense can be cut by
+   * arithmetic (bbm_cut_range, migrations/0012).
+   */
+  unique: boolean;
 }
 
 export type TargetProblem = { code: 'invalid_table' | 'invalid_column'; message: string };
@@ -26,6 +32,7 @@ interface CatalogRow {
   type_oid: number | null;
   type_name: string | null;
   indexed: boolean | null;
+  is_unique: boolean | null;
 }
 
 const RELKIND_NAMES: Record<string, string> = {
@@ -61,7 +68,13 @@ function lookUp(db: Queryable, tableName: string, columnName: string): Promise<C
                JOIN pg_catalog.pg_am am ON am.oid = ic.relam
                WHERE i.indrelid = rel.oid AND i.indkey[0] = a.attnum
                  AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL
-             ) AS indexed
+             ) AS indexed,
+             EXISTS (
+               SELECT 1
+               FROM pg_catalog.pg_index i
+               WHERE i.indrelid = rel.oid AND i.indkey[0] = a.attnum AND i.indnkeyatts = 1
+                 AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+             ) AS is_unique
       FROM rel
       LEFT JOIN pg_catalog.pg_attribute a
         ON a.attrelid = rel.oid AND a.attname = ${columnName}::text AND a.attnum > 0 AND NOT a.attisdropped`,
@@ -115,7 +128,7 @@ export async function resolveTarget(
       message: `column ${qualified}.${row.attname} has no valid, non-partial btree index leading with it; batching it would scan the table`,
     };
   }
-  return { oid: row.oid, schema: row.schema, table: row.table, column: row.attname };
+  return { oid: row.oid, schema: row.schema, table: row.table, column: row.attname, unique: row.is_unique === true };
 }
 
 export function isTarget(value: Target | TargetProblem): value is Target {

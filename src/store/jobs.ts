@@ -61,19 +61,20 @@ export interface RangeCut {
 
 /**
  * The statement that cuts the migration's next range and writes it as an active job, for a lane
- * to take: a call of bbm_cut_range (migrations/0007, 0011), which takes the migration's cursor
+ * to take: a call of bbm_cut_range (migrations/0007, 0011, 0012), which takes the migration's cursor
  * lock, (LOCK_NAMESPACE, id), held until the transaction ends, and cuts nothing when two ranges per
- * lane are active already or none is left. It runs inside a transaction: the one of a job that just
- * finished, before its COMMIT (a migration in several lanes), or one of its own
- * (cutRangeTransaction). Its one column, `bbm_cut`, is the number of ranges cut (0 or 1).
+ * lane are active already or none is left. It runs in a transaction of its own
+ * (cutRangeTransaction), so that the lock is held for the cut alone. Its one column, `bbm_cut`, is
+ * the number of ranges cut (0 or 1).
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
- * between them. The table and column are the catalog's names from validation; the names the row
+ * between them. On a unique key whose last scan found the keys dense, the end is start + size - 1
+ * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan. The table and column are the catalog's names from validation; the names the row
  * must still hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
-export function cutRangeStatement(cut: RangeCut): string {
+function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const args = [
@@ -85,19 +86,22 @@ export function cutRangeStatement(cut: RangeCut): string {
     textLiteral(validated.columnName),
     textLiteral(validated.jobSignatureName),
     size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
+    target.unique ? 'true' : 'false',
   ];
   return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
 }
 
 /**
- * A transaction of its own that cuts one range (see cutRangeStatement). Its commit is
- * asynchronous (synchronous_commit off): losing it in a crash loses only a range no work has used,
- * since the commit of any job that ran it flushes it first.
+ * A transaction of its own that cuts one range (see cutRangeStatement): sent after a finished
+ * job's COMMIT in the same round trip (several lanes), beside the job on another connection (one
+ * lane, cutRangeBeside), or before a take that found no range (RunTransaction.cutAndTake). Its
+ * commit is asynchronous (synchronous_commit off): losing it in a crash loses only a range no work
+ * has used, since the commit of any job that ran it flushes it first.
  */
 export function cutRangeTransaction(cut: RangeCut): string {
   return (
-    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
-    `${cutRangeStatement(cut)}; COMMIT`
+    `BEGIN; SELECT pg_catalog.set_config('synchronous_commit', 'off', true), ` +
+    `pg_catalog.set_config('statement_timeout', '${int(cut.statementTimeoutMs)}', true); ${cutRangeStatement(cut)}; COMMIT`
   );
 }
 

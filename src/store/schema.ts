@@ -129,6 +129,12 @@ export const batchedBackgroundMigrationJobs = pgTable(
      * finish (what its lanes' neighbours wrote meanwhile included). Feeds the WAL budget.
      */
     walBytes: bigint('wal_bytes', { mode: 'number' }),
+    /**
+     * How the range's end was found (bbm_cut_range, migrations/0012). NULL: by an index scan that
+     * found the keys sparse (or by a worker before 0.7); 0: by an index scan that found them dense;
+     * k > 0: by arithmetic, start + size - 1, the k-th range since that scan.
+     */
+    denseCuts: smallint('dense_cuts'),
     ...timestamps,
   },
   (t) => [
