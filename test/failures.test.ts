@@ -29,15 +29,14 @@ async function refuseRanges(pool: pg.Pool, migrationId: bigint, after = 0): Prom
   );
 }
 
-/** The one range done, [1, 10], its rows touched once, and nothing else cut. */
-async function expectOnlyFirstRangeDone(pool: pg.Pool): Promise<void> {
-  expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual([
-    [1, 10, JobStatus.finished],
-  ]);
+/** The ranges of 10 up to `through` done, their rows touched once, nothing else cut and nothing else touched. */
+async function expectOnlyRangesDone(pool: pg.Pool, through: number): Promise<void> {
+  const expected = range(1, through / 10).map((i) => [i * 10 - 9, i * 10, JobStatus.finished]);
+  expect((await jobRanges(pool, 'cut_fails', { all: true })).map((j) => [j.min, j.max, j.status])).toEqual(expected);
   const { rows } = await pool.query(
     'SELECT count(*) FILTER (WHERE touched = 1)::int AS done, count(*) FILTER (WHERE touched > 1)::int AS twice FROM items',
   );
-  expect(rows[0]).toEqual({ done: 10, twice: 0 });
+  expect(rows[0]).toEqual({ done: through, twice: 0 });
 }
 
 describe('bad migration rows', () => {
@@ -554,42 +553,47 @@ describe('a migration whose runs keep failing', () => {
 
   it('keeps a finished job committed when cutting the next range fails in the same round trip (several lanes)', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 30));
+    await createItems(pool, 'items', range(1, 100));
     const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
-    // In several lanes, the next range is cut in the round trip that commits the job before it.
+    // In several lanes, ranges are cut in the round trips that commit jobs, a lane's worth at a time.
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
     const arming: Work = {
       name: 'test.arming',
       async do(job) {
         await touch.do(job);
-        // From now on every range cut is refused, starting with the cut sent with this job's COMMIT.
-        await refuseRanges(pool, id);
+        // From the second job on, every range cut is refused, starting with the cut sent with its COMMIT.
+        if (job.start > 10n) await refuseRanges(pool, id);
       },
     };
-    const worker = testWorker(pool, { work: [arming] });
+    const outcomes: RunResult[] = [];
+    const worker = testWorker(pool, { work: [arming], observers: [{ run: (r) => outcomes.push(r) }] });
 
-    expect((await worker.runOnce()).outcome).toBe('migration_started');
-    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
+    // The first cut made four ranges (two per lane); the first job's commit found three waiting
+    // and cut none; from the second on, each commit's cut is refused and the job stays committed.
+    for (const outcome of ['migration_started', 'job_succeeded', 'job_succeeded', 'job_succeeded', 'job_succeeded'])
+      expect((await worker.runOnce()).outcome).toBe(outcome);
     expect((await worker.runOnce()).outcome).toBe('error');
 
-    await expectOnlyFirstRangeDone(pool);
+    await expectOnlyRangesDone(pool, 40);
   });
 
   it('keeps a job committed when the cut beside it fails (one lane), and fails the run that must cut it itself', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 30));
+    await createItems(pool, 'items', range(1, 50));
     const id = await enqueue(pool, { name: 'cut_fails', work: touch.name, table: 'items', batchSize: 10 });
-    // Every range after the first is refused: the cut beside the first job fails, then the lane's own.
-    await refuseRanges(pool, id, 10);
+    // The first cut makes [1, 10] and [11, 20]; every range after them is refused: the cut beside
+    // the second job fails, then the lane's own.
+    await refuseRanges(pool, id, 20);
     const worker = testWorker(pool, { work: [touch] });
 
     expect((await worker.runOnce()).outcome).toBe('migration_started');
+    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
     expect((await worker.runOnce()).outcome).toBe('job_succeeded');
     const refused = await worker.runOnce();
     expect(refused.outcome).toBe('error');
     expect(refused.error?.message).toContain('ranges refused');
 
-    await expectOnlyFirstRangeDone(pool);
+    await expectOnlyRangesDone(pool, 20);
   });
 
   it('is not held for trouble that is not its fault: a backend terminated mid-run', async () => {

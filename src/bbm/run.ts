@@ -469,7 +469,7 @@ export class Runner {
       const cut = beside || validated.cutDone ? undefined : this.#cut(migration, validated);
       const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain });
       if (finished.committed) {
-        if (finished.cut === 0) validated.cutDone = true;
+        if (finished.cut === null) validated.cutDone = true;
         if (finished.laterError) {
           this.ctx.log.warn(
             { err: finished.laterError, [CORRELATION_ID]: runId },

@@ -62,10 +62,11 @@ export interface RangeCut {
 /**
  * The statement that cuts the migration's next range and writes it as an active job, for a lane
  * to take: a call of bbm_cut_range (migrations/0007, 0011, 0012), which takes the migration's cursor
- * lock, (LOCK_NAMESPACE, id), held until the transaction ends, and cuts nothing when two ranges per
- * lane are active already or none is left. It runs in a transaction of its own
+ * lock, (LOCK_NAMESPACE, id), held until the transaction ends. While more than one range per lane
+ * is active it cuts nothing (checked before the lock); otherwise it cuts up to two per lane, so that
+ * in several lanes one cut in about `lanes` takes the lock. It runs in a transaction of its own
  * (cutRangeTransaction), so that the lock is held for the cut alone. Its one column, `bbm_cut`, is
- * the number of ranges cut (0 or 1).
+ * the number of ranges cut, or NULL when none is left to cut.
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or

@@ -178,11 +178,11 @@ function takeRowsOf(results: unknown): TakeRow[] {
 /** How recording a finished job ended. */
 export type FinishOutcome =
   /**
-   * Committed. `cut` is how many ranges the cut sent with it wrote (0 when none was left to cut or
-   * enough wait already), when it ran; `laterError` is set when what followed the COMMIT (the cut,
-   * the next take) failed.
+   * Committed. `cut` is how many ranges the cut sent with it wrote, when it ran: 0 when enough
+   * wait already, null when none is left to cut. `laterError` is set when what followed the COMMIT
+   * (the cut, the next take) failed.
    */
-  | { committed: true; cut?: number; walBytes?: number; laterError?: Error }
+  | { committed: true; cut?: number | null; walBytes?: number; laterError?: Error }
   /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
   | { committed: false; error: Error };
 
@@ -269,7 +269,7 @@ export class RunTransaction {
     try {
       const results: unknown = await this.client.query(text);
       if (chain) this.#begun = parseTake(takeRowsOf(results));
-      const cutResult = (results as QueryResult<{ bbm_cut?: number }>[]).find(
+      const cutResult = (results as QueryResult<{ bbm_cut?: number | null }>[]).find(
         (result) => result.fields?.[0]?.name === 'bbm_cut',
       );
       const cutCount = cutResult?.rows[0]?.bbm_cut;
