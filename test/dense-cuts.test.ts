@@ -133,6 +133,36 @@ describe('dense cuts', () => {
     expect(await touchedOnce(pool)).toBe(true);
   });
 
+  it('keeps the signature 0.6 workers call: their cuts scan, and 0 means nothing was cut', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const id = await enqueue(pool, { name: 'old', work: touch.name, table: 'items', batchSize: 10 });
+    expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
+    const oldCut = async () =>
+      (
+        await pool.query<{ n: number }>(
+          `SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer) AS n`,
+          [id, touch.name],
+        )
+      ).rows[0]!.n;
+    const finishAll = () => pool.query('UPDATE batched_background_migration_jobs SET status = 2');
+
+    // Two per lane may wait: two ranges, then none while they do.
+    expect(await oldCut()).toBe(2);
+    expect(await oldCut()).toBe(0);
+    await finishAll();
+    expect(await oldCut()).toBe(1);
+    await finishAll();
+    // None left: 0, as 0.6 workers expect (0.7 gets NULL).
+    expect(await oldCut()).toBe(0);
+    const ranges = await cutRanges(pool, 'old');
+    expect(ranges.map((r) => [r.min, r.max, r.dense])).toEqual([
+      [1n, 10n, null],
+      [11n, 20n, null],
+      [21n, 30n, null],
+    ]);
+  });
+
   it('property: over keys dense in runs with gaps, ranges tile [min, max], hold at most batch_size rows, and run once', async () => {
     const { pool } = db();
     await pool.query('CREATE TABLE items (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)');
