@@ -98,12 +98,15 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       // Told to observers (bbm_lane_changes_total) as the latency controller's changes are.
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'shed', from: 2, to: 1 });
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'grown', from: 1, to: 2 });
-      // The baseline is what commits take with no run in flight: well under the 100 ms the runs held rows for.
+      // The baseline is what commits take with no run in flight: well under the 100 ms the runs
+      // held rows for. Beside one lane, probes arriving at random wait for the rest of the job in
+      // flight, 50 ms in the median (back to back, all but the first of a round ran in the gap
+      // between two jobs: medians of 0.4-2.7 ms, and lanes went 1 -> 2 -> 1 without a pause).
       const [, median, quiet] = /commits take ([\d.]+) ms \(median\), ([\d.]+) ms with no run in flight/.exec(
         lines()[firstPause]!,
       )!;
-      expect(Number(median)).toBeGreaterThanOrEqual(50);
       expect(Number(quiet)).toBeLessThan(50);
+      expect(Number(median)).toBeGreaterThanOrEqual(Math.max(20, PROTECTION.commitLatencyFactor! * Number(quiet)));
     } finally {
       contending.on = false;
       await worker.stop();

