@@ -72,8 +72,9 @@ export interface RangeCut {
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
  * between them. On a unique key whose last scan found the keys dense, the end is start + size - 1
- * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan. The table and column are the catalog's names from validation; the names the row
- * must still hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
+ * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan. The table
+ * and column are the catalog's names from validation; the names the row must still hold are
+ * passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
 function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
