@@ -40,13 +40,7 @@ import {
   quotedTable,
   startMigration,
 } from '../store/migration-rows.ts';
-import {
-  RunTransaction,
-  runPrologue,
-  takeStatement,
-  type Take,
-  type TakenMigration,
-} from '../store/run-transaction.ts';
+import { RunTransaction, runPrologue, type Take, type TakenMigration } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
@@ -127,8 +121,11 @@ export class Runner {
 
   constructor(private readonly ctx: RunContext) {
     this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
-    const take = takeStatement({ names: ctx.registry.names, validNamePattern: VALID_WORK_NAME }, ctx.only);
-    this.#prologue = runPrologue(this.#backstopMs, take);
+    this.#prologue = runPrologue(
+      { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME },
+      this.#backstopMs,
+      ctx.only,
+    );
     this.#sizers = ctx.sizers ?? new Map<bigint, BatchSizer>();
   }
 
@@ -255,6 +252,7 @@ export class Runner {
           attempt: job.attempts + 1,
           batchSize: job.batchSize ?? migration.batchSize,
           walLsn: job.walLsn,
+          cutDue: job.cutDue,
         };
         return this.#execute(tx, migration, ref, checked, claimed, take.lane, run);
       }
@@ -406,7 +404,9 @@ export class Runner {
     const remainingMs = Math.max(1, options.runTimeoutMs - (performance.now() - started));
     const timer = setTimeout(() => abort.abort(new JobTimeoutError(options.runTimeoutMs)), remainingMs);
 
-    const beside = this.#cutBeside(migration, validated);
+    // No cut with this job when the take found enough ranges waiting (it cuts nothing then).
+    const cutDue = claimed.cutDue !== false;
+    const beside = cutDue ? this.#cutBeside(migration, validated) : undefined;
     const session = new JobSession(tx.client);
     const parentLog = this.ctx.log;
     // The drizzle handle and the child logger are made when the work first asks for them: most
@@ -466,7 +466,7 @@ export class Runner {
     let rolledBack = false;
     if (!failure) {
       // Several lanes (or no connection to spare): the next range is cut after this job's COMMIT (see #cutBeside).
-      const cut = beside || validated.cutDone ? undefined : this.#cut(migration, validated);
+      const cut = !cutDue || beside || validated.cutDone ? undefined : this.#cut(migration, validated);
       const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain });
       if (finished.committed) {
         if (finished.cut === null) validated.cutDone = true;

@@ -24,6 +24,8 @@ export interface ClaimedJob {
   batchSize: number;
   /** The server's WAL insert position when it was taken (wal_bytes is measured from it). */
   walLsn?: string | null | undefined;
+  /** False when enough ranges wait that none is to be cut with this job (the take says; TakenJob.cutDue). */
+  cutDue?: boolean | null | undefined;
 }
 
 /** What a migration's row said when it was validated; cutting a range requires it still says so. */
@@ -60,19 +62,21 @@ export interface RangeCut {
 }
 
 /**
- * The statement that cuts the migration's next range and writes it as an active job, for a lane
- * to take: a call of bbm_cut_range (migrations/0007, 0011, 0012), which takes the migration's cursor
- * lock, (LOCK_NAMESPACE, id), held until the transaction ends. While more than one range per lane
- * is active it cuts nothing (checked before the lock); otherwise it cuts up to two per lane, so that
- * in several lanes one cut in about `lanes` takes the lock. It runs in a transaction of its own
- * (cutRangeTransaction), so that the lock is held for the cut alone. Its one column, `bbm_cut`, is
- * the number of ranges cut, or NULL when none is left to cut.
+ * The statement that cuts the migration's next ranges and writes them as active jobs, for the
+ * lanes to take: a call of bbm_cut_range (migrations/0007, 0011, 0012, 0013), which takes the
+ * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends. It keeps up to
+ * two ranges per lane waiting or running, and cuts nothing while more than one per lane are
+ * (checked before the lock). The take says when that is so (TakenJob.cutDue), and the runner then
+ * sends no cut at all. It
+ * runs in a transaction of its own (cutRangeTransaction), so that the lock is held for the cut
+ * alone. Its one column, `bbm_cut`, is the number of ranges cut, or NULL when none is left to cut.
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
  * between them. On a unique key whose last scan found the keys dense, the end is start + size - 1
- * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan. The table
+ * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan (the end
+ * keys of all the ranges of one call looked up at once, to send a range in a gap to the scan). The table
  * and column are the catalog's names from validation; the names the row must still hold are
  * passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
@@ -94,16 +98,17 @@ function cutRangeStatement(cut: RangeCut): string {
 }
 
 /**
- * A transaction of its own that cuts one range (see cutRangeStatement): sent after a finished
- * job's COMMIT in the same round trip (several lanes), beside the job on another connection (one
- * lane, cutRangeBeside), or before a take that found no range (RunTransaction.cutAndTake). Its
- * commit is asynchronous (synchronous_commit off): losing it in a crash loses only a range no work
- * has used, since the commit of any job that ran it flushes it first.
+ * A transaction of its own that cuts the next ranges (see cutRangeStatement): sent after a
+ * finished job's COMMIT in the same round trip (several lanes), beside the job on another
+ * connection (one lane, cutRangeBeside), or before a take that found no range
+ * (RunTransaction.cutAndTake). Its commit is asynchronous (synchronous_commit off): losing it in a
+ * crash loses only ranges no work has used, since the commit of any job that ran one flushes it
+ * first. The settings are SET LOCAL rather than set_config: statements without a result cost less.
  */
 export function cutRangeTransaction(cut: RangeCut): string {
   return (
-    `BEGIN; SELECT pg_catalog.set_config('synchronous_commit', 'off', true), ` +
-    `pg_catalog.set_config('statement_timeout', '${int(cut.statementTimeoutMs)}', true); ${cutRangeStatement(cut)}; COMMIT`
+    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
+    `${cutRangeStatement(cut)}; COMMIT`
   );
 }
 
@@ -188,29 +193,21 @@ export interface FinishedJob {
   durationMs: number;
 }
 
-/**
- * The statements that record a job finished, ending before the COMMIT that the caller appends.
- * Deferred constraints are checked first, while the work's savepoint is still open, so a
- * deferred violation by the work fails the job instead of the whole run. Every value is one of
- * our own numbers, written as a literal, so the text can travel with the COMMIT and the next
- * run's prologue in one round trip.
- */
 /** A pg_lsn as Postgres prints it (`16/B374D848`): checked, since it travels as a literal. */
 const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
 
+/**
+ * The statement that records a job finished (bbm_finish_job, migrations/0013), before the COMMIT
+ * that the caller appends: it checks deferred constraints first, while the work's savepoint is
+ * still open, so a deferred violation by the work fails the job instead of the whole run, and
+ * returns the WAL written since the take as `bbm_wal_bytes`. Every value is one of our own
+ * numbers, written as a literal, so the text can travel with the COMMIT and the next run's
+ * prologue in one round trip.
+ */
 export function finishJobText({ job, rows, durationMs }: FinishedJob): string {
   const rowCount = rows === undefined ? 'NULL' : int(Math.round(rows));
-  const walBytes =
-    job.walLsn && LSN.test(job.walLsn)
-      ? `pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '${job.walLsn}'::pg_lsn)::bigint`
-      : 'NULL';
-  return (
-    'SET CONSTRAINTS ALL IMMEDIATE; ' +
-    `UPDATE batched_background_migration_jobs SET status = ${JobStatus.finished}, attempts = ${int(job.attempt)}, ` +
-    `row_count = ${rowCount}, duration_ms = ${ms(durationMs)}, started_at = now(), finished_at = clock_timestamp(), ` +
-    `updated_at = clock_timestamp(), failure_error_code = NULL, failure_message = NULL, wal_bytes = ${walBytes} ` +
-    `WHERE id = ${int(job.id)} RETURNING wal_bytes AS bbm_wal_bytes`
-  );
+  const lsn = job.walLsn && LSN.test(job.walLsn) ? `'${job.walLsn}'::pg_lsn` : 'NULL::pg_lsn';
+  return `SELECT bbm_finish_job(${int(job.id)}::bigint, ${int(job.attempt)}, ${rowCount}, ${ms(durationMs)}, ${lsn}) AS bbm_wal_bytes`;
 }
 
 /** A job's status now (null when its row is gone): what a run asks when it cannot tell whether its COMMIT happened. */

@@ -7,7 +7,7 @@
 /**
  * First half of the keys below. (LOCK_NAMESPACE, migration id) is a migration's cursor: held by
  * the short transaction that cuts its next range or changes its state. The same number is written
- * into migrations/0006.
+ * into the SQL functions (migrations/0006 onwards).
  */
 export const LOCK_NAMESPACE = 0x62626d;
 
@@ -24,9 +24,9 @@ export const MIGRATE_LOCK_KEY = 0;
 export const SCHEDULER_LOCK_KEY = -1;
 
 /**
- * (LOCK_NAMESPACE, -2): held shared by every run from its take to its end (runPrologue). A worker
- * measuring what commits take with no run in flight takes it exclusively for a few commits
- * (foreground protection, workers.ts whileRunsHeld): it waits for the runs in flight to end, and
- * every take of every worker waits behind it meanwhile.
+ * (LOCK_NAMESPACE, -2): held shared by every run from its take to its end (bbm_take_job takes it,
+ * migrations/0013). A worker measuring what commits take with no run in flight takes it
+ * exclusively for a few commits (foreground protection, workers.ts whileRunsHeld): it waits for
+ * the runs in flight to end, and every take of every worker waits behind it meanwhile.
  */
 export const QUIET_LOCK_KEY = -2;

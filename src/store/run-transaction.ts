@@ -5,7 +5,7 @@
  *
  * A run is one transaction on one pooled connection:
  *
- *   BEGIN · backstops · bbm_take_job (a lane and a job, locked) · SAVEPOINT bbm_work
+ *   BEGIN · bbm_take_job (backstops, a lane and a job, locked) · SAVEPOINT bbm_work
  *   … the work function's statements …
  *   record the job finished · COMMIT · [cut the next range: BEGIN … COMMIT] · [the next run's BEGIN …]
  *
@@ -17,8 +17,7 @@
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { textLiteral, withStatement, type Queryable } from './db.ts';
-import { JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
-import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from './locks.ts';
+import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import { cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
@@ -32,44 +31,33 @@ export interface WorkFilter {
 }
 
 /**
- * The take statement, rendered once per runner with the work names as literals (the worker's
- * own, already checked against the pattern, and hex-encoded all the same) so that it can travel
- * in the same round trip as BEGIN. With `only`, the run is bound to that migration (bbm finalize).
- */
-export function takeStatement({ names, validNamePattern }: WorkFilter, only?: bigint): string {
-  const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
-  const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
-  // The WAL insert position at the take: the finish records the WAL written since (wal_bytes).
-  return `SELECT t.*, pg_catalog.pg_current_wal_insert_lsn()::text AS wal_lsn FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}) t`;
-}
-
-/**
- * The text that starts a run in one round trip: it opens the run's transaction, sets its
- * backstops, takes a lane and a job, and opens the work savepoint after them.
+ * The text that starts a run in one round trip: it opens the run's transaction, takes a lane and
+ * a job (bbm_take_job, migrations/0013), and opens the work savepoint after them. Rendered once
+ * per runner, with the work names as literals (the worker's own, already checked against the
+ * pattern, and hex-encoded all the same) so that it can travel in the same round trip as BEGIN.
+ * With `only`, the run is bound to that migration (bbm finalize).
  *
  * The savepoint must follow the take: rolling back to a savepoint releases the locks taken after
  * it. Everything else the run does happens inside it, so undoing a failed work function is one
  * ROLLBACK TO, after which the run records the failure.
  *
- * The settings are server-side backstops for the client's own run timeout, so that no run holds
- * a lane for long after its worker is gone: a statement that outlives the run is cancelled, a
- * worker that stalls while idle in the transaction is disconnected, and a worker killed
- * mid-statement is noticed within a second (client_connection_check_interval, PostgreSQL 14+)
- * instead of when the statement ends.
- *
- * Before the take, the run holds the quiet lock shared (locks.ts, QUIET_LOCK_KEY) until it ends,
- * so that a worker measuring commits with no run in flight can wait for every run of the fleet.
+ * The take first sets the run's backstops (`backstopMs`), server-side bounds on the client's own
+ * run timeout, so that no run holds a lane for long after its worker is gone: a statement that
+ * outlives the run is cancelled, a worker that stalls while idle in the transaction is
+ * disconnected, and a worker killed mid-statement is noticed within a second
+ * (client_connection_check_interval, PostgreSQL 14+) instead of when the statement ends. It
+ * also holds the quiet lock shared until the run ends (locks.ts, QUIET_LOCK_KEY), so that a
+ * worker measuring commits with no run in flight can wait for every run of the fleet. Both used
+ * to be a statement of their own: every statement costs parsing and a result on both sides, per job.
  */
-export function runPrologue(backstopMs: number, take: string): string {
-  if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0) throw new RangeError(`bad timeout ${backstopMs}`);
-  // One statement for the settings and the lock (each statement of a run's round trips costs
-  // parsing and a result on both sides, per job).
-  return (
-    `BEGIN; SELECT pg_catalog.set_config('statement_timeout', '${backstopMs}', true),` +
-    ` pg_catalog.set_config('idle_in_transaction_session_timeout', '${backstopMs}', true),` +
-    ` pg_catalog.set_config('client_connection_check_interval', '1000', true),` +
-    ` pg_catalog.pg_advisory_xact_lock_shared(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY}); ${take}; SAVEPOINT ${WORK_SAVEPOINT}`
-  );
+export function runPrologue({ names, validNamePattern }: WorkFilter, backstopMs: number, only?: bigint): string {
+  if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0 || backstopMs > INT4_MAX) {
+    throw new RangeError(`bad timeout ${backstopMs}`);
+  }
+  const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
+  const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
+  const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
+  return `BEGIN; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`;
 }
 
 /** A migration as bbm_take_job returned it, with the lane the run holds. */
@@ -100,6 +88,11 @@ export interface TakenJob {
   batchSize: number | null;
   /** The server's WAL insert position when it was taken. */
   walLsn: string | null;
+  /**
+   * Whether the next ranges should be cut after this job: with it done, few enough would be
+   * waiting or running (bbm_cut_due, migrations/0013). Null when the take does not say (a retry).
+   */
+  cutDue: boolean | null;
 }
 
 /** What a take found. `step` says what the run must do when it holds a lane but no job. */
@@ -131,6 +124,7 @@ interface TakeRow {
   job_attempts: number | null;
   job_batch_size: number | null;
   wal_lsn: string | null;
+  cut_due: boolean | null;
 }
 
 function parseTake(rows: TakeRow[]): Take {
@@ -163,6 +157,7 @@ function parseTake(rows: TakeRow[]): Take {
     attempts: row.job_attempts ?? 0,
     batchSize: row.job_batch_size,
     walLsn: row.wal_lsn,
+    cutDue: row.cut_due,
   };
   return { kind: 'job', lane, migration, job };
 }

@@ -44,7 +44,7 @@ export async function probeCommit(db: Queryable, workerId: string): Promise<void
 
 /**
  * Runs `measure` while no run of any worker is in flight: takes the quiet lock exclusively (every
- * run holds it shared from its take to its end, runPrologue), which waits for the runs in flight
+ * run holds it shared from its take to its end, bbm_take_job), which waits for the runs in flight
  * to end and makes every new take wait behind it. Gives up (undefined) after `waitMs`, since the
  * fleet's takes queue behind the request while it waits. A session lock: `client` must be a
  * connection of its own, destroyed by the caller if this throws.
