@@ -3,27 +3,25 @@
  * changed while it runs; a lane lost mid-job; ranges split on timeout; adaptive sizing; workers
  * that find every lane busy backing off instead of polling.
  */
-import type pg from 'pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import type { Job, RunResult, Work } from '../src/bbm/types.ts';
 import { migrationReports } from '../src/bbm/status.ts';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, enqueue, jobRanges, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import {
+  createItems,
+  enqueue,
+  expectEveryRowOnce,
+  jobRanges,
+  migrationRow,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, type BbmProcess } from './support/processes.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Every row touched exactly once, the finished ranges contiguous over [1, max id] with no overlap. */
-async function expectEveryRowOnce(pool: pg.Pool, table: string, name: string): Promise<void> {
-  const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM ${table} GROUP BY touched`);
-  expect(rows, name).toEqual([{ touched: 1, n: expect.any(Number) }]);
-  const jobs = await jobRanges(pool, name, { all: true });
-  expect(jobs.every((j) => j.status === JobStatus.finished)).toBe(true);
-  for (let i = 1; i < jobs.length; i += 1) expect(jobs[i]!.min, `range ${i}`).toBe(jobs[i - 1]!.max + 1);
-  expect((await migrationRow(pool, name))?.status).toBe(MigrationStatus.finished);
-}
 
 /** Records, per job, its lane and how many jobs of the worker were in flight when it started. */
 function observedTouch(delayMs: number) {

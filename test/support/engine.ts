@@ -1,8 +1,10 @@
 /** Helpers shared by the engine tests: enqueueing by SQL, quiet workers, draining. */
 import { pino } from 'pino';
 import type pg from 'pg';
+import { expect } from 'vitest';
 import { Worker } from '../../src/bbm/worker.ts';
 import type { RunResult, Work, WorkerParams } from '../../src/bbm/types.ts';
+import { JobStatus, MigrationStatus } from '../../src/store/codes.ts';
 
 export const quiet = pino({ level: 'silent' });
 
@@ -116,6 +118,19 @@ export async function createItems(db: pg.Pool, name: string, ids: Iterable<numbe
     `CREATE TABLE ${name} (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)`,
   );
   await db.query(`INSERT INTO ${name} (id, v) SELECT x, x FROM unnest($1::bigint[]) AS x`, [[...ids]]);
+}
+
+/**
+ * A migration done exactly once: every row of `table` touched once, its ranges all finished and
+ * contiguous (each starts where the one before ended), and the migration finished.
+ */
+export async function expectEveryRowOnce(pool: pg.Pool, table: string, name: string): Promise<void> {
+  const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM ${table} GROUP BY touched`);
+  expect(rows, name).toEqual([{ touched: 1, n: expect.any(Number) }]);
+  const jobs = await jobRanges(pool, name, { all: true });
+  expect(jobs.every((j) => j.status === JobStatus.finished)).toBe(true);
+  for (let i = 1; i < jobs.length; i += 1) expect(jobs[i]!.min, `range ${i}`).toBe(jobs[i - 1]!.max + 1);
+  expect((await migrationRow(pool, name))?.status).toBe(MigrationStatus.finished);
 }
 
 export const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i);
