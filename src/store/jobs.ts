@@ -67,18 +67,18 @@ export interface RangeCut {
  * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends. It keeps up to
  * two ranges per lane waiting or running, and cuts nothing while more than one per lane are
  * (checked before the lock). The take says when that is so (TakenJob.cutDue), and the runner then
- * sends no cut at all. It
- * runs in a transaction of its own (cutRangeTransaction), so that the lock is held for the cut
- * alone. Its one column, `bbm_cut`, is the number of ranges cut, or NULL when none is left to cut.
+ * sends no cut at all. It runs in a transaction of its own (cutRangeTransaction), so that the lock
+ * is held for the cut alone. Its one column, `bbm_cut`, is the number of ranges cut, or NULL when
+ * none is left to cut.
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
  * max_value when fewer remain; ranges are contiguous, so gaps in the ids fall inside ranges, never
  * between them. On a unique key whose last scan found the keys dense, the end is start + size - 1
  * instead (dense cuts, which rescan every 16th range): at most `size` rows, and no scan (the end
- * keys of all the ranges of one call looked up at once, to send a range in a gap to the scan). The table
- * and column are the catalog's names from validation; the names the row must still hold are
- * passed too, so a row changed since is not cut. Text travels hex-encoded.
+ * keys of all the ranges of one call looked up at once, to send a range in a gap to the scan).
+ * The table and column are the catalog's names from validation; the names the row must still
+ * hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
 function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;

@@ -89,8 +89,9 @@ export interface TakenJob {
   /** The server's WAL insert position when it was taken. */
   walLsn: string | null;
   /**
-   * Whether the next ranges should be cut after this job: with it done, few enough would be
-   * waiting or running (bbm_cut_due, migrations/0013). Null when the take does not say (a retry).
+   * Whether to cut the next ranges with this job (beside it in one lane, after its COMMIT in
+   * several): whether bbm_cut_range, counting the ranges waiting or running as the take found
+   * them, would cut any (migrations/0013). Null when the take does not say (a retry).
    */
   cutDue: boolean | null;
 }
