@@ -553,7 +553,7 @@ describe('a migration whose runs keep failing', () => {
 
   it('keeps a finished job committed when cutting the next range fails in the same round trip (several lanes)', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 100));
+    await createItems(pool, 'items', range(1, 300));
     const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
     // In several lanes, ranges are cut in the round trips that commit jobs, a lane's worth at a time.
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
@@ -568,32 +568,32 @@ describe('a migration whose runs keep failing', () => {
     const outcomes: RunResult[] = [];
     const worker = testWorker(pool, { work: [arming], observers: [{ run: (r) => outcomes.push(r) }] });
 
-    // The first cut made four ranges (two per lane); the first job's commit found three waiting
-    // and cut none; from the second on, each commit's cut is refused and the job stays committed.
-    for (const outcome of ['migration_started', 'job_succeeded', 'job_succeeded', 'job_succeeded', 'job_succeeded'])
-      expect((await worker.runOnce()).outcome).toBe(outcome);
+    // The first cut made sixteen ranges; the first seven jobs' takes found more than eight others
+    // waiting and sent no cut; from the eighth on, each commit's cut is refused and the job stays
+    // committed. Once none waits, the run that must cut fails.
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    for (let job = 1; job <= 16; job += 1) expect((await worker.runOnce()).outcome, `job ${job}`).toBe('job_succeeded');
     expect((await worker.runOnce()).outcome).toBe('error');
 
-    await expectOnlyRangesDone(pool, 40);
+    await expectOnlyRangesDone(pool, 160);
   });
 
   it('keeps a job committed when the cut beside it fails (one lane), and fails the run that must cut it itself', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 50));
+    await createItems(pool, 'items', range(1, 300));
     const id = await enqueue(pool, { name: 'cut_fails', work: touch.name, table: 'items', batchSize: 10 });
-    // The first cut makes [1, 10] and [11, 20]; every range after them is refused: the cut beside
-    // the second job fails, then the lane's own.
-    await refuseRanges(pool, id, 20);
+    // The first cut makes the sixteen ranges up to 160; every range after them is refused: the
+    // cuts beside the 9th to 16th jobs fail, then the lane's own.
+    await refuseRanges(pool, id, 160);
     const worker = testWorker(pool, { work: [touch] });
 
     expect((await worker.runOnce()).outcome).toBe('migration_started');
-    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
-    expect((await worker.runOnce()).outcome).toBe('job_succeeded');
+    for (let job = 1; job <= 16; job += 1) expect((await worker.runOnce()).outcome, `job ${job}`).toBe('job_succeeded');
     const refused = await worker.runOnce();
     expect(refused.outcome).toBe('error');
     expect(refused.error?.message).toContain('ranges refused');
 
-    await expectOnlyRangesDone(pool, 20);
+    await expectOnlyRangesDone(pool, 160);
   });
 
   it('is not held for trouble that is not its fault: a backend terminated mid-run', async () => {

@@ -94,7 +94,7 @@ describe('lanes', () => {
 
   it('in one lane, cut the next range beside the job while its work runs', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 50));
+    await createItems(pool, 'items', range(1, 250));
     await pool.query('CREATE TABLE work_ends (job_id bigint PRIMARY KEY, at timestamptz NOT NULL)');
     // Runs a while, and records (in the job's transaction) when it ended.
     const slowTouch: Work = {
@@ -121,9 +121,55 @@ describe('lanes', () => {
                       WHERE r.created_at > j.started_at AND r.created_at < w.at) AS during
        FROM batched_background_migration_jobs j JOIN work_ends w ON w.job_id = j.id ORDER BY j.min_value`,
     );
-    // The first cut made two ranges (two per lane may wait), so nothing was cut beside the first
-    // job; beside each later one but the last, the range after the next.
-    expect(rows.map((r) => r.during)).toEqual([false, true, true, true, false]);
+    // The first cut made sixteen ranges (a fixed size keeps sixteen ahead in one lane, cut again
+    // once eight or fewer wait, counting the one running): ranges were cut beside the 9th job
+    // (eight more) and the 17th (the last one), and beside no other.
+    expect(rows.map((r, i) => (r.during ? i + 1 : 0)).filter(Boolean)).toEqual([9, 17]);
+  });
+
+  it('cut again the waiting ranges of a batch size lowered while lanes run, every row once', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 3000));
+    await pool.query('DELETE FROM items WHERE id % 7 = 3');
+    const id = await enqueue(pool, { name: 'lowered', work: touch.name, table: 'items', batchSize: 40 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 3 WHERE id = $1', [id]);
+    const { work, seen } = observedTouch(5);
+    const workers = [
+      testWorker(pool, { work: [work], concurrency: 2 }),
+      testWorker(pool, { work: [work], concurrency: 2 }),
+    ];
+    const running = Promise.all(workers.map((worker) => worker.run({ untilDone: true })));
+    const setSize = async (size: number) => {
+      const { rows } = await pool.query<{ at: Date }>(
+        'UPDATE batched_background_migrations SET batch_size = $1 WHERE id = $2 RETURNING clock_timestamp() AS at',
+        [size, id],
+      );
+      return rows[0]!.at;
+    };
+
+    await waitFor(async () => seen.length >= 10 && seen, 'jobs at 40');
+    const loweredAt = await setSize(10);
+    await waitFor(async () => seen.length >= 40 && seen, 'jobs at 10');
+    await setSize(25);
+    await waitFor(async () => seen.length >= 60 && seen, 'jobs at 25');
+    await setSize(7);
+    await running;
+
+    await expectEveryRowOnce(pool, 'items', 'lowered');
+    // Sixteen ranges of 40 wait at a time; after the change, only those already taken, or taken
+    // before the first cut that followed it committed, ran at 40.
+    const { rows } = await pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM batched_background_migration_jobs
+       WHERE batched_background_migration_id = $1 AND batch_size = 40 AND started_at > $2`,
+      [id, loweredAt],
+    );
+    expect(rows[0]!.n).toBeLessThanOrEqual(6);
+    const { rows: sizes } = await pool.query<{ size: number }>(
+      'SELECT batch_size AS size FROM batched_background_migration_jobs WHERE batched_background_migration_id = $1 ORDER BY min_value',
+      [id],
+    );
+    expect(sizes.map((r) => r.size)).toContain(10);
+    expect(sizes.at(-1)?.size).toBe(7);
   });
 
   it('redo once, in another lane, a range whose lane lost its connection mid-job, and nothing twice', async () => {

@@ -95,10 +95,11 @@ describe('a run in few statements', () => {
 
   it('says a cut is due when the cut would cut: in one lane beside the job, in several after it', async () => {
     const { pool } = db();
-    const take = async (lanes: number, waitingOrRunning: number) => {
+    const take = async (lanes: number, waitingOrRunning: number, change?: string) => {
       await pool.query('TRUNCATE batched_background_migrations, batched_background_migration_jobs CASCADE');
       await pool.query('DROP TABLE IF EXISTS items');
-      await startedMigration(lanes, waitingOrRunning);
+      const id = await startedMigration(lanes, waitingOrRunning);
+      if (change) await pool.query(`UPDATE batched_background_migrations SET ${change} WHERE id = $1`, [id]);
       const client = await pool.connect();
       try {
         await client.query('BEGIN');
@@ -112,15 +113,24 @@ describe('a run in few statements', () => {
         client.release();
       }
     };
-    // One lane: the cut runs beside the job and counts it; it cuts while one range is waiting or running.
-    expect(await take(1, 1)).toBe(true);
-    expect(await take(1, 2)).toBe(false);
-    // Three lanes: the cut runs after the job's COMMIT; it cuts while three others are.
-    expect(await take(3, 4)).toBe(true);
-    expect(await take(3, 5)).toBe(false);
+    // A fixed batch size keeps max(16, 4 x lanes) ranges ahead, and cuts again at half of that.
+    // One lane: the cut runs beside the job and counts it.
+    expect(await take(1, 8)).toBe(true);
+    expect(await take(1, 9)).toBe(false);
+    // Three and five lanes: the cut runs after the job's COMMIT, and does not count it.
+    expect(await take(3, 9)).toBe(true);
+    expect(await take(3, 10)).toBe(false);
+    expect(await take(5, 11)).toBe(true);
+    expect(await take(5, 12)).toBe(false);
+    // An adaptive size keeps two per lane ahead.
+    expect(await take(1, 1, 'target_job_ms = 100')).toBe(true);
+    expect(await take(1, 2, 'target_job_ms = 100')).toBe(false);
+    // A lowered batch size makes a cut due, to cut the waiting ranges again; a raised one does not.
+    expect(await take(1, 12, 'batch_size = 5')).toBe(true);
+    expect(await take(1, 12, 'batch_size = 20')).toBe(false);
   });
 
-  it('sends no cut while enough ranges wait: in two lanes, two cuts in three jobs at most, and every row once', async () => {
+  it('sends no cut while enough ranges wait: in two lanes, one cut in three jobs at most, and every row once', async () => {
     const { pool, name, url } = db();
     await createItems(pool, 'items', range(1, 600));
     const id = await enqueue(pool, { name: 'wide', work: touch.name, table: 'items', batchSize: 10 });
@@ -142,11 +152,12 @@ describe('a run in few statements', () => {
       );
       calls = rows[0].calls;
     }
-    // Without the take's word, every job but the last sends one: 61 calls, measured. With it, 37-41
-    // in five runs: a cut of two ranges about once in two jobs, and some that find the other
-    // lane's cut already made (the take's count is a job old when the cut runs).
+    // Without the take's word, every job but the last sends one: 61 calls, measured; with it and
+    // two ranges per lane ahead (0.8), 37-41. Sixteen ahead, cut again at eight: 12-14 in five
+    // runs, a cut of eight about once in eight jobs, and some that find the other lane's cut
+    // already made (the take's count is a job old when the cut runs).
     expect(calls).toBeGreaterThan(0);
-    expect(calls).toBeLessThanOrEqual(50);
+    expect(calls).toBeLessThanOrEqual(20);
     await expectEveryRowOnce(pool, 'items', 'wide');
   });
 });

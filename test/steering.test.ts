@@ -10,6 +10,7 @@ import {
   createItems,
   drain,
   enqueue,
+  expectEveryRowOnce,
   jobRanges,
   migrationRow,
   nextJob,
@@ -32,8 +33,8 @@ describe('steering', () => {
 
     expect(await pause(pool, 'steady')).toEqual(['steady']);
     expect((await worker.runOnce()).outcome).toBe('no_job');
-    // Two ranges finished; the third was cut ahead (active) and waits for the resume.
-    expect((await jobRanges(pool, 'steady', { all: true })).map((j) => j.status)).toEqual([2, 2, 1]);
+    // Two ranges finished; the other three were cut ahead (active) and wait for the resume.
+    expect((await jobRanges(pool, 'steady', { all: true })).map((j) => j.status)).toEqual([2, 2, 1, 1, 1]);
     expect((await migrationReports(pool, { name: 'steady' }))[0]).toMatchObject({ status: 'paused', progress: 0.4 });
 
     expect(await resume(pool)).toEqual(['steady']);
@@ -121,20 +122,42 @@ describe('steering', () => {
 
   it('reads batch_size anew for every range it cuts, so pace changes without a restart', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 40));
-    await enqueue(pool, { name: 'paced', work: touch.name, table: 'items', batchSize: 5 });
+    await createItems(pool, 'items', range(1, 100));
+    await enqueue(pool, { name: 'paced', work: touch.name, table: 'items', batchSize: 20 });
     const worker = testWorker(pool, { work: [touch] });
     await nextJob(worker);
-    await pool.query(`UPDATE batched_background_migrations SET batch_size = 20 WHERE name = 'paced'`);
+    // All five ranges were cut ahead at 20; lowering the size cuts again those still waiting.
+    await pool.query(`UPDATE batched_background_migrations SET batch_size = 5 WHERE name = 'paced'`);
     await drain(worker);
 
-    // The job of [1, 5] ran with [6, 10] cut beside it, at the old size; every range after it has the new one.
+    // [21, 40] was taken with the change unseen (its take sent the cut beside it); every range
+    // after it has the new size.
     expect((await jobRanges(pool, 'paced')).map((j) => [j.min, j.max])).toEqual([
-      [1, 5],
-      [6, 10],
-      [11, 30],
-      [31, 40],
+      [1, 20],
+      [21, 40],
+      ...range(0, 11).map((k) => [41 + 5 * k, 45 + 5 * k]),
     ]);
+    await expectEveryRowOnce(pool, 'items', 'paced');
+  });
+
+  it('shows a raised batch_size once the ranges cut ahead have run', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 330));
+    await enqueue(pool, { name: 'raised', work: touch.name, table: 'items', batchSize: 5 });
+    const worker = testWorker(pool, { work: [touch] });
+    await nextJob(worker);
+    await pool.query(`UPDATE batched_background_migrations SET batch_size = 50 WHERE name = 'raised'`);
+    await drain(worker);
+
+    // Smaller ranges only run faster: the sixteen cut ahead at 5 stay (with any cut beside the
+    // first jobs before the change was seen), then 50 (330 = 16 x 5 + 5 x 50).
+    const sizes = (await jobRanges(pool, 'raised')).map((j) => j.max - j.min + 1);
+    const firstRaised = sizes.findIndex((size) => size === 50);
+    expect(firstRaised).toBeGreaterThanOrEqual(16);
+    expect(firstRaised).toBeLessThanOrEqual(24);
+    expect(sizes.slice(0, firstRaised).every((size) => size === 5)).toBe(true);
+    expect(sizes.slice(firstRaised).every((size) => size === 50)).toBe(true);
+    await expectEveryRowOnce(pool, 'items', 'raised');
   });
 });
 

@@ -63,13 +63,15 @@ export interface RangeCut {
 
 /**
  * The statement that cuts the migration's next ranges and writes them as active jobs, for the
- * lanes to take: a call of bbm_cut_range (migrations/0007, 0011, 0012, 0013), which takes the
+ * lanes to take: a call of bbm_cut_range (migrations/0007, 0011-0014), which takes the
  * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends. It keeps up to
- * two ranges per lane waiting or running, and cuts nothing while more than one per lane are
- * (checked before the lock). The take says when that is so (TakenJob.cutDue), and the runner then
- * sends no cut at all. It runs in a transaction of its own (cutRangeTransaction), so that the lock
- * is held for the cut alone. Its one column, `bbm_cut`, is the number of ranges cut, or NULL when
- * none is left to cut.
+ * bbm_cut_depth ranges waiting or running (a fixed batch size: max(16, 4 x lanes); an adaptive
+ * one: 2 x lanes), and cuts nothing while more than half that many are (checked before the lock),
+ * since a call costs about as much for one range as for eight. A fixed batch size lowered since
+ * the waiting ranges at the end were cut has those cut again. The take says when a cut would do
+ * something (TakenJob.cutDue), and the runner sends none otherwise. It runs in a transaction of
+ * its own (cutRangeTransaction), so that the lock is held for the cut alone. Its one column,
+ * `bbm_cut`, is the number of ranges cut, or NULL when none is left to cut.
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
  * `size`-th value of the column from there (an index scan: `LIMIT 1 OFFSET size - 1`), or
