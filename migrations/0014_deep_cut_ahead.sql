@@ -236,11 +236,14 @@ BEGIN
   -- cut larger than that, are cut again at the new size, so that the change shows within a range
   -- or so per lane, as it did when only two per lane were cut ahead. A range a lane holds, or any
   -- that has run, ends the walk: ranges stay contiguous. (A larger batch size shows once the
-  -- ranges cut before it have run; split halves are smaller than they were cut and stay.)
-  IF m.target_job_ms IS NULL THEN
+  -- ranges cut before it have run; split halves are smaller than they were cut and stay.) Only
+  -- when the look before the lock saw such a range, and no further back than the ranges cut ahead
+  -- (unbounded, the walk was planned as a sort of all the migration's ranges).
+  IF stale AND m.target_job_ms IS NULL THEN
     FOR r IN
       SELECT j.id, j.status, j.batch_size FROM batched_background_migration_jobs j
       WHERE j.batched_background_migration_id = m.id ORDER BY j.max_value DESC
+      LIMIT depth + 1
     LOOP
       EXIT WHEN r.status <> 1 OR NOT coalesce(r.batch_size > size, false);
       PERFORM 1 FROM batched_background_migration_jobs j WHERE j.id = r.id AND j.status = 1 FOR UPDATE SKIP LOCKED;
