@@ -7,8 +7,10 @@
 -- cut cuts the waiting ones at the end again (bbm_cut_range below), and the take says a cut is
 -- due when it sees one.
 --
--- Also: the take and the cut count the waiting ranges no further than their answer needs, and the
--- arithmetic ends are computed in a loop (as a subquery they were planned at every call).
+-- Also: the take and the cut count the waiting ranges no further than their answer needs, the
+-- arithmetic ends are computed in a loop (as a subquery they were planned at every call), and a
+-- lane that just finished a job takes the next of the same migration with bbm_take_next, which
+-- tries that migration and lane only.
 CREATE FUNCTION bbm_cut_depth(max_parallel_jobs integer, target_job_ms integer)
 RETURNS integer
 LANGUAGE sql
@@ -166,6 +168,73 @@ BEGIN
       NULL::text, NULL::boolean;
   END IF;
   RETURN;
+END
+$$;
+--> statement-breakpoint
+-- The take of a lane that just finished a job of a migration: the next waiting range of the same
+-- migration, in the same lane, as bbm_take_job would take it (the same backstops, quiet lock,
+-- lane lock, row lock and columns), without going through the migrations one by one. It returns
+-- no row when that is not possible (the migration no longer active, held, given fewer lanes, no
+-- range waiting, the lane taken elsewhere): the caller then rolls back and calls bbm_take_job.
+-- The caller still calls bbm_take_job now and then, so that a migration before this one in
+-- bbm_take_job's order gets its lanes.
+CREATE FUNCTION bbm_take_next(after_migration bigint, after_lane integer, work_names text[], backstop_ms integer)
+RETURNS TABLE (
+  migration_id bigint, lane integer, name text, status smallint, job_signature_name text,
+  table_name text, column_name text, batching_strategy text, batch_size integer,
+  max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
+  step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
+  job_batch_size integer, wal_lsn text, cut_due boolean
+)
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+#variable_conflict use_column
+DECLARE
+  m record;
+  j record;
+  due boolean;
+BEGIN
+  PERFORM pg_catalog.set_config('statement_timeout', backstop_ms::text, true),
+          pg_catalog.set_config('idle_in_transaction_session_timeout', backstop_ms::text, true),
+          pg_catalog.set_config('client_connection_check_interval', '1000', true),
+          pg_catalog.pg_advisory_xact_lock_shared(6447725, -2);
+  SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
+         b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size
+    INTO m
+  FROM batched_background_migrations b
+  WHERE b.id = after_migration AND b.status = 4 AND b.max_value IS NOT NULL
+    AND (b.on_hold_until IS NULL OR b.on_hold_until <= pg_catalog.now())
+    AND after_lane >= 0
+    AND after_lane < least(b.max_parallel_jobs, coalesce(b.lanes_allowed, b.max_parallel_jobs), 256)
+    AND b.job_signature_name = ANY (work_names);
+  IF NOT FOUND
+     OR NOT pg_catalog.pg_try_advisory_xact_lock(1650617600 + after_lane, (after_migration % 2147483648)::int) THEN
+    RETURN;
+  END IF;
+  SELECT a.id, a.min_value, a.max_value, a.status, a.attempts, a.batch_size INTO j
+  FROM batched_background_migration_jobs a
+  WHERE a.batched_background_migration_id = after_migration AND a.status = 1
+  ORDER BY a.min_value
+  LIMIT 1
+  FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  -- As in bbm_take_job.
+  SELECT count(*) - CASE WHEN m.max_parallel_jobs > 1 THEN 1 ELSE 0 END
+           <= bbm_cut_depth(m.max_parallel_jobs, m.target_job_ms) / 2
+         OR coalesce(bool_or(w.batch_size > bbm_fixed_size(m.batch_size, m.min_batch_size, m.max_batch_size)
+                             AND m.target_job_ms IS NULL), false)
+    INTO due
+  FROM (SELECT a.batch_size FROM batched_background_migration_jobs a
+        WHERE a.batched_background_migration_id = after_migration AND a.status = 1
+        ORDER BY a.min_value DESC
+        LIMIT bbm_cut_depth(m.max_parallel_jobs, m.target_job_ms) / 2 + 2) w;
+  RETURN QUERY SELECT m.id, after_lane, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
+    m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
+    m.max_batch_size, NULL::text, j.id, j.min_value, j.max_value, j.status, j.attempts::integer, j.batch_size,
+    pg_catalog.pg_current_wal_insert_lsn()::text, due;
 END
 $$;
 --> statement-breakpoint

@@ -1,14 +1,30 @@
 /**
  * What a run says to the database, per job: the take (bbm_take_job) sets the run's backstops and
  * holds the quiet lock itself, and says whether a cut is due with the job; the runner sends no cut
- * when it is not; workers of 0.7 still take with the signature they call.
+ * when it is not; workers of 0.7 still take with the signature they call. A lane that just
+ * finished a job takes the next of the same migration and lane (bbm_take_next), and from every
+ * migration about once a second.
  */
+import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
+import type { Work } from '../src/bbm/types.ts';
 import { VALID_WORK_NAME } from '../src/bbm/work-registry.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, enqueue, expectEveryRowOnce, jobRanges, range, testWorker, touch } from './support/engine.ts';
+import {
+  createItems,
+  enqueue,
+  expectEveryRowOnce,
+  jobRanges,
+  migrationRow,
+  nextJob,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
+import { waitFor } from './support/processes.ts';
 
 /** The columns 0.7 workers read from the three-argument take. */
 const TAKE_COLUMNS_0_7 = [
@@ -159,5 +175,146 @@ describe('a run in few statements', () => {
     expect(calls).toBeGreaterThan(0);
     expect(calls).toBeLessThanOrEqual(20);
     await expectEveryRowOnce(pool, 'items', 'wide');
+  });
+});
+
+describe('the take after a job', () => {
+  const db = useTestDatabase();
+
+  /** Calls of each of the named functions so far, as the statistics collector has them. */
+  async function functionCalls(pool: pg.Pool, names: string[]): Promise<Record<string, number>> {
+    const counts: Record<string, number> = {};
+    for (let tries = 0; tries < 50; tries += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const { rows } = await pool.query<{ funcname: string; calls: number }>(
+        `SELECT pg_stat_clear_snapshot(), funcname, sum(calls)::int AS calls FROM pg_stat_user_functions
+         WHERE funcname = ANY ($1) GROUP BY funcname`,
+        [names],
+      );
+      for (const row of rows) counts[row.funcname] = row.calls;
+      if (names.every((name) => counts[name] !== undefined)) break;
+    }
+    return counts;
+  }
+
+  it('takes the same migration and lane first (bbm_take_next), and nothing it may not take', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 100));
+    const id = await enqueue(pool, { name: 'next', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
+    await pool.query(
+      `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
+       VALUES ($1, 1, 10, 1, 0, 10), ($1, 11, 20, 1, 0, 10)`,
+      [id],
+    );
+    const next = async (lane: number, names = [touch.name], whileHeld?: () => Promise<void>) => {
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN');
+        const { rows } = await client.query('SELECT * FROM bbm_take_next($1, $2, $3::text[], 70000)', [
+          id,
+          lane,
+          names,
+        ]);
+        if (rows[0]) {
+          const { rows: settings } = await client.query(
+            `SELECT current_setting('statement_timeout') AS st,
+                    EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+                            AND classid = $1 AND objid = $2 AND mode = 'ShareLock') AS quiet`,
+            [LOCK_NAMESPACE, QUIET_LOCK_KEY >>> 0],
+          );
+          expect(settings[0]).toEqual({ st: '70s', quiet: true });
+        }
+        await whileHeld?.();
+        return rows[0] as { lane: number; job_min: string; step: null; cut_due: boolean } | undefined;
+      } finally {
+        await client.query('ROLLBACK');
+        client.release();
+      }
+    };
+
+    expect(await next(1)).toMatchObject({ lane: 1, job_min: '1', step: null, cut_due: true });
+    // Two lanes take two ranges; a lane past max_parallel_jobs, or past lanes_allowed, takes nothing.
+    expect(await next(0, [touch.name], async () => expect((await next(1))?.job_min).toBe('11'))).toBeDefined();
+    expect(await next(2)).toBeUndefined();
+    await pool.query('UPDATE batched_background_migrations SET lanes_allowed = 1 WHERE id = $1', [id]);
+    expect(await next(1)).toBeUndefined();
+    expect(await next(0)).toBeDefined();
+    // The lane held by another run: nothing (bbm_take_job would look at the other lanes).
+    expect(await next(0, [touch.name], async () => expect(await next(0)).toBeUndefined())).toBeDefined();
+    // Work this worker lacks, a hold, a pause: nothing.
+    expect(await next(0, ['test.other'])).toBeUndefined();
+    await pool.query(
+      `UPDATE batched_background_migrations SET on_hold_until = now() + interval '1 minute' WHERE id = $1`,
+      [id],
+    );
+    expect(await next(0)).toBeUndefined();
+    await pool.query('UPDATE batched_background_migrations SET on_hold_until = NULL, status = 0 WHERE id = $1', [id]);
+    expect(await next(0)).toBeUndefined();
+    // No range waiting: nothing (the run then takes with bbm_take_job, which says to cut).
+    await pool.query('UPDATE batched_background_migrations SET status = 4 WHERE id = $1', [id]);
+    await pool.query(
+      'UPDATE batched_background_migration_jobs SET status = 2 WHERE batched_background_migration_id = $1',
+      [id],
+    );
+    expect(await next(0)).toBeUndefined();
+  });
+
+  it('is how a chained lane takes, with bbm_take_job for the first take and when it finds nothing', async () => {
+    const { pool, name, url } = db();
+    await createItems(pool, 'items', range(1, 600));
+    const id = await enqueue(pool, { name: 'wide', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    await pool.query(`ALTER DATABASE ${name} SET track_functions = 'pl'`);
+    const workerPool = createPool({ connectionString: url, max: 6 });
+    await testWorker(workerPool, { work: [touch], concurrency: 2 }).run({ untilDone: true });
+    await workerPool.end();
+
+    await expectEveryRowOnce(pool, 'items', 'wide');
+    const calls = await functionCalls(pool, ['bbm_take_next', 'bbm_take_job']);
+    // 60 jobs in two lanes: most taken after the job before them in their lane; bbm_take_job for
+    // each lane's first take, the takes that start and finish the migration, and each lane's
+    // first after a second of chaining.
+    expect(calls.bbm_take_next).toBeGreaterThanOrEqual(50);
+    expect(calls.bbm_take_job).toBeLessThanOrEqual(20);
+  });
+
+  it('still takes from every migration about once a second: an older migration let out of a hold gets the lane', async () => {
+    const { pool } = db();
+    await createItems(pool, 'first', range(1, 50));
+    await createItems(pool, 'second', range(1, 2000));
+    const slow: Work = {
+      name: 'test.slow',
+      async do(job) {
+        await touch.do(job);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      },
+    };
+    await enqueue(pool, { name: 'older', work: slow.name, table: 'first', batchSize: 10 });
+    const worker = testWorker(pool, { work: [slow] });
+    expect((await nextJob(worker)).outcome).toBe('job_succeeded');
+    // Held (as a health signal or a run error would hold it), it stays running and first in
+    // bbm_take_job's order (older first), but is skipped until the hold lifts.
+    const hold = (until: string) =>
+      pool.query(`UPDATE batched_background_migrations SET on_hold_until = ${until} WHERE name = 'older'`);
+    await hold(`now() + interval '1 hour'`);
+    await enqueue(pool, { name: 'newer', work: slow.name, table: 'second', batchSize: 5 });
+    const running = worker.run({ untilDone: true });
+    await waitFor(
+      async () => (await jobRanges(pool, 'newer')).length >= 10 || undefined,
+      'jobs of the newer migration',
+    );
+    await hold('NULL');
+    await waitFor(
+      async () => (await migrationRow(pool, 'older'))?.status === MigrationStatus.finished || undefined,
+      'the older one done',
+    );
+    // The lane went back to the older migration while the newer one still had ranges to run
+    // (400 of 5 rows, some 3 s of work): bbm_take_next alone would have kept it on the newer.
+    expect((await migrationRow(pool, 'newer'))?.status).not.toBe(MigrationStatus.finished);
+    await running;
+    await expectEveryRowOnce(pool, 'first', 'older');
+    await expectEveryRowOnce(pool, 'second', 'newer');
   });
 });

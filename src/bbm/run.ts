@@ -40,7 +40,13 @@ import {
   quotedTable,
   startMigration,
 } from '../store/migration-rows.ts';
-import { RunTransaction, runPrologue, type Take, type TakenMigration } from '../store/run-transaction.ts';
+import {
+  RunTransaction,
+  runPrologue,
+  type RunPrologue,
+  type Take,
+  type TakenMigration,
+} from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
@@ -52,6 +58,12 @@ import type { Job, JobDb, RunResult, Work } from './types.ts';
 const BACKSTOP_MARGIN_MS = 10_000;
 /** How long a finished job waits for the cut beside it to get a connection before giving it up. */
 const CUT_CONNECT_MS = 1_000;
+/**
+ * How long a lane keeps taking the next range of its migration (bbm_take_next) before it takes
+ * from every migration again (bbm_take_job), so that one before it in bbm_take_job's order (an
+ * older one resumed, or let out of a hold) gets its lanes within about this long.
+ */
+const TAKE_AFTER_MS = 1_000;
 
 interface RunContext {
   pool: pg.Pool;
@@ -111,13 +123,15 @@ export class Runner {
    */
   readonly #validated = new Map<bigint, Validated>();
   /** Starts every run: BEGIN, settings, take, savepoint (see run-transaction.ts). */
-  readonly #prologue: string;
+  readonly #prologue: RunPrologue;
   readonly #backstopMs: number;
   readonly #sizers: Map<bigint, BatchSizer>;
   /** Cuts this runner started beside its jobs and has not seen end: release() waits for them. */
   readonly #cutsInFlight = new Set<Promise<void>>();
   /** The next run, when the previous one began it (`chain`). */
   #held: { tx: RunTransaction; started: number } | undefined;
+  /** When this runner last took from every migration (see TAKE_AFTER_MS). */
+  #tookAnyAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly ctx: RunContext) {
     this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
@@ -144,6 +158,7 @@ export class Runner {
     };
     let tx = held?.tx;
     if (!tx) {
+      this.#tookAnyAt = performance.now();
       try {
         tx = await RunTransaction.open(this.ctx.pool, this.#prologue);
       } catch (error) {
@@ -467,7 +482,13 @@ export class Runner {
     if (!failure) {
       // Several lanes (or no connection to spare): the next range is cut after this job's COMMIT (see #cutBeside).
       const cut = !cutDue || beside || validated.cutDone ? undefined : this.#cut(migration, validated);
-      const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain });
+      // The next run tries this migration and lane first, unless it is time to look at them all.
+      const after =
+        chain && this.ctx.only === undefined && performance.now() - this.#tookAnyAt < TAKE_AFTER_MS
+          ? { migrationId: migration.id, lane }
+          : undefined;
+      if (chain && !after) this.#tookAnyAt = performance.now();
+      const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain, after });
       if (finished.committed) {
         if (finished.cut === null) validated.cutDone = true;
         if (finished.laterError) {

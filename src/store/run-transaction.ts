@@ -10,7 +10,8 @@
  *   record the job finished · COMMIT · [cut the next range: BEGIN … COMMIT] · [the next run's BEGIN …]
  *
  * so on the common path a job costs one round trip besides its work: the next run is begun (and,
- * for a migration in several lanes, the next range cut) in the round trip that commits this one.
+ * for a migration in several lanes, the next range cut) in the round trip that commits this one,
+ * with bbm_take_next (the same migration and lane) in place of bbm_take_job (see RunPrologue).
  * A migration in one lane has its next range cut beside the job instead, on another connection
  * (jobs.ts, cutRangeBeside), while the work runs.
  */
@@ -50,14 +51,43 @@ export interface WorkFilter {
  * worker measuring commits with no run in flight can wait for every run of the fleet. Both used
  * to be a statement of their own: every statement costs parsing and a result on both sides, per job.
  */
-export function runPrologue({ names, validNamePattern }: WorkFilter, backstopMs: number, only?: bigint): string {
+export function runPrologue({ names, validNamePattern }: WorkFilter, backstopMs: number, only?: bigint): RunPrologue {
   if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0 || backstopMs > INT4_MAX) {
     throw new RangeError(`bad timeout ${backstopMs}`);
   }
   const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
   const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
-  return `BEGIN; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`;
+  return {
+    any: `BEGIN; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`,
+    after: ({ migrationId, lane }) =>
+      `BEGIN; SELECT * FROM bbm_take_next(${BigInt(migrationId)}::bigint, ${int4(lane)}, ${nameArray}, ${backstopMs}); ` +
+      `SAVEPOINT ${WORK_SAVEPOINT}`,
+  };
+}
+
+/** The migration and lane of the job a run just finished: where its successor looks first. */
+export interface TakeAfter {
+  migrationId: bigint;
+  lane: number;
+}
+
+/**
+ * A run's first round trip, in two forms: `any`, which takes from every migration the worker
+ * may run (bbm_take_job), and `after`, which takes the next range of the migration and lane a
+ * run just finished (bbm_take_next, migrations/0014): one migration row read, one lane tried,
+ * where bbm_take_job walks the migrations in order under a subtransaction each. It takes
+ * nothing when that lane of that migration has no range for it; the run is then rolled back and
+ * begun with `any` (RunTransaction.begin).
+ */
+export interface RunPrologue {
+  any: string;
+  after(previous: TakeAfter): string;
+}
+
+function int4(value: number): string {
+  if (!Number.isSafeInteger(value) || value < 0 || value > INT4_MAX) throw new RangeError(`bad lane ${value}`);
+  return String(value);
 }
 
 /** A migration as bbm_take_job returned it, with the lane the run holds. */
@@ -190,18 +220,21 @@ export type FinishOutcome =
  */
 export class RunTransaction {
   #lost: Error | undefined;
-  /** The take of a run already begun by the previous run's last round trip. */
-  #begun: Take | undefined;
+  /**
+   * The take of a run already begun by the previous run's last round trip; `missed` when that
+   * was a take `after` it that found nothing (the transaction is open, and begin() starts over).
+   */
+  #begun: Take | 'missed' | undefined;
   readonly #onError = (error: Error) => this.lost(error);
 
   private constructor(
     readonly client: pg.PoolClient,
-    private readonly prologue: string,
+    private readonly prologue: RunPrologue,
   ) {
     client.on('error', this.#onError);
   }
 
-  static async open(pool: pg.Pool, prologue: string): Promise<RunTransaction> {
+  static async open(pool: pg.Pool, prologue: RunPrologue): Promise<RunTransaction> {
     return new RunTransaction(await pool.connect(), prologue);
   }
 
@@ -224,8 +257,15 @@ export class RunTransaction {
   async begin(): Promise<Take> {
     const begun = this.#begun;
     this.#begun = undefined;
+    if (begun === 'missed') {
+      return parseTake(
+        takeRowsOf(
+          await this.#query(`ROLLBACK; ${this.prologue.any}`, 'bbm_take_job (after bbm_take_next found nothing)'),
+        ),
+      );
+    }
     if (begun) return begun;
-    return parseTake(takeRowsOf(await this.#query(this.prologue, 'bbm_take_job (beginning a run)')));
+    return parseTake(takeRowsOf(await this.#query(this.prologue.any, 'bbm_take_job (beginning a run)')));
   }
 
   /**
@@ -236,7 +276,7 @@ export class RunTransaction {
     return parseTake(
       takeRowsOf(
         await this.#query(
-          `ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue}`,
+          `ROLLBACK; ${cutRangeTransaction(cut)}; ${this.prologue.any}`,
           'bbm_cut_range, then bbm_take_job',
         ),
       ),
@@ -246,7 +286,8 @@ export class RunTransaction {
   /**
    * Records the job finished and commits it, then cuts `cut` in a transaction of its own
    * (cutRangeTransaction) and, with `chain`, begins the next run, whose take the next `begin`
-   * returns: one round trip. The cut follows the COMMIT so that the migration's cursor lock, which
+   * returns: one round trip. With `after` too, the next run first tries the same migration and
+   * lane (RunPrologue.after). The cut follows the COMMIT so that the migration's cursor lock, which
    * a cut holds until its transaction ends, is held for the cut alone: inside the job's
    * transaction it was held through the job's WAL flush, and the other lanes' cuts waited for it
    * (0.3-0.5 ms a job with two lanes, measured).
@@ -259,12 +300,16 @@ export class RunTransaction {
    */
   async finish(
     finished: FinishedJob,
-    { cut, chain }: { cut?: RangeCut | undefined; chain: boolean },
+    { cut, chain, after }: { cut?: RangeCut | undefined; chain: boolean; after?: TakeAfter | undefined },
   ): Promise<FinishOutcome> {
-    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${this.prologue}` : ''}`;
+    const next = after ? this.prologue.after(after) : this.prologue.any;
+    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${next}` : ''}`;
     try {
       const results: unknown = await this.client.query(text);
-      if (chain) this.#begun = parseTake(takeRowsOf(results));
+      if (chain) {
+        const rows = takeRowsOf(results);
+        this.#begun = after && rows.length === 0 ? 'missed' : parseTake(rows);
+      }
       const cutResult = (results as QueryResult<{ bbm_cut?: number | null }>[]).find(
         (result) => result.fields?.[0]?.name === 'bbm_cut',
       );
