@@ -61,7 +61,7 @@ const CUT_CONNECT_MS = 1_000;
 /**
  * How long a lane keeps taking the next range of its migration (bbm_take_next) before it takes
  * from every migration again (bbm_take_job), so that one before it in bbm_take_job's order (an
- * older one resumed, or let out of a hold) gets its lanes within about this long.
+ * older running one let out of a hold, or given more lanes) gets its lanes within about this long.
  */
 const TAKE_AFTER_MS = 1_000;
 
