@@ -172,6 +172,41 @@ describe('lanes', () => {
     expect(sizes.at(-1)?.size).toBe(7);
   });
 
+  it('cut again the waiting ranges of a batch size lowered after every range was cut, in several lanes', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 300));
+    const id = await enqueue(pool, { name: 'late', work: 'test.gated', table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let held = 0;
+    const gated: Work = {
+      name: 'test.gated',
+      async do(job) {
+        await touch.do(job);
+        // Both lanes wait at 241 and 251, long after all 30 ranges were cut and cuts found none left.
+        if (job.start >= 241n) {
+          held += 1;
+          await gate;
+        }
+      },
+    };
+    const running = testWorker(pool, { work: [gated], concurrency: 2 }).run({ untilDone: true });
+    await waitFor(async () => held >= 2 || undefined, 'both lanes at the gate');
+    await pool.query('UPDATE batched_background_migrations SET batch_size = 3 WHERE id = $1', [id]);
+    open();
+    await running;
+
+    await expectEveryRowOnce(pool, 'items', 'late');
+    const { rows } = await pool.query<{ size: number; n: number }>(
+      `SELECT batch_size AS size, count(*)::int AS n FROM batched_background_migration_jobs
+       WHERE batched_background_migration_id = $1 GROUP BY batch_size ORDER BY batch_size`,
+      [id],
+    );
+    // The ranges past the two taken after the change were cut again at 3.
+    expect(rows.map((r) => r.size)).toEqual([3, 10]);
+  });
+
   it('redo once, in another lane, a range whose lane lost its connection mid-job, and nothing twice', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 200));

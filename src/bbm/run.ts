@@ -109,6 +109,11 @@ interface Validated extends ValidatedMigration {
   quoted: { table: string; column: string };
   /** Set when a cut after a job found no range left to cut: none is sent after its jobs until one succeeds again. */
   cutDone?: boolean;
+  /**
+   * The fixed size the migration cut at when last taken: a lower one has the ranges still
+   * waiting cut again (bbm_cut_range), so it clears `cutDone`.
+   */
+  fixedSize?: number;
 }
 
 /** The migration as a job sees it. */
@@ -481,6 +486,11 @@ export class Runner {
     let rolledBack = false;
     if (!failure) {
       // Several lanes (or no connection to spare): the next range is cut after this job's COMMIT (see #cutBeside).
+      const fixedSize = paceSettings(migration) ? undefined : fixedSizeOf(migration);
+      if (fixedSize !== undefined && validated.fixedSize !== undefined && fixedSize < validated.fixedSize) {
+        validated.cutDone = false;
+      }
+      validated.fixedSize = fixedSize;
       const cut = !cutDue || beside || validated.cutDone ? undefined : this.#cut(migration, validated);
       // The next run tries this migration and lane first, unless it is time to look at them all.
       const after =
@@ -546,6 +556,12 @@ function isTransient(error: Error): boolean {
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string') return true;
   return /connection|terminated|timeout|ECONN|socket/i.test(error.message);
+}
+
+/** The size a migration without a target job time cuts at (bbm_fixed_size, migrations/0014). */
+function fixedSizeOf(migration: TakenMigration): number {
+  const floor = Math.max(1, migration.minBatchSize ?? 1);
+  return Math.max(floor, Math.min(migration.maxBatchSize ?? INT4_MAX, migration.batchSize));
 }
 
 /** The migration's adaptive sizing settings, or null when its batch size is fixed. */
