@@ -7,6 +7,9 @@
  *   `UPDATE … WHERE id BETWEEN`, one autocommitted statement each (what a team writes by hand);
  * - plain, N connections: the same UPDATEs over ranges precomputed once, shared out to N
  *   connections (the physical baseline for N connections: no cutting, no bookkeeping);
+ * - exactly-once, N connections: the same ranges written beforehand as rows, each taken with
+ *   `FOR UPDATE SKIP LOCKED` and marked done in its UPDATE's transaction (the least bookkeeping
+ *   that runs each range exactly once: no cutting, no engine);
  * - engine, N lanes: one worker with `concurrency` N draining a migration with
  *   `max_parallel_jobs` N whose work function runs the same UPDATE.
  *
@@ -20,7 +23,8 @@
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
- * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup }],
+ * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
+ * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce }],
  * adaptive: { targetMs, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
  * oneWorkerTransactionsPerJob }, foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
@@ -107,6 +111,48 @@ async function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, con
       const client = await pool.connect();
       try {
         for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]);
+      } finally {
+        client.release();
+      }
+    }),
+  );
+  return performance.now() - started;
+}
+
+/**
+ * The least an exactly-once job can cost, for `connections` connections: the same UPDATEs over
+ * ranges written beforehand as rows (not timed: no cutting), each taken with `FOR UPDATE SKIP
+ * LOCKED`, marked done in the transaction of its UPDATE, and committed in the round trip that
+ * takes the next. What separates the engine from it is the engine's own cost; what separates it
+ * from the plain loop is the cost of recording jobs at all.
+ */
+async function exactlyOnce(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
+  await pool.query('DROP TABLE IF EXISTS bench_ranges');
+  await pool.query(
+    'CREATE TABLE bench_ranges (id integer PRIMARY KEY, min_id bigint NOT NULL, max_id bigint NOT NULL, done boolean NOT NULL DEFAULT false)',
+  );
+  await pool.query('CREATE INDEX bench_ranges_waiting ON bench_ranges (id) WHERE NOT done');
+  await pool.query(
+    'INSERT INTO bench_ranges (id, min_id, max_id) SELECT i, s, e FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS t(s, e, i)',
+    [ranges.map(([start]) => start), ranges.map(([, end]) => end)],
+  );
+  await pool.query('VACUUM ANALYZE bench_ranges');
+  const take =
+    'BEGIN; SELECT id, min_id, max_id FROM bench_ranges WHERE NOT done ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED';
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      const client = await pool.connect();
+      try {
+        const taken = (results: unknown) =>
+          (results as Array<{ rows: Array<{ id: number; min_id: string; max_id: string }> }>).at(-1)!.rows[0];
+        for (let range = taken(await client.query(take)); range;) {
+          await client.query(UPDATE, [range.min_id, range.max_id]);
+          range = taken(
+            await client.query(`UPDATE bench_ranges SET done = true WHERE id = ${Number(range.id)}; COMMIT; ${take}`),
+          );
+        }
+        await client.query('ROLLBACK');
       } finally {
         client.release();
       }
@@ -210,6 +256,7 @@ async function main() {
       { name: 'engine 1', run: () => engine(pool, 1) },
       ...LANES.flatMap((n) => [
         { name: `plain ${n}`, run: () => plainParallel(pool, ranges, n) },
+        { name: `exactly-once ${n}`, run: () => exactlyOnce(pool, ranges, n) },
         { name: `engine ${n}`, run: () => engine(pool, n) },
       ]),
     ];
@@ -245,6 +292,9 @@ async function main() {
         rawRowsPerSec: rate(median(times.get(`plain ${n}`)!)),
         ratio: ratioOf(`engine ${n}`, `plain ${n}`),
         speedup: ratioOf(`engine ${n}`, 'engine 1'),
+        exactlyOnceRowsPerSec: rate(median(times.get(`exactly-once ${n}`)!)),
+        exactlyOnceRatio: ratioOf(`exactly-once ${n}`, `plain ${n}`),
+        ratioToExactlyOnce: ratioOf(`engine ${n}`, `exactly-once ${n}`),
       })),
       adaptive: await adaptive(pool),
       busy: {
@@ -268,7 +318,10 @@ async function main() {
     for (const lane of result.lanes) {
       log(`plain ${lane.lanes}       ${String(lane.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
       log(
-        `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.speedup}× engine 1`,
+        `exactly-once ${lane.lanes} ${String(lane.exactlyOnceRowsPerSec.toLocaleString('en')).padStart(9)}   ${lane.exactlyOnceRatio} of plain ${lane.lanes}`,
+      );
+      log(
+        `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.ratioToExactlyOnce} of exactly-once ${lane.lanes}, ${lane.speedup}× engine 1`,
       );
     }
     const a = result.adaptive;

@@ -139,11 +139,10 @@ describe('lanes', () => {
       testWorker(pool, { work: [work], concurrency: 2 }),
     ];
     const running = Promise.all(workers.map((worker) => worker.run({ untilDone: true })));
+    // When the change is visible: a run whose transaction began later reads the new size.
     const setSize = async (size: number) => {
-      const { rows } = await pool.query<{ at: Date }>(
-        'UPDATE batched_background_migrations SET batch_size = $1 WHERE id = $2 RETURNING clock_timestamp() AS at',
-        [size, id],
-      );
+      await pool.query('UPDATE batched_background_migrations SET batch_size = $1 WHERE id = $2', [size, id]);
+      const { rows } = await pool.query<{ at: Date }>('SELECT clock_timestamp() AS at');
       return rows[0]!.at;
     };
 
@@ -156,8 +155,9 @@ describe('lanes', () => {
     await running;
 
     await expectEveryRowOnce(pool, 'items', 'lowered');
-    // Sixteen ranges of 40 wait at a time; after the change, only those already taken, or taken
-    // before the first cut that followed it committed, ran at 40.
+    // Eight to sixteen ranges of 40 wait at a time (13 of them ran after the change without the
+    // cut again, measured); after it, a run that read the new size takes at most one more of 40
+    // (its take says the cut is due, and the cut goes with its COMMIT): four runners.
     const { rows } = await pool.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM batched_background_migration_jobs
        WHERE batched_background_migration_id = $1 AND batch_size = 40 AND started_at > $2`,
