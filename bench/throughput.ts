@@ -102,21 +102,32 @@ const quiet = pino({ level: 'silent' });
 const engine = (pool: pg.Pool, lanes: number): Promise<number> =>
   drain(pool, { work, batch: BATCH, lanes, health: false });
 
-/** The same UPDATEs over precomputed ranges, shared out to `connections` connections. */
-async function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
-  let next = 0;
+/** Runs `loop` on `connections` connections at once; the milliseconds until all have ended. */
+async function timedOnConnections(
+  pool: pg.Pool,
+  connections: number,
+  loop: (client: pg.PoolClient) => Promise<void>,
+): Promise<number> {
   const started = performance.now();
   await Promise.all(
     Array.from({ length: connections }, async () => {
       const client = await pool.connect();
       try {
-        for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]);
+        await loop(client);
       } finally {
         client.release();
       }
     }),
   );
   return performance.now() - started;
+}
+
+/** The same UPDATEs over precomputed ranges, shared out to `connections` connections. */
+function plainParallel(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
+  let next = 0;
+  return timedOnConnections(pool, connections, async (client) => {
+    for (let i = next++; i < ranges.length; i = next++) await client.query(UPDATE, ranges[i]);
+  });
 }
 
 /**
@@ -139,26 +150,17 @@ async function exactlyOnce(pool: pg.Pool, ranges: Array<[string, string]>, conne
   await pool.query('VACUUM ANALYZE bench_ranges');
   const take =
     'BEGIN; SELECT id, min_id, max_id FROM bench_ranges WHERE NOT done ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED';
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: connections }, async () => {
-      const client = await pool.connect();
-      try {
-        const taken = (results: unknown) =>
-          (results as Array<{ rows: Array<{ id: number; min_id: string; max_id: string }> }>).at(-1)!.rows[0];
-        for (let range = taken(await client.query(take)); range;) {
-          await client.query(UPDATE, [range.min_id, range.max_id]);
-          range = taken(
-            await client.query(`UPDATE bench_ranges SET done = true WHERE id = ${Number(range.id)}; COMMIT; ${take}`),
-          );
-        }
-        await client.query('ROLLBACK');
-      } finally {
-        client.release();
-      }
-    }),
-  );
-  return performance.now() - started;
+  const taken = (results: unknown) =>
+    (results as Array<{ rows: Array<{ id: number; min_id: string; max_id: string }> }>).at(-1)!.rows[0];
+  return timedOnConnections(pool, connections, async (client) => {
+    for (let range = taken(await client.query(take)); range;) {
+      await client.query(UPDATE, [range.min_id, range.max_id]);
+      range = taken(
+        await client.query(`UPDATE bench_ranges SET done = true WHERE id = ${Number(range.id)}; COMMIT; ${take}`),
+      );
+    }
+    await client.query('ROLLBACK');
+  });
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;

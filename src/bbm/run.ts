@@ -558,17 +558,22 @@ function isTransient(error: Error): boolean {
   return /connection|terminated|timeout|ECONN|socket/i.test(error.message);
 }
 
+/** The bounds on every size a migration cuts at; min_batch_size wins over max_batch_size, as in SQL. */
+function sizeBounds(migration: TakenMigration): { minSize: number; maxSize: number } {
+  const minSize = migration.minBatchSize ?? 1;
+  return { minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? INT4_MAX) };
+}
+
 /** The size a migration without a target job time cuts at (bbm_fixed_size, migrations/0014). */
 function fixedSizeOf(migration: TakenMigration): number {
-  const floor = Math.max(1, migration.minBatchSize ?? 1);
-  return Math.max(floor, Math.min(migration.maxBatchSize ?? INT4_MAX, migration.batchSize));
+  const { minSize, maxSize } = sizeBounds(migration);
+  return Math.max(1, minSize, Math.min(maxSize, migration.batchSize));
 }
 
 /** The migration's adaptive sizing settings, or null when its batch size is fixed. */
 function paceSettings(migration: TakenMigration): PaceSettings | null {
   if (migration.targetJobMs === null) return null;
-  const minSize = migration.minBatchSize ?? 1;
-  return { targetMs: migration.targetJobMs, minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? INT4_MAX) };
+  return { targetMs: migration.targetJobMs, ...sizeBounds(migration) };
 }
 
 /**

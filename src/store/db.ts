@@ -39,6 +39,12 @@ export function textLiteral(value: string): string {
   return `convert_from(decode('${Buffer.from(value, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
 }
 
+/** Literal SQL for one of our own integers (ids, bounds, counts): digits only, so safe in text. */
+export function integerLiteral(value: bigint | number): string {
+  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new RangeError(`not an integer: ${value}`);
+  return String(value);
+}
+
 /**
  * Marks an error with the statement that raised it, for logs and error reports (as drizzle's
  * DrizzleQueryError keeps its query): a name, or the statement's text with its `$n`

@@ -8,7 +8,7 @@
  */
 import type pg from 'pg';
 import { sql } from 'drizzle-orm';
-import { exec, execOne, textLiteral, withStatement, type Queryable } from './db.ts';
+import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
@@ -34,12 +34,6 @@ export interface ValidatedMigration {
   tableName: string;
   columnName: string;
   jobSignatureName: string;
-}
-
-/** Literal SQL for one of our own integers (ids, bounds, counts): digits only, so safe in text. */
-function int(value: bigint | number): string {
-  if (typeof value === 'bigint' || Number.isSafeInteger(value)) return String(value);
-  throw new TypeError(`not an integer: ${String(value)}`);
 }
 
 /** A number of milliseconds as a literal (finite, non-negative). */
@@ -86,14 +80,14 @@ function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const args = [
-    `${int(migrationId)}::bigint`,
+    `${integerLiteral(migrationId)}::bigint`,
     textLiteral(target.schema),
     textLiteral(target.table),
     textLiteral(target.column),
     textLiteral(validated.tableName),
     textLiteral(validated.columnName),
     textLiteral(validated.jobSignatureName),
-    size === null ? 'NULL::integer' : `${int(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
+    size === null ? 'NULL::integer' : `${integerLiteral(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
     target.unique ? 'true' : 'false',
   ];
   return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
@@ -109,7 +103,7 @@ function cutRangeStatement(cut: RangeCut): string {
  */
 export function cutRangeTransaction(cut: RangeCut): string {
   return (
-    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${int(cut.statementTimeoutMs)}; ` +
+    `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${integerLiteral(cut.statementTimeoutMs)}; ` +
     `${cutRangeStatement(cut)}; COMMIT`
   );
 }
@@ -207,9 +201,9 @@ const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
  * prologue in one round trip.
  */
 export function finishJobText({ job, rows, durationMs }: FinishedJob): string {
-  const rowCount = rows === undefined ? 'NULL' : int(Math.round(rows));
+  const rowCount = rows === undefined ? 'NULL' : integerLiteral(Math.round(rows));
   const lsn = job.walLsn && LSN.test(job.walLsn) ? `'${job.walLsn}'::pg_lsn` : 'NULL::pg_lsn';
-  return `SELECT bbm_finish_job(${int(job.id)}::bigint, ${int(job.attempt)}, ${rowCount}, ${ms(durationMs)}, ${lsn}) AS bbm_wal_bytes`;
+  return `SELECT bbm_finish_job(${integerLiteral(job.id)}::bigint, ${integerLiteral(job.attempt)}, ${rowCount}, ${ms(durationMs)}, ${lsn}) AS bbm_wal_bytes`;
 }
 
 /** A job's status now (null when its row is gone): what a run asks when it cannot tell whether its COMMIT happened. */

@@ -4,7 +4,7 @@
  */
 import { sql, type SQL } from 'drizzle-orm';
 import pg from 'pg';
-import { exec, execOne, type Queryable } from './db.ts';
+import { exec, execOne, integerLiteral, type Queryable } from './db.ts';
 import { atomically } from './tx.ts';
 import {
   ErrorCode,
@@ -621,11 +621,6 @@ export function insertMigrationText(m: NewMigration, { ifAbsent = false } = {}):
     ...(ifAbsent ? ['ON CONFLICT (name) DO NOTHING'] : []),
     'RETURNING id;',
   ].join('\n');
-}
-
-function integerLiteral(value: bigint | number): string {
-  if (typeof value === 'number' && !Number.isSafeInteger(value)) throw new RangeError(`not an integer: ${value}`);
-  return String(value);
 }
 
 /** Inserts a migration unless one of that name exists (a schedule's pass); true when it did. */

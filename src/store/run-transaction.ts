@@ -17,7 +17,7 @@
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
-import { textLiteral, withStatement, type Queryable } from './db.ts';
+import { integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import { cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
 
@@ -60,9 +60,11 @@ export function runPrologue({ names, validNamePattern }: WorkFilter, backstopMs:
   const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
   return {
     any: `BEGIN; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`,
-    after: ({ migrationId, lane }) =>
-      `BEGIN; SELECT * FROM bbm_take_next(${BigInt(migrationId)}::bigint, ${int4(lane)}, ${nameArray}, ${backstopMs}); ` +
-      `SAVEPOINT ${WORK_SAVEPOINT}`,
+    after: ({ migrationId, lane }) => {
+      if (lane < 0 || lane > INT4_MAX) throw new RangeError(`bad lane ${lane}`);
+      const next = `bbm_take_next(${integerLiteral(migrationId)}::bigint, ${integerLiteral(lane)}, ${nameArray}, ${backstopMs})`;
+      return `BEGIN; SELECT * FROM ${next}; SAVEPOINT ${WORK_SAVEPOINT}`;
+    },
   };
 }
 
@@ -83,11 +85,6 @@ export interface TakeAfter {
 export interface RunPrologue {
   any: string;
   after(previous: TakeAfter): string;
-}
-
-function int4(value: number): string {
-  if (!Number.isSafeInteger(value) || value < 0 || value > INT4_MAX) throw new RangeError(`bad lane ${value}`);
-  return String(value);
 }
 
 /** A migration as bbm_take_job returned it, with the lane the run holds. */
