@@ -398,6 +398,51 @@ describe('failing jobs', () => {
     expect(rows[0].n).toBe(0);
   });
 
+  it("aborts the job's signal at the run timeout and on a hard stop, whenever the work first reads it", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 4));
+    const seen: Array<{ early: boolean; aborted: boolean; reason: string }> = [];
+    let attempts = 0;
+    let late!: () => void;
+    const lateRead = new Promise<void>((resolve) => (late = resolve));
+    const waiting: Work = {
+      name: 'test.waiting',
+      async do(job) {
+        attempts += 1;
+        // The first attempt reads the signal before it aborts, the second only after.
+        const early = attempts === 1;
+        if (!early) await lateRead;
+        const { signal } = job;
+        if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+        seen.push({ early, aborted: signal.aborted, reason: String((signal.reason as Error).message) });
+        throw signal.reason;
+      },
+    };
+    await enqueue(pool, { name: 'waiting', work: waiting.name, table: 'items', batchSize: 10 });
+    await pool.query(`UPDATE batched_background_migrations SET min_batch_size = 10`);
+    const worker = testWorker(pool, { work: [waiting], runTimeoutMs: 200 });
+
+    expect((await nextJob(worker)).outcome).toBe('job_failed');
+    const second = worker.runOnce();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    late();
+    expect((await second).outcome).toBe('job_failed');
+    expect(seen).toEqual([
+      { early: true, aborted: true, reason: expect.stringMatching(/timed out/) },
+      { early: false, aborted: true, reason: expect.stringMatching(/timed out/) },
+    ]);
+
+    // A hard stop aborts it too, and the run is rolled back.
+    const stopping = testWorker(pool, { work: [waiting], runTimeoutMs: 60_000 });
+    const run = stopping.run();
+    await waitFor(async () => attempts === 3, 'the third attempt');
+    await stopping.stop({ abort: true });
+    await run;
+    expect(seen[2]).toEqual({ early: false, aborted: true, reason: expect.stringMatching(/worker stopped/) });
+    const jobs = await pool.query('SELECT status, attempts FROM batched_background_migration_jobs');
+    expect(jobs.rows).toEqual([{ status: JobStatus.failed, attempts: 2 }]);
+  });
+
   it('survives a lost connection mid-job: the run rolls back and the range runs again', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 6));

@@ -49,6 +49,6 @@ export class JobSession {
 
   /** Resolves once every query the work function sent has returned (or failed). */
   async settled(): Promise<void> {
-    await Promise.allSettled([...this.#inFlight]);
+    if (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
 }

@@ -534,6 +534,10 @@ export class Worker {
   }
 
   #report(result: RunResult): void {
+    const [level, message] = reportLine(result);
+    // Built only when written: a job's fields cost its lane ~20 µs of client CPU (measured), and
+    // the library's default logger (warn) writes no line for a job that succeeded.
+    if (!this.#log.isLevelEnabled(level)) return;
     const fields = {
       [CORRELATION_ID]: result.runId,
       outcome: result.outcome,
@@ -549,30 +553,35 @@ export class Worker {
       ...(result.heldForMs !== undefined && { held_for_ms: Math.round(result.heldForMs) }),
       ...(result.error && { err: result.error }),
     };
-    switch (result.outcome) {
-      case 'job_succeeded':
-        return this.#log.info(fields, 'job finished');
-      case 'job_failed':
-        return this.#log.warn(fields, 'job failed');
-      case 'migration_started':
-        return this.#log.info(fields, 'migration started');
-      case 'migration_finished':
-        return this.#log.info(fields, 'migration finished');
-      case 'migration_failed':
-        return this.#log.error(fields, 'migration failed');
-      case 'aborted':
-        return this.#log.warn(fields, 'run aborted and rolled back');
-      case 'throttled':
-        return this.#log.info(fields, 'throttled: holding back');
-      case 'error':
-        return this.#log.error(
-          fields,
-          result.heldForMs === undefined ? 'run failed' : 'run failed; its migration is set aside meanwhile',
-        );
-      case 'no_job':
-      case 'lock_in_use':
-        return this.#log.debug(fields, 'nothing to do');
-    }
+    this.#log[level](fields, message);
+  }
+}
+
+/** The level and message of a run's log line. */
+function reportLine(result: RunResult): ['debug' | 'info' | 'warn' | 'error', string] {
+  switch (result.outcome) {
+    case 'job_succeeded':
+      return ['info', 'job finished'];
+    case 'job_failed':
+      return ['warn', 'job failed'];
+    case 'migration_started':
+      return ['info', 'migration started'];
+    case 'migration_finished':
+      return ['info', 'migration finished'];
+    case 'migration_failed':
+      return ['error', 'migration failed'];
+    case 'aborted':
+      return ['warn', 'run aborted and rolled back'];
+    case 'throttled':
+      return ['info', 'throttled: holding back'];
+    case 'error':
+      return [
+        'error',
+        result.heldForMs === undefined ? 'run failed' : 'run failed; its migration is set aside meanwhile',
+      ];
+    case 'no_job':
+    case 'lock_in_use':
+      return ['debug', 'nothing to do'];
   }
 }
 
