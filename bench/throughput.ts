@@ -10,6 +10,9 @@
  * - exactly-once, N connections: the same ranges written beforehand as rows, each taken with
  *   `FOR UPDATE SKIP LOCKED` and marked done in its UPDATE's transaction (the least bookkeeping
  *   that runs each range exactly once: no cutting, no engine);
+ * - with --statements, statements, N connections: the engine's own statements over the same
+ *   ranges written beforehand as a migration's jobs, chained as a runner chains them, with none of
+ *   the engine's JavaScript (engineStatements);
  * - engine, N lanes: one worker with `concurrency` N draining a migration with
  *   `max_parallel_jobs` N whose work function runs the same UPDATE.
  *
@@ -20,11 +23,12 @@
  * batch 100 toward 200 ms jobs, and four one-lane workers on one one-lane migration (how many
  * transactions the locked-out workers cost per job).
  *
- *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--json]
+ *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--statements] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
- * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce }],
+ * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce, and with --statements statementsRowsPerSec,
+ * statementsToExactlyOnce, ratioToStatements }],
  * adaptive: { targetMs, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
  * oneWorkerTransactionsPerJob }, foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
@@ -41,6 +45,8 @@ import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
+import { finishJobText } from '../src/store/jobs.ts';
+import { runPrologue } from '../src/store/run-transaction.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -50,6 +56,7 @@ const { values: flags } = parseArgs({
     pairs: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '2' },
     json: { type: 'boolean', default: false },
+    statements: { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -163,6 +170,58 @@ async function exactlyOnce(pool: pg.Pool, ranges: Array<[string, string]>, conne
   });
 }
 
+let statementsPass = 0;
+
+/**
+ * With --statements: the engine's own statements on N connections, without the engine. The same
+ * ranges written beforehand as a migration's jobs (not timed: no cutting), each lane chaining, as
+ * a runner does, bbm_take_next (or bbm_take_job) and its savepoint, the work's UPDATE, then
+ * bbm_finish_job, COMMIT and the next take in one round trip. Between it and exactly-once lies
+ * the cost of the engine's SQL; between it and the engine, the engine's JavaScript.
+ */
+async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
+  statementsPass += 1;
+  const { rows } = await pool.query<{ id: string }>(
+    `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name,
+       max_parallel_jobs, status, min_value, max_value, started_at)
+     VALUES ($1, $2, 'bench.hits', 'bench_items', 'id', $3, 4, $4, $5, now()) RETURNING id`,
+    [`bench_statements_${statementsPass}`, BATCH, connections, ranges[0]![0], ranges.at(-1)![1]],
+  );
+  const id = rows[0]!.id;
+  await pool.query(
+    `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
+     SELECT $1, s, e, 1, 0, $2 FROM unnest($3::bigint[], $4::bigint[]) AS t(s, e)`,
+    [id, BATCH, ranges.map(([start]) => start), ranges.map(([, end]) => end)],
+  );
+  await pool.query('VACUUM ANALYZE batched_background_migration_jobs');
+  const prologue = runPrologue({ names: ['bench.hits'], validNamePattern: '^[a-z]' }, 600_000);
+  type TakeRow = {
+    migration_id: string;
+    lane: number;
+    job_id: string | null;
+    job_min: string;
+    job_max: string;
+    wal_lsn: string | null;
+  };
+  const taken = (results: unknown) =>
+    (results as Array<{ command: string; rows: TakeRow[] }>).findLast((r) => r.command === 'SELECT')!.rows[0];
+  const ms = await timedOnConnections(pool, connections, async (client) => {
+    let take = taken(await client.query(prologue.any));
+    while (take?.job_id) {
+      const started = performance.now();
+      await client.query(UPDATE, [take.job_min, take.job_max]);
+      const job = { id: BigInt(take.job_id), start: 0n, end: 0n, attempt: 1, batchSize: BATCH, walLsn: take.wal_lsn };
+      const next = prologue.after({ migrationId: BigInt(take.migration_id), lane: take.lane });
+      const finish = `${finishJobText({ job, rows: BATCH, durationMs: performance.now() - started })}; COMMIT; ${next}`;
+      take = taken(await client.query(finish));
+      if (!take) take = taken(await client.query(`ROLLBACK; ${prologue.any}`));
+    }
+    await client.query('ROLLBACK');
+  });
+  await pool.query('UPDATE batched_background_migrations SET status = 3, finished_at = now() WHERE id = $1', [id]);
+  return ms;
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const rate = (ms: number) => Math.round(ROWS / (ms / 1000));
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
@@ -259,6 +318,7 @@ async function main() {
       ...LANES.flatMap((n) => [
         { name: `plain ${n}`, run: () => plainParallel(pool, ranges, n) },
         { name: `exactly-once ${n}`, run: () => exactlyOnce(pool, ranges, n) },
+        ...(flags.statements ? [{ name: `statements ${n}`, run: () => engineStatements(pool, ranges, n) }] : []),
         { name: `engine ${n}`, run: () => engine(pool, n) },
       ]),
     ];
@@ -297,6 +357,11 @@ async function main() {
         exactlyOnceRowsPerSec: rate(median(times.get(`exactly-once ${n}`)!)),
         exactlyOnceRatio: ratioOf(`exactly-once ${n}`, `plain ${n}`),
         ratioToExactlyOnce: ratioOf(`engine ${n}`, `exactly-once ${n}`),
+        ...(flags.statements && {
+          statementsRowsPerSec: rate(median(times.get(`statements ${n}`)!)),
+          statementsToExactlyOnce: ratioOf(`statements ${n}`, `exactly-once ${n}`),
+          ratioToStatements: ratioOf(`engine ${n}`, `statements ${n}`),
+        }),
       })),
       adaptive: await adaptive(pool),
       busy: {
@@ -320,10 +385,16 @@ async function main() {
     for (const lane of result.lanes) {
       log(`plain ${lane.lanes}       ${String(lane.rawRowsPerSec.toLocaleString('en')).padStart(15)}`);
       log(
-        `exactly-once ${lane.lanes} ${String(lane.exactlyOnceRowsPerSec.toLocaleString('en')).padStart(9)}   ${lane.exactlyOnceRatio} of plain ${lane.lanes}`,
+        `exactly-once ${lane.lanes} ${String(lane.exactlyOnceRowsPerSec.toLocaleString('en')).padStart(14)}   ${lane.exactlyOnceRatio} of plain ${lane.lanes}`,
       );
+      if (lane.statementsRowsPerSec !== undefined) {
+        log(
+          `statements ${lane.lanes} ${String(lane.statementsRowsPerSec.toLocaleString('en')).padStart(16)}   ${lane.statementsToExactlyOnce} of exactly-once ${lane.lanes}`,
+        );
+      }
       log(
-        `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.ratioToExactlyOnce} of exactly-once ${lane.lanes}, ${lane.speedup}× engine 1`,
+        `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.ratioToExactlyOnce} of exactly-once ${lane.lanes}, ${lane.speedup}× engine 1` +
+          (lane.ratioToStatements === undefined ? '' : `, ${lane.ratioToStatements} of statements ${lane.lanes}`),
       );
     }
     const a = result.adaptive;
