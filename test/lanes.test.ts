@@ -8,6 +8,7 @@ import type { Job, RunResult, Work } from '../src/bbm/types.ts';
 import { migrationReports } from '../src/bbm/status.ts';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
+import { LOCK_NAMESPACE } from '../src/store/locks.ts';
 import { useTestDatabase } from './support/database.ts';
 import {
   createItems,
@@ -205,6 +206,65 @@ describe('lanes', () => {
     );
     // The ranges past the two taken after the change were cut again at 3.
     expect(rows.map((r) => r.size)).toEqual([3, 10]);
+  });
+
+  it('cut again the waiting ranges when the batch size was lowered while the cut waited for its lock', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 300));
+    const id = await enqueue(pool, { name: 'waited', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 3 WHERE id = $1', [id]);
+    expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
+    const cut = () =>
+      pool.query(`SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true)`, [
+        id,
+        touch.name,
+      ]);
+    const waiting = async () =>
+      (
+        await pool.query<{ min: string; max: string; size: number }>(
+          `SELECT min_value::text AS min, max_value::text AS max, batch_size AS size FROM batched_background_migration_jobs
+           WHERE batched_background_migration_id = $1 AND status = $2 ORDER BY min_value`,
+          [id, JobStatus.active],
+        )
+      ).rows;
+    await cut();
+    // Sixteen ranges of 10 (1..160); eight run, so that the next cut goes on to the lock.
+    await pool.query(
+      `UPDATE batched_background_migration_jobs SET status = $2
+       WHERE batched_background_migration_id = $1 AND max_value <= 80`,
+      [id, JobStatus.finished],
+    );
+    expect((await waiting()).map((r) => r.size)).toEqual(Array(8).fill(10));
+
+    // The cut reads the size (10), then waits for the cut lock while the size is lowered to 5.
+    const holder = await pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, Number(id)]);
+      const waited = cut();
+      await waitFor(
+        async () =>
+          (
+            await pool.query(
+              `SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = $1 AND objid = $2`,
+              [LOCK_NAMESPACE, Number(id)],
+            )
+          ).rowCount === 1,
+        'the cut waiting for its lock',
+      );
+      await pool.query('UPDATE batched_background_migrations SET batch_size = 5 WHERE id = $1', [id]);
+      await holder.query('ROLLBACK');
+      await waited;
+    } finally {
+      holder.release();
+    }
+
+    // The eight ranges of 10 that waited were cut again at 5 (81..160), and more after them.
+    const after = await waiting();
+    expect(after.map((r) => r.size)).toEqual(Array(16).fill(5));
+    expect(after.map((r) => [BigInt(r.min), BigInt(r.max)])).toEqual(
+      range(0, 15).map((k) => [BigInt(81 + 5 * k), BigInt(85 + 5 * k)]),
+    );
   });
 
   it('redo once, in another lane, a range whose lane lost its connection mid-job, and nothing twice', async () => {
