@@ -176,10 +176,13 @@ let statementsPass = 0;
 
 /**
  * With --statements: the engine's own statements on N connections, without the engine. The same
- * ranges written beforehand as a migration's jobs (not timed: no cutting), each lane chaining, as
- * a runner does, bbm_take_next (or bbm_take_job) and its savepoint, the work's UPDATE, then
- * bbm_finish_job, COMMIT and the next take in one round trip. Between it and exactly-once lies
- * the cost of the engine's SQL; between it and the engine, the engine's JavaScript.
+ * ranges written as a migration's jobs, each lane chaining, as a runner does, bbm_take_next (or
+ * bbm_take_job) and its savepoint, the work's UPDATE, then bbm_finish_job, COMMIT and the next take
+ * in one round trip. The ranges are written as the engine keeps them cut, max(16, 4 x lanes)
+ * waiting and more once half of them or fewer do (here a plain INSERT on another connection, where
+ * the engine finds each range's end and sends the cut after a COMMIT): the take costs more with
+ * all of them waiting. Between it and exactly-once lies the cost of the engine's SQL; between it
+ * and the engine, the engine's JavaScript.
  */
 async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {
   statementsPass += 1;
@@ -190,11 +193,21 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     [`bench_statements_${statementsPass}`, BATCH, connections, ranges[0]![0], ranges.at(-1)![1]],
   );
   const id = rows[0]!.id;
-  await pool.query(
-    `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
-     SELECT $1, s, e, 1, 0, $2 FROM unnest($3::bigint[], $4::bigint[]) AS t(s, e)`,
-    [id, BATCH, ranges.map(([start]) => start), ranges.map(([, end]) => end)],
-  );
+  const depth = Math.max(16, 4 * connections);
+  let cut = 0;
+  let finished = 0;
+  // The slice is claimed before the INSERT is sent, so that two lanes never write the same range.
+  const cutUpTo = async (end: number) => {
+    const next = ranges.slice(cut, end);
+    cut += next.length;
+    if (next.length === 0) return;
+    await pool.query(
+      `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
+       SELECT $1, s, e, 1, 0, $2 FROM unnest($3::bigint[], $4::bigint[]) AS t(s, e)`,
+      [id, BATCH, next.map(([start]) => start), next.map(([, end]) => end)],
+    );
+  };
+  await cutUpTo(depth);
   await pool.query('VACUUM ANALYZE batched_background_migration_jobs');
   const prologue = runPrologue({ names: ['bench.hits'], validNamePattern: '^[a-z]' }, 600_000);
   type TakeRow = {
@@ -209,9 +222,18 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     (results as Array<{ command: string; rows: TakeRow[] }>).findLast((r) => r.command === 'SELECT')!.rows[0];
   const ms = await timedOnConnections(pool, connections, async (client) => {
     let take = taken(await client.query(prologue.any));
-    while (take?.job_id) {
+    for (;;) {
+      if (!take?.job_id) {
+        if (cut >= ranges.length) break;
+        await client.query('ROLLBACK');
+        await cutUpTo(cut + depth / 2);
+        take = taken(await client.query(prologue.any));
+        continue;
+      }
       const started = performance.now();
       await client.query(UPDATE, [take.job_min, take.job_max]);
+      finished += 1;
+      if (cut - finished <= depth / 2) await cutUpTo(finished + depth);
       const job = { id: BigInt(take.job_id), start: 0n, end: 0n, attempt: 1, batchSize: BATCH, walLsn: take.wal_lsn };
       const next = prologue.after({ migrationId: BigInt(take.migration_id), lane: take.lane });
       const finish = `${finishJobText({ job, rows: BATCH, durationMs: performance.now() - started })}; COMMIT; ${next}`;
