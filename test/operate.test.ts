@@ -1,4 +1,5 @@
 /** The operator's commands: enqueue, retry, finalize, and what status tells about pace. */
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
@@ -336,6 +337,17 @@ describe('finalizing a paused migration', () => {
       finalizeMigration({ pool, work: [touch], name: 'resting', logger: quiet, signal: stop.signal }),
     ).rejects.toThrow(/interrupted/);
     expect((await migrationRow(pool, 'resting'))?.status).toBe(MigrationStatus.paused);
+  });
+
+  it('keeps no listener on a hardStop signal that outlives it', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    const hardStop = new AbortController().signal;
+    for (const name of ['first', 'second']) {
+      await enqueue(pool, { name, work: 'test.touch', table: 'items', batchSize: 10 });
+      await finalizeMigration({ pool, work: [touch], name, logger: quiet, hardStop });
+    }
+    expect(getEventListeners(hardStop, 'abort')).toHaveLength(0);
   });
 });
 

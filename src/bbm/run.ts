@@ -139,6 +139,13 @@ export class Runner {
   #tookAnyAt = Number.NEGATIVE_INFINITY;
   /** The job in flight's early end (a runner runs one job at a time), stopped by a hard stop. */
   #jobStop: JobStop | undefined;
+  /**
+   * Stops the job in flight on the hard stop: added before the first job after a release and
+   * removed by release(), not per job (see JobStop), so that a signal that outlives the runner
+   * (finalize's hardStop, a caller's) keeps no listener of it.
+   */
+  readonly #onHardStop = () => this.#jobStop?.stop(hardStopError());
+  #hearingHardStop = false;
 
   constructor(private readonly ctx: RunContext) {
     this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
@@ -148,7 +155,6 @@ export class Runner {
       ctx.only,
     );
     this.#sizers = ctx.sizers ?? new Map<bigint, BatchSizer>();
-    ctx.hardStop.addEventListener('abort', () => this.#jobStop?.stop(hardStopError()), { once: true });
   }
 
   /**
@@ -226,9 +232,12 @@ export class Runner {
 
   /**
    * Rolls back and hands back the connection of a run begun ahead by `chain` and not used, and
-   * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them).
+   * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them). It stops
+   * listening for the hard stop until its next job.
    */
   async release(): Promise<void> {
+    this.ctx.hardStop.removeEventListener('abort', this.#onHardStop);
+    this.#hearingHardStop = false;
     const held = this.#held;
     this.#held = undefined;
     if (held) {
@@ -422,6 +431,10 @@ export class Runner {
 
     const stop = new JobStop();
     this.#jobStop = stop;
+    if (!this.#hearingHardStop) {
+      hardStop.addEventListener('abort', this.#onHardStop, { once: true });
+      this.#hearingHardStop = true;
+    }
     if (hardStop.aborted) stop.stop(hardStopError());
     const remainingMs = Math.max(1, options.runTimeoutMs - (performance.now() - started));
     const timer = setTimeout(() => stop.stop(new JobTimeoutError(options.runTimeoutMs)), remainingMs);
