@@ -23,14 +23,14 @@
  * batch 100 toward 200 ms jobs (on a table of its own, --adaptive-rows), and four one-lane
  * workers on one one-lane migration (how many transactions the locked-out workers cost per job).
  *
- *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--json]
+ *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
  * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce, and with --statements statementsRowsPerSec,
  * statementsToExactlyOnce, ratioToStatements }],
  * adaptive: { targetMs, rows, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
- * oneWorkerTransactionsPerJob }, foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
+ * oneWorkerTransactionsPerJob }, with --cpu cpu: { [method]: { busyUs, idleUs, databaseUs, benchUs } } (see cpu.ts), foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
  * batchSize, p99Ms, rowsPerSec }] } } (see foreground.ts).
  */
@@ -38,6 +38,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
+import { cpuMeter, perJob, type CpuPerJob } from './cpu.ts';
 import { benchWorker, drain } from './drain.ts';
 import { foreground } from './foreground.ts';
 import { Worker } from '../src/bbm/worker.ts';
@@ -57,6 +58,7 @@ const { values: flags } = parseArgs({
     warmup: { type: 'string', default: '2' },
     json: { type: 'boolean', default: false },
     statements: { type: 'boolean', default: false },
+    cpu: { type: 'boolean', default: false },
     'adaptive-rows': { type: 'string', default: '4000000' },
   },
 });
@@ -247,6 +249,16 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** Each figure's median over a method's passes. */
+const medianCpu = (passes: CpuPerJob[]): CpuPerJob => {
+  const databases = passes.map((p) => p.databaseUs).filter((us): us is number => us !== null);
+  return {
+    busyUs: median(passes.map((p) => p.busyUs)),
+    idleUs: median(passes.map((p) => p.idleUs)),
+    databaseUs: databases.length === passes.length ? median(databases) : null,
+    benchUs: median(passes.map((p) => p.benchUs)),
+  };
+};
 const rate = (ms: number) => Math.round(ROWS / (ms / 1000));
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
@@ -379,11 +391,18 @@ async function main() {
       log(`  warm-up ${i + 1} done`);
     }
     const times = new Map<string, number[]>(methods.map((m) => [m.name, []]));
+    const meter = flags.cpu ? await cpuMeter(pool) : null;
+    if (flags.cpu && !meter) log('--cpu: no /proc here, CPU not measured');
+    const cpuPasses = new Map<string, CpuPerJob[]>(methods.map((m) => [m.name, []]));
     for (let round = 0; round < 2 * PAIRS; round += 1) {
       // Rotate the order every round and reverse it every other one, so no method always follows the same one.
       const rotated = methods.map((_, i) => methods[(i + round) % methods.length]!);
       const order = round % 2 === 0 ? rotated : rotated.reverse();
-      for (const method of order) times.get(method.name)!.push(await method.run());
+      for (const method of order) {
+        const before = meter?.();
+        times.get(method.name)!.push(await method.run());
+        if (meter && before) cpuPasses.get(method.name)!.push(perJob(before, meter(), Math.ceil(ROWS / BATCH)));
+      }
       log(
         `  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`,
       );
@@ -412,6 +431,7 @@ async function main() {
           ratioToStatements: ratioOf(`engine ${n}`, `statements ${n}`),
         }),
       })),
+      ...(meter && { cpu: Object.fromEntries([...cpuPasses].map(([name, passes]) => [name, medianCpu(passes)])) }),
       adaptive: await adaptive(pool),
       busy: {
         workers: 4,
@@ -445,6 +465,15 @@ async function main() {
         `engine ${lane.lanes}      ${String(lane.engineRowsPerSec.toLocaleString('en')).padStart(15)}   ${lane.ratio} of plain ${lane.lanes}, ${lane.ratioToExactlyOnce} of exactly-once ${lane.lanes}, ${lane.speedup}× engine 1` +
           (lane.ratioToStatements === undefined ? '' : `, ${lane.ratioToStatements} of statements ${lane.lanes}`),
       );
+    }
+    if (result.cpu) {
+      log('');
+      log('CPU per job, µs (median pass): all cores busy, idle; the database server; this process');
+      for (const [name, c] of Object.entries(result.cpu)) {
+        log(
+          `${name.padEnd(16)} busy ${String(c.busyUs).padStart(5)}  idle ${String(c.idleUs).padStart(5)}  database ${String(c.databaseUs ?? '?').padStart(5)}  bench ${String(c.benchUs).padStart(4)}`,
+        );
+      }
     }
     const a = result.adaptive;
     log(
