@@ -401,7 +401,7 @@ async function main() {
       for (const method of order) {
         const before = meter?.();
         times.get(method.name)!.push(await method.run());
-        if (meter && before) cpuPasses.get(method.name)!.push(perJob(before, meter(), Math.ceil(ROWS / BATCH)));
+        if (meter && before) cpuPasses.get(method.name)!.push(perJob(before, meter(), ranges.length));
       }
       log(
         `  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`,
