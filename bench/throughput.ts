@@ -19,7 +19,8 @@
  * A fresh table speeds up over its first rewrites, and whichever method runs later in a round
  * gains from that drift, so: unmeasured warm-up passes first, then rounds whose order rotates
  * and alternates direction. A ratio is taken within each round and the median over rounds is
- * reported; rows/s are each method's median pass. Then two single runs: adaptive sizing from
+ * reported; rows/s are each method's median pass. Every pass starts on a freshly vacuumed table
+ * (vacuumItems), so that no pass is charged a vacuum of its predecessor's dead rows. Then two single runs: adaptive sizing from
  * batch 100 toward 200 ms jobs (on a table of its own, --adaptive-rows), and four one-lane
  * workers on one one-lane migration (how many transactions the locked-out workers cost per job).
  *
@@ -315,7 +316,19 @@ async function createItemsTable(pool: pg.Pool, table: 'bench_items' | 'bench_ada
   await pool.query(`INSERT INTO ${table} (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i`, [
     rows,
   ]);
+  // The rewrites' dead versions are vacuumed between passes (vacuumItems), not during one.
+  if (table === 'bench_items') await pool.query('ALTER TABLE bench_items SET (autovacuum_enabled = false)');
   await pool.query(`VACUUM ANALYZE ${table}`);
+}
+
+/**
+ * Every pass starts from the table as a vacuum leaves it, and none is charged a vacuum: a pass
+ * leaves 1,000,000 dead row versions, which autovacuum (off on bench_items) would clean up in
+ * whichever pass it happened to run, costing that pass about a fifth of its CPU (README,
+ * Performance). Not timed.
+ */
+async function vacuumItems(pool: pg.Pool): Promise<void> {
+  await pool.query('VACUUM bench_items');
 }
 
 /**
@@ -387,7 +400,10 @@ async function main() {
       `${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up rounds, then ${2 * PAIRS} measured rounds of: ${methods.map((m) => m.name).join(', ')}`,
     );
     for (let i = 0; i < WARMUP; i += 1) {
-      for (const method of methods) await method.run();
+      for (const method of methods) {
+        await vacuumItems(pool);
+        await method.run();
+      }
       log(`  warm-up ${i + 1} done`);
     }
     const times = new Map<string, number[]>(methods.map((m) => [m.name, []]));
@@ -399,6 +415,7 @@ async function main() {
       const rotated = methods.map((_, i) => methods[(i + round) % methods.length]!);
       const order = round % 2 === 0 ? rotated : rotated.reverse();
       for (const method of order) {
+        await vacuumItems(pool);
         const before = meter?.();
         times.get(method.name)!.push(await method.run());
         if (meter && before) cpuPasses.get(method.name)!.push(perJob(before, meter(), ranges.length));
@@ -407,6 +424,8 @@ async function main() {
         `  round ${round + 1}: ${methods.map((m) => `${m.name} ${rate(times.get(m.name)!.at(-1)!).toLocaleString('en')}`).join(', ')} rows/s`,
       );
     }
+    // The sections below run as a production table would: autovacuum on (the foreground's holds see it).
+    await pool.query('ALTER TABLE bench_items RESET (autovacuum_enabled)');
     // Rates are rows over time, so a round's engine/plain ratio is plain time over engine time.
     const ratioOf = (engineName: string, plainName: string) =>
       round3(median(times.get(plainName)!.map((plainMs, i) => plainMs / times.get(engineName)![i]!)));
