@@ -181,8 +181,8 @@ let statementsPass = 0;
  * With --statements: the engine's own statements on N connections, without the engine. The same
  * ranges written as a migration's jobs, each lane chaining, as a runner does, bbm_take_next (or
  * bbm_take_job) and its savepoint, the work's UPDATE, then bbm_finish_job, COMMIT and the next take
- * in one round trip. The ranges are written as the engine keeps them cut, max(16, 4 x lanes)
- * waiting and more once half of them or fewer do (here a plain INSERT on another connection, where
+ * in one round trip. The ranges are written as the engine keeps them cut, max(32, 8 x lanes)
+ * waiting (16 on one connection), each batch with its cue, and more once half of them or fewer do (here a plain INSERT on another connection, where
  * the engine finds each range's end and sends the cut after a COMMIT): the take costs more with
  * all of them waiting. Between it and exactly-once lies the cost of the engine's SQL; between it
  * and the engine, the engine's JavaScript.
@@ -196,7 +196,7 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     [`bench_statements_${statementsPass}`, BATCH, connections, ranges[0]![0], ranges.at(-1)![1]],
   );
   const id = rows[0]!.id;
-  const depth = Math.max(16, 4 * connections);
+  const depth = connections > 1 ? Math.max(32, 8 * connections) : 16;
   let cut = 0;
   let finished = 0;
   // The slice is claimed before the INSERT is sent, so that two lanes never write the same range.
@@ -205,9 +205,9 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     cut += next.length;
     if (next.length === 0) return;
     await pool.query(
-      `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
-       SELECT $1, s, e, 1, 0, $2 FROM unnest($3::bigint[], $4::bigint[]) AS t(s, e)`,
-      [id, BATCH, next.map(([start]) => start), next.map(([, end]) => end)],
+      `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, cut_cue)
+       SELECT $1, s, e, 1, 0, $2, i = greatest(1, $5::int - $6::int / 2 + 1) FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS t(s, e, i)`,
+      [id, BATCH, next.map(([start]) => start), next.map(([, end]) => end), next.length, depth],
     );
   };
   await cutUpTo(depth);

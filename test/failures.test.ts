@@ -598,7 +598,7 @@ describe('a migration whose runs keep failing', () => {
 
   it('keeps a finished job committed when cutting the next range fails in the same round trip (several lanes)', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 300));
+    await createItems(pool, 'items', range(1, 600));
     const id = await enqueue(pool, { name: 'cut_fails', work: 'test.arming', table: 'items', batchSize: 10 });
     // In several lanes, ranges are cut in the round trips that commit jobs, a lane's worth at a time.
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
@@ -613,14 +613,14 @@ describe('a migration whose runs keep failing', () => {
     const outcomes: RunResult[] = [];
     const worker = testWorker(pool, { work: [arming], observers: [{ run: (r) => outcomes.push(r) }] });
 
-    // The first cut made sixteen ranges; the first seven jobs' takes found more than eight others
-    // waiting and sent no cut; from the eighth on, each commit's cut is refused and the job stays
-    // committed. Once none waits, the run that must cut fails.
+    // The first cut made 32 ranges (two lanes keep 32 ahead) and marked the 17th its cue: the 17th
+    // job sends a cut with its COMMIT, which is refused, and the job stays committed. Once none
+    // waits, the run that must cut fails.
     expect((await worker.runOnce()).outcome).toBe('migration_started');
-    for (let job = 1; job <= 16; job += 1) expect((await worker.runOnce()).outcome, `job ${job}`).toBe('job_succeeded');
+    for (let job = 1; job <= 32; job += 1) expect((await worker.runOnce()).outcome, `job ${job}`).toBe('job_succeeded');
     expect((await worker.runOnce()).outcome).toBe('error');
 
-    await expectOnlyRangesDone(pool, 160);
+    await expectOnlyRangesDone(pool, 320);
   });
 
   it('keeps a job committed when the cut beside it fails (one lane), and fails the run that must cut it itself', async () => {

@@ -210,7 +210,7 @@ describe('lanes', () => {
 
   it('cut again the waiting ranges when the batch size was lowered while the cut waited for its lock', async () => {
     const { pool } = db();
-    await createItems(pool, 'items', range(1, 300));
+    await createItems(pool, 'items', range(1, 600));
     const id = await enqueue(pool, { name: 'waited', work: touch.name, table: 'items', batchSize: 10 });
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 3 WHERE id = $1', [id]);
     expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
@@ -228,13 +228,13 @@ describe('lanes', () => {
         )
       ).rows;
     await cut();
-    // Sixteen ranges of 10 (1..160); eight run, so that the next cut goes on to the lock.
+    // Three lanes keep 32 ranges ahead: 32 of 10 (1..320); sixteen run, so that the next cut goes on to the lock.
     await pool.query(
       `UPDATE batched_background_migration_jobs SET status = $2
-       WHERE batched_background_migration_id = $1 AND max_value <= 80`,
+       WHERE batched_background_migration_id = $1 AND max_value <= 160`,
       [id, JobStatus.finished],
     );
-    expect((await waiting()).map((r) => r.size)).toEqual(Array(8).fill(10));
+    expect((await waiting()).map((r) => r.size)).toEqual(Array(16).fill(10));
 
     // The cut reads the size (10), then waits for the cut lock while the size is lowered to 5.
     const holder = await pool.connect();
@@ -259,11 +259,11 @@ describe('lanes', () => {
       holder.release();
     }
 
-    // The eight ranges of 10 that waited were cut again at 5 (81..160), and more after them.
+    // The sixteen ranges of 10 that waited were cut again at 5 (161..320), and more after them.
     const after = await waiting();
-    expect(after.map((r) => r.size)).toEqual(Array(16).fill(5));
+    expect(after.map((r) => r.size)).toEqual(Array(32).fill(5));
     expect(after.map((r) => [BigInt(r.min), BigInt(r.max)])).toEqual(
-      range(0, 15).map((k) => [BigInt(81 + 5 * k), BigInt(85 + 5 * k)]),
+      range(0, 31).map((k) => [BigInt(161 + 5 * k), BigInt(165 + 5 * k)]),
     );
   });
 

@@ -67,6 +67,18 @@ describe('BatchSizer', () => {
 describe('CommitWatch', () => {
   const round = (ms: number) => Array.from({ length: 10 }, (_, i) => ms + i * 0.01);
 
+  it('grows a halved duty cycle back to exactly 1, from any depth, and no further', () => {
+    for (let halvings = 1; halvings <= 4; halvings += 1) {
+      const watch = new CommitWatch(1.5);
+      for (let i = 0; i < halvings; i += 1) watch.shrink();
+      let grown = 0;
+      while (watch.grow()) grown += 1;
+      // Exactly 1: a worker chains its runs only then (0.5 + 5 x 0.1 is 0.9999999999999999 unrounded).
+      expect(watch.dutyCycle, `after ${halvings} halvings`).toBe(1);
+      expect(grown).toBe(Math.ceil((1 - 2 ** -halvings) * 10 - 1e-9));
+    }
+  });
+
   it('learns its baseline from quiet rounds, then compares the same median of the rounds beside the runs', () => {
     const watch = new CommitWatch(1.5);
     // Quiet until the baseline has 20 probes, then one round in five.

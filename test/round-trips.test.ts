@@ -9,7 +9,7 @@ import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { Work } from '../src/bbm/types.ts';
 import { VALID_WORK_NAME } from '../src/bbm/work-registry.ts';
-import { MigrationStatus } from '../src/store/codes.ts';
+import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
 import { useTestDatabase } from './support/database.ts';
@@ -161,21 +161,95 @@ describe('a run in few statements', () => {
         client.release();
       }
     };
-    // A fixed batch size keeps max(16, 4 x lanes) ranges ahead, and cuts again at half of that.
+    // Ranges written without a cue (as here, or split in two) are counted. A fixed batch size keeps
+    // 16 ranges ahead in one lane and max(32, 8 x lanes) in several, and cuts again at half of that.
     // One lane: the cut runs beside the job and counts it.
     expect(await take(1, 8)).toBe(true);
     expect(await take(1, 9)).toBe(false);
     // Three and five lanes: the cut runs after the job's COMMIT, and does not count it.
-    expect(await take(3, 9)).toBe(true);
-    expect(await take(3, 10)).toBe(false);
-    expect(await take(5, 11)).toBe(true);
-    expect(await take(5, 12)).toBe(false);
+    expect(await take(3, 17)).toBe(true);
+    expect(await take(3, 18)).toBe(false);
+    expect(await take(5, 21)).toBe(true);
+    expect(await take(5, 22)).toBe(false);
     // An adaptive size keeps two per lane ahead.
     expect(await take(1, 1, 'target_job_ms = 100')).toBe(true);
     expect(await take(1, 2, 'target_job_ms = 100')).toBe(false);
     // A lowered batch size makes a cut due, to cut the waiting ranges again; a raised one does not.
     expect(await take(1, 12, 'batch_size = 5')).toBe(true);
     expect(await take(1, 12, 'batch_size = 20')).toBe(false);
+  });
+
+  it('marks one range of each cut as its cue: the take says a cut is due there, and nowhere else', async () => {
+    const { pool } = db();
+    const cueAt = async (lanes: number) => {
+      await pool.query('TRUNCATE batched_background_migrations, batched_background_migration_jobs CASCADE');
+      await pool.query('DROP TABLE IF EXISTS items');
+      await createItems(pool, 'items', range(1, 1000));
+      const id = await enqueue(pool, { name: 'm', work: touch.name, table: 'items', batchSize: 10 });
+      await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = $2 WHERE id = $1', [id, lanes]);
+      expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
+      const cut = () =>
+        pool.query(
+          `SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true)`,
+          [id, touch.name],
+        );
+      const cues = async () =>
+        (
+          await pool.query<{ min: string }>(
+            `SELECT min_value::text AS min FROM batched_background_migration_jobs
+             WHERE batched_background_migration_id = $1 AND cut_cue ORDER BY min_value`,
+            [id],
+          )
+        ).rows.map((r) => Number(r.min));
+      const takeDue = async () => {
+        const client = await pool.connect();
+        try {
+          await client.query('BEGIN');
+          const { rows } = await client.query(
+            'SELECT job_min, cut_due FROM bbm_take_job($1::text[], $2, NULL, 70000)',
+            [[touch.name], VALID_WORK_NAME],
+          );
+          return [Number(rows[0].job_min), rows[0].cut_due as boolean];
+        } finally {
+          await client.query('ROLLBACK');
+          client.release();
+        }
+      };
+      const finishBefore = (min: number) =>
+        pool.query(
+          `UPDATE batched_background_migration_jobs SET status = $3 WHERE batched_background_migration_id = $1 AND min_value < $2`,
+          [id, min, JobStatus.finished],
+        );
+      await cut();
+      const [first] = await cues();
+      await finishBefore(first! - 10);
+      const before = await takeDue();
+      await finishBefore(first!);
+      const at = await takeDue();
+      // It is the cue the take reads, not a count (which says due here too).
+      await pool.query(
+        'UPDATE batched_background_migration_jobs SET cut_cue = false WHERE batched_background_migration_id = $1',
+        [id],
+      );
+      expect(await takeDue()).toEqual([first, false]);
+      // A range cut larger than a lowered batch size makes the cut due (it cuts the waiting ones again).
+      await pool.query('UPDATE batched_background_migrations SET batch_size = 5 WHERE id = $1', [id]);
+      expect(await takeDue()).toEqual([first, true]);
+      await pool.query('UPDATE batched_background_migrations SET batch_size = 10 WHERE id = $1', [id]);
+      await pool.query(
+        'UPDATE batched_background_migration_jobs SET cut_cue = (min_value = $2) WHERE batched_background_migration_id = $1',
+        [id, first],
+      );
+      // The cut it makes due cuts (no early return), and marks the next cue.
+      expect((await cut()).rows[0].bbm_cut_range).toBeGreaterThan(0);
+      return { cues: await cues(), before, at };
+    };
+    // One lane keeps 16 ahead: the cue is the 9th range (8 wait with it, as the count said); the
+    // next cut (8 ranges, 161..240) marks its first.
+    expect(await cueAt(1)).toEqual({ cues: [81, 161], before: [71, false], at: [81, true] });
+    // Four lanes keep 32 ahead: the 17th range. Cut with it still waiting (16 wait), the next 16
+    // (321..480) are cut and their first marked (cut after its COMMIT, 17, and the second).
+    expect(await cueAt(4)).toEqual({ cues: [161, 321], before: [151, false], at: [161, true] });
   });
 
   it('sends no cut while enough ranges wait: in two lanes, one cut in three jobs at most, and every row once', async () => {

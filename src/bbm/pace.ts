@@ -234,10 +234,14 @@ export class CommitWatch {
     return this.#dutyCycle !== before;
   }
 
-  /** Grows the duty cycle by a tenth (up to 1); false when it was already whole. */
+  /**
+   * Grows the duty cycle by a tenth (up to 1); false when it was already whole. Rounded to a
+   * millionth: 0.5 plus five tenths is 0.9999999999999999 in floating point, and a worker whose
+   * duty cycle is not exactly 1 rests after every job and never chains its runs again.
+   */
   grow(): boolean {
     const before = this.#dutyCycle;
-    this.#dutyCycle = Math.min(1, this.#dutyCycle + DUTY_STEP);
+    this.#dutyCycle = Math.min(1, Math.round((this.#dutyCycle + DUTY_STEP) * 1e6) / 1e6);
     return this.#dutyCycle !== before;
   }
 }

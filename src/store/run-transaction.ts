@@ -117,8 +117,9 @@ export interface TakenJob {
   walLsn: string | null;
   /**
    * Whether to cut the next ranges with this job (beside it in one lane, after its COMMIT in
-   * several): whether bbm_cut_range, counting the ranges waiting or running as the take found
-   * them, would cut any (migrations/0013). Null when the take does not say (a retry).
+   * several): whether bbm_cut_range would cut any then. The range's cue says (migrations/0016),
+   * or for a range cut without one a count of the ranges waiting or running (0013). Null when the
+   * take does not say (a retry).
    */
   cutDue: boolean | null;
 }

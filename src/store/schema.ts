@@ -6,6 +6,7 @@
 import { sql } from 'drizzle-orm';
 import {
   bigint,
+  boolean,
   check,
   doublePrecision,
   foreignKey,
@@ -135,6 +136,13 @@ export const batchedBackgroundMigrationJobs = pgTable(
      * k > 0: by arithmetic, start + size - 1, the k-th range since that scan.
      */
     denseCuts: smallint('dense_cuts'),
+    /**
+     * Whether the next cut is due once this range is taken (bbm_cut_range, migrations/0016): set
+     * on the range after which about half the ranges cut ahead still wait, so that a take reads
+     * whether to cut from the range it takes instead of counting the waiting ones. NULL (a range
+     * split in two, or cut before 0.9.2): the take counts.
+     */
+    cutCue: boolean('cut_cue'),
     ...timestamps,
   },
   (t) => [
