@@ -233,7 +233,8 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
--- bbm_cut_range as in 0015, with a cue on the range that makes the next cut due.
+-- bbm_cut_range as in 0015, with a cue on the range that makes the next cut due, and again on the
+-- range that should have been when a cut finds enough ranges waiting.
 CREATE OR REPLACE FUNCTION bbm_cut_range(
   migration_id bigint, target_schema text, target_table text, target_column text,
   expected_table_name text, expected_column_name text, expected_work text, chosen_size integer,
@@ -278,6 +279,16 @@ BEGIN
         ORDER BY a.min_value DESC
         LIMIT depth / 2 + 2) w;
   IF waiting > depth / 2 AND NOT stale THEN
+    -- A cue taken while lanes still held ranges before it comes early, and its cut cuts nothing:
+    -- the range after which depth / 2 - 1 wait becomes the cue, so the next cut is not lost (one a
+    -- lane holds is skipped, not waited for; the lanes then run the queue dry, and cut themselves).
+    UPDATE batched_background_migration_jobs c SET cut_cue = true
+    WHERE c.id = (SELECT a.id FROM batched_background_migration_jobs a
+                  WHERE a.batched_background_migration_id = migration_id AND a.status = 1
+                  ORDER BY a.min_value DESC
+                  OFFSET depth / 2 - 1 LIMIT 1
+                  FOR UPDATE SKIP LOCKED)
+      AND c.cut_cue IS DISTINCT FROM true;
     RETURN 0;
   END IF;
   PERFORM pg_catalog.pg_advisory_xact_lock(6447725, (migration_id % 2147483648)::int);
