@@ -14,7 +14,8 @@
  * Rates alone cannot tell a method that computes more from one that waits more; charged by CPU,
  * the engine's statements at 1,000-row jobs cost the database 200-370 µs a job more than the
  * exactly-once loop in interleaved runs, a sum of small parts (README, Performance). Autovacuum is
- * charged to whichever pass it runs in. Reading /proc costs a few milliseconds a pass, outside
+ * charged to whichever pass it runs in (throughput.ts vacuums its table before each pass instead,
+ * with autovacuum off on it). Reading /proc costs a few milliseconds a pass, outside
  * the timed part.
  */
 import { readdirSync, readFileSync } from 'node:fs';

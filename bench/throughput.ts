@@ -20,8 +20,8 @@
  * gains from that drift, so: unmeasured warm-up passes first, then rounds whose order rotates
  * and alternates direction. A ratio is taken within each round and the median over rounds is
  * reported; rows/s are each method's median pass. Every pass starts on a freshly vacuumed table
- * (vacuumItems), so that no pass is charged a vacuum of its predecessor's dead rows. Then two single runs: adaptive sizing from
- * batch 100 toward 200 ms jobs (on a table of its own, --adaptive-rows), and four one-lane
+ * (vacuumItems), so that no pass is charged a vacuum of its predecessor's dead rows. Then two
+ * single runs: adaptive sizing from batch 100 toward 200 ms jobs (on a table of its own, --adaptive-rows), and four one-lane
  * workers on one one-lane migration (how many transactions the locked-out workers cost per job).
  *
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu] [--json]
@@ -181,9 +181,9 @@ let statementsPass = 0;
  * With --statements: the engine's own statements on N connections, without the engine. The same
  * ranges written as a migration's jobs, each lane chaining, as a runner does, bbm_take_next (or
  * bbm_take_job) and its savepoint, the work's UPDATE, then bbm_finish_job, COMMIT and the next take
- * in one round trip. The ranges are written as the engine keeps them cut, max(32, 8 x lanes)
- * waiting (16 on one connection), each batch with its cue, and more once half of them or fewer do (here a plain INSERT on another connection, where
- * the engine finds each range's end and sends the cut after a COMMIT): the take costs more with
+ * in one round trip. The ranges are written as the engine keeps them cut, bbm_cut_depth waiting,
+ * each batch with its cue, and more once half of them or fewer do (here a plain INSERT on another
+ * connection, where the engine finds each range's end and sends the cut after a COMMIT): the take costs more with
  * all of them waiting. Between it and exactly-once lies the cost of the engine's SQL; between it
  * and the engine, the engine's JavaScript.
  */
@@ -196,7 +196,10 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     [`bench_statements_${statementsPass}`, BATCH, connections, ranges[0]![0], ranges.at(-1)![1]],
   );
   const id = rows[0]!.id;
-  const depth = connections > 1 ? Math.max(32, 8 * connections) : 16;
+  const { rows: depths } = await pool.query<{ depth: number }>('SELECT bbm_cut_depth($1, NULL) AS depth', [
+    connections,
+  ]);
+  const depth = depths[0]!.depth;
   let cut = 0;
   let finished = 0;
   // The slice is claimed before the INSERT is sent, so that two lanes never write the same range.
@@ -206,7 +209,7 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
     if (next.length === 0) return;
     await pool.query(
       `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, cut_cue)
-       SELECT $1, s, e, 1, 0, $2, i = greatest(1, $5::int - $6::int / 2 + 1) FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS t(s, e, i)`,
+       SELECT $1, s, e, 1, 0, $2, i = greatest(1, $5::int - bbm_cue_behind($6)) FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS t(s, e, i)`,
       [id, BATCH, next.map(([start]) => start), next.map(([, end]) => end), next.length, depth],
     );
   };
@@ -316,16 +319,14 @@ async function createItemsTable(pool: pg.Pool, table: 'bench_items' | 'bench_ada
   await pool.query(`INSERT INTO ${table} (id, payload) SELECT i, md5(i::text) FROM generate_series(1, $1::int) i`, [
     rows,
   ]);
-  // The rewrites' dead versions are vacuumed between passes (vacuumItems), not during one.
-  if (table === 'bench_items') await pool.query('ALTER TABLE bench_items SET (autovacuum_enabled = false)');
   await pool.query(`VACUUM ANALYZE ${table}`);
 }
 
 /**
  * Every pass starts from the table as a vacuum leaves it, and none is charged a vacuum: a pass
- * leaves 1,000,000 dead row versions, which autovacuum (off on bench_items) would clean up in
- * whichever pass it happened to run, costing that pass about a fifth of its CPU (README,
- * Performance). Not timed.
+ * leaves 1,000,000 dead row versions, which autovacuum (off on bench_items during the rounds)
+ * would clean up in whichever pass it happened to run, costing that pass about a fifth of its CPU
+ * (README, Performance). Not timed.
  */
 async function vacuumItems(pool: pg.Pool): Promise<void> {
   await pool.query('VACUUM bench_items');
@@ -386,6 +387,8 @@ async function main() {
     for (let start = 1; start <= ROWS; start += BATCH)
       ranges.push([String(start), String(Math.min(ROWS, start + BATCH - 1))]);
 
+    // Off for the rounds (vacuumItems vacuums before each pass), on again for the sections after them.
+    await pool.query('ALTER TABLE bench_items SET (autovacuum_enabled = false)');
     const methods: Array<{ name: string; run: () => Promise<number> }> = [
       { name: 'plain 1', run: () => plainLoop(pool) },
       { name: 'engine 1', run: () => engine(pool, 1) },

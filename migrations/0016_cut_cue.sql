@@ -18,13 +18,24 @@ AS $$
               ELSE greatest(32, 8 * max_parallel_jobs) END
 $$;
 --> statement-breakpoint
+-- Where a cut's cue lies: the range with this many ranges waiting behind it, so that the cut its
+-- take makes due finds about half the depth waiting, as the count did (bbm_cut_due). The cut marks
+-- it among the ranges it writes, and again among those waiting when a cut finds enough of them.
+CREATE FUNCTION bbm_cue_behind(depth integer)
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+AS $$
+  SELECT depth / 2 - 1
+$$;
+--> statement-breakpoint
 -- Whether the cut is due with the job a take took: the job's cue when the cut gave it one, or the job
 -- cut larger than a fixed batch size is now (the cut cuts the waiting ones again; they lie behind
--- this one, and once cut again, the ranges a lane takes are no longer larger); else, what
--- the cut will count: in one lane it runs beside this job, which counts; in several, after its
--- COMMIT, when it no longer does. Counted from the last range back, no further than the answer
--- needs; a fixed-size range among those cut larger than the batch size is now is due too (the cut
--- cuts those again). The count as 0014's takes made it.
+-- this one, and once cut again, the ranges a lane takes are no longer larger). A job without a cue
+-- gets the count 0014's takes made: what the cut will count (in one lane it runs beside this job,
+-- which counts; in several, after its COMMIT, when it no longer does), from the last range back,
+-- no further than the answer needs, and due too when one of those was cut larger than a fixed
+-- batch size is now.
 CREATE FUNCTION bbm_cut_due(migration_id bigint, cue boolean, job_size integer, max_parallel_jobs integer,
                             target_job_ms integer, batch_size integer, min_batch_size integer, max_batch_size integer)
 RETURNS boolean
@@ -280,13 +291,13 @@ BEGIN
         LIMIT depth / 2 + 2) w;
   IF waiting > depth / 2 AND NOT stale THEN
     -- A cue taken while lanes still held ranges before it comes early, and its cut cuts nothing:
-    -- the range after which depth / 2 - 1 wait becomes the cue, so the next cut is not lost (one a
-    -- lane holds is skipped, not waited for; the lanes then run the queue dry, and cut themselves).
+    -- the range where the cue should have been becomes it, so the next cut is not lost (one a lane
+    -- holds is skipped, not waited for; the lanes then run the queue dry, and cut themselves).
     UPDATE batched_background_migration_jobs c SET cut_cue = true
     WHERE c.id = (SELECT a.id FROM batched_background_migration_jobs a
                   WHERE a.batched_background_migration_id = migration_id AND a.status = 1
                   ORDER BY a.min_value DESC
-                  OFFSET depth / 2 - 1 LIMIT 1
+                  OFFSET bbm_cue_behind(depth) LIMIT 1
                   FOR UPDATE SKIP LOCKED)
       AND c.cut_cue IS DISTINCT FROM true;
     RETURN 0;
@@ -384,11 +395,10 @@ BEGIN
     last_end := end_id;
     last_dense := dense;
   END LOOP;
-  -- The cue: the range after which depth / 2 - 1 of those cut so far wait, so that the cut it makes
-  -- due finds about half the depth waiting, as the count did (bbm_cut_due).
+  -- The cue (bbm_cue_behind), or the first range cut when fewer are.
   INSERT INTO batched_background_migration_jobs
     (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, dense_cuts, cut_cue)
-  SELECT m.id, r.s, r.e, 1, 0, size, r.d, r.i = greatest(1, cut - depth / 2 + 1)
+  SELECT m.id, r.s, r.e, 1, 0, size, r.d, r.i = greatest(1, cut - bbm_cue_behind(depth))
   FROM unnest(starts, stops, denses) WITH ORDINALITY AS r(s, e, d, i);
   IF cut > 0 AND ((m.target_job_ms IS NOT NULL AND m.batch_size <> size) OR m.run_errors > 0) THEN
     UPDATE batched_background_migrations b
