@@ -260,6 +260,70 @@ describe('a run in few statements', () => {
     expect(await cueAt(4)).toEqual({ cues: [161, 321], before: [151, false], at: [161, true] });
   });
 
+  it('cuts with a cue taken while other lanes hold ranges before it, so the queue does not run dry', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 1000));
+    const id = await enqueue(pool, { name: 'm', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE id = $1', [id]);
+    expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
+    const cut = async () =>
+      (
+        await pool.query<{ n: number }>(
+          `SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true) AS n`,
+          [id, touch.name],
+        )
+      ).rows[0]!.n;
+    const cues = async () =>
+      (
+        await pool.query<{ min: string }>(
+          `SELECT min_value::text AS min FROM batched_background_migration_jobs
+           WHERE batched_background_migration_id = $1 AND cut_cue AND status = $2 ORDER BY min_value`,
+          [id, JobStatus.active],
+        )
+      ).rows.map((r) => Number(r.min));
+    // Four lanes keep 32 ranges cut ahead (1..320), the cue on the 17th (161).
+    expect(await cut()).toBe(32);
+    expect(await cues()).toEqual([161]);
+    await pool.query(
+      'UPDATE batched_background_migration_jobs SET status = $3 WHERE batched_background_migration_id = $1 AND min_value < $2',
+      [id, 141, JobStatus.finished],
+    );
+    // Two lanes hold 141 and 151; a third takes the cue and commits it.
+    const lanes = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+    try {
+      const taken: Array<[number, boolean | null]> = [];
+      for (const client of lanes) {
+        await client.query('BEGIN');
+        const { rows } = await client.query(
+          'SELECT job_id, job_min, cut_due FROM bbm_take_job($1::text[], $2, NULL, 70000)',
+          [[touch.name], VALID_WORK_NAME],
+        );
+        taken.push([Number(rows[0].job_min), rows[0].cut_due as boolean | null]);
+        if (client === lanes[2]) {
+          await client.query('UPDATE batched_background_migration_jobs SET status = $2 WHERE id = $1', [
+            rows[0].job_id,
+            JobStatus.finished,
+          ]);
+          await client.query('COMMIT');
+        }
+      }
+      expect(taken).toEqual([
+        [141, false],
+        [151, false],
+        [161, true],
+      ]);
+      // 17 ranges have status active (15 waiting behind the cue, 2 held before it): 0.9.2 took that
+      // for enough, cut nothing, and aimed its new cue at 151, which a lane held, so none was set.
+      expect(await cut()).toBe(15);
+      expect(await cues()).toEqual([321]);
+    } finally {
+      for (const client of lanes) {
+        await client.query('ROLLBACK');
+        client.release();
+      }
+    }
+  });
+
   it('sends no cut while enough ranges wait: in two lanes, one cut in three jobs at most, and every row once', async () => {
     const calls = await drainTwoLanesCounting(db(), ['bbm_cut_range']);
     // Without the take's word, every job but the last sends one: 61 calls, measured; with it and
