@@ -12,6 +12,7 @@ import { LOCK_NAMESPACE } from '../src/store/locks.ts';
 import { useTestDatabase } from './support/database.ts';
 import {
   createItems,
+  cutItems,
   enqueue,
   expectEveryRowOnce,
   jobRanges,
@@ -214,11 +215,7 @@ describe('lanes', () => {
     const id = await enqueue(pool, { name: 'waited', work: touch.name, table: 'items', batchSize: 10 });
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 3 WHERE id = $1', [id]);
     expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
-    const cut = () =>
-      pool.query(`SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true)`, [
-        id,
-        touch.name,
-      ]);
+    const cut = () => cutItems(pool, id);
     const waiting = async () =>
       (
         await pool.query<{ min: string; max: string; size: number }>(

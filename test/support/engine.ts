@@ -52,6 +52,18 @@ export async function enqueue(db: pg.Pool, row: EnqueueRow): Promise<bigint> {
   return BigInt(result.rows[0]!.id);
 }
 
+/**
+ * Cuts ranges of migration `id` over `items`.id worked by `touch`, as a runner's cut does
+ * (bbm_cut_range); how many it cut (0 when enough wait, null when none is left to cut).
+ */
+export async function cutItems(db: pg.Pool, id: bigint): Promise<number | null> {
+  const { rows } = await db.query<{ n: number | null }>(
+    `SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true) AS n`,
+    [id, touch.name],
+  );
+  return rows[0]!.n;
+}
+
 export function testWorker(pool: pg.Pool, params: Omit<WorkerParams, 'pool'>): Worker {
   // Health holds off unless a test asks: they are tested on their own (health.test.ts), and a vacuum
   // that autovacuum happens to start on a test's table must not hold that test for 30 s.
