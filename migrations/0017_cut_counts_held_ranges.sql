@@ -1,8 +1,8 @@
--- bbm_cut_range as in 0016, but a cut sent with a cue in several lanes cuts. Its look before the
--- lock counted, as waiting, the ranges the other lanes held before the cue, found more than half the
--- depth, and returned; its re-mark of the cue then aimed at one of those held ranges, skipped it, and
--- the lanes ran the queue dry (each lane a take that found nothing, a ROLLBACK, and a cut of its
--- own). Up to one range a lane is now allowed for, and a re-mark takes the next range no lane holds.
+-- bbm_cut_range as in 0016, but the cut a cue makes due in several lanes is made (0.9.3). Its look
+-- before the lock counted, as waiting, the ranges the other lanes held before the cue, found more than
+-- half the depth, and returned; its re-mark of the cue then aimed at one of those held ranges, skipped
+-- it, and the lanes ran the queue dry (each lane a take that found nothing, a ROLLBACK, and a cut of
+-- its own). Up to one range a lane is now allowed for, and a re-mark takes the next range no lane holds.
 CREATE OR REPLACE FUNCTION bbm_cut_range(
   migration_id bigint, target_schema text, target_table text, target_column text,
   expected_table_name text, expected_column_name text, expected_work text, chosen_size integer,
