@@ -21,8 +21,9 @@
  * and alternates direction. A ratio is taken within each round and the median over rounds is
  * reported; rows/s are each method's median pass. Every pass starts on a freshly vacuumed table
  * (vacuumItems), so that no pass is charged a vacuum of its predecessor's dead rows. Then two
- * single runs: adaptive sizing from batch 100 toward 200 ms jobs (on a table of its own, --adaptive-rows), and four one-lane
- * workers on one one-lane migration (how many transactions the locked-out workers cost per job).
+ * single runs: adaptive sizing from batch 100 toward 200 ms jobs (on a table of its own,
+ * --adaptive-rows), and four one-lane workers on one one-lane migration (how many transactions
+ * the locked-out workers cost per job).
  *
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu] [--json]
  *
@@ -183,8 +184,8 @@ let statementsPass = 0;
  * bbm_take_job) and its savepoint, the work's UPDATE, then bbm_finish_job, COMMIT and the next take
  * in one round trip. The ranges are written as the engine keeps them cut, bbm_cut_depth waiting,
  * each batch with its cue, and more once half of them or fewer do (here a plain INSERT on another
- * connection, where the engine finds each range's end and sends the cut after a COMMIT): the take costs more with
- * all of them waiting. Between it and exactly-once lies the cost of the engine's SQL; between it
+ * connection, where the engine finds each range's end and sends the cut after a COMMIT): the take
+ * costs more with all of them waiting. Between it and exactly-once lies the cost of the engine's SQL; between it
  * and the engine, the engine's JavaScript.
  */
 async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, connections: number): Promise<number> {

@@ -51,6 +51,24 @@ const TAKE_COLUMNS_0_7 = [
   'job_batch_size',
 ];
 
+/** The ranges of migration `id` marked as a cut's cue (cut_cue), by where they start. */
+async function cuesOf(pool: pg.Pool, id: bigint): Promise<number[]> {
+  const { rows } = await pool.query<{ min: string }>(
+    `SELECT min_value::text AS min FROM batched_background_migration_jobs
+     WHERE batched_background_migration_id = $1 AND cut_cue ORDER BY min_value`,
+    [id],
+  );
+  return rows.map((r) => Number(r.min));
+}
+
+/** Marks every range of migration `id` that starts before `min` finished. */
+async function finishBefore(pool: pg.Pool, id: bigint, min: number): Promise<void> {
+  await pool.query(
+    `UPDATE batched_background_migration_jobs SET status = $3 WHERE batched_background_migration_id = $1 AND min_value < $2`,
+    [id, min, JobStatus.finished],
+  );
+}
+
 /**
  * Drains a 2-lane migration of 60 ranges of 10 rows, checks every row was done once, and
  * returns how often each of the named functions was called meanwhile (track_functions).
@@ -190,14 +208,7 @@ describe('a run in few statements', () => {
       await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = $2 WHERE id = $1', [id, lanes]);
       expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
       const cut = () => cutItems(pool, id);
-      const cues = async () =>
-        (
-          await pool.query<{ min: string }>(
-            `SELECT min_value::text AS min FROM batched_background_migration_jobs
-             WHERE batched_background_migration_id = $1 AND cut_cue ORDER BY min_value`,
-            [id],
-          )
-        ).rows.map((r) => Number(r.min));
+      const cues = () => cuesOf(pool, id);
       const takeDue = async () => {
         const client = await pool.connect();
         try {
@@ -212,24 +223,19 @@ describe('a run in few statements', () => {
           client.release();
         }
       };
-      const finishBefore = (min: number) =>
-        pool.query(
-          `UPDATE batched_background_migration_jobs SET status = $3 WHERE batched_background_migration_id = $1 AND min_value < $2`,
-          [id, min, JobStatus.finished],
-        );
       await cut();
       const [first] = await cues();
-      // A cut that finds enough waiting (a cue taken while lanes held ranges before it) cuts nothing,
-      // and marks the range that should have been the cue, so that the next cut is not lost.
+      // A cut that finds more waiting than a cue is cut for (a stale cue, a lowered depth) cuts
+      // nothing, and marks the range that should have been the cue, so that the next cut is not lost.
       await pool.query(
         'UPDATE batched_background_migration_jobs SET cut_cue = false WHERE batched_background_migration_id = $1',
         [id],
       );
       expect(await cut()).toBe(0);
       expect(await cues()).toEqual([first]);
-      await finishBefore(first! - 10);
+      await finishBefore(pool, id, first! - 10);
       const before = await takeDue();
-      await finishBefore(first!);
+      await finishBefore(pool, id, first!);
       const at = await takeDue();
       // It is the cue the take reads, not a count (which says due here too).
       await pool.query(
@@ -264,21 +270,11 @@ describe('a run in few statements', () => {
     await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4 WHERE id = $1', [id]);
     expect((await testWorker(pool, { work: [touch] }).runOnce()).outcome).toBe('migration_started');
     const cut = () => cutItems(pool, id);
-    const cues = async () =>
-      (
-        await pool.query<{ min: string }>(
-          `SELECT min_value::text AS min FROM batched_background_migration_jobs
-           WHERE batched_background_migration_id = $1 AND cut_cue AND status = $2 ORDER BY min_value`,
-          [id, JobStatus.active],
-        )
-      ).rows.map((r) => Number(r.min));
+    const cues = () => cuesOf(pool, id);
     // Four lanes keep 32 ranges cut ahead (1..320), the cue on the 17th (161).
     expect(await cut()).toBe(32);
     expect(await cues()).toEqual([161]);
-    await pool.query(
-      'UPDATE batched_background_migration_jobs SET status = $3 WHERE batched_background_migration_id = $1 AND min_value < $2',
-      [id, 141, JobStatus.finished],
-    );
+    await finishBefore(pool, id, 141);
     // Two lanes hold 141 and 151; a third takes the cue and commits it.
     const lanes = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
     try {
@@ -306,7 +302,7 @@ describe('a run in few statements', () => {
       // 17 ranges have status active (15 waiting behind the cue, 2 held before it): 0.9.2 took that
       // for enough, cut nothing, and aimed its new cue at 151, which a lane held, so none was set.
       expect(await cut()).toBe(15);
-      expect(await cues()).toEqual([321]);
+      expect(await cues()).toEqual([161, 321]);
     } finally {
       for (const client of lanes) {
         await client.query('ROLLBACK');

@@ -57,16 +57,16 @@ export interface RangeCut {
 
 /**
  * The statement that cuts the migration's next ranges and writes them as active jobs, for the
- * lanes to take: a call of bbm_cut_range (migrations/0007, 0011-0016), which takes the
+ * lanes to take: a call of bbm_cut_range (migrations/0007, 0011-0017), which takes the
  * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends. It keeps up to
  * bbm_cut_depth ranges waiting or running (a fixed batch size: 16 in one lane, max(32, 8 x lanes)
- * in several; an adaptive one: 2 x lanes), and cuts nothing while more than half that many are
- * (checked before the lock), since a call costs about as much for one range as for sixteen. A
- * fixed batch size lowered since the waiting ranges at the end were cut has those cut again. It
- * marks one of the ranges it cuts as the cue (cut_cue), the one after which about half the depth
- * still waits: the take of that range says a cut is due (TakenJob.cutDue), the others say not,
- * and the runner sends none then. It runs in a transaction of
- * its own (cutRangeTransaction), so that the lock is held for the cut alone. Its one column,
+ * in several; an adaptive one: 2 x lanes), and cuts nothing while more than half that many are,
+ * besides up to one range each other lane holds (checked before the lock), since a call costs
+ * about as much for one range as for sixteen. A fixed batch size lowered since the waiting ranges
+ * at the end were cut has those cut again. It marks one of the ranges it cuts as the cue
+ * (cut_cue), the one after which about half the depth still waits: the take of that range says a
+ * cut is due (TakenJob.cutDue), the others say not, and the runner sends none then. It runs in a
+ * transaction of its own (cutRangeTransaction), so that the lock is held for the cut alone. Its one column,
  * `bbm_cut`, is the number of ranges cut, or NULL when none is left to cut.
  *
  * The range starts after the highest range cut so far (or at min_value); its end is the
