@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { hostname } from 'node:os';
 import type pg from 'pg';
-import { createPool } from '../store/db.ts';
+import { createPool, siblingPool } from '../store/db.ts';
 import { announceWorker, HEARTBEAT_MS, probeCommit, retireWorker, whileRunsHeld } from '../store/workers.ts';
 import { Backoff, jittered, sleep } from './backoff.ts';
 import { resolveOptions, type ResolvedOptions } from './config.ts';
@@ -41,14 +41,28 @@ const QUIET_WAIT_MS = 1_000;
  * spacing one side only read as pressure with nothing running.
  */
 const PROBE_SPACING_MS = 5;
+/**
+ * Connections of the worker's controllers (health checks, commit probes, lane steering, slow
+ * start, schedules, the throttle, heartbeats), in a pool of their own: a lane holds its connection
+ * between jobs, so controllers that asked the lanes' pool could wait behind lanes that wait for
+ * them. Two: a health check and a round of commit probes run at once.
+ */
+const CONTROL_CONNECTIONS = 2;
+/** How often the worker looks for a lane that has been stuck in one step (see #watchLanes). */
+const WATCH_MS = 10_000;
 
 export class Worker {
   readonly options: ResolvedOptions;
   /** This worker's id among the live workers (batched_background_migration_workers). */
   readonly id = randomUUID();
   readonly #workNames: string[];
+  /** The lanes' connections: one a lane, and one for the range cut beside a job. */
   readonly #pool: pg.Pool;
   readonly #ownsPool: boolean;
+  /** The controllers' connections (CONTROL_CONNECTIONS), open while the loop runs. */
+  #control: pg.Pool | undefined;
+  /** What each lane is waiting for, and since when: a lane stuck in one step is logged (#watchLanes). */
+  readonly #laneSteps: Array<{ step: string; since: number; told: boolean }>;
   readonly #log: Logger;
   /** One runner per lane; runOnce() uses the first. */
   readonly #runners: Runner[];
@@ -81,6 +95,8 @@ export class Worker {
   /** Migrations this worker ran jobs of, and when last. */
   readonly #ranLately = new Map<bigint, number>();
   #healthCheckedAt = -Infinity;
+  /** A heartbeat in flight. */
+  #beating: Promise<void> | undefined;
   #healthCheck: Promise<void> | undefined;
 
   constructor(params: WorkerParams) {
@@ -88,15 +104,27 @@ export class Worker {
     const registry = new WorkRegistry(params.work);
     this.#workNames = registry.names;
     if (params.pool) {
+      // Lanes beyond the pool's size would wait for connections that lanes hold between jobs.
+      const max = params.pool.options.max;
+      if (max < this.options.concurrency) {
+        throw new ConfigError(
+          `concurrency ${this.options.concurrency} needs a pool of at least ${this.options.concurrency} connections (one a lane, and one more for cuts beside one-lane jobs); the pool given has max ${max}`,
+        );
+      }
       this.#pool = params.pool;
       this.#ownsPool = false;
     } else if (params.connectionString) {
-      this.#pool = createPool({ connectionString: params.connectionString, max: this.options.concurrency + 2 });
+      this.#pool = createPool({ connectionString: params.connectionString, max: this.options.concurrency + 1 });
       this.#ownsPool = true;
     } else {
       throw new ConfigError('a worker needs `pool` or `connectionString`');
     }
     this.#log = (params.logger ?? defaultLibraryLogger()).child({ worker_pid: process.pid });
+    this.#laneSteps = Array.from({ length: this.options.concurrency }, () => ({
+      step: 'starting',
+      since: performance.now(),
+      told: false,
+    }));
     this.#observers = params.observers ?? [];
     this.#throttle = params.throttle;
     this.#schedules = resolveSchedules(params.schedules ?? [], registry);
@@ -164,25 +192,76 @@ export class Worker {
     // A one-shot drain has no fleet to spread out: it starts at once.
     const startupJitterMs = untilDone ? 0 : Math.round(Math.random() * options.startupJitterMs);
     this.#log.info({ options, startup_jitter_ms: startupJitterMs, worker_id: this.id }, 'worker starting');
-    await this.#heartbeat();
-    const heartbeat = setInterval(() => void this.#heartbeat(), HEARTBEAT_MS);
+    const control = siblingPool(this.#pool, { max: CONTROL_CONNECTIONS });
+    this.#control = control;
+    const heartbeat = setInterval(
+      () => void (this.#beating ??= this.#heartbeat().finally(() => (this.#beating = undefined))),
+      HEARTBEAT_MS,
+    );
     heartbeat.unref();
-    await sleep(startupJitterMs, stopping);
+    const watch = setInterval(() => this.#watchLanes(), WATCH_MS);
+    watch.unref();
     try {
-      await Promise.all(this.#runners.map((runner) => this.#laneLoop(runner, untilDone)));
+      await this.#heartbeat();
+      await sleep(startupJitterMs, stopping);
+      await Promise.all(this.#runners.map((runner, lane) => this.#laneLoop(runner, lane, untilDone)));
     } finally {
       clearInterval(heartbeat);
+      clearInterval(watch);
+      await this.#beating;
       await this.#probing;
+      await this.#healthCheck;
       await Promise.all(this.#runners.map((runner) => runner.release()));
-      await retireWorker(this.#pool, this.id).catch((error: unknown) =>
+      await retireWorker(control, this.id).catch((error: unknown) =>
         this.#log.warn({ err: error }, 'could not retire worker'),
       );
+      this.#control = undefined;
+      await control.end();
     }
     this.#log.info('worker stopped');
   }
 
+  /** The controllers' pool: open while the loop runs. */
+  get #controlDb(): pg.Pool {
+    if (!this.#control) throw new Error('the worker is not running');
+    return this.#control;
+  }
+
+  /** Notes what a lane waits for next (see #watchLanes); a lane that had been stuck says it moved on. */
+  #step(lane: number, step: string): void {
+    const current = this.#laneSteps[lane]!;
+    const now = performance.now();
+    if (current.told) {
+      this.#log.warn(
+        { lane, step: current.step, waited_ms: Math.round(now - current.since) },
+        `lane ${lane} moved on after ${Math.round((now - current.since) / 1000)} s in ${current.step}`,
+      );
+    }
+    current.step = step;
+    current.since = now;
+    current.told = false;
+  }
+
+  /**
+   * Says so, once, when a lane has waited in one step (a run, a health check, a connection) for
+   * longer than any run may take: by design none does, so such a line is a defect to report, and
+   * the only sign of a worker that is alive but does no work.
+   */
+  #watchLanes(): void {
+    const limitMs = this.options.runTimeoutMs + 60_000;
+    const now = performance.now();
+    this.#laneSteps.forEach((lane, index) => {
+      if (lane.told || lane.step === 'sleep' || now - lane.since < limitMs) return;
+      lane.told = true;
+      this.#log.error(
+        { lane: index, step: lane.step, waited_ms: Math.round(now - lane.since) },
+        `lane ${index} has waited ${Math.round((now - lane.since) / 1000)} s in ${lane.step}: this worker makes no progress in that lane`,
+      );
+    });
+  }
+
   /** One lane: runs until stopped (or, with `untilDone`, until it finds nothing to run). */
-  async #laneLoop(runner: Runner, untilDone: boolean): Promise<void> {
+  async #laneLoop(runner: Runner, lane: number, untilDone: boolean): Promise<void> {
     const { options } = this;
     const stopping = this.#stopping.signal;
     const backoff = new Backoff(options.intervalMs, options.maxIntervalMs);
@@ -190,17 +269,22 @@ export class Worker {
       // With no pause between jobs, each successful run also begins the next (one round trip less).
       const chain = options.pauseMs === 0 && (this.#commits?.dutyCycle ?? 1) === 1;
       if (this.#schedules.length > 0 && performance.now() - this.#scheduledAt >= options.scheduleCheckMs) {
+        this.#step(lane, 'scheduling');
         if (await this.#schedule()) backoff.reset();
       }
-      if (this.#health && performance.now() - this.#healthCheckedAt >= this.#health.checkMs)
+      if (this.#health && performance.now() - this.#healthCheckedAt >= this.#health.checkMs) {
+        this.#step(lane, 'a health check');
         await this.#checkHealth(this.#health);
+      }
       if (performance.now() < this.#restUntil) {
         // Foreground protection: every lane of the worker rests (or one lane would take the job
         // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
+        this.#step(lane, 'sleep');
         await runner.release();
         await sleep(this.#restUntil - performance.now(), stopping);
         continue;
       }
+      this.#step(lane, 'a run');
       const result = (await this.#throttled(runner)) ?? (await this.#runOnce(runner, chain));
       if (untilDone && result.outcome === 'no_job') {
         this.#wakeLanes();
@@ -209,10 +293,13 @@ export class Worker {
       if (result.outcome === 'job_succeeded' && result.migration && this.#commits)
         this.#ranLately.set(result.migration.id, performance.now());
       if (result.outcome === 'job_succeeded' && this.#latency && this.#health) {
+        this.#step(lane, 'lane steering');
         await this.#steerLanes(result, this.#latency, this.#health);
       }
-      if (result.outcome === 'migration_started' && this.#latency && result.migration)
+      if (result.outcome === 'migration_started' && this.#latency && result.migration) {
+        this.#step(lane, 'slow start');
         await this.#slowStart(result.migration);
+      }
       // A migration that started, finished or failed changes what the other lanes may find.
       if (result.outcome.startsWith('migration_')) this.#wakeLanes();
       const dutyCycle = this.#commits?.dutyCycle ?? 1;
@@ -224,6 +311,7 @@ export class Worker {
       if (this.#schedules.length > 0)
         waitMs = Math.min(waitMs, Math.max(0, this.#scheduledAt + options.scheduleCheckMs - performance.now()));
       if (waitMs > 0) {
+        this.#step(lane, 'sleep');
         this.#tell((observer) => observer.sleep?.(waitMs));
         await sleep(waitMs, AbortSignal.any([stopping, this.#wake.signal]));
       }
@@ -262,7 +350,7 @@ export class Worker {
   /** The throttle's answer; a throttle that fails is logged and does not hold back. */
   async #askThrottle(throttle: Throttle): Promise<string | false> {
     try {
-      return await throttle(this.#pool);
+      return await throttle(this.#controlDb);
     } catch (error) {
       this.#log.warn({ err: error }, 'throttle check failed; not throttling');
       return false;
@@ -279,7 +367,7 @@ export class Worker {
   #checkHealth(health: ResolvedHealth): Promise<void> {
     this.#healthCheck ??= (async () => {
       try {
-        const { holds, released } = await checkHealth(this.#pool, health);
+        const { holds, released } = await checkHealth(this.#controlDb, health);
         if (released.length > 0) this.#log.info({ migrations: released }, `health hold lifted: ${released.join(', ')}`);
         for (const event of holds) {
           this.#log.warn(
@@ -319,7 +407,7 @@ export class Worker {
     const startedAt = performance.now();
     let latencies: number[] | undefined;
     try {
-      const client = await this.#pool.connect();
+      const client = await this.#controlDb.connect();
       // Quiet rounds too (see PROBE_SPACING_MS); a quiet round holds the fleet about 50 ms longer for it.
       const probe = async () => {
         const timed: number[] = [];
@@ -373,7 +461,7 @@ export class Worker {
     };
     try {
       if (verdict === 'pressure') {
-        const shed = (await Promise.all(recent.map((id) => shedLanes(this.#pool, id)))).filter((c) => c !== null);
+        const shed = (await Promise.all(recent.map((id) => shedLanes(this.#controlDb, id)))).filter((c) => c !== null);
         for (const change of shed) {
           commits.changed();
           this.#log.warn(
@@ -391,7 +479,7 @@ export class Worker {
         dutyChanged('info', 'lanes run again');
         return;
       }
-      for (const change of await Promise.all(recent.map((id) => growLanes(this.#pool, id)))) {
+      for (const change of await Promise.all(recent.map((id) => growLanes(this.#controlDb, id)))) {
         if (change) {
           commits.changed();
           this.#log.info(
@@ -427,7 +515,9 @@ export class Worker {
     this.#lanesSteeredAt.set(migration.id, now);
     try {
       const change =
-        verdict === 'pressure' ? await shedLanes(this.#pool, migration.id) : await growLanes(this.#pool, migration.id);
+        verdict === 'pressure'
+          ? await shedLanes(this.#controlDb, migration.id)
+          : await growLanes(this.#controlDb, migration.id);
       if (!change) return;
       const event = {
         migration: change.name,
@@ -456,7 +546,7 @@ export class Worker {
   /** A migration this worker started begins in one lane; the latency controller grows it from there. */
   async #slowStart(migration: { id: bigint; name: string }): Promise<void> {
     try {
-      if (await startInOneLane(this.#pool, migration.id)) {
+      if (await startInOneLane(this.#controlDb, migration.id)) {
         this.#log.info(
           migrationFields(migration),
           `latency: ${migration.name} starts in one lane and grows while its jobs stay fast`,
@@ -479,7 +569,7 @@ export class Worker {
   async #tickSchedules(): Promise<boolean> {
     this.#scheduledAt = performance.now();
     try {
-      const tick = await tickSchedules(this.#pool, this.#schedules, {
+      const tick = await tickSchedules(this.#controlDb, this.#schedules, {
         retentionMs: this.options.passRetentionMs,
         log: this.#log,
       });
@@ -497,7 +587,7 @@ export class Worker {
   /** Records that this worker is alive. Failing to is logged, never fatal: it only feeds `bbm status`. */
   async #heartbeat(): Promise<void> {
     try {
-      await announceWorker(this.#pool, {
+      await announceWorker(this.#controlDb, {
         id: this.id,
         hostname: hostname(),
         pid: process.pid,

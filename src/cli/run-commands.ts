@@ -21,6 +21,12 @@ import { createLiveDisplay, type LiveDisplay } from './live.ts';
 import type { Context } from './context.ts';
 
 const DEFAULT_GRACE_PERIOD_MS = 25_000;
+/**
+ * How long a rolled-back stop may take before the process exits anyway: a cancel reaches a
+ * statement at once, so only a worker that cannot make progress (a defect) gets here. Its runs'
+ * transactions die with their sessions, so nothing is half done.
+ */
+const ABORT_EXIT_MS = 10_000;
 
 function logLevelFlag({ flags }: Context): LevelWithSilent | undefined {
   const level = flags['log-level'];
@@ -83,6 +89,15 @@ async function sentryFrom({ config, io, databaseUrl }: Context): Promise<SentryR
 function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: () => void): () => void {
   let signals = 0;
   let timer: NodeJS.Timeout | undefined;
+  let exitTimer: NodeJS.Timeout | undefined;
+  const rollBack = () => {
+    abort();
+    exitTimer ??= setTimeout(() => {
+      log.error({ exit_after_ms: ABORT_EXIT_MS }, `could not stop within ${ABORT_EXIT_MS} ms of rolling back: exiting`);
+      process.exit(1);
+    }, ABORT_EXIT_MS);
+    exitTimer.unref();
+  };
   const handler = (signal: NodeJS.Signals) => {
     signals += 1;
     if (signals === 1) {
@@ -90,18 +105,19 @@ function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: ()
       stop();
       timer = setTimeout(() => {
         log.warn({ grace_period_ms: graceMs }, 'grace period over: rolling back the job in flight');
-        abort();
+        rollBack();
       }, graceMs);
       timer.unref();
     } else {
       log.warn({ signal }, 'stopping now: rolling back the job in flight');
-      abort();
+      rollBack();
     }
   };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
   return () => {
     clearTimeout(timer);
+    clearTimeout(exitTimer);
     process.off('SIGINT', handler);
     process.off('SIGTERM', handler);
   };
@@ -174,10 +190,11 @@ export async function run(context: Context): Promise<number> {
       });
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
+    // A pool of the worker's own, sized for its lanes (the command's pool is for everything else).
     const worker = new Worker({
       ...options,
       work,
-      pool,
+      connectionString: context.databaseUrl,
       logger: log,
       observers,
       ...(throttle && { throttle }),
@@ -194,6 +211,7 @@ export async function run(context: Context): Promise<number> {
     try {
       await worker.run({ untilDone });
     } finally {
+      await worker.close();
       release();
       await terminal?.display.stop();
     }

@@ -91,6 +91,23 @@ export function createPool({ connectionString, max = 4, applicationName = 'pg-bb
   return pool;
 }
 
+/**
+ * A pool of its own to the same database as `pool`, with the same connection settings: for a part
+ * that must never wait for a connection `pool` lends out (a worker's controllers beside its lanes).
+ */
+export function siblingPool(
+  pool: pg.Pool,
+  { max, applicationName }: { max: number; applicationName?: string },
+): pg.Pool {
+  const sibling = new pg.Pool({
+    ...pool.options,
+    max,
+    ...(applicationName !== undefined && { application_name: applicationName }),
+  });
+  sibling.on('error', () => {});
+  return sibling;
+}
+
 /** The password in a connection string replaced by `***`, for logs and error messages. */
 export function maskConnectionString(connectionString: string): string {
   try {
