@@ -4,7 +4,17 @@ import { fileURLToPath } from 'node:url';
 import { useTestDatabase } from './support/database.ts';
 import pg from 'pg';
 import { Worker } from '../src/bbm/worker.ts';
-import { createItems, enqueue, expectEveryRowOnce, range, touch } from './support/engine.ts';
+import type { Job } from '../src/bbm/types.ts';
+import {
+  createItems,
+  drain,
+  enqueue,
+  expectEveryRowOnce,
+  jobRanges,
+  range,
+  testWorker,
+  touch,
+} from './support/engine.ts';
 import { startBbm } from './support/processes.ts';
 
 const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
@@ -49,5 +59,39 @@ describe('a worker given a pool', () => {
     } finally {
       void small.end();
     }
+  });
+});
+
+describe("a job under the session's own statement_timeout", () => {
+  const db = useTestDatabase();
+
+  it('keeps a tighter statement_timeout of the database or role, and splits a range that hits it', async () => {
+    const { pool, name, url } = db();
+    await createItems(pool, 'items', range(1, 20));
+    await enqueue(pool, { name: 'slow', work: 'slow.touch', table: 'items', batchSize: 10, max: 20 });
+    // A DBA's safety net, set on the database: every new session of the worker has it.
+    await pool.query(`ALTER DATABASE ${name} SET statement_timeout = 300`);
+    const limited = new pg.Pool({ connectionString: url, max: 4 });
+    // A statement of 500 ms on a range of more than 5 rows: past the database's 300 ms limit.
+    const slowTouch = {
+      name: 'slow.touch',
+      async do(job: Job) {
+        if (job.end - job.start + 1n > 5n) await job.query('SELECT pg_sleep(0.5)');
+        await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+          job.start,
+          job.end,
+        ]);
+      },
+    };
+    try {
+      const worker = testWorker(limited, { work: [slowTouch] });
+      await drain(worker);
+      await worker.close();
+    } finally {
+      await limited.end();
+    }
+    await expectEveryRowOnce(pool, 'items', 'slow');
+    // The two ranges of 10 hit the limit and were split in halves of 5, which ran.
+    expect((await jobRanges(pool, 'slow', { all: true })).map((job) => job.max - job.min + 1)).toEqual([5, 5, 5, 5]);
   });
 });

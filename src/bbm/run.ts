@@ -43,6 +43,8 @@ import {
 import {
   RunTransaction,
   runPrologue,
+  sessionLimits,
+  tighterLimit,
   type RunPrologue,
   type Take,
   type TakenMigration,
@@ -128,8 +130,12 @@ export class Runner {
    */
   readonly #validated = new Map<bigint, Validated>();
   /** Starts every run: BEGIN, settings, take, savepoint (see run-transaction.ts). */
-  readonly #prologue: RunPrologue;
+  #prologue: RunPrologue;
+  /** Read once, on the first run: the prologue then keeps the session's tighter limits (runPrologue). */
+  #limits: Promise<void> | undefined;
   readonly #backstopMs: number;
+  /** The statement timeout of the cuts: the backstop, or the session's own when it is tighter. */
+  #cutTimeoutMs: number;
   readonly #sizers: Map<bigint, BatchSizer>;
   /** Cuts this runner started beside its jobs and has not seen end: release() waits for them. */
   readonly #cutsInFlight = new Set<Promise<void>>();
@@ -149,12 +155,30 @@ export class Runner {
 
   constructor(private readonly ctx: RunContext) {
     this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
+    this.#cutTimeoutMs = this.#backstopMs;
     this.#prologue = runPrologue(
       { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME },
       this.#backstopMs,
       ctx.only,
     );
     this.#sizers = ctx.sizers ?? new Map<bigint, BatchSizer>();
+  }
+
+  /** Reads the session's limits and keeps the tighter ones in every run (runPrologue); retried on failure. */
+  async #readLimits(): Promise<void> {
+    try {
+      const limits = await sessionLimits(this.ctx.pool);
+      this.#prologue = runPrologue(
+        { names: this.ctx.registry.names, validNamePattern: VALID_WORK_NAME },
+        this.#backstopMs,
+        this.ctx.only,
+        limits,
+      );
+      this.#cutTimeoutMs = tighterLimit(limits.statementTimeoutMs, this.#backstopMs);
+    } catch (error) {
+      this.#limits = undefined;
+      throw error;
+    }
   }
 
   /**
@@ -174,6 +198,7 @@ export class Runner {
     if (!tx) {
       this.#tookAnyAt = performance.now();
       try {
+        await (this.#limits ??= this.#readLimits());
         tx = await RunTransaction.open(this.ctx.pool, this.#prologue);
       } catch (error) {
         return finish({ outcome: 'error', error: asError(error) });
@@ -375,7 +400,7 @@ export class Runner {
       if (!sizer) this.#sizers.set(migration.id, (sizer = new BatchSizer(migration.batchSize)));
       size = sizer.nextCut(settings);
     }
-    return { migrationId: migration.id, validated, size, statementTimeoutMs: this.#backstopMs };
+    return { migrationId: migration.id, validated, size, statementTimeoutMs: this.#cutTimeoutMs };
   }
 
   /**

@@ -235,9 +235,13 @@ export type Throttle = (db: Queryable) => Promise<string | false>;
 /** What `createWorker` / `new Worker` take: the work, a database, worker options, and what to tell and ask. */
 export interface WorkerParams extends WorkerOptions {
   work: readonly Work[];
-  /** A pool to use (the caller ends it); it needs room for `concurrency` + 1 connections. */
+  /**
+   * A pool for the lanes (the caller ends it): at least `concurrency` connections, one a lane (one
+   * more lets a migration in one lane cut its next range beside the job). The worker's controllers
+   * (health checks, probes, heartbeats) use 2 connections of a pool of their own, with its settings.
+   */
   pool?: pg.Pool;
-  /** Or a connection string: the worker opens and ends its own pool. */
+  /** Or a connection string: the worker opens and ends its own pool (`concurrency` + 1, and 2 for its controllers). */
   connectionString?: string;
   /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
   logger?: Logger;

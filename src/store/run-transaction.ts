@@ -17,7 +17,8 @@
  */
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
-import { integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
+import { sql } from 'drizzle-orm';
+import { exec, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import { cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
 
@@ -51,21 +52,68 @@ export interface WorkFilter {
  * worker measuring commits with no run in flight can wait for every run of the fleet. Both used
  * to be a statement of their own: every statement costs parsing and a result on both sides, per job.
  */
-export function runPrologue({ names, validNamePattern }: WorkFilter, backstopMs: number, only?: bigint): RunPrologue {
+export function runPrologue(
+  { names, validNamePattern }: WorkFilter,
+  backstopMs: number,
+  only?: bigint,
+  limits?: SessionLimits,
+): RunPrologue {
   if (!Number.isSafeInteger(backstopMs) || backstopMs <= 0 || backstopMs > INT4_MAX) {
     throw new RangeError(`bad timeout ${backstopMs}`);
   }
   const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
   const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
+  const keep = limits ? tighterLimits(limits, backstopMs) : '';
   return {
-    any: `BEGIN; ${take}; SAVEPOINT ${WORK_SAVEPOINT}`,
+    any: `BEGIN; ${take}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`,
     after: ({ migrationId, lane }) => {
       if (lane < 0 || lane > INT4_MAX) throw new RangeError(`bad lane ${lane}`);
       const next = `bbm_take_next(${integerLiteral(migrationId)}::bigint, ${integerLiteral(lane)}, ${nameArray}, ${backstopMs})`;
-      return `BEGIN; SELECT * FROM ${next}; SAVEPOINT ${WORK_SAVEPOINT}`;
+      return `BEGIN; SELECT * FROM ${next}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`;
     },
   };
+}
+
+/**
+ * The session's own limits, in milliseconds (0: none): what the role, the database, the server or
+ * the connection set, as a session of the worker's pool sees them before any run changes them.
+ */
+export interface SessionLimits {
+  statementTimeoutMs: number;
+  idleInTransactionTimeoutMs: number;
+}
+
+export async function sessionLimits(db: Queryable): Promise<SessionLimits> {
+  const rows = await exec<{ name: string; setting: string }>(
+    db,
+    sql`SELECT name, setting FROM pg_catalog.pg_settings
+        WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout')`,
+  );
+  const ms = (name: string) => Number(rows.find((row) => row.name === name)?.setting ?? 0);
+  return {
+    statementTimeoutMs: ms('statement_timeout'),
+    idleInTransactionTimeoutMs: ms('idle_in_transaction_session_timeout'),
+  };
+}
+
+/** The smaller of a session's limit and a backstop; 0 (no limit) is not smaller. */
+export function tighterLimit(limitMs: number, backstopMs: number): number {
+  return limitMs > 0 && limitMs < backstopMs ? limitMs : backstopMs;
+}
+
+/**
+ * SET LOCALs that put back the session's limits where they are tighter than the backstops the take
+ * set (a DBA's statement_timeout is a safety net a tool must not lift); nothing when none is.
+ * After the take, before the work's savepoint: rolling back to that savepoint keeps them.
+ */
+function tighterLimits(limits: SessionLimits, backstopMs: number): string {
+  const sets: string[] = [];
+  if (tighterLimit(limits.statementTimeoutMs, backstopMs) < backstopMs)
+    sets.push(`SET LOCAL statement_timeout = ${integerLiteral(limits.statementTimeoutMs)}; `);
+  if (tighterLimit(limits.idleInTransactionTimeoutMs, backstopMs) < backstopMs)
+    sets.push(`SET LOCAL idle_in_transaction_session_timeout = ${integerLiteral(limits.idleInTransactionTimeoutMs)}; `);
+  return sets.join('');
 }
 
 /** The migration and lane of the job a run just finished: where its successor looks first. */
