@@ -15,7 +15,7 @@ import {
   testWorker,
   touch,
 } from './support/engine.ts';
-import { startBbm } from './support/processes.ts';
+import { startBbm, waitFor } from './support/processes.ts';
 
 const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
 
@@ -93,5 +93,82 @@ describe("a job under the session's own statement_timeout", () => {
     await expectEveryRowOnce(pool, 'items', 'slow');
     // The two ranges of 10 hit the limit and were split in halves of 5, which ran.
     expect((await jobRanges(pool, 'slow', { all: true })).map((job) => job.max - job.min + 1)).toEqual([5, 5, 5, 5]);
+  });
+});
+
+describe('bbm run waits for a database that is not ready', () => {
+  const db = useTestDatabase();
+
+  /** A role of its own (roles are the cluster's: a unique name), owning what the worker touches. */
+  async function workerRole(pool: pg.Pool, url: string, settings: string): Promise<{ role: string; roleUrl: string }> {
+    const role = `bbm_wait_${Math.random().toString(36).slice(2, 10)}`;
+    await pool.query(`CREATE ROLE ${role} LOGIN PASSWORD 'wait-for-it' ${settings}`);
+    await pool.query(`GRANT ALL ON SCHEMA public TO ${role}`);
+    await pool.query(`GRANT ALL ON ALL TABLES IN SCHEMA public TO ${role}`);
+    await pool.query(`GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
+    const roleUrl = new URL(url);
+    roleUrl.username = role;
+    roleUrl.password = 'wait-for-it';
+    return { role, roleUrl: roleUrl.toString() };
+  }
+
+  it('retries "too many connections" at start-up, with one log line, and runs once it can connect', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 50));
+    await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 10 });
+    // Every slot the role may have is taken (53300), as on a server at max_connections.
+    const { role, roleUrl } = await workerRole(pool, url, 'CONNECTION LIMIT 0');
+    try {
+      const worker = startBbm(['run', '--until-done', '--skip-migrate', '--config', DEFAULTS_CONFIG], {
+        DATABASE_URL: roleUrl,
+        BBM_LOG_LEVEL: 'info',
+        BBM_LOG_FORMAT: 'json',
+      });
+      await waitFor(() => Promise.resolve(/waiting for the database/.test(worker.output())), 'the wait', 15_000);
+      await pool.query(`ALTER ROLE ${role} CONNECTION LIMIT -1`);
+      const { code } = await worker.exited;
+      expect(code, worker.output().slice(-2_000)).toBe(0);
+      expect(worker.output().match(/waiting for the database/g)).toHaveLength(1);
+      expect(worker.output()).toMatch(/the database is ready: starting/);
+      await expectEveryRowOnce(pool, 'items', 'fill');
+    } finally {
+      await pool.query(`DROP OWNED BY ${role}; DROP ROLE ${role}`).catch(() => {});
+    }
+  });
+
+  it('charges nothing to a migration while the server takes no writes (25006), and runs once it does', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 50));
+    await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 10 });
+    // As a primary demoted to read-only would answer every write.
+    const { role, roleUrl } = await workerRole(pool, url, '');
+    await pool.query(`ALTER ROLE ${role} SET default_transaction_read_only = on`);
+    try {
+      const worker = startBbm(['run', '--skip-migrate', '--config', DEFAULTS_CONFIG], {
+        DATABASE_URL: roleUrl,
+        BBM_LOG_LEVEL: 'warn',
+        BBM_LOG_FORMAT: 'json',
+      });
+      await waitFor(() => Promise.resolve(/read-only transaction/.test(worker.output())), 'a refused run', 15_000);
+      // Longer than the worker's backoff lets it try a few times.
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      const before = await pool.query(
+        `SELECT status, on_hold_until, run_errors FROM batched_background_migrations WHERE name = 'fill'`,
+      );
+      expect(before.rows[0]).toMatchObject({ on_hold_until: null, run_errors: 0 });
+      await pool.query(`ALTER ROLE ${role} RESET default_transaction_read_only`);
+      await pool.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1`, [role]);
+      await waitFor(
+        async () => (await pool.query(`SELECT 1 FROM items WHERE touched = 0`)).rowCount === 0,
+        'the drain',
+        20_000,
+      );
+      worker.child.kill('SIGTERM');
+      expect((await worker.exited).code, worker.output().slice(-2_000)).toBe(0);
+      const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM items GROUP BY touched`);
+      expect(rows).toEqual([{ touched: 1, n: 50 }]);
+    } finally {
+      await pool.query(`DROP OWNED BY ${role}; DROP ROLE ${role}`).catch(() => {});
+    }
   });
 });

@@ -54,6 +54,7 @@ import { asError, BbmError, storedMessage } from './errors.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
 import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './work-registry.ts';
 import { JobSession } from './session.ts';
+import { isTransient } from './transient.ts';
 import type { Job, JobDb, RunResult, Work } from './types.ts';
 
 /** How far past the run timeout the server-side backstops (statement and idle timeouts) sit. */
@@ -582,22 +583,6 @@ interface RunInfo {
   chain: boolean;
   /** The migration the run took, once it has taken one: a run error is counted against it. */
   migration: MigrationRef | undefined;
-}
-
-/**
- * SQLSTATEs of trouble that is not a migration's fault: connections (08), resources (53), the
- * server shutting down or starting (57P01-57P03), cancelled statements and lock timeouts (57014,
- * 55P03), serialization failures and deadlocks (40001, 40P01).
- */
-const TRANSIENT_STATES = /^(08|53|57P0[1-3]$|57014$|55P03$|40001$|40P01$)/;
-
-/** Whether a run error is transient: a SQLSTATE above, or a client-side connection failure (no SQLSTATE, a system error code or pg's connection messages). */
-function isTransient(error: Error): boolean {
-  const state = sqlStateOf(error);
-  if (state !== undefined) return TRANSIENT_STATES.test(state);
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string') return true;
-  return /connection|terminated|timeout|ECONN|socket/i.test(error.message);
 }
 
 /** The bounds on every size a migration cuts at; min_batch_size wins over max_batch_size, as in SQL. */

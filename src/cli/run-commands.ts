@@ -12,6 +12,7 @@ import { WorkRegistry } from '../bbm/work-registry.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Worker } from '../bbm/worker.ts';
+import { whenDatabaseReady } from '../bbm/startup.ts';
 import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
@@ -164,22 +165,40 @@ export async function run(context: Context): Promise<number> {
   resolveOptions(options);
   const untilDone = Boolean(flags['until-done']);
 
-  if (!flags['skip-migrate']) await migrateSchema(pool);
+  // A signal while the database is awaited ends the wait; once the worker runs, it stops the worker.
+  const startup = new AbortController();
+  let worker: Worker | undefined;
+  const release = onStopSignals(
+    log,
+    graceMs,
+    () => (worker ? void worker.stop() : startup.abort()),
+    () => (worker ? void worker.stop({ abort: true }) : startup.abort()),
+  );
   // The migrations this worker ran jobs of: with --until-done, the exit code says whether any failed.
   const workedOn = new Set<string>();
-  const observers: WorkerObserver[] = [
-    {
-      run(result) {
-        if (result.migration) workedOn.add(result.migration.name);
-      },
-    },
-  ];
-  const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
-  if (metrics) observers.push(metrics.observer);
-  const sentry = await sentryFrom(context);
-  if (sentry) observers.push(sentry.observer);
   let ops: OpsServer | undefined;
+  let sentry: SentryReporter | undefined;
   try {
+    const ready = await whenDatabaseReady(
+      pool,
+      async () => {
+        if (!flags['skip-migrate']) await migrateSchema(pool);
+        return true;
+      },
+      { log, signal: startup.signal },
+    );
+    if (!ready) return 0;
+    const observers: WorkerObserver[] = [
+      {
+        run(result) {
+          if (result.migration) workedOn.add(result.migration.name);
+        },
+      },
+    ];
+    const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
+    if (metrics) observers.push(metrics.observer);
+    sentry = await sentryFrom(context);
+    if (sentry) observers.push(sentry.observer);
     if (metrics && metricsPort !== undefined) {
       ops = await startOpsServer({
         registry: metrics.registry,
@@ -191,7 +210,7 @@ export async function run(context: Context): Promise<number> {
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
     // A pool of the worker's own, sized for its lanes (the command's pool is for everything else).
-    const worker = new Worker({
+    const running = new Worker({
       ...options,
       work,
       connectionString: context.databaseUrl,
@@ -201,21 +220,17 @@ export async function run(context: Context): Promise<number> {
       ...(schedules && { schedules }),
       ...(config.health !== undefined && { health: config.health }),
     });
-    const release = onStopSignals(
-      log,
-      graceMs,
-      () => void worker.stop(),
-      () => void worker.stop({ abort: true }),
-    );
+    worker = running;
+    if (startup.signal.aborted) void running.stop();
     terminal?.display.start();
     try {
-      await worker.run({ untilDone });
+      await running.run({ untilDone });
     } finally {
-      await worker.close();
-      release();
+      await running.close();
       await terminal?.display.stop();
     }
   } finally {
+    release();
     await ops?.close();
     await sentry?.close();
   }

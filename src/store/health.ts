@@ -57,3 +57,9 @@ export async function oldestTransaction(db: Queryable): Promise<{ ageMs: number;
   );
   return row ? { ageMs: Number(row.age_ms), pid: row.pid } : null;
 }
+
+/** Whether the server is a standby (in recovery): it takes no writes, so no run can do anything there. */
+export async function inRecovery(db: Queryable): Promise<boolean> {
+  const row = await execOne<{ standby: boolean }>(db, sql`SELECT pg_catalog.pg_is_in_recovery() AS standby`);
+  return row?.standby ?? false;
+}
