@@ -140,12 +140,12 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
  * and the statement that raised it (its text, never its values): drizzle's DrizzleQueryError
  * says only "Failed query: …" and keeps the database's error as its `cause`.
  */
-function describeError(error: unknown): string {
+export function describeError(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
-  const wrapped = isDrizzleQueryError(error) && sqlStateOf(error.cause) !== undefined;
+  const wrapped = isDrizzleQueryError(error) && isDatabaseError(error.cause);
   const database = wrapped ? (error.cause as Error) : error;
   const state = sqlStateOf(database);
-  if (state === undefined) return error.message;
+  if (state === undefined || !isDatabaseError(database)) return error.message;
   // pg-bbm's tables are missing: the database was never migrated.
   const hint =
     state === SqlState.undefinedTable && /batched_background_migration|registry\./.test(database.message)
@@ -154,8 +154,15 @@ function describeError(error: unknown): string {
   const statement = wrapped
     ? statementLabel((error as Error & { query: string }).query)
     : (database as Error & { statement?: unknown }).statement;
-  const where = typeof statement === 'string' && statement ? ` in: ${statement}` : '';
+  // A connection or login failure (classes 08, 28) comes from no statement, whatever was about to run.
+  const fromStatement = !state.startsWith('08') && !state.startsWith('28');
+  const where = fromStatement && typeof statement === 'string' && statement ? ` in: ${statement}` : '';
   return `${database.message}${hint} (SQLSTATE ${state})${where}`;
+}
+
+/** An error the server sent (pg's DatabaseError, by shape): a SQLSTATE and a severity; not a Node error like EPERM. */
+function isDatabaseError(error: unknown): error is Error {
+  return error instanceof Error && sqlStateOf(error) !== undefined && 'severity' in error;
 }
 
 /** drizzle's DrizzleQueryError (by shape: the caller's drizzle may be another copy than ours). */
