@@ -38,9 +38,7 @@ function clashingPreparedStatement(client: pg.PoolClient): Queryable {
   return { query } as Queryable;
 }
 
-describe('the catalog lookup', () => {
-  const db = useTestDatabase();
-
+describe('what the catalog lookup reads as no such table', () => {
   it.each([
     ['42P05', false], // duplicate_prepared_statement: a pooled server connection's leftovers
     ['42501', false], // insufficient_privilege
@@ -59,6 +57,10 @@ describe('the catalog lookup', () => {
   ])('an error of SQLSTATE %s says the name names no table: %s', (code, notATable) => {
     expect(isNotATableName(Object.assign(new Error('x'), { code }))).toBe(notATable);
   });
+});
+
+describe('the catalog lookup', () => {
+  const db = useTestDatabase();
 
   it('a name to_regclass refuses is invalid_table', async () => {
     const { pool } = db();
