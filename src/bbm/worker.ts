@@ -420,7 +420,7 @@ export class Worker {
         return timed;
       };
       try {
-        latencies = quiet ? await whileRunsHeld(client, QUIET_WAIT_MS, probe) : await probe();
+        latencies = quiet ? await whileRunsHeld(this.#pool, QUIET_WAIT_MS, probe) : await probe();
         client.release();
       } catch (error) {
         client.release(error instanceof Error ? error : true);

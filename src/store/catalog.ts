@@ -82,10 +82,34 @@ function lookUp(db: Queryable, tableName: string, columnName: string): Promise<C
 }
 
 /**
+ * What to_regclass raises instead of answering NULL: names it refuses outright. Such a name is a
+ * bad table name, as much as one that resolves to nothing. (PostgreSQL 16 and later answer NULL
+ * for most malformed names; earlier versions raise 42602 or 22023 for them.)
+ */
+const NOT_A_TABLE_NAME = new Set<string>([
+  SqlState.undefinedTable, // 42P01
+  SqlState.syntaxError, // 42601: improper relation name (too many dotted names)
+  SqlState.invalidName, // 42602: invalid name syntax
+  SqlState.featureNotSupported, // 0A000: cross-database references are not implemented
+  SqlState.invalidParameterValue, // 22023
+  SqlState.invalidSchemaName, // 3F000: schema does not exist
+]);
+
+/**
+ * Whether an error raised by the lookup says the table name names no table. Anything else (no
+ * privilege, a pooler's server connection in a state of another client's, a lost connection, a
+ * timeout) says nothing about the table: the caller gets it thrown, to retry or fail the run.
+ */
+export function isNotATableName(error: unknown): boolean {
+  const state = sqlStateOf(error);
+  return state !== undefined && NOT_A_TABLE_NAME.has(state);
+}
+
+/**
  * Must run inside a transaction: the lookup runs in a savepoint, because to_regclass returns NULL
  * for most malformed names but raises for some ("too many dotted names", cross-database
- * references), and the error must not abort the caller's transaction. Such errors are a bad
- * table name, not a failed run.
+ * references), and the error must not abort the caller's transaction. Those errors are a bad
+ * table name (invalid_table); every other error is thrown.
  *
  * `table_name` is read as SQL would read it (optionally schema-qualified, unquoted parts folded
  * to lower case, resolved through search_path); `column_name` must match the column exactly.
@@ -99,8 +123,7 @@ export async function resolveTarget(
   try {
     row = await inSavepoint(db, () => lookUp(db, tableName, columnName));
   } catch (error) {
-    const state = sqlStateOf(error);
-    if (state?.startsWith('42') || state === SqlState.featureNotSupported || state === SqlState.invalidParameterValue) {
+    if (isNotATableName(error)) {
       return { code: 'invalid_table', message: `table ${JSON.stringify(tableName)}: ${(error as Error).message}` };
     }
     throw error;

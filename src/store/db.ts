@@ -1,8 +1,14 @@
 /**
  * Connections and the one way SQL is run: drizzle `sql` templates rendered to
  * `$n` text and executed on a node-postgres client or pool.
+ *
+ * Everything here works through a pooler in transaction mode (PgBouncer, Supavisor, RDS Proxy),
+ * where consecutive transactions of one client may run on different server connections: nothing
+ * is left on a session for a later transaction to find. Statements are unnamed (parsed at each
+ * execution; a named prepared statement lives on the server connection that parsed it, and
+ * another client that lands there cannot prepare its own of that name), and locks and settings
+ * are transaction-scoped.
  */
-import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { sql, type SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
@@ -14,21 +20,6 @@ export interface Queryable {
 }
 
 const dialect = new PgDialect();
-
-/**
- * Statements run as named prepared statements: each connection parses and plans one once, then
- * only binds and executes it. The name is derived from the text, so one text is one statement.
- */
-const statementNames = new Map<string, string>();
-function statementName(text: string): string {
-  let name = statementNames.get(text);
-  if (!name) {
-    name = `bbm_${createHash('sha1').update(text).digest('hex').slice(0, 20)}`;
-    if (statementNames.size > 10_000) statementNames.clear();
-    statementNames.set(text, name);
-  }
-  return name;
-}
 
 /**
  * A text value as an SQL expression for statements sent as plain text (the run's multi-statement
@@ -56,7 +47,7 @@ export function withStatement(error: unknown, statement: string): unknown {
 }
 
 /** The text of a statement as it is named on errors: whitespace collapsed, at most 160 characters. */
-function statementLabel(text: string): string {
+export function statementLabel(text: string): string {
   const flat = text.replace(/\s+/g, ' ').trim();
   return flat.length <= 160 ? flat : `${flat.slice(0, 159)}…`;
 }
@@ -64,7 +55,7 @@ function statementLabel(text: string): string {
 export async function exec<R extends pg.QueryResultRow>(db: Queryable, statement: SQL): Promise<R[]> {
   const { sql: text, params } = dialect.sqlToQuery(statement);
   try {
-    const result = await db.query<R>({ name: statementName(text), text, values: params });
+    const result = await db.query<R>({ text, values: params });
     return result.rows;
   } catch (error) {
     throw withStatement(error, statementLabel(text));
@@ -146,9 +137,12 @@ export const SqlState = {
   lockNotAvailable: '55P03',
   /** 42501: the role lacks a privilege (health views without pg_monitor). */
   insufficientPrivilege: '42501',
-  /** 0A000 and 22023: a name to_regclass refuses outright (cross-database references, …). */
+  /** 0A000, 22023, 42601, 42602, 3F000: a name to_regclass refuses outright (cross-database references, …). */
   featureNotSupported: '0A000',
   invalidParameterValue: '22023',
+  syntaxError: '42601',
+  invalidName: '42602',
+  invalidSchemaName: '3F000',
   /** 25P01: SAVEPOINT outside a transaction block. */
   noActiveTransaction: '25P01',
 } as const;

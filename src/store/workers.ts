@@ -46,29 +46,47 @@ export async function probeCommit(db: Queryable, workerId: string): Promise<void
  * Runs `measure` while no run of any worker is in flight: takes the quiet lock exclusively (every
  * run holds it shared from its take to its end, bbm_take_job), which waits for the runs in flight
  * to end and makes every new take wait behind it. Gives up (undefined) after `waitMs`, since the
- * fleet's takes queue behind the request while it waits. A session lock: `client` must be a
- * connection of its own, destroyed by the caller if this throws.
+ * fleet's takes queue behind the request while it waits.
+ *
+ * The lock is held by a transaction left open on a connection of its own (`holder`, lent by the
+ * pool if given one) while `measure` runs, and its end releases it: transaction-scoped, so that
+ * through a pooler in transaction mode it cannot stay behind on a server connection. `measure`
+ * must not use `holder` (its commits would be that transaction's).
  */
 export async function whileRunsHeld<T>(
-  client: pg.ClientBase,
+  holder: pg.Pool | pg.ClientBase,
   waitMs: number,
   measure: () => Promise<T>,
 ): Promise<T | undefined> {
   if (!Number.isSafeInteger(waitMs) || waitMs <= 0) throw new RangeError(`bad wait ${waitMs}`);
+  if ('totalCount' in holder) {
+    const client = await holder.connect();
+    let broken: Error | undefined;
+    try {
+      return await whileRunsHeld(client, waitMs, measure);
+    } catch (error) {
+      broken = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      client.release(broken);
+    }
+  }
   try {
-    await client.query(
-      `SET lock_timeout = ${waitMs}; SELECT pg_catalog.pg_advisory_lock(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY})`,
+    await holder.query(
+      `BEGIN; SET LOCAL lock_timeout = ${waitMs}; SELECT pg_catalog.pg_advisory_xact_lock(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY})`,
     );
   } catch (error) {
-    if (sqlStateOf(error) === SqlState.lockNotAvailable) return undefined;
-    throw error;
-  } finally {
-    await client.query('RESET lock_timeout');
+    if (sqlStateOf(error) !== SqlState.lockNotAvailable) {
+      await holder.query('ROLLBACK').catch(() => {});
+      throw error;
+    }
+    await holder.query('ROLLBACK');
+    return undefined;
   }
   try {
     return await measure();
   } finally {
-    await client.query(`SELECT pg_catalog.pg_advisory_unlock(${LOCK_NAMESPACE}, ${QUIET_LOCK_KEY})`);
+    await holder.query('ROLLBACK');
   }
 }
 
