@@ -238,10 +238,10 @@ export interface WorkerParams extends WorkerOptions {
   /**
    * A pool for the lanes (the caller ends it): at least `concurrency` connections, one a lane (one
    * more lets a migration in one lane cut its next range beside the job). The worker's controllers
-   * (health checks, probes, heartbeats) use 2 connections of a pool of their own, with its settings.
+   * (health checks, probes, heartbeats) use 3 connections of a pool of their own, with its settings.
    */
   pool?: pg.Pool;
-  /** Or a connection string: the worker opens and ends its own pool (`concurrency` + 1, and 2 for its controllers). */
+  /** Or a connection string: the worker opens and ends its own pool (`concurrency` + 1, and 3 for its controllers). */
   connectionString?: string;
   /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
   logger?: Logger;

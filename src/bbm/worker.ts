@@ -45,9 +45,10 @@ const PROBE_SPACING_MS = 5;
  * Connections of the worker's controllers (health checks, commit probes, lane steering, slow
  * start, schedules, the throttle, heartbeats), in a pool of their own: a lane holds its connection
  * between jobs, so controllers that asked the lanes' pool could wait behind lanes that wait for
- * them. Two: a health check and a round of commit probes run at once.
+ * them. Three: a health check beside a round of commit probes, whose quiet rounds hold the quiet
+ * lock on a connection of their own.
  */
-const CONTROL_CONNECTIONS = 2;
+const CONTROL_CONNECTIONS = 3;
 /** How often the worker looks for a lane that has been stuck in one step (see #watchLanes). */
 const WATCH_MS = 10_000;
 
@@ -420,7 +421,7 @@ export class Worker {
         return timed;
       };
       try {
-        latencies = quiet ? await whileRunsHeld(this.#pool, QUIET_WAIT_MS, probe) : await probe();
+        latencies = quiet ? await whileRunsHeld(this.#controlDb, QUIET_WAIT_MS, probe) : await probe();
         client.release();
       } catch (error) {
         client.release(error instanceof Error ? error : true);
