@@ -57,10 +57,16 @@ async function readBody(request: IncomingMessage): Promise<Record<string, unknow
   if (Number(request.headers['content-length']) > MAX_BODY_BYTES) throw tooLarge();
   const chunks: Buffer[] = [];
   let bytes = 0;
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    bytes += chunk.length;
-    if (bytes > MAX_BODY_BYTES) throw tooLarge();
-    chunks.push(chunk);
+  try {
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      bytes += chunk.length;
+      if (bytes > MAX_BODY_BYTES) throw tooLarge();
+      chunks.push(chunk);
+    }
+  } catch (error) {
+    if (error instanceof BadRequest) throw error;
+    // The client went away mid-body (or was cut off at the request timeout): its fault, not ours.
+    throw new BadRequest('the request body did not arrive');
   }
   const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') return {};
@@ -151,6 +157,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
       await handle();
     } catch (error) {
       if (!(error instanceof BadRequest)) throw error;
+      if (response.destroyed) return; // nobody left to answer
       if (asJson) send(response, error.status, json({ error: error.message }), 'application/json', true);
       else send(response, error.status, `${error.message}\n`, 'text/plain; charset=utf-8', true);
     }

@@ -6,7 +6,7 @@
 import { connect } from 'node:net';
 
 export interface RawResponse {
-  /** The status of the first response line, or null when the server closed without one. */
+  /** The status of the (final) response, or null when the server closed or timed out without one. */
   status: number | null;
   /** Everything the server sent, as latin1 (bytes kept one to one). */
   text: string;
@@ -28,8 +28,9 @@ export function rawRequest(port: number, request: string | Buffer, timeoutMs = 1
       clearTimeout(timer);
       socket.destroy();
       const text = Buffer.concat(chunks).toString('latin1');
-      const match = /^HTTP\/1\.[01] (\d{3})/.exec(text);
-      resolve({ status: match ? Number(match[1]) : null, text, ms: Date.now() - started });
+      // The final response's status: an interim one (100 Continue) may come first.
+      const final = [...text.matchAll(/^HTTP\/1\.[01] (\d{3})/gm)].map((m) => Number(m[1])).find((n) => n >= 200);
+      resolve({ status: final ?? null, text, ms: Date.now() - started });
     };
     const timer = setTimeout(done, timeoutMs);
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
