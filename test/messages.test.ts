@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import type { RunResult, Work } from '../src/bbm/types.ts';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { MESSAGE_LIMIT, storableMessage } from '../src/store/messages.ts';
+import { failMigration, holdAfterRunError, holdRunnable } from '../src/store/migration-rows.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range, testWorker } from './support/engine.ts';
 
@@ -73,6 +74,54 @@ describe('messages of work functions', () => {
   });
 });
 
+describe('the store functions that write messages', () => {
+  const db = useTestDatabase();
+
+  it('store run-error holds, hold reasons and failure messages sanitised', async () => {
+    const { pool } = db();
+    const reasons = async (name: string) =>
+      (
+        await pool.query(
+          'SELECT status, hold_reason, failure_error_code, failure_message FROM batched_background_migrations WHERE name = $1',
+          [name],
+        )
+      ).rows[0] as Record<string, unknown>;
+    const held = await enqueue(pool, { name: 'held', work: 'w', table: 'items', batchSize: 10 });
+    expect(
+      await holdAfterRunError(pool, held, {
+        reason: THROWN,
+        failureMessage: THROWN,
+        holdMs: 60_000,
+        maxHoldMs: 60_000,
+        maxErrors: 2,
+      }),
+    ).toEqual({ failed: false, heldForMs: 60_000 });
+    expect(await reasons('held')).toMatchObject({ hold_reason: STORED, failure_message: null });
+    expect(
+      await holdAfterRunError(pool, held, {
+        reason: THROWN,
+        failureMessage: THROWN,
+        holdMs: 1,
+        maxHoldMs: 1,
+        maxErrors: 2,
+      }),
+    ).toEqual({ failed: true });
+    expect(await reasons('held')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.run_error,
+      failure_message: STORED,
+    });
+
+    const failed = await enqueue(pool, { name: 'failed', work: 'w', table: 'items', batchSize: 10 });
+    await failMigration(pool, failed, ErrorCode.invalid_table, THROWN);
+    expect(await reasons('failed')).toMatchObject({ status: MigrationStatus.failed, failure_message: STORED });
+
+    await enqueue(pool, { name: 'waiting', work: 'w', table: 'items', batchSize: 10 });
+    expect((await holdRunnable(pool, { holdMs: 60_000, reason: THROWN })).map((h) => h.reason)).toEqual([STORED]);
+    expect(await reasons('waiting')).toMatchObject({ hold_reason: STORED });
+  });
+});
+
 describe('storableMessage', () => {
   it('is well-formed, NUL-free, bounded and idempotent for any text, and leaves plain text alone', () => {
     fc.assert(
@@ -90,7 +139,7 @@ describe('storableMessage', () => {
           if (raw.length <= limit && wellFormed(raw) && !raw.includes('\u0000')) expect(stored).toBe(raw);
         },
       ),
-      { numRuns: 500 },
+      { numRuns: 300 },
     );
     expect(storableMessage('x'.repeat(5000))).toHaveLength(MESSAGE_LIMIT);
     // A pair cut at the limit is dropped whole, not split into a lone half.
