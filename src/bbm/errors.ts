@@ -2,6 +2,7 @@
  * Error codes: the small enum stored in `failure_error_code`, shown by name in logs and JSON.
  */
 import { ErrorCode, errorCodeName, type ErrorCodeName } from '../store/codes.ts';
+import { MESSAGE_LIMIT, storableMessage } from '../store/messages.ts';
 
 export { ErrorCode, errorCodeName, type ErrorCodeName };
 
@@ -35,8 +36,7 @@ function safeString(value: unknown): string {
   }
 }
 
-/** Messages stored on rows are bounded: a work function may throw something huge. */
-export function storedMessage(error: Error, limit = 2000): string {
-  const text = error.message || error.name;
-  return text.length <= limit ? text : `${text.slice(0, limit - 1)}…`;
+/** An error's message as it is stored on a row (see storableMessage): bounded, and with no NUL or lone surrogate. */
+export function storedMessage(error: Error, limit = MESSAGE_LIMIT): string {
+  return storableMessage(error.message || error.name, limit);
 }

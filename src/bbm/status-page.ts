@@ -28,21 +28,47 @@ export interface StatusPageOptions {
   log?: Logger | undefined;
 }
 
-/** Handles the page's routes; false for a path that is not the page's. */
-export type StatusPage = (request: IncomingMessage, response: ServerResponse) => boolean;
+/**
+ * Handles the page's routes: false for a request that is not the page's, else the promise of its
+ * answer. A request the page cannot serve (a malformed name, a bad body) is answered 4xx here; the
+ * promise rejects only for a failure of the page itself (the caller answers that 500).
+ */
+export type StatusPage = (request: IncomingMessage, response: ServerResponse) => Promise<void> | false;
 
 const ACTIONS = ['pause', 'resume', 'retry'] as const;
 type Action = (typeof ACTIONS)[number] | 'set';
 
-class BadRequest extends Error {}
-
-/** A POST's JSON body (at most 4 kB), or {} when there is none. */
-async function readBody(request: IncomingMessage): Promise<Record<string, unknown>> {
-  let text = '';
-  for await (const chunk of request) {
-    text += String(chunk);
-    if (text.length > 4096) throw new BadRequest('body too large');
+/** A request the page refuses, with the status it answers. */
+class BadRequest extends Error {
+  constructor(
+    message: string,
+    readonly status = 400,
+  ) {
+    super(message);
   }
+}
+
+/** Largest POST body read, in bytes; a larger one is answered 413 without reading it. */
+const MAX_BODY_BYTES = 4096;
+
+/** A POST's JSON body, or {} when there is none. */
+async function readBody(request: IncomingMessage): Promise<Record<string, unknown>> {
+  const tooLarge = () => new BadRequest(`the body must be at most ${MAX_BODY_BYTES} bytes`, 413);
+  if (Number(request.headers['content-length']) > MAX_BODY_BYTES) throw tooLarge();
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  try {
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      bytes += chunk.length;
+      if (bytes > MAX_BODY_BYTES) throw tooLarge();
+      chunks.push(chunk);
+    }
+  } catch (error) {
+    if (error instanceof BadRequest) throw error;
+    // The client went away mid-body (or was cut off at the request timeout): its fault, not ours.
+    throw new BadRequest('the request body did not arrive');
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
   if (text.trim() === '') return {};
   try {
     const body: unknown = JSON.parse(text);
@@ -53,13 +79,14 @@ async function readBody(request: IncomingMessage): Promise<Record<string, unknow
   throw new BadRequest('the body must be a JSON object');
 }
 
-/** `set`'s fields: lanes (1..256) and batchSize (1..2147483647), each optional. */
+/** `set`'s fields: lanes (1..256) and batchSize (1..2147483647), each optional, numbers or numeric strings. */
 function paceOf(body: Record<string, unknown>): MigrationPace {
   const pace: MigrationPace = {};
   const integer = (key: string, max: number): number | undefined => {
     const value = body[key];
     if (value === undefined || value === null || value === '') return undefined;
-    const number = Number(value);
+    // Only numbers and strings: Number() of an object from JSON can throw (no usable valueOf or toString).
+    const number = typeof value === 'number' || typeof value === 'string' ? Number(value) : NaN;
     if (!Number.isInteger(number) || number < 1 || number > max)
       throw new BadRequest(`${key} must be a whole number from 1 to ${max}`);
     return number;
@@ -69,6 +96,19 @@ function paceOf(body: Record<string, unknown>): MigrationPace {
   if (pace.maxParallelJobs === undefined && pace.batchSize === undefined)
     throw new BadRequest('set needs lanes or batchSize');
   return pace;
+}
+
+/** A migration name from a path segment, percent-decoded; a malformed one is refused, never thrown. */
+function nameOf(segment: string): string {
+  let name;
+  try {
+    name = decodeURIComponent(segment);
+  } catch {
+    throw new BadRequest('malformed percent-encoding in the migration name');
+  }
+  // No name holds one (a text column cannot), and as a query parameter it would fail the query.
+  if (name.includes('\u0000')) throw new BadRequest('a migration name cannot hold a NUL');
+  return name;
 }
 
 /** Text as HTML: every character a row may hold that means something in markup, escaped. */
@@ -98,7 +138,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
     }
   };
 
-  const send = (response: ServerResponse, status: number, body: string, type: string) => {
+  const send = (response: ServerResponse, status: number, body: string, type: string, close = false) => {
     response.writeHead(status, {
       'content-type': type,
       'cache-control': 'no-store',
@@ -106,94 +146,90 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
       'content-security-policy':
         "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
       'x-content-type-options': 'nosniff',
+      // A body left unread (too large, or never looked at) must not be taken for the next request.
+      ...(close && { connection: 'close' }),
     });
     response.end(body);
   };
-  const fail = (response: ServerResponse, error: unknown) =>
-    send(response, 500, `status page failed: ${html((error as Error).message)}\n`, 'text/plain; charset=utf-8');
+  /** Runs a route's answer: a BadRequest becomes its 4xx, anything else rejects (a 500 by the server). */
+  const answer = async (response: ServerResponse, asJson: boolean, handle: () => Promise<void>): Promise<void> => {
+    try {
+      await handle();
+    } catch (error) {
+      if (!(error instanceof BadRequest)) throw error;
+      if (response.destroyed) return; // nobody left to answer
+      if (asJson) send(response, error.status, json({ error: error.message }), 'application/json', true);
+      else send(response, error.status, `${error.message}\n`, 'text/plain; charset=utf-8', true);
+    }
+  };
 
   return (request, response) => {
-    const url = new URL(request.url ?? '/', 'http://page');
-    const path = url.pathname;
+    // The target as sent, up to its query: URL parsing would throw on some of what clients send.
+    const path = (request.url ?? '/').split('?', 1)[0]!;
     const method = request.method ?? 'GET';
 
     if (method === 'POST') {
       const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|set)$/.exec(path);
       if (!match) return false;
-      const name = decodeURIComponent(match[1]!);
       const action = match[2] as Action;
-      const who = { remote: request.socket.remoteAddress, user_agent: request.headers['user-agent'] };
-      if (!expected) {
-        send(
-          response,
-          403,
-          json({ error: 'the status page is read-only: start it with --dashboard-token' }),
-          'application/json',
-        );
-        return true;
-      }
-      if (!sameOrigin(request) || !authorized(request)) {
-        log?.warn({ ...who, action, bbm_name: name }, 'status page: action refused (bad token or origin)');
-        send(
-          response,
-          403,
-          json({ error: 'refused: a valid operator token (x-bbm-token) from this page is needed' }),
-          'application/json',
-        );
-        return true;
-      }
-      readBody(request)
-        .then((body) => act(db, action, name, body))
-        .then(
-          (result) => {
-            log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
-            send(response, result.changed ? 200 : 409, json(result), 'application/json');
-          },
-          (error: unknown) =>
-            error instanceof BadRequest
-              ? send(response, 400, json({ error: error.message }), 'application/json')
-              : fail(response, error),
-        );
-      return true;
+      return answer(response, true, async () => {
+        const name = nameOf(match[1]!);
+        const who = { remote: request.socket.remoteAddress, user_agent: request.headers['user-agent'] };
+        if (!expected) {
+          send(
+            response,
+            403,
+            json({ error: 'the status page is read-only: start it with --dashboard-token' }),
+            'application/json',
+            true,
+          );
+          return;
+        }
+        if (!sameOrigin(request) || !authorized(request)) {
+          log?.warn({ ...who, action, bbm_name: name }, 'status page: action refused (bad token or origin)');
+          send(
+            response,
+            403,
+            json({ error: 'refused: a valid operator token (x-bbm-token) from this page is needed' }),
+            'application/json',
+            true,
+          );
+          return;
+        }
+        const result = await act(db, action, name, await readBody(request));
+        log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
+        send(response, result.changed ? 200 : 409, json(result), 'application/json');
+      });
     }
     if (method !== 'GET' && method !== 'HEAD') return false;
 
     if (path === '/') {
-      Promise.all([migrationReports(db), scheduleReports(db, schedules)]).then(
-        ([reports, passes]) =>
-          send(response, 200, listPage(reports, passes, Boolean(expected)), 'text/html; charset=utf-8'),
-        (error: unknown) => fail(response, error),
-      );
-      return true;
+      return answer(response, false, async () => {
+        const [reports, passes] = await Promise.all([migrationReports(db), scheduleReports(db, schedules)]);
+        send(response, 200, listPage(reports, passes, Boolean(expected)), 'text/html; charset=utf-8');
+      });
     }
     if (path === '/api/migrations') {
-      migrationReports(db).then(
-        (reports) => send(response, 200, json(reports), 'application/json'),
-        (error: unknown) => fail(response, error),
-      );
-      return true;
+      return answer(response, true, async () => {
+        send(response, 200, json(await migrationReports(db)), 'application/json');
+      });
     }
     if (path === '/status-page.js') {
       send(response, 200, CLIENT_SCRIPT, 'text/javascript; charset=utf-8');
-      return true;
+      return Promise.resolve();
     }
     const detail = /^\/migrations\/([^/]+)$/.exec(path);
     if (detail) {
-      const name = decodeURIComponent(detail[1]!);
-      migrationReports(db, { name })
-        .then(async ([report]) => {
-          if (!report)
-            return send(
-              response,
-              404,
-              `no migration named ${html(JSON.stringify(name))}\n`,
-              'text/plain; charset=utf-8',
-            );
-          const jobs = await recentJobs(db, report.id);
-          send(response, 200, migrationPage(report, jobs, Boolean(expected)), 'text/html; charset=utf-8');
-        })
-        .catch((error: unknown) => fail(response, error));
-      return true;
+      return answer(response, false, async () => {
+        const name = nameOf(detail[1]!);
+        const [report] = await migrationReports(db, { name });
+        if (!report) {
+          send(response, 404, `no migration named ${html(JSON.stringify(name))}\n`, 'text/plain; charset=utf-8');
+          return;
+        }
+        const jobs = await recentJobs(db, report.id);
+        send(response, 200, migrationPage(report, jobs, Boolean(expected)), 'text/html; charset=utf-8');
+      });
     }
     return false;
   };

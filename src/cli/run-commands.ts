@@ -206,6 +206,7 @@ export async function run(context: Context): Promise<number> {
         db: pool,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
+        log,
       });
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
@@ -342,6 +343,7 @@ export async function dashboard(context: Context): Promise<number> {
     db: pool,
     port,
     host: flags.host ?? '127.0.0.1',
+    log,
   });
   io.out(
     `status page on http://${server.host}:${server.port}/ (${token ? 'controls need the operator token' : 'read-only: no --dashboard-token'})`,

@@ -10,6 +10,7 @@ import type pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
+import { storableMessage } from './messages.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
 
@@ -238,7 +239,7 @@ export async function recordFailedAttempt(
     db,
     sql`
       UPDATE batched_background_migration_jobs
-      SET status = ${JobStatus.failed}, attempts = ${job.attempt}, failure_error_code = ${code}, failure_message = ${message},
+      SET status = ${JobStatus.failed}, attempts = ${job.attempt}, failure_error_code = ${code}, failure_message = ${storableMessage(message)},
           duration_ms = ${durationMs}::float8, started_at = now(), updated_at = clock_timestamp()
       WHERE id = ${job.id}`,
   );

@@ -6,6 +6,7 @@ import { sql, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import { exec, execOne, integerLiteral, type Queryable } from './db.ts';
 import { atomically } from './tx.ts';
+import { storableMessage } from './messages.ts';
 import {
   ErrorCode,
   JobStatus,
@@ -74,7 +75,7 @@ export async function failMigration(db: Queryable, id: bigint, code: ErrorCodeNu
     db,
     sql`
       UPDATE batched_background_migrations
-      SET status = ${MigrationStatus.failed}, failure_error_code = ${code}, failure_message = ${message},
+      SET status = ${MigrationStatus.failed}, failure_error_code = ${code}, failure_message = ${storableMessage(message)},
           finished_at = now(), updated_at = now()
       WHERE id = ${id} AND status IN (${RUNNABLE})`,
   );
@@ -112,10 +113,10 @@ export async function holdAfterRunError(
       UPDATE batched_background_migrations m
       SET run_errors = c.errors,
           on_hold_until = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE now() + c.held_ms * interval '1 millisecond' END,
-          hold_reason = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE ${reason} END,
+          hold_reason = CASE WHEN c.errors >= ${maxErrors}::int THEN NULL ELSE ${storableMessage(reason)} END,
           status = CASE WHEN c.errors >= ${maxErrors}::int THEN ${MigrationStatus.failed} ELSE m.status END,
           failure_error_code = CASE WHEN c.errors >= ${maxErrors}::int THEN ${ErrorCode.run_error} ELSE m.failure_error_code END,
-          failure_message = CASE WHEN c.errors >= ${maxErrors}::int THEN ${failureMessage} ELSE m.failure_message END,
+          failure_message = CASE WHEN c.errors >= ${maxErrors}::int THEN ${storableMessage(failureMessage)} ELSE m.failure_message END,
           finished_at = CASE WHEN c.errors >= ${maxErrors}::int THEN now() ELSE m.finished_at END,
           updated_at = now()
       FROM counted c WHERE m.id = c.id
@@ -143,7 +144,7 @@ export async function holdRunnable(
 ): Promise<HoldSet[]> {
   return setHolds(
     db,
-    sql`SELECT id, ${reason}::text AS reason, ${holdMs}::float8 AS hold_ms
+    sql`SELECT id, ${storableMessage(reason)}::text AS reason, ${holdMs}::float8 AS hold_ms
         FROM batched_background_migrations WHERE status IN (${RUNNABLE})`,
   );
 }
