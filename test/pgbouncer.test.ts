@@ -5,12 +5,21 @@
  * client that left it. Debian 12's PgBouncer 1.18 has no `max_prepared_statements`, as is the
  * case for Supavisor and RDS Proxy. Skipped without a pgbouncer (see support/pgbouncer.ts).
  */
-import type pg from 'pg';
+import pg from 'pg';
+import type { Work } from '../src/bbm/types.ts';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { createTestDatabase, useTestDatabase, type TestDatabase } from './support/database.ts';
-import { createItems, enqueue, expectEveryRowOnce, migrationRow, range } from './support/engine.ts';
+import {
+  createItems,
+  enqueue,
+  expectEveryRowOnce,
+  migrationRow,
+  nextJob,
+  range,
+  testWorker,
+} from './support/engine.ts';
 import { pgBouncerAvailable, startPgBouncer, type PgBouncer } from './support/pgbouncer.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, type BbmProcess } from './support/processes.ts';
 
@@ -175,6 +184,26 @@ describe.skipIf(!available)('through PgBouncer in transaction pooling', () => {
         expect(await bbm(['resume', '--name', 'watched'], env)).toMatchObject({ code: 0, out: 'resumed: watched\n' });
       }
       expect((await migrationRow(pool, 'watched'))?.status).toBe(MigrationStatus.active);
+    });
+
+    it('a job past runTimeoutMs is cancelled at once, by the backend key PgBouncer gave (no pid of its own)', async () => {
+      const { pool, url: direct } = db();
+      await createItems(pool, 'items', range(1, 10));
+      await enqueue(pool, { name: 'stuck', work: 'test.stuck', table: 'items', batchSize: 10 });
+      const pooled = new pg.Pool({ connectionString: bouncer.urlFor(direct), max: 3 });
+      onTestFinished(() => pooled.end());
+      const stuck: Work = {
+        name: 'test.stuck',
+        async do(job) {
+          await job.query('SELECT pg_sleep(5)');
+        },
+      };
+      const worker = testWorker(pooled, { work: [stuck], runTimeoutMs: 300 });
+      const run = await nextJob(worker);
+      // Cancelled at the timeout; a cancel that missed would wait out the 5 s statement.
+      expect(run).toMatchObject({ outcome: 'job_failed' });
+      expect(run.error?.message).toMatch(/timed out|cancel/);
+      expect(run.durationMs).toBeLessThan(3_000);
     });
 
     it('the dashboard serves the status page and its JSON API', async () => {

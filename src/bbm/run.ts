@@ -22,7 +22,7 @@ import type pg from 'pg';
 import { CORRELATION_ID, jobFields, migrationFields, type Logger } from './log.ts';
 import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
-import { cancelBackend, SqlState, sqlStateOf } from '../store/db.ts';
+import { cancelQuery, SqlState, sqlStateOf } from '../store/db.ts';
 import {
   cutRangeBeside,
   jobFailureMessage,
@@ -443,7 +443,7 @@ export class Runner {
     lane: number,
     { started, runId, chain }: RunInfo,
   ): Promise<UntimedRunResult> {
-    const { options, hardStop, pool } = this.ctx;
+    const { options, hardStop } = this.ctx;
     const { target, work, quoted } = validated;
     const jobRef: NonNullable<RunResult['job']> = {
       id: claimed.id,
@@ -510,10 +510,9 @@ export class Runner {
       }
       jobRef.durationMs = performance.now() - workStarted;
       session.close();
-      const pid = tx.backendPid;
-      // Our next statements queue behind the work's; cancel it so they run now. pg_cancel_backend
-      // returns after the signal is sent, so it cannot land on a statement we send afterwards.
-      if (stop.reason && session.busy && pid !== undefined) await cancelBackend(pool, pid).catch(() => false);
+      // Our next statements queue behind the work's; cancel it so they run now. The cancel resolves
+      // once the server has taken it, so it cannot land on a statement we send afterwards.
+      if (stop.reason && session.busy) await cancelQuery(tx.client);
       await session.settled();
     } finally {
       clearTimeout(timer);

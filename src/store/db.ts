@@ -9,8 +9,10 @@
  * another client that lands there cannot prepare its own of that name), and locks and settings
  * are transaction-scoped.
  */
+import net from 'node:net';
+import path from 'node:path';
 import pg from 'pg';
-import { sql, type SQL } from 'drizzle-orm';
+import type { SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
@@ -165,22 +167,47 @@ export async function ping(db: Queryable): Promise<void> {
   await db.query('SELECT 1');
 }
 
+/** The CancelRequest code of the wire protocol (1234 << 16 | 5678). */
+const CANCEL_REQUEST_CODE = 80877102;
+/** How long a cancel waits for the server to take it. */
+const CANCEL_TIMEOUT_MS = 10_000;
+
 /**
- * Cancels the statement a backend is running (a run past its timeout); false when it is gone.
- * It connects on its own rather than through the pool: the pool's connections may all be busy,
- * one of them with the very run being cancelled.
+ * Cancels the statement a client is running (a run past its timeout, a hard stop) with the wire
+ * protocol's CancelRequest, on a connection of its own (the pool's may all be busy, one of them
+ * with the very run being cancelled): the client's backend key, sent where the client connected.
+ * Through a pooler that key is the pooler's, which forwards the cancel to the server connection
+ * running the client's statement; a backend pid (pg_cancel_backend) would name a process the
+ * pooler made up. Resolves true once the server has taken the cancel and closed the connection
+ * (the signal is sent by then), false when it could not be sent.
  */
-export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean> {
-  const client = new pg.Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
-  client.on('error', () => {});
-  try {
-    await client.connect();
-    const row = await execOne<{ cancelled: boolean }>(
-      client,
-      sql`SELECT pg_catalog.pg_cancel_backend(${pid}) AS cancelled`,
-    );
-    return row?.cancelled ?? false;
-  } finally {
-    await client.end().catch(() => {});
-  }
+export function cancelQuery(client: pg.ClientBase): Promise<boolean> {
+  const { processID, secretKey, host, port } = client as unknown as {
+    processID?: number;
+    secretKey?: number;
+    host?: string;
+    port?: number;
+  };
+  if (processID == null || secretKey == null || !host || !port) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const socket = host.startsWith('/')
+      ? net.connect(path.join(host, `.s.PGSQL.${port}`))
+      : net.connect(port, host);
+    let sent = false;
+    const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
+    socket.on('connect', () => {
+      const request = Buffer.alloc(16);
+      request.writeInt32BE(16, 0);
+      request.writeInt32BE(CANCEL_REQUEST_CODE, 4);
+      request.writeInt32BE(processID, 8);
+      request.writeInt32BE(secretKey, 12);
+      socket.write(request, () => (sent = true));
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(sent);
+    });
+    socket.resume();
+  });
 }

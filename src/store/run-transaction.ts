@@ -294,11 +294,6 @@ export class RunTransaction {
     return this.#begun !== undefined;
   }
 
-  /** The backend's pid, which pg learns at connect (BackendKeyData) but does not type. */
-  get backendPid(): number | undefined {
-    return (this.client as unknown as { processID?: number }).processID;
-  }
-
   /** Begins the run (unless the previous one already did) and returns its take. */
   async begin(): Promise<Take> {
     const begun = this.#begun;
