@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { sql, type SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
+import { maskKeywordPassword, passwordInConnectionString } from './hosts.ts';
 
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
 export interface Queryable {
@@ -115,7 +116,7 @@ export function maskConnectionString(connectionString: string): string {
     if (url.password) url.password = '***';
     return url.toString();
   } catch {
-    return connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@');
+    return maskKeywordPassword(connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@'));
   }
 }
 
@@ -124,7 +125,7 @@ export function passwordOf(connectionString: string): string | undefined {
   try {
     return decodeURIComponent(new URL(connectionString).password) || undefined;
   } catch {
-    return undefined;
+    return passwordInConnectionString(connectionString);
   }
 }
 
