@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { sql, type SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
+import { poolTarget, type ClientClass } from './pool-target.ts';
 import { maskKeywordPassword, passwordInConnectionString } from './hosts.ts';
 
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
@@ -85,7 +86,7 @@ export interface PoolOptions {
 }
 
 export function createPool({ connectionString, max = 4, applicationName = 'pg-bbm' }: PoolOptions): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, application_name: applicationName });
+  const pool = new pg.Pool({ ...poolTarget(connectionString), max, application_name: applicationName });
   // An idle client whose server went away emits 'error' on the pool; unhandled, that kills the
   // process. The pool drops the client and the next run gets a fresh one, so there is nothing to do.
   pool.on('error', () => {});
@@ -178,7 +179,8 @@ export async function ping(db: Queryable): Promise<void> {
  * one of them with the very run being cancelled.
  */
 export async function cancelBackend(pool: pg.Pool, pid: number): Promise<boolean> {
-  const client = new pg.Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
+  const Client = (pool.options.Client as ClientClass | undefined) ?? pg.Client;
+  const client = new Client({ ...pool.options, connectionTimeoutMillis: 10_000 });
   client.on('error', () => {});
   try {
     await client.connect();
