@@ -14,6 +14,8 @@ import path from 'node:path';
 import pg from 'pg';
 import type { SQL } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
+import { poolTarget } from './pool-target.ts';
+import { maskKeywordPassword, passwordInConnectionString } from './hosts.ts';
 
 /** Anything that runs a parameterised query: a pool, a pooled client, a client. */
 export interface Queryable {
@@ -77,7 +79,7 @@ export interface PoolOptions {
 }
 
 export function createPool({ connectionString, max = 4, applicationName = 'pg-bbm' }: PoolOptions): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, application_name: applicationName });
+  const pool = new pg.Pool({ ...poolTarget(connectionString), max, application_name: applicationName });
   // An idle client whose server went away emits 'error' on the pool; unhandled, that kills the
   // process. The pool drops the client and the next run gets a fresh one, so there is nothing to do.
   pool.on('error', () => {});
@@ -108,7 +110,7 @@ export function maskConnectionString(connectionString: string): string {
     if (url.password) url.password = '***';
     return url.toString();
   } catch {
-    return connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@');
+    return maskKeywordPassword(connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@'));
   }
 }
 
@@ -117,7 +119,7 @@ export function passwordOf(connectionString: string): string | undefined {
   try {
     return decodeURIComponent(new URL(connectionString).password) || undefined;
   } catch {
-    return undefined;
+    return passwordInConnectionString(connectionString);
   }
 }
 
@@ -190,9 +192,7 @@ export function cancelQuery(client: pg.ClientBase): Promise<boolean> {
   };
   if (processID == null || secretKey == null || !host || !port) return Promise.resolve(false);
   return new Promise((resolve) => {
-    const socket = host.startsWith('/')
-      ? net.connect(path.join(host, `.s.PGSQL.${port}`))
-      : net.connect(port, host);
+    const socket = host.startsWith('/') ? net.connect(path.join(host, `.s.PGSQL.${port}`)) : net.connect(port, host);
     let sent = false;
     const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
     socket.on('connect', () => {
