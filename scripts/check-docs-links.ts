@@ -65,10 +65,15 @@ function anchors(lines: string[]): Set<string> {
   return result;
 }
 
-/** The targets of a line's inline links and images, outside inline code. */
-function targets(line: string): string[] {
-  const text = line.replace(/(`+)[\s\S]*?\1/g, '');
-  return [...text.matchAll(/!?\[(?:[^\][]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)/g)].map((m) => m[1]!);
+/** The inline links and images of a page's text (fenced code blanked), outside inline code: each target and its line. */
+function targets(lines: string[]): Array<{ target: string; line: number }> {
+  // Inline code spans are blanked to spaces of the same length, so that offsets still give line numbers.
+  const text = lines.join('\n').replace(/(`+)[\s\S]*?\1/g, (code) => code.replace(/[^\n]/g, ' '));
+  const link = /!?\[(?:[^\][]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)/g;
+  return [...text.matchAll(link)].map((m) => ({
+    target: m[1]!,
+    line: text.slice(0, m.index).split('\n').length + (m[0].slice(0, m[0].indexOf('](')).match(/\n/g)?.length ?? 0),
+  }));
 }
 
 async function exists(file: string): Promise<boolean> {
@@ -95,32 +100,29 @@ async function main(): Promise<void> {
   const problems: string[] = [];
   let links = 0;
   for (const page of list) {
-    const lines = text.get(page)!;
-    for (const [index, line] of lines.entries()) {
-      for (const target of targets(line)) {
-        if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue;
-        links += 1;
-        const where = `${page}:${index + 1}`;
-        const hash = target.indexOf('#');
-        const file = decodeURIComponent(hash < 0 ? target : target.slice(0, hash));
-        const anchor = hash < 0 ? undefined : decodeURIComponent(target.slice(hash + 1));
-        const resolved = file === '' ? page : path.posix.normalize(path.posix.join(path.posix.dirname(page), file));
-        if (resolved.startsWith('..')) {
-          problems.push(`${where}: ${target} leads out of the repository`);
-          continue;
-        }
-        if (!(await exists(path.join(ROOT, resolved)))) {
-          problems.push(`${where}: ${target}: no file ${resolved}`);
-          continue;
-        }
-        if (anchor === undefined) continue;
-        if (!resolved.endsWith('.md')) {
-          problems.push(`${where}: ${target}: an anchor into ${resolved}, which is not Markdown`);
-          continue;
-        }
-        if (!(await anchorsFor(resolved)).has(anchor)) {
-          problems.push(`${where}: ${target}: ${resolved} has no heading #${anchor}`);
-        }
+    for (const { target, line } of targets(text.get(page)!)) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue;
+      links += 1;
+      const where = `${page}:${line}`;
+      const hash = target.indexOf('#');
+      const file = decodeURIComponent(hash < 0 ? target : target.slice(0, hash));
+      const anchor = hash < 0 ? undefined : decodeURIComponent(target.slice(hash + 1));
+      const resolved = file === '' ? page : path.posix.normalize(path.posix.join(path.posix.dirname(page), file));
+      if (resolved.startsWith('..')) {
+        problems.push(`${where}: ${target} leads out of the repository`);
+        continue;
+      }
+      if (!(await exists(path.join(ROOT, resolved)))) {
+        problems.push(`${where}: ${target}: no file ${resolved}`);
+        continue;
+      }
+      if (anchor === undefined) continue;
+      if (!resolved.endsWith('.md')) {
+        problems.push(`${where}: ${target}: an anchor into ${resolved}, which is not Markdown`);
+        continue;
+      }
+      if (!(await anchorsFor(resolved)).has(anchor)) {
+        problems.push(`${where}: ${target}: ${resolved} has no heading #${anchor}`);
       }
     }
   }
