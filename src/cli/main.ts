@@ -117,12 +117,20 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case 'dashboard':
         return await dashboard(context);
       case 'migrate': {
-        const { applied } = await migrateSchema(pool);
-        context.print({ applied }, () =>
-          applied.length === 0
-            ? 'pg-bbm schema is up to date; nothing to apply'
-            : `applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`,
-        );
+        const { applied, functions } = await migrateSchema(pool);
+        if (functions.outcome === 'newer') {
+          io.err(
+            `bbm migrate: the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,
+          );
+        }
+        context.print({ applied }, () => {
+          const done = [];
+          if (applied.length > 0)
+            done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
+          if (functions.outcome === 'installed')
+            done.push(`installed the database functions of pg-bbm ${functions.version}`);
+          return done.length === 0 ? 'pg-bbm schema is up to date; nothing to apply' : done.join('\n');
+        });
         return 0;
       }
     }

@@ -182,7 +182,15 @@ export async function run(context: Context): Promise<number> {
     const ready = await whenDatabaseReady(
       pool,
       async () => {
-        if (!flags['skip-migrate']) await migrateSchema(pool);
+        if (flags['skip-migrate']) return true;
+        const { functions } = await migrateSchema(pool);
+        if (functions.outcome === 'newer') {
+          // A rolling deploy: newer workers run beside this one, on their functions.
+          log.warn(
+            { functions_version: functions.installedVersion, version: functions.version },
+            'the database has a newer release of the pg-bbm functions: left in place',
+          );
+        }
         return true;
       },
       { log, signal: startup.signal },

@@ -16,7 +16,7 @@ export interface Target {
   /**
    * Whether a valid, non-partial unique index has the column as its only key: then a range of
    * n consecutive keys holds at most n rows, and ranges where the keys are dense can be cut by
-   * arithmetic (bbm_cut_range, migrations/0012).
+   * arithmetic (sql/functions/bbm_cut_range.sql).
    */
   unique: boolean;
 }

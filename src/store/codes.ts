@@ -15,8 +15,8 @@ export type MigrationStatusName = keyof typeof MigrationStatus;
 export type MigrationStatusCode = (typeof MigrationStatus)[MigrationStatusName];
 
 /**
- * The status sets, defined once. Runnable: a worker may take its jobs (bbm_take_job, in SQL,
- * spells the same set: migrations/0006_take_job.sql). Unfinished: runnable or paused (a
+ * The status sets, defined once. Runnable: a worker may take its jobs (bbm_take_job gets the same
+ * set as {{RUNNABLE_STATUSES}}: sql/functions/bbm_take_job.sql). Unfinished: runnable or paused (a
  * schedule's next pass waits while its last is unfinished). Deletable: nothing takes its jobs.
  */
 export const RUNNABLE_STATUSES: readonly MigrationStatusName[] = ['active', 'running'];

@@ -3,7 +3,7 @@
  * recording outcomes, splitting a range that timed out.
  *
  * A job's row is cut as `active` (see cutRangeStatement), then taken by a lane with a row lock
- * (bbm_take_job, migrations/0006) and updated with its outcome in the transaction that ran its
+ * (sql/functions/bbm_take_job.sql) and updated with its outcome in the transaction that ran its
  * work, so the work and its record commit together.
  */
 import type pg from 'pg';
@@ -58,7 +58,7 @@ export interface RangeCut {
 
 /**
  * The statement that cuts the migration's next ranges and writes them as active jobs, for the
- * lanes to take: a call of bbm_cut_range (migrations/0007, 0011-0017), which takes the
+ * lanes to take: a call of bbm_cut_range (sql/functions/bbm_cut_range.sql), which takes the
  * migration's cursor lock, (LOCK_NAMESPACE, id), held until the transaction ends. It keeps up to
  * bbm_cut_depth ranges waiting or running (a fixed batch size: 16 in one lane, max(32, 8 x lanes)
  * in several; an adaptive one: 2 x lanes), and cuts nothing while more than half that many are,
@@ -196,7 +196,7 @@ export interface FinishedJob {
 const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
 
 /**
- * The statement that records a job finished (bbm_finish_job, migrations/0013), before the COMMIT
+ * The statement that records a job finished (sql/functions/bbm_finish_job.sql), before the COMMIT
  * that the caller appends: it checks deferred constraints first, while the work's savepoint is
  * still open, so a deferred violation by the work fails the job instead of the whole run, and
  * returns the WAL written since the take as `bbm_wal_bytes`. Every value is one of our own

@@ -6,14 +6,20 @@
 
 /**
  * First half of the keys below. (LOCK_NAMESPACE, migration id) is a migration's cursor: held by
- * the short transaction that cuts its next range or changes its state. The same number is written
- * into the SQL functions (migrations/0006 onwards).
+ * the short transaction that cuts its next range or changes its state. The SQL functions get it as
+ * {{LOCK_NAMESPACE}} (sql/functions/, filled in at install by src/store/functions.ts).
  */
 export const LOCK_NAMESPACE = 0x62626d;
 
 /**
+ * A migration's half of its keys is its id modulo 2^31, as an int4 (ids start at 1, so it is never
+ * negative); ids that far apart share keys, which only makes a worker wait or skip.
+ */
+export const MIGRATION_KEY_MODULUS = 2 ** 31;
+
+/**
  * Lane k of a migration is (LANE_LOCK_BASE + k, migration id), held by the job running in it for
- * its whole transaction (bbm_take_job, migrations/0006). 0x62626d00: "bbm" and a lane byte.
+ * its whole transaction (sql/functions/bbm_take_job.sql). 0x62626d00: "bbm" and a lane byte.
  */
 export const LANE_LOCK_BASE = 0x62626d00;
 
@@ -25,7 +31,7 @@ export const SCHEDULER_LOCK_KEY = -1;
 
 /**
  * (LOCK_NAMESPACE, -2): held shared by every run from its take to its end (bbm_take_job takes it,
- * migrations/0013). A worker measuring what commits take with no run in flight takes it
+ * sql/functions/bbm_take_job.sql). A worker measuring what commits take with no run in flight takes it
  * exclusively for a few commits (foreground protection, workers.ts whileRunsHeld): it waits for
  * the runs in flight to end, and every take of every worker waits behind it meanwhile.
  */

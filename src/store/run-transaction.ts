@@ -34,7 +34,7 @@ export interface WorkFilter {
 
 /**
  * The text that starts a run in one round trip: it opens the run's transaction, takes a lane and
- * a job (bbm_take_job, migrations/0013), and opens the work savepoint after them. Rendered once
+ * a job (sql/functions/bbm_take_job.sql), and opens the work savepoint after them. Rendered once
  * per runner, with the work names as literals (the worker's own, already checked against the
  * pattern, and hex-encoded all the same) so that it can travel in the same round trip as BEGIN.
  * With `only`, the run is bound to that migration (bbm finalize).
@@ -125,7 +125,7 @@ export interface TakeAfter {
 /**
  * A run's first round trip, in two forms: `any`, which takes from every migration the worker
  * may run (bbm_take_job), and `after`, which takes the next range of the migration and lane a
- * run just finished (bbm_take_next, migrations/0014): one migration row read, one lane tried,
+ * run just finished (sql/functions/bbm_take_next.sql): one migration row read, one lane tried,
  * where bbm_take_job walks the migrations in order under a subtransaction each. It takes
  * nothing when that lane of that migration has no range for it; the run is then rolled back and
  * begun with `any` (RunTransaction.begin).
@@ -165,8 +165,8 @@ export interface TakenJob {
   walLsn: string | null;
   /**
    * Whether to cut the next ranges with this job (beside it in one lane, after its COMMIT in
-   * several): whether bbm_cut_range would cut any then. The range's cue says (migrations/0016),
-   * or for a range cut without one a count of the ranges waiting or running (0013). Null when the
+   * several): whether bbm_cut_range would cut any then. The range's cue says (sql/functions/bbm_cut_due.sql),
+   * or for a range cut without one a count of the ranges waiting or running. Null when the
    * take does not say (a retry).
    */
   cutDue: boolean | null;

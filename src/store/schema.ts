@@ -131,13 +131,13 @@ export const batchedBackgroundMigrationJobs = pgTable(
      */
     walBytes: bigint('wal_bytes', { mode: 'number' }),
     /**
-     * How the range's end was found (bbm_cut_range, migrations/0012). NULL: by an index scan that
+     * How the range's end was found (sql/functions/bbm_cut_range.sql). NULL: by an index scan that
      * found the keys sparse (or by a worker before 0.7); 0: by an index scan that found them dense;
      * k > 0: by arithmetic, start + size - 1, the k-th range since that scan.
      */
     denseCuts: smallint('dense_cuts'),
     /**
-     * Whether the next cut is due once this range is taken (bbm_cut_range, migrations/0016): set
+     * Whether the next cut is due once this range is taken (sql/functions/bbm_cut_range.sql): set
      * on the range after which about half the ranges cut ahead still wait, so that a take reads
      * whether to cut from the range it takes instead of counting the waiting ones. NULL (a range
      * split in two, or cut before 0.9.2): the take counts.
