@@ -590,7 +590,7 @@ function sizeBounds(migration: TakenMigration): { minSize: number; maxSize: numb
   return { minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? INT4_MAX) };
 }
 
-/** The size a migration without a target job time cuts at (bbm_fixed_size, migrations/0014). */
+/** The size a migration without a target job time cuts at (sql/functions/bbm_fixed_size.sql: change the two together). */
 function fixedSizeOf(migration: TakenMigration): number {
   const { minSize, maxSize } = sizeBounds(migration);
   return Math.max(1, minSize, Math.min(maxSize, migration.batchSize));
