@@ -189,6 +189,9 @@ describe('bbm against a database', () => {
     const wrong = await bbm(['status'], { ...env, PGDATABASE: 'no_such_db' });
     expect(wrong).toMatchObject({ code: 1, err: expect.stringMatching(/database "no_such_db" does not exist/) });
     expect(wrong.err).not.toContain(env.PGPASSWORD);
+    // Several hosts, as libpq takes them: the first refuses (nothing listens on port 1), the second serves.
+    const listed = { ...env, PGHOST: `${parsed.hostname},${parsed.hostname}`, PGPORT: `1,${parsed.port}` };
+    expect(await bbm(['status', '--json'], listed)).toMatchObject({ code: 0, out: '[]\n' });
   });
 
   it('delete removes a paused, failed or finished migration with its jobs, and refuses an active one', async () => {

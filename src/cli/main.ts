@@ -203,6 +203,19 @@ function packageVersion(): string {
 function libpqUrl(env: NodeJS.ProcessEnv): string | undefined {
   const { PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE } = env;
   if (!PGHOST && !PGPORT && !PGUSER && !PGPASSWORD && !PGDATABASE) return undefined;
+  // Several hosts (PGHOST=db1,db2, PGPORT=5432,5433) have no single-host URL: libpq's keyword form.
+  if (PGHOST?.includes(',') || PGPORT?.includes(',')) {
+    const quote = (value: string) => `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+    const words = Object.entries({
+      host: PGHOST,
+      port: PGPORT,
+      user: PGUSER,
+      password: PGPASSWORD,
+      dbname: PGDATABASE || PGUSER,
+      sslmode: PGSSLMODE,
+    }).flatMap(([key, value]) => (value ? [`${key}=${quote(value)}`] : []));
+    return words.join(' ');
+  }
   const url = new URL('postgres://localhost');
   const socket = PGHOST?.startsWith('/');
   if (PGHOST && !socket) url.hostname = PGHOST;
