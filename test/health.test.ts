@@ -278,13 +278,57 @@ describe('health holds', () => {
 
   it('are off with health: false', async () => {
     const { pool, url } = db();
-    await createItems(pool, 'items', range(1, 10));
-    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5 });
-    const blocker = await openClient(url);
-    await blocker.query('BEGIN');
-    await blocker.query('SELECT txid_current()');
-    await testWorker(pool, { work: [touch], health: false }).run({ untilDone: true });
+    // A vacuum running on the table, which the default health options (autovacuum: true) hold the
+    // migration for, and two lanes, which the default latency controller starts in one.
+    await pool.query(
+      'CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)',
+    );
+    await pool.query('ALTER TABLE items SET (autovacuum_enabled = false)');
+    await pool.query('INSERT INTO items (id) SELECT generate_series(1, 20000)');
+    await pool.query('UPDATE items SET v = 1');
+    const id = await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5000 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    const vacuumer = await openClient(url);
+    await vacuumer.query('SET vacuum_cost_delay = 50');
+    await vacuumer.query('SET vacuum_cost_limit = 1');
+    const { rows } = await vacuumer.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const vacuum = vacuumer.query('VACUUM items').catch((error: Error) => error);
+    await waitFor(
+      async () => (await pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'items'::regclass")).rowCount,
+      'the vacuum to start',
+    );
+
+    const holds: HoldEvent[] = [];
+    const lanes: LanesEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      concurrency: 2,
+      observers: [
+        {
+          // A hold would keep a drain waiting for as long as the vacuum runs: stop at once.
+          hold: (event) => void (holds.push(event), worker.stop()),
+          lanes: (event) => lanes.push(event),
+        },
+      ],
+      health: false,
+    });
+    try {
+      await worker.run({ untilDone: true });
+      // Still vacuuming: the migration finished beside it.
+      expect((await pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'items'::regclass")).rowCount).toBe(
+        1,
+      );
+    } finally {
+      await pool.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
+      await vacuum;
+    }
     expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
+    expect(holds).toEqual([]);
+    expect(lanes).toEqual([]);
+    const row = await pool.query('SELECT hold_reason, lanes_allowed FROM batched_background_migrations WHERE id = $1', [
+      id,
+    ]);
+    expect(row.rows).toEqual([{ hold_reason: null, lanes_allowed: null }]);
   });
 
   it.each([
