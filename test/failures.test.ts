@@ -454,9 +454,11 @@ describe('failing jobs', () => {
         if (!killed && job.start === 3n) {
           killed = true;
           // The server side of this connection goes away, as in a failover or network cut.
-          await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1', [
-            '%touched = touched + 1%',
-          ]);
+          // This test's database only: test files run in parallel, and their jobs run the same statement.
+          await pool.query(
+            'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 AND datname = current_database()',
+            ['%touched = touched + 1%'],
+          );
           await job.query('SELECT 1');
         }
       },
