@@ -450,7 +450,7 @@ describe('lanes', () => {
     await createItems(pool, 'items', range(1, 400));
     await enqueue(pool, { name: 'narrow', work: touch.name, table: 'items', batchSize: 5 });
     const outcomes: string[] = [];
-    const { work } = observedTouch(5);
+    const { work, seen } = observedTouch(5);
     const workers = Array.from({ length: 4 }, () =>
       testWorker(pool, {
         work: [work],
@@ -466,6 +466,9 @@ describe('lanes', () => {
     const jobs = outcomes.filter((o) => o === 'job_succeeded').length;
     const lockedOut = outcomes.filter((o) => o === 'lock_in_use').length;
     expect(jobs).toBe(80);
+    // One lane: the four workers (sharing the work function, so its count spans them) ran one job at a time.
+    expect(Math.max(...seen.map((j) => j.concurrent))).toBe(1);
+    expect(new Set(seen.map((j) => j.lane))).toEqual(new Set([0]));
     // Polling every 10 ms for the ~1 s the migration takes would be ~300 runs; backing off, a few dozen.
     expect(lockedOut).toBeLessThan(jobs);
   });
