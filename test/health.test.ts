@@ -216,20 +216,30 @@ describe('health holds', () => {
     const worker = testWorker(pool, {
       work: [touch],
       observers: [{ hold: (event) => holds.push(event) }, metrics.observer],
-      health: { autovacuum: false, maxTransactionAgeMs: null, maxWalBytesPerSecond: 1000, checkMs: 50 },
+      // 100 B/s: one job's WAL is kilobytes, so a hold lasts most of the 10-second window.
+      health: { autovacuum: false, maxTransactionAgeMs: null, maxWalBytesPerSecond: 100, checkMs: 50 },
     });
     const running = worker.run({ untilDone: true });
-    const [report] = await waitFor(async () => {
-      const reports = await migrationReports(pool, { name: 'fill' });
-      return reports[0]?.holdReason ? reports : undefined;
-    }, 'the WAL budget to hold the migration');
-    const heldAt = Date.now();
-    await worker.stop();
-    await running;
+    let finishedWhenHeld = 0;
+    try {
+      const [report] = await waitFor(async () => {
+        const reports = await migrationReports(pool, { name: 'fill' });
+        finishedWhenHeld = await finishedJobs(pool, 'fill');
+        return reports[0]?.holdReason ? reports : undefined;
+      }, 'the WAL budget to hold the migration');
+      const heldAt = Date.now();
+      expect(report?.holdReason).toMatch(/^WAL budget: [\d.]+ kB\/s over the last 10s \(limit 0\.1 kB\/s\)$/);
+      // Held for as long as its 10-second average needs to fall back within the budget: at most the window.
+      expect(report!.onHoldUntil!.getTime() - heldAt).toBeLessThanOrEqual(10_500);
+      expect(report!.onHoldUntil!.getTime() - heldAt).toBeGreaterThan(1_000);
+      // While held, no job starts: the one in flight when the hold was set may finish, no other.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await finishedJobs(pool, 'fill')).toBeLessThanOrEqual(finishedWhenHeld + 1);
+    } finally {
+      await worker.stop();
+      await running;
+    }
 
-    expect(report?.holdReason).toMatch(/^WAL budget: [\d.]+ kB\/s over the last 10s \(limit 1\.0 kB\/s\)$/);
-    // Held for as long as its 10-second average needs to fall back within the budget: at most the window.
-    expect(report!.onHoldUntil!.getTime() - heldAt).toBeLessThanOrEqual(10_500);
     expect(holds).toMatchObject([{ kind: 'wal_budget', migrations: ['fill'] }]);
     const jobs = await pool.query<{ wal: string | null }>(
       'SELECT wal_bytes AS wal FROM batched_background_migration_jobs WHERE status = 2',
