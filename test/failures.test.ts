@@ -11,6 +11,7 @@ import {
   createItems,
   drain,
   enqueue,
+  expectEveryRowOnce,
   jobRanges,
   migrationRow,
   nextJob,
@@ -535,6 +536,28 @@ describe('failing jobs', () => {
     const jobs = await jobRanges(pool, 'sometimes');
     expect(jobs.filter((j) => j.attempts === 3).length).toBe([...failures.values()].filter((n) => n === 2).length);
     expect(jobs.filter((j) => j.attempts === 3).length).toBeGreaterThan(5);
+  });
+});
+
+describe('a migration whose work function the worker lacks (a rolling deploy)', () => {
+  const db = useTestDatabase();
+
+  it('is left waiting, neither failed nor started, while the worker drains the migrations it has', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    // The older one comes first in the take's order.
+    await enqueue(pool, { name: 'newer_code', work: 'test.not_deployed_yet', table: 'items', batchSize: 10 });
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+
+    await testWorker(pool, { work: [touch] }).run({ untilDone: true });
+
+    await expectEveryRowOnce(pool, 'items', 'fill');
+    expect(await migrationRow(pool, 'newer_code')).toMatchObject({
+      status: MigrationStatus.active,
+      failure_error_code: null,
+      max_value: null,
+    });
+    expect(await jobRanges(pool, 'newer_code', { all: true })).toEqual([]);
   });
 });
 
