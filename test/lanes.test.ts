@@ -353,7 +353,8 @@ describe('lanes', () => {
     const results: RunResult[] = [];
     const worker = testWorker(pool, {
       work: [work],
-      runTimeoutMs: 150,
+      // Well above what a job of a few rows takes on a loaded machine: only the waiting ranges time out.
+      runTimeoutMs: 500,
       maxAttempts: 2,
       observers: [{ run: (r) => results.push(r) }],
     });
