@@ -194,19 +194,20 @@ describe('bbm against a database', () => {
     expect(await bbm(['status', '--json'], listed)).toMatchObject({ code: 0, out: '[]\n' });
   });
 
-  it('delete removes a paused, failed or finished migration with its jobs, and refuses an active one', async () => {
+  it('delete removes a paused, failed or finished migration with its jobs, and refuses an active or running one', async () => {
     const { pool, url } = db();
     await createItems(pool, 'items', range(1, 30));
     for (const [name, status] of [
       ['wrong', MigrationStatus.paused],
       ['live', MigrationStatus.active],
+      ['busy', MigrationStatus.running],
       ['old', MigrationStatus.finished],
     ] as const) {
       await enqueue(pool, { name, work: 'test.touch', table: 'items', batchSize: 10, status });
     }
     await pool.query(
       `INSERT INTO batched_background_migration_jobs (batched_background_migration_id, min_value, max_value, status, attempts)
-       SELECT id, 1, 10, 2, 1 FROM batched_background_migrations WHERE name IN ('old', 'live')`,
+       SELECT id, 1, 10, 2, 1 FROM batched_background_migrations WHERE name IN ('old', 'live', 'busy')`,
     );
     const env = { DATABASE_URL: url };
     expect(await bbm(['delete', '--name', 'wrong'], env)).toEqual({
@@ -223,6 +224,11 @@ describe('bbm against a database', () => {
       out: '',
       err: 'bbm delete: live is active; pause it first (bbm pause --name live), then delete it\n',
     });
+    expect(await bbm(['delete', '--name', 'busy'], env)).toEqual({
+      code: 1,
+      out: '',
+      err: 'bbm delete: busy is running; pause it first (bbm pause --name busy), then delete it\n',
+    });
     expect(await bbm(['delete', '--name', 'ghost'], env)).toMatchObject({
       code: 1,
       err: 'bbm delete: no migration named "ghost"\n',
@@ -235,7 +241,10 @@ describe('bbm against a database', () => {
       `SELECT m.name, (SELECT count(*)::int FROM batched_background_migration_jobs j WHERE j.batched_background_migration_id = m.id) AS jobs
        FROM batched_background_migrations m ORDER BY m.id`,
     );
-    expect(left.rows).toEqual([{ name: 'live', jobs: 1 }]);
+    expect(left.rows).toEqual([
+      { name: 'live', jobs: 1 },
+      { name: 'busy', jobs: 1 },
+    ]);
   });
 
   it('rejects a non-numeric --interval with exit 2', async () => {

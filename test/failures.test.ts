@@ -11,6 +11,7 @@ import {
   createItems,
   drain,
   enqueue,
+  expectEveryRowOnce,
   jobRanges,
   migrationRow,
   nextJob,
@@ -454,9 +455,11 @@ describe('failing jobs', () => {
         if (!killed && job.start === 3n) {
           killed = true;
           // The server side of this connection goes away, as in a failover or network cut.
-          await pool.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1', [
-            '%touched = touched + 1%',
-          ]);
+          // This test's database only: test files run in parallel, and their jobs run the same statement.
+          await pool.query(
+            'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 AND datname = current_database()',
+            ['%touched = touched + 1%'],
+          );
           await job.query('SELECT 1');
         }
       },
@@ -533,6 +536,28 @@ describe('failing jobs', () => {
     const jobs = await jobRanges(pool, 'sometimes');
     expect(jobs.filter((j) => j.attempts === 3).length).toBe([...failures.values()].filter((n) => n === 2).length);
     expect(jobs.filter((j) => j.attempts === 3).length).toBeGreaterThan(5);
+  });
+});
+
+describe('a migration whose work function the worker lacks (a rolling deploy)', () => {
+  const db = useTestDatabase();
+
+  it('is left waiting, neither failed nor started, while the worker drains the migrations it has', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 30));
+    // The older one comes first in the take's order.
+    await enqueue(pool, { name: 'newer_code', work: 'test.not_deployed_yet', table: 'items', batchSize: 10 });
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+
+    await testWorker(pool, { work: [touch] }).run({ untilDone: true });
+
+    await expectEveryRowOnce(pool, 'items', 'fill');
+    expect(await migrationRow(pool, 'newer_code')).toMatchObject({
+      status: MigrationStatus.active,
+      failure_error_code: null,
+      max_value: null,
+    });
+    expect(await jobRanges(pool, 'newer_code', { all: true })).toEqual([]);
   });
 });
 

@@ -216,20 +216,30 @@ describe('health holds', () => {
     const worker = testWorker(pool, {
       work: [touch],
       observers: [{ hold: (event) => holds.push(event) }, metrics.observer],
-      health: { autovacuum: false, maxTransactionAgeMs: null, maxWalBytesPerSecond: 1000, checkMs: 50 },
+      // 100 B/s: one job's WAL is kilobytes, so a hold lasts most of the 10-second window.
+      health: { autovacuum: false, maxTransactionAgeMs: null, maxWalBytesPerSecond: 100, checkMs: 50 },
     });
     const running = worker.run({ untilDone: true });
-    const [report] = await waitFor(async () => {
-      const reports = await migrationReports(pool, { name: 'fill' });
-      return reports[0]?.holdReason ? reports : undefined;
-    }, 'the WAL budget to hold the migration');
-    const heldAt = Date.now();
-    await worker.stop();
-    await running;
+    let finishedWhenHeld = 0;
+    try {
+      const [report] = await waitFor(async () => {
+        const reports = await migrationReports(pool, { name: 'fill' });
+        finishedWhenHeld = await finishedJobs(pool, 'fill');
+        return reports[0]?.holdReason ? reports : undefined;
+      }, 'the WAL budget to hold the migration');
+      const heldAt = Date.now();
+      expect(report?.holdReason).toMatch(/^WAL budget: [\d.]+ kB\/s over the last 10s \(limit 0\.1 kB\/s\)$/);
+      // Held for as long as its 10-second average needs to fall back within the budget: at most the window.
+      expect(report!.onHoldUntil!.getTime() - heldAt).toBeLessThanOrEqual(10_500);
+      expect(report!.onHoldUntil!.getTime() - heldAt).toBeGreaterThan(1_000);
+      // While held, no job starts: the one in flight when the hold was set may finish, no other.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await finishedJobs(pool, 'fill')).toBeLessThanOrEqual(finishedWhenHeld + 1);
+    } finally {
+      await worker.stop();
+      await running;
+    }
 
-    expect(report?.holdReason).toMatch(/^WAL budget: [\d.]+ kB\/s over the last 10s \(limit 1\.0 kB\/s\)$/);
-    // Held for as long as its 10-second average needs to fall back within the budget: at most the window.
-    expect(report!.onHoldUntil!.getTime() - heldAt).toBeLessThanOrEqual(10_500);
     expect(holds).toMatchObject([{ kind: 'wal_budget', migrations: ['fill'] }]);
     const jobs = await pool.query<{ wal: string | null }>(
       'SELECT wal_bytes AS wal FROM batched_background_migration_jobs WHERE status = 2',
@@ -278,13 +288,57 @@ describe('health holds', () => {
 
   it('are off with health: false', async () => {
     const { pool, url } = db();
-    await createItems(pool, 'items', range(1, 10));
-    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5 });
-    const blocker = await openClient(url);
-    await blocker.query('BEGIN');
-    await blocker.query('SELECT txid_current()');
-    await testWorker(pool, { work: [touch], health: false }).run({ untilDone: true });
+    // A vacuum running on the table, which the default health options (autovacuum: true) hold the
+    // migration for, and two lanes, which the default latency controller starts in one.
+    await pool.query(
+      'CREATE TABLE items (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0, touched int NOT NULL DEFAULT 0)',
+    );
+    await pool.query('ALTER TABLE items SET (autovacuum_enabled = false)');
+    await pool.query('INSERT INTO items (id) SELECT generate_series(1, 20000)');
+    await pool.query('UPDATE items SET v = 1');
+    const id = await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5000 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2 WHERE id = $1', [id]);
+    const vacuumer = await openClient(url);
+    await vacuumer.query('SET vacuum_cost_delay = 50');
+    await vacuumer.query('SET vacuum_cost_limit = 1');
+    const { rows } = await vacuumer.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const vacuum = vacuumer.query('VACUUM items').catch((error: Error) => error);
+    await waitFor(
+      async () => (await pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'items'::regclass")).rowCount,
+      'the vacuum to start',
+    );
+
+    const holds: HoldEvent[] = [];
+    const lanes: LanesEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      concurrency: 2,
+      observers: [
+        {
+          // A hold would keep a drain waiting for as long as the vacuum runs: stop at once.
+          hold: (event) => void (holds.push(event), worker.stop()),
+          lanes: (event) => lanes.push(event),
+        },
+      ],
+      health: false,
+    });
+    try {
+      await worker.run({ untilDone: true });
+      // Still vacuuming: the migration finished beside it.
+      expect((await pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'items'::regclass")).rowCount).toBe(
+        1,
+      );
+    } finally {
+      await pool.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
+      await vacuum;
+    }
     expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
+    expect(holds).toEqual([]);
+    expect(lanes).toEqual([]);
+    const row = await pool.query('SELECT hold_reason, lanes_allowed FROM batched_background_migrations WHERE id = $1', [
+      id,
+    ]);
+    expect(row.rows).toEqual([{ hold_reason: null, lanes_allowed: null }]);
   });
 
   it.each([

@@ -335,6 +335,52 @@ describe('lanes', () => {
     ]);
   });
 
+  it("split a range whose job runs past runTimeoutMs (the run's own timeout, no SQL cancelled), then finish", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 16));
+    await enqueue(pool, { name: 'overrun', work: 'test.overrun', table: 'items', batchSize: 16 });
+    const work: Work = {
+      name: 'test.overrun',
+      async do(job) {
+        await touch.do(job);
+        // Row 5 is slow outside SQL in any range of more than 2 rows: the job waits for its run to time out.
+        if (job.start <= 5n && 5n <= job.end && job.end - job.start + 1n > 2n) {
+          await new Promise((resolve) => job.signal.addEventListener('abort', resolve, { once: true }));
+          throw job.signal.reason;
+        }
+      },
+    };
+    const results: RunResult[] = [];
+    const worker = testWorker(pool, {
+      work: [work],
+      // Well above what a job of a few rows takes on a loaded machine: only the waiting ranges time out.
+      runTimeoutMs: 500,
+      maxAttempts: 2,
+      observers: [{ run: (r) => results.push(r) }],
+    });
+
+    await worker.run({ untilDone: true });
+
+    expect(results.filter((r) => r.outcome === 'job_failed').map((r) => r.error?.message)).toEqual([
+      expect.stringMatching(/runTimeoutMs/),
+      expect.stringMatching(/runTimeoutMs/),
+      expect.stringMatching(/runTimeoutMs/),
+    ]);
+    await expectEveryRowOnce(pool, 'items', 'overrun');
+    const splits = results.filter((r) => r.job?.split).map((r) => [Number(r.job!.start), Number(r.job!.end)]);
+    expect(splits).toEqual([
+      [1, 16],
+      [1, 8],
+      [5, 8],
+    ]);
+    expect((await jobRanges(pool, 'overrun')).map((j) => [j.min, j.max, j.attempts])).toEqual([
+      [1, 4, 1],
+      [5, 6, 1],
+      [7, 8, 1],
+      [9, 16, 1],
+    ]);
+  });
+
   it('leave a range that cannot be split further to fail its attempts as before', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 8));
@@ -405,7 +451,7 @@ describe('lanes', () => {
     await createItems(pool, 'items', range(1, 400));
     await enqueue(pool, { name: 'narrow', work: touch.name, table: 'items', batchSize: 5 });
     const outcomes: string[] = [];
-    const { work } = observedTouch(5);
+    const { work, seen } = observedTouch(5);
     const workers = Array.from({ length: 4 }, () =>
       testWorker(pool, {
         work: [work],
@@ -421,6 +467,9 @@ describe('lanes', () => {
     const jobs = outcomes.filter((o) => o === 'job_succeeded').length;
     const lockedOut = outcomes.filter((o) => o === 'lock_in_use').length;
     expect(jobs).toBe(80);
+    // One lane: the four workers (sharing the work function, so its count spans them) ran one job at a time.
+    expect(Math.max(...seen.map((j) => j.concurrent))).toBe(1);
+    expect(new Set(seen.map((j) => j.lane))).toEqual(new Set([0]));
     // Polling every 10 ms for the ~1 s the migration takes would be ~300 runs; backing off, a few dozen.
     expect(lockedOut).toBeLessThan(jobs);
   });
