@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import { useTestDatabase } from './support/database.ts';
 import pg from 'pg';
+import { createPool } from '../src/store/db.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Job } from '../src/bbm/types.ts';
 import {
@@ -119,12 +120,16 @@ describe('bbm run waits for a database that is not ready', () => {
     // Every slot the role may have is taken (53300), as on a server at max_connections.
     const { role, roleUrl } = await workerRole(pool, url, 'CONNECTION LIMIT 0');
     try {
-      const worker = startBbm(['run', '--until-done', '--skip-migrate', '--config', DEFAULTS_CONFIG], {
-        DATABASE_URL: roleUrl,
-        BBM_LOG_LEVEL: 'info',
-        BBM_LOG_FORMAT: 'json',
-      });
+      const worker = startBbm(
+        ['run', '--until-done', '--skip-migrate', '--metrics-port', '0', '--config', DEFAULTS_CONFIG],
+        { DATABASE_URL: roleUrl, BBM_LOG_LEVEL: 'info', BBM_LOG_FORMAT: 'json' },
+      );
       await waitFor(() => Promise.resolve(/waiting for the database/.test(worker.output())), 'the wait', 15_000);
+      // A liveness probe sees a live process while it waits; readiness says it is not ready.
+      const metricsUrl = /"url":"(http:[^"]+)\/metrics"/.exec(worker.output())?.[1];
+      expect(metricsUrl, worker.output()).toBeDefined();
+      expect((await fetch(`${metricsUrl}/healthz`)).status).toBe(200);
+      expect((await fetch(`${metricsUrl}/readyz`)).status).toBe(503);
       await pool.query(`ALTER ROLE ${role} CONNECTION LIMIT -1`);
       const { code } = await worker.exited;
       expect(code, worker.output().slice(-2_000)).toBe(0);
@@ -169,6 +174,56 @@ describe('bbm run waits for a database that is not ready', () => {
       expect(rows).toEqual([{ touched: 1, n: 50 }]);
     } finally {
       await pool.query(`DROP OWNED BY ${role}; DROP ROLE ${role}`).catch(() => {});
+    }
+  });
+});
+
+describe('the connections a worker makes', () => {
+  const db = useTestDatabase();
+
+  it("gives its controllers the password of a pool built from fields (pg-pool keeps it off the pool's options)", async () => {
+    const { pool, url } = db();
+    const parsed = new URL(url);
+    const fields = new pg.Pool({
+      host: parsed.hostname,
+      port: Number(parsed.port),
+      user: decodeURIComponent(parsed.username),
+      password: decodeURIComponent(parsed.password),
+      database: parsed.pathname.slice(1),
+      max: 2,
+    });
+    const worker = testWorker(fields, { work: [touch] });
+    const running = worker.run();
+    try {
+      // The heartbeat runs on the controllers' pool: a row of this worker means they logged in.
+      await waitFor(
+        async () =>
+          (await pool.query('SELECT 1 FROM batched_background_migration_workers WHERE id = $1', [worker.id]))
+            .rowCount === 1,
+        "the worker's heartbeat",
+        10_000,
+      );
+    } finally {
+      await worker.stop();
+      await running;
+      await fields.end();
+    }
+  });
+
+  it('survives the server ending a connection that is checked out and idle', async () => {
+    const { url, pool } = db();
+    const own = createPool({ connectionString: url, max: 2 });
+    try {
+      const client = await own.connect();
+      const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await pool.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+      // Unheard, the client's 'error' would be an uncaught exception here, failing the run.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await expect(client.query('SELECT 1')).rejects.toThrow();
+      client.release(true);
+      expect((await own.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    } finally {
+      await own.end();
     }
   });
 });

@@ -9,11 +9,32 @@ import { sqlStateOf } from '../store/db.ts';
  */
 const TRANSIENT_STATES = /^(08|53|57P0[1-3]$|57014$|55P03$|40001$|40P01$|25006$)/;
 
-/** Whether an error is transient: a SQLSTATE above, or a client-side connection failure (no SQLSTATE, a system error code or pg's connection messages). */
+/**
+ * Network failures by their system error code. Others with a code (a TLS certificate refused, a
+ * file missing) are misconfigurations: waiting would not mend them.
+ */
+const TRANSIENT_SYSTEM_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EPIPE',
+  'EAI_AGAIN',
+  // A name that does not resolve yet: under Kubernetes, a service before its endpoints exist.
+  'ENOTFOUND',
+]);
+
+/** Whether an error is transient: a SQLSTATE above, a network failure, or pg's own connection messages. */
 export function isTransient(error: Error): boolean {
+  const code = (error as { code?: unknown }).code;
+  // First: EPIPE has the shape of a SQLSTATE.
+  if (typeof code === 'string' && TRANSIENT_SYSTEM_CODES.has(code)) return true;
   const state = sqlStateOf(error);
   if (state !== undefined) return TRANSIENT_STATES.test(state);
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string') return true;
-  return /connection|terminated|timeout|ECONN|socket/i.test(error.message);
+  if (typeof code === 'string') return false;
+  return /connection|terminated|timeout|socket/i.test(error.message);
 }

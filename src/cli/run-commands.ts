@@ -179,6 +179,28 @@ export async function run(context: Context): Promise<number> {
   let ops: OpsServer | undefined;
   let sentry: SentryReporter | undefined;
   try {
+    const observers: WorkerObserver[] = [
+      {
+        run(result) {
+          if (result.migration) workedOn.add(result.migration.name);
+        },
+      },
+    ];
+    const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
+    if (metrics) observers.push(metrics.observer);
+    // Served before the database is awaited: a liveness probe must see a live process that waits
+    // (and /readyz says it is not ready), or it restarts it in a loop.
+    if (metrics && metricsPort !== undefined) {
+      ops = await startOpsServer({
+        registry: metrics.registry,
+        page: createStatusPage({ db: pool, token: dashboardToken(context), log, schedules: schedulesOf(config) }),
+        db: pool,
+        port: metricsPort,
+        host: flags['metrics-host'] ?? '127.0.0.1',
+        log,
+      });
+      log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
+    }
     const ready = await whenDatabaseReady(
       pool,
       async () => {
@@ -195,29 +217,10 @@ export async function run(context: Context): Promise<number> {
       },
       { log, signal: startup.signal },
     );
-    if (!ready) return 0;
-    const observers: WorkerObserver[] = [
-      {
-        run(result) {
-          if (result.migration) workedOn.add(result.migration.name);
-        },
-      },
-    ];
-    const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
-    if (metrics) observers.push(metrics.observer);
     sentry = await sentryFrom(context);
     if (sentry) observers.push(sentry.observer);
-    if (metrics && metricsPort !== undefined) {
-      ops = await startOpsServer({
-        registry: metrics.registry,
-        page: createStatusPage({ db: pool, token: dashboardToken(context), log, schedules: schedulesOf(config) }),
-        db: pool,
-        port: metricsPort,
-        host: flags['metrics-host'] ?? '127.0.0.1',
-        log,
-      });
-      log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
-    }
+    // A signal during start-up stops it here; from the worker's run on, it stops the worker.
+    if (!ready || startup.signal.aborted) return 0;
     // A pool of the worker's own, sized for its lanes (the command's pool is for everything else).
     const running = new Worker({
       ...options,
@@ -229,10 +232,9 @@ export async function run(context: Context): Promise<number> {
       ...(schedules && { schedules }),
       ...(config.health !== undefined && { health: config.health }),
     });
-    worker = running;
-    if (startup.signal.aborted) void running.stop();
     terminal?.display.start();
     try {
+      worker = running;
       await running.run({ untilDone });
     } finally {
       await running.close();

@@ -78,11 +78,35 @@ export interface PoolOptions {
   applicationName?: string;
 }
 
+/**
+ * How long opening a connection may take, and when TCP keepalives begin: a server that vanished
+ * without a reset (a cloud failover, a partition) would otherwise hold a connect for the kernel's
+ * SYN retries (about 2 min) and a statement in flight for its retransmissions (about 15 min).
+ */
+const CONNECT_TIMEOUT_MS = 15_000;
+const KEEPALIVE_DELAY_MS = 10_000;
+
 export function createPool({ connectionString, max = 4, applicationName = 'pg-bbm' }: PoolOptions): pg.Pool {
-  const pool = new pg.Pool({ ...poolTarget(connectionString), max, application_name: applicationName });
-  // An idle client whose server went away emits 'error' on the pool; unhandled, that kills the
-  // process. The pool drops the client and the next run gets a fresh one, so there is nothing to do.
+  const pool = new pg.Pool({
+    ...poolTarget(connectionString),
+    max,
+    application_name: applicationName,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: KEEPALIVE_DELAY_MS,
+  });
+  return quietOnLostConnections(pool);
+}
+
+/**
+ * A client whose server went away emits 'error': on the pool when idle, on the client when checked
+ * out. Unheard, either is an uncaught exception that ends the process. The failure also reaches
+ * the query in flight (or the next one), and the pool drops the client, so the events need no
+ * more than a listener.
+ */
+function quietOnLostConnections(pool: pg.Pool): pg.Pool {
   pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
   return pool;
 }
 
@@ -96,11 +120,12 @@ export function siblingPool(
 ): pg.Pool {
   const sibling = new pg.Pool({
     ...pool.options,
+    // pg-pool keeps the password off the enumerable options (so that logging them shows none).
+    password: pool.options.password,
     max,
     ...(applicationName !== undefined && { application_name: applicationName }),
   });
-  sibling.on('error', () => {});
-  return sibling;
+  return quietOnLostConnections(sibling);
 }
 
 /** The password in a connection string replaced by `***`, for logs and error messages. */
@@ -110,7 +135,8 @@ export function maskConnectionString(connectionString: string): string {
     if (url.password) url.password = '***';
     return url.toString();
   } catch {
-    return maskKeywordPassword(connectionString.replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@'));
+    // Up to the authority's last '@': a password may hold an unencoded one.
+    return maskKeywordPassword(connectionString.replace(/(:\/\/[^:/@]*:)[^/]*@/, '$1***@'));
   }
 }
 
