@@ -192,6 +192,15 @@ export interface FinishedJob {
   durationMs: number;
 }
 
+/** What a failed job's row records. */
+export interface FailedJob {
+  job: ClaimedJob;
+  code: ErrorCodeNumber;
+  message: string;
+  /** Time spent in the work function. */
+  durationMs: number;
+}
+
 /** A pg_lsn as Postgres prints it (`16/B374D848`): checked, since it travels as a literal. */
 const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/;
 

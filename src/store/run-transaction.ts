@@ -20,7 +20,25 @@ import type pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
-import { cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
+import type { Target } from './catalog.ts';
+import {
+  cutRangeTransaction,
+  finishJobText,
+  jobStatus,
+  recordFailedAttempt,
+  splitRange,
+  type ClaimedJob,
+  type FailedJob,
+  type FinishedJob,
+  type RangeCut,
+} from './jobs.ts';
+
+/** Where a timed-out job's range may be split: its migration, table and smallest half. */
+export interface SplitAt {
+  migrationId: bigint;
+  target: Target;
+  minRows: number;
+}
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
 const WORK_SAVEPOINT = 'bbm_work';
@@ -172,6 +190,19 @@ export interface TakenJob {
   cutDue: boolean | null;
 }
 
+/** The job a take locked, as its run claims it: the attempt about to run, the size it was cut with. */
+export function claim(job: TakenJob, migration: Pick<TakenMigration, 'batchSize'>): ClaimedJob {
+  return {
+    id: job.id,
+    start: job.start,
+    end: job.end,
+    attempt: job.attempts + 1,
+    batchSize: job.batchSize ?? migration.batchSize,
+    walLsn: job.walLsn,
+    cutDue: job.cutDue,
+  };
+}
+
 /** What a take found. `step` says what the run must do when it holds a lane but no job. */
 export type Take =
   | { kind: 'nothing' }
@@ -247,14 +278,21 @@ function takeRowsOf(results: unknown): TakeRow[] {
   return take.rows;
 }
 
+/**
+ * What follows a run on its connection: the take of the next run, begun in the round trip that
+ * committed it (`chain`), for RunTransaction.begin; `missed` when that was a take `after` it that
+ * found nothing (the transaction is open, and begin() starts over). Null: nothing was begun.
+ */
+export type NextRun = Take | 'missed';
+
 /** How recording a finished job ended. */
 export type FinishOutcome =
   /**
-   * Committed. `cut` is how many ranges the cut sent with it wrote, when it ran: 0 when enough
-   * wait already, null when none is left to cut. `laterError` is set when what followed the COMMIT
-   * (the cut, the next take) failed.
+   * Committed. `next` is the next run when one was begun (`chain`). `cut` is how many ranges the
+   * cut sent with it wrote, when it ran: 0 when enough wait already, null when none is left to
+   * cut. `laterError` is set when what followed the COMMIT (the cut, the next take) failed.
    */
-  | { committed: true; cut?: number | null; walBytes?: number; laterError?: Error }
+  | { committed: true; next: NextRun | null; cut?: number | null; walBytes?: number; laterError?: Error }
   /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
   | { committed: false; error: Error };
 
@@ -266,11 +304,6 @@ export type FinishOutcome =
  */
 export class RunTransaction {
   #lost: Error | undefined;
-  /**
-   * The take of a run already begun by the previous run's last round trip; `missed` when that
-   * was a take `after` it that found nothing (the transaction is open, and begin() starts over).
-   */
-  #begun: Take | 'missed' | undefined;
   readonly #onError = (error: Error) => this.lost(error);
 
   private constructor(
@@ -289,15 +322,8 @@ export class RunTransaction {
     return this.client;
   }
 
-  /** Whether the next run was already begun (its take is waiting in `begin`). */
-  get begun(): boolean {
-    return this.#begun !== undefined;
-  }
-
-  /** Begins the run (unless the previous one already did) and returns its take. */
-  async begin(): Promise<Take> {
-    const begun = this.#begun;
-    this.#begun = undefined;
+  /** Begins the run, unless the previous one already did (`begun`, what its finish returned), and returns its take. */
+  async begin(begun?: NextRun): Promise<Take> {
     if (begun === 'missed') {
       return parseTake(
         takeRowsOf(
@@ -343,13 +369,14 @@ export class RunTransaction {
     finished: FinishedJob,
     { cut, chain, after }: { cut?: RangeCut | undefined; chain: boolean; after?: TakeAfter | undefined },
   ): Promise<FinishOutcome> {
-    const next = after ? this.prologue.after(after) : this.prologue.any;
-    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${next}` : ''}`;
+    const nextText = after ? this.prologue.after(after) : this.prologue.any;
+    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${nextText}` : ''}`;
     try {
       const results: unknown = await this.client.query(text);
+      let next: NextRun | null = null;
       if (chain) {
         const rows = takeRowsOf(results);
-        this.#begun = after && rows.length === 0 ? 'missed' : parseTake(rows);
+        next = after && rows.length === 0 ? 'missed' : parseTake(rows);
       }
       const cutResult = (results as QueryResult<{ bbm_cut?: number | null }>[]).find(
         (result) => result.fields?.[0]?.name === 'bbm_cut',
@@ -361,6 +388,7 @@ export class RunTransaction {
       const walBytes = walResult?.rows[0]?.bbm_wal_bytes;
       return {
         committed: true,
+        next,
         ...(cut && cutCount !== undefined && { cut: cutCount }),
         ...(walBytes != null && { walBytes: Number(walBytes) }),
       };
@@ -374,7 +402,7 @@ export class RunTransaction {
       const status = await jobStatus(this.client, finished.job.id);
       if (status === JobStatus.finished) {
         const after = cut ? "bbm_cut_range or the next run's bbm_take_job" : "the next run's bbm_take_job";
-        return { committed: true, laterError: withStatement(error, `${after} (after a job)`) as Error };
+        return { committed: true, next: null, laterError: withStatement(error, `${after} (after a job)`) as Error };
       }
       throw withStatement(error, 'COMMIT of a job');
     }
@@ -396,9 +424,21 @@ export class RunTransaction {
     );
   }
 
-  /** Undoes the work: back to the savepoint after the take, lane and job still locked. */
-  async rollbackWork(): Promise<void> {
-    await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+  /**
+   * Records a failed job and commits: back to the work savepoint (unless `workUndone`: a finish
+   * that failed went there already), then, for `split`, the range split in two (splitRange), or
+   * else the failed attempt. Nothing is begun after a failed job.
+   */
+  async fail(
+    failed: FailedJob,
+    { workUndone, split }: { workUndone: boolean; split?: SplitAt | undefined },
+  ): Promise<{ split: boolean; next: null }> {
+    if (!workUndone) await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+    const { job } = failed;
+    const wasSplit = split ? await splitRange(this.client, job, split.migrationId, split.target, split.minRows) : false;
+    if (!wasSplit) await recordFailedAttempt(this.client, job, failed.code, failed.message, failed.durationMs);
+    await this.commit();
+    return { split: wasSplit, next: null };
   }
 
   async commit(): Promise<void> {
@@ -407,7 +447,6 @@ export class RunTransaction {
 
   /** Rolls the run back; a failure to do so marks the connection lost (it is destroyed on release). */
   async rollback(): Promise<void> {
-    this.#begun = undefined;
     await this.client
       .query('ROLLBACK')
       .catch((error: unknown) => this.lost(error instanceof Error ? error : new Error(String(error))));
