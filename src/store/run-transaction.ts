@@ -20,11 +20,14 @@ import type pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
+import type { StoredJob, StoredMigration } from './rows.ts';
 import type { Target } from './catalog.ts';
 import {
   cutRangeTransaction,
   finishJobText,
   jobStatus,
+  parseCut,
+  parseFinish,
   recordFailedAttempt,
   splitRange,
   type ClaimedJob,
@@ -153,32 +156,31 @@ export interface RunPrologue {
   after(previous: TakeAfter): string;
 }
 
-/** A migration as bbm_take_job returned it, with the lane the run holds. */
-export interface TakenMigration {
-  id: bigint;
-  name: string;
-  status: MigrationStatusCode;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  batchingStrategy: string | null;
-  batchSize: number;
-  maxParallelJobs: number;
-  targetJobMs: number | null;
-  minBatchSize: number | null;
-  maxBatchSize: number | null;
-}
+/** A migration as bbm_take_job returned it: the columns of its row a run needs. */
+export type TakenMigration = Pick<
+  StoredMigration,
+  | 'id'
+  | 'name'
+  | 'jobSignatureName'
+  | 'tableName'
+  | 'columnName'
+  | 'batchingStrategy'
+  | 'batchSize'
+  | 'maxParallelJobs'
+  | 'targetJobMs'
+  | 'minBatchSize'
+  | 'maxBatchSize'
+> & { status: MigrationStatusCode };
 
-/** A job as bbm_take_job returned it, locked by this run. */
-export interface TakenJob {
-  id: bigint;
+/**
+ * A job as bbm_take_job returned it, locked by this run: its row's id, attempts made so far and
+ * the size it was cut with (null for a range cut before sizes were recorded), its range, and
+ * what the take read beside it.
+ */
+export type TakenJob = Pick<StoredJob, 'id' | 'attempts' | 'batchSize'> & {
   start: bigint;
   end: bigint;
   status: JobStatusCode;
-  /** Attempts made so far. */
-  attempts: number;
-  /** The size it was cut with; null for a range cut before sizes were recorded. */
-  batchSize: number | null;
   /** The server's WAL insert position when it was taken. */
   walLsn: string | null;
   /**
@@ -188,7 +190,7 @@ export interface TakenJob {
    * take does not say (a retry).
    */
   cutDue: boolean | null;
-}
+};
 
 /** The job a take locked, as its run claims it: the attempt about to run, the size it was cut with. */
 export function claim(job: TakenJob, migration: Pick<TakenMigration, 'batchSize'>): ClaimedJob {
@@ -210,7 +212,8 @@ export type Take =
   | { kind: 'job'; lane: number; migration: TakenMigration; job: TakenJob }
   | { kind: 'step'; lane: number; migration: TakenMigration; step: 'start' | 'cut' | 'finish' };
 
-interface TakeRow {
+/** A row of bbm_take_job or bbm_take_next, as the server sends it. */
+export interface TakeRow {
   migration_id: string;
   lane: number | null;
   name: string;
@@ -235,7 +238,8 @@ interface TakeRow {
   cut_due: boolean | null;
 }
 
-function parseTake(rows: TakeRow[]): Take {
+/** A take's rows (takeRowsOf) read: nothing, busy (a lane locked elsewhere), a job, or a step. */
+export function parseTake(rows: readonly TakeRow[]): Take {
   const row = rows[0];
   if (!row) return { kind: 'nothing' };
   if (row.migration_id === '0') return { kind: 'busy' };
@@ -271,7 +275,7 @@ function parseTake(rows: TakeRow[]): Take {
 }
 
 /** The take's rows among the results of a multi-statement query: the last SELECT's. */
-function takeRowsOf(results: unknown): TakeRow[] {
+export function takeRowsOf(results: unknown): TakeRow[] {
   const list = Array.isArray(results) ? (results as QueryResult<TakeRow>[]) : [results as QueryResult<TakeRow>];
   const take = list.findLast((result) => result.command === 'SELECT');
   if (!take) throw new Error('the run prologue returned no SELECT result');
@@ -378,19 +382,13 @@ export class RunTransaction {
         const rows = takeRowsOf(results);
         next = after && rows.length === 0 ? 'missed' : parseTake(rows);
       }
-      const cutResult = (results as QueryResult<{ bbm_cut?: number | null }>[]).find(
-        (result) => result.fields?.[0]?.name === 'bbm_cut',
-      );
-      const cutCount = cutResult?.rows[0]?.bbm_cut;
-      const walResult = (results as QueryResult<{ bbm_wal_bytes?: string | null }>[]).find(
-        (result) => result.fields?.[0]?.name === 'bbm_wal_bytes',
-      );
-      const walBytes = walResult?.rows[0]?.bbm_wal_bytes;
+      const cutCount = parseCut(results);
+      const walBytes = parseFinish(results);
       return {
         committed: true,
         next,
         ...(cut && cutCount !== undefined && { cut: cutCount }),
-        ...(walBytes != null && { walBytes: Number(walBytes) }),
+        ...(walBytes !== undefined && { walBytes }),
       };
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
