@@ -190,9 +190,7 @@ export function cancelQuery(client: pg.ClientBase): Promise<boolean> {
   };
   if (processID == null || secretKey == null || !host || !port) return Promise.resolve(false);
   return new Promise((resolve) => {
-    const socket = host.startsWith('/')
-      ? net.connect(path.join(host, `.s.PGSQL.${port}`))
-      : net.connect(port, host);
+    const socket = host.startsWith('/') ? net.connect(path.join(host, `.s.PGSQL.${port}`)) : net.connect(port, host);
     let sent = false;
     const timer = setTimeout(() => socket.destroy(), CANCEL_TIMEOUT_MS);
     socket.on('connect', () => {
