@@ -49,7 +49,7 @@ import { createPool } from '../src/store/db.ts';
 import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
 import { finishJobText } from '../src/store/jobs.ts';
-import { runPrologue } from '../src/store/run-transaction.ts';
+import { claim, parseTake, runPrologue, takeRowsOf } from '../src/store/run-transaction.ts';
 
 const { values: flags } = parseArgs({
   options: {
@@ -217,20 +217,11 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
   await cutUpTo(depth);
   await pool.query('VACUUM ANALYZE batched_background_migration_jobs');
   const prologue = runPrologue({ names: ['bench.hits'], validNamePattern: '^[a-z]' }, 600_000);
-  type TakeRow = {
-    migration_id: string;
-    lane: number;
-    job_id: string | null;
-    job_min: string;
-    job_max: string;
-    wal_lsn: string | null;
-  };
-  const taken = (results: unknown) =>
-    (results as Array<{ command: string; rows: TakeRow[] }>).findLast((r) => r.command === 'SELECT')!.rows[0];
+  const taken = (results: unknown) => parseTake(takeRowsOf(results));
   const ms = await timedOnConnections(pool, connections, async (client) => {
     let take = taken(await client.query(prologue.any));
     for (;;) {
-      if (!take?.job_id) {
+      if (take.kind !== 'job') {
         if (cut >= ranges.length) break;
         await client.query('ROLLBACK');
         await cutUpTo(cut + depth / 2);
@@ -238,14 +229,15 @@ async function engineStatements(pool: pg.Pool, ranges: Array<[string, string]>, 
         continue;
       }
       const started = performance.now();
-      await client.query(UPDATE, [take.job_min, take.job_max]);
+      await client.query(UPDATE, [take.job.start, take.job.end]);
       finished += 1;
       if (cut - finished <= depth / 2) await cutUpTo(finished + depth);
-      const job = { id: BigInt(take.job_id), start: 0n, end: 0n, attempt: 1, batchSize: BATCH, walLsn: take.wal_lsn };
-      const next = prologue.after({ migrationId: BigInt(take.migration_id), lane: take.lane });
+      const job = claim(take.job, take.migration);
+      const next = prologue.after({ migrationId: take.migration.id, lane: take.lane });
       const finish = `${finishJobText({ job, rows: BATCH, durationMs: performance.now() - started })}; COMMIT; ${next}`;
       take = taken(await client.query(finish));
-      if (!take) take = taken(await client.query(`ROLLBACK; ${prologue.any}`));
+      // bbm_take_next found no range of this lane: take from every migration.
+      if (take.kind === 'nothing') take = taken(await client.query(`ROLLBACK; ${prologue.any}`));
     }
     await client.query('ROLLBACK');
   });

@@ -16,3 +16,6 @@ export function tellObservers(
     }
   }
 }
+
+/** How a part of the worker tells its observers (tellObservers, bound to them and the log). */
+export type Tell = (call: (observer: WorkerObserver) => void) => void;

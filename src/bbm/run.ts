@@ -16,51 +16,33 @@
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { NodePgSession, NodePgTransaction } from 'drizzle-orm/node-postgres';
-import { PgDialect } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
-import { CORRELATION_ID, jobFields, migrationFields, type Logger } from './log.ts';
-import { ErrorCode, INT4_MAX, JobStatus, SERIAL_KEY_SET } from '../store/codes.ts';
-import { isTarget, resolveTarget } from '../store/catalog.ts';
-import { cancelQuery, SqlState, sqlStateOf } from '../store/db.ts';
-import {
-  cutRangeBeside,
-  jobFailureMessage,
-  recordFailedAttempt,
-  splitRange,
-  type ClaimedJob,
-  type CutBeside,
-  type RangeCut,
-  type ValidatedMigration,
-} from '../store/jobs.ts';
-import {
-  failMigration,
-  finishMigration,
-  holdAfterRunError,
-  quotedTable,
-  startMigration,
-} from '../store/migration-rows.ts';
-import {
-  RunTransaction,
-  runPrologue,
-  sessionLimits,
-  tighterLimit,
-  type RunPrologue,
-  type Take,
-  type TakenMigration,
-} from '../store/run-transaction.ts';
+import type { Logger } from './log.ts';
+import { ErrorCode, JobStatus } from '../store/codes.ts';
+import { SqlState, sqlStateOf } from '../store/db.ts';
+import { jobFailureMessage, type ClaimedJob } from '../store/jobs.ts';
+import { failMigration, finishMigration, startMigration } from '../store/migration-rows.ts';
+import { claim, type NextRun, type RunTransaction, type Take, type TakenJob } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
+import {
+  ended,
+  recordFailure,
+  recordSuccess,
+  type JobWorked,
+  type Ran,
+  type Taken,
+  type UntimedRunResult,
+} from './job-record.ts';
+import { RangeCuts } from './cuts.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
-import { BatchSizer, type PaceSettings } from './pace.ts';
-import { isValidWorkName, VALID_WORK_NAME, type WorkRegistry } from './work-registry.ts';
-import { JobSession } from './session.ts';
-import { isTransient } from './transient.ts';
-import type { Job, JobDb, RunResult, Work } from './types.ts';
+import { doJob, JobStops, StopError, type MigrationRef, type Worked } from './job.ts';
+import type { BatchSizer } from './pace.ts';
+import { afterRunError } from './run-errors.ts';
+import { Validations } from './validate.ts';
+import type { WorkRegistry } from './work-registry.ts';
+import { RunOpener } from './run-open.ts';
+import type { RunResult } from './types.ts';
 
-/** How far past the run timeout the server-side backstops (statement and idle timeouts) sit. */
-const BACKSTOP_MARGIN_MS = 10_000;
-/** How long a finished job waits for the cut beside it to get a connection before giving it up. */
-const CUT_CONNECT_MS = 1_000;
 /**
  * How long a lane keeps taking the next range of its migration (bbm_take_next) before it takes
  * from every migration again (bbm_take_job), so that one before it in bbm_take_job's order (an
@@ -68,7 +50,7 @@ const CUT_CONNECT_MS = 1_000;
  */
 const TAKE_AFTER_MS = 1_000;
 
-interface RunContext {
+export interface RunContext {
   pool: pg.Pool;
   registry: WorkRegistry;
   options: ResolvedOptions;
@@ -81,499 +63,6 @@ interface RunContext {
   sizers?: Map<bigint, BatchSizer>;
 }
 
-/** The reason a run was rolled back on a hard stop. */
-class StopError extends Error {
-  override readonly name = 'StopError';
-}
-
-/** A job that ran past the run timeout; like a statement or lock timeout, its range is split. */
-class JobTimeoutError extends BbmError {
-  constructor(timeoutMs: number) {
-    super('unknown', `job timed out: the run exceeded runTimeoutMs (${timeoutMs} ms)`);
-  }
-}
-
-/**
- * Whether a failure is a timeout: the run's own, a statement_timeout (57014, also what a
- * cancelled statement reports) or a lock_timeout (55P03). A smaller range may well succeed.
- */
-function isTimeout(error: Error): boolean {
-  const state = sqlStateOf(error);
-  return error instanceof JobTimeoutError || state === SqlState.queryCanceled || state === SqlState.lockNotAvailable;
-}
-
-/** A run's result before timing; `ended` when its transaction is already committed or rolled back. */
-type UntimedRunResult = Omit<RunResult, 'durationMs' | 'runId'> & { ended?: true };
-
-/** What a runner remembers of a migration it validated. */
-interface Validated extends ValidatedMigration {
-  work: Work;
-  /** The table and column as jobs see them (Job.table, Job.column), quoted once. */
-  quoted: { table: string; column: string };
-  /** Set when a cut after a job found no range left to cut: none is sent after its jobs until one succeeds again. */
-  cutDone?: boolean;
-  /**
-   * The fixed size the migration cut at when last taken: a lower one has the ranges still
-   * waiting cut again (bbm_cut_range), so it clears `cutDone`.
-   */
-  fixedSize?: number;
-}
-
-/** The migration as a job sees it. */
-type MigrationRef = NonNullable<RunResult['migration']>;
-
-const dialect = new PgDialect();
-
-export class Runner {
-  /**
-   * Migrations this runner has validated (catalog lookups included), by id. A take of a job
-   * checks the row still names what was validated; entries go when a migration ends or its table errors.
-   */
-  readonly #validated = new Map<bigint, Validated>();
-  /** Starts every run: BEGIN, settings, take, savepoint (see run-transaction.ts). */
-  #prologue: RunPrologue;
-  /** Read once, on the first run: the prologue then keeps the session's tighter limits (runPrologue). */
-  #limits: Promise<void> | undefined;
-  readonly #backstopMs: number;
-  /** The statement timeout of the cuts: the backstop, or the session's own when it is tighter. */
-  #cutTimeoutMs: number;
-  readonly #sizers: Map<bigint, BatchSizer>;
-  /** Cuts this runner started beside its jobs and has not seen end: release() waits for them. */
-  readonly #cutsInFlight = new Set<Promise<void>>();
-  /** The next run, when the previous one began it (`chain`). */
-  #held: { tx: RunTransaction; started: number } | undefined;
-  /** When this runner last took from every migration (see TAKE_AFTER_MS). */
-  #tookAnyAt = Number.NEGATIVE_INFINITY;
-  /** The job in flight's early end (a runner runs one job at a time), stopped by a hard stop. */
-  #jobStop: JobStop | undefined;
-  /**
-   * Stops the job in flight on the hard stop: added before the first job after a release and
-   * removed by release(), not per job (see JobStop), so that a signal that outlives the runner
-   * (finalize's hardStop, a caller's) keeps no listener of it.
-   */
-  readonly #onHardStop = () => this.#jobStop?.stop(hardStopError());
-  #hearingHardStop = false;
-
-  constructor(private readonly ctx: RunContext) {
-    this.#backstopMs = ctx.options.runTimeoutMs + BACKSTOP_MARGIN_MS;
-    this.#cutTimeoutMs = this.#backstopMs;
-    this.#prologue = runPrologue(
-      { names: ctx.registry.names, validNamePattern: VALID_WORK_NAME },
-      this.#backstopMs,
-      ctx.only,
-    );
-    this.#sizers = ctx.sizers ?? new Map<bigint, BatchSizer>();
-  }
-
-  /** Reads the session's limits and keeps the tighter ones in every run (runPrologue); retried on failure. */
-  async #readLimits(): Promise<void> {
-    try {
-      const limits = await sessionLimits(this.ctx.pool);
-      this.#prologue = runPrologue(
-        { names: this.ctx.registry.names, validNamePattern: VALID_WORK_NAME },
-        this.#backstopMs,
-        this.ctx.only,
-        limits,
-      );
-      this.#cutTimeoutMs = tighterLimit(limits.statementTimeoutMs, this.#backstopMs);
-    } catch (error) {
-      this.#limits = undefined;
-      throw error;
-    }
-  }
-
-  /**
-   * One run. With `chain`, a run whose job succeeds begins the next run in the round trip that
-   * commits it; the next call continues that run (call `release()` if there is none).
-   */
-  async runOnce({ chain = false }: { chain?: boolean } = {}): Promise<RunResult> {
-    const held = this.#held;
-    this.#held = undefined;
-    const started = held?.started ?? performance.now();
-    const runId = randomUUID();
-    const finish = (outcome: UntimedRunResult): RunResult => {
-      const { ended: _ended, ...result } = outcome;
-      return { ...result, runId, durationMs: performance.now() - started };
-    };
-    let tx = held?.tx;
-    if (!tx) {
-      this.#tookAnyAt = performance.now();
-      try {
-        await (this.#limits ??= this.#readLimits());
-        tx = await RunTransaction.open(this.ctx.pool, this.#prologue);
-      } catch (error) {
-        return finish({ outcome: 'error', error: asError(error) });
-      }
-    }
-    const run: RunInfo = { started, runId, chain, migration: undefined };
-    try {
-      const outcome = await this.#inTransaction(tx, await tx.begin(), run);
-      if (!outcome.ended) await tx.commit();
-      if (tx.begun) this.#held = { tx, started: performance.now() };
-      else tx.release();
-      return finish(outcome);
-    } catch (thrown) {
-      const error = asError(thrown);
-      await tx.rollback();
-      tx.release();
-      if (error instanceof StopError) return finish({ outcome: 'aborted', error });
-      const state = sqlStateOf(error);
-      if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validated.clear();
-      return finish(await this.#afterRunError(error, run.migration));
-    }
-  }
-
-  /**
-   * A run that failed for a reason that is not its work function's, on a migration it had taken,
-   * sets that migration aside for a while (so the next take finds the others), and the
-   * `maxRunErrors`-th in a row fails it with run_error. Transient trouble (the connection, the
-   * server restarting, a lock or statement timeout, a serialization failure) is not its fault
-   * and is not counted.
-   */
-  async #afterRunError(error: Error, migration: MigrationRef | undefined): Promise<UntimedRunResult> {
-    if (!migration || isTransient(error)) return { outcome: 'error', error, ...(migration && { migration }) };
-    const { runErrorHoldMs, maxRunErrors, maxIntervalMs } = this.ctx.options;
-    const reason = `run error: ${storedMessage(error, 500)}`;
-    // One text for the row, the logs and the error report.
-    const failureMessage = `${maxRunErrors} runs in a row failed; last error: ${reason}`;
-    let hold;
-    try {
-      hold = await holdAfterRunError(this.ctx.pool, migration.id, {
-        reason,
-        failureMessage,
-        holdMs: runErrorHoldMs,
-        maxHoldMs: Math.max(runErrorHoldMs, maxIntervalMs),
-        maxErrors: maxRunErrors,
-      });
-    } catch {
-      return { outcome: 'error', error, migration };
-    }
-    if (hold?.failed) {
-      this.#forget(migration.id);
-      const failure = new BbmError('run_error', failureMessage, { cause: error });
-      return { outcome: 'migration_failed', migration, error: failure, errorCode: 'run_error' };
-    }
-    return { outcome: 'error', error, migration, ...(hold && { heldForMs: hold.heldForMs }) };
-  }
-
-  /**
-   * Rolls back and hands back the connection of a run begun ahead by `chain` and not used, and
-   * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them). It stops
-   * listening for the hard stop until its next job.
-   */
-  async release(): Promise<void> {
-    this.ctx.hardStop.removeEventListener('abort', this.#onHardStop);
-    this.#hearingHardStop = false;
-    const held = this.#held;
-    this.#held = undefined;
-    if (held) {
-      await held.tx.rollback();
-      held.tx.release();
-    }
-    await Promise.all(this.#cutsInFlight);
-  }
-
-  async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<UntimedRunResult> {
-    let take = first;
-    for (let cuts = 0; ; cuts += 1) {
-      if (take.kind === 'nothing' || take.kind === 'busy') {
-        await tx.rollback();
-        return { outcome: take.kind === 'nothing' ? 'no_job' : 'lock_in_use', ended: true };
-      }
-      const { migration } = take;
-      const ref: MigrationRef = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
-      run.migration = ref;
-      const checked = await this.#check(tx, migration);
-      if (checked === 'not_mine') {
-        // Only a run bound to one migration (finalize) can get here: leave it for a worker that has it.
-        await tx.rollback();
-        return { outcome: 'no_job', migration: ref, ended: true };
-      }
-      if (checked instanceof BbmError) return this.#fail(tx, ref, checked);
-
-      if (take.kind === 'job') {
-        const { job } = take;
-        if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
-          return this.#fail(
-            tx,
-            ref,
-            new BbmError(
-              'max_job_retry',
-              `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${(await jobFailureMessage(tx.db, job.id)) ?? 'unknown'}`,
-            ),
-          );
-        }
-        const claimed: ClaimedJob = {
-          id: job.id,
-          start: job.start,
-          end: job.end,
-          attempt: job.attempts + 1,
-          batchSize: job.batchSize ?? migration.batchSize,
-          walLsn: job.walLsn,
-          cutDue: job.cutDue,
-        };
-        return this.#execute(tx, migration, ref, checked, claimed, take.lane, run);
-      }
-
-      switch (take.step) {
-        case 'start':
-          // Committed on its own, before any job: a run that updates the migration row holds that
-          // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
-          await startMigration(tx.db, migration.id, checked.target);
-          return { outcome: 'migration_started', migration: ref };
-        case 'finish':
-          if (!(await finishMigration(tx.db, migration.id))) return { outcome: 'lock_in_use', migration: ref };
-          this.#forget(migration.id);
-          return { outcome: 'migration_finished', migration: ref };
-        case 'cut':
-          // Another lane may take the range first; after one cut, leave it to the next run.
-          if (cuts > 0) {
-            await tx.rollback();
-            return { outcome: 'lock_in_use', migration: ref, ended: true };
-          }
-          checked.cutDone = false;
-          take = await tx.cutAndTake(this.#cut(migration, checked));
-      }
-    }
-  }
-
-  /** Fails the migration with the error's code (committed by the caller). */
-  async #fail(tx: RunTransaction, ref: MigrationRef, error: BbmError): Promise<UntimedRunResult> {
-    await failMigration(tx.db, ref.id, ErrorCode[error.code], storedMessage(error));
-    this.#forget(ref.id);
-    return { outcome: 'migration_failed', migration: ref, error, errorCode: error.code };
-  }
-
-  #forget(id: bigint): void {
-    this.#validated.delete(id);
-    this.#sizers.delete(id);
-  }
-
-  /**
-   * The migration's work function, batching strategy, table and column checked, or the error it
-   * must fail with. The catalog is asked once per migration, while the row names the same table,
-   * column and work function as when it was asked.
-   */
-  async #check(tx: RunTransaction, migration: TakenMigration): Promise<Validated | BbmError | 'not_mine'> {
-    const names = {
-      tableName: migration.tableName,
-      columnName: migration.columnName,
-      jobSignatureName: migration.jobSignatureName,
-    };
-    const cached = this.#validated.get(migration.id);
-    if (
-      cached &&
-      cached.tableName === names.tableName &&
-      cached.columnName === names.columnName &&
-      cached.jobSignatureName === names.jobSignatureName
-    ) {
-      return cached;
-    }
-    const work = this.ctx.registry.get(migration.jobSignatureName);
-    if (!work && isValidWorkName(migration.jobSignatureName)) return 'not_mine';
-    if (!work) {
-      return new BbmError(
-        'invalid_job_signature',
-        `job_signature_name ${JSON.stringify(migration.jobSignatureName)} can never name a work function ` +
-          '(letters, digits and _ . : / - only, at most 200)',
-      );
-    }
-    if (migration.batchingStrategy !== null && migration.batchingStrategy !== SERIAL_KEY_SET) {
-      return new BbmError(
-        'invalid_batching_strategy',
-        `batching_strategy ${JSON.stringify(migration.batchingStrategy)} is not supported; use NULL or '${SERIAL_KEY_SET}'`,
-      );
-    }
-    const target = await resolveTarget(tx.db, migration.tableName, migration.columnName);
-    if (!isTarget(target)) return new BbmError(target.code, target.message);
-    const quoted = { table: dialect.sqlToQuery(quotedTable(target)).sql, column: dialect.escapeName(target.column) };
-    const validated: Validated = { ...names, target, work, quoted };
-    this.#validated.set(migration.id, validated);
-    return validated;
-  }
-
-  /** The next range of a migration to cut, sized by its sizer when it has a target job time. */
-  #cut(migration: TakenMigration, validated: Validated): RangeCut {
-    const settings = paceSettings(migration);
-    let size: number | null = null;
-    if (settings) {
-      let sizer = this.#sizers.get(migration.id);
-      if (!sizer) this.#sizers.set(migration.id, (sizer = new BatchSizer(migration.batchSize)));
-      size = sizer.nextCut(settings);
-    }
-    return { migrationId: migration.id, validated, size, statementTimeoutMs: this.#cutTimeoutMs };
-  }
-
-  /**
-   * Starts cutting the next range of a migration in one lane beside its job (cutRangeBeside). With
-   * several lanes, the lanes keep the server's cores busy, and the cut costs least in the round
-   * trip that commits the finishing job, after its COMMIT (measured: two lanes on two cores ran
-   * 8 % slower with their ranges cut beside them, on connections of their own); with one, the cut
-   * runs on a spare core while the work runs.
-   */
-  #cutBeside(migration: TakenMigration, validated: Validated): CutBeside | undefined {
-    if (migration.maxParallelJobs !== 1) return undefined;
-    const beside = cutRangeBeside(this.ctx.pool, this.#cut(migration, validated));
-    if (!beside) return undefined;
-    this.#cutsInFlight.add(beside.over);
-    void beside.over.then(() => this.#cutsInFlight.delete(beside.over));
-    return beside;
-  }
-
-  /**
-   * Waits for the cut beside the job before the job's record, so that the next take (sent with
-   * the record) finds the range. A failed cut is only noted: the lane then cuts the range itself
-   * (cutAndTake), and a real fault fails that run and is reported there.
-   */
-  async #cutBesideEnded(beside: CutBeside | undefined, runId: string): Promise<void> {
-    if (!beside) return;
-    try {
-      await beside.ended(CUT_CONNECT_MS);
-    } catch (error) {
-      this.ctx.log.debug({ err: error, [CORRELATION_ID]: runId }, 'cutting a range beside the job failed');
-    }
-  }
-
-  async #execute(
-    tx: RunTransaction,
-    migration: TakenMigration,
-    ref: MigrationRef,
-    validated: Validated,
-    claimed: ClaimedJob,
-    lane: number,
-    { started, runId, chain }: RunInfo,
-  ): Promise<UntimedRunResult> {
-    const { options, hardStop } = this.ctx;
-    const { target, work, quoted } = validated;
-    const jobRef: NonNullable<RunResult['job']> = {
-      id: claimed.id,
-      start: claimed.start,
-      end: claimed.end,
-      attempt: claimed.attempt,
-      batchSize: claimed.batchSize,
-      lane,
-      durationMs: 0,
-    };
-
-    const stop = new JobStop();
-    this.#jobStop = stop;
-    if (!this.#hearingHardStop) {
-      hardStop.addEventListener('abort', this.#onHardStop, { once: true });
-      this.#hearingHardStop = true;
-    }
-    if (hardStop.aborted) stop.stop(hardStopError());
-    const remainingMs = Math.max(1, options.runTimeoutMs - (performance.now() - started));
-    const timer = setTimeout(() => stop.stop(new JobTimeoutError(options.runTimeoutMs)), remainingMs);
-
-    // No cut with this job when the take found enough ranges waiting (it cuts nothing then).
-    const cutDue = claimed.cutDue !== false;
-    const beside = cutDue ? this.#cutBeside(migration, validated) : undefined;
-    const session = new JobSession(tx.client);
-    const parentLog = this.ctx.log;
-    // The drizzle handle and the child logger are made when the work first asks for them: most
-    // work functions use neither, and a job's client CPU competes with the database for cores.
-    let db: JobDb | undefined;
-    let log: Logger | undefined;
-    const job: Job = {
-      query: session.query,
-      get db() {
-        return (db ??= jobDb(session));
-      },
-      table: quoted.table,
-      column: quoted.column,
-      start: claimed.start,
-      end: claimed.end,
-      batchSize: claimed.batchSize,
-      migration: { id: ref.id, name: ref.name },
-      attempt: claimed.attempt,
-      lane,
-      get signal() {
-        return stop.signal;
-      },
-      get log() {
-        return (log ??= parentLog.child({
-          [CORRELATION_ID]: runId,
-          ...migrationFields(ref),
-          ...jobFields({ ...claimed, lane }),
-        }));
-      },
-    };
-
-    let failure: Error | undefined;
-    let rows: number | undefined;
-    const workStarted = performance.now();
-    try {
-      try {
-        rows = await stop.race(callWork(work, job));
-      } catch (thrown) {
-        failure = asError(thrown);
-      }
-      jobRef.durationMs = performance.now() - workStarted;
-      session.close();
-      // Our next statements queue behind the work's; cancel it so they run now. The cancel resolves
-      // once the server has taken it, so it cannot land on a statement we send afterwards.
-      if (stop.reason && session.busy) await cancelQuery(tx.client);
-      await session.settled();
-    } finally {
-      clearTimeout(timer);
-      this.#jobStop = undefined;
-    }
-    await this.#cutBesideEnded(beside, runId);
-    if (stop.reason instanceof StopError) throw stop.reason;
-
-    const settings = paceSettings(migration);
-    const sizer = settings ? this.#sizers.get(migration.id) : undefined;
-    if (sizer && settings) sizer.observe({ size: claimed.batchSize, workMs: jobRef.durationMs, rows }, settings);
-
-    let rolledBack = false;
-    if (!failure) {
-      // Several lanes (or no connection to spare): the next range is cut after this job's COMMIT (see #cutBeside).
-      const fixedSize = paceSettings(migration) ? undefined : fixedSizeOf(migration);
-      if (fixedSize !== undefined && validated.fixedSize !== undefined && fixedSize < validated.fixedSize) {
-        validated.cutDone = false;
-      }
-      validated.fixedSize = fixedSize;
-      const cut = !cutDue || beside || validated.cutDone ? undefined : this.#cut(migration, validated);
-      // The next run tries this migration and lane first, unless it is time to look at them all.
-      const after =
-        chain && this.ctx.only === undefined && performance.now() - this.#tookAnyAt < TAKE_AFTER_MS
-          ? { migrationId: migration.id, lane }
-          : undefined;
-      if (chain && !after) this.#tookAnyAt = performance.now();
-      const finished = await tx.finish({ job: claimed, rows, durationMs: jobRef.durationMs }, { cut, chain, after });
-      if (finished.committed) {
-        if (finished.cut === null) validated.cutDone = true;
-        if (finished.laterError) {
-          this.ctx.log.warn(
-            { err: finished.laterError, [CORRELATION_ID]: runId },
-            'job committed; cutting the next range or beginning the next run failed',
-          );
-        }
-        return {
-          outcome: 'job_succeeded',
-          migration: ref,
-          job: { ...jobRef, rows, ...(finished.walBytes !== undefined && { walBytes: finished.walBytes }) },
-          ended: true,
-        };
-      }
-      failure = workFailureAtCommit(finished.error);
-      rolledBack = true;
-    }
-    if (!rolledBack) await tx.rollbackWork();
-    if (isTimeout(failure) && (await splitRange(tx.db, claimed, migration.id, target, migration.minBatchSize ?? 1))) {
-      return {
-        outcome: 'job_failed',
-        migration: ref,
-        job: { ...jobRef, split: true },
-        error: failure,
-        errorCode: 'unknown',
-      };
-    }
-    await recordFailedAttempt(tx.db, claimed, ErrorCode.unknown, storedMessage(failure), jobRef.durationMs);
-    return { outcome: 'job_failed', migration: ref, job: jobRef, error: failure, errorCode: 'unknown' };
-  }
-}
-
 /** What a run carries through its steps. */
 interface RunInfo {
   started: number;
@@ -584,89 +73,203 @@ interface RunInfo {
   migration: MigrationRef | undefined;
 }
 
-/** The bounds on every size a migration cuts at; min_batch_size wins over max_batch_size, as in SQL. */
-function sizeBounds(migration: TakenMigration): { minSize: number; maxSize: number } {
-  const minSize = migration.minBatchSize ?? 1;
-  return { minSize, maxSize: Math.max(minSize, migration.maxBatchSize ?? INT4_MAX) };
-}
+export class Runner {
+  readonly #validations: Validations;
+  readonly #cuts: RangeCuts;
+  readonly #stops: JobStops;
+  readonly #opener: RunOpener;
+  /** The next run, when the previous one began it (`chain`): its connection and take. */
+  #held: { tx: RunTransaction; next: NextRun; started: number } | undefined;
+  /** When this runner last took from every migration (see TAKE_AFTER_MS). */
+  #tookAnyAt = Number.NEGATIVE_INFINITY;
 
-/** The size a migration without a target job time cuts at (sql/functions/bbm_fixed_size.sql: change the two together). */
-function fixedSizeOf(migration: TakenMigration): number {
-  const { minSize, maxSize } = sizeBounds(migration);
-  return Math.max(1, minSize, Math.min(maxSize, migration.batchSize));
-}
-
-/** The migration's adaptive sizing settings, or null when its batch size is fixed. */
-function paceSettings(migration: TakenMigration): PaceSettings | null {
-  if (migration.targetJobMs === null) return null;
-  return { targetMs: migration.targetJobMs, ...sizeBounds(migration) };
-}
-
-/**
- * Recording a finished job fails before its COMMIT when the work left the transaction broken: the
- * work swallowed a failed statement (25P02), or its writes break a deferred constraint (class 23).
- * Those are the work's failures; anything else is the run's.
- */
-function workFailureAtCommit(error: unknown): Error {
-  const state = sqlStateOf(error);
-  if (state === SqlState.inFailedTransaction) {
-    return new Error(
-      'the work function returned normally after one of its statements failed (the error was swallowed)',
-    );
-  }
-  if (state?.startsWith('23')) return asError(error);
-  throw error;
-}
-
-/** drizzle over the fenced session, nested (savepoints) inside the run's transaction. */
-function jobDb(session: JobSession): JobDb {
-  const pgSession = new NodePgSession(session as unknown as pg.PoolClient, dialect, undefined);
-  return new NodePgTransaction(dialect, pgSession, undefined, 1);
-}
-
-/** The work's promise, resolving to the rows it reports changing, if any; a synchronous throw becomes a rejection. */
-async function callWork(work: Work, job: Job): Promise<number | undefined> {
-  const rows = await work.do(job);
-  return typeof rows === 'number' && Number.isFinite(rows) ? rows : undefined;
-}
-
-const hardStopError = () => new StopError('worker stopped: job cancelled and rolled back');
-
-/**
- * How a job ends early: at its run timeout, or on the worker's hard stop. The work's promise races
- * it. The AbortSignal a work function sees (Job.signal) is made when the work first asks for it:
- * most never do, and a controller per job, with its listeners, cost the lane about 10 µs of
- * client CPU between two of its statements (measured), where the database waits for the next.
- */
-class JobStop {
-  /** Why the job was stopped; set once. */
-  reason: Error | undefined;
-  #controller: AbortController | undefined;
-  #reject: ((error: Error) => void) | undefined;
-
-  get signal(): AbortSignal {
-    if (!this.#controller) {
-      this.#controller = new AbortController();
-      if (this.reason) this.#controller.abort(this.reason);
-    }
-    return this.#controller.signal;
+  constructor(private readonly ctx: RunContext) {
+    const { pool, registry, options, log, only } = ctx;
+    this.#opener = new RunOpener(pool, registry.names, options.runTimeoutMs, only, (ms) => (this.#cuts.timeoutMs = ms));
+    this.#validations = new Validations(registry);
+    this.#cuts = new RangeCuts(pool, log, ctx.sizers ?? new Map<bigint, BatchSizer>(), this.#opener.backstopMs);
+    this.#stops = new JobStops(ctx.hardStop, options.runTimeoutMs);
   }
 
-  stop(reason: Error): void {
-    if (this.reason) return;
-    this.reason = reason;
-    this.#controller?.abort(reason);
-    this.#reject?.(reason);
-  }
-
-  /** Settles with `work`, or rejects with the stop's reason as soon as it is stopped. */
-  race<T>(work: Promise<T>): Promise<T> {
-    // A timed-out work function keeps running detached; its eventual rejection must not go unhandled.
-    work.catch(() => {});
-    if (this.reason) return Promise.reject(this.reason);
-    return new Promise<T>((resolve, reject) => {
-      this.#reject = reject;
-      work.then(resolve, (error: unknown) => reject(asError(error)));
+  /**
+   * One run. With `chain`, a run whose job succeeds begins the next run in the round trip that
+   * commits it; the next call continues that run (call `release()` if there is none).
+   */
+  async runOnce({ chain = false }: { chain?: boolean } = {}): Promise<RunResult> {
+    const held = this.#held;
+    this.#held = undefined;
+    const run: RunInfo = {
+      started: held?.started ?? performance.now(),
+      runId: randomUUID(),
+      chain,
+      migration: undefined,
+    };
+    const timed = (result: UntimedRunResult): RunResult => ({
+      ...result,
+      runId: run.runId,
+      durationMs: performance.now() - run.started,
     });
+    let tx = held?.tx;
+    if (!tx) {
+      this.#tookAnyAt = performance.now();
+      try {
+        tx = await this.#opener.open();
+      } catch (error) {
+        return timed({ outcome: 'error', error: asError(error) });
+      }
+    }
+    try {
+      const { result, next } = await this.#inTransaction(tx, await tx.begin(held?.next), run);
+      if (next) this.#held = { tx, next, started: performance.now() };
+      else tx.release();
+      return timed(result);
+    } catch (thrown) {
+      const error = asError(thrown);
+      await tx.rollback();
+      tx.release();
+      if (error instanceof StopError) return timed({ outcome: 'aborted', error });
+      const state = sqlStateOf(error);
+      if (state === SqlState.undefinedTable || state === SqlState.undefinedColumn) this.#validations.clear();
+      return timed(await afterRunError(this.ctx, error, run.migration, (id) => this.#forget(id)));
+    }
+  }
+
+  /**
+   * Rolls back and hands back the connection of a run begun ahead by `chain` and not used, and
+   * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them). It stops
+   * listening for the hard stop until its next job.
+   */
+  async release(): Promise<void> {
+    this.#stops.deafen();
+    const held = this.#held;
+    this.#held = undefined;
+    if (held) {
+      await held.tx.rollback();
+      held.tx.release();
+    }
+    await this.#cuts.settled();
+  }
+
+  /** The run from its take to the end of its transaction. */
+  async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<Ran> {
+    let take = first;
+    for (let cuts = 0; ; cuts += 1) {
+      if (take.kind === 'nothing' || take.kind === 'busy') {
+        await tx.rollback();
+        return ended({ outcome: take.kind === 'nothing' ? 'no_job' : 'lock_in_use' });
+      }
+      const { migration } = take;
+      const ref: MigrationRef = { id: migration.id, name: migration.name, work: migration.jobSignatureName };
+      run.migration = ref;
+      const checked = await this.#validations.check(tx.db, migration);
+      if (checked === 'not_mine') {
+        // Only a run bound to one migration (finalize) can get here: leave it for a worker that has it.
+        await tx.rollback();
+        return ended({ outcome: 'no_job', migration: ref });
+      }
+      if (checked instanceof BbmError) return this.#fail(tx, ref, checked);
+      const taken: Taken = { migration, ref, validated: checked, lane: take.lane };
+      if (take.kind === 'job') return this.#job(tx, taken, take.job, run);
+      if (take.step !== 'cut') return this.#migrationStep(tx, taken, take.step);
+      // Another lane may take the range first; after one cut, leave it to the next run.
+      if (cuts > 0) {
+        await tx.rollback();
+        return ended({ outcome: 'lock_in_use', migration: ref });
+      }
+      checked.cutDone = false;
+      take = await tx.cutAndTake(this.#cuts.cut(migration, checked));
+    }
+  }
+
+  /** Starts or finishes a migration, committed on its own. */
+  async #migrationStep(
+    tx: RunTransaction,
+    { migration, ref, validated }: Taken,
+    step: 'start' | 'finish',
+  ): Promise<Ran> {
+    if (step === 'start') {
+      // Committed on its own, before any job: a run that updates the migration row holds that
+      // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
+      await startMigration(tx.db, migration.id, validated.target);
+      await tx.commit();
+      return ended({ outcome: 'migration_started', migration: ref });
+    }
+    if (!(await finishMigration(tx.db, migration.id))) {
+      await tx.commit();
+      return ended({ outcome: 'lock_in_use', migration: ref });
+    }
+    this.#forget(migration.id);
+    await tx.commit();
+    return ended({ outcome: 'migration_finished', migration: ref });
+  }
+
+  /** Fails the migration with the error's code, and commits. */
+  async #fail(tx: RunTransaction, ref: MigrationRef, error: BbmError): Promise<Ran> {
+    await failMigration(tx.db, ref.id, ErrorCode[error.code], storedMessage(error));
+    this.#forget(ref.id);
+    await tx.commit();
+    return ended({ outcome: 'migration_failed', migration: ref, error, errorCode: error.code });
+  }
+
+  #forget(id: bigint): void {
+    this.#validations.forget(id);
+    this.#cuts.forget(id);
+  }
+
+  /** A job taken: failed for good past maxAttempts, else run and recorded. */
+  async #job(tx: RunTransaction, taken: Taken, job: TakenJob, run: RunInfo): Promise<Ran> {
+    if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
+      const last = (await jobFailureMessage(tx.db, job.id)) ?? 'unknown';
+      const message = `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${last}`;
+      return this.#fail(tx, taken.ref, new BbmError('max_job_retry', message));
+    }
+    const claimed = claim(job, taken.migration);
+    const worked = await this.#work(tx, taken, claimed, run);
+    if (worked.failure) return recordFailure(tx, taken, claimed, worked.failure, worked.workMs, false);
+    const { migration, validated, lane } = taken;
+    const cut = this.#cuts.afterJob(migration, validated, { due: claimed.cutDue !== false, beside: worked.cutBeside });
+    // The next run tries this migration and lane first, unless it is time to look at them all.
+    const after =
+      run.chain && this.ctx.only === undefined && performance.now() - this.#tookAnyAt < TAKE_AFTER_MS
+        ? { migrationId: migration.id, lane }
+        : undefined;
+    if (run.chain && !after) this.#tookAnyAt = performance.now();
+    return recordSuccess(tx, taken, claimed, worked, {
+      cut,
+      chain: run.chain,
+      after,
+      runId: run.runId,
+      log: this.ctx.log,
+    });
+  }
+
+  /** Runs the work on the job's range (with the next range cut beside it, in one lane). */
+  async #work(tx: RunTransaction, taken: Taken, claimed: ClaimedJob, run: RunInfo): Promise<JobWorked> {
+    const { migration, ref, validated, lane } = taken;
+    const remainingMs = Math.max(1, this.ctx.options.runTimeoutMs - (performance.now() - run.started));
+    const { stop, end } = this.#stops.begin(remainingMs);
+    // No cut with this job when the take found enough ranges waiting (it cuts nothing then).
+    const beside = claimed.cutDue !== false ? this.#cuts.beside(migration, validated) : undefined;
+    let worked: Worked;
+    try {
+      const { work, quoted } = validated;
+      const spec = {
+        client: tx.client,
+        work,
+        quoted,
+        migration: ref,
+        claimed,
+        lane,
+        runId: run.runId,
+        log: this.ctx.log,
+      };
+      worked = await doJob(spec, stop);
+    } finally {
+      end();
+    }
+    await this.#cuts.besideEnded(beside, run.runId);
+    if (worked.stopped instanceof StopError) throw worked.stopped;
+    this.#cuts.learn(migration, claimed, worked.workMs, worked.rows);
+    return { ...worked, cutBeside: beside !== undefined };
   }
 }

@@ -7,12 +7,14 @@
  * work, so the work and its record commit together.
  */
 import type pg from 'pg';
+import type { QueryResult, QueryResultRow } from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import { storableMessage } from './messages.ts';
 import type { Target } from './catalog.ts';
 import { quotedTable } from './migration-rows.ts';
+import type { StoredJob } from './rows.ts';
 
 /** A job as a lane runs it. Ranges are inclusive at both ends. */
 export interface ClaimedJob {
@@ -46,7 +48,8 @@ function ms(value: number): string {
 /** One range to cut: the migration, what it was validated as, and (adaptive sizing) the size. */
 export interface RangeCut {
   migrationId: bigint;
-  validated: ValidatedMigration;
+  /** The catalog's names of the table and column, and the names the migration's row must still hold. */
+  validated: Omit<ValidatedMigration, 'target'> & { target: Pick<Target, 'schema' | 'table' | 'column' | 'unique'> };
   /**
    * The size to cut at: with a target_job_ms, the adaptive size; without, a smaller size than the
    * batch_size (foreground protection), never a larger one. Null: the batch_size.
@@ -79,7 +82,7 @@ export interface RangeCut {
  * The table and column are the catalog's names from validation; the names the row must still
  * hold are passed too, so a row changed since is not cut. Text travels hex-encoded.
  */
-function cutRangeStatement(cut: RangeCut): string {
+export function cutRangeStatement(cut: RangeCut): string {
   const { migrationId, validated, size } = cut;
   const { target } = validated;
   const args = [
@@ -109,6 +112,27 @@ export function cutRangeTransaction(cut: RangeCut): string {
     `BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = ${integerLiteral(cut.statementTimeoutMs)}; ` +
     `${cutRangeStatement(cut)}; COMMIT`
   );
+}
+
+/**
+ * What a cut wrote, from the results of the round trip that sent it (a cutRangeStatement's
+ * `bbm_cut` column): how many ranges it cut, null when none was left to cut, undefined when the
+ * results hold no cut.
+ */
+export function parseCut(results: unknown): number | null | undefined {
+  return resultNamed<{ bbm_cut: number | null }>(results, 'bbm_cut')?.rows[0]?.bbm_cut;
+}
+
+/** The WAL a finished job wrote, from the results of the round trip that recorded it (finishJobText). */
+export function parseFinish(results: unknown): number | undefined {
+  const walBytes = resultNamed<{ bbm_wal_bytes: string | null }>(results, 'bbm_wal_bytes')?.rows[0]?.bbm_wal_bytes;
+  return walBytes == null ? undefined : Number(walBytes);
+}
+
+/** The result among those of a multi-statement round trip whose one column is `column`. */
+function resultNamed<R extends QueryResultRow>(results: unknown, column: string): QueryResult<R> | undefined {
+  const list = Array.isArray(results) ? (results as QueryResult<R>[]) : [results as QueryResult<R>];
+  return list.find((result) => result.fields?.[0]?.name === column);
 }
 
 /** A range being cut beside a running job (cutRangeBeside). */
@@ -188,6 +212,15 @@ export interface FinishedJob {
   job: ClaimedJob;
   /** What the work function returned, if a number. */
   rows: number | undefined;
+  /** Time spent in the work function. */
+  durationMs: number;
+}
+
+/** What a failed job's row records. */
+export interface FailedJob {
+  job: ClaimedJob;
+  code: ErrorCodeNumber;
+  message: string;
   /** Time spent in the work function. */
   durationMs: number;
 }
@@ -300,20 +333,16 @@ export async function reportedRows(db: Queryable, migrationId: bigint): Promise<
   return Number(row?.rows ?? 0);
 }
 
-/** A job as the status page shows it. */
-export interface JobRow {
-  id: bigint;
+/** A job as the status page shows it: its row, with its range and the rows its work reported under plainer names. */
+export type JobRow = Pick<
+  StoredJob,
+  'id' | 'attempts' | 'batchSize' | 'durationMs' | 'walBytes' | 'failureMessage' | 'finishedAt'
+> & {
   start: bigint;
   end: bigint;
   status: JobStatusCode;
-  attempts: number;
-  batchSize: number | null;
   rows: number | null;
-  durationMs: number | null;
-  walBytes: number | null;
-  failureMessage: string | null;
-  finishedAt: Date | null;
-}
+};
 
 /**
  * A migration's most recent jobs (by last change), and every failed one whatever its age: what

@@ -19,6 +19,7 @@ import {
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
+import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
 const RUNNABLE = sql.raw(statusCodes(RUNNABLE_STATUSES));
@@ -399,35 +400,37 @@ export async function countMigrationsByStatus(db: Queryable): Promise<Map<Migrat
   return new Map(rows.map((r) => [r.status as MigrationStatusCode, Number(r.count)]));
 }
 
-/** One migration with its job counts, as `bbm status` shows it. */
-export interface MigrationSummary {
-  id: bigint;
-  name: string;
+/**
+ * One migration with its job counts, as `bbm status` shows it: its row (StoredMigration), with
+ * `batchSize` the size ranges are cut with now (the adaptive size, when `targetJobMs` is set) and
+ * `lanesAllowed` the lanes the latency controller allows now (max_parallel_jobs unless it shed
+ * some), and what is counted from its jobs and lanes.
+ */
+export type MigrationSummary = Pick<
+  StoredMigration,
+  | 'id'
+  | 'name'
+  | 'jobSignatureName'
+  | 'tableName'
+  | 'columnName'
+  | 'minValue'
+  | 'maxValue'
+  | 'batchSize'
+  | 'maxParallelJobs'
+  | 'targetJobMs'
+  | 'minBatchSize'
+  | 'maxBatchSize'
+  | 'onHoldUntil'
+  | 'holdReason'
+  | 'runErrors'
+  | 'failureErrorCode'
+  | 'failureMessage'
+  | 'createdAt'
+  | 'startedAt'
+  | 'finishedAt'
+> & {
   status: MigrationStatusCode;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  minValue: bigint;
-  maxValue: bigint | null;
-  /** The batch size ranges are cut with now (the adaptive size, when `targetJobMs` is set). */
-  batchSize: number;
-  maxParallelJobs: number;
-  /** Lanes the latency controller allows now (max_parallel_jobs unless it shed some). */
   lanesAllowed: number;
-  /** Adaptive sizing: the target time of a job's work, and the size bounds; null when fixed. */
-  targetJobMs: number | null;
-  minBatchSize: number | null;
-  maxBatchSize: number | null;
-  /** Set while the migration is set aside (after run errors): until when, and why. */
-  onHoldUntil: Date | null;
-  holdReason: string | null;
-  /** Runs in a row that failed for a reason not its work function's (`maxRunErrors` of them fail it). */
-  runErrors: number;
-  failureErrorCode: number | null;
-  failureMessage: string | null;
-  createdAt: Date;
-  startedAt: Date | null;
-  finishedAt: Date | null;
   /** Ranges cut: finished, failed (waiting for a retry), active (running in a lane, or cut ahead for one). */
   jobs: { total: number; finished: number; failed: number; active: number };
   /** Lanes whose lock is held now: jobs running at this moment, across all workers. */
@@ -443,7 +446,7 @@ export interface MigrationSummary {
   recent: { jobs: number; width: bigint; rows: number; seconds: number };
   /** The failure message of the job that failed last, if any job is failed now. */
   lastJobError: string | null;
-}
+};
 
 /** How far back `recent` looks: the rate a migration has now, not its average since it started. */
 const RECENT_WINDOW_SECONDS = 300;

@@ -20,7 +20,28 @@ import type pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { exec, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
-import { cutRangeTransaction, finishJobText, jobStatus, type FinishedJob, type RangeCut } from './jobs.ts';
+import type { StoredJob, StoredMigration } from './rows.ts';
+import type { Target } from './catalog.ts';
+import {
+  cutRangeTransaction,
+  finishJobText,
+  jobStatus,
+  parseCut,
+  parseFinish,
+  recordFailedAttempt,
+  splitRange,
+  type ClaimedJob,
+  type FailedJob,
+  type FinishedJob,
+  type RangeCut,
+} from './jobs.ts';
+
+/** Where a timed-out job's range may be split: its migration, table and smallest half. */
+export interface SplitAt {
+  migrationId: bigint;
+  target: Target;
+  minRows: number;
+}
 
 /** The savepoint every run opens right after its take; rolling back to it undoes the work only. */
 const WORK_SAVEPOINT = 'bbm_work';
@@ -135,32 +156,31 @@ export interface RunPrologue {
   after(previous: TakeAfter): string;
 }
 
-/** A migration as bbm_take_job returned it, with the lane the run holds. */
-export interface TakenMigration {
-  id: bigint;
-  name: string;
-  status: MigrationStatusCode;
-  jobSignatureName: string;
-  tableName: string;
-  columnName: string;
-  batchingStrategy: string | null;
-  batchSize: number;
-  maxParallelJobs: number;
-  targetJobMs: number | null;
-  minBatchSize: number | null;
-  maxBatchSize: number | null;
-}
+/** A migration as bbm_take_job returned it: the columns of its row a run needs. */
+export type TakenMigration = Pick<
+  StoredMigration,
+  | 'id'
+  | 'name'
+  | 'jobSignatureName'
+  | 'tableName'
+  | 'columnName'
+  | 'batchingStrategy'
+  | 'batchSize'
+  | 'maxParallelJobs'
+  | 'targetJobMs'
+  | 'minBatchSize'
+  | 'maxBatchSize'
+> & { status: MigrationStatusCode };
 
-/** A job as bbm_take_job returned it, locked by this run. */
-export interface TakenJob {
-  id: bigint;
+/**
+ * A job as bbm_take_job returned it, locked by this run: its row's id, attempts made so far and
+ * the size it was cut with (null for a range cut before sizes were recorded), its range, and
+ * what the take read beside it.
+ */
+export type TakenJob = Pick<StoredJob, 'id' | 'attempts' | 'batchSize'> & {
   start: bigint;
   end: bigint;
   status: JobStatusCode;
-  /** Attempts made so far. */
-  attempts: number;
-  /** The size it was cut with; null for a range cut before sizes were recorded. */
-  batchSize: number | null;
   /** The server's WAL insert position when it was taken. */
   walLsn: string | null;
   /**
@@ -170,6 +190,19 @@ export interface TakenJob {
    * take does not say (a retry).
    */
   cutDue: boolean | null;
+};
+
+/** The job a take locked, as its run claims it: the attempt about to run, the size it was cut with. */
+export function claim(job: TakenJob, migration: Pick<TakenMigration, 'batchSize'>): ClaimedJob {
+  return {
+    id: job.id,
+    start: job.start,
+    end: job.end,
+    attempt: job.attempts + 1,
+    batchSize: job.batchSize ?? migration.batchSize,
+    walLsn: job.walLsn,
+    cutDue: job.cutDue,
+  };
 }
 
 /** What a take found. `step` says what the run must do when it holds a lane but no job. */
@@ -179,7 +212,8 @@ export type Take =
   | { kind: 'job'; lane: number; migration: TakenMigration; job: TakenJob }
   | { kind: 'step'; lane: number; migration: TakenMigration; step: 'start' | 'cut' | 'finish' };
 
-interface TakeRow {
+/** A row of bbm_take_job or bbm_take_next, as the server sends it. */
+export interface TakeRow {
   migration_id: string;
   lane: number | null;
   name: string;
@@ -204,7 +238,8 @@ interface TakeRow {
   cut_due: boolean | null;
 }
 
-function parseTake(rows: TakeRow[]): Take {
+/** A take's rows (takeRowsOf) read: nothing, busy (a lane locked elsewhere), a job, or a step. */
+export function parseTake(rows: readonly TakeRow[]): Take {
   const row = rows[0];
   if (!row) return { kind: 'nothing' };
   if (row.migration_id === '0') return { kind: 'busy' };
@@ -240,21 +275,28 @@ function parseTake(rows: TakeRow[]): Take {
 }
 
 /** The take's rows among the results of a multi-statement query: the last SELECT's. */
-function takeRowsOf(results: unknown): TakeRow[] {
+export function takeRowsOf(results: unknown): TakeRow[] {
   const list = Array.isArray(results) ? (results as QueryResult<TakeRow>[]) : [results as QueryResult<TakeRow>];
   const take = list.findLast((result) => result.command === 'SELECT');
   if (!take) throw new Error('the run prologue returned no SELECT result');
   return take.rows;
 }
 
+/**
+ * What follows a run on its connection: the take of the next run, begun in the round trip that
+ * committed it (`chain`), for RunTransaction.begin; `missed` when that was a take `after` it that
+ * found nothing (the transaction is open, and begin() starts over). Null: nothing was begun.
+ */
+export type NextRun = Take | 'missed';
+
 /** How recording a finished job ended. */
 export type FinishOutcome =
   /**
-   * Committed. `cut` is how many ranges the cut sent with it wrote, when it ran: 0 when enough
-   * wait already, null when none is left to cut. `laterError` is set when what followed the COMMIT
-   * (the cut, the next take) failed.
+   * Committed. `next` is the next run when one was begun (`chain`). `cut` is how many ranges the
+   * cut sent with it wrote, when it ran: 0 when enough wait already, null when none is left to
+   * cut. `laterError` is set when what followed the COMMIT (the cut, the next take) failed.
    */
-  | { committed: true; cut?: number | null; walBytes?: number; laterError?: Error }
+  | { committed: true; next: NextRun | null; cut?: number | null; walBytes?: number; laterError?: Error }
   /** Not committed, and the transaction is still open, rolled back to the work savepoint: the caller records a failure. */
   | { committed: false; error: Error };
 
@@ -266,11 +308,6 @@ export type FinishOutcome =
  */
 export class RunTransaction {
   #lost: Error | undefined;
-  /**
-   * The take of a run already begun by the previous run's last round trip; `missed` when that
-   * was a take `after` it that found nothing (the transaction is open, and begin() starts over).
-   */
-  #begun: Take | 'missed' | undefined;
   readonly #onError = (error: Error) => this.lost(error);
 
   private constructor(
@@ -289,15 +326,8 @@ export class RunTransaction {
     return this.client;
   }
 
-  /** Whether the next run was already begun (its take is waiting in `begin`). */
-  get begun(): boolean {
-    return this.#begun !== undefined;
-  }
-
-  /** Begins the run (unless the previous one already did) and returns its take. */
-  async begin(): Promise<Take> {
-    const begun = this.#begun;
-    this.#begun = undefined;
+  /** Begins the run, unless the previous one already did (`begun`, what its finish returned), and returns its take. */
+  async begin(begun?: NextRun): Promise<Take> {
     if (begun === 'missed') {
       return parseTake(
         takeRowsOf(
@@ -343,26 +373,22 @@ export class RunTransaction {
     finished: FinishedJob,
     { cut, chain, after }: { cut?: RangeCut | undefined; chain: boolean; after?: TakeAfter | undefined },
   ): Promise<FinishOutcome> {
-    const next = after ? this.prologue.after(after) : this.prologue.any;
-    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${next}` : ''}`;
+    const nextText = after ? this.prologue.after(after) : this.prologue.any;
+    const text = `${finishJobText(finished)}; COMMIT${cut ? `; ${cutRangeTransaction(cut)}` : ''}${chain ? `; ${nextText}` : ''}`;
     try {
       const results: unknown = await this.client.query(text);
+      let next: NextRun | null = null;
       if (chain) {
         const rows = takeRowsOf(results);
-        this.#begun = after && rows.length === 0 ? 'missed' : parseTake(rows);
+        next = after && rows.length === 0 ? 'missed' : parseTake(rows);
       }
-      const cutResult = (results as QueryResult<{ bbm_cut?: number | null }>[]).find(
-        (result) => result.fields?.[0]?.name === 'bbm_cut',
-      );
-      const cutCount = cutResult?.rows[0]?.bbm_cut;
-      const walResult = (results as QueryResult<{ bbm_wal_bytes?: string | null }>[]).find(
-        (result) => result.fields?.[0]?.name === 'bbm_wal_bytes',
-      );
-      const walBytes = walResult?.rows[0]?.bbm_wal_bytes;
+      const cutCount = parseCut(results);
+      const walBytes = parseFinish(results);
       return {
         committed: true,
+        next,
         ...(cut && cutCount !== undefined && { cut: cutCount }),
-        ...(walBytes != null && { walBytes: Number(walBytes) }),
+        ...(walBytes !== undefined && { walBytes }),
       };
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
@@ -374,7 +400,7 @@ export class RunTransaction {
       const status = await jobStatus(this.client, finished.job.id);
       if (status === JobStatus.finished) {
         const after = cut ? "bbm_cut_range or the next run's bbm_take_job" : "the next run's bbm_take_job";
-        return { committed: true, laterError: withStatement(error, `${after} (after a job)`) as Error };
+        return { committed: true, next: null, laterError: withStatement(error, `${after} (after a job)`) as Error };
       }
       throw withStatement(error, 'COMMIT of a job');
     }
@@ -396,9 +422,21 @@ export class RunTransaction {
     );
   }
 
-  /** Undoes the work: back to the savepoint after the take, lane and job still locked. */
-  async rollbackWork(): Promise<void> {
-    await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+  /**
+   * Records a failed job and commits: back to the work savepoint (unless `workUndone`: a finish
+   * that failed went there already), then, for `split`, the range split in two (splitRange), or
+   * else the failed attempt. Nothing is begun after a failed job.
+   */
+  async fail(
+    failed: FailedJob,
+    { workUndone, split }: { workUndone: boolean; split?: SplitAt | undefined },
+  ): Promise<{ split: boolean; next: null }> {
+    if (!workUndone) await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+    const { job } = failed;
+    const wasSplit = split ? await splitRange(this.client, job, split.migrationId, split.target, split.minRows) : false;
+    if (!wasSplit) await recordFailedAttempt(this.client, job, failed.code, failed.message, failed.durationMs);
+    await this.commit();
+    return { split: wasSplit, next: null };
   }
 
   async commit(): Promise<void> {
@@ -407,7 +445,6 @@ export class RunTransaction {
 
   /** Rolls the run back; a failure to do so marks the connection lost (it is destroyed on release). */
   async rollback(): Promise<void> {
-    this.#begun = undefined;
     await this.client
       .query('ROLLBACK')
       .catch((error: unknown) => this.lost(error instanceof Error ? error : new Error(String(error))));

@@ -5,6 +5,7 @@ import { expect } from 'vitest';
 import { Worker } from '../../src/bbm/worker.ts';
 import type { RunResult, Work, WorkerParams } from '../../src/bbm/types.ts';
 import { JobStatus, MigrationStatus } from '../../src/store/codes.ts';
+import { cutRangeStatement, parseCut } from '../../src/store/jobs.ts';
 
 export const quiet = pino({ level: 'silent' });
 
@@ -57,11 +58,13 @@ export async function enqueue(db: pg.Pool, row: EnqueueRow): Promise<bigint> {
  * (bbm_cut_range); how many it cut (0 when enough wait, null when none is left to cut).
  */
 export async function cutItems(db: pg.Pool, id: bigint): Promise<number | null> {
-  const { rows } = await db.query<{ n: number | null }>(
-    `SELECT bbm_cut_range($1::bigint, 'public', 'items', 'id', 'items', 'id', $2, NULL::integer, true) AS n`,
-    [id, touch.name],
+  const target = { schema: 'public', table: 'items', column: 'id', unique: true };
+  const validated = { target, tableName: 'items', columnName: 'id', jobSignatureName: touch.name };
+  const cut = parseCut(
+    await db.query(cutRangeStatement({ migrationId: id, validated, size: null, statementTimeoutMs: 0 })),
   );
-  return rows[0]!.n;
+  if (cut === undefined) throw new Error('bbm_cut_range returned no result');
+  return cut;
 }
 
 export function testWorker(pool: pg.Pool, params: Omit<WorkerParams, 'pool'>): Worker {

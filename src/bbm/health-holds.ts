@@ -1,0 +1,68 @@
+/**
+ * The worker's health checks (health.ts, checkHealth): at most every `checkMs`, before a lane's
+ * run, one check in flight that every lane finding it due waits for, so that holds are set before
+ * the runs they concern. A new hold is logged once and told to observers (metrics); it is not an
+ * error (no Sentry). A check that fails is logged, never fatal: the worker runs on without it.
+ * Each check then starts a round of commit probes beside the lanes, when foreground protection
+ * is on: before them, slow commits would hold every lane for ten of them.
+ */
+import type pg from 'pg';
+import type { CommitProbes } from './commit-probes.ts';
+import { checkHealth, type ResolvedHealth } from './health.ts';
+import type { Logger } from './log.ts';
+import type { Tell } from './observe.ts';
+import type { Gate } from './pacer.ts';
+import { Periodic } from './periodic.ts';
+
+export class HealthHolds implements Gate {
+  readonly step = 'a health check';
+  readonly #checks: Periodic<boolean>;
+
+  constructor(
+    private readonly db: () => pg.Pool,
+    private readonly health: ResolvedHealth,
+    private readonly probes: CommitProbes | null,
+    private readonly log: Logger,
+    private readonly tell: Tell,
+  ) {
+    this.#checks = new Periodic(health.checkMs, () => this.#check(), 'end');
+  }
+
+  get due(): boolean {
+    return this.#checks.due;
+  }
+
+  /** Never new work of its own: false. */
+  run(): Promise<boolean> {
+    return this.#checks.run();
+  }
+
+  /** Waits for the check in flight, and the probes it started. */
+  async settled(): Promise<void> {
+    await this.#checks.settled();
+    await this.probes?.settled();
+  }
+
+  async #check(): Promise<boolean> {
+    try {
+      const { holds, released } = await checkHealth(this.db(), this.health);
+      if (released.length > 0) this.log.info({ migrations: released }, `health hold lifted: ${released.join(', ')}`);
+      for (const event of holds) {
+        this.log.warn(
+          {
+            hold: event.kind,
+            hold_reason: event.reason,
+            migrations: event.migrations,
+            held_until: event.until.toISOString(),
+          },
+          `health hold: ${event.migrations.join(', ')} set aside: ${event.reason}`,
+        );
+        this.tell((observer) => observer.hold?.(event));
+      }
+    } catch (error) {
+      this.log.warn({ err: error }, 'health check failed; holding nothing back this time');
+    }
+    this.probes?.start();
+    return false;
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * One lane of a worker: a loop of runs on its own connection (run.ts), until stopped, or with
+ * `untilDone` until it finds nothing to run. Before each run it asks the pacing (pacer.ts) what
+ * to wait for; after it, how long to sleep. It tells the lane-stall watch what it waits for.
+ */
+import { randomUUID } from 'node:crypto';
+import { sleep } from './backoff.ts';
+import type { LaneSteps } from './lane-watch.ts';
+import type { LanePacing } from './pacer.ts';
+import type { Runner } from './run.ts';
+import type { RunResult } from './types.ts';
+
+export interface LaneContext {
+  pace: LanePacing;
+  steps: LaneSteps;
+  stopping: AbortSignal;
+  untilDone: boolean;
+  /** Runs once, reported and told. */
+  run(runner: Runner, chain: boolean): Promise<RunResult>;
+  /** Reports and tells a result the lane made without a run (throttled). */
+  reported(result: RunResult): void;
+  /** Tells observers the lane sleeps. */
+  sleeping(ms: number): void;
+}
+
+export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): Promise<void> {
+  const { pace, steps, stopping } = ctx;
+  const backoff = pace.backoff();
+  while (!stopping.aborted) {
+    // With no pause between jobs, each successful run also begins the next (one round trip less).
+    const chain = pace.chain;
+    await pace.ready(lane, backoff);
+    if (pace.restMs() > 0) {
+      // Foreground protection: every lane of the worker rests (or one lane would take the job
+      // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
+      steps.step(lane, 'sleep');
+      await runner.release();
+      await sleep(pace.restMs(), stopping);
+      continue;
+    }
+    steps.step(lane, 'a run');
+    const result = (await throttled(runner, ctx)) ?? (await ctx.run(runner, chain));
+    if (ctx.untilDone && result.outcome === 'no_job') {
+      pace.wakeLanes();
+      break;
+    }
+    const waitMs = await pace.afterRun(lane, result, backoff);
+    if (waitMs > 0) {
+      steps.step(lane, 'sleep');
+      ctx.sleeping(waitMs);
+      await sleep(waitMs, AbortSignal.any([stopping, pace.wake]));
+    }
+  }
+}
+
+/** A `throttled` result while the throttle holds back (ending any run begun ahead), else undefined. */
+async function throttled(runner: Runner, ctx: LaneContext): Promise<RunResult | undefined> {
+  const reason = await ctx.pace.throttled();
+  if (!reason) return undefined;
+  await runner.release();
+  const result: RunResult = { outcome: 'throttled', runId: randomUUID(), error: new Error(reason), durationMs: 0 };
+  ctx.reported(result);
+  return result;
+}
