@@ -41,6 +41,8 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
     steps.step(lane, 'a run');
     const result = (await throttled(runner, ctx)) ?? (await ctx.run(runner, chain));
     if (ctx.untilDone && result.outcome === 'no_job') {
+      // Done, not stuck: the watch must not report a lane that left while the others still work.
+      steps.step(lane, 'sleep');
       pace.wakeLanes();
       break;
     }

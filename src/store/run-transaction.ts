@@ -18,7 +18,7 @@
 import type { QueryResult } from 'pg';
 import type pg from 'pg';
 import { sql } from 'drizzle-orm';
-import { exec, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
+import { execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type JobStatusCode, type MigrationStatusCode } from './codes.ts';
 import type { StoredJob, StoredMigration } from './rows.ts';
 import type { Target } from './catalog.ts';
@@ -99,23 +99,22 @@ export function runPrologue(
 /**
  * The session's own limits, in milliseconds (0: none): what the role, the database, the server or
  * the connection set, as a session of the worker's pool sees them before any run changes them.
+ *
+ * Only the statement timeout: a statement it cancels fails in a transaction that can still record
+ * the attempt or split the range. A tighter idle_in_transaction_session_timeout is not kept inside
+ * jobs: the server ends the session, the job's transaction cannot record anything, and the range
+ * would be taken again and again, charged to nothing. Jobs are bounded by runTimeoutMs instead.
  */
 export interface SessionLimits {
   statementTimeoutMs: number;
-  idleInTransactionTimeoutMs: number;
 }
 
 export async function sessionLimits(db: Queryable): Promise<SessionLimits> {
-  const rows = await exec<{ name: string; setting: string }>(
+  const row = await execOne<{ setting: string }>(
     db,
-    sql`SELECT name, setting FROM pg_catalog.pg_settings
-        WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout')`,
+    sql`SELECT setting FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'`,
   );
-  const ms = (name: string) => Number(rows.find((row) => row.name === name)?.setting ?? 0);
-  return {
-    statementTimeoutMs: ms('statement_timeout'),
-    idleInTransactionTimeoutMs: ms('idle_in_transaction_session_timeout'),
-  };
+  return { statementTimeoutMs: Number(row?.setting ?? 0) };
 }
 
 /** The smaller of a session's limit and a backstop; 0 (no limit) is not smaller. */
@@ -124,17 +123,14 @@ export function tighterLimit(limitMs: number, backstopMs: number): number {
 }
 
 /**
- * SET LOCALs that put back the session's limits where they are tighter than the backstops the take
- * set (a DBA's statement_timeout is a safety net a tool must not lift); nothing when none is.
- * After the take, before the work's savepoint: rolling back to that savepoint keeps them.
+ * A SET LOCAL that puts back the session's statement timeout where it is tighter than the backstop
+ * the take set (a DBA's statement_timeout is a safety net a tool must not lift); nothing when it is
+ * not. After the take, before the work's savepoint: rolling back to that savepoint keeps it.
  */
 function tighterLimits(limits: SessionLimits, backstopMs: number): string {
-  const sets: string[] = [];
-  if (tighterLimit(limits.statementTimeoutMs, backstopMs) < backstopMs)
-    sets.push(`SET LOCAL statement_timeout = ${integerLiteral(limits.statementTimeoutMs)}; `);
-  if (tighterLimit(limits.idleInTransactionTimeoutMs, backstopMs) < backstopMs)
-    sets.push(`SET LOCAL idle_in_transaction_session_timeout = ${integerLiteral(limits.idleInTransactionTimeoutMs)}; `);
-  return sets.join('');
+  return tighterLimit(limits.statementTimeoutMs, backstopMs) < backstopMs
+    ? `SET LOCAL statement_timeout = ${integerLiteral(limits.statementTimeoutMs)}; `
+    : '';
 }
 
 /** The migration and lane of the job a run just finished: where its successor looks first. */
