@@ -1,7 +1,9 @@
 /**
- * The status page: every migration with its progress, pace, lanes, hold and last error, a page
- * per migration with its recent jobs and failed ranges, updated live by polling a JSON endpoint;
- * and, behind the operator token, pause, resume and retry.
+ * The status page: an overview (counts by status, the fleet's rows/s, holds, what awaits approval
+ * or a work function, the live workers), every migration with its progress, pace, lanes and why it
+ * is held back, a page per migration with a chart of its jobs, its recent jobs and failed ranges,
+ * updated live; and, behind the operator token, the actions its state allows (ACTIONS_BY_STATUS:
+ * pause, resume, retry, approve, delete) and its pace. Rendering is status-page-html.ts.
  *
  * Served by the ops server (`bbm run --metrics-port`, `bbm dashboard`). Plain server-rendered
  * HTML and a little script; no framework, no build step. Everything shown comes from rows and is
@@ -10,17 +12,22 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type pg from 'pg';
 import type { Logger } from 'pino';
-import type { Queryable } from '../store/db.ts';
-import { recentJobs, type JobRow } from '../store/jobs.ts';
-import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
-import { retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
-import { scheduleReports, type ResolvedSchedule, type ScheduleReport } from './schedules.ts';
+import { approveMigration } from '../store/approvals.ts';
+import { jobTimeline, liveWorkers } from '../store/dashboard.ts';
+import { recentJobs } from '../store/jobs.ts';
+import { ACTIONS_BY_STATUS, INT4_MAX, MAX_LANES, type OperatorAction } from '../store/codes.ts';
+import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
+import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
+import { scheduleReports, type ResolvedSchedule } from './schedules.ts';
+import { CLIENT_SCRIPT, html, listPage, migrationPage } from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
-import type { MigrationReport } from './types.ts';
+
+export { html };
 
 export interface StatusPageOptions {
-  db: Queryable;
+  db: pg.Pool | pg.ClientBase;
   /** The config's schedules, shown with their last pass and when the next is due. */
   schedules?: readonly ResolvedSchedule[] | undefined;
   /** The operator token: without one the page is read-only (and says so). */
@@ -35,8 +42,7 @@ export interface StatusPageOptions {
  */
 export type StatusPage = (request: IncomingMessage, response: ServerResponse) => Promise<void> | false;
 
-const ACTIONS = ['pause', 'resume', 'retry'] as const;
-type Action = (typeof ACTIONS)[number] | 'set';
+type Action = OperatorAction | 'set';
 
 /** A request the page refuses, with the status it answers. */
 class BadRequest extends Error {
@@ -111,11 +117,6 @@ function nameOf(segment: string): string {
   return name;
 }
 
-/** Text as HTML: every character a row may hold that means something in markup, escaped. */
-export function html(text: unknown): string {
-  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
 /** JSON where bigints are strings (a browser's JSON.parse would round them). */
 const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
 
@@ -169,7 +170,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
     const method = request.method ?? 'GET';
 
     if (method === 'POST') {
-      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|set)$/.exec(path);
+      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|approve|delete|set)$/.exec(path);
       if (!match) return false;
       const action = match[2] as Action;
       return answer(response, true, async () => {
@@ -196,7 +197,19 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           );
           return;
         }
-        const result = await act(db, action, name, await readBody(request));
+        const body = await readBody(request);
+        if (action !== 'set') {
+          // The page shows only the actions a state allows; the server holds to the same table.
+          const [report] = await migrationReports(db, { name });
+          if (!report) throw new BadRequest(`no migration named ${JSON.stringify(name)}`, 404);
+          const valid = ACTIONS_BY_STATUS[report.status];
+          if (!valid.includes(action))
+            throw new BadRequest(
+              `${name} is ${report.status}: ${action} is not valid now (valid: ${valid.join(', ') || 'none'})`,
+              409,
+            );
+        }
+        const result = await act(db, action, name, body, `status page (${who.remote ?? 'unknown address'})`);
         log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
         send(response, result.changed ? 200 : 409, json(result), 'application/json');
       });
@@ -205,8 +218,12 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
 
     if (path === '/') {
       return answer(response, false, async () => {
-        const [reports, passes] = await Promise.all([migrationReports(db), scheduleReports(db, schedules)]);
-        send(response, 200, listPage(reports, passes, Boolean(expected)), 'text/html; charset=utf-8');
+        const [reports, workers, passes] = await Promise.all([
+          migrationReports(db),
+          liveWorkers(db, LIVE_WORKER_WINDOW_MS),
+          scheduleReports(db, schedules),
+        ]);
+        send(response, 200, listPage(reports, workers, passes, Boolean(expected)), 'text/html; charset=utf-8');
       });
     }
     if (path === '/api/migrations') {
@@ -227,19 +244,28 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           send(response, 404, `no migration named ${html(JSON.stringify(name))}\n`, 'text/plain; charset=utf-8');
           return;
         }
-        const jobs = await recentJobs(db, report.id);
-        send(response, 200, migrationPage(report, jobs, Boolean(expected)), 'text/html; charset=utf-8');
+        const [jobs, timeline] = await Promise.all([recentJobs(db, report.id), jobTimeline(db, report.id)]);
+        send(response, 200, migrationPage(report, jobs, timeline, Boolean(expected)), 'text/html; charset=utf-8');
       });
     }
     return false;
   };
 }
 
+/** Who approved from the page: the `by` the operator typed (up to 100 characters), else the fallback. */
+function approverOf(body: Record<string, unknown>, fallback: string): string {
+  const by = body.by;
+  if (by === undefined || by === null || (typeof by === 'string' && by.trim() === '')) return fallback;
+  if (typeof by !== 'string' || by.length > 100) throw new BadRequest('by must be a name of up to 100 characters');
+  return by.trim();
+}
+
 async function act(
-  db: Queryable,
+  db: pg.Pool | pg.ClientBase,
   action: Action,
   name: string,
   body: Record<string, unknown>,
+  fallbackApprover: string,
 ): Promise<{ action: Action; name: string; changed: boolean }> {
   switch (action) {
     case 'set':
@@ -250,156 +276,11 @@ async function act(
       return { action, name, changed: (await resume(db, name)).length > 0 };
     case 'retry':
       return { action, name, changed: (await retryMigration(db, name)) !== null };
+    case 'approve':
+      return { action, name, changed: (await approveMigration(db, name, approverOf(body, fallbackApprover))) !== null };
+    case 'delete':
+      // The page's confirmation, made part of the request: a stray POST deletes nothing.
+      if (body.confirm !== name) throw new BadRequest('delete needs {"confirm": "<the migration name>"}');
+      return { action, name, changed: (await deleteMigration(db, name)).deleted };
   }
 }
-
-const STYLE = `body{font:14px/1.4 system-ui,sans-serif;margin:1rem;color:#222}table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}.wrap{overflow-x:auto}
-progress{width:8rem}.note{color:#a40}.ro{background:#fff4d6;padding:.5rem}button{margin:.1rem}
-@media (max-width:600px){body{margin:.5rem;font-size:13px}progress{width:5rem}}`;
-
-function shell(title: string, body: string, writable: boolean): string {
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>${html(title)}</title><style>${STYLE}</style></head><body data-writable="${writable}">
-<h1>${html(title)}</h1>
-${
-  writable
-    ? '<p><label>Operator token <input id="token" type="password" autocomplete="off"></label> (kept in this tab only)</p>'
-    : '<p class="ro">Read-only: start the server with <code>--dashboard-token</code> (or BBM_DASHBOARD_TOKEN) to pause, resume and retry from here.</p>'
-}
-${body}<p id="message" role="status"></p><script src="/status-page.js"></script></body></html>`;
-}
-
-const pace = (r: MigrationReport) =>
-  [
-    r.rowsPerSecond === null ? '' : `${Math.round(r.rowsPerSecond).toLocaleString('en')} rows/s`,
-    r.etaSeconds === null ? '' : `${Math.round(r.etaSeconds)} s left`,
-  ]
-    .filter(Boolean)
-    .join(', ');
-
-const lanes = (r: MigrationReport) =>
-  `${r.lanesInUse}/${r.lanes} lanes${r.lanesAllowed < r.lanes ? ` (${r.lanesAllowed} allowed)` : ''}, batch ${r.batchSize}`;
-
-const note = (r: MigrationReport) =>
-  r.failureMessage ??
-  (r.holdReason
-    ? `held: ${r.holdReason}`
-    : r.waitingForWork
-      ? `waiting for a worker with ${r.jobSignatureName}`
-      : (r.lastError ?? ''));
-
-function scheduleTable(schedules: ScheduleReport[]): string {
-  if (schedules.length === 0) return '';
-  return `<h2>Schedules</h2><div class="wrap"><table><thead><tr><th>schedule</th><th>every</th><th>work</th><th>last pass</th><th>status</th><th>next due</th></tr></thead><tbody>
-${schedules
-  .map(
-    (s) =>
-      `<tr><td>${html(s.name)}</td><td>${html(s.every)}</td><td>${html(s.work)}</td><td>${html(s.lastPass?.name ?? '-')}</td>` +
-      `<td>${html(s.lastPass?.status ?? '-')}</td><td>${html(s.nextDue === null ? 'after the last pass' : s.nextDue.toISOString())}</td></tr>`,
-  )
-  .join('\n')}</tbody></table></div>`;
-}
-
-function listPage(reports: MigrationReport[], schedules: ScheduleReport[], writable: boolean): string {
-  const rows = reports
-    .map(
-      (
-        r,
-      ) => `<tr data-name="${html(r.name)}"><td><a href="/migrations/${html(encodeURIComponent(r.name))}">${html(r.name)}</a></td>
-<td data-field="status">${html(r.status)}</td><td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${(r.progress * 100).toFixed(1)}%</span></td>
-<td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td><td data-field="note" class="note">${html(note(r))}</td>
-<td>${ACTIONS.map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`).join('')}</td></tr>`,
-    )
-    .join('\n');
-  return shell(
-    'pg-bbm: batched background migrations',
-    `<div class="wrap"><table id="migrations"><thead><tr><th>migration</th><th>status</th><th>progress</th><th>pace</th><th>lanes</th><th>note</th><th></th></tr></thead>
-<tbody>${rows}</tbody></table></div>${reports.length === 0 ? '<p>No migrations yet.</p>' : ''}${scheduleTable(schedules)}`,
-    writable,
-  );
-}
-
-function jobTable(jobs: JobRow[]): string {
-  if (jobs.length === 0) return '<p>None.</p>';
-  return `<div class="wrap"><table><thead><tr><th>job</th><th>range</th><th>status</th><th>attempts</th><th>duration</th><th>rows</th><th>error</th></tr></thead><tbody>
-${jobs
-  .map(
-    (j) =>
-      `<tr><td>${j.id}</td><td>${j.start}..${j.end}</td><td>${['', 'active', 'finished', 'failed'][j.status] ?? j.status}</td><td>${j.attempts}</td>` +
-      `<td>${j.durationMs === null ? '' : `${j.durationMs.toFixed(1)} ms`}</td><td>${j.rows ?? ''}</td><td class="note">${html(j.failureMessage ?? '')}</td></tr>`,
-  )
-  .join('\n')}</tbody></table></div>`;
-}
-
-function migrationPage(r: MigrationReport, jobs: { recent: JobRow[]; failed: JobRow[] }, writable: boolean): string {
-  return shell(
-    `pg-bbm: ${r.name}`,
-    `<p><a href="/">all migrations</a></p>
-<div class="wrap"><table id="migrations"><tbody><tr data-name="${html(r.name)}"><td data-field="status">${html(r.status)}</td>
-<td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${(r.progress * 100).toFixed(1)}%</span></td>
-<td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td><td data-field="note" class="note">${html(note(r))}</td>
-<td>${ACTIONS.map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`).join('')}</td></tr></tbody></table></div>
-<p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}]`)}</p>
-<form id="pace" data-name="${html(r.name)}"><label>lanes <input name="lanes" type="number" min="1" max="${MAX_LANES}" value="${r.lanes}" ${writable ? '' : 'disabled'}></label>
-<label>batch size <input name="batchSize" type="number" min="1" value="${r.batchSize}" ${writable ? '' : 'disabled'}></label>
-<button type="submit" ${writable ? '' : 'disabled'}>set</button></form>
-<h2>Failed ranges</h2>${jobTable(jobs.failed)}<h2>Recent jobs</h2>${jobTable(jobs.recent)}`,
-    writable,
-  );
-}
-
-/** The page's script: polls the JSON every 2 s and updates the rows with textContent; sends actions with the token. */
-const CLIENT_SCRIPT = `'use strict';
-(() => {
-  const token = document.getElementById('token');
-  if (token) {
-    token.value = sessionStorage.getItem('bbm-token') || '';
-    token.addEventListener('input', () => sessionStorage.setItem('bbm-token', token.value));
-  }
-  const message = document.getElementById('message');
-  const pace = (r) => [r.rowsPerSecond === null ? '' : Math.round(r.rowsPerSecond).toLocaleString('en') + ' rows/s',
-    r.etaSeconds === null ? '' : Math.round(r.etaSeconds) + ' s left'].filter(Boolean).join(', ');
-  const lanes = (r) => r.lanesInUse + '/' + r.lanes + ' lanes' + (r.lanesAllowed < r.lanes ? ' (' + r.lanesAllowed + ' allowed)' : '') + ', batch ' + r.batchSize;
-  const note = (r) => r.failureMessage || (r.holdReason ? 'held: ' + r.holdReason : r.waitingForWork ? 'waiting for a worker with ' + r.jobSignatureName : (r.lastError || ''));
-  async function refresh() {
-    try {
-      const reports = await (await fetch('/api/migrations', { cache: 'no-store' })).json();
-      for (const row of document.querySelectorAll('#migrations tr[data-name]')) {
-        const r = reports.find((x) => x.name === row.dataset.name);
-        if (!r) continue;
-        row.querySelector('[data-field=status]').textContent = r.status;
-        row.querySelector('[data-field=progress]').textContent = (r.progress * 100).toFixed(1) + '%';
-        row.querySelector('progress').value = r.progress;
-        row.querySelector('[data-field=pace]').textContent = pace(r);
-        row.querySelector('[data-field=lanes]').textContent = lanes(r);
-        row.querySelector('[data-field=note]').textContent = note(r);
-      }
-    } catch (error) {
-      message.textContent = 'could not refresh: ' + error.message;
-    }
-  }
-  document.addEventListener('click', async (event) => {
-    const button = event.target.closest('button[data-action]');
-    if (!button) return;
-    const name = button.closest('tr').dataset.name;
-    const response = await fetch('/api/migrations/' + encodeURIComponent(name) + '/' + button.dataset.action, {
-      method: 'POST', headers: { 'x-bbm-token': token ? token.value : '' } });
-    const body = await response.json().catch(() => ({}));
-    message.textContent = response.ok ? button.dataset.action + ': ' + name : (body.error || (button.dataset.action + ' changed nothing'));
-    refresh();
-  });
-  const paceForm = document.getElementById('pace');
-  if (paceForm) paceForm.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    const form = new FormData(paceForm);
-    const response = await fetch('/api/migrations/' + encodeURIComponent(paceForm.dataset.name) + '/set', {
-      method: 'POST', headers: { 'x-bbm-token': token ? token.value : '', 'content-type': 'application/json' },
-      body: JSON.stringify({ lanes: form.get('lanes'), batchSize: form.get('batchSize') }) });
-    const body = await response.json().catch(() => ({}));
-    message.textContent = response.ok ? 'set: ' + paceForm.dataset.name : (body.error || 'set changed nothing');
-    refresh();
-  });
-  setInterval(refresh, 2000);
-})();
-`;
