@@ -1,7 +1,10 @@
-/** What the status page reads beyond migration summaries: the live workers, and a migration's job timeline. */
+/**
+ * What the status page and the metrics read beyond migration summaries: the live workers, a
+ * migration's job timeline, and the ages operators alert on (held without progress, finished).
+ */
 import { sql } from 'drizzle-orm';
 import { exec, type Queryable } from './db.ts';
-import { JobStatus, type JobStatusCode } from './codes.ts';
+import { JobStatus, MigrationStatus, RUNNABLE_STATUSES, statusCodes, type JobStatusCode } from './codes.ts';
 
 export interface LiveWorker {
   id: string;
@@ -82,4 +85,38 @@ export async function jobTimeline(db: Queryable, migrationId: bigint, limit = 30
     rows: Number(r.rows),
     attempts: r.attempts,
   }));
+}
+
+/**
+ * Runnable migrations on hold now, with the seconds since they last made progress: since their
+ * last finished job (the newest by id), else since they started, else since they were enqueued. A
+ * hold renewed again and again (a standby that stays behind) keeps growing this, unlike the hold's
+ * own expiry, which each renewal pushes on.
+ */
+export async function heldSeconds(db: Queryable): Promise<{ name: string; seconds: number }[]> {
+  return exec<{ name: string; seconds: number }>(
+    db,
+    sql`
+      SELECT m.name, extract(epoch FROM now() - coalesce(
+               (SELECT j.finished_at FROM batched_background_migration_jobs j
+                WHERE j.batched_background_migration_id = m.id AND j.status = ${JobStatus.finished}
+                ORDER BY j.id DESC LIMIT 1),
+               m.started_at, m.created_at))::float8 AS seconds
+      FROM batched_background_migrations m
+      WHERE m.status IN (${sql.raw(statusCodes(RUNNABLE_STATUSES))}) AND m.on_hold_until > now()`,
+  );
+}
+
+/**
+ * Finished migrations still in the table, with the seconds since they finished. A schedule's passes
+ * (named `<schedule>@<time>`) are left out: they are meant to stay until the schedule clears them.
+ */
+export async function finishedSeconds(db: Queryable): Promise<{ name: string; seconds: number }[]> {
+  return exec<{ name: string; seconds: number }>(
+    db,
+    sql`
+      SELECT name, extract(epoch FROM now() - finished_at)::float8 AS seconds
+      FROM batched_background_migrations
+      WHERE status = ${MigrationStatus.finished} AND finished_at IS NOT NULL AND strpos(name, '@') = 0`,
+  );
 }
