@@ -3,6 +3,8 @@
  *
  * - ops/grafana/pg-bbm.json: valid JSON; every panel has a query; every query names only
  *   metrics the engine exports (METRIC_HELP, plus a histogram's _bucket/_sum/_count series).
+ * - ops/prometheus/*.yaml: alerting rules that parse, each with an alert name and an expression
+ *   naming only exported metrics.
  * - ops/k8s/*.yaml: every document parses; each container that runs `bbm` passes a command and
  *   flags that command takes (args.ts); a worker Deployment probes /readyz and /healthz on its
  *   metrics port and gives pods a termination grace period longer than `--grace-period`.
@@ -24,20 +26,49 @@ const dashboard = JSON.parse(await readFile(path.join(ROOT, 'ops/grafana/pg-bbm.
   panels: Array<{ title: string; targets?: Array<{ expr: string }> }>;
 };
 const exported = new Set(Object.keys(METRIC_HELP));
+/** A PromQL expression names at least one metric, and only metrics pg-bbm exports. */
+const checkExpression = (where: string, expr: string) => {
+  const metrics = expr.match(/\bbbm_[a-z_]+/g) ?? [];
+  if (metrics.length === 0) problem(`${where} queries no bbm_ metric: ${expr}`);
+  for (const metric of metrics) {
+    const base = metric.replace(/_(bucket|sum|count)$/, '');
+    if (!exported.has(metric) && !exported.has(base))
+      problem(`${where} queries ${metric}, which pg-bbm does not export`);
+  }
+};
 let queries = 0;
 for (const panel of dashboard.panels) {
   if (!panel.targets?.length) problem(`grafana: panel "${panel.title}" has no query`);
   for (const { expr } of panel.targets ?? []) {
     queries += 1;
-    const metrics = expr.match(/\bbbm_[a-z_]+/g) ?? [];
-    if (metrics.length === 0) problem(`grafana: "${panel.title}" queries no bbm_ metric: ${expr}`);
-    for (const metric of metrics) {
-      const base = metric.replace(/_(bucket|sum|count)$/, '');
-      if (!exported.has(metric) && !exported.has(base))
-        problem(`grafana: "${panel.title}" queries ${metric}, which pg-bbm does not export`);
+    checkExpression(`grafana: "${panel.title}"`, expr);
+  }
+}
+
+// Prometheus alerting rules
+const rulesDir = path.join(ROOT, 'ops/prometheus');
+let alerts = 0;
+for (const file of (await readdir(rulesDir)).filter((f) => f.endsWith('.yaml')).sort()) {
+  for (const doc of parseAllDocuments(await readFile(path.join(rulesDir, file), 'utf8'))) {
+    if (doc.errors.length > 0) {
+      problem(`${file}: ${doc.errors[0]!.message}`);
+      continue;
+    }
+    const { groups } = doc.toJS() as {
+      groups?: Array<{ name?: string; rules?: Array<{ alert?: string; expr?: unknown }> }>;
+    };
+    if (!groups?.length) problem(`${file}: no rule groups`);
+    for (const group of groups ?? []) {
+      for (const rule of group.rules ?? []) {
+        alerts += 1;
+        if (!rule.alert) problem(`${file}: a rule of group ${group.name ?? '?'} has no alert name`);
+        if (typeof rule.expr !== 'string') problem(`${file}: alert ${rule.alert ?? '?'} has no expression`);
+        else checkExpression(`${file}: alert ${rule.alert ?? '?'}`, rule.expr);
+      }
     }
   }
 }
+if (alerts === 0) problem('ops/prometheus: no alerting rules');
 
 // Kubernetes
 interface Container {
@@ -130,6 +161,6 @@ if (problems.length > 0) {
   process.exitCode = 1;
 } else {
   process.stdout.write(
-    `ops: the Grafana dashboard's ${queries} queries name exported metrics; ${bbmContainers} bbm containers in ops/k8s agree with the CLI\n`,
+    `ops: the Grafana dashboard's ${queries} queries and ${alerts} alerting rules name exported metrics; ${bbmContainers} bbm containers in ops/k8s agree with the CLI\n`,
   );
 }

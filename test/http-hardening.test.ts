@@ -133,7 +133,7 @@ const composedPath = fc
       '',
     ),
     fc.array(piece, { maxLength: 3 }),
-    fc.constantFrom('', '/pause', '/resume', '/retry', '/set', '/', '?x=1'),
+    fc.constantFrom('', '/pause', '/resume', '/retry', '/approve', '/delete', '/set', '/', '?x=1'),
   )
   .map(([prefix, pieces, suffix]) => `${prefix}${pieces.join('')}${suffix}` || '/');
 /** The real routes, so that the deeper handlers (the page's queries and actions) see requests too. */
@@ -149,7 +149,9 @@ const routePath = fc.constantFrom(
   '/api/migrations/present/resume',
   '/api/migrations/present/retry',
   '/api/migrations/present/set',
+  '/api/migrations/present/approve',
   '/api/migrations/absent/set',
+  '/api/migrations/absent/delete',
 );
 const path = fc.oneof({ weight: 1, arbitrary: routePath }, { weight: 3, arbitrary: composedPath });
 const method = fc.constantFrom(

@@ -85,12 +85,12 @@ describe('a role with DML on pg-bbm and the migrated table, and no DDL privilege
     await createJobLog(pool);
     const url = await leastPrivilegeRole(adminUrl, { tables: ['items', 'job_log'] });
     const env = { DATABASE_URL: url };
-    const enqueue = (name: string) =>
+    const enqueue = (name: string, ...extra: string[]) =>
       runBbm(
         [
           'enqueue',
           ...['--name', name, '--work', 'test.touch', '--table', 'items', '--column', 'id'],
-          ...['--batch-size', '100', '--config', TEST_CONFIG],
+          ...['--batch-size', '100', '--config', TEST_CONFIG, ...extra],
         ],
         env,
       );
@@ -124,6 +124,13 @@ describe('a role with DML on pg-bbm and the migrated table, and no DDL privilege
     const finalized = await runBbm(['finalize', '--name', 'again', '--config', TEST_CONFIG], env);
     expect(finalized, finalized.output).toMatchObject({ code: 0 });
     await expectEveryRowOnce(pool, 'items', 'again');
+
+    // Approval: SELECT, UPDATE on the migrations table (a refusal reads J and W too, as status does).
+    expect(await enqueue('gated', '--needs-approval')).toMatchObject({ code: 0 });
+    expect(await runBbm(['approve', '--name', 'gated', '--by', 'dba'], env)).toMatchObject({ code: 0 });
+    expect(await runBbm(['approve', '--name', 'gated'], env)).toMatchObject({ code: 1 });
+    expect((await migrationRow(pool, 'gated'))?.status).toBe(MigrationStatus.active);
+    await pool.query("DELETE FROM batched_background_migrations WHERE name = 'gated'");
 
     const dashboard = startBbm(['dashboard', '--port', '0', '--config', TEST_CONFIG], env);
     onTestFinished(() => void dashboard.child.kill('SIGKILL'));

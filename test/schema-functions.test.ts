@@ -95,7 +95,7 @@ describe('the function files', () => {
     // A new database: the chain, then the files over it.
     const fresh = await emptyDatabase();
     const result = await migrateSchema(fresh.pool);
-    expect(result.applied.at(-1)).toBe('0018_function_versions');
+    expect(result.applied.at(-1)).toBe('0019_approval');
     expect(result.functions).toEqual({ outcome: 'installed', version: packageVersion(), installedVersion: null });
     expect(await functionDefs(fresh.pool)).toEqual(chain);
 
@@ -106,10 +106,10 @@ describe('the function files', () => {
     expect((await migrateSchema(fresh.pool)).functions.outcome).toBe('installed');
     expect(await functionDefs(fresh.pool)).toEqual(chain);
 
-    // A 0.9.3 database upgraded: one table migration, then the files, with no change to any function.
+    // A 0.9.3 database upgraded: the table migrations since, then the files, with no change to any function.
     const upgraded = await migrateSchema(old.pool);
     expect(upgraded).toEqual({
-      applied: ['0018_function_versions'],
+      applied: ['0018_function_versions', '0019_approval'],
       functions: { outcome: 'installed', version: packageVersion(), installedVersion: null },
     });
     expect(await functionDefs(old.pool)).toEqual(chain);
@@ -143,7 +143,7 @@ describe('installing the functions', () => {
     const db = await emptyDatabase();
     const results = await Promise.all([migrateSchema(db.pool), migrateSchema(db.pool)]);
     expect(results.map((r) => r.functions.outcome).sort()).toEqual(['current', 'installed']);
-    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 19]);
+    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 20]);
     expect(await installs(db.pool)).toHaveLength(1);
   });
 

@@ -4,7 +4,7 @@ import { startOpsServer } from '../src/bbm/ops-server.ts';
 import { createStatusPage } from '../src/bbm/status-page.ts';
 import { resolveSchedules } from '../src/bbm/schedules.ts';
 import { WorkRegistry } from '../src/bbm/work-registry.ts';
-import { MigrationStatus } from '../src/store/codes.ts';
+import { ACTIONS_BY_STATUS, MigrationStatus, type MigrationStatusName } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
@@ -68,7 +68,7 @@ describe('the status page', () => {
     const { base } = await serve(pool);
     const page = await (await fetch(`${base}/migrations/fill`)).text();
     expect(page).toMatch(
-      /<h2>Failed ranges<\/h2><div class="wrap"><table>.*<td>11\.\.20<\/td><td>failed<\/td><td>2<\/td>/s,
+      /<h2>Failed ranges<\/h2><div class="wrap" id="failed" data-live><table>.*<td>11\.\.20<\/td><td>failed<\/td><td>2<\/td>/s,
     );
     expect(page).toContain('bad row &#60;img src=x onerror=alert(1)&#62;');
     expect(page).not.toContain(HOSTILE);
@@ -142,6 +142,150 @@ describe('the status page', () => {
     expect(page).toMatch(
       /<h2>Schedules<\/h2>.*<td>sweep<\/td><td>1h<\/td><td>test\.touch<\/td><td>-<\/td><td>-<\/td><td>\d{4}-\d\d-\d\dT/s,
     );
+  });
+
+  it('offers only the actions valid for each state, and refuses the others with 409', async () => {
+    const { pool } = db();
+    const statuses = Object.keys(MigrationStatus) as MigrationStatusName[];
+    for (const status of statuses)
+      await enqueue(pool, {
+        name: `m_${status}`,
+        work: touch.name,
+        table: 'items',
+        batchSize: 10,
+        status: MigrationStatus[status],
+      });
+    const { base, post } = await serve(pool, TOKEN);
+    const page = await (await fetch(`${base}/`)).text();
+    for (const status of statuses) {
+      const row = new RegExp(`<tr data-name="m_${status}"[^]*?</tr>`).exec(page)?.[0] ?? '';
+      expect(row, status).toContain(`<span class="badge s-${status}" data-field="status">${status}</span>`);
+      expect(
+        [...row.matchAll(/data-action="(\w+)"/g)].map((m) => m[1]),
+        status,
+      ).toEqual(ACTIONS_BY_STATUS[status]);
+    }
+    const all = ['pause', 'resume', 'retry', 'approve', 'delete'] as const;
+    for (const status of statuses) {
+      for (const action of all.filter((a) => !ACTIONS_BY_STATUS[status].includes(a))) {
+        const refused = await post(`/api/migrations/m_${status}/${action}`, { 'x-bbm-token': TOKEN });
+        expect(refused.status, `${action} on ${status}`).toBe(409);
+        expect(await refused.json()).toEqual({
+          error: expect.stringContaining(`m_${status} is ${status}: ${action} is not valid now`),
+        });
+      }
+      expect((await migrationRow(pool, `m_${status}`))?.status).toBe(MigrationStatus[status]);
+    }
+    expect((await post('/api/migrations/ghost/approve', { 'x-bbm-token': TOKEN })).status).toBe(404);
+  });
+
+  it('approves only with the token, recording who; deletes only with the confirmation', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 20));
+    await enqueue(pool, {
+      name: 'gated',
+      work: touch.name,
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.awaiting_approval,
+    });
+    await enqueue(pool, {
+      name: 'gated2',
+      work: touch.name,
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.awaiting_approval,
+    });
+    const { base, post } = await serve(pool, TOKEN);
+    const overview = await (await fetch(`${base}/`)).text();
+    expect(overview).toMatch(/<h2>Awaiting approval<\/h2><ul id="awaiting"><li><b>gated<\/b>.*<li><b>gated2<\/b>/);
+    const approve = (name: string, headers: Record<string, string>, body: unknown = {}) =>
+      fetch(`${base}/api/migrations/${name}/approve`, { method: 'POST', headers, body: JSON.stringify(body) });
+
+    expect((await approve('gated', {}, { by: 'mallory' })).status).toBe(403);
+    expect((await approve('gated', { 'x-bbm-token': 'wrong-token-0123456789' }, { by: 'mallory' })).status).toBe(403);
+    expect((await migrationRow(pool, 'gated'))?.status).toBe(MigrationStatus.awaiting_approval);
+    await testWorker(pool, { work: [touch] }).run({ untilDone: true });
+    expect((await pool.query('SELECT count(*)::int AS n FROM items WHERE touched > 0')).rows[0].n).toBe(0);
+
+    expect((await approve('gated', { 'x-bbm-token': TOKEN }, { by: `dana ${HOSTILE}` })).status).toBe(200);
+    expect((await approve('gated2', { 'x-bbm-token': TOKEN })).status).toBe(200);
+    const approvals = await pool.query(
+      'SELECT name, status, approved_by, approved_at IS NOT NULL AS dated FROM batched_background_migrations ORDER BY id',
+    );
+    expect(approvals.rows).toEqual([
+      { name: 'gated', status: MigrationStatus.active, approved_by: `dana ${HOSTILE}`, dated: true },
+      { name: 'gated2', status: MigrationStatus.active, approved_by: 'status page (127.0.0.1)', dated: true },
+    ]);
+    const detail = await (await fetch(`${base}/migrations/gated`)).text();
+    expect(detail).toContain('approved by dana &#60;img src=x onerror=alert(1)&#62; at ');
+    expect(detail).not.toContain(HOSTILE);
+
+    await post('/api/migrations/gated2/pause', { 'x-bbm-token': TOKEN });
+    expect((await post('/api/migrations/gated2/delete', { 'x-bbm-token': TOKEN })).status).toBe(400);
+    const deleted = await fetch(`${base}/api/migrations/gated2/delete`, {
+      method: 'POST',
+      headers: { 'x-bbm-token': TOKEN },
+      body: JSON.stringify({ confirm: 'gated2' }),
+    });
+    expect(deleted.status).toBe(200);
+    expect(await migrationRow(pool, 'gated2')).toBeUndefined();
+  });
+
+  it("draws a migration's chart from its job rows: a point per job in each panel, failed jobs marked", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 60));
+    const failing = {
+      name: touch.name,
+      async do(job: Parameters<typeof touch.do>[0]) {
+        await touch.do(job);
+        if (job.start === 21n) throw new Error('no');
+      },
+    };
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 10 });
+    await testWorker(pool, { work: [failing], maxAttempts: 1 }).run({ untilDone: true });
+    const { base } = await serve(pool);
+    const page = await (await fetch(`${base}/migrations/fill`)).text();
+    const svg = /<svg class="chart"[^]*?<\/svg>/.exec(page)?.[0] ?? '';
+    const panel = (id: string) => new RegExp(`<g class="\\w+" id="${id}">[^]*?</g>`).exec(svg)?.[0] ?? '';
+    const finished = (
+      await pool.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM batched_background_migration_jobs WHERE status = 2',
+      )
+    ).rows[0]!.n;
+    expect(finished).toBe(5);
+    for (const id of ['chart-rate', 'chart-dur']) {
+      expect(panel(id).match(/<circle class="pt"/g), id).toHaveLength(finished);
+      expect(panel(id).match(/<path class="failpt"/g), id).toHaveLength(1);
+    }
+    expect(svg).toContain('aria-label="rows per second and job duration over time, 5 jobs, 1 failed"');
+  });
+
+  it('shows the overview: counts by status, the live workers, and what waits for a work function', async () => {
+    const { pool } = db();
+    await enqueue(pool, { name: 'orphan', work: 'test.nobody_has_it', table: 'items', batchSize: 10 });
+    await enqueue(pool, {
+      name: 'resting',
+      work: touch.name,
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.paused,
+    });
+    await pool.query(
+      "UPDATE batched_background_migrations SET on_hold_until = now() + interval '1 hour', hold_reason = 'replay_lag: 40 s' WHERE name = 'orphan'",
+    );
+    await pool.query(
+      `INSERT INTO batched_background_migration_workers (id, hostname, pid, work_names) VALUES ('w1', 'host-${HOSTILE}', 4242, '{test.touch}')`,
+    );
+    const { base } = await serve(pool);
+    const page = await (await fetch(`${base}/`)).text();
+    expect(page).toMatch(/<li data-status="paused"><b>1<\/b>.*<li data-status="active"><b>1<\/b>/s);
+    expect(page).toMatch(/<h2>Held back<\/h2><ul id="holds"><li><b>orphan<\/b>: replay_lag: 40 s \(until \d{4}-/);
+    expect(page).toContain('<li><b>orphan</b> needs work function <code>test.nobody_has_it</code></li>');
+    expect(page).toMatch(
+      /<table id="workers">.*<td>host-&#60;img src=x onerror=alert\(1\)&#62;<\/td><td>4242<\/td><td>test\.touch<\/td><td title="[^"]+">\d+ s ago<\/td>/s,
+    );
+    expect(page).not.toContain(HOSTILE);
   });
 
   it('is read-only without a token, and says so', async () => {

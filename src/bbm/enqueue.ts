@@ -87,6 +87,8 @@ function newMigration(spec: MigrationSpec): NewMigration {
   if (minBatchSize !== undefined && maxBatchSize !== undefined && maxBatchSize < minBatchSize) {
     throw new ConfigError(`maxBatchSize ${maxBatchSize} is below minBatchSize ${minBatchSize}`);
   }
+  if (spec.paused === true && spec.needsApproval === true)
+    throw new ConfigError('paused and needsApproval contradict each other: a migration awaiting approval is not taken');
   const batchSize = integerOf(spec, 'batchSize', 1, INT4_MAX);
   if (batchSize === undefined) throw new ConfigError('batchSize is required');
   return {
@@ -98,6 +100,7 @@ function newMigration(spec: MigrationSpec): NewMigration {
     minValue: min,
     maxValue: max,
     paused: spec.paused === true,
+    awaitingApproval: spec.needsApproval === true,
     maxParallelJobs: integerOf(spec, 'lanes', 1, MAX_LANES),
     targetJobMs: integerOf(spec, 'targetJobMs', 1, INT4_MAX),
     minBatchSize,

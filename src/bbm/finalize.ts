@@ -120,6 +120,9 @@ function settledState(report: MigrationReport): string | null {
       return `failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`;
     case 'paused':
       return 'paused while finalizing';
+    // Approval is a gate a deploy must not open by itself (unlike a pause): no take would take it.
+    case 'awaiting_approval':
+      return `awaiting approval: approve it first (bbm approve --name ${report.name})`;
     default:
       return null;
   }

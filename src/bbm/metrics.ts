@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { Queryable } from '../store/db.ts';
 import { MigrationStatus, UNFINISHED_STATUSES, type MigrationStatusName } from '../store/codes.ts';
 import { countHeldMigrations, countMigrationsByStatus } from '../store/migration-rows.ts';
+import { finishedSeconds, heldSeconds } from '../store/dashboard.ts';
 import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
 
@@ -26,6 +27,10 @@ export const METRIC_HELP = {
   bbm_holds_total:
     'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive, wal_budget): one per migration newly set aside.',
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
+  bbm_migration_held_seconds:
+    'For each migration on hold now: seconds since it last made progress (its last finished job, else its start).',
+  bbm_migration_finished_seconds:
+    'For each finished migration still in the table (schedule passes aside): seconds since it finished.',
   bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
   bbm_duty_cycle:
@@ -156,6 +161,34 @@ export function createMetrics({
       registers,
       async collect() {
         this.set(await countHeldMigrations(db));
+      },
+    });
+    /** One series per migration label, the largest age among the migrations that share it. */
+    const ages = (gauge: Gauge, rows: { name: string; seconds: number }[]) => {
+      gauge.reset();
+      const largest = new Map<string, number>();
+      for (const { name, seconds } of rows) {
+        const label = migrationLabel(name);
+        largest.set(label, Math.max(largest.get(label) ?? 0, seconds));
+      }
+      for (const [migration, seconds] of largest) gauge.set({ migration }, seconds);
+    };
+    new Gauge({
+      name: 'bbm_migration_held_seconds',
+      help: METRIC_HELP.bbm_migration_held_seconds,
+      labelNames: ['migration'],
+      registers,
+      async collect() {
+        ages(this, await heldSeconds(db));
+      },
+    });
+    new Gauge({
+      name: 'bbm_migration_finished_seconds',
+      help: METRIC_HELP.bbm_migration_finished_seconds,
+      labelNames: ['migration'],
+      registers,
+      async collect() {
+        ages(this, await finishedSeconds(db));
       },
     });
     new Gauge({

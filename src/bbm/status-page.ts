@@ -1,7 +1,9 @@
 /**
- * The status page: every migration with its progress, pace, lanes, hold and last error, a page
- * per migration with its recent jobs and failed ranges, updated live by polling a JSON endpoint;
- * and, behind the operator token, pause, resume and retry.
+ * The status page: an overview (counts by status, the fleet's rows/s, holds, what awaits approval
+ * or a work function, the live workers), every migration with its progress, pace, lanes and why it
+ * is held back, a page per migration with a chart of its jobs, its recent jobs and failed ranges,
+ * updated live; and, behind the operator token, the actions its state allows (ACTIONS_BY_STATUS:
+ * pause, resume, retry, approve, delete) and its pace. Rendering is status-page-html.ts.
  *
  * Served by the ops server (`bbm run --metrics-port`, `bbm dashboard`). Plain server-rendered
  * HTML and a little script; no framework, no build step. Everything shown comes from rows and is
@@ -10,17 +12,22 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type pg from 'pg';
 import type { Logger } from 'pino';
-import type { Queryable } from '../store/db.ts';
+import { approveMigration } from '../store/approvals.ts';
+import { jobTimeline, liveWorkers } from '../store/dashboard.ts';
 import { recentJobs } from '../store/jobs.ts';
-import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
-import { retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
+import { ACTIONS_BY_STATUS, INT4_MAX, MAX_LANES, type OperatorAction } from '../store/codes.ts';
+import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
+import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { scheduleReports, type ResolvedSchedule } from './schedules.ts';
-import { CLIENT_SCRIPT, html, listPage, migrationPage, type ACTIONS } from './status-html.ts';
+import { CLIENT_SCRIPT, html, listPage, migrationPage } from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
 
+export { html };
+
 export interface StatusPageOptions {
-  db: Queryable;
+  db: pg.Pool | pg.ClientBase;
   /** The config's schedules, shown with their last pass and when the next is due. */
   schedules?: readonly ResolvedSchedule[] | undefined;
   /** The operator token: without one the page is read-only (and says so). */
@@ -35,7 +42,7 @@ export interface StatusPageOptions {
  */
 export type StatusPage = (request: IncomingMessage, response: ServerResponse) => Promise<void> | false;
 
-type Action = (typeof ACTIONS)[number] | 'set';
+type Action = OperatorAction | 'set';
 
 /** A request the page refuses, with the status it answers. */
 class BadRequest extends Error {
@@ -163,7 +170,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
     const method = request.method ?? 'GET';
 
     if (method === 'POST') {
-      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|set)$/.exec(path);
+      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|approve|delete|set)$/.exec(path);
       if (!match) return false;
       const action = match[2] as Action;
       return answer(response, true, async () => {
@@ -190,7 +197,19 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           );
           return;
         }
-        const result = await act(db, action, name, await readBody(request));
+        const body = await readBody(request);
+        if (action !== 'set') {
+          // The page shows only the actions a state allows; the server holds to the same table.
+          const [report] = await migrationReports(db, { name });
+          if (!report) throw new BadRequest(`no migration named ${JSON.stringify(name)}`, 404);
+          const valid = ACTIONS_BY_STATUS[report.status];
+          if (!valid.includes(action))
+            throw new BadRequest(
+              `${name} is ${report.status}: ${action} is not valid now (valid: ${valid.join(', ') || 'none'})`,
+              409,
+            );
+        }
+        const result = await act(db, action, name, body, `status page (${who.remote ?? 'unknown address'})`);
         log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
         send(response, result.changed ? 200 : 409, json(result), 'application/json');
       });
@@ -199,8 +218,12 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
 
     if (path === '/') {
       return answer(response, false, async () => {
-        const [reports, passes] = await Promise.all([migrationReports(db), scheduleReports(db, schedules)]);
-        send(response, 200, listPage(reports, passes, Boolean(expected)), 'text/html; charset=utf-8');
+        const [reports, workers, passes] = await Promise.all([
+          migrationReports(db),
+          liveWorkers(db, LIVE_WORKER_WINDOW_MS),
+          scheduleReports(db, schedules),
+        ]);
+        send(response, 200, listPage(reports, workers, passes, Boolean(expected)), 'text/html; charset=utf-8');
       });
     }
     if (path === '/api/migrations') {
@@ -221,19 +244,28 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           send(response, 404, `no migration named ${html(JSON.stringify(name))}\n`, 'text/plain; charset=utf-8');
           return;
         }
-        const jobs = await recentJobs(db, report.id);
-        send(response, 200, migrationPage(report, jobs, Boolean(expected)), 'text/html; charset=utf-8');
+        const [jobs, timeline] = await Promise.all([recentJobs(db, report.id), jobTimeline(db, report.id)]);
+        send(response, 200, migrationPage(report, jobs, timeline, Boolean(expected)), 'text/html; charset=utf-8');
       });
     }
     return false;
   };
 }
 
+/** Who approved from the page: the `by` the operator typed (up to 100 characters), else the fallback. */
+function approverOf(body: Record<string, unknown>, fallback: string): string {
+  const by = body.by;
+  if (by === undefined || by === null || (typeof by === 'string' && by.trim() === '')) return fallback;
+  if (typeof by !== 'string' || by.length > 100) throw new BadRequest('by must be a name of up to 100 characters');
+  return by.trim();
+}
+
 async function act(
-  db: Queryable,
+  db: pg.Pool | pg.ClientBase,
   action: Action,
   name: string,
   body: Record<string, unknown>,
+  fallbackApprover: string,
 ): Promise<{ action: Action; name: string; changed: boolean }> {
   switch (action) {
     case 'set':
@@ -244,5 +276,11 @@ async function act(
       return { action, name, changed: (await resume(db, name)).length > 0 };
     case 'retry':
       return { action, name, changed: (await retryMigration(db, name)) !== null };
+    case 'approve':
+      return { action, name, changed: (await approveMigration(db, name, approverOf(body, fallbackApprover))) !== null };
+    case 'delete':
+      // The page's confirmation, made part of the request: a stray POST deletes nothing.
+      if (body.confirm !== name) throw new BadRequest('delete needs {"confirm": "<the migration name>"}');
+      return { action, name, changed: (await deleteMigration(db, name)).deleted };
   }
 }

@@ -10,6 +10,7 @@ import {
 } from '../store/codes.ts';
 import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
+import { approvals } from '../store/approvals.ts';
 import type { MigrationReport } from './types.ts';
 
 function progressOf(m: MigrationSummary): number {
@@ -42,7 +43,7 @@ export async function migrationReports(
 ): Promise<MigrationReport[]> {
   const known = new Set([...(options.knownWork ?? []), ...(await liveWorkNames(db, LIVE_WORKER_WINDOW_MS))]);
   const statuses = options.statuses?.map((status) => MigrationStatus[status]);
-  const rows = await listMigrations(db, { name: options.name, statuses });
+  const [rows, approved] = await Promise.all([listMigrations(db, { name: options.name, statuses }), approvals(db)]);
   return rows.map((m) => {
     const {
       id,
@@ -68,6 +69,8 @@ export async function migrationReports(
       ...pace(m),
       lastError: m.failureMessage ?? lastJobError,
       waitingForWork: statusIn(RUNNABLE_STATUSES, status) && !known.has(m.jobSignatureName),
+      approvedBy: approved.get(id)?.approvedBy ?? null,
+      approvedAt: approved.get(id)?.approvedAt ?? null,
     };
   });
 }

@@ -306,6 +306,9 @@ export type MigrationReport = Omit<
    * worker that has it (during a rolling deploy, older workers lack new work functions).
    */
   waitingForWork: boolean;
+  /** Who approved it and when (`bbm approve`), for a migration enqueued with `needsApproval`; else null. */
+  approvedBy: string | null;
+  approvedAt: Date | null;
 };
 
 /** What `enqueueMigration` and `enqueueMigrationSql` take: a migration to add. */
@@ -326,6 +329,11 @@ export interface MigrationSpec {
   max?: bigint | number;
   /** Enqueue it paused (`bbm resume` starts it). */
   paused?: boolean;
+  /**
+   * Enqueue it awaiting approval (status `awaiting_approval`): no worker takes it until someone
+   * approves it (`bbm approve`, or the status page with the operator token). Not with `paused`.
+   */
+  needsApproval?: boolean;
   /** Jobs of it that may run at once, across all workers (1..256). Default 1. */
   lanes?: number;
   /** Adapt the batch size so a job's work takes about this long. Default: fixed size. */

@@ -37,6 +37,9 @@ const OPTIONS = {
   min: { type: 'string' },
   max: { type: 'string' },
   paused: { type: 'boolean' },
+  'needs-approval': { type: 'boolean' },
+  // approve
+  by: { type: 'string' },
   'dry-run': { type: 'boolean' },
   // enqueue, set: pace
   lanes: { type: 'string' },
@@ -69,7 +72,7 @@ const FLAG_HELP: Record<Flag, string> = {
     "--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config's gracePeriodMs, else 25000)",
   concurrency: '--concurrency N       Jobs this worker runs at once, each on its own connection (default 1)',
   'dashboard-token':
-    "--dashboard-token T  Operator token for the status page's pause, resume and retry (default\n                        BBM_DASHBOARD_TOKEN; without one the page is read-only); 16+ characters",
+    "--dashboard-token T  Operator token for the status page's actions: pause, resume, retry, approve, delete (default\n                        BBM_DASHBOARD_TOKEN; without one the page is read-only); 16+ characters",
   port: '--port PORT           Port to serve on (default 9188)',
   host: '--host HOST           Address to bind to (default 127.0.0.1)',
   watch: '--watch               Redraw every second until interrupted',
@@ -80,6 +83,8 @@ const FLAG_HELP: Record<Flag, string> = {
   min: '--min N               First id of the range (default 1)',
   max: "--max N               Last id (default: the column's maximum when the migration starts)",
   paused: '--paused              Enqueue it paused',
+  'needs-approval': '--needs-approval      Enqueue it awaiting approval: no worker takes it until `bbm approve`',
+  by: '--by WHO              Who approves (default BBM_OPERATOR, else the OS user)',
   'dry-run':
     '--dry-run             Print the INSERT (for a schema-migration file) instead of running it; no database needed',
   lanes: '--lanes N             Jobs of the migration that may run at once, across all workers (default 1)',
@@ -133,7 +138,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
   enqueue: {
     summary: 'Add a migration, after checking its table, column, index and work function',
     usage:
-      'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused] …',
+      'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused | --needs-approval] …',
     flags: [
       'name',
       'work',
@@ -147,6 +152,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'min-batch-size',
       'max-batch-size',
       'paused',
+      'needs-approval',
       'dry-run',
       'json',
     ],
@@ -172,8 +178,14 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm retry --name NAME',
     flags: ['name', 'json'],
   },
+  approve: {
+    summary: 'Approve a migration enqueued with --needs-approval: workers take it from now on',
+    usage: 'bbm approve --name NAME [--by WHO]',
+    flags: ['name', 'by', 'json'],
+  },
   dashboard: {
-    summary: 'Serve the status page (progress, pace, holds, jobs; pause, resume, retry with the token) until stopped',
+    summary:
+      'Serve the status page (overview, progress, pace, holds, workers, job charts; the actions a state allows, with the token) until stopped',
     usage: 'bbm dashboard [--port PORT] [--host HOST] [--dashboard-token TOKEN]',
     flags: ['port', 'host', 'dashboard-token'],
   },
@@ -194,7 +206,7 @@ export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
 export const GLOBAL_FLAGS: Flag[] = ['help', 'version'];
 
 const FOOTER =
-  "Environment: DATABASE_URL (else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_DASHBOARD_TOKEN, BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.";
+  "Environment: DATABASE_URL (else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE), SENTRY_DSN,\n  BBM_DASHBOARD_TOKEN, BBM_OPERATOR, BBM_LOG_LEVEL, BBM_LOG_FORMAT.\nExit codes: 0 success, 1 failure, 2 bad usage.";
 const flagLines = (flags: Flag[]) => flags.map((flag) => `  ${FLAG_HELP[flag]}`).join('\n');
 
 export const HELP = [

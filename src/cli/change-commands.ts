@@ -1,9 +1,11 @@
-/** The commands that change migrations: enqueue, pause, resume, retry. */
+/** The commands that change migrations: enqueue, approve, pause, resume, retry, set, delete. */
+import { userInfo } from 'node:os';
 import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../bbm/enqueue.ts';
 import type { MigrationSpec } from '../bbm/types.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { INT4_MAX, MAX_LANES, migrationStatusName } from '../store/codes.ts';
+import { approveMigration } from '../store/approvals.ts';
 import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
@@ -24,7 +26,12 @@ function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): Mi
   const pace = paceFlags(flags);
   if (min !== undefined) spec.min = min;
   if (max !== undefined) spec.max = max;
+  if (flags.paused && flags['needs-approval'])
+    throw new UsageError(
+      '--paused and --needs-approval contradict each other: a migration awaiting approval is not taken',
+    );
   if (flags.paused) spec.paused = true;
+  if (flags['needs-approval']) spec.needsApproval = true;
   if (pace.maxParallelJobs !== undefined) spec.lanes = pace.maxParallelJobs;
   if (typeof pace.targetJobMs === 'number') spec.targetJobMs = pace.targetJobMs;
   if (typeof pace.minBatchSize === 'number') spec.minBatchSize = pace.minBatchSize;
@@ -68,7 +75,8 @@ export async function enqueue(context: Context): Promise<number> {
       `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${spec.column} [${spec.min ?? 1n}..${spec.max ?? 'max'}] in batches of ${spec.batchSize}` +
         (spec.targetJobMs ? ` (adapting toward ${spec.targetJobMs} ms jobs)` : '') +
         (spec.lanes && spec.lanes > 1 ? `, ${spec.lanes} lanes` : '') +
-        (flags.paused ? ', paused' : ''),
+        (flags.paused ? ', paused' : '') +
+        (flags['needs-approval'] ? `, awaiting approval (bbm approve --name ${spec.name})` : ''),
       ...(live.includes(spec.work) ? [] : [`note: no live worker has work function ${spec.work} yet`]),
     ].join('\n'),
   );
@@ -114,6 +122,46 @@ export async function retry(context: Context): Promise<number> {
   context.print(
     { retried: name, jobsReset: jobs },
     () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`,
+  );
+  return 0;
+}
+
+/** Who an approval is recorded as: --by, else BBM_OPERATOR, else the OS user. */
+function approver({ flags, io }: Pick<Context, 'flags' | 'io'>): string {
+  const by = flags.by ?? io.env.BBM_OPERATOR;
+  if (by !== undefined) {
+    if (by.trim() === '') throw new UsageError('bbm approve: --by (or BBM_OPERATOR) must name someone');
+    return by;
+  }
+  try {
+    return userInfo().username;
+  } catch {
+    // A uid with no passwd entry (some containers): say so rather than record nobody.
+    throw new UsageError('bbm approve: no OS user name here; pass --by WHO or set BBM_OPERATOR');
+  }
+}
+
+/** `bbm approve`: awaiting_approval -> active, with who and when recorded on the row. */
+export async function approve(context: Context): Promise<number> {
+  const { flags, pool, io } = context;
+  const name = requiredFlag(flags, 'name', 'approve');
+  const by = approver(context);
+  const approval = await approveMigration(pool, name, by);
+  if (approval === null) {
+    const [existing] = await migrationReports(pool, { name });
+    io.err(
+      existing
+        ? `bbm approve: ${name} is ${existing.status}` +
+            (existing.approvedBy === null ? '' : ` (approved by ${existing.approvedBy})`) +
+            '; only a migration awaiting approval can be approved'
+        : `bbm approve: no migration named ${JSON.stringify(name)}`,
+    );
+    return 1;
+  }
+  context.print(
+    { approved: name, ...approval },
+    () =>
+      `approved ${name} as ${approval.approvedBy} at ${approval.approvedAt.toISOString()}; workers take it from now on`,
   );
   return 0;
 }

@@ -24,7 +24,7 @@ import {
 import { toJson } from './format.ts';
 import { schedules, status } from './status-commands.ts';
 import { dashboard, finalize, run } from './run-commands.ts';
-import { deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
+import { approve, deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
 
 export { UsageError };
 export type { Io };
@@ -110,6 +110,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await pauseOrResume(context, command);
       case 'retry':
         return await retry(context);
+      case 'approve':
+        return await approve(context);
       case 'set':
         return await setPace(context);
       case 'delete':

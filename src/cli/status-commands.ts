@@ -16,7 +16,7 @@ export async function status(context: Context): Promise<number> {
     return 1;
   }
   if (flags.json) io.out(toJson(reports));
-  else io.out(render(reports) + (await renderSchedules(context)));
+  else io.out(render(reports) + awaitingApproval(reports) + (await renderSchedules(context)));
   return 0;
 }
 
@@ -108,9 +108,19 @@ function render(reports: MigrationReport[]): string {
   );
 }
 
+/** The line under the table that names what waits for an operator's approval (empty when nothing does). */
+function awaitingApproval(reports: MigrationReport[]): string {
+  const waiting = reports.filter((r) => r.status === 'awaiting_approval').map((r) => r.name);
+  return waiting.length === 0
+    ? ''
+    : `\n\nawaiting approval: ${waiting.join(', ')} (no worker takes them until \`bbm approve --name NAME\`)`;
+}
+
 function note(r: MigrationReport): string {
   if (r.failureErrorCode !== null) return `${r.failureErrorCode}: ${r.failureMessage ?? ''}`;
   const notes: string[] = [];
+  if (r.status === 'awaiting_approval') notes.push('awaiting approval: bbm approve --name ' + r.name);
+  if (r.approvedBy !== null) notes.push(`approved by ${r.approvedBy} at ${r.approvedAt?.toISOString() ?? '?'}`);
   if (r.onHoldUntil !== null) {
     const seconds = Math.max(0, (r.onHoldUntil.getTime() - Date.now()) / 1000);
     notes.push(`held ${duration(seconds)}: ${r.holdReason ?? ''}`);

@@ -10,18 +10,42 @@ export const MigrationStatus = {
   finished: 2,
   failed: 3,
   running: 4,
+  /**
+   * pg-bbm's own (not in the registry): enqueued with `needsApproval`, waiting for `bbm approve`.
+   * Not runnable, so no take (bbm_take_job, bbm_take_next) looks at it; approval makes it active.
+   */
+  awaiting_approval: 5,
 } as const;
 export type MigrationStatusName = keyof typeof MigrationStatus;
 export type MigrationStatusCode = (typeof MigrationStatus)[MigrationStatusName];
 
 /**
  * The status sets, defined once. Runnable: a worker may take its jobs (bbm_take_job gets the same
- * set as {{RUNNABLE_STATUSES}}: sql/functions/bbm_take_job.sql). Unfinished: runnable or paused (a
- * schedule's next pass waits while its last is unfinished). Deletable: nothing takes its jobs.
+ * set as {{RUNNABLE_STATUSES}}: sql/functions/bbm_take_job.sql). Unfinished: runnable, paused or
+ * awaiting approval (a schedule's next pass waits while its last is unfinished). Deletable: nothing
+ * takes its jobs (a migration awaiting approval is deleted to turn it down).
  */
 export const RUNNABLE_STATUSES: readonly MigrationStatusName[] = ['active', 'running'];
-export const UNFINISHED_STATUSES: readonly MigrationStatusName[] = ['paused', ...RUNNABLE_STATUSES];
-export const DELETABLE_STATUSES: readonly MigrationStatusName[] = ['paused', 'failed', 'finished'];
+export const UNFINISHED_STATUSES: readonly MigrationStatusName[] = [
+  'paused',
+  'awaiting_approval',
+  ...RUNNABLE_STATUSES,
+];
+export const DELETABLE_STATUSES: readonly MigrationStatusName[] = ['paused', 'failed', 'finished', 'awaiting_approval'];
+
+/**
+ * What an operator may do to a migration in each status (the status page offers only these, and its
+ * server refuses the rest with 409; the store's UPDATEs guard the same transitions in SQL).
+ */
+export type OperatorAction = 'pause' | 'resume' | 'retry' | 'approve' | 'delete';
+export const ACTIONS_BY_STATUS: Readonly<Record<MigrationStatusName, readonly OperatorAction[]>> = {
+  active: ['pause'],
+  running: ['pause'],
+  paused: ['resume', 'delete'],
+  failed: ['retry', 'delete'],
+  finished: ['delete'],
+  awaiting_approval: ['approve', 'delete'],
+};
 
 /** Whether a status (by name or number) is in a set. */
 export function statusIn(set: readonly MigrationStatusName[], status: MigrationStatusName | number): boolean {

@@ -586,6 +586,8 @@ export interface NewMigration {
   minValue?: bigint | undefined;
   maxValue?: bigint | null | undefined;
   paused?: boolean | undefined;
+  /** Enqueued awaiting approval: no worker takes it until `bbm approve`. */
+  awaitingApproval?: boolean | undefined;
   /** Pace; see MigrationPace. */
   maxParallelJobs?: number | undefined;
   targetJobMs?: number | null | undefined;
@@ -619,6 +621,7 @@ export function insertMigrationText(m: NewMigration, { ifAbsent = false } = {}):
   for (const [column, value] of optional)
     if (value !== undefined && value !== null) columns.push([column, integerLiteral(value)]);
   if (m.paused) columns.push(['status', `${MigrationStatus.paused} /* paused */`]);
+  else if (m.awaitingApproval) columns.push(['status', `${MigrationStatus.awaiting_approval} /* awaiting_approval */`]);
   return [
     `INSERT INTO batched_background_migrations (${columns.map(([column]) => column).join(', ')})`,
     `VALUES (${columns.map(([, value]) => value).join(', ')})`,

@@ -66,6 +66,9 @@ export const batchedBackgroundMigrations = pgTable(
     holdReason: text('hold_reason'),
     /** Runs in a row that failed for a reason not the work function's; reset by a job that succeeds. */
     runErrors: integer('run_errors').notNull().default(0),
+    /** Who approved a migration enqueued awaiting approval, and when; NULL when it needed none (or not yet). */
+    approvedBy: text('approved_by'),
+    approvedAt: timestamp('approved_at', { withTimezone: true }),
   },
   (t) => [
     uniqueIndex('batched_background_migrations_name_key').on(t.name),
