@@ -116,6 +116,8 @@ async function createSide(label: string, engine: Engine, adminUrl: string, rows:
   const url = new URL(adminUrl);
   url.pathname = `/${database}`;
   const pool = new pg.Pool({ connectionString: url.toString(), max: 2 });
+  // A connection the server ends (its shutdown at the end) must not end the run unheard.
+  pool.on('error', () => {});
   await engine.migrateSchema(pool);
   await pool.query('CREATE TABLE ab_items (id bigint PRIMARY KEY, v int NOT NULL, w int NOT NULL DEFAULT 0)');
   await pool.query('INSERT INTO ab_items (id, v) SELECT x, x FROM generate_series(1, $1) AS x', [rows]);
