@@ -227,3 +227,53 @@ describe('the connections a worker makes', () => {
     }
   });
 });
+
+describe('lanes with the default health options', () => {
+  const db = useTestDatabase();
+
+  it('a four-lane migration of a few seconds grows to all its lanes on its jobs, not on the clock', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 6_000));
+    await enqueue(pool, { name: 'fill', work: 'paced.touch', table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4');
+    // Jobs that wait rather than compute (5 ms), so that four lanes on two cores do not slow each other.
+    const ran = new Map<string, number>();
+    const paced = (worker: string) => ({
+      name: 'paced.touch',
+      async do(job: Job) {
+        await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+          job.start,
+          job.end,
+        ]);
+        await job.query('SELECT pg_sleep(0.005)');
+        ran.set(worker, (ran.get(worker) ?? 0) + 1);
+      },
+    });
+    const grown: number[] = [];
+    const pools = [0, 1].map(() => new pg.Pool({ connectionString: url, max: 3 }));
+    // The defaults but the table's own vacuum: health on, checkMs 10 s, slow start.
+    const health = { autovacuum: false };
+    const workers = pools.map((own, i) =>
+      testWorker(own, {
+        work: [paced(`w${i}`)],
+        concurrency: 2,
+        health,
+        observers: [{ lanes: (event) => event.direction === 'grown' && grown.push(event.to) }],
+      }),
+    );
+    try {
+      const started = Date.now();
+      await Promise.all(workers.map((worker) => worker.run({ untilDone: true })));
+      const seconds = (Date.now() - started) / 1000;
+      await expectEveryRowOnce(pool, 'items', 'fill');
+      // 600 jobs, done within the first health check's 10 s: only growth on evidence reaches lane 4.
+      expect(seconds).toBeLessThan(10);
+      expect(grown, `drained in ${seconds} s`).toContain(4);
+      for (const jobs of ran.values()) expect(jobs).toBeGreaterThanOrEqual(60);
+      expect(ran.size).toBe(2);
+    } finally {
+      await Promise.all(workers.map((worker) => worker.close()));
+      await Promise.all(pools.map((own) => own.end()));
+    }
+  });
+});

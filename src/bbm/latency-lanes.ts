@@ -1,8 +1,10 @@
 /**
  * The latency controller (additive increase, multiplicative decrease), following the lanes' runs:
  * a job whose work took `latencyFactor` times its norm per row (LatencyWatch, pace.ts) halves the
- * migration's lanes, for every worker; jobs back within 1.25× give one lane back. At most one
- * change per migration every `checkMs`, so a change shows in the jobs before the next. A
+ * migration's lanes, for every worker, at most once every `checkMs`; GROW_AFTER_HEALTHY_JOBS jobs
+ * within 1.25× of it give one lane back. Lanes grow on the jobs' evidence, not on the clock, so a
+ * migration of a few seconds uses its lanes (a lane per `checkMs` took 30 s to reach four). Only
+ * jobs begun after the last change count, so a change shows in the jobs before the next. A
  * migration this worker started begins in one lane (slow start) and grows from there. The lane
  * whose run it follows waits for the change. Failing is logged, never fatal.
  */
@@ -24,9 +26,27 @@ export interface LatencyLanesContext {
   tell: Tell;
 }
 
+/**
+ * Healthy jobs, begun after the last change, that give a lane back. Few enough that a migration of
+ * 5 ms jobs reaches four lanes within a second; each one begun after the change, so the count is
+ * of jobs that ran beside the lane the last change added.
+ */
+const GROW_AFTER_HEALTHY_JOBS = 4;
+
+/** What the controller remembers of a migration. */
+interface Steering {
+  /** When its lanes were last shed or grown by this worker: jobs begun before say nothing of them. */
+  changedAt: number;
+  /** When they were last shed: one shed every `checkMs` at most. */
+  shedAt: number;
+  /** Healthy jobs since the last change (or the last pressure). */
+  healthy: number;
+  /** Until when growing is not tried again: it found the lanes at their most. */
+  fullUntil: number;
+}
+
 export class LatencyLanes implements RunFollower {
-  /** When each migration's lanes were last shed or grown. */
-  readonly #steeredAt = new Map<bigint, number>();
+  readonly #steering = new Map<bigint, Steering>();
 
   constructor(
     private readonly latency: LatencyWatch,
@@ -47,15 +67,34 @@ export class LatencyLanes implements RunFollower {
     const { latency, ctx } = this;
     const verdict = latency.observe(migration.id, { workMs: job.durationMs, rows: job.rows ?? job.batchSize });
     if (verdict !== 'pressure' && verdict !== 'healthy') return;
-    const now = performance.now();
-    if (now - (this.#steeredAt.get(migration.id) ?? -Infinity) < ctx.checkMs) return;
     // A job's own latency says nothing of what the migration does to the application's commits.
     if (verdict === 'healthy' && ctx.growsThroughProbes) return;
-    this.#steeredAt.set(migration.id, now);
+    const now = performance.now();
+    let steering = this.#steering.get(migration.id);
+    if (!steering) {
+      steering = { changedAt: -Infinity, shedAt: -Infinity, healthy: 0, fullUntil: -Infinity };
+      this.#steering.set(migration.id, steering);
+    }
+    // A job begun before the last change ran beside the lanes before it.
+    if (now - result.durationMs < steering.changedAt) return;
+    if (verdict === 'pressure') {
+      steering.healthy = 0;
+      if (now - steering.shedAt < ctx.checkMs) return;
+      steering.shedAt = now;
+    } else {
+      steering.healthy += 1;
+      if (steering.healthy < GROW_AFTER_HEALTHY_JOBS || now < steering.fullUntil) return;
+      steering.healthy = 0;
+    }
     try {
       const change =
         verdict === 'pressure' ? await shedLanes(ctx.db(), migration.id) : await growLanes(ctx.db(), migration.id);
-      if (!change) return;
+      if (!change) {
+        // At its most lanes (or its row changed): ask again a check later, not after every job.
+        if (verdict === 'healthy') steering.fullUntil = now + ctx.checkMs;
+        return;
+      }
+      steering.changedAt = performance.now();
       const direction = verdict === 'pressure' ? 'shed' : 'grown';
       const fields = { ...migrationFields(migration), lanes_from: change.from, lanes_to: change.to };
       if (direction === 'shed') {

@@ -375,9 +375,9 @@ export interface HealthOptions {
   maxWalArchiveReady?: number | null;
   /**
    * The engine's own latency: when a job's work takes `latencyFactor` times its recent norm per
-   * row, the migration's lanes are halved (shared by every worker, down to 1); while jobs stay
-   * within 1.25× the norm, one lane comes back every `checkMs`. A migration with several lanes
-   * starts in one (slow start). Default true.
+   * row, the migration's lanes are halved (shared by every worker, down to 1, at most once every
+   * `checkMs`); after every 4 jobs within 1.25× the norm, one lane comes back. A migration with
+   * several lanes starts in one (slow start). Default true.
    */
   latency?: boolean;
   /** Default 3. */
