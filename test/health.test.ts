@@ -286,6 +286,52 @@ describe('health holds', () => {
     expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
   });
 
+  it('hold every migration while a logical slot nobody consumes retains more WAL than the bound, and lift it once the slot is dropped', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 2_000));
+    await enqueue(pool, { name: 'fill', work: touch.name, table: 'items', batchSize: 5 });
+    // A CDC consumer that stopped reading: its slot keeps every byte of WAL written from now on.
+    const slot = `bbm_test_${Math.random().toString(36).slice(2, 10)}`;
+    await pool.query(`SELECT pg_create_logical_replication_slot($1, 'test_decoding')`, [slot]);
+    const holds: HoldEvent[] = [];
+    const worker = testWorker(pool, {
+      work: [touch],
+      observers: [{ hold: (event) => holds.push(event) }],
+      health: {
+        autovacuum: false,
+        maxTransactionAgeMs: null,
+        maxReplayLagBytes: null,
+        maxSlotRetainedBytes: 32 * 1024,
+        checkMs: 50,
+        holdMs: 600_000,
+      },
+    });
+    const running = worker.run({ untilDone: true });
+    let dropped = false;
+    try {
+      const [report] = await waitFor(async () => {
+        const reports = await migrationReports(pool, { name: 'fill' });
+        return reports[0]?.holdReason ? reports : undefined;
+      }, 'the slot hold');
+      expect(report?.holdReason).toMatch(
+        new RegExp(`^replication slot ${slot} \\(logical\\) retains [\\d.]+ [kM]B of WAL \\(limit 32\\.0 kB\\)$`),
+      );
+      // Held: the job in flight may finish, then none starts.
+      const atHold = await finishedJobs(pool, 'fill');
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect(await finishedJobs(pool, 'fill')).toBeLessThanOrEqual(atHold + 1);
+      expect(await finishedJobs(pool, 'fill')).toBeLessThan(400);
+      await pool.query('SELECT pg_drop_replication_slot($1)', [slot]);
+      dropped = true;
+      await running;
+    } finally {
+      if (!dropped) await pool.query('SELECT pg_drop_replication_slot($1)', [slot]).catch(() => {});
+      await worker.stop();
+    }
+    expect(holds.map((hold) => hold.kind)).toContain('replication_slot');
+    expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.finished);
+  });
+
   it('are off with health: false', async () => {
     const { pool, url } = db();
     // A vacuum running on the table, which the default health options (autovacuum: true) hold the

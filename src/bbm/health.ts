@@ -14,7 +14,13 @@ import {
   type HoldSet,
 } from '../store/migration-rows.ts';
 import type { Queryable } from '../store/db.ts';
-import { maxReplicaLagBytes, oldestTransaction, readyWalSegments } from '../store/health.ts';
+import {
+  maxReplicaLagBytes,
+  oldestTransaction,
+  readyWalSegments,
+  replicationSlots,
+  type SlotWal,
+} from '../store/health.ts';
 import { ConfigError } from './errors.ts';
 import type { HealthOptions, HoldEvent, HoldKind } from './types.ts';
 
@@ -26,6 +32,8 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
   maxReplayLagBytes: 64 * 1024 * 1024,
   replayLagBytes: maxReplicaLagBytes,
   maxWalArchiveReady: 42,
+  maxSlotRetainedBytes: 4 * 1024 ** 3,
+  minSlotSafeWalBytes: 1024 ** 3,
   maxWalBytesPerSecond: null,
   latency: true,
   latencyFactor: 3,
@@ -42,6 +50,8 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
     'maxTransactionAgeMs',
     'maxReplayLagBytes',
     'maxWalArchiveReady',
+    'maxSlotRetainedBytes',
+    'minSlotSafeWalBytes',
     'maxWalBytesPerSecond',
   ] as const) {
     const value = resolved[key];
@@ -98,6 +108,7 @@ const REASON_LIKE: Record<Exclude<HoldKind, 'wal_budget'>, string> = {
   transaction_age: 'a transaction open for %',
   replay_lag: 'a replica replays %',
   wal_archive: '% WAL segments wait for the archiver %',
+  replication_slot: 'replication slot %',
   autovacuum: '%vacuum on %',
 };
 
@@ -146,6 +157,9 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
         : null,
     );
   }
+  if (health.maxSlotRetainedBytes !== null || health.minSlotSafeWalBytes !== null) {
+    await serverWide('replication_slot', slotReason(await replicationSlots(db), health));
+  }
   if (health.autovacuum) {
     hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
     check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE.autovacuum, unlessVacuuming: true })));
@@ -157,6 +171,32 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
     );
   }
   return check;
+}
+
+const GB = 1024 ** 3;
+const size = (bytes: number) =>
+  bytes >= GB
+    ? `${(bytes / GB).toFixed(1)} GB`
+    : bytes >= MB
+      ? `${(bytes / MB).toFixed(1)} MB`
+      : `${(bytes / 1024).toFixed(1)} kB`;
+
+/** Why the slots hold every migration, or null: the slot that retains the most, else the one nearest invalidation. */
+function slotReason(slots: SlotWal[], health: ResolvedHealth): string | null {
+  const { maxSlotRetainedBytes: maxRetained, minSlotSafeWalBytes: minSafe } = health;
+  const retaining = slots
+    .filter((slot) => maxRetained !== null && slot.retainedBytes > maxRetained)
+    .sort((a, b) => b.retainedBytes - a.retainedBytes)[0];
+  if (retaining && maxRetained !== null) {
+    return `replication slot ${retaining.name} (${retaining.type}) retains ${size(retaining.retainedBytes)} of WAL (limit ${size(maxRetained)})`;
+  }
+  const endangered = slots
+    .filter((slot) => minSafe !== null && slot.safeWalBytes !== null && slot.safeWalBytes < minSafe)
+    .sort((a, b) => (a.safeWalBytes ?? 0) - (b.safeWalBytes ?? 0))[0];
+  if (endangered && minSafe !== null) {
+    return `replication slot ${endangered.name} (${endangered.type}) can take ${size(Math.max(0, endangered.safeWalBytes ?? 0))} more WAL before max_slot_wal_keep_size invalidates it (limit ${size(minSafe)})`;
+  }
+  return null;
 }
 
 function groupBy(sets: HoldSet[]): Map<string, HoldSet[]> {

@@ -25,7 +25,7 @@ export const METRIC_HELP = {
     "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed.",
   bbm_migrations: 'Migrations by status.',
   bbm_holds_total:
-    'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive, wal_budget): one per migration newly set aside.',
+    'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive, replication_slot, wal_budget): one per migration newly set aside.',
   bbm_held_migrations: 'Runnable migrations on hold now (health holds and run-error holds).',
   bbm_migration_held_seconds:
     'For each migration on hold now: seconds since it last made progress (its last finished job, else its start).',

@@ -202,7 +202,8 @@ export interface LanesEvent {
 }
 
 /** Which health signal held migrations: the `reason` label of `bbm_holds_total`. */
-export type HoldKind = 'autovacuum' | 'transaction_age' | 'replay_lag' | 'wal_archive' | 'wal_budget';
+export type HoldKind =
+  'autovacuum' | 'transaction_age' | 'replay_lag' | 'wal_archive' | 'replication_slot' | 'wal_budget';
 
 export interface HoldEvent {
   kind: HoldKind;
@@ -373,6 +374,19 @@ export interface HealthOptions {
   replayLagBytes?: (db: Queryable) => Promise<number | null>;
   /** Hold every migration while more WAL segments than this wait for the archiver. Default 42. */
   maxWalArchiveReady?: number | null;
+  /**
+   * Hold every migration while a replication slot (a logical one of a CDC consumer such as
+   * Debezium, or an idle physical one) retains more WAL than this many bytes: a backfill writes
+   * WAL at database speed, and a slot that does not consume it keeps it until the disk fills.
+   * Default 4 GiB.
+   */
+  maxSlotRetainedBytes?: number | null;
+  /**
+   * Hold every migration while a slot may take less than this many bytes more WAL before
+   * `max_slot_wal_keep_size` invalidates it (its `safe_wal_size`; only when that setting is on).
+   * Default 1 GiB.
+   */
+  minSlotSafeWalBytes?: number | null;
   /**
    * The engine's own latency: when a job's work takes `latencyFactor` times its recent norm per
    * row, the migration's lanes are halved (shared by every worker, down to 1, at most once every

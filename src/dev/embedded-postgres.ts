@@ -90,7 +90,18 @@ export async function startEmbeddedPostgres({
     if (output.length > 50) output.shift();
   };
   const flags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'];
-  if (ephemeral) flags.push('-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off');
+  // wal_level=logical: tests create logical replication slots (the slot hold).
+  if (ephemeral)
+    flags.push(
+      '-c',
+      'fsync=off',
+      '-c',
+      'synchronous_commit=off',
+      '-c',
+      'full_page_writes=off',
+      '-c',
+      'wal_level=logical',
+    );
   const pg = new EmbeddedPostgres({
     databaseDir: path.join(root, 'data'),
     port,

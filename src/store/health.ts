@@ -6,7 +6,7 @@
  * (migration-rows.ts, holdVacuumingMigrations).
  */
 import { sql } from 'drizzle-orm';
-import { execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
+import { exec, execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 
 /** WAL segments waiting for the archiver, or null when archiving is off or not visible. */
 export async function readyWalSegments(db: Queryable): Promise<number | null> {
@@ -62,4 +62,36 @@ export async function oldestTransaction(db: Queryable): Promise<{ ageMs: number;
 export async function inRecovery(db: Queryable): Promise<boolean> {
   const row = await execOne<{ standby: boolean }>(db, sql`SELECT pg_catalog.pg_is_in_recovery() AS standby`);
   return row?.standby ?? false;
+}
+
+/** A replication slot as the slot hold sees it. */
+export interface SlotWal {
+  name: string;
+  type: 'logical' | 'physical';
+  /** WAL the slot keeps from being removed: from its restart_lsn to the current position. */
+  retainedBytes: number;
+  /** WAL that may still be written before the slot is invalidated; null unless max_slot_wal_keep_size is set. */
+  safeWalBytes: number | null;
+}
+
+/**
+ * The server's replication slots that retain WAL (a restart_lsn), with what they retain. Any role
+ * may read pg_replication_slots; on a standby there is no current WAL position to measure from,
+ * and none is read.
+ */
+export async function replicationSlots(db: Queryable): Promise<SlotWal[]> {
+  const rows = await exec<{ name: string; type: string; retained: string; safe: string | null }>(
+    db,
+    sql`SELECT slot_name AS name, slot_type AS type,
+               pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn) AS retained,
+               safe_wal_size AS safe
+        FROM pg_catalog.pg_replication_slots
+        WHERE restart_lsn IS NOT NULL AND NOT pg_catalog.pg_is_in_recovery()`,
+  );
+  return rows.map((row) => ({
+    name: row.name,
+    type: row.type === 'logical' ? 'logical' : 'physical',
+    retainedBytes: Math.max(0, Number(row.retained)),
+    safeWalBytes: row.safe === null ? null : Number(row.safe),
+  }));
 }
