@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { pino } from 'pino';
 import type pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { resolveNotify } from '../src/bbm/config.ts';
@@ -186,7 +187,9 @@ describe('notifications', () => {
     const server = await useReceiver(() => 'fail');
     await createItems(pool, 'items', range(1, 10));
     await enqueue(pool, { name: 'waiting', work: touch.name, table: 'items', batchSize: 5, status: 5 });
-    startWorker({ notify: [{ url: server.url, events: ['awaiting_approval'], maxAttempts: 2 }] });
+    const lines: string[] = [];
+    const logger = pino({ level: 'error' }, { write: (line: string) => void lines.push(line) });
+    startWorker({ notify: [{ url: server.url, events: ['awaiting_approval'], maxAttempts: 2 }], logger });
     await waitFor(
       async () => (await rows(pool))[0]?.attempts === 2 && server.requests.length === 2,
       'two attempts',
@@ -198,16 +201,28 @@ describe('notifications', () => {
       'SELECT sent_at, next_attempt_at, last_error FROM batched_background_migration_notifications',
     );
     expect(given).toEqual([{ sent_at: null, next_attempt_at: null, last_error: 'HTTP 500' }]);
+    expect(lines.map((line) => JSON.parse(line).msg)).toEqual([
+      'notification given up after 2 attempts: waiting awaiting_approval',
+    ]);
+    expect(lines.join('')).not.toContain('s3cr3t');
   });
 
   it('a receiver that never answers changes nothing for the jobs; the send is retried after its timeout', async () => {
     const { pool } = db();
     await createItems(pool, 'items', range(1, 3_000));
+    // 100 jobs of 10 ms or more: long enough for sends to hang and time out while it drains.
+    const slowTouch: Work = {
+      name: 'test.slow_touch',
+      async do(job) {
+        await touch.do(job);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      },
+    };
     const drainTime = async (name: string, notify?: NotifyTarget[]) => {
       await pool.query('UPDATE items SET touched = 0');
-      await enqueue(pool, { name, work: touch.name, table: 'items', batchSize: 100 });
+      await enqueue(pool, { name, work: slowTouch.name, table: 'items', batchSize: 30 });
       const started = Date.now();
-      const worker = testWorker(pool, { work: [touch], notifyCheckMs: 50, ...(notify && { notify }) });
+      const worker = testWorker(pool, { work: [slowTouch], notifyCheckMs: 50, ...(notify && { notify }) });
       const loop = worker.run();
       cleanups.push(async () => {
         await worker.stop();
@@ -234,11 +249,12 @@ describe('notifications', () => {
     const server = await useReceiver(() => 'hang');
     const notify: NotifyTarget[] = [{ url: server.url, events: ['started'], timeoutMs: 300 }];
     const withHang = await drainTime('with_hanging_receiver', notify);
-    // 30 jobs either way; the webhook that hangs is not waited for by any of them.
-    expect(withHang).toBeLessThan(usual * 2 + 1_000);
+    // The same 100 jobs either way; sends hung and timed out meanwhile, and no job waited for them.
+    expect(server.requests.length).toBeGreaterThanOrEqual(1);
+    expect(withHang).toBeLessThan(usual * 1.5 + 500);
 
     // Retried after the timeout (and a backoff of about 1 s): the receiver saw the same event again.
-    const worker = testWorker(pool, { work: [touch], notifyCheckMs: 50, notify });
+    const worker = testWorker(pool, { work: [slowTouch], notifyCheckMs: 50, notify });
     const loop = worker.run();
     cleanups.push(async () => {
       await worker.stop();

@@ -160,21 +160,36 @@ async function post(
 ): Promise<string | null> {
   const text = notificationText(payload, event);
   const body = target.format === 'slack' ? { text } : { ...payload, text };
+  // A plain timer, cleared when the request ends, rather than AbortSignal.any with
+  // AbortSignal.timeout: with that composite, a request to a receiver that never answered was
+  // once seen here (Node 20) to outlive its timeout by seconds.
+  const abort = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abort.abort();
+  }, target.timeoutMs);
+  const onStop = () => abort.abort();
+  stopping.addEventListener('abort', onStop, { once: true });
+  if (stopping.aborted) abort.abort();
   try {
     const response = await fetch(target.url, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'user-agent': 'pg-bbm' },
       body: JSON.stringify(body),
       redirect: 'manual',
-      signal: AbortSignal.any([AbortSignal.timeout(target.timeoutMs), stopping]),
+      signal: abort.signal,
     });
     // Read to the end so the connection can be reused; the content does not matter.
     await response.arrayBuffer().catch(() => undefined);
     return response.ok ? null : `HTTP ${response.status}`;
   } catch (error) {
-    const e = error as Error & { cause?: { code?: string; message?: string } };
-    if (e.name === 'TimeoutError') return `no answer within ${target.timeoutMs} ms`;
+    if (timedOut) return `no answer within ${target.timeoutMs} ms`;
     if (stopping.aborted) return 'the worker stopped while sending';
+    const e = error as Error & { cause?: { code?: string; message?: string } };
     return e.cause?.code ?? e.cause?.message ?? e.message;
+  } finally {
+    clearTimeout(timer);
+    stopping.removeEventListener('abort', onStop);
   }
 }
