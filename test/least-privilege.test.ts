@@ -38,8 +38,8 @@ async function leastPrivilegeRole(
   ];
   if (!bare) {
     statements.push(
-      `GRANT SELECT, INSERT, UPDATE, DELETE ON batched_background_migrations, batched_background_migration_jobs, batched_background_migration_workers TO ${role}`,
-      `GRANT USAGE ON SEQUENCE batched_background_migrations_id_seq, batched_background_migration_jobs_id_seq TO ${role}`,
+      `GRANT SELECT, INSERT, UPDATE, DELETE ON batched_background_migrations, batched_background_migration_jobs, batched_background_migration_workers, batched_background_migration_notifications TO ${role}`,
+      `GRANT USAGE ON SEQUENCE batched_background_migrations_id_seq, batched_background_migration_jobs_id_seq, batched_background_migration_notifications_id_seq TO ${role}`,
       `GRANT SELECT ON pg_bbm_schema_migrations TO ${role}`,
     );
   }

@@ -95,7 +95,7 @@ describe('the function files', () => {
     // A new database: the chain, then the files over it.
     const fresh = await emptyDatabase();
     const result = await migrateSchema(fresh.pool);
-    expect(result.applied.at(-1)).toBe('0019_approval');
+    expect(result.applied.at(-1)).toBe('0020_notifications');
     expect(result.functions).toEqual({ outcome: 'installed', version: packageVersion(), installedVersion: null });
     expect(await functionDefs(fresh.pool)).toEqual(chain);
 
@@ -109,7 +109,7 @@ describe('the function files', () => {
     // A 0.9.3 database upgraded: the table migrations since, then the files, with no change to any function.
     const upgraded = await migrateSchema(old.pool);
     expect(upgraded).toEqual({
-      applied: ['0018_function_versions', '0019_approval'],
+      applied: ['0018_function_versions', '0019_approval', '0020_notifications'],
       functions: { outcome: 'installed', version: packageVersion(), installedVersion: null },
     });
     expect(await functionDefs(old.pool)).toEqual(chain);
@@ -143,7 +143,7 @@ describe('installing the functions', () => {
     const db = await emptyDatabase();
     const results = await Promise.all([migrateSchema(db.pool), migrateSchema(db.pool)]);
     expect(results.map((r) => r.functions.outcome).sort()).toEqual(['current', 'installed']);
-    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 20]);
+    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 21]);
     expect(await installs(db.pool)).toHaveLength(1);
   });
 

@@ -1,12 +1,13 @@
 /**
  * Config modules and worker options: validated once, here; the engine only sees `ResolvedOptions`.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { createJiti } from 'jiti';
 import { MAX_LANES } from '../store/codes.ts';
 import { ConfigError } from './errors.ts';
-import type { Config, WorkerOptions } from './types.ts';
+import type { Config, NotifyEvent, NotifyTarget, WorkerOptions } from './types.ts';
 
 /** Types a config module's default export. Returns its argument unchanged. */
 export function defineConfig(config: Config): Config {
@@ -26,6 +27,7 @@ export const DEFAULTS = {
   runErrorHoldMs: 30_000,
   maxRunErrors: 5,
   passRetentionMs: 7 * 86_400_000,
+  notifyCheckMs: 5_000,
 } as const;
 
 export type ResolvedOptions = Required<WorkerOptions>;
@@ -66,7 +68,105 @@ export function resolveOptions(options: WorkerOptions = {}): ResolvedOptions {
     runErrorHoldMs: integer(options, 'runErrorHoldMs', DEFAULTS.runErrorHoldMs, 1, day),
     maxRunErrors: integer(options, 'maxRunErrors', DEFAULTS.maxRunErrors, 1, 1_000),
     passRetentionMs: integer(options, 'passRetentionMs', DEFAULTS.passRetentionMs, 0, 3650 * day),
+    notifyCheckMs: integer(options, 'notifyCheckMs', DEFAULTS.notifyCheckMs, 10, day),
   };
+}
+
+export const NOTIFY_EVENTS: readonly NotifyEvent[] = [
+  'started',
+  'finished',
+  'failed',
+  'held',
+  'not_finalized',
+  'awaiting_approval',
+];
+
+const NOTIFY_KEYS = new Set(['url', 'events', 'format', 'timeoutMs', 'maxAttempts', 'heldForMs', 'unfinalizedForMs']);
+
+export interface ResolvedNotifyTarget {
+  url: string;
+  /** What notification rows name it by: a hash of its format and URL (the URL may hold a secret). */
+  id: string;
+  /** The URL's host, for log lines (never the whole URL). */
+  host: string;
+  events: readonly NotifyEvent[];
+  format: 'json' | 'slack';
+  timeoutMs: number;
+  maxAttempts: number;
+  heldForMs: number;
+  unfinalizedForMs: number;
+}
+
+/**
+ * `notify` as the notifier uses it. Error messages name a target by its index, never its URL.
+ */
+export function resolveNotify(notify: unknown): ResolvedNotifyTarget[] {
+  if (notify === undefined) return [];
+  if (!Array.isArray(notify)) throw new ConfigError('notify must be an array of { url, events, format }');
+  const day = 86_400_000;
+  const resolved = notify.map((entry: unknown, index): ResolvedNotifyTarget => {
+    const at = `notify[${index}]`;
+    if (!entry || typeof entry !== 'object') throw new ConfigError(`${at} must be an object { url, events, format }`);
+    const target = entry as NotifyTarget;
+    for (const key of Object.keys(target)) {
+      if (!NOTIFY_KEYS.has(key)) throw new ConfigError(`${at}: unknown option ${JSON.stringify(key)}`);
+    }
+    let url: URL;
+    try {
+      url = new URL(String(target.url));
+    } catch {
+      throw new ConfigError(`${at}.url must be an http or https URL`);
+    }
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || typeof target.url !== 'string') {
+      throw new ConfigError(`${at}.url must be an http or https URL`);
+    }
+    const events: readonly unknown[] = target.events ?? NOTIFY_EVENTS;
+    if (!Array.isArray(events) || events.length === 0) {
+      throw new ConfigError(`${at}.events must be a non-empty array of ${NOTIFY_EVENTS.join(', ')}`);
+    }
+    for (const event of events) {
+      if (!NOTIFY_EVENTS.includes(event as NotifyEvent)) {
+        throw new ConfigError(
+          `${at}.events: unknown event ${JSON.stringify(event)}; known: ${NOTIFY_EVENTS.join(', ')}`,
+        );
+      }
+    }
+    const format = target.format ?? 'json';
+    if (format !== 'json' && format !== 'slack') {
+      throw new ConfigError(`${at}.format must be "json" or "slack", got ${JSON.stringify(target.format)}`);
+    }
+    const bounded = (
+      key: 'timeoutMs' | 'maxAttempts' | 'heldForMs' | 'unfinalizedForMs',
+      fallback: number,
+      min: number,
+      max: number,
+    ) => {
+      const value = target[key] ?? fallback;
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+        throw new ConfigError(
+          `${at}.${key} must be an integer from ${min} to ${max}, got ${JSON.stringify(target[key])}`,
+        );
+      }
+      return value;
+    };
+    return {
+      url: target.url,
+      id: createHash('sha256').update(`${format} ${target.url}`).digest('hex').slice(0, 16),
+      host: url.host,
+      events: [...new Set(events as readonly NotifyEvent[])],
+      format,
+      timeoutMs: bounded('timeoutMs', 10_000, 100, 120_000),
+      maxAttempts: bounded('maxAttempts', 10, 1, 100),
+      heldForMs: bounded('heldForMs', 3_600_000, 0, 365 * day),
+      unfinalizedForMs: bounded('unfinalizedForMs', 7 * day, 0, 3650 * day),
+    };
+  });
+  const ids = new Set<string>();
+  for (const [index, target] of resolved.entries()) {
+    if (ids.has(target.id)) throw new ConfigError(`notify[${index}] repeats an earlier webhook (same url and format)`);
+    ids.add(target.id);
+  }
+  return resolved;
 }
 
 /** Where `bbm` looks for a config module when `--config` is not given, in this order. */

@@ -33,6 +33,8 @@ export const METRIC_HELP = {
     'For each finished migration still in the table (schedule passes aside): seconds since it finished.',
   bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
+  bbm_notifications_total:
+    'Webhook notifications this process tried to send, by event and result: sent, failed (to be retried) or given_up.',
   bbm_duty_cycle:
     "Foreground protection: the share (0..1) of the time this process's lanes run now (1: no pause after jobs; below 1 while the migration slows commits).",
 } as const;
@@ -135,6 +137,12 @@ export function createMetrics({
     labelNames: ['direction'],
     registers,
   });
+  const notifications = new Counter({
+    name: 'bbm_notifications_total',
+    help: METRIC_HELP.bbm_notifications_total,
+    labelNames: ['event', 'result'],
+    registers,
+  });
   const dutyCycle = new Gauge({ name: 'bbm_duty_cycle', help: METRIC_HELP.bbm_duty_cycle, registers });
   dutyCycle.set(1);
   const sleeps = new Histogram({
@@ -230,6 +238,9 @@ export function createMetrics({
     },
     dutyCycle(share) {
       dutyCycle.set(share);
+    },
+    notification(event) {
+      notifications.inc({ event: event.event, result: event.result });
     },
   };
   return { registry, observer };

@@ -105,6 +105,8 @@ export interface WorkerOptions {
   scheduleCheckMs?: number;
   /** Finished passes of schedules are deleted, with their jobs, after this long [604800000: 7 days]. */
   passRetentionMs?: number;
+  /** How often a worker with `notify` looks for events and sends the notifications due [5000]. */
+  notifyCheckMs?: number;
 }
 
 /** A config module's default export (`bbm.config.ts`/`.js`/`.mjs`). */
@@ -123,6 +125,35 @@ export interface Config extends WorkerOptions {
   gracePeriodMs?: number;
   /** Error reports; SENTRY_DSN, when set, wins over `dsn`. */
   sentry?: { dsn?: string; environment?: string; release?: string };
+  /** Webhooks told about migrations' events (see NotifyTarget). */
+  notify?: readonly NotifyTarget[];
+}
+
+/**
+ * What a webhook is told about. `started`, `finished`, `failed` (with its error code and
+ * message): a migration changed state. `held`: a runnable migration on hold (a health or
+ * run-error hold) has made no progress for `heldForMs`. `not_finalized`: a migration finished
+ * `unfinalizedForMs` ago and its row is still there (pg-bbm has no finalized state; deleting the
+ * row is finalizing it). `awaiting_approval`: a migration waits for `bbm approve`.
+ */
+export type NotifyEvent = 'started' | 'finished' | 'failed' | 'held' | 'not_finalized' | 'awaiting_approval';
+
+/** A webhook (`notify` in the config). Each event is sent to it once, by one worker of the fleet. */
+export interface NotifyTarget {
+  /** An http(s) URL; POSTed to. It is never stored in the database nor logged (only its host). */
+  url: string;
+  /** The events it is told [all of them]. */
+  events?: readonly NotifyEvent[];
+  /** `json`: the event as a JSON object; `slack`: `{ "text": … }`, for Slack-compatible incoming webhooks [json]. */
+  format?: 'json' | 'slack';
+  /** A request that has not answered after this long is abandoned and retried [10000]. */
+  timeoutMs?: number;
+  /** Sends of one notification before it is given up (logged) [10]. Retries back off from 1 s, doubling, up to 10 min. */
+  maxAttempts?: number;
+  /** `held`: how long a held migration must have gone without progress [3600000: 1 h]. */
+  heldForMs?: number;
+  /** `not_finalized`: how long after it finished [604800000: 7 days]. */
+  unfinalizedForMs?: number;
 }
 
 /**
@@ -192,6 +223,14 @@ export interface WorkerObserver {
   lanes?(event: LanesEvent): void;
   /** Foreground protection changed the share (0..1) of the time this worker's lanes run. */
   dutyCycle?(share: number): void;
+  /** This worker tried to send a notification: sent, failed (to be retried) or given up. */
+  notification?(event: NotificationEvent): void;
+}
+
+export interface NotificationEvent {
+  event: NotifyEvent;
+  migration: string;
+  result: 'sent' | 'failed' | 'given_up';
 }
 
 export interface LanesEvent {
@@ -254,6 +293,8 @@ export interface WorkerParams extends WorkerOptions {
   schedules?: readonly Schedule[];
   /** Health holds; all on by default, `false` turns them off. */
   health?: HealthOptions | false;
+  /** Webhooks told about migrations' events (see NotifyTarget). */
+  notify?: readonly NotifyTarget[];
 }
 
 export interface RunLoopOptions {

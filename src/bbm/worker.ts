@@ -6,7 +6,7 @@
  *
  * The worker is made of parts: the lanes (lane.ts) ask one pacing object (pacer.ts) before and
  * after each run; the controllers (health holds, commit probes, latency lanes, schedules, the
- * heartbeat, the lane-stall watch) run beside them, each in a file of its own, and act on the
+ * heartbeat, the lane-stall watch, notifications) run beside them, each in a file of its own, and act on the
  * lanes only through that object. They talk to the database on a pool of their own.
  */
 import { randomUUID } from 'node:crypto';
@@ -15,7 +15,7 @@ import { createPool, siblingPool } from '../store/db.ts';
 import { retireWorker } from '../store/workers.ts';
 import { sleep } from './backoff.ts';
 import { CommitProbes } from './commit-probes.ts';
-import { resolveOptions, type ResolvedOptions } from './config.ts';
+import { resolveNotify, resolveOptions, type ResolvedOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { resolveHealth } from './health.ts';
 import { HealthHolds } from './health-holds.ts';
@@ -24,6 +24,7 @@ import { laneLoop, type LaneContext } from './lane.ts';
 import { LaneWatch } from './lane-watch.ts';
 import { LatencyLanes } from './latency-lanes.ts';
 import { defaultLibraryLogger, type Logger } from './log.ts';
+import { Notifier } from './notifier.ts';
 import { tellObservers, type Tell } from './observe.ts';
 import { CommitWatch, LatencyWatch, type BatchSizer } from './pace.ts';
 import { Pacer } from './pacer.ts';
@@ -36,7 +37,8 @@ import { WorkRegistry } from './work-registry.ts';
 
 /**
  * Connections of the worker's controllers (health checks, commit probes, lane steering, slow
- * start, schedules, the throttle, heartbeats), in a pool of their own: a lane holds its connection
+ * start, schedules, the throttle, heartbeats, notifications: their statements are short, and no
+ * connection is held while a webhook answers), in a pool of their own: a lane holds its connection
  * between jobs, so controllers that asked the lanes' pool could wait behind lanes that wait for
  * them. Three: a health check beside a round of commit probes, whose quiet rounds hold the quiet
  * lock on a connection of their own.
@@ -60,6 +62,7 @@ export class Worker {
   readonly #watch: LaneWatch;
   readonly #heartbeat: Heartbeat;
   readonly #health: HealthHolds | undefined;
+  readonly #notifier: Notifier | undefined;
   /** Aborted by stop(): the loop ends after the run in flight. */
   #stopping = new AbortController();
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
@@ -68,6 +71,7 @@ export class Worker {
 
   constructor(params: WorkerParams) {
     this.options = resolveOptions(params);
+    const notify = resolveNotify(params.notify);
     const registry = new WorkRegistry(params.work);
     [this.#pool, this.#ownsPool] = lanesPool(params, this.options.concurrency);
     const log = (params.logger ?? defaultLibraryLogger()).child({ worker_pid: process.pid });
@@ -79,6 +83,7 @@ export class Worker {
     const lanes = this.options.concurrency;
     this.#watch = new LaneWatch(lanes, this.options.runTimeoutMs + 60_000, log);
     this.#heartbeat = new Heartbeat(db, { id: this.id, workNames: registry.names }, log);
+    if (notify.length > 0) this.#notifier = new Notifier(db, notify, this.options.notifyCheckMs, log, tell);
     const pacer = new Pacer(this.options, lanes, this.#watch, { throttle: params.throttle, db, log });
     this.#pacer = pacer;
     const schedules = resolveSchedules(params.schedules ?? [], registry);
@@ -165,11 +170,13 @@ export class Worker {
     };
     try {
       await this.#heartbeat.start();
+      this.#notifier?.start();
       await sleep(startupJitterMs, stopping);
       await Promise.all(this.#runners.map((runner, index) => laneLoop(index, runner, lane)));
     } finally {
       this.#watch.stop();
       await this.#heartbeat.stop();
+      await this.#notifier?.stop();
       await this.#health?.settled();
       await Promise.all(this.#runners.map((runner) => runner.release()));
       await retireWorker(control, this.id).catch((error: unknown) =>

@@ -1,5 +1,5 @@
 /** The long-running commands: `bbm run` (a worker) and `bbm finalize` (one migration, now). */
-import { resolveOptions } from '../bbm/config.ts';
+import { resolveNotify, resolveOptions } from '../bbm/config.ts';
 import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
 import type { LevelWithSilent } from 'pino';
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
@@ -134,6 +134,7 @@ function workerOptionsOf(config: Config): WorkerOptions {
     gracePeriodMs: _grace,
     sentry: _sentry,
     health: _health,
+    notify: _notify,
     ...options
   } = config;
   return options;
@@ -163,6 +164,7 @@ export async function run(context: Context): Promise<number> {
   const { work, throttle, schedules } = config;
   const options = { ...workerOptionsOf(config), ...overrides(context) };
   resolveOptions(options);
+  resolveNotify(config.notify);
   const untilDone = Boolean(flags['until-done']);
 
   // A signal while the database is awaited ends the wait; once the worker runs, it stops the worker.
@@ -231,6 +233,7 @@ export async function run(context: Context): Promise<number> {
       ...(throttle && { throttle }),
       ...(schedules && { schedules }),
       ...(config.health !== undefined && { health: config.health }),
+      ...(config.notify && { notify: config.notify }),
     });
     terminal?.display.start();
     try {

@@ -12,6 +12,7 @@ import {
   foreignKey,
   index,
   integer,
+  jsonb,
   pgTable,
   smallint,
   text,
@@ -189,4 +190,42 @@ export const batchedBackgroundMigrationWorkers = pgTable(
     lastSeenAt: timestamp('last_seen_at', { withTimezone: true }).notNull().defaultNow(),
   },
   (t) => [index('batched_background_migration_workers_last_seen_at_idx').on(t.lastSeenAt)],
+);
+
+/**
+ * Webhook notifications (the `notify` option): one row per event, target and occurrence. Any
+ * worker may detect an event (an INSERT that the unique key turns into nothing when the row is
+ * there already); delivery claims a row by pushing `next_attempt_at` past the HTTP timeout (a
+ * lease) in a statement of its own, sends with no transaction open, then records the result.
+ * `migration_id` has no foreign key: a notification outlives a migration deleted meanwhile.
+ */
+export const batchedBackgroundMigrationNotifications = pgTable(
+  'batched_background_migration_notifications',
+  {
+    id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
+    migrationId: bigint('migration_id', { mode: 'bigint' }).notNull(),
+    /** started, finished, failed, held, not_finalized, awaiting_approval. */
+    event: text('event').notNull(),
+    /** Which occurrence of the event: the time it happened (a retried migration fails anew). */
+    key: text('key').notNull(),
+    /** A hash of the webhook's URL and format (never the URL itself: a Slack webhook URL is a secret). */
+    target: text('target').notNull(),
+    /** The JSON body, built from the migration's row when the event was detected. */
+    payload: jsonb('payload').notNull(),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    sentAt: timestamp('sent_at', { withTimezone: true }),
+    /** Sends begun (claims). */
+    attempts: integer('attempts').notNull().default(0),
+    /** When it may be claimed next; NULL once sent or given up. */
+    nextAttemptAt: timestamp('next_attempt_at', { withTimezone: true }).defaultNow(),
+    lastError: text('last_error'),
+  },
+  (t) => [
+    uniqueIndex('batched_background_migration_notifications_event_key').on(t.migrationId, t.event, t.key, t.target),
+    // What delivery claims: unsent rows due, oldest first.
+    index('batched_background_migration_notifications_due_idx')
+      .on(t.nextAttemptAt)
+      .where(sql`${t.nextAttemptAt} IS NOT NULL`),
+    check('batched_background_migration_notifications_attempts_not_negative', sql`${t.attempts} >= 0`),
+  ],
 );
