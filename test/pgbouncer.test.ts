@@ -5,6 +5,7 @@
  * client that left it. Debian 12's PgBouncer 1.18 has no `max_prepared_statements`, as is the
  * case for Supavisor and RDS Proxy. Skipped without a pgbouncer (see support/pgbouncer.ts).
  */
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { Work } from '../src/bbm/types.ts';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
@@ -22,6 +23,8 @@ import {
 } from './support/engine.ts';
 import { pgBouncerAvailable, startPgBouncer, type PgBouncer } from './support/pgbouncer.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, type BbmProcess } from './support/processes.ts';
+
+const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
 
 const available = pgBouncerAvailable();
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -157,6 +160,21 @@ describe.skipIf(!available)('through PgBouncer in transaction pooling', () => {
       await createItems(pool, 'items', range(1, 500));
       await enqueue(pool, { name: 'watched', work: 'test.touch', table: 'items', batchSize: 50 });
     }
+
+    it('bbm run with health on (the defaults, checked every 100 ms) drains a four-lane migration, every row once', async () => {
+      const { pool, url: direct } = db();
+      await createItems(pool, 'items', range(1, 20_000));
+      await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 100 });
+      await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4');
+      // Health checks, lane steering and heartbeats go through the pooler beside the lanes.
+      const run = await runBbm(['run', '--until-done', '--concurrency', '4', '--config', DEFAULTS_CONFIG], {
+        DATABASE_URL: bouncer.urlFor(direct),
+        BBM_LOG_LEVEL: 'warn',
+      });
+      expect(run, run.output).toMatchObject({ code: 0 });
+      expect(run.output).not.toMatch(SESSION_LEFTOVERS);
+      await expectEveryRowOnce(pool, 'items', 'fill');
+    });
 
     it('status --json, pause and resume', async () => {
       const { pool, url: direct } = db();
