@@ -1,6 +1,6 @@
 /**
  * The database functions installed from sql/functions/ after the table migrations: the files are
- * exact copies of the definitions the migration chain 0000-0017 left (as pg-bbm 0.9.3 did), an
+ * the definitions the migration chain 0000-0017 left (as pg-bbm 0.9.3 did) but for what changed since, an
  * up-to-date database costs no DDL, concurrent installs are safe, and a worker of an older release
  * never replaces a newer release's functions.
  */
@@ -85,34 +85,51 @@ function anotherRelease(version: string): FunctionSet {
   return { version, digest: digestOf(files), files };
 }
 
+/**
+ * What this release changed since the chain (0.9.3): the nine-argument cut became a shim of the
+ * cut that also takes a key's columns (batching keys that are not a single integer column).
+ * Every other function is the chain's, exactly; every signature the chain left still exists, for
+ * the workers of earlier releases during a rolling deploy.
+ */
+const CHANGED_SINCE_CHAIN = ['bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean)'];
+const ADDED_SINCE_CHAIN = ['bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])'];
+
+/** The definitions that must equal the chain's: all but those changed since. */
+const unchanged = (defs: Record<string, string>) =>
+  Object.fromEntries(Object.entries(defs).filter(([signature]) => !CHANGED_SINCE_CHAIN.includes(signature)));
+
 describe('the function files', () => {
-  it('define exactly what the migration chain 0000-0017 left, alone or installed over it', async () => {
+  it('define what the migration chain 0000-0017 left, but for what changed since, alone or installed over it', async () => {
     const old = await emptyDatabase();
     await buildOldChain(old.pool);
     const chain = await functionDefs(old.pool);
     expect(Object.keys(chain)).toHaveLength(11);
+    const expectedSignatures = [...Object.keys(chain), ...ADDED_SINCE_CHAIN].sort();
 
     // A new database: the chain, then the files over it.
     const fresh = await emptyDatabase();
     const result = await migrateSchema(fresh.pool);
-    expect(result.applied.at(-1)).toBe('0020_notifications');
+    expect(result.applied.at(-1)).toBe('0021_keys');
     expect(result.functions).toEqual({ outcome: 'installed', version: packageVersion(), installedVersion: null });
-    expect(await functionDefs(fresh.pool)).toEqual(chain);
+    const installed = await functionDefs(fresh.pool);
+    expect(Object.keys(installed).sort()).toEqual(expectedSignatures);
+    expect(unchanged(installed)).toMatchObject(unchanged(chain));
+    for (const signature of CHANGED_SINCE_CHAIN) expect(installed[signature]).not.toBe(chain[signature]);
 
     // The files alone: every function dropped, then installed again.
-    for (const signature of Object.keys(chain)) await fresh.pool.query(`DROP FUNCTION ${signature} CASCADE`);
+    for (const signature of Object.keys(installed)) await fresh.pool.query(`DROP FUNCTION ${signature} CASCADE`);
     expect(await functionDefs(fresh.pool)).toEqual({});
     await fresh.pool.query('DELETE FROM pg_bbm_functions');
     expect((await migrateSchema(fresh.pool)).functions.outcome).toBe('installed');
-    expect(await functionDefs(fresh.pool)).toEqual(chain);
+    expect(await functionDefs(fresh.pool)).toEqual(installed);
 
-    // A 0.9.3 database upgraded: the table migrations since, then the files, with no change to any function.
+    // A 0.9.3 database upgraded: the table migrations since, then the files.
     const upgraded = await migrateSchema(old.pool);
     expect(upgraded).toEqual({
-      applied: ['0018_function_versions', '0019_approval', '0020_notifications'],
+      applied: ['0018_function_versions', '0019_approval', '0020_notifications', '0021_keys'],
       functions: { outcome: 'installed', version: packageVersion(), installedVersion: null },
     });
-    expect(await functionDefs(old.pool)).toEqual(chain);
+    expect(await functionDefs(old.pool)).toEqual(installed);
     expect(await installs(old.pool)).toEqual([{ version: packageVersion(), digest: readFunctionSet().digest }]);
   });
 
@@ -143,7 +160,7 @@ describe('installing the functions', () => {
     const db = await emptyDatabase();
     const results = await Promise.all([migrateSchema(db.pool), migrateSchema(db.pool)]);
     expect(results.map((r) => r.functions.outcome).sort()).toEqual(['current', 'installed']);
-    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 21]);
+    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 22]);
     expect(await installs(db.pool)).toHaveLength(1);
   });
 

@@ -29,10 +29,20 @@
 -- A range cut by arithmetic holds fewer rows than a scan would give it where keys are missing
 -- inside it (about 6 % fewer at the density bound), never more. (spirit's optimistic chunker cuts
 -- auto-increment keys by arithmetic the same way.) All ranges of a call are written in one INSERT.
+--
+-- Keys. A key that is not a single integer column (key_columns, in index order, of types
+-- key_types; NULL for an integer key) is cut the same way on its index, with row-value
+-- comparisons of the key's values (JSON arrays, cast to the columns' types) in the columns' own
+-- collations: a range runs from the first key after the last range's end, [start, end] inclusive,
+-- its end the size-th key from there. Its min_value and max_value hold its place in the order of
+-- the ranges instead (KEY_ORDINAL_STEP apart, the last ending at KEY_ORDINAL_END, the migration's
+-- max_value), so that everything that orders ranges (the takes, the look before the lock, the walk
+-- that cuts waiting ranges again, the split) orders these alike. An empty key space gets one
+-- range with NULL keys.
 CREATE OR REPLACE FUNCTION bbm_cut_range(
   migration_id bigint, target_schema text, target_table text, target_column text,
   expected_table_name text, expected_column_name text, expected_work text, chosen_size integer,
-  key_unique boolean
+  key_unique boolean, key_columns text[], key_types oid[]
 )
 RETURNS integer
 LANGUAGE plpgsql
@@ -61,6 +71,17 @@ DECLARE
   cut integer := 0;
   looked_size integer;
   held integer;
+  last_key jsonb;
+  first_key jsonb;
+  end_key jsonb;
+  final boolean;
+  key_list text;
+  key_row text;
+  key_probe text;
+  key_probes text[] := '{}';
+  op text;
+  min_keys jsonb[] := '{}';
+  max_keys jsonb[] := '{}';
 BEGIN
   -- Before the lock: most calls find enough ranges waiting, none cut larger than they would be now.
   -- In several lanes, ranges the other lanes hold count as waiting until they commit: up to one a lane.
@@ -94,7 +115,7 @@ BEGIN
   END IF;
   PERFORM pg_catalog.pg_advisory_xact_lock({{LOCK_NAMESPACE}}, (migration_id % {{MIGRATION_KEY_MODULUS}})::int);
   SELECT b.id, b.min_value, b.max_value, b.batch_size, b.target_job_ms, b.min_batch_size, b.max_batch_size,
-         b.max_parallel_jobs, b.run_errors
+         b.max_parallel_jobs, b.run_errors, b.min_key, b.max_key
     INTO m
   FROM batched_background_migrations b
   WHERE b.id = migration_id AND b.status = {{MIGRATION_RUNNING}} AND b.max_value IS NOT NULL
@@ -132,8 +153,26 @@ BEGIN
   -- Counted again under the lock: the count above may be stale.
   SELECT count(*)::int INTO waiting FROM batched_background_migration_jobs a
   WHERE a.batched_background_migration_id = m.id AND a.status = {{JOB_ACTIVE}};
-  SELECT j.max_value, j.dense_cuts INTO last_end, last_dense FROM batched_background_migration_jobs j
+  SELECT j.max_value, j.dense_cuts, j.max_key INTO last_end, last_dense, last_key FROM batched_background_migration_jobs j
   WHERE j.batched_background_migration_id = m.id ORDER BY j.max_value DESC LIMIT 1;
+  IF key_columns IS NOT NULL THEN
+    -- The key as a list ("a", "b"), and as a row of the values in $n (a JSON array) cast to its types.
+    SELECT string_agg(format('%I', c.name), ', ' ORDER BY c.i),
+           string_agg(format('(($%%1$s->>%s)::%s)', c.i - 1, pg_catalog.format_type(c.t, NULL)), ', ' ORDER BY c.i)
+      INTO key_list, key_row
+    FROM unnest(key_columns, key_types) WITH ORDINALITY AS c(name, t, i);
+    -- The first key of the next range, its end (the size-th key from there, at most the last key)
+    -- and whether that end is the last key: $1 the last range's end (or the first key), $2 the last key.
+    FOREACH op IN ARRAY ARRAY['>=', '>'] LOOP
+      key_probe := format(
+        'SELECT (SELECT pg_catalog.jsonb_build_array(%1$s) FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1), '
+        'e.k, coalesce(e.last, true) FROM (VALUES (1)) v LEFT JOIN LATERAL ('
+        'SELECT pg_catalog.jsonb_build_array(%1$s) AS k, (%1$s) >= (%5$s) AS last FROM %2$I.%3$I '
+        'WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1 OFFSET $3) e ON true',
+        key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op);
+      key_probes := key_probes || key_probe;
+    END LOOP;
+  END IF;
   WHILE waiting + cut < depth LOOP
     IF last_end IS NULL THEN
       start_id := m.min_value;
@@ -143,6 +182,29 @@ BEGIN
       RETURN NULL;
     ELSE
       EXIT;
+    END IF;
+    IF key_columns IS NOT NULL THEN
+      EXECUTE key_probes[CASE WHEN last_end IS NULL THEN 1 ELSE 2 END]
+        INTO first_key, end_key, final
+        USING CASE WHEN last_end IS NULL THEN m.min_key ELSE last_key END, m.max_key, size - 1;
+      IF final THEN
+        end_id := m.max_value;
+        end_key := m.max_key;
+      ELSE
+        end_id := start_id + {{KEY_ORDINAL_STEP}} - 1;
+        IF end_id >= m.max_value THEN
+          RAISE EXCEPTION 'migration % has more ranges than the key''s ordinals allow', m.id;
+        END IF;
+      END IF;
+      starts := starts || start_id;
+      stops := stops || end_id;
+      denses := denses || NULL::smallint;
+      min_keys := min_keys || coalesce(first_key, end_key);
+      max_keys := max_keys || end_key;
+      cut := cut + 1;
+      last_end := end_id;
+      last_key := end_key;
+      CONTINUE;
     END IF;
     missing := false;
     IF key_unique AND last_dense IS NOT NULL AND last_dense < 15 THEN
@@ -186,10 +248,17 @@ BEGIN
     last_dense := dense;
   END LOOP;
   -- The cue (bbm_cue_behind), or the first range cut when fewer are.
-  INSERT INTO batched_background_migration_jobs
-    (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, dense_cuts, cut_cue)
-  SELECT m.id, r.s, r.e, {{JOB_ACTIVE}}, 0, size, r.d, r.i = greatest(1, cut - bbm_cue_behind(depth))
-  FROM unnest(starts, stops, denses) WITH ORDINALITY AS r(s, e, d, i);
+  IF key_columns IS NULL THEN
+    INSERT INTO batched_background_migration_jobs
+      (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, dense_cuts, cut_cue)
+    SELECT m.id, r.s, r.e, {{JOB_ACTIVE}}, 0, size, r.d, r.i = greatest(1, cut - bbm_cue_behind(depth))
+    FROM unnest(starts, stops, denses) WITH ORDINALITY AS r(s, e, d, i);
+  ELSE
+    INSERT INTO batched_background_migration_jobs
+      (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, cut_cue, min_key, max_key)
+    SELECT m.id, r.s, r.e, {{JOB_ACTIVE}}, 0, size, r.i = greatest(1, cut - bbm_cue_behind(depth)), r.lo, r.hi
+    FROM unnest(starts, stops, min_keys, max_keys) WITH ORDINALITY AS r(s, e, lo, hi, i);
+  END IF;
   IF cut > 0 AND ((m.target_job_ms IS NOT NULL AND m.batch_size <> size) OR m.run_errors > 0) THEN
     UPDATE batched_background_migrations b
     SET batch_size = CASE WHEN m.target_job_ms IS NOT NULL THEN size ELSE b.batch_size END,

@@ -21,6 +21,21 @@ AS $$
   FROM bbm_take_job(work_names, valid_name_pattern, only_migration, NULL::integer) t
 $$;
 
+-- May be dropped in 1.1.0. Workers of 0.7 to 0.9 call bbm_cut_range without the key's columns:
+-- they batch integer keys only.
+CREATE OR REPLACE FUNCTION bbm_cut_range(
+  migration_id bigint, target_schema text, target_table text, target_column text,
+  expected_table_name text, expected_column_name text, expected_work text, chosen_size integer,
+  key_unique boolean
+)
+RETURNS integer
+LANGUAGE sql
+VOLATILE
+AS $$
+  SELECT bbm_cut_range(migration_id, target_schema, target_table, target_column, expected_table_name,
+                       expected_column_name, expected_work, chosen_size, key_unique, NULL::text[], NULL::oid[])
+$$;
+
 -- May be dropped in 1.0.0. Workers of 0.6 and earlier call bbm_cut_range without key_unique:
 -- their cuts always scan, and 0 means nothing was cut, for whatever reason.
 CREATE OR REPLACE FUNCTION bbm_cut_range(

@@ -12,7 +12,8 @@ import type { ClaimedJob } from '../store/jobs.ts';
 import { asError, BbmError } from './errors.ts';
 import { CORRELATION_ID, jobFields, migrationFields, type Logger } from './log.ts';
 import { JobSession } from './session.ts';
-import type { Job, JobDb, RunResult, Work } from './types.ts';
+import type { Job, JobDb, JobKey, RunResult, Work } from './types.ts';
+import { rangePredicate, type Key } from '../store/keys.ts';
 
 export const dialect = new PgDialect();
 
@@ -125,8 +126,14 @@ export type MigrationRef = NonNullable<RunResult['migration']>;
 /** What a job is given besides its claimed range. */
 export interface JobSpec {
   client: pg.PoolClient;
-  work: Work;
+  work: Work<JobKey>;
   quoted: { table: string; column: string };
+  /** The key as the catalog knows it: null for a single integer column (the claimed range's start and end). */
+  key: Key | null;
+  /** The key's column (its first, for a key of several columns). */
+  column: string;
+  /** The migration's arguments (Job.args). */
+  args: Readonly<Record<string, unknown>>;
   migration: MigrationRef;
   claimed: ClaimedJob;
   lane: number;
@@ -171,10 +178,13 @@ export async function doJob(spec: JobSpec, stop: JobStop): Promise<Worked> {
  * first asks for them: most work functions use neither, and a job's client CPU competes with the
  * database for cores.
  */
-function jobOf(spec: JobSpec, session: JobSession, stop: JobStop): Job {
-  const { claimed, lane, migration, runId } = spec;
+function jobOf(spec: JobSpec, session: JobSession, stop: JobStop): Job<JobKey> {
+  const { claimed, lane, migration, runId, key } = spec;
   let db: JobDb | undefined;
   let log: Logger | undefined;
+  const bounds = key === null ? claimed : { start: claimed.startKey ?? null, end: claimed.endKey ?? null };
+  const rangeAfter = (count: number) => rangePredicate(key, spec.column, bounds, count + 1);
+  const range = { ...rangeAfter(0), after: rangeAfter };
   return {
     query: session.query,
     get db() {
@@ -182,8 +192,10 @@ function jobOf(spec: JobSpec, session: JobSession, stop: JobStop): Job {
     },
     table: spec.quoted.table,
     column: spec.quoted.column,
-    start: claimed.start,
-    end: claimed.end,
+    start: keyValue(key, claimed.start, claimed.startKey),
+    end: keyValue(key, claimed.end, claimed.endKey),
+    range,
+    args: spec.args,
     batchSize: claimed.batchSize,
     migration: { id: migration.id, name: migration.name },
     attempt: claimed.attempt,
@@ -201,6 +213,17 @@ function jobOf(spec: JobSpec, session: JobSession, stop: JobStop): Job {
   };
 }
 
+/**
+ * A bound as Job.start and Job.end give it: the integer key's bigint, a one-column key's value as
+ * text, or a key of several columns' values. (A range with no keys, of an empty key space, is
+ * finished without its work: run.ts.)
+ */
+function keyValue(key: Key | null, ordinal: bigint, values: readonly string[] | null | undefined): JobKey {
+  if (key === null) return ordinal;
+  if (!values) throw new Error('a key range without its keys');
+  return key.length === 1 ? values[0]! : values;
+}
+
 /** drizzle over the fenced session, nested (savepoints) inside the run's transaction. */
 function jobDb(session: JobSession): JobDb {
   const pgSession = new NodePgSession(session as unknown as pg.PoolClient, dialect, undefined);
@@ -208,7 +231,7 @@ function jobDb(session: JobSession): JobDb {
 }
 
 /** The work's promise, resolving to the rows it reports changing, if any; a synchronous throw becomes a rejection. */
-async function callWork(work: Work, job: Job): Promise<number | undefined> {
+async function callWork(work: Work<JobKey>, job: Job<JobKey>): Promise<number | undefined> {
   const rows = await work.do(job);
   return typeof rows === 'number' && Number.isFinite(rows) ? rows : undefined;
 }

@@ -71,7 +71,15 @@ export function migrationFields(migration: { id: bigint; name: string; work?: st
   };
 }
 
-export function jobFields(job: { id: bigint; start: bigint; end: bigint; attempt: number; lane?: number }): {
+export function jobFields(job: {
+  id: bigint;
+  start: bigint;
+  end: bigint;
+  startKey?: readonly string[] | null | undefined;
+  endKey?: readonly string[] | null | undefined;
+  attempt: number;
+  lane?: number;
+}): {
   job_id: string;
   job_start: string;
   job_end: string;
@@ -80,9 +88,19 @@ export function jobFields(job: { id: bigint; start: bigint; end: bigint; attempt
 } {
   return {
     job_id: String(job.id),
-    job_start: String(job.start),
-    job_end: String(job.end),
+    job_start: boundText(job.start, job.startKey),
+    job_end: boundText(job.end, job.endKey),
     attempt: job.attempt,
     ...(job.lane !== undefined && { lane: job.lane }),
   };
+}
+
+/**
+ * A range's bound as logs and messages show it: an integer key's value, or the key's values (a
+ * range of a key that is not a single integer column, whose start and end are its place in the
+ * order of ranges, shown only when it has no keys): one value as it is, several as `(a, b)`.
+ */
+export function boundText(ordinal: bigint, keys: readonly string[] | null | undefined): string {
+  if (!keys) return String(ordinal);
+  return keys.length === 1 ? keys[0]! : `(${keys.join(', ')})`;
 }

@@ -39,9 +39,13 @@ import { doJob, JobStops, StopError, type MigrationRef, type Worked } from './jo
 import type { BatchSizer } from './pace.ts';
 import { afterRunError } from './run-errors.ts';
 import { Validations } from './validate.ts';
+import { boundText } from './log.ts';
 import type { WorkRegistry } from './work-registry.ts';
 import { RunOpener } from './run-open.ts';
 import type { RunResult } from './types.ts';
+
+/** What an empty range (of an empty key space) did: nothing, with no work called. */
+const NOTHING_WORKED: JobWorked = { rows: 0, failure: undefined, workMs: 0, stopped: undefined, cutBeside: false };
 
 /**
  * How long a lane keeps taking the next range of its migration (bbm_take_next) before it takes
@@ -220,11 +224,14 @@ export class Runner {
   async #job(tx: RunTransaction, taken: Taken, job: TakenJob, run: RunInfo): Promise<Ran> {
     if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
       const last = (await jobFailureMessage(tx.db, job.id)) ?? 'unknown';
-      const message = `job ${job.id} [${job.start}..${job.end}] failed ${job.attempts} times; last error: ${last}`;
+      const range = `${boundText(job.start, job.startKey)}..${boundText(job.end, job.endKey)}`;
+      const message = `job ${job.id} [${range}] failed ${job.attempts} times; last error: ${last}`;
       return this.#fail(tx, taken.ref, new BbmError('max_job_retry', message));
     }
     const claimed = claim(job, taken.migration);
-    const worked = await this.#work(tx, taken, claimed, run);
+    // The one range of an empty key space has no keys, and nothing for the work to do.
+    const empty = taken.validated.target.key !== null && !claimed.startKey;
+    const worked = empty ? NOTHING_WORKED : await this.#work(tx, taken, claimed, run);
     if (worked.failure) return recordFailure(tx, taken, claimed, worked.failure, worked.workMs, false);
     const { migration, validated, lane } = taken;
     const cut = this.#cuts.afterJob(migration, validated, { due: claimed.cutDue !== false, beside: worked.cutBeside });
@@ -257,6 +264,9 @@ export class Runner {
         client: tx.client,
         work,
         quoted,
+        key: validated.target.key,
+        column: validated.target.column,
+        args: migration.jobArguments,
         migration: ref,
         claimed,
         lane,

@@ -129,16 +129,20 @@ export async function tickSchedules(
         const name = passName(schedule.name, slot);
         // A bad table or column is enqueued all the same: the worker fails the pass with its code.
         const target = await resolveTarget(client, schedule.table, schedule.column);
-        const max = isTarget(target) ? await columnMax(client, target) : null;
+        // A key that is not a single integer column is bounded when its pass starts (min_key, max_key).
+        const keyed = isTarget(target) && target.key !== null;
+        const max = isTarget(target) && !keyed ? await columnMax(client, target) : null;
         const inserted = await insertMigrationIfAbsent(client, {
           name,
           jobSignatureName: schedule.work,
           tableName: schedule.table,
           columnName: schedule.column,
           batchSize: schedule.batchSize,
-          minValue: 1n,
-          // An empty or all-negative column (or a bad target) still gets a valid [1, 1] pass.
-          maxValue: max === null || max < 1n ? 1n : max,
+          ...(!keyed && {
+            minValue: 1n,
+            // An empty or all-negative column (or a bad target) still gets a valid [1, 1] pass.
+            maxValue: max === null || max < 1n ? 1n : max,
+          }),
         });
         if (inserted) tick.enqueued.push(name);
       }

@@ -22,8 +22,28 @@ export type JobQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
  */
 export type JobDb = NodePgTransaction<Record<string, never>, Record<string, never>>;
 
-/** One ID range of a migration, handed to its work function. */
-export interface Job {
+/**
+ * A range's bound as a work function gets it: a bigint for a single integer column (the default
+ * of Job and Work); for any other single column, its value as text, which `pg` sends as a
+ * parameter of the column's type (a uuid, a text, a numeric, a timestamptz in ISO 8601); for a key
+ * of several columns, their values as text, in the key's column order. docs/keys.md.
+ */
+export type JobKey = bigint | string | readonly string[];
+
+/**
+ * A range as a ready predicate, `sql` with placeholders `$1`, `$2`, … and `params` their values,
+ * for any key: `"id" BETWEEN $1 AND $2`, or `("tenant_id", "id") >= ($1::integer, $2::uuid) AND
+ * ("tenant_id", "id") <= ($3::integer, $4::uuid)`: row-value comparisons, which the planner bounds
+ * on the key's index. `after(n)` numbers the placeholders after the work's own n parameters.
+ */
+export interface JobRange {
+  readonly sql: string;
+  readonly params: unknown[];
+  after(count: number): { sql: string; params: unknown[] };
+}
+
+/** One key range of a migration, handed to its work function. */
+export interface Job<K extends JobKey = bigint> {
   /** Runs SQL in the job's transaction: its writes commit together with the job's finished status. */
   readonly query: JobQuery;
   /** The same transaction through drizzle. */
@@ -33,12 +53,19 @@ export interface Job {
    * validated against the catalog, so it is safe to place into SQL text.
    */
   readonly table: string;
-  /** The batching column, quoted, e.g. `"id"`. Safe to place into SQL text. */
+  /** The batching column, quoted, e.g. `"id"` (a key of several columns: `"tenant_id", "id"`). Safe to place into SQL text. */
   readonly column: string;
-  /** First id of the range (inclusive). */
-  readonly start: bigint;
-  /** Last id of the range (inclusive). The range holds at most `batchSize` rows. */
-  readonly end: bigint;
+  /** The range's first key (inclusive): `WHERE id BETWEEN $1 AND $2` with `[job.start, job.end]` works for any one-column key. */
+  readonly start: K;
+  /**
+   * The range's last key (inclusive). An integer range holds at most `batchSize` rows of a unique
+   * key; a range of a key that repeats may hold more (every row of its last key).
+   */
+  readonly end: K;
+  /** The range as a predicate and its parameters, for any key (see JobRange). */
+  readonly range: JobRange;
+  /** The migration's arguments (its `job_arguments`, a JSON object; `{}` when it has none). */
+  readonly args: Readonly<Record<string, unknown>>;
   /** The size the range was cut with: the migration's batch size then, or the adaptive size. */
   readonly batchSize: number;
   readonly migration: { readonly id: bigint; readonly name: string };
@@ -52,8 +79,12 @@ export interface Job {
   readonly log: Logger;
 }
 
-/** A work function, registered in code and named by migrations' `job_signature_name`. */
-export interface Work {
+/**
+ * A work function, registered in code and named by migrations' `job_signature_name`. `K` is the
+ * type of its ranges' bounds (JobKey): `Work` for an integer key, `Work<string>` for a uuid or
+ * text key, `Work<readonly string[]>` for a key of several columns.
+ */
+export interface Work<K extends JobKey = bigint> {
   /** Letters, digits and `_ . : / -`, at most 200 characters, e.g. `"users.backfill_email"`. */
   readonly name: string;
   /**
@@ -63,8 +94,16 @@ export interface Work {
    * number of rows it changed (counted in `bbm_migrated_tuples_total`; otherwise the range's
    * batch size is counted).
    */
-  do(job: Job): Promise<void | number>;
+  do(job: Job<K>): Promise<void | number>;
 }
+
+/**
+ * A work function of any key, as a config lists it. (`any`: a work function written inline in a
+ * config gets its job's bounds untyped, as before keys of other types existed, so that integer
+ * arithmetic on them still compiles; one declared as `Work<string>` keeps its type.)
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyWork = Work<any>;
 
 /** How a worker paces itself and bounds its jobs. Every field is optional; defaults in brackets. */
 export interface WorkerOptions {
@@ -111,8 +150,8 @@ export interface WorkerOptions {
 
 /** A config module's default export (`bbm.config.ts`/`.js`/`.mjs`). */
 export interface Config extends WorkerOptions {
-  /** The work functions this process can run. */
-  work: readonly Work[];
+  /** The work functions this process can run, of any key (AnyWork). */
+  work: readonly AnyWork[];
   /** Holds `bbm run` back while the database is under pressure; see walArchiveThrottle. */
   throttle?: Throttle;
   /** Recurring migrations (sweeps): a pass of each is enqueued every period. */
@@ -274,7 +313,8 @@ export type Throttle = (db: Queryable) => Promise<string | false>;
 
 /** What `createWorker` / `new Worker` take: the work, a database, worker options, and what to tell and ask. */
 export interface WorkerParams extends WorkerOptions {
-  work: readonly Work[];
+  /** As Config.work. */
+  work: readonly AnyWork[];
   /**
    * A pool for the lanes (the caller ends it): at least `concurrency` connections, one a lane (one
    * more lets a migration in one lane cut its next range beside the job). The worker's controllers
@@ -308,7 +348,8 @@ export interface RunLoopOptions {
 /** What `finalizeMigration` takes. */
 export interface FinalizeParams extends WorkerOptions {
   pool: pg.Pool;
-  work: readonly Work[];
+  /** As Config.work. */
+  work: readonly AnyWork[];
   /** The migration's name. */
   name: string;
   /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */

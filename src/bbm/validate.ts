@@ -5,18 +5,19 @@
 import { SERIAL_KEY_SET } from '../store/codes.ts';
 import { isTarget, resolveTarget } from '../store/catalog.ts';
 import type { Queryable } from '../store/db.ts';
+import { keyBoundsProblem, keyList } from '../store/keys.ts';
 import type { ValidatedMigration } from '../store/jobs.ts';
 import { quotedTable } from '../store/migration-rows.ts';
 import type { TakenMigration } from '../store/run-transaction.ts';
 import { BbmError } from './errors.ts';
 import { dialect } from './job.ts';
-import type { Work } from './types.ts';
+import type { JobKey, Work } from './types.ts';
 import { isValidWorkName, type WorkRegistry } from './work-registry.ts';
 
 /** What a runner remembers of a migration it validated. */
 export interface Validated extends ValidatedMigration {
-  work: Work;
-  /** The table and column as jobs see them (Job.table, Job.column), quoted once. */
+  work: Work<JobKey>;
+  /** The table and key columns as jobs see them (Job.table, Job.column), quoted once. */
   quoted: { table: string; column: string };
   /** Set when a cut after a job found no range left to cut: none is sent after its jobs until one succeeds again. */
   cutDone?: boolean;
@@ -72,7 +73,12 @@ export class Validations {
     }
     const target = await resolveTarget(db, migration.tableName, migration.columnName);
     if (!isTarget(target)) return new BbmError(target.code, target.message);
-    const quoted = { table: dialect.sqlToQuery(quotedTable(target)).sql, column: dialect.escapeName(target.column) };
+    const bounds = await keyBoundsProblem(db, migration.id, target.key);
+    if (bounds) return new BbmError('invalid_column', bounds);
+    const quoted = {
+      table: dialect.sqlToQuery(quotedTable(target)).sql,
+      column: target.key ? keyList(target.key) : dialect.escapeName(target.column),
+    };
     const validated: Validated = { ...names, target, work, quoted };
     this.#validated.set(migration.id, validated);
     return validated;

@@ -1,6 +1,6 @@
 /** The work functions a worker has, by name. */
 import { ConfigError } from './errors.ts';
-import type { Work } from './types.ts';
+import type { AnyWork, JobKey, Work } from './types.ts';
 
 /**
  * What a work name may look like. The same text is a POSIX regex for SQL (`!~`): a migration
@@ -10,12 +10,12 @@ export const VALID_WORK_NAME = '^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,199}$';
 const validWorkName = new RegExp(VALID_WORK_NAME);
 
 export class WorkRegistry {
-  readonly #byName = new Map<string, Work>();
+  readonly #byName = new Map<string, Work<JobKey>>();
 
-  constructor(work: readonly Work[]) {
+  constructor(work: readonly AnyWork[]) {
     // `as unknown`: Array.isArray would narrow a readonly array to any[].
     if (!Array.isArray(work)) throw new ConfigError('`work` must be an array of { name, do } objects');
-    work.forEach((entry: Work, index) => {
+    work.forEach((entry: AnyWork, index) => {
       const name: unknown = entry?.name;
       if (typeof name !== 'string' || !validWorkName.test(name)) {
         throw new ConfigError(
@@ -24,11 +24,11 @@ export class WorkRegistry {
       }
       if (typeof entry.do !== 'function') throw new ConfigError(`work ${name}: \`do\` must be a function`);
       if (this.#byName.has(name)) throw new ConfigError(`work ${name} is registered twice`);
-      this.#byName.set(name, entry);
+      this.#byName.set(name, entry as Work<JobKey>);
     });
   }
 
-  get(name: string): Work | undefined {
+  get(name: string): Work<JobKey> | undefined {
     return this.#byName.get(name);
   }
 

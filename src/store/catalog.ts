@@ -4,35 +4,63 @@
  * the catalog returns are ever quoted into SQL.
  */
 import { sql } from 'drizzle-orm';
-import { execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
+import { exec, execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 import { inSavepoint } from './tx.ts';
 
-/** A batched table and column as the catalog knows them. */
+/** A batched table and key as the catalog knows them. */
 export interface Target {
   oid: number;
   schema: string;
   table: string;
+  /** The key's column, or its first column. */
   column: string;
   /**
    * Whether a valid, non-partial unique index has the column as its only key: then a range of
    * n consecutive keys holds at most n rows, and ranges where the keys are dense can be cut by
-   * arithmetic (sql/functions/bbm_cut_range.sql).
+   * arithmetic (sql/functions/bbm_cut_range.sql). Always false for a key that is not an integer.
    */
   unique: boolean;
+  /**
+   * A key that is not a single integer column (uuid, text, timestamps, numeric, or several
+   * columns): its columns in index order, batched on min_key and max_key (docs/keys.md). Null for
+   * a single integer column, batched on min_value and max_value.
+   */
+  key: readonly KeyColumn[] | null;
+}
+
+/** One column of a key that is not a single integer column. */
+export interface KeyColumn {
+  name: string;
+  /** Its type (pg_type oid), which its values are cast to from their JSON form. */
+  typeOid: number;
+  /** The type's name as format_type prints it (without a type modifier), quoted where it must be: what its values are cast to in SQL text. */
+  typeName: string;
 }
 
 export type TargetProblem = { code: 'invalid_table' | 'invalid_column'; message: string };
 
-interface CatalogRow {
+interface TableRow {
   oid: number | null;
   schema: string | null;
   table: string | null;
   relkind: string | null;
-  attname: string | null;
+}
+
+interface ColumnRow {
+  ord: number;
+  name: string;
+  attnum: number | null;
   type_oid: number | null;
   type_name: string | null;
-  indexed: boolean | null;
-  is_unique: boolean | null;
+  type_base: string | null;
+  not_null: boolean | null;
+}
+
+interface IndexRow {
+  /** A valid, non-partial btree index leads with the columns, in order, with their types' default ordering and collations. */
+  indexed: boolean;
+  /** A valid, non-partial unique index has the (single) column as its only key. */
+  is_unique: boolean;
 }
 
 const RELKIND_NAMES: Record<string, string> = {
@@ -45,39 +73,90 @@ const RELKIND_NAMES: Record<string, string> = {
   c: 'a composite type',
   t: 'a TOAST table',
 };
-/** int2, int4, int8: the key types whose ranges the engine can split. */
+/** int2, int4, int8: a single column of these is batched on min_value and max_value, with dense cuts. */
 const INTEGER_TYPE_OIDS = new Set([21, 23, 20]);
+/**
+ * The types a key of any other kind may have: their values keep their exact value and order
+ * through their JSON form (to_jsonb, then ->> and a cast), whatever the session's settings. Floats
+ * are not among them (their text form depends on extra_float_digits), nor are types without a
+ * btree ordering that users expect of a key.
+ */
+const KEY_TYPE_NAMES = new Set([
+  'smallint',
+  'integer',
+  'bigint',
+  'numeric',
+  'uuid',
+  'text',
+  'character varying',
+  'character',
+  'citext',
+  'date',
+  'timestamp without time zone',
+  'timestamp with time zone',
+]);
+const KEY_TYPES_TEXT =
+  'smallint, integer, bigint, numeric, uuid, text, varchar, char, citext, date, timestamp, timestamptz';
+/** At most this many columns in a key. */
+const MAX_KEY_COLUMNS = 8;
 
-function lookUp(db: Queryable, tableName: string, columnName: string): Promise<CatalogRow | undefined> {
-  return execOne<CatalogRow>(
+function lookUpTable(db: Queryable, tableName: string): Promise<TableRow | undefined> {
+  return execOne<TableRow>(
     db,
     sql`
-      WITH rel AS (
-        SELECT c.oid, n.nspname, c.relname, c.relkind
-        FROM pg_catalog.pg_class c
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.oid = pg_catalog.to_regclass(${tableName}::text)
-      )
-      SELECT rel.oid::int AS oid, rel.nspname AS schema, rel.relname AS table, rel.relkind::text AS relkind,
-             a.attname AS attname, a.atttypid::int AS type_oid,
+      SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS table, c.relkind::text AS relkind
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.oid = pg_catalog.to_regclass(${tableName}::text)`,
+  );
+}
+
+function lookUpColumns(db: Queryable, oid: number, names: readonly string[]): Promise<ColumnRow[]> {
+  return exec<ColumnRow>(
+    db,
+    sql`
+      SELECT k.ord::int AS ord, k.name, a.attnum::int AS attnum, a.atttypid::int AS type_oid,
              pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name,
-             EXISTS (
+             pg_catalog.format_type(a.atttypid, NULL) AS type_base, a.attnotnull AS not_null
+      FROM unnest(${sql.param(names)}::text[]) WITH ORDINALITY AS k(name, ord)
+      LEFT JOIN pg_catalog.pg_attribute a
+        ON a.attrelid = ${oid}::oid AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY k.ord`,
+  );
+}
+
+/**
+ * Whether an index serves the key: a valid, non-partial btree index whose leading columns are the
+ * key's, in order, each with its type's default btree ordering and the column's own collation, so
+ * that ORDER BY the key and comparisons with it walk the index (a text_pattern_ops index or one in
+ * another collation orders differently).
+ */
+function lookUpIndex(db: Queryable, oid: number, attnums: readonly number[]): Promise<IndexRow | undefined> {
+  return execOne<IndexRow>(
+    db,
+    sql`
+      WITH key AS (SELECT k.attnum, k.i - 1 AS pos FROM unnest(${sql.param(attnums)}::int[]) WITH ORDINALITY AS k(attnum, i))
+      SELECT EXISTS (
                SELECT 1
                FROM pg_catalog.pg_index i
                JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
                JOIN pg_catalog.pg_am am ON am.oid = ic.relam
-               WHERE i.indrelid = rel.oid AND i.indkey[0] = a.attnum
-                 AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL
+               WHERE i.indrelid = ${oid}::oid AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL
+                 AND i.indnkeyatts >= (SELECT count(*) FROM key)
+                 AND NOT EXISTS (
+                   SELECT 1 FROM key
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = key.attnum
+                   LEFT JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[key.pos]
+                   WHERE i.indkey[key.pos] <> key.attnum OR NOT coalesce(oc.opcdefault, false)
+                      OR i.indcollation[key.pos] <> a.attcollation)
              ) AS indexed,
              EXISTS (
                SELECT 1
                FROM pg_catalog.pg_index i
-               WHERE i.indrelid = rel.oid AND i.indkey[0] = a.attnum AND i.indnkeyatts = 1
+               WHERE i.indrelid = ${oid}::oid AND (SELECT count(*) FROM key) = 1
+                 AND i.indkey[0] = (SELECT attnum FROM key) AND i.indnkeyatts = 1
                  AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
-             ) AS is_unique
-      FROM rel
-      LEFT JOIN pg_catalog.pg_attribute a
-        ON a.attrelid = rel.oid AND a.attname = ${columnName}::text AND a.attnum > 0 AND NOT a.attisdropped`,
+             ) AS is_unique`,
   );
 }
 
@@ -112,46 +191,106 @@ export function isNotATableName(error: unknown): boolean {
  * table name (invalid_table); every other error is thrown.
  *
  * `table_name` is read as SQL would read it (optionally schema-qualified, unquoted parts folded
- * to lower case, resolved through search_path); `column_name` must match the column exactly.
+ * to lower case, resolved through search_path). `column_name` is a column's exact name, or, when
+ * no column has that name, a key of several columns named in index order, separated by commas
+ * (spaces around a name are not part of it), e.g. `tenant_id,id`.
  */
 export async function resolveTarget(
   db: Queryable,
   tableName: string,
   columnName: string,
 ): Promise<Target | TargetProblem> {
-  let row: CatalogRow | undefined;
   try {
-    row = await inSavepoint(db, () => lookUp(db, tableName, columnName));
+    return await inSavepoint(db, () => lookUp(db, tableName, columnName));
   } catch (error) {
     if (isNotATableName(error)) {
       return { code: 'invalid_table', message: `table ${JSON.stringify(tableName)}: ${(error as Error).message}` };
     }
     throw error;
   }
-  if (!row || row.oid === null || row.schema === null || row.table === null) {
+}
+
+async function lookUp(db: Queryable, tableName: string, columnName: string): Promise<Target | TargetProblem> {
+  const table = await lookUpTable(db, tableName);
+  if (!table || table.oid === null || table.schema === null || table.table === null) {
     return { code: 'invalid_table', message: `table ${JSON.stringify(tableName)} does not exist or is not visible` };
   }
-  const qualified = `${row.schema}.${row.table}`;
-  if (row.relkind !== 'r' && row.relkind !== 'p') {
-    const kind = RELKIND_NAMES[row.relkind ?? ''] ?? `of relkind ${row.relkind}`;
+  const qualified = `${table.schema}.${table.table}`;
+  if (table.relkind !== 'r' && table.relkind !== 'p') {
+    const kind = RELKIND_NAMES[table.relkind ?? ''] ?? `of relkind ${table.relkind}`;
     return { code: 'invalid_table', message: `${qualified} is ${kind}, not a table` };
   }
-  if (row.attname === null || row.type_oid === null) {
-    return { code: 'invalid_column', message: `column ${JSON.stringify(columnName)} does not exist in ${qualified}` };
+  let columns = await lookUpColumns(db, table.oid, [columnName]);
+  if (columns[0]?.attnum === null && columnName.includes(',')) {
+    const names = columnName.split(',').map((name) => name.trim());
+    const problem = keyListProblem(names, columnName);
+    if (problem) return { code: 'invalid_column', message: problem };
+    columns = await lookUpColumns(db, table.oid, names);
   }
-  if (!INTEGER_TYPE_OIDS.has(row.type_oid)) {
+  const missing = columns.find((c) => c.attnum === null || c.type_oid === null);
+  if (missing) {
+    return { code: 'invalid_column', message: `column ${JSON.stringify(missing.name)} does not exist in ${qualified}` };
+  }
+  const first = columns[0]!;
+  const integer = columns.length === 1 && INTEGER_TYPE_OIDS.has(first.type_oid!);
+  const keyName =
+    columns.length === 1
+      ? `column ${qualified}.${first.name}`
+      : `key (${columns.map((c) => c.name).join(', ')}) of ${qualified}`;
+  if (!integer) {
+    for (const c of columns) {
+      if (!KEY_TYPE_NAMES.has(c.type_base ?? '')) {
+        return {
+          code: 'invalid_column',
+          message: `column ${qualified}.${c.name} is ${c.type_name}; a key's columns may be ${KEY_TYPES_TEXT}`,
+        };
+      }
+      if (!c.not_null) {
+        return {
+          code: 'invalid_column',
+          message:
+            `column ${qualified}.${c.name} may hold NULL, and rows with a NULL key would never be in a range; ` +
+            `make it NOT NULL (ALTER TABLE ... ALTER COLUMN ... SET NOT NULL) or batch on another key`,
+        };
+      }
+    }
+  }
+  const index = await lookUpIndex(
+    db,
+    table.oid,
+    columns.map((c) => c.attnum!),
+  );
+  if (!index?.indexed) {
+    const leading = columns.length === 1 ? 'leading with it' : 'whose leading columns are these, in this order';
     return {
       code: 'invalid_column',
-      message: `column ${qualified}.${row.attname} is ${row.type_name}; batching needs smallint, integer or bigint`,
+      message:
+        `${keyName} has no valid, non-partial btree index ${leading}` +
+        `${integer ? '' : " (in the columns' own collations, with their default ordering)"}; batching it would scan the table`,
     };
   }
-  if (!row.indexed) {
-    return {
-      code: 'invalid_column',
-      message: `column ${qualified}.${row.attname} has no valid, non-partial btree index leading with it; batching it would scan the table`,
-    };
+  return {
+    oid: table.oid,
+    schema: table.schema,
+    table: table.table,
+    column: first.name,
+    unique: integer && index.is_unique,
+    key: integer ? null : columns.map((c) => ({ name: c.name, typeOid: c.type_oid!, typeName: c.type_base! })),
+  };
+}
+
+/** What is wrong with a key named as a list of columns, if anything. */
+function keyListProblem(names: readonly string[], columnName: string): string | undefined {
+  if (names.some((name) => name.length === 0)) {
+    return `column_name ${JSON.stringify(columnName)} has an empty column name in its list`;
   }
-  return { oid: row.oid, schema: row.schema, table: row.table, column: row.attname, unique: row.is_unique === true };
+  if (new Set(names).size !== names.length) {
+    return `column_name ${JSON.stringify(columnName)} names a column twice`;
+  }
+  if (names.length > MAX_KEY_COLUMNS) {
+    return `column_name ${JSON.stringify(columnName)} names ${names.length} columns; a key has at most ${MAX_KEY_COLUMNS}`;
+  }
+  return undefined;
 }
 
 export function isTarget(value: Target | TargetProblem): value is Target {

@@ -87,8 +87,18 @@ export const INT8_MAX = 2n ** 63n - 1n;
 /** Upper bound of a migration's `max_parallel_jobs`: each lane is an advisory-lock key of its own. */
 export const MAX_LANES = 256;
 
-/** The one batching strategy this engine implements: contiguous ranges over an indexed integer key. */
+/** The one batching strategy this engine implements: contiguous ranges over an indexed key. */
 export const SERIAL_KEY_SET = 'serial_key_set';
+
+/**
+ * The ranges of a key that is not a single integer column (docs/keys.md) have their bounds in
+ * min_key and max_key; their min_value and max_value hold their place in the order of the ranges,
+ * so that takes, cuts and splits order them as integer ranges. Range n is cut as ordinals
+ * [1 + (n - 1) x KEY_ORDINAL_STEP, n x KEY_ORDINAL_STEP] (a split halves that, up to 24 times), and
+ * the last range ends at KEY_ORDINAL_END, the migration's max_value once it starts.
+ */
+export const KEY_ORDINAL_STEP = 2n ** 24n;
+export const KEY_ORDINAL_END = 2n ** 62n;
 
 function nameOf<T extends Record<string, number>>(table: T, code: number): keyof T & string {
   for (const [name, value] of Object.entries(table)) if (value === code) return name;

@@ -16,6 +16,8 @@ import { fileURLToPath } from 'node:url';
 import {
   INT4_MAX,
   JobStatus,
+  KEY_ORDINAL_END,
+  KEY_ORDINAL_STEP,
   MAX_LANES,
   MigrationStatus,
   RUNNABLE_STATUSES,
@@ -38,6 +40,8 @@ export const SQL_TOKENS: Readonly<Record<string, string>> = {
   MIGRATION_KEY_MODULUS: String(MIGRATION_KEY_MODULUS),
   MAX_LANES: String(MAX_LANES),
   INT4_MAX: String(INT4_MAX),
+  KEY_ORDINAL_STEP: String(KEY_ORDINAL_STEP),
+  KEY_ORDINAL_END: String(KEY_ORDINAL_END),
   SERIAL_KEY_SET,
   RUNNABLE_STATUSES: statusCodes(RUNNABLE_STATUSES),
   MIGRATION_ACTIVE: String(MigrationStatus.active),

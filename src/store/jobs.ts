@@ -6,13 +6,14 @@
  * (sql/functions/bbm_take_job.sql) and updated with its outcome in the transaction that ran its
  * work, so the work and its record commit together.
  */
-import type pg from 'pg';
+import pg from 'pg';
 import type { QueryResult, QueryResultRow } from 'pg';
-import { sql } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import { storableMessage } from './messages.ts';
 import type { Target } from './catalog.ts';
+import { keyJson, keyList, keyRow, type Key } from './keys.ts';
 import { quotedTable } from './migration-rows.ts';
 import type { StoredJob } from './rows.ts';
 
@@ -29,6 +30,9 @@ export interface ClaimedJob {
   walLsn?: string | null | undefined;
   /** False when enough ranges wait that none is to be cut with this job (the take says; TakenJob.cutDue). */
   cutDue?: boolean | null | undefined;
+  /** A key that is not a single integer column: the range's first and last keys (TakenJob); start and end are then its place in the order of ranges. */
+  startKey?: readonly string[] | null | undefined;
+  endKey?: readonly string[] | null | undefined;
 }
 
 /** What a migration's row said when it was validated; cutting a range requires it still says so. */
@@ -49,7 +53,9 @@ function ms(value: number): string {
 export interface RangeCut {
   migrationId: bigint;
   /** The catalog's names of the table and column, and the names the migration's row must still hold. */
-  validated: Omit<ValidatedMigration, 'target'> & { target: Pick<Target, 'schema' | 'table' | 'column' | 'unique'> };
+  validated: Omit<ValidatedMigration, 'target'> & {
+    target: Pick<Target, 'schema' | 'table' | 'column' | 'unique' | 'key'>;
+  };
   /**
    * The size to cut at: with a target_job_ms, the adaptive size; without, a smaller size than the
    * batch_size (foreground protection), never a larger one. Null: the batch_size.
@@ -95,6 +101,8 @@ export function cutRangeStatement(cut: RangeCut): string {
     textLiteral(validated.jobSignatureName),
     size === null ? 'NULL::integer' : `${integerLiteral(Math.max(1, Math.min(INT4_MAX, Math.round(size))))}::integer`,
     target.unique ? 'true' : 'false',
+    target.key ? `ARRAY[${target.key.map((c) => textLiteral(c.name)).join(', ')}]::text[]` : 'NULL::text[]',
+    target.key ? `ARRAY[${target.key.map((c) => integerLiteral(c.typeOid)).join(', ')}]::oid[]` : 'NULL::oid[]',
   ];
   return `SELECT bbm_cut_range(${args.join(', ')}) AS bbm_cut`;
 }
@@ -292,6 +300,7 @@ export async function splitRange(
   target: Target,
   minRows: number,
 ): Promise<boolean> {
+  if (target.key) return splitKeyRange(db, job, migrationId, target, target.key, minRows);
   const column = sql.identifier(target.column);
   const table = quotedTable(target);
   const row = await execOne<{ split: boolean }>(
@@ -316,6 +325,63 @@ export async function splitRange(
         INSERT INTO batched_background_migration_jobs
           (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
         SELECT ${migrationId}::bigint, f.last + 1, ${job.end}::bigint, ${JobStatus.active}, 0, f.rows - f.rows / 2 FROM first_half f
+        RETURNING id
+      )
+      SELECT EXISTS (SELECT 1 FROM second_half) AS split`,
+  );
+  return row?.split ?? false;
+}
+
+/**
+ * splitRange for a key that is not a single integer column: the first half ends at the key in the
+ * middle of the range's rows, the second starts at the key after it, and the range's place in the
+ * order of ranges (min_value, max_value) is halved alike. No split when the range's order has no
+ * room left (24 splits deep).
+ */
+async function splitKeyRange(
+  db: Queryable,
+  job: ClaimedJob,
+  migrationId: bigint,
+  target: Target,
+  key: Key,
+  minRows: number,
+): Promise<boolean> {
+  const table = sql.raw(`${pg.escapeIdentifier(target.schema)}.${pg.escapeIdentifier(target.table)}`);
+  const list = sql.raw(keyList(key));
+  const inRange = sql.raw(
+    `(${keyList(key)}) >= (${keyRow(key, 'bbm_job.lo')}) AND (${keyList(key)}) <= (${keyRow(key, 'bbm_job.hi')})`,
+  );
+  const keyAt = (offset: SQL) =>
+    sql`(SELECT ${sql.raw(keyJson(key))} FROM ${table}, bbm_job WHERE ${inRange} ORDER BY ${list} LIMIT 1 OFFSET ${offset})`;
+  const row = await execOne<{ split: boolean }>(
+    db,
+    sql`
+      WITH bbm_job AS (
+        SELECT min_key AS lo, max_key AS hi, min_value, max_value FROM batched_background_migration_jobs
+        WHERE id = ${job.id} AND min_key IS NOT NULL AND max_value > min_value
+      ), n AS (
+        SELECT count(*)::int AS rows FROM bbm_job, LATERAL (
+          SELECT 1 FROM ${table} WHERE ${inRange} LIMIT ${job.batchSize}::int) r
+      ), bbm_middle AS (
+        SELECT ${keyAt(sql`(n.rows / 2) - 1`)} AS last, n.rows, bbm_job.min_value + (bbm_job.max_value - bbm_job.min_value) / 2 AS place
+        FROM bbm_job, n WHERE n.rows / 2 >= greatest(${minRows}::int, 1)
+      ), mid AS (
+        -- The second half starts at the first key past the middle one (keys may repeat).
+        SELECT bbm_middle.*, (SELECT ${sql.raw(keyJson(key))} FROM ${table}, bbm_job
+                          WHERE (${list}) > (${sql.raw(keyRow(key, 'bbm_middle.last'))}) AND (${list}) <= (${sql.raw(keyRow(key, 'bbm_job.hi'))})
+                          ORDER BY ${list} LIMIT 1) AS next
+        FROM bbm_middle
+      ), first_half AS (
+        UPDATE batched_background_migration_jobs
+        SET max_value = mid.place, max_key = mid.last, status = ${JobStatus.active}, attempts = 0, batch_size = mid.rows / 2,
+            failure_error_code = NULL, failure_message = NULL, updated_at = clock_timestamp()
+        FROM mid WHERE id = ${job.id} AND mid.last IS NOT NULL AND mid.next IS NOT NULL
+        RETURNING mid.place, mid.next, mid.rows
+      ), second_half AS (
+        INSERT INTO batched_background_migration_jobs
+          (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, min_key, max_key)
+        SELECT ${migrationId}::bigint, f.place + 1, bbm_job.max_value, ${JobStatus.active}, 0, f.rows - f.rows / 2, f.next, bbm_job.hi
+        FROM first_half f, bbm_job
         RETURNING id
       )
       SELECT EXISTS (SELECT 1 FROM second_half) AS split`,

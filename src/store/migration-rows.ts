@@ -10,6 +10,7 @@ import { storableMessage } from './messages.ts';
 import {
   ErrorCode,
   JobStatus,
+  KEY_ORDINAL_END,
   MAX_LANES,
   MigrationStatus,
   DELETABLE_STATUSES,
@@ -19,6 +20,7 @@ import {
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
+import { asKeyArray, keyJson, keyList, keyListDescending, keyRow, type Key } from './keys.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -37,6 +39,7 @@ export function quotedTable(target: Target): SQL {
  * a pause that an operator committed meanwhile.
  */
 export async function startMigration(db: Queryable, id: bigint, target: Target): Promise<bigint | null> {
+  if (target.key) return startKeyMigration(db, id, target.key, target);
   const column = sql.identifier(target.column);
   const row = await execOne<{ max_value: string }>(
     db,
@@ -49,6 +52,44 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
             (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= batched_background_migrations.min_value))),
           total_tuple_count = coalesce(total_tuple_count,
             (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
+      WHERE id = ${id} AND status IN (${RUNNABLE})
+      RETURNING max_value`,
+  );
+  return row ? BigInt(row.max_value) : null;
+}
+
+/**
+ * active -> running, for a key that is not a single integer column (docs/keys.md): min_key and
+ * max_key given as a lone value become one-value arrays; a NULL min_key becomes the key's first
+ * value, a NULL max_key its last (index lookups), at least min_key; max_value becomes
+ * KEY_ORDINAL_END, the end of the ranges' order (codes.ts). An empty table leaves both NULL: one
+ * empty range.
+ */
+async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Target): Promise<bigint | null> {
+  const table = `${pg.escapeIdentifier(target.schema)}.${pg.escapeIdentifier(target.table)}`;
+  const row = await execOne<{ max_value: string }>(
+    db,
+    sql`
+      WITH given AS (
+        SELECT ${sql.raw(asKeyArray('min_key'))} AS lo, ${sql.raw(asKeyArray('max_key'))} AS hi
+        FROM batched_background_migrations WHERE id = ${id}
+      ), lo AS (
+        SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${sql.raw(table)} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS k
+        FROM given
+      ), hi AS (
+        SELECT coalesce(given.hi, (SELECT ${sql.raw(keyJson(key))} FROM ${sql.raw(table)} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1)) AS k
+        FROM given
+      )
+      UPDATE batched_background_migrations
+      SET status = ${MigrationStatus.running},
+          started_at = coalesce(started_at, now()),
+          updated_at = now(),
+          min_key = lo.k,
+          max_key = CASE WHEN (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN lo.k ELSE hi.k END,
+          max_value = ${KEY_ORDINAL_END}::bigint,
+          total_tuple_count = coalesce(total_tuple_count,
+            (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
+      FROM lo, hi
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );

@@ -84,16 +84,35 @@ export function runPrologue(
   }
   const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
-  const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
+  const take = takeSelect(`bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`);
   const keep = limits ? tighterLimits(limits, backstopMs) : '';
   return {
     any: `BEGIN; ${take}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`,
     after: ({ migrationId, lane }) => {
       if (lane < 0 || lane > INT4_MAX) throw new RangeError(`bad lane ${lane}`);
       const next = `bbm_take_next(${integerLiteral(migrationId)}::bigint, ${integerLiteral(lane)}, ${nameArray}, ${backstopMs})`;
-      return `BEGIN; SELECT * FROM ${next}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`;
+      return `BEGIN; ${takeSelect(next)}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`;
     },
   };
+}
+
+/** A JSON array of key values (a jsonb column) as text[], in its order: NULL stays NULL. */
+const keyText = (column: string) =>
+  `CASE WHEN ${column} IS NOT NULL THEN ARRAY(SELECT e.v FROM pg_catalog.jsonb_array_elements_text(${column}) ` +
+  `WITH ORDINALITY AS e(v, i) ORDER BY e.i) END`;
+
+/**
+ * A take's SELECT: the row of a take function (`call`), with what a work function is handed
+ * besides: the migration's arguments and, for a key that is not a single integer column, the
+ * job's first and last keys, each value as text (numbers exact: no JSON parsing in JavaScript).
+ * Two lookups by primary key, in the take's round trip.
+ */
+function takeSelect(call: string): string {
+  return (
+    `SELECT t.*, ${keyText('j.min_key')} AS job_min_key, ${keyText('j.max_key')} AS job_max_key, b.job_arguments ` +
+    `FROM ${call} t LEFT JOIN batched_background_migration_jobs j ON j.id = t.job_id ` +
+    `LEFT JOIN batched_background_migrations b ON b.id = t.migration_id`
+  );
 }
 
 /**
@@ -166,7 +185,11 @@ export type TakenMigration = Pick<
   | 'targetJobMs'
   | 'minBatchSize'
   | 'maxBatchSize'
-> & { status: MigrationStatusCode };
+> & {
+  status: MigrationStatusCode;
+  /** The migration's job_arguments: a JSON object (the table's CHECK). */
+  jobArguments: Readonly<Record<string, unknown>>;
+};
 
 /**
  * A job as bbm_take_job returned it, locked by this run: its row's id, attempts made so far and
@@ -186,6 +209,13 @@ export type TakenJob = Pick<StoredJob, 'id' | 'attempts' | 'batchSize'> & {
    * take does not say (a retry).
    */
   cutDue: boolean | null;
+  /**
+   * A key that is not a single integer column (Target.key): the range's first and last keys
+   * (inclusive), each value as text in the key's column order; null for an empty key space, and
+   * for an integer key, whose range is [start, end].
+   */
+  startKey: readonly string[] | null;
+  endKey: readonly string[] | null;
 };
 
 /** The job a take locked, as its run claims it: the attempt about to run, the size it was cut with. */
@@ -198,6 +228,8 @@ export function claim(job: TakenJob, migration: Pick<TakenMigration, 'batchSize'
     batchSize: job.batchSize ?? migration.batchSize,
     walLsn: job.walLsn,
     cutDue: job.cutDue,
+    startKey: job.startKey,
+    endKey: job.endKey,
   };
 }
 
@@ -232,6 +264,9 @@ export interface TakeRow {
   job_batch_size: number | null;
   wal_lsn: string | null;
   cut_due: boolean | null;
+  job_min_key: string[] | null;
+  job_max_key: string[] | null;
+  job_arguments: Record<string, unknown> | null;
 }
 
 /** A take's rows (takeRowsOf) read: nothing, busy (a lane locked elsewhere), a job, or a step. */
@@ -253,6 +288,7 @@ export function parseTake(rows: readonly TakeRow[]): Take {
     targetJobMs: row.target_job_ms,
     minBatchSize: row.min_batch_size,
     maxBatchSize: row.max_batch_size,
+    jobArguments: row.job_arguments ?? {},
   };
   if (row.job_id === null || row.job_min === null || row.job_max === null) {
     return { kind: 'step', lane, migration, step: row.step ?? 'finish' };
@@ -266,6 +302,8 @@ export function parseTake(rows: readonly TakeRow[]): Take {
     batchSize: row.job_batch_size,
     walLsn: row.wal_lsn,
     cutDue: row.cut_due,
+    startKey: row.job_min_key,
+    endKey: row.job_max_key,
   };
   return { kind: 'job', lane, migration, job };
 }

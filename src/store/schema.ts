@@ -34,11 +34,26 @@ export const batchedBackgroundMigrations = pgTable(
   {
     id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
     name: text('name').notNull(),
+    /**
+     * An integer key's bounds (inclusive). A key that is not a single integer column (docs/keys.md)
+     * has its bounds in min_key and max_key; these then hold the ranges' order (KEY_ORDINAL_END).
+     */
     minValue: bigint('min_value', { mode: 'bigint' })
       .notNull()
       .default(sql`1`),
     /** NULL: resolved to the column's maximum when the migration first starts. */
     maxValue: bigint('max_value', { mode: 'bigint' }),
+    /**
+     * Bounds (inclusive) of a key that is not a single integer column: a JSON array of the key's
+     * values in column order (a lone value for a one-column key). NULL: the key's first (min_key)
+     * or last (max_key) value when the migration first starts.
+     */
+    minKey: jsonb('min_key'),
+    maxKey: jsonb('max_key'),
+    /** The migration's arguments, handed to its work function as `job.args` (GitLab's job_arguments). */
+    jobArguments: jsonb('job_arguments')
+      .notNull()
+      .default(sql`'{}'::jsonb`),
     batchSize: integer('batch_size').notNull(),
     status: smallint('status').notNull().default(MigrationStatus.active),
     jobSignatureName: text('job_signature_name').notNull(),
@@ -84,6 +99,11 @@ export const batchedBackgroundMigrations = pgTable(
       'batched_background_migrations_max_value_not_below_min',
       sql`${t.maxValue} IS NULL OR ${t.maxValue} >= ${t.minValue}`,
     ),
+    check('batched_background_migrations_job_arguments_object', sql`jsonb_typeof(${t.jobArguments}) = 'object'`),
+    check(
+      'batched_background_migrations_keys_values',
+      sql`coalesce(jsonb_typeof(${t.minKey}), 'array') NOT IN ('object', 'null') AND coalesce(jsonb_typeof(${t.maxKey}), 'array') NOT IN ('object', 'null')`,
+    ),
     check('batched_background_migrations_status_known', sql`${t.status} IN (${list(MigrationStatus)})`),
     check(
       'batched_background_migrations_max_parallel_jobs_range',
@@ -117,8 +137,15 @@ export const batchedBackgroundMigrationJobs = pgTable(
   {
     id: bigint('id', { mode: 'bigint' }).primaryKey().generatedByDefaultAsIdentity(),
     batchedBackgroundMigrationId: bigint('batched_background_migration_id', { mode: 'bigint' }).notNull(),
+    /**
+     * An integer key's range (inclusive). A key that is not a single integer column has its range
+     * in min_key and max_key, and these hold its place in the order of the ranges (bbm_cut_range.sql).
+     */
     minValue: bigint('min_value', { mode: 'bigint' }).notNull(),
     maxValue: bigint('max_value', { mode: 'bigint' }).notNull(),
+    /** The range of a key that is not a single integer column: its first and last keys (JSON arrays), inclusive. NULL: an empty key space. */
+    minKey: jsonb('min_key'),
+    maxKey: jsonb('max_key'),
     status: smallint('status').notNull().default(JobStatus.active),
     failureErrorCode: smallint('failure_error_code'),
     failureMessage: text('failure_message'),

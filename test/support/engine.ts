@@ -58,7 +58,7 @@ export async function enqueue(db: pg.Pool, row: EnqueueRow): Promise<bigint> {
  * (bbm_cut_range); how many it cut (0 when enough wait, null when none is left to cut).
  */
 export async function cutItems(db: pg.Pool, id: bigint): Promise<number | null> {
-  const target = { schema: 'public', table: 'items', column: 'id', unique: true };
+  const target = { schema: 'public', table: 'items', column: 'id', unique: true, key: null };
   const validated = { target, tableName: 'items', columnName: 'id', jobSignatureName: touch.name };
   const cut = parseCut(
     await db.query(cutRangeStatement({ migrationId: id, validated, size: null, statementTimeoutMs: 0 })),

@@ -1,0 +1,119 @@
+/**
+ * SQL text over a key that is not a single integer column (Target.key, docs/keys.md): the key's
+ * columns as a list, its values (a JSON array, as min_key and max_key store them) as a row of the
+ * key's types, and the predicate a work function is handed for its range (Job.range). Every
+ * comparison of keys happens in the database, on the key's row, in the columns' own collations:
+ * never in JavaScript, and never as `a > x OR (a = x AND b > y)`, which the planner cannot bound.
+ * Names and types come from the catalog (catalog.ts) and are quoted here.
+ */
+import pg from 'pg';
+import { sql } from 'drizzle-orm';
+import type { KeyColumn } from './catalog.ts';
+import { KEY_ORDINAL_END } from './codes.ts';
+import { execOne, sqlStateOf, type Queryable } from './db.ts';
+import { inSavepoint } from './tx.ts';
+
+export type Key = readonly KeyColumn[];
+
+const { escapeIdentifier } = pg;
+
+/** The key's columns, quoted, in index order: `"tenant_id", "id"`. */
+export function keyList(key: Key): string {
+  return key.map((column) => escapeIdentifier(column.name)).join(', ');
+}
+
+/** The same, descending: the order that finds the last key (an index scanned backwards). */
+export function keyListDescending(key: Key): string {
+  return key.map((column) => `${escapeIdentifier(column.name)} DESC`).join(', ');
+}
+
+/** The key's values as one JSON array: what min_key and max_key hold. */
+export function keyJson(key: Key): string {
+  return `pg_catalog.jsonb_build_array(${keyList(key)})`;
+}
+
+/** A JSON array of key values (`json`, SQL text of a jsonb value) as a row of the key's types. */
+export function keyRow(key: Key, json: string): string {
+  return key.map((column, i) => `((${json}) ->> ${i})::${column.typeName}`).join(', ');
+}
+
+/** A JSON value of a key's bounds as written to min_key or max_key by hand: a lone value becomes a one-value array. */
+export function asKeyArray(json: string): string {
+  return `CASE WHEN ${json} IS NULL THEN NULL WHEN pg_catalog.jsonb_typeof(${json}) = 'array' THEN ${json} ELSE pg_catalog.jsonb_build_array(${json}) END`;
+}
+
+/**
+ * A range's predicate for a work function: `sql` with placeholders numbered from `first`, and its
+ * parameters. An integer key (`key` null) is `"id" BETWEEN $1 AND $2`; any other is a comparison
+ * of the key's row with the range's first and last keys, cast to the key's types; an empty key
+ * space (no keys) is `false`.
+ */
+export function rangePredicate(
+  key: Key | null,
+  column: string,
+  bounds: { start: unknown; end: unknown } | { start: readonly string[] | null; end: readonly string[] | null },
+  first: number,
+): { sql: string; params: unknown[] } {
+  if (!Number.isSafeInteger(first) || first < 1) throw new RangeError(`bad first placeholder ${first}`);
+  if (key === null) {
+    return {
+      sql: `${escapeIdentifier(column)} BETWEEN $${first} AND $${first + 1}`,
+      params: [bounds.start, bounds.end],
+    };
+  }
+  const start = bounds.start as readonly string[] | null;
+  const end = bounds.end as readonly string[] | null;
+  if (start === null || end === null) return { sql: 'false', params: [] };
+  const row = (from: number) => key.map((column, i) => `$${from + i}::${column.typeName}`).join(', ');
+  const columns = key.length === 1 ? keyList(key) : `(${keyList(key)})`;
+  const values = (from: number) => (key.length === 1 ? row(from) : `(${row(from)})`);
+  return {
+    sql: `${columns} >= ${values(first)} AND ${columns} <= ${values(first + key.length)}`,
+    params: [...start, ...end],
+  };
+}
+
+/**
+ * What is wrong with a migration's bounds for its key, if anything: min_value and max_value bound
+ * an integer key, min_key and max_key any other (each a value, or an array of one value per
+ * column, that casts to the key's types). Must run inside a transaction: the casts run in a
+ * savepoint, and an error of the data class (22xxx: not a uuid, a bad date) is the answer.
+ */
+export async function keyBoundsProblem(
+  db: Queryable,
+  migrationId: bigint,
+  key: Key | null,
+): Promise<string | undefined> {
+  const row = await execOne<{ min_key: string | null; max_key: string | null; max_value: string | null }>(
+    db,
+    sql`SELECT min_key::text, max_key::text, max_value::text FROM batched_background_migrations WHERE id = ${migrationId}`,
+  );
+  if (!row) return undefined;
+  if (key === null) {
+    return row.min_key !== null || row.max_key !== null
+      ? 'min_key and max_key bound a key that is not a single integer column; an integer key is bounded by min_value and max_value'
+      : undefined;
+  }
+  if (row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END) {
+    return `max_value bounds an integer key; a key of ${key.map((c) => c.typeName).join(', ')} is bounded by min_key and max_key`;
+  }
+  for (const [name, value] of [
+    ['min_key', row.min_key],
+    ['max_key', row.max_key],
+  ] as const) {
+    if (value === null) continue;
+    const parsed: unknown = JSON.parse(value);
+    const values = Array.isArray(parsed) ? parsed : [parsed];
+    const expected = `${key.length === 1 ? 'a value' : `an array of ${key.length} values`} of ${key.map((c) => c.typeName).join(', ')}`;
+    if (values.length !== key.length || values.some((v) => v === null || typeof v === 'object')) {
+      return `${name} ${value} is not ${expected}`;
+    }
+    try {
+      await inSavepoint(db, () => db.query(`SELECT ${keyRow(key, `${asKeyArray('$1::jsonb')}`)}`, [value]));
+    } catch (error) {
+      if (!sqlStateOf(error)?.startsWith('22')) throw error;
+      return `${name} ${value} is not ${expected}: ${(error as Error).message}`;
+    }
+  }
+  return undefined;
+}
