@@ -112,6 +112,15 @@ describe('keys', () => {
     await expectTiled(pool, 'c', 'composite', '(tenant_id, id)', ['int', 'uuid']);
   });
 
+  it('batches a char(n) key without cutting its values to one character', async () => {
+    const { pool } = db();
+    await pool.query(`CREATE TABLE ch (code char(6) PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO ch (code) SELECT lpad(i::text, 6, 'x') FROM generate_series(1, 500) i`);
+    await insertMigration(pool, 'char', 'ch', 'code', touchBetween.name, 40);
+    await drain(testWorker(pool, { work: [touchBetween], concurrency: 1 }));
+    await expectTiled(pool, 'ch', 'char', 'code', ['bpchar']);
+  });
+
   it('batches a timestamptz key that repeats: every row of a repeated key in one range', async () => {
     const { pool } = db();
     await pool.query(`CREATE TABLE e (at timestamptz NOT NULL, touched int NOT NULL DEFAULT 0)`);

@@ -156,9 +156,12 @@ BEGIN
   SELECT j.max_value, j.dense_cuts, j.max_key INTO last_end, last_dense, last_key FROM batched_background_migration_jobs j
   WHERE j.batched_background_migration_id = m.id ORDER BY j.max_value DESC LIMIT 1;
   IF key_columns IS NOT NULL THEN
-    -- The key as a list ("a", "b"), and as a row of the values in $n (a JSON array) cast to its types.
+    -- The key as a list ("a", "b"), and as a row of the values in $n (a JSON array) cast to its
+    -- types, without their modifiers (format_type names bpchar without one "character", char(1)).
     SELECT string_agg(format('%I', c.name), ', ' ORDER BY c.i),
-           string_agg(format('(($%%1$s->>%s)::%s)', c.i - 1, pg_catalog.format_type(c.t, NULL)), ', ' ORDER BY c.i)
+           string_agg(format('(($%%1$s->>%s)::%s)', c.i - 1,
+                             CASE WHEN c.t = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar'
+                                  ELSE pg_catalog.format_type(c.t, NULL) END), ', ' ORDER BY c.i)
       INTO key_list, key_row
     FROM unnest(key_columns, key_types) WITH ORDINALITY AS c(name, t, i);
     -- The first key of the next range, its end (the size-th key from there, at most the last key)

@@ -89,7 +89,7 @@ const KEY_TYPE_NAMES = new Set([
   'uuid',
   'text',
   'character varying',
-  'character',
+  'pg_catalog.bpchar',
   'citext',
   'date',
   'timestamp without time zone',
@@ -117,7 +117,9 @@ function lookUpColumns(db: Queryable, oid: number, names: readonly string[]): Pr
     sql`
       SELECT k.ord::int AS ord, k.name, a.attnum::int AS attnum, a.atttypid::int AS type_oid,
              pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name,
-             pg_catalog.format_type(a.atttypid, NULL) AS type_base, a.attnotnull AS not_null
+             -- Without the modifier, as casts name it: format_type calls bpchar without one "character", which is char(1).
+             CASE WHEN a.atttypid = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar'
+                  ELSE pg_catalog.format_type(a.atttypid, NULL) END AS type_base, a.attnotnull AS not_null
       FROM unnest(${sql.param(names)}::text[]) WITH ORDINALITY AS k(name, ord)
       LEFT JOIN pg_catalog.pg_attribute a
         ON a.attrelid = ${oid}::oid AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped
