@@ -32,6 +32,7 @@ export type {
   JobKey,
   JobQuery,
   JobRange,
+  KeyValue,
   MigrationReport,
   MigrationSpec,
   NotificationEvent,
