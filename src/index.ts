@@ -22,7 +22,7 @@ export {
 export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/apply-schema.ts';
 export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
-export { copyColumn } from './work/copy-column.ts';
+export { copyColumn, copyColumnWork, COPY_COLUMN_WORK, type CopyColumnOptions } from './work/copy-column.ts';
 export type {
   Config,
   EnqueueOptions,
@@ -32,6 +32,7 @@ export type {
   JobKey,
   JobQuery,
   JobRange,
+  KeyValue,
   MigrationReport,
   MigrationSpec,
   NotificationEvent,

@@ -395,6 +395,9 @@ export type MigrationReport = Omit<
 };
 
 /** What `enqueueMigration` and `enqueueMigrationSql` take: a migration to add. */
+/** A value of a key bound (MigrationSpec.minKey, maxKey): a bigint for integers past 2^53. */
+export type KeyValue = string | number | bigint | boolean;
+
 export interface MigrationSpec {
   /** Unique; how operators name it (`bbm status --name`). */
   name: string;
@@ -402,14 +405,34 @@ export interface MigrationSpec {
   work: string;
   /** The table, optionally schema-qualified, read as SQL reads it. */
   table: string;
-  /** An integer column with a btree index leading with it. */
-  column: string;
+  /**
+   * The key to batch on, with a valid, non-partial btree index leading with it: one column (an
+   * integer, or a uuid, text, timestamp, numeric… column: docs/keys.md), or several in the
+   * index's order, as an array (`['tenant_id', 'id']`) or joined by commas (`'tenant_id,id'`,
+   * how `column_name` stores it).
+   */
+  column: string | readonly string[];
   /** Rows per range (the starting size when `targetJobMs` is set). */
   batchSize: number;
-  /** First id of the range. Default 1. */
+  /** First id of the range, for a single integer column. Default 1. */
   min?: bigint | number;
-  /** Last id. Default: the column's maximum when the migration starts. */
+  /** Last id, for a single integer column. Default: the column's maximum when the migration starts. */
   max?: bigint | number;
+  /**
+   * First key (inclusive), for any other key: a value, or an array of one value per key column in
+   * the key's order (`[42, '0190c7e4-…']`). Each is cast to its column's type by the database:
+   * give numeric and timestamp values as strings to keep them exact. Default: the key's first
+   * value when the migration starts.
+   */
+  minKey?: KeyValue | readonly KeyValue[];
+  /** Last key (inclusive), as `minKey`. Default: the key's last value when the migration starts. */
+  maxKey?: KeyValue | readonly KeyValue[];
+  /**
+   * Arguments for the work function, stored in `job_arguments` and handed to it as `job.args`: a
+   * plain JSON object (no undefined, functions, bigint, Date, NaN…: what JSON would not keep as
+   * it is, is refused). Default `{}`.
+   */
+  args?: Readonly<Record<string, unknown>>;
   /** Enqueue it paused (`bbm resume` starts it). */
   paused?: boolean;
   /**

@@ -36,6 +36,9 @@ const OPTIONS = {
   'batch-size': { type: 'string' },
   min: { type: 'string' },
   max: { type: 'string' },
+  'min-key': { type: 'string' },
+  'max-key': { type: 'string' },
+  args: { type: 'string' },
   paused: { type: 'boolean' },
   'needs-approval': { type: 'boolean' },
   // approve
@@ -78,10 +81,15 @@ const FLAG_HELP: Record<Flag, string> = {
   watch: '--watch               Redraw every second until interrupted',
   work: '--work WORK           The work function (job_signature_name)',
   table: '--table TABLE         The table, optionally schema-qualified',
-  column: '--column COLUMN       The integer column with a btree index to batch over',
+  column:
+    '--column COLUMN       The key to batch over, with a btree index leading with it: a column, or several\n                        in index order joined by commas (tenant_id,id)',
   'batch-size': '--batch-size N        Rows per range',
-  min: '--min N               First id of the range (default 1)',
+  min: '--min N               First id of a single integer column (default 1)',
   max: "--max N               Last id (default: the column's maximum when the migration starts)",
+  'min-key':
+    '--min-key JSON        First key, for a key that is not one integer column: a value, or an array of one\n                        value per column (\'"0190c7e4-…"\', \'[42, "2026-01-01"]\'; default: its first key at start)',
+  'max-key': '--max-key JSON        Last key, as --min-key (default: its last key when the migration starts)',
+  args: '--args JSON           Arguments for the work function (job.args), a JSON object',
   paused: '--paused              Enqueue it paused',
   'needs-approval': '--needs-approval      Enqueue it awaiting approval: no worker takes it until `bbm approve`',
   by: '--by WHO              Who approves (default BBM_OPERATOR, else the OS user)',
@@ -136,9 +144,9 @@ export const COMMANDS: Record<string, CommandSpec> = {
     flags: ['json'],
   },
   enqueue: {
-    summary: 'Add a migration, after checking its table, column, index and work function',
+    summary: 'Add a migration, after checking its table, key, index, bounds and work function',
     usage:
-      'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--lanes N] [--paused | --needs-approval] …',
+      'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--min-key JSON] [--max-key JSON] [--args JSON] [--lanes N] [--paused | --needs-approval] …',
     flags: [
       'name',
       'work',
@@ -147,6 +155,9 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'batch-size',
       'min',
       'max',
+      'min-key',
+      'max-key',
+      'args',
       'lanes',
       'target-job-ms',
       'min-batch-size',
@@ -298,6 +309,18 @@ export function bigintFlag(flags: Flags, flag: Flag): bigint | undefined {
   const parsed = BigInt(value);
   if (parsed < INT8_MIN || parsed > INT8_MAX) throw new UsageError(`--${flag} must fit in a bigint, got ${value}`);
   return parsed;
+}
+
+/** A flag whose value is JSON text, parsed (what it must hold is checked by its user). */
+export function jsonFlag(flags: Flags, flag: Flag): unknown {
+  const value = flags[flag];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new UsageError(`--${flag} needs a value`);
+  try {
+    return JSON.parse(value) as unknown;
+  } catch (error) {
+    throw new UsageError(`--${flag} must be JSON, got ${JSON.stringify(value)}: ${(error as Error).message}`);
+  }
 }
 
 export function requiredFlag(flags: Flags, flag: Flag, command: string): string {

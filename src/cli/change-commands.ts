@@ -8,7 +8,7 @@ import { INT4_MAX, MAX_LANES, migrationStatusName } from '../store/codes.ts';
 import { approveMigration } from '../store/approvals.ts';
 import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
-import { bigintFlag, integerFlag, requiredFlag, UsageError } from './args.ts';
+import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
 
 /** The migration the flags describe, and the config's say on its work function. */
@@ -26,6 +26,13 @@ function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): Mi
   const pace = paceFlags(flags);
   if (min !== undefined) spec.min = min;
   if (max !== undefined) spec.max = max;
+  // The shapes are enqueueMigration's to check (ConfigError, exit 2 like a usage error).
+  const minKey = jsonFlag(flags, 'min-key') as MigrationSpec['minKey'];
+  const maxKey = jsonFlag(flags, 'max-key') as MigrationSpec['maxKey'];
+  const args = jsonFlag(flags, 'args') as MigrationSpec['args'];
+  if (minKey !== undefined) spec.minKey = minKey;
+  if (maxKey !== undefined) spec.maxKey = maxKey;
+  if (args !== undefined) spec.args = args;
   if (flags.paused && flags['needs-approval'])
     throw new UsageError(
       '--paused and --needs-approval contradict each other: a migration awaiting approval is not taken',
@@ -72,7 +79,7 @@ export async function enqueue(context: Context): Promise<number> {
   const live = await liveWorkNames(pool, LIVE_WORKER_WINDOW_MS);
   context.print(report, () =>
     [
-      `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${spec.column} [${spec.min ?? 1n}..${spec.max ?? 'max'}] in batches of ${spec.batchSize}` +
+      `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${[spec.column].flat().join(',')} ${boundsText(spec)} in batches of ${spec.batchSize}` +
         (spec.targetJobMs ? ` (adapting toward ${spec.targetJobMs} ms jobs)` : '') +
         (spec.lanes && spec.lanes > 1 ? `, ${spec.lanes} lanes` : '') +
         (flags.paused ? ', paused' : '') +
@@ -81,6 +88,15 @@ export async function enqueue(context: Context): Promise<number> {
     ].join('\n'),
   );
   return 0;
+}
+
+/** The migration's bounds as `bbm enqueue` reports them: `[1..max]`, `["a"..last]`. */
+function boundsText(spec: MigrationSpec): string {
+  if (spec.minKey === undefined && spec.maxKey === undefined) return `[${spec.min ?? 1n}..${spec.max ?? 'max'}]`;
+  // The flags' JSON, parsed: no bigint in it.
+  const first = spec.minKey === undefined ? 'first' : JSON.stringify(spec.minKey);
+  const last = spec.maxKey === undefined ? 'last' : JSON.stringify(spec.maxKey);
+  return `[${first}..${last}]`;
 }
 
 export async function pauseOrResume(context: Context, command: 'pause' | 'resume'): Promise<number> {

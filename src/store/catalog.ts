@@ -4,6 +4,7 @@
  * the catalog returns are ever quoted into SQL.
  */
 import { sql } from 'drizzle-orm';
+import type pg from 'pg';
 import { exec, execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 import { inSavepoint } from './tx.ts';
 
@@ -297,4 +298,27 @@ function keyListProblem(names: readonly string[], columnName: string): string | 
 
 export function isTarget(value: Target | TargetProblem): value is Target {
   return 'oid' in value;
+}
+
+/** Runs text with parameters: a pool, a client, or a job's query handle (Job.query). */
+export interface TextQueryable {
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+/**
+ * The names among `names` that are not columns of `table` (a name as SQL reads it: Job.table, say,
+ * quoted and schema-qualified), in their order; every name when no such table is visible. System
+ * columns (ctid, xmin…) and dropped ones are not columns here.
+ */
+export async function missingColumns(db: TextQueryable, table: string, names: readonly string[]): Promise<string[]> {
+  const { rows } = await db.query<{ name: string }>(
+    `SELECT k.name
+     FROM unnest($2::text[]) WITH ORDINALITY AS k(name, ord)
+     WHERE NOT EXISTS (
+       SELECT 1 FROM pg_catalog.pg_attribute a
+       WHERE a.attrelid = pg_catalog.to_regclass($1::text) AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped)
+     ORDER BY k.ord`,
+    [table, names],
+  );
+  return rows.map((row) => row.name);
 }

@@ -76,8 +76,7 @@ export function rangePredicate(
 /**
  * What is wrong with a migration's bounds for its key, if anything: min_value and max_value bound
  * an integer key, min_key and max_key any other (each a value, or an array of one value per
- * column, that casts to the key's types). Must run inside a transaction: the casts run in a
- * savepoint, and an error of the data class (22xxx: not a uuid, a bad date) is the answer.
+ * column, that casts to the key's types). Must run inside a transaction (see keyBoundProblem).
  */
 export async function keyBoundsProblem(
   db: Queryable,
@@ -95,25 +94,58 @@ export async function keyBoundsProblem(
       : undefined;
   }
   if (row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END) {
-    return `max_value bounds an integer key; a key of ${key.map((c) => c.typeName).join(', ')} is bounded by min_key and max_key`;
+    return `max_value bounds an integer key; a key of ${keyTypes(key)} is bounded by min_key and max_key`;
   }
   for (const [name, value] of [
     ['min_key', row.min_key],
     ['max_key', row.max_key],
   ] as const) {
-    if (value === null) continue;
-    const parsed: unknown = JSON.parse(value);
-    const values = Array.isArray(parsed) ? parsed : [parsed];
-    const expected = `${key.length === 1 ? 'a value' : `an array of ${key.length} values`} of ${key.map((c) => c.typeName).join(', ')}`;
-    if (values.length !== key.length || values.some((v) => v === null || typeof v === 'object')) {
-      return `${name} ${value} is not ${expected}`;
-    }
-    try {
-      await inSavepoint(db, () => db.query(`SELECT ${keyRow(key, `${asKeyArray('$1::jsonb')}`)}`, [value]));
-    } catch (error) {
-      if (!sqlStateOf(error)?.startsWith('22')) throw error;
-      return `${name} ${value} is not ${expected}: ${(error as Error).message}`;
-    }
+    const problem = value === null ? undefined : await keyBoundProblem(db, key, name, value);
+    if (problem) return problem;
   }
   return undefined;
+}
+
+/** The key's types, in column order: `integer, uuid`. */
+export function keyTypes(key: Key): string {
+  return key.map((c) => c.typeName).join(', ');
+}
+
+/**
+ * What is wrong with one bound of a key, if anything: `json` (the text of a JSON value) must be a
+ * value, or an array of one value per column, that casts to the key's types; `label` names it in
+ * the message. Must run inside a transaction: the casts run in a savepoint, and an error of the
+ * data class (22xxx: not a uuid, a bad date) is the answer.
+ */
+export async function keyBoundProblem(
+  db: Queryable,
+  key: Key,
+  label: string,
+  json: string,
+): Promise<string | undefined> {
+  const parsed: unknown = JSON.parse(json);
+  const values = Array.isArray(parsed) ? parsed : [parsed];
+  const expected = `${key.length === 1 ? 'a value' : `an array of ${key.length} values`} of ${keyTypes(key)}`;
+  if (values.length !== key.length || values.some((v) => v === null || typeof v === 'object')) {
+    return `${label} ${json} is not ${expected}`;
+  }
+  try {
+    await inSavepoint(db, () => db.query(`SELECT ${keyRow(key, asKeyArray('$1::jsonb'))}`, [json]));
+  } catch (error) {
+    if (!sqlStateOf(error)?.startsWith('22')) throw error;
+    return `${label} ${json} is not ${expected}: ${(error as Error).message}`;
+  }
+  return undefined;
+}
+
+/**
+ * Whether bound `max` comes before bound `min` in the key's order (its columns' collations), both
+ * bounds the text of JSON values that keyBoundProblem passed.
+ */
+export async function keyBoundsReversed(db: Queryable, key: Key, min: string, max: string): Promise<boolean> {
+  const { rows } = await db.query<{ reversed: boolean }>(
+    `SELECT (${keyRow(key, asKeyArray('$2::jsonb'))}) < (${keyRow(key, asKeyArray('$1::jsonb'))}) AS reversed`,
+    [min, max],
+  );
+  return rows[0]?.reversed === true;
 }

@@ -622,10 +622,16 @@ export interface NewMigration {
   name: string;
   jobSignatureName: string;
   tableName: string;
+  /** A column's name, or several joined by commas (a key of several columns). */
   columnName: string;
   batchSize: number;
   minValue?: bigint | undefined;
   maxValue?: bigint | null | undefined;
+  /** min_key, max_key: JSON text the caller checked (a value, or an array of one value per key column). */
+  minKey?: string | undefined;
+  maxKey?: string | undefined;
+  /** job_arguments: JSON text of an object, checked by the caller. Default `{}`. */
+  jobArguments?: string | undefined;
   paused?: boolean | undefined;
   /** Enqueued awaiting approval: no worker takes it until `bbm approve`. */
   awaitingApproval?: boolean | undefined;
@@ -641,7 +647,8 @@ export interface NewMigration {
  * runs, and what `enqueueMigrationSql` hands to a schema-migration tool (drizzle-kit, knex,
  * node-pg-migrate), so both write the same row. Text goes through pg's escapeLiteral (an E''
  * literal when it holds a backslash, so it means the same whatever standard_conforming_strings);
- * numbers are integers the caller checked. Columns left at their defaults are not written.
+ * numbers are integers the caller checked; JSON is text the caller checked, as a `'…'::jsonb`
+ * literal. Columns left at their defaults are not written.
  */
 export function insertMigrationText(m: NewMigration, { ifAbsent = false } = {}): string {
   const columns: [string, string][] = [
@@ -661,6 +668,12 @@ export function insertMigrationText(m: NewMigration, { ifAbsent = false } = {}):
   ];
   for (const [column, value] of optional)
     if (value !== undefined && value !== null) columns.push([column, integerLiteral(value)]);
+  const json: [string, string | undefined][] = [
+    ['min_key', m.minKey],
+    ['max_key', m.maxKey],
+    ['job_arguments', m.jobArguments],
+  ];
+  for (const [column, text] of json) if (text !== undefined) columns.push([column, `${escapeLiteral(text)}::jsonb`]);
   if (m.paused) columns.push(['status', `${MigrationStatus.paused} /* paused */`]);
   else if (m.awaitingApproval) columns.push(['status', `${MigrationStatus.awaiting_approval} /* awaiting_approval */`]);
   return [

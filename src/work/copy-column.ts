@@ -1,34 +1,100 @@
 /**
- * A built-in work function: copy one column into another over each range, the classic
- * backfill before a column swap (e.g. int -> bigint). Column names come from code, and are
- * quoted all the same.
+ * A built-in work function: copy one column into another over each range, the classic backfill
+ * before a column swap (e.g. int -> bigint), on any key (the range's predicate, Job.range). Two
+ * forms: `copyColumn({ name, from, to })` with the columns in code, and `copyColumnWork`
+ * (`bbm.copy_column`), one registered function that reads them from each migration's arguments.
  */
-import { sql } from 'drizzle-orm';
-import type { Work } from '../bbm/types.ts';
+import pg from 'pg';
+import type { Job, JobKey, Work } from '../bbm/types.ts';
 import { ConfigError } from '../bbm/errors.ts';
+import { missingColumns } from '../store/catalog.ts';
+
+const { escapeIdentifier } = pg;
 
 export interface CopyColumnOptions {
   /** The work name migrations refer to in `job_signature_name`. */
   name: string;
+  /** The column copied from. */
   from: string;
+  /** The column copied into. */
   to: string;
   /** Only rows where the target differs are written, so reruns write nothing twice [true]. */
   skipUnchanged?: boolean;
 }
 
-export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnOptions): Work {
+/** What a copy needs: two different columns, and whether unchanged rows are skipped. */
+interface Copy {
+  from: string;
+  to: string;
+  skipUnchanged: boolean;
+}
+
+/** The work name of copyColumnWork. */
+export const COPY_COLUMN_WORK = 'bbm.copy_column';
+
+/** A work function that copies `from` into `to` on the rows of each range, whatever the key. */
+export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnOptions): Work<JobKey> {
   if (!from || !to || from === to)
     throw new ConfigError(`copyColumn ${name}: \`from\` and \`to\` must be two different columns`);
-  return {
-    name,
-    async do(job) {
-      const source = sql.identifier(from);
-      const target = sql.identifier(to);
-      const changed = skipUnchanged ? sql` AND ${target} IS DISTINCT FROM ${source}` : sql``;
-      const result = await job.db.execute(sql`
-        UPDATE ${sql.raw(job.table)} SET ${target} = ${source}
-        WHERE ${sql.raw(job.column)} BETWEEN ${job.start}::bigint AND ${job.end}::bigint${changed}`);
-      return result.rowCount ?? undefined;
-    },
+  return { name, do: (job) => copyRange(job, { from, to, skipUnchanged }) };
+}
+
+/**
+ * `bbm.copy_column`: copyColumn with its columns in the migration's arguments, so one registered
+ * function serves every copy: enqueue with `args: { from: 'id', to: 'id_bigint' }` (and
+ * optionally `skipUnchanged: false`). The arguments are data from a row: they are checked, and
+ * both columns looked up in the job's table, before each range; bad ones fail the attempt with
+ * what is wrong.
+ */
+export const copyColumnWork: Work<JobKey> = {
+  name: COPY_COLUMN_WORK,
+  async do(job) {
+    const copy = copyOfArgs(job.args);
+    const missing = await missingColumns({ query: job.query }, job.table, [copy.from, copy.to]);
+    if (missing.length > 0) {
+      throw new Error(
+        `${COPY_COLUMN_WORK}: ${missing.map((name) => `column ${JSON.stringify(name)}`).join(' and ')} ` +
+          `${missing.length === 1 ? 'does' : 'do'} not exist in ${job.table} (job_arguments ${JSON.stringify(job.args)})`,
+      );
+    }
+    return copyRange(job, copy);
+  },
+};
+
+const COPY_ARGUMENTS = new Set(['from', 'to', 'skipUnchanged']);
+
+/** The copy a migration's arguments describe; throws an Error saying what is wrong with them. */
+function copyOfArgs(args: Readonly<Record<string, unknown>>): Copy {
+  const bad = (what: string) => new Error(`${COPY_COLUMN_WORK}: ${what} (job_arguments ${JSON.stringify(args)})`);
+  const unknown = Object.keys(args).filter((key) => !COPY_ARGUMENTS.has(key));
+  if (unknown.length > 0) {
+    throw bad(
+      `unknown argument ${unknown.map((key) => JSON.stringify(key)).join(', ')}; it takes from, to, skipUnchanged`,
+    );
+  }
+  const { skipUnchanged = true } = args;
+  const column = (name: 'from' | 'to'): string => {
+    const value = args[name];
+    if (typeof value === 'string' && value !== '') return value;
+    throw bad(`argument ${name} must be a column name (a non-empty string), got ${JSON.stringify(value) ?? 'nothing'}`);
   };
+  const from = column('from');
+  const to = column('to');
+  if (from === to) throw bad('arguments from and to name the same column');
+  if (typeof skipUnchanged !== 'boolean') {
+    throw bad(`argument skipUnchanged must be true or false, got ${JSON.stringify(skipUnchanged)}`);
+  }
+  return { from, to, skipUnchanged };
+}
+
+/** Copies on the range's rows; the number of rows written. */
+async function copyRange(job: Job<JobKey>, { from, to, skipUnchanged }: Copy): Promise<number | undefined> {
+  const source = escapeIdentifier(from);
+  const target = escapeIdentifier(to);
+  const changed = skipUnchanged ? ` AND ${target} IS DISTINCT FROM ${source}` : '';
+  const { rowCount } = await job.query(
+    `UPDATE ${job.table} SET ${target} = ${source} WHERE (${job.range.sql})${changed}`,
+    job.range.params,
+  );
+  return rowCount ?? undefined;
 }
