@@ -37,6 +37,7 @@ export type {
   NotificationEvent,
   NotifyEvent,
   NotifyTarget,
+  ProgressBasis,
   RunLoopOptions,
   RunOutcome,
   RunResult,
