@@ -496,7 +496,7 @@ export type MigrationSummary = Pick<
   recent: { jobs: number; width: bigint; rows: number; seconds: number };
   /** The failure message of the job that failed last, if any job is failed now. */
   lastJobError: string | null;
-  /** A migration over a key that is not a single integer column (docs/keys.md); null for an integer key. */
+  /** A migration over a key that is not a single integer column (docs/operating.md, "Progress for keys"); null for an integer key. */
   key: KeySummary | null;
 };
 
