@@ -38,6 +38,7 @@ export type {
   NotificationEvent,
   NotifyEvent,
   NotifyTarget,
+  ProgressBasis,
   RunLoopOptions,
   RunOutcome,
   RunResult,

@@ -9,6 +9,7 @@ import { ConfigError } from './errors.ts';
 import { CORRELATION_ID, defaultLibraryLogger } from './log.ts';
 import { tellObservers } from './observe.ts';
 import { WorkRegistry } from './work-registry.ts';
+import { progressText } from './report-text.ts';
 import { Runner } from './run.ts';
 import { migrationReports, pause, resume } from './status.ts';
 import type { FinalizeParams, MigrationReport, RunResult } from './types.ts';
@@ -73,8 +74,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
         return current;
       }
       if (settled) throw new FinalizeError(settled, current);
-      if (params.signal?.aborted)
-        throw new FinalizeError(`interrupted at ${(current.progress * 100).toFixed(1)}%`, current);
+      if (params.signal?.aborted) throw new FinalizeError(`interrupted at ${progressText(current)}`, current);
 
       const result = await runner.runOnce({ chain: true });
       tellObservers(observers, log, (observer) => observer.run?.(result));

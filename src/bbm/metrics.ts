@@ -22,7 +22,7 @@ export const METRIC_HELP = {
   bbm_jobs_total: 'Jobs executed, by result: succeeded or failed.',
   bbm_sleep_duration_seconds: 'Waits of workers between runs.',
   bbm_migration_progress:
-    "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed.",
+    "Share (0..1) of a migration's id range covered by finished jobs, for migrations not finished or failed; for a key that is not a single integer column, an estimate: finished rows over the table's estimated rows.",
   bbm_migrations: 'Migrations by status.',
   bbm_holds_total:
     'Health holds set, by reason (autovacuum, transaction_age, replay_lag, wal_archive, replication_slot, wal_budget): one per migration newly set aside.',

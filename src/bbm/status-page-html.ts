@@ -6,6 +6,7 @@
 import { ACTIONS_BY_STATUS, MAX_LANES, MigrationStatus, type MigrationStatusName } from '../store/codes.ts';
 import type { JobPoint, LiveWorker } from '../store/dashboard.ts';
 import type { JobRow } from '../store/jobs.ts';
+import { boundsText, keyProgressText, keyText, progressIsEstimate, progressText } from './report-text.ts';
 import type { ScheduleReport } from './schedules.ts';
 import type { MigrationReport } from './types.ts';
 import { chart } from './status-chart.ts';
@@ -83,7 +84,7 @@ function actions(r: MigrationReport, writable: boolean): string {
 function migrationRow(r: MigrationReport, writable: boolean, link: boolean): string {
   const name = link ? `<a href="/migrations/${html(encodeURIComponent(r.name))}">${html(r.name)}</a>` : html(r.name);
   return `<tr data-name="${html(r.name)}" data-status="${html(r.status)}"><td>${name}</td><td>${badge(r.status)}</td>
-<td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${(r.progress * 100).toFixed(1)}%</span></td>
+<td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${html(progressText(r))}</span></td>
 <td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td>
 <td data-field="note" class="note">${html(heldBack(r).join('; '))}</td><td data-field="actions">${actions(r, writable)}</td></tr>`;
 }
@@ -165,13 +166,19 @@ export function listPage(
   );
 }
 
-function jobTable(jobs: JobRow[], id: string): string {
+/** A job's range: its ids, or for a key migration its first and last keys (its ordinals mean nothing to a reader). */
+function jobRange(j: JobRow, keyed: boolean): string {
+  if (!keyed) return `${j.start}..${j.end}`;
+  return j.startKey && j.endKey ? html(`${keyText(j.startKey)}..${keyText(j.endKey)}`) : 'no keys (an empty table)';
+}
+
+function jobTable(jobs: JobRow[], id: string, keyed: boolean): string {
   if (jobs.length === 0) return `<div id="${id}" data-live><p>None.</p></div>`;
   return `<div class="wrap" id="${id}" data-live><table><thead><tr><th>job</th><th>range</th><th>status</th><th>attempts</th><th>duration</th><th>rows</th><th>ended</th><th>error</th></tr></thead><tbody>
 ${jobs
   .map(
     (j) =>
-      `<tr><td>${j.id}</td><td>${j.start}..${j.end}</td><td>${['', 'active', 'finished', 'failed'][j.status] ?? j.status}</td><td>${j.attempts}</td>` +
+      `<tr><td>${j.id}</td><td>${jobRange(j, keyed)}</td><td>${['', 'active', 'finished', 'failed'][j.status] ?? j.status}</td><td>${j.attempts}</td>` +
       `<td>${j.durationMs === null ? '' : `${j.durationMs.toFixed(1)} ms`}</td><td>${j.rows ?? ''}</td>` +
       `<td>${j.finishedAt === null ? '' : html(j.finishedAt.toISOString().slice(11, 19))}</td><td class="note">${html(j.failureMessage ?? '')}</td></tr>`,
   )
@@ -188,16 +195,17 @@ export function migrationPage(
     `pg-bbm: ${r.name}`,
     `<p><a href="/">all migrations</a></p>
 ${migrationTable([r], writable, false)}
-<p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}]`)}${
+<p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} ${boundsText(r)}`)}${
       r.approvedBy === null
         ? ''
         : ` <span class="muted">approved by ${html(r.approvedBy)} at ${html(r.approvedAt?.toISOString() ?? '?')}</span>`
     }</p>
+${r.key ? `<p id="key-progress" data-live>${html(keyProgressText(r))}${progressIsEstimate(r) ? ' <span class="muted">(progress is an estimate: these rows over the table\'s estimated rows)</span>' : ''}</p>` : ''}
 <h2>Jobs over time</h2>${chart(timeline)}
 <form id="pace" data-name="${html(r.name)}"><label>lanes <input name="lanes" type="number" min="1" max="${MAX_LANES}" value="${r.lanes}" ${writable ? '' : 'disabled'}></label>
 <label>batch size <input name="batchSize" type="number" min="1" value="${r.batchSize}" ${writable ? '' : 'disabled'}></label>
 <button type="submit" ${writable ? '' : 'disabled'}>set</button></form>
-<h2>Failed ranges</h2>${jobTable(jobs.failed, 'failed')}<h2>Recent jobs</h2>${jobTable(jobs.recent, 'recent')}`,
+<h2>Failed ranges</h2>${jobTable(jobs.failed, 'failed', r.key !== null)}<h2>Recent jobs</h2>${jobTable(jobs.recent, 'recent', r.key !== null)}`,
     writable,
   );
 }

@@ -8,13 +8,26 @@ import {
   statusIn,
   type MigrationStatusName,
 } from '../store/codes.ts';
-import { listMigrations, pauseMigrations, resumeMigrations, type MigrationSummary } from '../store/migration-rows.ts';
+import {
+  listMigrations,
+  pauseMigrations,
+  resumeMigrations,
+  type KeySummary,
+  type MigrationSummary,
+} from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { approvals } from '../store/approvals.ts';
 import type { MigrationReport } from './types.ts';
 
+/**
+ * A key migration's progress short of its finish, however far its rows run past the estimate: a
+ * table that grew, or statistics that lag, must not read as done.
+ */
+const KEY_PROGRESS_CAP = 0.99;
+
 function progressOf(m: MigrationSummary): number {
   if (m.status === MigrationStatus.finished) return 1;
+  if (m.key) return keyProgressOf(m.key);
   if (m.maxValue === null) return 0;
   const width = m.maxValue - m.minValue + 1n;
   if (width <= 0n) return 0;
@@ -22,15 +35,35 @@ function progressOf(m: MigrationSummary): number {
   return Math.min(1, Number((m.finishedWidth * 1_000_000n) / width) / 1_000_000);
 }
 
+/** Rows done over the table's estimated rows (0 when there is no estimate), below 1 until finished. */
+function keyProgressOf(key: KeySummary): number {
+  if (key.estimatedRows === null || key.finishedRows === 0) return 0;
+  return Math.min(KEY_PROGRESS_CAP, key.finishedRows / Math.max(1, key.estimatedRows));
+}
+
 function pace(m: MigrationSummary): { rowsPerSecond: number | null; etaSeconds: number | null } {
   const { jobs, width, rows, seconds } = m.recent;
   const running = statusIn(RUNNABLE_STATUSES, m.status);
   if (!running || jobs === 0 || seconds <= 0) return { rowsPerSecond: null, etaSeconds: null };
   const rowsPerSecond = rows / seconds;
+  if (m.key) {
+    const left = keyRowsLeft(m.key);
+    return { rowsPerSecond, etaSeconds: left === null || rowsPerSecond <= 0 ? null : left / rowsPerSecond };
+  }
   if (m.maxValue === null) return { rowsPerSecond, etaSeconds: null };
   const remaining = m.maxValue - m.minValue + 1n - m.finishedWidth;
   const idsPerSecond = Number(width) / seconds;
   return { rowsPerSecond, etaSeconds: remaining <= 0n ? 0 : Number(remaining) / idsPerSecond };
+}
+
+/**
+ * Rows a key migration has left by the estimate; null without one, or once past it (the table
+ * grew, or its statistics lag): then nothing tells how long it has left.
+ */
+function keyRowsLeft(key: KeySummary): number | null {
+  if (key.estimatedRows === null) return null;
+  const left = key.estimatedRows - key.finishedRows;
+  return left > 0 ? left : null;
 }
 
 /**
@@ -66,6 +99,7 @@ export async function migrationReports(
       lanes: maxParallelJobs,
       failureErrorCode: failureErrorCode === null ? null : errorCodeName(failureErrorCode),
       progress: progressOf(m),
+      progressBasis: m.key ? 'rows-estimate' : 'key-width',
       ...pace(m),
       lastError: m.failureMessage ?? lastJobError,
       waitingForWork: statusIn(RUNNABLE_STATUSES, status) && !known.has(m.jobSignatureName),

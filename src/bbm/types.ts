@@ -364,6 +364,9 @@ export interface FinalizeParams extends WorkerOptions {
   hardStop?: AbortSignal;
 }
 
+/** What a migration's `progress` measures (MigrationReport.progressBasis). */
+export type ProgressBasis = 'key-width' | 'rows-estimate';
+
 /**
  * A migration as operators see it (`bbm status --json`): its row's fields (documented on
  * MigrationSummary) with statuses and codes by name, plus what is derived from its jobs.
@@ -376,8 +379,15 @@ export type MigrationReport = Omit<
   failureErrorCode: ErrorCodeName | null;
   /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
   lanes: number;
-  /** Share of [minValue, maxValue] covered by finished ranges, 0..1; 1 once finished. */
+  /** How far it has come, 0..1; 1 once finished. How it is measured is `progressBasis`. */
   progress: number;
+  /**
+   * What `progress` measures (docs/operating.md, "Progress for keys"). `key-width`, for an integer
+   * key: the share of [minValue, maxValue] covered by finished ranges. `rows-estimate`, for any
+   * other key (`key` is set): an estimate, the finished ranges' rows over the table's estimated
+   * rows, kept below 1 until the migration finishes, and 0 while the table has no statistics.
+   */
+  progressBasis: ProgressBasis;
   /** Rows per second over the last five minutes (the sizes of the ranges finished); null when idle, paused or failed. */
   rowsPerSecond: number | null;
   /** Seconds left at the last five minutes' pace; null when not running or idle. */

@@ -27,9 +27,10 @@ export function percent(fraction: number): string {
   return `${(fraction * 100).toFixed(1)}%`;
 }
 
-export function progressBar(fraction: number, width = 30): string {
+/** A bar of `fraction`, then `label` (the percentage, unless the caller words it: an estimate, rows). */
+export function progressBar(fraction: number, width = 30, label = percent(fraction)): string {
   const full = Math.max(0, Math.min(width, Math.round(fraction * width)));
-  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${percent(fraction).padStart(6)}`;
+  return `[${'#'.repeat(full)}${'.'.repeat(width - full)}] ${label.padStart(6)}`;
 }
 
 /** 42s, 3m05s, 2h10m. */

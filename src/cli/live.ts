@@ -5,6 +5,7 @@
  * tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
  */
 import { Writable } from 'node:stream';
+import { progressText } from '../bbm/report-text.ts';
 import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { RUNNABLE_STATUSES, statusIn } from '../store/codes.ts';
@@ -99,7 +100,7 @@ function progressLine(report: MigrationReport): string {
   const held =
     report.onHoldUntil && report.onHoldUntil.getTime() > Date.now() ? `, held: ${report.holdReason ?? ''}` : '';
   return (
-    `${report.name} ${progressBar(report.progress, 20)} ${report.jobs.finished} jobs` +
+    `${report.name} ${progressBar(report.progress, 20, progressText(report))} ${report.jobs.finished} jobs` +
     (report.rowsPerSecond === null ? '' : `, ${Math.round(report.rowsPerSecond).toLocaleString('en')} rows/s`) +
     (report.etaSeconds === null ? '' : `, ${duration(report.etaSeconds)} left`) +
     `, ${report.lanesInUse}/${report.lanes} lanes` +

@@ -4,6 +4,7 @@ import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
 import type { LevelWithSilent } from 'pino';
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
 import { migrationReports } from '../bbm/status.ts';
+import { progressText } from '../bbm/report-text.ts';
 import { createMetrics } from '../bbm/metrics.ts';
 import { startOpsServer, type OpsServer } from '../bbm/ops-server.ts';
 import { createStatusPage } from '../bbm/status-page.ts';
@@ -17,7 +18,7 @@ import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
-import { duration, percent, progressBar } from './format.ts';
+import { duration, progressBar } from './format.ts';
 import { createLiveDisplay, type LiveDisplay } from './live.ts';
 import type { Context } from './context.ts';
 
@@ -313,7 +314,7 @@ function progressPrinter({ io, flags }: Context): { update: (report: MigrationRe
   let lastTenth = -1;
   let lastLine = 0;
   const describe = (r: MigrationReport) =>
-    `${r.name} ${progressBar(r.progress)} ${r.jobs.finished} jobs` +
+    `${r.name} ${progressBar(r.progress, 30, progressText(r))} ${r.jobs.finished} jobs` +
     (r.rowsPerSecond === null ? '' : `, ${Math.round(r.rowsPerSecond).toLocaleString('en')} rows/s`) +
     (r.etaSeconds === null ? '' : `, ${duration(r.etaSeconds)} left`);
   return {
@@ -325,7 +326,7 @@ function progressPrinter({ io, flags }: Context): { update: (report: MigrationRe
       }
       const tenth = Math.floor(report.progress * 10);
       if (tenth > lastTenth || Date.now() - lastLine > 10_000) {
-        io.out(`${describe(report)} (${percent(report.progress)})`);
+        io.out(`${describe(report)} (${progressText(report)})`);
         lastTenth = tenth;
         lastLine = Date.now();
       }

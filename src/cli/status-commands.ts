@@ -5,7 +5,8 @@ import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { UsageError } from './args.ts';
 import type { Context } from './context.ts';
-import { duration, percent, table, toJson } from './format.ts';
+import { boundsText, progressIsEstimate, progressText } from '../bbm/report-text.ts';
+import { duration, table, toJson } from './format.ts';
 
 export async function status(context: Context): Promise<number> {
   const { flags, io } = context;
@@ -89,23 +90,39 @@ async function watch(context: Context): Promise<number> {
 
 function render(reports: MigrationReport[]): string {
   if (reports.length === 0) return 'no migrations';
+  return migrationTable(reports) + estimateLegend(reports);
+}
+
+function migrationTable(reports: MigrationReport[]): string {
   return table(
     ['ID', 'NAME', 'STATUS', 'PROGRESS', 'JOBS OK/FAILED', 'ROWS/S', 'LEFT', 'TARGET', 'WORK', 'NOTE'],
     reports.map((r) => [
       String(r.id),
       r.name,
       r.status,
-      percent(r.progress),
+      progressText(r),
       `${r.jobs.finished}/${r.jobs.failed}`,
       r.rowsPerSecond === null ? '-' : Math.round(r.rowsPerSecond).toLocaleString('en'),
       r.etaSeconds === null ? '-' : duration(r.etaSeconds),
-      `${r.tableName}.${r.columnName} [${r.minValue}..${r.maxValue ?? 'max'}] by ${r.batchSize}` +
+      `${r.tableName}.${r.columnName} ${boundsText(r)} by ${r.batchSize}` +
         (r.lanes > 1 ? `, ${r.lanesInUse}/${r.lanes} lanes` : '') +
         (r.targetJobMs === null ? '' : ` (~${r.targetJobMs} ms jobs)`),
       r.jobSignatureName,
       note(r),
     ]),
   );
+}
+
+/** The lines under the table that say what an estimated progress means (none when no progress shown is one). */
+function estimateLegend(reports: MigrationReport[]): string {
+  const estimates = reports.filter(progressIsEstimate);
+  const lines = [
+    estimates.some((r) => r.key?.estimatedRows !== null) &&
+      "~: estimated, the finished ranges' rows over the table's estimated rows (a key that is not a single integer column)",
+    estimates.some((r) => r.key?.estimatedRows === null) &&
+      "rows: the finished ranges' rows; the table has no row estimate to measure them against (ANALYZE it)",
+  ].filter(Boolean);
+  return lines.length === 0 ? '' : `\n\n${lines.join('\n')}`;
 }
 
 /** The line under the table that names what waits for an operator's approval (empty when nothing does). */

@@ -69,7 +69,9 @@ export async function jobTimeline(db: Queryable, migrationId: bigint, limit = 30
     sql`
       SELECT * FROM (
         SELECT j.id, j.status, coalesce(j.finished_at, j.updated_at) AS at, j.duration_ms,
-               coalesce(j.row_count, j.batch_size, j.max_value - j.min_value + 1) AS rows, j.attempts
+               -- A key range (min_key set) always has its batch_size; its width counts ordinals, not rows.
+               coalesce(j.row_count, j.batch_size, CASE WHEN j.min_key IS NULL THEN j.max_value - j.min_value + 1 END, 0) AS rows,
+               j.attempts
         FROM batched_background_migration_jobs j
         WHERE j.batched_background_migration_id = ${migrationId}
           AND (j.status = ${JobStatus.finished} OR (j.status = ${JobStatus.failed} AND j.attempts > 0))

@@ -13,7 +13,7 @@ import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryab
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import { storableMessage } from './messages.ts';
 import type { Target } from './catalog.ts';
-import { keyJson, keyList, keyRow, type Key } from './keys.ts';
+import { keyJson, keyList, keyRow, keyTextArray, type Key } from './keys.ts';
 import { quotedTable } from './migration-rows.ts';
 import type { StoredJob } from './rows.ts';
 
@@ -404,8 +404,15 @@ export type JobRow = Pick<
   StoredJob,
   'id' | 'attempts' | 'batchSize' | 'durationMs' | 'walBytes' | 'failureMessage' | 'finishedAt'
 > & {
+  /** An integer key's range; a key migration's place in the order of its ranges (ordinals, not to be shown). */
   start: bigint;
   end: bigint;
+  /**
+   * A key migration's range: its first and last keys, each value's exact text in column order.
+   * Null for an integer key, and for the one range of an empty key space.
+   */
+  startKey: string[] | null;
+  endKey: string[] | null;
   status: JobStatusCode;
   rows: number | null;
 };
@@ -431,20 +438,27 @@ export async function recentJobs(
     wal_bytes: string | null;
     failure_message: string | null;
     finished_at: Date | null;
+    start_key: string[] | null;
+    end_key: string[] | null;
     recent: boolean;
   }>(
     db,
     sql`
-      (SELECT j.*, true AS recent FROM batched_background_migration_jobs j
-       WHERE j.batched_background_migration_id = ${migrationId} ORDER BY j.updated_at DESC, j.id DESC LIMIT ${limit}::int)
-      UNION ALL
-      (SELECT j.*, false FROM batched_background_migration_jobs j
-       WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.failed} ORDER BY j.min_value)`,
+      SELECT r.*, ${sql.raw(keyTextArray('r.min_key'))} AS start_key, ${sql.raw(keyTextArray('r.max_key'))} AS end_key
+      FROM (
+        (SELECT j.*, true AS recent FROM batched_background_migration_jobs j
+         WHERE j.batched_background_migration_id = ${migrationId} ORDER BY j.updated_at DESC, j.id DESC LIMIT ${limit}::int)
+        UNION ALL
+        (SELECT j.*, false FROM batched_background_migration_jobs j
+         WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.failed} ORDER BY j.min_value)
+      ) r`,
   );
   const toJob = (r: (typeof rows)[number]): JobRow => ({
     id: BigInt(r.id),
     start: BigInt(r.min_value),
     end: BigInt(r.max_value),
+    startKey: r.start_key,
+    endKey: r.end_key,
     status: r.status as JobStatusCode,
     attempts: r.attempts,
     batchSize: r.batch_size,

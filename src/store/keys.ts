@@ -43,6 +43,18 @@ export function asKeyArray(json: string): string {
 }
 
 /**
+ * A key as stored (`json`, SQL text of a jsonb value: a JSON array, or a lone value as given at
+ * enqueue) as a text[] of each value's exact text, in column order; NULL for NULL. What operators
+ * are shown: never a JavaScript number, which would round a numeric or a bigint.
+ */
+export function keyTextArray(json: string): string {
+  return (
+    `CASE WHEN ${json} IS NULL THEN NULL ELSE ARRAY(SELECT e.v FROM ` +
+    `pg_catalog.jsonb_array_elements_text(${asKeyArray(json)}) WITH ORDINALITY AS e(v, i) ORDER BY e.i) END`
+  );
+}
+
+/**
  * A range's predicate for a work function: `sql` with placeholders numbered from `first`, and its
  * parameters. An integer key (`key` null) is `"id" BETWEEN $1 AND $2`; any other is a comparison
  * of the key's row with the range's first and last keys, cast to the key's types; an empty key

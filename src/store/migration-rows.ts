@@ -20,7 +20,7 @@ import {
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { asKeyArray, keyJson, keyList, keyListDescending, keyRow, type Key } from './keys.ts';
+import { asKeyArray, keyJson, keyList, keyListDescending, keyRow, keyTextArray, type Key } from './keys.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -445,7 +445,8 @@ export async function countMigrationsByStatus(db: Queryable): Promise<Map<Migrat
  * One migration with its job counts, as `bbm status` shows it: its row (StoredMigration), with
  * `batchSize` the size ranges are cut with now (the adaptive size, when `targetJobMs` is set) and
  * `lanesAllowed` the lanes the latency controller allows now (max_parallel_jobs unless it shed
- * some), and what is counted from its jobs and lanes.
+ * some), and what is counted from its jobs and lanes. For a key migration (`key` set), `minValue`
+ * and `maxValue` are the row's as stored: the order of its ranges, not keys (see `key`).
  */
 export type MigrationSummary = Pick<
   StoredMigration,
@@ -476,18 +477,53 @@ export type MigrationSummary = Pick<
   jobs: { total: number; finished: number; failed: number; active: number };
   /** Lanes whose lock is held now: jobs running at this moment, across all workers. */
   lanesInUse: number;
-  /** Sum of the widths of finished ranges: progress is this over the width of [min, max]. */
+  /**
+   * Sum of the widths of finished ranges: an integer key's progress is this over the width of
+   * [min, max]. For a key migration (`key`), a sum of ordinals that means nothing.
+   */
   finishedWidth: bigint;
   /**
    * The end of the contiguous finished prefix: every id up to it is in a finished range, and a
-   * resume starts after it. Null before the first range; may be min_value - 1.
+   * resume starts after it. Null before the first range; may be min_value - 1. Null for a key
+   * migration, whose finished prefix is `key.finishedPrefix`.
    */
   finishedPrefixEnd: bigint | null;
-  /** Jobs finished in the last RECENT_WINDOW: their count, summed width and rows (sizes), and the seconds they span. */
+  /**
+   * Jobs finished in the last RECENT_WINDOW: their count, summed width and rows, and the seconds
+   * they span. Rows are the ranges' sizes; for a key migration, what the work reported, else the
+   * size (as `key.finishedRows` counts them, so that its rate and its rows left agree).
+   */
   recent: { jobs: number; width: bigint; rows: number; seconds: number };
   /** The failure message of the job that failed last, if any job is failed now. */
   lastJobError: string | null;
+  /** A migration over a key that is not a single integer column (docs/operating.md, "Progress for keys"); null for an integer key. */
+  key: KeySummary | null;
 };
+
+/**
+ * A key migration's bounds and progress, in keys and rows: its min_value and max_value (and its
+ * ranges') hold only the order of its ranges, ordinals (KEY_ORDINAL_END) that say nothing of how
+ * far it has come. Each key is its values in column order, each as the exact text of its JSON
+ * form (a uuid, a numeric to its last digit, a timestamp in ISO form).
+ */
+export interface KeySummary {
+  /** The first and last keys: given at enqueue or found at the start; null until then, and for an empty table. */
+  min: string[] | null;
+  max: string[] | null;
+  /**
+   * The last key of the contiguous finished prefix: every key up to it is in a finished range
+   * (the last key of the last finished range before the first unfinished one, in range order).
+   * Null until the first range finishes.
+   */
+  finishedPrefix: string[] | null;
+  /** Rows of the finished ranges: what each range's work reported (row_count), else the size it was cut with. */
+  finishedRows: number;
+  /**
+   * The table's rows, estimated: total_tuple_count (pg_class.reltuples when the migration
+   * started), else reltuples now. Null while the table has never been analyzed or vacuumed.
+   */
+  estimatedRows: number | null;
+}
 
 /** How far back `recent` looks: the rate a migration has now, not its average since it started. */
 const RECENT_WINDOW_SECONDS = 300;
@@ -527,9 +563,36 @@ interface SummaryRow {
   recent_rows: string;
   recent_seconds: number | null;
   last_job_error: string | null;
+  is_key: boolean;
+  min_key_values: string[] | null;
+  max_key_values: string[] | null;
+  finished_prefix_key: string[] | null;
+  finished_key_rows: string;
+  recent_key_rows: string;
+  estimated_rows: string | null;
 }
 
 const RECENT = sql.raw(`interval '${RECENT_WINDOW_SECONDS} seconds'`);
+
+/**
+ * Whether a migration's row is a key migration's: its keys are set (given, or found at the
+ * start), or its max_value is the end of the ranges' order (an empty table). Before it starts,
+ * one without given keys cannot be told from an integer migration without the catalog; it has
+ * no progress either way.
+ */
+const IS_KEY_MIGRATION = sql`(m.min_key IS NOT NULL OR m.max_key IS NOT NULL OR m.max_value = ${KEY_ORDINAL_END}::bigint)`;
+
+/** A key range's rows: what its work reported, else the size it was cut with; none in the one range of an empty key space. */
+const KEY_JOB_ROWS = sql`coalesce(j.row_count, CASE WHEN j.max_key IS NULL THEN 0 END, j.batch_size, m.batch_size)`;
+
+const keyValues = (json: string): SQL => sql.raw(keyTextArray(json));
+
+/**
+ * A table name that to_regclass reads without raising: one or two identifiers, quoted or not,
+ * joined by a dot. Before PostgreSQL 16 it raises on a name it cannot parse, and the name of one
+ * migration enqueued unchecked must not break every status read.
+ */
+const REGCLASS_READABLE = String.raw`^\s*("([^"]|"")+"|[^[:space:]."]+)(\s*\.\s*("([^"]|"")+"|[^[:space:]."]+))?\s*$`;
 
 /** Migrations (all, the one named, or those in `statuses`), oldest first, with their job counts. */
 export async function listMigrations(
@@ -542,6 +605,7 @@ export async function listMigrations(
   const rows = await exec<SummaryRow>(
     db,
     sql`
+      WITH s AS (
       SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
              m.batch_size, m.max_parallel_jobs, least(m.max_parallel_jobs, coalesce(m.lanes_allowed, m.max_parallel_jobs)) AS lanes_allowed,
              m.target_job_ms, m.min_batch_size, m.max_batch_size,
@@ -569,12 +633,30 @@ export async function listMigrations(
                               - min(j.started_at) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}))::float8 AS recent_seconds,
              (SELECT f.failure_message FROM batched_background_migration_jobs f
               WHERE f.batched_background_migration_id = m.id AND f.status = ${JobStatus.failed}
-              ORDER BY f.updated_at DESC LIMIT 1) AS last_job_error
+              ORDER BY f.updated_at DESC LIMIT 1) AS last_job_error,
+             ${IS_KEY_MIGRATION} AS is_key, m.min_key, m.max_key, m.total_tuple_count,
+             coalesce(sum(${KEY_JOB_ROWS}) FILTER (WHERE j.status = ${JobStatus.finished}), 0) AS finished_key_rows,
+             coalesce(sum(${KEY_JOB_ROWS}) FILTER (WHERE j.status = ${JobStatus.finished} AND j.finished_at > now() - ${RECENT}), 0) AS recent_key_rows
       FROM batched_background_migrations m
       LEFT JOIN batched_background_migration_jobs j ON j.batched_background_migration_id = m.id
       ${filters.length === 0 ? sql`` : sql`WHERE ${sql.join(filters, sql` AND `)}`}
       GROUP BY m.id
-      ORDER BY m.id`,
+      )
+      SELECT s.*,
+             CASE WHEN s.is_key THEN ${keyValues('s.min_key')} END AS min_key_values,
+             CASE WHEN s.is_key THEN ${keyValues('s.max_key')} END AS max_key_values,
+             -- Ranges tile the order of ranges without gaps: the range that ends where the prefix
+             -- ends is the last one finished before the first unfinished one.
+             CASE WHEN s.is_key THEN (
+               SELECT ${keyValues('p.max_key')} FROM batched_background_migration_jobs p
+               WHERE p.batched_background_migration_id = s.id AND p.status = ${JobStatus.finished}
+                 AND p.max_value = s.finished_prefix_end) END AS finished_prefix_key,
+             CASE WHEN s.is_key THEN coalesce(s.total_tuple_count, (
+               SELECT nullif(c.reltuples, -1)::bigint FROM pg_catalog.pg_class c
+               WHERE c.oid = CASE WHEN s.table_name ~ ${REGCLASS_READABLE} THEN pg_catalog.to_regclass(s.table_name) END)) END
+               AS estimated_rows
+      FROM s
+      ORDER BY s.id`,
   );
   return rows.map((r) => ({
     id: BigInt(r.id),
@@ -607,15 +689,26 @@ export async function listMigrations(
     },
     lanesInUse: Number(r.lanes_in_use),
     finishedWidth: BigInt(r.finished_width),
-    finishedPrefixEnd: bigOrNull(r.finished_prefix_end),
+    finishedPrefixEnd: r.is_key ? null : bigOrNull(r.finished_prefix_end),
     recent: {
       jobs: Number(r.recent_jobs),
       width: BigInt(r.recent_width),
-      rows: Number(r.recent_rows),
+      rows: Number(r.is_key ? r.recent_key_rows : r.recent_rows),
       seconds: r.recent_seconds ?? 0,
     },
     lastJobError: r.last_job_error,
+    key: r.is_key ? keySummaryOf(r) : null,
   }));
+}
+
+function keySummaryOf(r: SummaryRow): KeySummary {
+  return {
+    min: r.min_key_values,
+    max: r.max_key_values,
+    finishedPrefix: r.finished_prefix_key,
+    finishedRows: Number(r.finished_key_rows),
+    estimatedRows: r.estimated_rows === null ? null : Number(r.estimated_rows),
+  };
 }
 
 export interface NewMigration {

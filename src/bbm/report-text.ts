@@ -1,0 +1,49 @@
+/**
+ * A migration's bounds, keys and progress as people read them: what `bbm status`, `bbm run`'s
+ * progress lines and the status page show. A key migration (MigrationReport.key) is shown in its
+ * keys and rows; the ordinals its row holds in min_value and max_value are never shown.
+ */
+import type { MigrationReport } from './types.ts';
+
+/** A key as people read it: one value as it is, several as `(a, b)`. */
+export function keyText(values: readonly string[]): string {
+  return values.length === 1 ? values[0]! : `(${values.join(', ')})`;
+}
+
+/**
+ * The range a migration covers: `[1..100]`, `[1..max]` before an integer key's end is known;
+ * for a key migration its first and last keys, `first` and `last` before the start finds them.
+ */
+export function boundsText(r: Pick<MigrationReport, 'minValue' | 'maxValue' | 'key'>): string {
+  if (!r.key) return `[${r.minValue}..${r.maxValue ?? 'max'}]`;
+  return `[${r.key.min ? keyText(r.key.min) : 'first'}..${r.key.max ? keyText(r.key.max) : 'last'}]`;
+}
+
+type ProgressOf = Pick<MigrationReport, 'status' | 'progress' | 'progressBasis' | 'key'>;
+
+/** Whether `progress` is an estimate: a key migration's rows, until it finishes. */
+export function progressIsEstimate(r: ProgressOf): boolean {
+  return r.progressBasis === 'rows-estimate' && r.status !== 'finished';
+}
+
+/**
+ * Progress as people read it: `40.0%`; `~40.0%` for an estimate; the rows done (`300 rows`) when
+ * the table has no estimate to measure them against.
+ */
+export function progressText(r: ProgressOf): string {
+  const percent = `${(r.progress * 100).toFixed(1)}%`;
+  if (!progressIsEstimate(r)) return percent;
+  if (r.key?.estimatedRows === null) return `${r.key.finishedRows.toLocaleString('en')} rows`;
+  return `~${percent}`;
+}
+
+/** A key migration's progress in rows and keys: `300 of about 1,000 rows, finished through k` (empty for an integer key). */
+export function keyProgressText(r: Pick<MigrationReport, 'key'>): string {
+  if (!r.key) return '';
+  const { finishedRows, estimatedRows, finishedPrefix } = r.key;
+  const rows =
+    estimatedRows === null
+      ? `${finishedRows.toLocaleString('en')} rows (no estimate of the table's rows: ANALYZE it)`
+      : `${finishedRows.toLocaleString('en')} of about ${estimatedRows.toLocaleString('en')} rows`;
+  return finishedPrefix ? `${rows}, finished through ${keyText(finishedPrefix)}` : rows;
+}
