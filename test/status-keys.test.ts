@@ -267,3 +267,25 @@ describe('the status page for a key migration', () => {
     expect(api).toMatchObject({ progressBasis: 'rows-estimate', key: { finishedPrefix: prefix } });
   });
 });
+
+describe('a key migration over a partitioned table', () => {
+  it('runs over every partition, and estimates its rows from the partitions (the parent has no estimate)', async () => {
+    const { pool } = db();
+    await pool.query(
+      `CREATE TABLE p (tenant_id int NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0,
+                       PRIMARY KEY (tenant_id, id)) PARTITION BY LIST (tenant_id)`,
+    );
+    for (const t of [1, 2, 3]) await pool.query(`CREATE TABLE p${t} PARTITION OF p FOR VALUES IN (${t})`);
+    await pool.query(`INSERT INTO p (tenant_id) SELECT 1 + i % 3 FROM generate_series(1, 900) i`);
+    await pool.query('ANALYZE p1, p2, p3');
+    await insertKeyMigration(pool, 'part', 'p', 'tenant_id,id', 100);
+    const worker = testWorker(pool, { work: [touchRange] });
+    await runJobs(worker, 3);
+    const [report] = await migrationReports(pool, { name: 'part' });
+    expect(report?.key?.estimatedRows).toBe(900);
+    expect(report?.progress).toBeCloseTo(300 / 900, 2);
+    await drain(worker);
+    const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM p GROUP BY touched`);
+    expect(rows).toEqual([{ touched: 1, n: 900 }]);
+  });
+});

@@ -404,10 +404,10 @@ export type MigrationReport = Omit<
   approvedAt: Date | null;
 };
 
-/** What `enqueueMigration` and `enqueueMigrationSql` take: a migration to add. */
 /** A value of a key bound (MigrationSpec.minKey, maxKey): a bigint for integers past 2^53. */
 export type KeyValue = string | number | bigint | boolean;
 
+/** What `enqueueMigration` and `enqueueMigrationSql` take: a migration to add. */
 export interface MigrationSpec {
   /** Unique; how operators name it (`bbm status --name`). */
   name: string;

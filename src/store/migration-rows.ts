@@ -34,6 +34,17 @@ export function quotedTable(target: Target): SQL {
 }
 
 /**
+ * The planner's estimate of a table's rows (reltuples), summed over its partitions for a
+ * partitioned table (whose own figure autovacuum never sets); NULL while none of them has been
+ * analyzed or vacuumed.
+ */
+function estimatedRows(tableOid: SQL): SQL {
+  return sql`(SELECT sum(nullif(c.reltuples, -1))::bigint
+              FROM pg_catalog.pg_partition_tree(${tableOid}) t JOIN pg_catalog.pg_class c ON c.oid = t.relid
+              WHERE t.isleaf)`;
+}
+
+/**
  * active -> running. A NULL max_value becomes the column's current maximum (an index lookup);
  * on an empty range it becomes min_value, leaving one empty range to run. The status guard keeps
  * a pause that an operator committed meanwhile.
@@ -51,7 +62,7 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
           max_value = coalesce(max_value, greatest(min_value,
             (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= batched_background_migrations.min_value))),
           total_tuple_count = coalesce(total_tuple_count,
-            (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
+            ${estimatedRows(sql`${target.oid}::oid`)})
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );
@@ -88,7 +99,7 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
           max_key = CASE WHEN (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN lo.k ELSE hi.k END,
           max_value = ${KEY_ORDINAL_END}::bigint,
           total_tuple_count = coalesce(total_tuple_count,
-            (SELECT nullif(reltuples, -1)::bigint FROM pg_catalog.pg_class WHERE oid = ${target.oid}::oid))
+            ${estimatedRows(sql`${target.oid}::oid`)})
       FROM lo, hi
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
@@ -651,10 +662,9 @@ export async function listMigrations(
                SELECT ${keyValues('p.max_key')} FROM batched_background_migration_jobs p
                WHERE p.batched_background_migration_id = s.id AND p.status = ${JobStatus.finished}
                  AND p.max_value = s.finished_prefix_end) END AS finished_prefix_key,
-             CASE WHEN s.is_key THEN coalesce(s.total_tuple_count, (
-               SELECT nullif(c.reltuples, -1)::bigint FROM pg_catalog.pg_class c
-               WHERE c.oid = CASE WHEN s.table_name ~ ${REGCLASS_READABLE} THEN pg_catalog.to_regclass(s.table_name) END)) END
-               AS estimated_rows
+             CASE WHEN s.is_key THEN coalesce(s.total_tuple_count, ${estimatedRows(
+               sql`CASE WHEN s.table_name ~ ${REGCLASS_READABLE} THEN pg_catalog.to_regclass(s.table_name) END`,
+             )}) END AS estimated_rows
       FROM s
       ORDER BY s.id`,
   );
