@@ -10,6 +10,10 @@ import { describe, expect, it } from 'vitest';
 import type { Job, JobKey, Work } from '../src/bbm/types.ts';
 import { useTestDatabase } from './support/database.ts';
 import { drain, migrationRow, testWorker } from './support/engine.ts';
+import { resolveTarget, type Target } from '../src/store/catalog.ts';
+import { cutRangeStatement } from '../src/store/jobs.ts';
+import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
+import { atomically } from '../src/store/tx.ts';
 
 const db = useTestDatabase();
 
@@ -131,5 +135,38 @@ describe('keys', () => {
     await insertMigration(pool, 'ts', 'e', 'at', touchRange.name, 20);
     await drain(testWorker(pool, { work: [touchRange], concurrency: 1 }));
     await expectTiled(pool, 'e', 'ts', 'at', ['timestamptz']);
+  });
+
+  it('hands a take the keys of the range it locked, also when the range was cut while the take waited', async () => {
+    const { pool } = db();
+    await pool.query(`CREATE TABLE rc (k text PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO rc (k) SELECT 'k' || lpad(g::text, 3, '0') FROM generate_series(1, 15) g`);
+    await insertMigration(pool, 'race', 'rc', 'k', touchRange.name, 5);
+    const worker = testWorker(pool, { work: [touchRange], concurrency: 1 });
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+
+    // A quiet round (commit probes) holds the quiet lock: the next take waits for it inside the
+    // take, its statement begun; meanwhile another lane cuts the first ranges.
+    const quiet = await pool.connect();
+    await quiet.query('BEGIN');
+    await quiet.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, QUIET_LOCK_KEY]);
+    const run = worker.runOnce();
+    await expect
+      .poll(
+        async () =>
+          (await pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`))
+            .rows[0].n,
+      )
+      .toBe(1);
+    const target = (await atomically(pool, (client) => resolveTarget(client, 'rc', 'k'))) as Target;
+    const validated = { target, tableName: 'rc', columnName: 'k', jobSignatureName: touchRange.name };
+    await pool.query(cutRangeStatement({ migrationId: 1n, validated, size: null, statementTimeoutMs: 0 }));
+    await quiet.query('ROLLBACK');
+    quiet.release();
+
+    const result = await run;
+    expect(result).toMatchObject({ outcome: 'job_succeeded', job: { rows: 5, startKey: ['k001'], endKey: ['k005'] } });
+    await drain(worker);
+    await expectTiled(pool, 'rc', 'race', 'k', ['text']);
   });
 });

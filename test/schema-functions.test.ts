@@ -86,13 +86,21 @@ function anotherRelease(version: string): FunctionSet {
 }
 
 /**
- * What this release changed since the chain (0.9.3): the nine-argument cut became a shim of the
- * cut that also takes a key's columns (batching keys that are not a single integer column).
+ * What this release changed since the chain (0.9.3), for batching keys that are not a single
+ * integer column: the nine-argument cut became a shim of the cut that also takes a key's columns,
+ * and the takes return the job's keys and the migration's arguments beside their old columns.
  * Every other function is the chain's, exactly; every signature the chain left still exists, for
  * the workers of earlier releases during a rolling deploy.
  */
-const CHANGED_SINCE_CHAIN = ['bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean)'];
-const ADDED_SINCE_CHAIN = ['bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])'];
+const CHANGED_SINCE_CHAIN = [
+  'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean)',
+  'bbm_take_job(text[],text,bigint,integer)',
+  'bbm_take_next(bigint,integer,text[],integer)',
+];
+const ADDED_SINCE_CHAIN = [
+  'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])',
+  'bbm_key_text(jsonb)',
+];
 
 /** The definitions that must equal the chain's: all but those changed since. */
 const unchanged = (defs: Record<string, string>) =>

@@ -28,16 +28,27 @@
 -- every lane of it is busy, or it is on hold. With only_migration (bbm finalize), only that
 -- migration is tried, and when its lanes are all busy the call waits for lane 0 instead of giving up.
 --
+-- The row also carries what the work function is handed beside the range: the migration's
+-- job_arguments and, for a key that is not a single integer column, the job's first and last keys
+-- (bbm_key_text), read with the job's row under its lock (a read beside the call, in the
+-- statement's older snapshot, could miss a range cut, or see a range before a split, while the
+-- take waited for the quiet lock).
+--
 -- The row also carries the server's WAL insert position (wal_lsn), from which bbm_finish_job
 -- measures the job's WAL, and, with a job taken from the ranges not yet run, whether to cut the
 -- next ranges beside or after it (cut_due: bbm_cut_due); NULL otherwise.
+--
+-- Its columns grew (job_min_key, job_max_key, job_arguments) after 0.9: the DROP lets the new
+-- row type replace the old (workers of 0.9 read the columns they know by name).
+DROP FUNCTION IF EXISTS bbm_take_job(text[], text, bigint, integer);
 CREATE OR REPLACE FUNCTION bbm_take_job(work_names text[], valid_name_pattern text, only_migration bigint, backstop_ms integer)
 RETURNS TABLE (
   migration_id bigint, lane integer, name text, status smallint, job_signature_name text,
   table_name text, column_name text, batching_strategy text, batch_size integer,
   max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
   step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
-  job_batch_size integer, wal_lsn text, cut_due boolean
+  job_batch_size integer, wal_lsn text, cut_due boolean, job_min_key text[], job_max_key text[],
+  job_arguments jsonb
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -56,6 +67,8 @@ DECLARE
   jattempts integer;
   jsize integer;
   jcue boolean;
+  jlo jsonb;
+  jhi jsonb;
   due boolean;
 BEGIN
   IF backstop_ms IS NOT NULL THEN
@@ -67,7 +80,7 @@ BEGIN
   FOR m IN
     SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
            b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.max_value,
-           b.on_hold_until, b.lanes_allowed
+           b.on_hold_until, b.lanes_allowed, b.job_arguments
     FROM batched_background_migrations b
     WHERE b.status IN ({{RUNNABLE_STATUSES}})
       AND (only_migration IS NULL OR b.id = only_migration)
@@ -84,6 +97,8 @@ BEGIN
     BEGIN
       got := NULL;
       jid := NULL;
+      jlo := NULL;
+      jhi := NULL;
       next_step := NULL;
       due := NULL;
       -- The lanes the latency controller allows now (lanes_allowed), at most max_parallel_jobs.
@@ -104,8 +119,8 @@ BEGIN
       IF m.status = {{MIGRATION_ACTIVE}} OR m.max_value IS NULL THEN
         next_step := 'start';
       ELSE
-        SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size, j.cut_cue
-          INTO jid, jmin, jmax, jstatus, jattempts, jsize, jcue
+        SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size, j.cut_cue, j.min_key, j.max_key
+          INTO jid, jmin, jmax, jstatus, jattempts, jsize, jcue, jlo, jhi
         FROM batched_background_migration_jobs j
         WHERE j.batched_background_migration_id = m.id AND j.status = {{JOB_ACTIVE}}
         ORDER BY j.min_value
@@ -121,8 +136,8 @@ BEGIN
         ) THEN
           next_step := 'cut';
         ELSE
-          SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size
-            INTO jid, jmin, jmax, jstatus, jattempts, jsize
+          SELECT j.id, j.min_value, j.max_value, j.status, j.attempts, j.batch_size, j.min_key, j.max_key
+            INTO jid, jmin, jmax, jstatus, jattempts, jsize, jlo, jhi
           FROM batched_background_migration_jobs j
           WHERE j.batched_background_migration_id = m.id AND j.status = {{JOB_FAILED}}
           ORDER BY j.id
@@ -144,7 +159,7 @@ BEGIN
       RETURN QUERY SELECT m.id, got, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
         m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
         m.max_batch_size, next_step, jid, jmin, jmax, jstatus, jattempts::integer, jsize,
-        pg_catalog.pg_current_wal_insert_lsn()::text, due;
+        pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(jlo), bbm_key_text(jhi), m.job_arguments;
       RETURN;
     EXCEPTION WHEN SQLSTATE 'BBM01' THEN
       busy := true;
@@ -154,7 +169,7 @@ BEGIN
     RETURN QUERY SELECT 0::bigint, NULL::integer, NULL::text, NULL::smallint, NULL::text, NULL::text,
       NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::integer,
       NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::smallint, NULL::integer, NULL::integer,
-      NULL::text, NULL::boolean;
+      NULL::text, NULL::boolean, NULL::text[], NULL::text[], NULL::jsonb;
   END IF;
   RETURN;
 END

@@ -4,14 +4,17 @@
 -- no row when that is not possible (the migration no longer running, held, given fewer lanes, no
 -- range waiting, the lane taken elsewhere): the caller then rolls back and calls bbm_take_job.
 -- The caller still calls bbm_take_job now and then, so that a migration before this one in
--- bbm_take_job's order gets its lanes.
+-- bbm_take_job's order gets its lanes. Its columns are bbm_take_job's, and grew with them after
+-- 0.9 (the DROP lets the new row type replace the old).
+DROP FUNCTION IF EXISTS bbm_take_next(bigint, integer, text[], integer);
 CREATE OR REPLACE FUNCTION bbm_take_next(after_migration bigint, after_lane integer, work_names text[], backstop_ms integer)
 RETURNS TABLE (
   migration_id bigint, lane integer, name text, status smallint, job_signature_name text,
   table_name text, column_name text, batching_strategy text, batch_size integer,
   max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
   step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
-  job_batch_size integer, wal_lsn text, cut_due boolean
+  job_batch_size integer, wal_lsn text, cut_due boolean, job_min_key text[], job_max_key text[],
+  job_arguments jsonb
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -27,7 +30,7 @@ BEGIN
           pg_catalog.set_config('client_connection_check_interval', '1000', true),
           pg_catalog.pg_advisory_xact_lock_shared({{LOCK_NAMESPACE}}, {{QUIET_LOCK_KEY}});
   SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
-         b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size
+         b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.job_arguments
     INTO m
   FROM batched_background_migrations b
   WHERE b.id = after_migration AND b.status = {{MIGRATION_RUNNING}} AND b.max_value IS NOT NULL
@@ -39,7 +42,7 @@ BEGIN
      OR NOT pg_catalog.pg_try_advisory_xact_lock({{LANE_LOCK_BASE}} + after_lane, (after_migration % {{MIGRATION_KEY_MODULUS}})::int) THEN
     RETURN;
   END IF;
-  SELECT a.id, a.min_value, a.max_value, a.status, a.attempts, a.batch_size, a.cut_cue INTO j
+  SELECT a.id, a.min_value, a.max_value, a.status, a.attempts, a.batch_size, a.cut_cue, a.min_key, a.max_key INTO j
   FROM batched_background_migration_jobs a
   WHERE a.batched_background_migration_id = after_migration AND a.status = {{JOB_ACTIVE}}
   ORDER BY a.min_value
@@ -53,6 +56,6 @@ BEGIN
   RETURN QUERY SELECT m.id, after_lane, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
     m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
     m.max_batch_size, NULL::text, j.id, j.min_value, j.max_value, j.status, j.attempts::integer, j.batch_size,
-    pg_catalog.pg_current_wal_insert_lsn()::text, due;
+    pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(j.min_key), bbm_key_text(j.max_key), m.job_arguments;
 END
 $$;

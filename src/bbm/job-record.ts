@@ -97,8 +97,8 @@ export async function recordFailure(
 
 /** The job as a run's result reports it. */
 function jobRefOf(claimed: ClaimedJob, lane: number, durationMs: number): NonNullable<RunResult['job']> {
-  const { id, start, end, attempt, batchSize } = claimed;
-  return { id, start, end, attempt, batchSize, lane, durationMs };
+  const { id, start, end, attempt, batchSize, startKey, endKey } = claimed;
+  return { id, start, end, attempt, batchSize, lane, durationMs, ...(startKey && endKey && { startKey, endKey }) };
 }
 
 /**

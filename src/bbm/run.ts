@@ -18,7 +18,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { Logger } from './log.ts';
-import { ErrorCode, JobStatus } from '../store/codes.ts';
+import { ErrorCode, JobStatus, KEY_ORDINAL_END } from '../store/codes.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { jobFailureMessage, type ClaimedJob } from '../store/jobs.ts';
 import { failMigration, finishMigration, startMigration } from '../store/migration-rows.ts';
@@ -229,8 +229,12 @@ export class Runner {
       return this.#fail(tx, taken.ref, new BbmError('max_job_retry', message));
     }
     const claimed = claim(job, taken.migration);
-    // The one range of an empty key space has no keys, and nothing for the work to do.
+    // The one range of an empty key space has no keys, and nothing for the work to do. It is the
+    // last range; any other range of such a key without keys is a fault, never taken as empty.
     const empty = taken.validated.target.key !== null && !claimed.startKey;
+    if (empty && (claimed.end !== KEY_ORDINAL_END || claimed.endKey)) {
+      throw new Error(`job ${claimed.id} of a key range came without its keys`);
+    }
     const worked = empty ? NOTHING_WORKED : await this.#work(tx, taken, claimed, run);
     if (worked.failure) return recordFailure(tx, taken, claimed, worked.failure, worked.workMs, false);
     const { migration, validated, lane } = taken;

@@ -92,7 +92,7 @@ export async function createSentryReporter({
             ...(migrationTags && { bbm_id: migrationTags.bbm_id }),
             // The store statement that failed, when one did (its name or text, never its values).
             ...(typeof statement === 'string' && { statement }),
-            ...(job && jobFields({ id: job.id, start: job.start, end: job.end, attempt: job.attempt })),
+            ...(job && jobFields(job)),
           },
         },
         // A migration fails once, for one reason: group its report by migration and code.

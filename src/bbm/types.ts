@@ -224,12 +224,16 @@ export interface RunResult {
    * The job it executed. `rows` is what the work function returned, if it returned a number
    * (the rows it changed); `batchSize` the size its range was cut with; `lane` the lane it ran in
    * (0 .. the migration's max_parallel_jobs - 1); `durationMs` the time spent in the work
-   * function; `split` set when it timed out and its range was split in two halves to retry.
+   * function; `split` set when it timed out and its range was split in two halves to retry. For
+   * a key that is not a single integer column, `startKey` and `endKey` are the range's first and
+   * last keys (their values as text), and `start` and `end` its place in the order of ranges.
    */
   job?: {
     id: bigint;
     start: bigint;
     end: bigint;
+    startKey?: readonly string[];
+    endKey?: readonly string[];
     attempt: number;
     batchSize: number;
     lane: number;

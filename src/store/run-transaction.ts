@@ -84,35 +84,16 @@ export function runPrologue(
   }
   const nameArray = `ARRAY[${names.map(textLiteral).join(', ')}]::text[]`;
   const onlyId = only === undefined ? 'NULL' : `${BigInt(only)}::bigint`;
-  const take = takeSelect(`bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`);
+  const take = `SELECT * FROM bbm_take_job(${nameArray}, ${textLiteral(validNamePattern)}, ${onlyId}, ${backstopMs})`;
   const keep = limits ? tighterLimits(limits, backstopMs) : '';
   return {
     any: `BEGIN; ${take}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`,
     after: ({ migrationId, lane }) => {
       if (lane < 0 || lane > INT4_MAX) throw new RangeError(`bad lane ${lane}`);
       const next = `bbm_take_next(${integerLiteral(migrationId)}::bigint, ${integerLiteral(lane)}, ${nameArray}, ${backstopMs})`;
-      return `BEGIN; ${takeSelect(next)}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`;
+      return `BEGIN; SELECT * FROM ${next}; ${keep}SAVEPOINT ${WORK_SAVEPOINT}`;
     },
   };
-}
-
-/** A JSON array of key values (a jsonb column) as text[], in its order: NULL stays NULL. */
-const keyText = (column: string) =>
-  `CASE WHEN ${column} IS NOT NULL THEN ARRAY(SELECT e.v FROM pg_catalog.jsonb_array_elements_text(${column}) ` +
-  `WITH ORDINALITY AS e(v, i) ORDER BY e.i) END`;
-
-/**
- * A take's SELECT: the row of a take function (`call`), with what a work function is handed
- * besides: the migration's arguments and, for a key that is not a single integer column, the
- * job's first and last keys, each value as text (numbers exact: no JSON parsing in JavaScript).
- * Two lookups by primary key, in the take's round trip.
- */
-function takeSelect(call: string): string {
-  return (
-    `SELECT t.*, ${keyText('j.min_key')} AS job_min_key, ${keyText('j.max_key')} AS job_max_key, b.job_arguments ` +
-    `FROM ${call} t LEFT JOIN batched_background_migration_jobs j ON j.id = t.job_id ` +
-    `LEFT JOIN batched_background_migrations b ON b.id = t.migration_id`
-  );
 }
 
 /**
