@@ -345,8 +345,13 @@ describe('bbm enqueue with keys and args', () => {
     [['--args', '[1]'], /^bbm enqueue: args must be a plain JSON object, got \[1\]/],
     [
       ['--args', '{"id": 12345678901234567890}'],
-      /args\.id is 12345678901234567000, an integer past 2\^53 that JSON does not keep exact; give it as a string/,
+      /--args: the number 12345678901234567890 has more significant digits than a JavaScript number keeps \(15\); give it as a string, "12345678901234567890"/,
     ],
+    [
+      ['--min-key', '[1.00000000000000000001, "x"]'],
+      /--min-key: the number 1\.00000000000000000001 has more significant digits/,
+    ],
+    [['--max-key', '0.30000000000000000001'], /--max-key: the number 0\.30000000000000000001 has more/],
     [['--min-key', '{"a": 1}'], /^bbm enqueue: minKey must be a string, a number, a bigint or a boolean/],
     [['--min-key', '[1]'], /minKey \[1\] has 1 value; the key "tenant_id,id" has 2 columns/],
   ])('refuses %j with exit 2, with or without a database', async (extra, message) => {

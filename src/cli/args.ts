@@ -316,11 +316,42 @@ export function jsonFlag(flags: Flags, flag: Flag): unknown {
   const value = flags[flag];
   if (value === undefined) return undefined;
   if (typeof value !== 'string') throw new UsageError(`--${flag} needs a value`);
+  let parsed: unknown;
   try {
-    return JSON.parse(value) as unknown;
+    parsed = JSON.parse(value) as unknown;
   } catch (error) {
     throw new UsageError(`--${flag} must be JSON, got ${JSON.stringify(value)}: ${(error as Error).message}`);
   }
+  const inexact = inexactNumber(value);
+  if (inexact !== undefined) {
+    throw new UsageError(
+      `--${flag}: the number ${inexact} has more significant digits than a JavaScript number keeps (15); ` +
+        `give it as a string, ${JSON.stringify(inexact)}`,
+    );
+  }
+  return parsed;
+}
+
+/** JSON's strings and numbers, in order: the numbers are what lies outside the strings. */
+const JSON_TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+/**
+ * The first number in JSON text that JSON.parse cannot keep exactly, if any: one of more than 15
+ * significant digits (every decimal of up to 15 reads back exactly from a double). The database
+ * would store the rounded number, not the one typed.
+ */
+function inexactNumber(text: string): string | undefined {
+  for (const [token] of text.matchAll(JSON_TOKENS)) {
+    if (token.startsWith('"')) continue;
+    const digits = token
+      .replace(/^-/, '')
+      .replace(/[eE].*$/, '')
+      .replace('.', '')
+      .replace(/^0+/, '')
+      .replace(/0+$/, '');
+    if (digits.length > 15) return token;
+  }
+  return undefined;
 }
 
 export function requiredFlag(flags: Flags, flag: Flag, command: string): string {
