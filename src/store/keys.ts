@@ -32,9 +32,17 @@ export function keyJson(key: Key): string {
   return `pg_catalog.jsonb_build_array(${keyList(key)})`;
 }
 
-/** A JSON array of key values (`json`, SQL text of a jsonb value) as a row of the key's types. */
+/**
+ * A JSON array of key values (`json`, SQL text of a jsonb value) as a row of the key's types, in
+ * the columns' collations (a comparison of two such rows is in the key's order, not the database's).
+ */
 export function keyRow(key: Key, json: string): string {
-  return key.map((column, i) => `((${json}) ->> ${i})::${column.typeName}`).join(', ');
+  return key
+    .map((column, i) => {
+      const value = `((${json}) ->> ${i})::${column.typeName}`;
+      return column.collation === null ? value : `${value} COLLATE ${column.collation}`;
+    })
+    .join(', ');
 }
 
 /** A JSON value of a key's bounds as written to min_key or max_key by hand: a lone value becomes a one-value array. */
