@@ -92,9 +92,14 @@ export async function keyBoundsProblem(
   migrationId: bigint,
   key: Key | null,
 ): Promise<string | undefined> {
-  const row = await execOne<{ min_key: string | null; max_key: string | null; max_value: string | null }>(
+  const row = await execOne<{
+    min_key: string | null;
+    max_key: string | null;
+    min_value: string;
+    max_value: string | null;
+  }>(
     db,
-    sql`SELECT min_key::text, max_key::text, max_value::text FROM batched_background_migrations WHERE id = ${migrationId}`,
+    sql`SELECT min_key::text, max_key::text, min_value::text, max_value::text FROM batched_background_migrations WHERE id = ${migrationId}`,
   );
   if (!row) return undefined;
   if (key === null) {
@@ -102,8 +107,15 @@ export async function keyBoundsProblem(
       ? 'min_key and max_key bound a key that is not a single integer column; an integer key is bounded by min_value and max_value'
       : undefined;
   }
-  if (row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END) {
-    return `max_value bounds an integer key; a key of ${key.map((c) => c.typeName).join(', ')} is bounded by min_key and max_key`;
+  // min_value is 1 unless set (the ranges' order starts there); max_value is NULL until the start sets KEY_ORDINAL_END.
+  const bound =
+    row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END
+      ? 'max_value'
+      : BigInt(row.min_value) !== 1n
+        ? 'min_value'
+        : undefined;
+  if (bound) {
+    return `${bound} bounds an integer key; a key of ${key.map((c) => c.typeName).join(', ')} is bounded by min_key and max_key`;
   }
   for (const [name, value] of [
     ['min_key', row.min_key],
