@@ -135,5 +135,13 @@ export async function keyBoundsProblem(
       return `${name} ${value} is not ${expected}: ${(error as Error).message}`;
     }
   }
+  if (row.min_key !== null && row.max_key !== null) {
+    const order = await execOne<{ reversed: boolean }>(
+      db,
+      sql`SELECT (${sql.raw(keyRow(key, asKeyArray('min_key')))}) > (${sql.raw(keyRow(key, asKeyArray('max_key')))}) AS reversed
+          FROM batched_background_migrations WHERE id = ${migrationId}`,
+    );
+    if (order?.reversed) return `min_key ${row.min_key} is after max_key ${row.max_key} in the key's order`;
+  }
   return undefined;
 }
