@@ -20,7 +20,7 @@ import type pg from 'pg';
 import type { Logger } from './log.ts';
 import { ErrorCode, JobStatus } from '../store/codes.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { jobFailureMessage, type ClaimedJob } from '../store/jobs.ts';
+import { jobFailureMessage, jobKeys, type ClaimedJob } from '../store/jobs.ts';
 import { failMigration, finishMigration, startMigration } from '../store/migration-rows.ts';
 import { claim, type NextRun, type RunTransaction, type Take, type TakenJob } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
@@ -228,7 +228,10 @@ export class Runner {
       const message = `job ${job.id} [${range}] failed ${job.attempts} times; last error: ${last}`;
       return this.#fail(tx, taken.ref, new BbmError('max_job_retry', message));
     }
-    const claimed = claim(job, taken.migration);
+    let claimed = claim(job, taken.migration);
+    // A range the take found without keys may have been cut while it waited: its keys are read again.
+    if (taken.validated.target.key !== null && !claimed.startKey)
+      claimed = { ...claimed, ...(await jobKeys(tx.db, job.id)) };
     // The one range of an empty key space has no keys, and nothing for the work to do.
     const empty = taken.validated.target.key !== null && !claimed.startKey;
     const worked = empty ? NOTHING_WORKED : await this.#work(tx, taken, claimed, run);

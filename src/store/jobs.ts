@@ -268,6 +268,28 @@ export async function jobFailureMessage(db: Queryable, id: bigint): Promise<stri
   return row?.failure_message ?? null;
 }
 
+/**
+ * A taken job's first and last keys (each value as text, in the key's column order; null for the
+ * range of an empty key space), read again. The take reads them with its row in the take
+ * statement's snapshot, which misses a range cut and committed while the take waited (for a lane
+ * or the quiet lock): its function's own queries see and lock that range, the statement does not.
+ */
+export async function jobKeys(
+  db: Queryable,
+  id: bigint,
+): Promise<{ startKey: string[] | null; endKey: string[] | null }> {
+  const asText = (column: string) =>
+    sql.raw(
+      `CASE WHEN ${column} IS NOT NULL THEN ARRAY(SELECT e.v FROM pg_catalog.jsonb_array_elements_text(${column}) ` +
+        `WITH ORDINALITY AS e(v, i) ORDER BY e.i) END`,
+    );
+  const row = await execOne<{ start_key: string[] | null; end_key: string[] | null }>(
+    db,
+    sql`SELECT ${asText('min_key')} AS start_key, ${asText('max_key')} AS end_key FROM batched_background_migration_jobs WHERE id = ${id}`,
+  );
+  return { startKey: row?.start_key ?? null, endKey: row?.end_key ?? null };
+}
+
 /** Records a failed attempt, after the run rolled back to its work savepoint. */
 export async function recordFailedAttempt(
   db: Queryable,
