@@ -9,9 +9,13 @@ import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { Job, JobKey, Work } from '../src/bbm/types.ts';
 import { useTestDatabase } from './support/database.ts';
+import { isTarget, resolveTarget } from '../src/store/catalog.ts';
 import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
+import { cutRangeStatement } from '../src/store/jobs.ts';
+import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
 import { drain, migrationRow, testWorker } from './support/engine.ts';
-import { expectTiled } from './support/keys.ts';
+import { createKeyLog, expectTiled, insertKeyMigration, keyLogged } from './support/keys.ts';
+import { waitFor } from './support/processes.ts';
 
 const db = useTestDatabase();
 
@@ -124,8 +128,55 @@ describe('keys', () => {
   });
 });
 
+describe('a range cut while a take waits', () => {
+  it('is run, not taken for the empty range of an empty key space', async () => {
+    const { pool } = db();
+    await createKeyLog(pool);
+    const work = keyLogged('keys.logged');
+    await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 20)`);
+    const id = await insertKeyMigration(pool, {
+      name: 'raced',
+      table: 'u',
+      column: 'id',
+      work: work.name,
+      batchSize: 5,
+    });
+    const worker = testWorker(pool, { work: [work] });
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    // The take waits behind the quiet lock (as behind a worker measuring commits), its statement begun
+    // before the ranges below are cut and committed, its function's queries after.
+    const quiet = await pool.connect();
+    await quiet.query('BEGIN');
+    await quiet.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, QUIET_LOCK_KEY]);
+    const run = worker.runOnce();
+    await waitFor(async () => {
+      const { rows } = await pool.query(
+        `SELECT 1 FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%bbm_take_job%' AND datname = current_database()`,
+      );
+      return rows.length > 0;
+    }, 'the take to wait');
+    const cutter = await pool.connect();
+    await cutter.query('BEGIN');
+    const target = await resolveTarget(cutter, 'u', 'id');
+    if (!isTarget(target)) throw new Error(target.message);
+    const validated = { target, tableName: 'u', columnName: 'id', jobSignatureName: work.name };
+    await cutter.query(cutRangeStatement({ migrationId: id, validated, size: null, statementTimeoutMs: 0 }));
+    await cutter.query('COMMIT');
+    cutter.release();
+    await quiet.query('COMMIT');
+    quiet.release();
+
+    expect(await run).toMatchObject({ outcome: 'job_succeeded', job: { rows: 5 } });
+    await drain(worker);
+
+    await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'raced', { log: true, minRanges: 4 });
+  });
+});
+
 describe('key bounds', () => {
-  /** A table of each kind: `u` (uuid), `c` (int, uuid), `i` (bigint), each with a few rows. */
+  /** A table of each kind: `u` (uuid), `c` (int, uuid), `i` (bigint), `t` (text in und-x-icu), each with a few rows. */
   async function tables(pool: pg.Pool): Promise<void> {
     await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0)`);
     await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 20)`);
@@ -136,6 +187,8 @@ describe('key bounds', () => {
     await pool.query(`INSERT INTO c (tenant_id) SELECT i % 3 FROM generate_series(1, 20) i`);
     await pool.query(`CREATE TABLE i (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
     await pool.query(`INSERT INTO i SELECT generate_series(1, 20)`);
+    await pool.query(`CREATE TABLE t (code text COLLATE "und-x-icu" PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO t (code) SELECT w || i FROM generate_series(1, 9) i, unnest(ARRAY['a', 'm', 'Z']) w`);
   }
 
   it.each([
@@ -183,6 +236,14 @@ describe('key bounds', () => {
       /min_value bounds an integer key; a key of uuid is bounded by min_key and max_key/,
     ],
     [
+      // In und-x-icu 'a' < 'Z'; in byte order the other way round.
+      "a min_key after the max_key in the column's collation",
+      't',
+      'code',
+      { min_key: '"Z1"', max_key: '["a1"]' },
+      /min_key "Z1" is after max_key \["a1"\] in the key's order/,
+    ],
+    [
       'a min_key on an integer key',
       'i',
       'id',
@@ -221,7 +282,8 @@ describe('key bounds', () => {
     await pool.query(
       `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, min_key, max_key)
        VALUES ('uuid', 3, $1, 'u', 'id', to_jsonb($2::text), jsonb_build_array($3::text)),
-              ('composite', 3, $1, 'c', 'tenant_id,id', '[1, "00000000-0000-0000-0000-000000000000"]', '[1, "ffffffff-ffff-ffff-ffff-ffffffffffff"]')`,
+              ('composite', 3, $1, 'c', 'tenant_id,id', '[1, "00000000-0000-0000-0000-000000000000"]', '[1, "ffffffff-ffff-ffff-ffff-ffffffffffff"]'),
+              ('text', 3, $1, 't', 'code', '"a5"', '"Z3"')`,
       [touchRange.name, keys[4]!.id, keys[14]!.id],
     );
 
@@ -235,6 +297,35 @@ describe('key bounds', () => {
       inside: 'tenant_id = 1',
       minRanges: 2,
     });
+    // From a5 to Z3 in und-x-icu: a5..a9, every m, Z1..Z3.
+    await expectTiled(pool, { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] }, 'text', {
+      inside: `code >= 'a5' AND code <= 'Z3'`,
+      minRanges: 5,
+    });
+    expect((await pool.query(`SELECT count(*)::int AS n FROM t WHERE touched = 1`)).rows[0].n).toBe(17);
+  });
+
+  it('run no row for bounds around no row: a max_key before the first key, a min_key after the last', async () => {
+    const { pool } = db();
+    await tables(pool);
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, min_key, max_key)
+       VALUES ('before', 3, $1, 't', 'code', NULL, '"0"'), ('after', 3, $1, 't', 'code', '"Zz"', NULL)`,
+      [touchRange.name],
+    );
+
+    await drain(testWorker(pool, { work: [touchRange], concurrency: 2 }));
+
+    const space = { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] };
+    for (const name of ['before', 'after']) await expectTiled(pool, space, name, { inside: 'false' });
+    const { rows } = await pool.query(
+      `SELECT m.name, j.min_key, j.max_key FROM batched_background_migration_jobs j
+       JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id ORDER BY m.name`,
+    );
+    expect(rows).toEqual([
+      { name: 'after', min_key: ['Zz'], max_key: ['Zz'] },
+      { name: 'before', min_key: ['0'], max_key: ['0'] },
+    ]);
   });
 
   it('finish a migration over an empty table with one empty range, without calling the work', async () => {
