@@ -155,6 +155,9 @@ describe('keys under a fleet of killed and restarted processes', () => {
         'SELECT array_agg(DISTINCT attempts) AS attempts FROM batched_background_migration_jobs',
       );
       expect(rows[0].attempts).toEqual([1]);
+      // Both lanes ran (the processes killed had a job each in flight: the fleet shared the lanes).
+      const { rows: lanes } = await pool.query('SELECT array_agg(DISTINCT lane ORDER BY lane) AS lanes FROM key_log');
+      expect(lanes[0].lanes).toEqual([0, 1]);
     },
   );
 });
