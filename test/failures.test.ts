@@ -154,6 +154,27 @@ describe('bad migration rows', () => {
       2,
       /key \(tenant, id\) of public\.items has no valid, non-partial btree index whose leading columns are these, in this order/,
     ],
+    [
+      'a text column indexed only with text_pattern_ops (not its default ordering)',
+      `ALTER TABLE items ADD COLUMN label text NOT NULL DEFAULT 'x'; CREATE INDEX ON items (label text_pattern_ops)`,
+      { column: 'label' },
+      2,
+      /items\.label has no valid, non-partial btree index leading with it \(in the columns' own collations, with their default ordering\)/,
+    ],
+    [
+      'a uuid column with only a hash index',
+      'ALTER TABLE items ADD COLUMN ref uuid NOT NULL DEFAULT gen_random_uuid(); CREATE INDEX ON items USING hash (ref)',
+      { column: 'ref' },
+      2,
+      /items\.ref has no valid, non-partial btree index leading with it/,
+    ],
+    [
+      'a composite key whose second column may hold NULL',
+      'ALTER TABLE items ADD COLUMN ref uuid; CREATE UNIQUE INDEX ON items (id, ref)',
+      { column: 'id,ref' },
+      2,
+      /items\.ref may hold NULL, and rows with a NULL key would never be in a range/,
+    ],
     ['a key naming a column twice', 'SELECT 1', { column: 'id, id' }, 2, /names a column twice/],
     ['an unindexed column', 'SELECT 1', { column: 'v' }, 2, /has no valid, non-partial btree index/],
     [

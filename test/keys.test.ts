@@ -9,11 +9,13 @@ import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { Job, JobKey, Work } from '../src/bbm/types.ts';
 import { useTestDatabase } from './support/database.ts';
-import { drain, migrationRow, testWorker } from './support/engine.ts';
-import { resolveTarget, type Target } from '../src/store/catalog.ts';
+import { isTarget, resolveTarget } from '../src/store/catalog.ts';
+import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { cutRangeStatement } from '../src/store/jobs.ts';
 import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
-import { atomically } from '../src/store/tx.ts';
+import { drain, migrationRow, testWorker } from './support/engine.ts';
+import { createKeyLog, expectTiled, insertKeyMigration, keyLogged } from './support/keys.ts';
+import { waitFor } from './support/processes.ts';
 
 const db = useTestDatabase();
 
@@ -55,33 +57,6 @@ async function insertMigration(
   );
 }
 
-/**
- * Every row touched once, and the finished ranges tile the key: each range's first key is the
- * first row after the previous range's last key, in the key's own order.
- */
-async function expectTiled(pool: pg.Pool, table: string, name: string, key: string, types: string[]): Promise<void> {
-  const { rows: touched } = await pool.query(`SELECT touched, count(*)::int AS n FROM ${table} GROUP BY touched`);
-  expect(touched).toEqual([{ touched: 1, n: expect.any(Number) }]);
-  expect((await migrationRow(pool, name))?.status).toBe(2);
-  const row = (json: string) => types.map((t, i) => `(${json}->>${i})::${t}`).join(', ');
-  const { rows } = await pool.query(
-    `WITH r AS (
-       SELECT j.min_key, j.max_key, j.status, lag(j.max_key) OVER (ORDER BY j.min_value) AS prev
-       FROM batched_background_migration_jobs j JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-       WHERE m.name = $1)
-     SELECT count(*)::int AS ranges,
-            count(*) FILTER (WHERE r.status <> 3 AND r.status <> 2)::int AS unfinished,
-            count(*) FILTER (WHERE (${row('r.min_key')}) > (${row('r.max_key')}))::int AS reversed,
-            count(*) FILTER (WHERE r.prev IS NOT NULL AND (${row('r.min_key')}) <= (${row('r.prev')}))::int AS overlapping,
-            count(*) FILTER (WHERE r.prev IS NOT NULL AND EXISTS (
-              SELECT 1 FROM ${table} t WHERE (${key}) > (${row('r.prev')}) AND (${key}) < (${row('r.min_key')})))::int AS gaps
-     FROM r`,
-    [name],
-  );
-  expect(rows[0]).toMatchObject({ unfinished: 0, reversed: 0, overlapping: 0, gaps: 0 });
-  expect(rows[0].ranges).toBeGreaterThan(2);
-}
-
 describe('keys', () => {
   it('batches a uuid key named by itself, with BETWEEN on job.start and job.end', async () => {
     const { pool } = db();
@@ -89,7 +64,7 @@ describe('keys', () => {
     await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 1000)`);
     await insertMigration(pool, 'uuid', 'u', 'id', touchBetween.name);
     await drain(testWorker(pool, { work: [touchBetween], concurrency: 1 }));
-    await expectTiled(pool, 'u', 'uuid', 'id', ['uuid']);
+    await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'uuid', { minRanges: 3 });
   });
 
   it('batches text in a non-C collation, in that collation', async () => {
@@ -100,7 +75,9 @@ describe('keys', () => {
     );
     await insertMigration(pool, 'text', 't', 'code', touchRange.name, 37);
     await drain(testWorker(pool, { work: [touchRange], concurrency: 1 }));
-    await expectTiled(pool, 't', 'text', 'code', ['text COLLATE "und-x-icu"']);
+    await expectTiled(pool, { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] }, 'text', {
+      minRanges: 3,
+    });
   });
 
   it('batches a composite key (tenant_id, id uuid) in lanes', async () => {
@@ -113,7 +90,9 @@ describe('keys', () => {
     await insertMigration(pool, 'composite', 'c', 'tenant_id,id', touchRange.name, 64);
     const workers = [1, 2].map(() => testWorker(pool, { work: [touchRange], concurrency: 2 }));
     await Promise.all(workers.map((w) => drain(w)));
-    await expectTiled(pool, 'c', 'composite', '(tenant_id, id)', ['int', 'uuid']);
+    await expectTiled(pool, { table: 'c', columns: ['tenant_id', 'id'], types: ['int', 'uuid'] }, 'composite', {
+      minRanges: 3,
+    });
   });
 
   it('batches a char(n) key without cutting its values to one character', async () => {
@@ -122,7 +101,7 @@ describe('keys', () => {
     await pool.query(`INSERT INTO ch (code) SELECT lpad(i::text, 6, 'x') FROM generate_series(1, 500) i`);
     await insertMigration(pool, 'char', 'ch', 'code', touchBetween.name, 40);
     await drain(testWorker(pool, { work: [touchBetween], concurrency: 1 }));
-    await expectTiled(pool, 'ch', 'char', 'code', ['bpchar']);
+    await expectTiled(pool, { table: 'ch', columns: ['code'], types: ['bpchar'] }, 'char', { minRanges: 3 });
   });
 
   it('batches a timestamptz key that repeats: every row of a repeated key in one range', async () => {
@@ -134,39 +113,253 @@ describe('keys', () => {
     );
     await insertMigration(pool, 'ts', 'e', 'at', touchRange.name, 20);
     await drain(testWorker(pool, { work: [touchRange], concurrency: 1 }));
-    await expectTiled(pool, 'e', 'ts', 'at', ['timestamptz']);
+    await expectTiled(pool, { table: 'e', columns: ['at'], types: ['timestamptz'] }, 'ts', { minRanges: 3 });
   });
 
-  it('hands a take the keys of the range it locked, also when the range was cut while the take waited', async () => {
+  it("bounds a text key by its first and last keys in the column's collation, not the database's", async () => {
     const { pool } = db();
-    await pool.query(`CREATE TABLE rc (k text PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
-    await pool.query(`INSERT INTO rc (k) SELECT 'k' || lpad(g::text, 3, '0') FROM generate_series(1, 15) g`);
-    await insertMigration(pool, 'race', 'rc', 'k', touchRange.name, 5);
-    const worker = testWorker(pool, { work: [touchRange], concurrency: 1 });
-    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    // In und-x-icu 'a…' sorts first and 'Z…' last; in byte order (and in the database's "C"), 'Z' < 'a'.
+    await pool.query(`CREATE TABLE t (code text COLLATE "und-x-icu" PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(
+      `INSERT INTO t (code) SELECT w || i FROM generate_series(1, 50) i, unnest(ARRAY['a', 'm', 'Z']) w`,
+    );
+    await insertMigration(pool, 'ends', 't', 'code', touchRange.name, 20);
+    await drain(testWorker(pool, { work: [touchRange], concurrency: 1 }));
+    const { rows } = await pool.query(
+      `SELECT min_key = (SELECT jsonb_build_array(min(code)) FROM t) AS first,
+              max_key = (SELECT jsonb_build_array(max(code)) FROM t) AS last, max_key->>0 AS max_key
+       FROM batched_background_migrations`,
+    );
+    expect(rows).toEqual([{ first: true, last: true, max_key: expect.stringMatching(/^Z/) }]);
+    await expectTiled(pool, { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] }, 'ends', {
+      minRanges: 8,
+    });
+  });
+});
 
-    // A quiet round (commit probes) holds the quiet lock: the next take waits for it inside the
-    // take, its statement begun; meanwhile another lane cuts the first ranges.
+describe('a range cut while a take waits', () => {
+  it('is run, not taken for the empty range of an empty key space', async () => {
+    const { pool } = db();
+    await createKeyLog(pool);
+    const work = keyLogged('keys.logged');
+    await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 20)`);
+    const id = await insertKeyMigration(pool, {
+      name: 'raced',
+      table: 'u',
+      column: 'id',
+      work: work.name,
+      batchSize: 5,
+    });
+    const worker = testWorker(pool, { work: [work] });
+    expect((await worker.runOnce()).outcome).toBe('migration_started');
+    // The take waits behind the quiet lock (as behind a worker measuring commits), its statement begun
+    // before the ranges below are cut and committed, its function's queries after.
     const quiet = await pool.connect();
     await quiet.query('BEGIN');
     await quiet.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, QUIET_LOCK_KEY]);
     const run = worker.runOnce();
-    await expect
-      .poll(
-        async () =>
-          (await pool.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`))
-            .rows[0].n,
-      )
-      .toBe(1);
-    const target = (await atomically(pool, (client) => resolveTarget(client, 'rc', 'k'))) as Target;
-    const validated = { target, tableName: 'rc', columnName: 'k', jobSignatureName: touchRange.name };
-    await pool.query(cutRangeStatement({ migrationId: 1n, validated, size: null, statementTimeoutMs: 0 }));
-    await quiet.query('ROLLBACK');
+    await waitFor(async () => {
+      const { rows } = await pool.query(
+        `SELECT 1 FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%bbm_take_job%' AND datname = current_database()`,
+      );
+      return rows.length > 0;
+    }, 'the take to wait');
+    const cutter = await pool.connect();
+    await cutter.query('BEGIN');
+    const target = await resolveTarget(cutter, 'u', 'id');
+    if (!isTarget(target)) throw new Error(target.message);
+    const validated = { target, tableName: 'u', columnName: 'id', jobSignatureName: work.name };
+    await cutter.query(cutRangeStatement({ migrationId: id, validated, size: null, statementTimeoutMs: 0 }));
+    await cutter.query('COMMIT');
+    cutter.release();
+    await quiet.query('COMMIT');
     quiet.release();
 
-    const result = await run;
-    expect(result).toMatchObject({ outcome: 'job_succeeded', job: { rows: 5, startKey: ['k001'], endKey: ['k005'] } });
+    expect(await run).toMatchObject({ outcome: 'job_succeeded', job: { rows: 5 } });
     await drain(worker);
-    await expectTiled(pool, 'rc', 'race', 'k', ['text']);
+
+    await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'raced', { log: true, minRanges: 4 });
+  });
+});
+
+describe('key bounds', () => {
+  /** A table of each kind: `u` (uuid), `c` (int, uuid), `i` (bigint), `t` (text in und-x-icu), each with a few rows. */
+  async function tables(pool: pg.Pool): Promise<void> {
+    await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 20)`);
+    await pool.query(
+      `CREATE TABLE c (tenant_id int NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0,
+                       PRIMARY KEY (tenant_id, id))`,
+    );
+    await pool.query(`INSERT INTO c (tenant_id) SELECT i % 3 FROM generate_series(1, 20) i`);
+    await pool.query(`CREATE TABLE i (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO i SELECT generate_series(1, 20)`);
+    await pool.query(`CREATE TABLE t (code text COLLATE "und-x-icu" PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO t (code) SELECT w || i FROM generate_series(1, 9) i, unnest(ARRAY['a', 'm', 'Z']) w`);
+  }
+
+  it.each([
+    [
+      'a min_key that is not a uuid',
+      'u',
+      'id',
+      { min_key: '"not-a-uuid"' },
+      /min_key "not-a-uuid" is not a value of uuid: invalid input syntax for type uuid/,
+    ],
+    ['a max_key that is not a uuid', 'u', 'id', { max_key: '["0000"]' }, /max_key \["0000"\] is not a value of uuid/],
+    [
+      'a max_key that is an object',
+      'u',
+      'id',
+      { max_key: '[{"a": 1}]' },
+      /max_key \[\{"a": 1\}\] is not a value of uuid/,
+    ],
+    [
+      'a composite min_key of one value',
+      'c',
+      'tenant_id,id',
+      { min_key: '[1]' },
+      /min_key \[1\] is not an array of 2 values of integer, uuid/,
+    ],
+    [
+      'a composite max_key whose int does not cast',
+      'c',
+      'tenant_id,id',
+      { max_key: `["x", "${'0'.repeat(8)}-0000-0000-0000-${'0'.repeat(12)}"]` },
+      /max_key .* is not an array of 2 values of integer, uuid: invalid input syntax for type integer/,
+    ],
+    [
+      'a max_value on a uuid key',
+      'u',
+      'id',
+      { max_value: 100 },
+      /max_value bounds an integer key; a key of uuid is bounded by min_key and max_key/,
+    ],
+    [
+      'a min_value on a uuid key',
+      'u',
+      'id',
+      { min_value: 5 },
+      /min_value bounds an integer key; a key of uuid is bounded by min_key and max_key/,
+    ],
+    [
+      // In und-x-icu 'a' < 'Z'; in byte order the other way round.
+      "a min_key after the max_key in the column's collation",
+      't',
+      'code',
+      { min_key: '"Z1"', max_key: '["a1"]' },
+      /min_key "Z1" is after max_key \["a1"\] in the key's order/,
+    ],
+    [
+      'a min_key on an integer key',
+      'i',
+      'id',
+      { min_key: '5' },
+      /min_key and max_key bound a key that is not a single integer column/,
+    ],
+  ])('fail a migration with %s: invalid_column, no work done', async (_, table, column, bounds, message) => {
+    const { pool } = db();
+    await tables(pool);
+    const names = Object.keys(bounds);
+    await pool.query(
+      `INSERT INTO batched_background_migrations
+         (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs, ${names.join(', ')})
+       VALUES ('bad', 5, $1, $2, $3, 2, ${names.map((n, i) => (n.endsWith('_key') ? `$${i + 4}::jsonb` : `$${i + 4}::bigint`)).join(', ')})`,
+      [touchRange.name, table, column, ...Object.values(bounds)],
+    );
+
+    await drain(testWorker(pool, { work: [touchRange], concurrency: 2 }));
+
+    expect(await migrationRow(pool, 'bad')).toMatchObject({
+      status: MigrationStatus.failed,
+      failure_error_code: ErrorCode.invalid_column,
+      failure_message: expect.stringMatching(message),
+    });
+    const { rows } = await pool.query(
+      `SELECT (SELECT count(*) FROM batched_background_migration_jobs)::int AS jobs,
+              (SELECT count(*) FROM ${table} WHERE touched > 0)::int AS touched`,
+    );
+    expect(rows[0]).toEqual({ jobs: 0, touched: 0 });
+  });
+
+  it('run only the rows within min_key and max_key, given as lone values or arrays', async () => {
+    const { pool } = db();
+    await tables(pool);
+    const { rows: keys } = await pool.query<{ id: string }>('SELECT id FROM u ORDER BY id');
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, min_key, max_key)
+       VALUES ('uuid', 3, $1, 'u', 'id', to_jsonb($2::text), jsonb_build_array($3::text)),
+              ('composite', 3, $1, 'c', 'tenant_id,id', '[1, "00000000-0000-0000-0000-000000000000"]', '[1, "ffffffff-ffff-ffff-ffff-ffffffffffff"]'),
+              ('text', 3, $1, 't', 'code', '"a5"', '"Z3"')`,
+      [touchRange.name, keys[4]!.id, keys[14]!.id],
+    );
+
+    await drain(testWorker(pool, { work: [touchRange], concurrency: 2 }));
+
+    await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'uuid', {
+      inside: `id BETWEEN '${keys[4]!.id}' AND '${keys[14]!.id}'`,
+      minRanges: 4,
+    });
+    await expectTiled(pool, { table: 'c', columns: ['tenant_id', 'id'], types: ['int', 'uuid'] }, 'composite', {
+      inside: 'tenant_id = 1',
+      minRanges: 2,
+    });
+    // From a5 to Z3 in und-x-icu: a5..a9, every m, Z1..Z3.
+    await expectTiled(pool, { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] }, 'text', {
+      inside: `code >= 'a5' AND code <= 'Z3'`,
+      minRanges: 5,
+    });
+    expect((await pool.query(`SELECT count(*)::int AS n FROM t WHERE touched = 1`)).rows[0].n).toBe(17);
+  });
+
+  it('run no row for bounds around no row: a max_key before the first key, a min_key after the last', async () => {
+    const { pool } = db();
+    await tables(pool);
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, min_key, max_key)
+       VALUES ('before', 3, $1, 't', 'code', NULL, '"0"'), ('after', 3, $1, 't', 'code', '"Zz"', NULL)`,
+      [touchRange.name],
+    );
+
+    await drain(testWorker(pool, { work: [touchRange], concurrency: 2 }));
+
+    const space = { table: 't', columns: ['code'], types: ['text COLLATE "und-x-icu"'] };
+    for (const name of ['before', 'after']) await expectTiled(pool, space, name, { inside: 'false' });
+    const { rows } = await pool.query(
+      `SELECT m.name, j.min_key, j.max_key FROM batched_background_migration_jobs j
+       JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id ORDER BY m.name`,
+    );
+    expect(rows).toEqual([
+      { name: 'after', min_key: ['Zz'], max_key: ['Zz'] },
+      { name: 'before', min_key: ['0'], max_key: ['0'] },
+    ]);
+  });
+
+  it('finish a migration over an empty table with one empty range, without calling the work', async () => {
+    const { pool } = db();
+    await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    let calls = 0;
+    const counted: Work<JobKey> = { name: 'keys.counted', do: async () => void (calls += 1) };
+    await insertMigration(pool, 'empty', 'u', 'id', counted.name, 10);
+
+    const results = await drain(testWorker(pool, { work: [counted], concurrency: 2 }));
+
+    expect(calls).toBe(0);
+    expect(results.map((r) => r.outcome)).toEqual([
+      'migration_started',
+      'job_succeeded',
+      'migration_finished',
+      'no_job',
+    ]);
+    const { rows } = await pool.query(
+      'SELECT min_key, max_key, status FROM batched_background_migration_jobs UNION ALL SELECT min_key, max_key, status FROM batched_background_migrations',
+    );
+    expect(rows).toEqual([
+      { min_key: null, max_key: null, status: JobStatus.finished },
+      { min_key: null, max_key: null, status: MigrationStatus.finished },
+    ]);
+    await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'empty');
   });
 });

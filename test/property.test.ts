@@ -5,6 +5,12 @@
  * work function no worker has; every finished migration's ranges tile [min_value, max_value] and
  * each ran exactly once; a table no row may name (by injection or otherwise) is untouched; and a
  * sound migration beside them finishes.
+ *
+ * And for keys that are not a single integer column (an int and a bigint, uuid, text in und-x-icu,
+ * "C" or the database's collation, numeric of mixed scales, timestamptz that repeats), of any
+ * values, repeated where the key is not unique, with or without min_key and max_key, in any batch
+ * size and lanes: a worker drains the migration, every row within the bounds is touched once and
+ * no other, and the ranges tile the key.
  */
 import fc from 'fast-check';
 import type pg from 'pg';
@@ -13,6 +19,7 @@ import type { Work } from '../src/bbm/types.ts';
 import { ErrorCode, MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { testWorker } from './support/engine.ts';
+import { createKeyLog, expectTiled, insertKeyMigration, keyLogged, keyOf, keyRowOf } from './support/keys.ts';
 
 const MAX = 2n ** 63n - 1n;
 const MIN = -(2n ** 63n);
@@ -183,6 +190,210 @@ describe('SQL-inserted migration rows', () => {
         expect((await pool.query('SELECT note FROM sentinel')).rows).toEqual([{ note: 'untouched' }]);
       }),
       { numRuns: 40, endOnFailure: true },
+    );
+  }, 240_000);
+});
+
+/** Logs every range it runs, as keys (key_log), touching its rows through job.range. */
+const keyTouch = keyLogged('test.key_touch');
+
+/** The kinds of key the property draws from: its columns, their SQL, and a generator of its values as text. */
+interface KeyKind {
+  kind: string;
+  columns: string[];
+  /** The columns' definitions, given the text collation (null: the database's default). */
+  ddl: (collation: string | null) => string;
+  types: (collation: string | null) => string[];
+  /** The columns' values from `v`, one of the generated texts. */
+  insert: string;
+  value: fc.Arbitrary<string>;
+  /** A key that always repeats (a non-unique index), or may be unique. */
+  repeats: boolean;
+}
+
+/** A numeric of scale 0 to 3 as its text: 150 at scale 2 is 1.50, 15 at scale 1 is 1.5 (equal, not alike). */
+const decimal = ([n, scale]: [number, number]): string => {
+  const digits = String(Math.abs(n)).padStart(scale + 1, '0');
+  return `${n < 0 ? '-' : ''}${digits.slice(0, digits.length - scale)}${scale > 0 ? `.${digits.slice(-scale)}` : ''}`;
+};
+const textUnit = fc.constantFrom('a', 'A', 'á', 'Ä', 'b', 'B', 'é', 'E', 'e', 'ß', 's', 'z', 'Z', 'Œ', '-', ' ', '1');
+const KEY_KINDS: KeyKind[] = [
+  {
+    kind: 'int, bigint',
+    columns: ['a', 'b'],
+    ddl: () => 'a int NOT NULL, b bigint NOT NULL',
+    types: () => ['int', 'bigint'],
+    insert: `split_part(v, ':', 1)::int, split_part(v, ':', 2)::bigint`,
+    value: fc
+      .tuple(fc.integer({ min: -3, max: 3 }), fc.oneof(fc.bigInt({ min: -6n, max: 6n }), fc.constantFrom(MIN, MAX)))
+      .map(([a, b]) => `${a}:${b}`),
+    repeats: false,
+  },
+  {
+    kind: 'uuid',
+    columns: ['k'],
+    ddl: () => 'k uuid NOT NULL',
+    types: () => ['uuid'],
+    insert: 'v::uuid',
+    value: fc.oneof(
+      fc.uuid(),
+      fc.constantFrom('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff'),
+    ),
+    repeats: false,
+  },
+  {
+    kind: 'text',
+    columns: ['k'],
+    ddl: (collation) => `k text ${collation === null ? '' : `COLLATE "${collation}"`} NOT NULL`,
+    types: (collation) => [`text COLLATE "${collation ?? 'default'}"`],
+    insert: 'v',
+    value: fc.string({ unit: textUnit, maxLength: 4 }),
+    repeats: false,
+  },
+  {
+    kind: 'numeric',
+    columns: ['k'],
+    ddl: () => 'k numeric NOT NULL',
+    types: () => ['numeric'],
+    insert: 'v::numeric',
+    value: fc.oneof(
+      {
+        arbitrary: fc.tuple(fc.integer({ min: -300, max: 300 }), fc.integer({ min: 0, max: 3 })).map(decimal),
+        weight: 4,
+      },
+      fc.constantFrom(
+        '123456789012345678901234567890.123456789',
+        '-0.000000000000000000001',
+        '1.5',
+        '1.50',
+        '10',
+        '-3',
+      ),
+    ),
+    repeats: false,
+  },
+  {
+    kind: 'timestamptz',
+    columns: ['k'],
+    ddl: () => 'k timestamptz NOT NULL',
+    types: () => ['timestamptz'],
+    insert: `'2026-01-01 00:00:00+00'::timestamptz + v::bigint * interval '1 microsecond'`,
+    value: fc
+      .tuple(fc.integer({ min: 0, max: 6 }), fc.constantFrom(0, 1, 123456))
+      .map(([s, us]) => String(s * 500_000 + us)),
+    repeats: true,
+  },
+];
+
+/** What the table, the migration, its ranges and the log held: for the message of a failed case. */
+async function keyState(pool: pg.Pool, list: string): Promise<string> {
+  const rows = async (text: string) => JSON.stringify((await pool.query(text)).rows);
+  return [
+    `rows: ${await rows(`SELECT to_jsonb(pk) - 'touched' AS key, touched FROM pk ORDER BY ${list}`)}`,
+    `migration: ${await rows('SELECT min_key, max_key, status, failure_message FROM batched_background_migrations')}`,
+    `ranges: ${await rows('SELECT min_key, max_key, status, attempts FROM batched_background_migration_jobs ORDER BY min_value')}`,
+    `logged: ${await rows('SELECT first_key, last_key, rows, lane FROM key_log')}`,
+  ].join('\n');
+}
+
+const keyCase = fc
+  .record({
+    kind: fc.constantFrom(...KEY_KINDS),
+    collation: fc.constantFrom<string | null>('und-x-icu', 'C', null),
+    unique: fc.boolean(),
+    /** How many of the first values are inserted again (a unique key keeps one of each). */
+    repeated: fc.nat({ max: 20 }),
+    batchSize: fc.integer({ min: 1, max: 15 }),
+    lanes: fc.integer({ min: 1, max: 3 }),
+    /** Bounds, as places (percent) in the sorted candidates: the table's keys and a few others. */
+    bounds: fc.option(
+      fc.record({ which: fc.constantFrom('both', 'min', 'max'), at: fc.nat({ max: 100 }), span: fc.nat({ max: 100 }) }),
+      { freq: 3 },
+    ),
+  })
+  .chain((c) =>
+    fc.record({
+      c: fc.constant(c),
+      values: fc.array(c.kind.value, { maxLength: 60 }),
+      others: fc.array(c.kind.value, { maxLength: 3 }),
+    }),
+  );
+
+describe('keys of every kind', () => {
+  const db = useTestDatabase();
+
+  it('drained in lanes: every row once, ranges tiling the key (bounds honoured), finished', async () => {
+    const { pool } = db();
+    await createKeyLog(pool);
+
+    await fc.assert(
+      fc.asyncProperty(keyCase, async ({ c, values, others }) => {
+        const { kind, collation } = c;
+        await pool.query('DROP TABLE IF EXISTS pk, cand');
+        await pool.query('TRUNCATE batched_background_migrations, batched_background_migration_jobs, key_log');
+        const list = kind.columns.join(', ');
+        await pool.query(`CREATE TABLE pk (${kind.ddl(collation)}, touched int NOT NULL DEFAULT 0)`);
+        const unique = c.unique && !kind.repeats;
+        await pool.query(`CREATE ${unique ? 'UNIQUE ' : ''}INDEX ON pk (${list})`);
+        const rows = [...values, ...values.slice(0, c.repeated)];
+        await pool.query(
+          `INSERT INTO pk (${list}) SELECT ${kind.insert} FROM unnest($1::text[]) v ON CONFLICT DO NOTHING`,
+          [rows],
+        );
+        // Bounds: keys of the table or others, in the key's order (the candidates have its collation).
+        const given: { min_key?: string; max_key?: string } = {};
+        if (c.bounds) {
+          await pool.query(`CREATE TABLE cand (LIKE pk INCLUDING DEFAULTS)`);
+          await pool.query(`INSERT INTO cand (${list}) SELECT ${kind.insert} FROM unnest($1::text[]) v`, [
+            [...values, ...others],
+          ]);
+          const { rows: sorted } = await pool.query<{ bound: string }>(
+            `SELECT DISTINCT ON (${list}) jsonb_build_array(${list})::text AS bound FROM cand ORDER BY ${list}`,
+          );
+          if (sorted.length > 0) {
+            const lo = Math.floor((c.bounds.at * (sorted.length - 1)) / 100);
+            const hi = lo + Math.floor((c.bounds.span * (sorted.length - 1 - lo)) / 100);
+            if (c.bounds.which !== 'max') given.min_key = sorted[lo]!.bound;
+            if (c.bounds.which !== 'min') given.max_key = sorted[hi]!.bound;
+          }
+        }
+        await insertKeyMigration(
+          pool,
+          {
+            name: 'keyed',
+            table: 'pk',
+            column: kind.columns.join(','),
+            work: keyTouch.name,
+            batchSize: c.batchSize,
+            lanes: c.lanes,
+          },
+          given,
+        );
+
+        const worker = testWorker(pool, { work: [keyTouch], concurrency: 3, intervalMs: 5, maxIntervalMs: 40 });
+        const stalled = new Promise<'stalled'>((resolve) => setTimeout(() => resolve('stalled'), 20_000).unref());
+        const ended = await Promise.race([worker.run({ untilDone: true }).then(() => 'ended' as const), stalled]);
+        if (ended === 'stalled') await worker.stop({ abort: true });
+        expect(ended).toBe('ended');
+
+        const space = { table: 'pk', columns: kind.columns, types: kind.types(collation) };
+        const literal = (json: string) => `'${json.replace(/'/g, "''")}'::jsonb`;
+        const key = keyOf(space);
+        const inside = [
+          ...(given.min_key ? [`${key} >= ${keyRowOf(space, literal(given.min_key))}`] : []),
+          ...(given.max_key ? [`${key} <= ${keyRowOf(space, literal(given.max_key))}`] : []),
+        ];
+        try {
+          await expectTiled(pool, space, 'keyed', { log: true, inside: inside.join(' AND ') || 'true' });
+        } catch (error) {
+          throw new Error(`${(error as Error).message}\n${await keyState(pool, list)}`, { cause: error });
+        }
+        const twice = await pool.query(
+          'SELECT first_key FROM key_log GROUP BY first_key, last_key HAVING count(*) > 1',
+        );
+        expect(twice.rows).toEqual([]);
+      }),
+      { numRuns: 30, endOnFailure: true },
     );
   }, 240_000);
 });

@@ -36,6 +36,12 @@ export interface KeyColumn {
   typeOid: number;
   /** The type's name as format_type prints it (without a type modifier), quoted where it must be: what its values are cast to in SQL text. */
   typeName: string;
+  /**
+   * The column's collation, schema-qualified and quoted (null for a type without one): a cast
+   * value takes the database's default collation, so two values compared with no column between
+   * them must name the column's.
+   */
+  collation: string | null;
 }
 
 export type TargetProblem = { code: 'invalid_table' | 'invalid_column'; message: string };
@@ -55,6 +61,7 @@ interface ColumnRow {
   type_name: string | null;
   type_base: string | null;
   not_null: boolean | null;
+  collation: string | null;
 }
 
 interface IndexRow {
@@ -120,10 +127,13 @@ function lookUpColumns(db: Queryable, oid: number, names: readonly string[]): Pr
              pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name,
              -- Without the modifier, as casts name it: format_type calls bpchar without one "character", which is char(1).
              CASE WHEN a.atttypid = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar'
-                  ELSE pg_catalog.format_type(a.atttypid, NULL) END AS type_base, a.attnotnull AS not_null
+                  ELSE pg_catalog.format_type(a.atttypid, NULL) END AS type_base, a.attnotnull AS not_null,
+             pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) AS collation
       FROM unnest(${sql.param(names)}::text[]) WITH ORDINALITY AS k(name, ord)
       LEFT JOIN pg_catalog.pg_attribute a
         ON a.attrelid = ${oid}::oid AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+      LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
       ORDER BY k.ord`,
   );
 }
@@ -278,7 +288,14 @@ async function lookUp(db: Queryable, tableName: string, columnName: string): Pro
     table: table.table,
     column: first.name,
     unique: integer && index.is_unique,
-    key: integer ? null : columns.map((c) => ({ name: c.name, typeOid: c.type_oid!, typeName: c.type_base! })),
+    key: integer
+      ? null
+      : columns.map((c) => ({
+          name: c.name,
+          typeOid: c.type_oid!,
+          typeName: c.type_base!,
+          collation: c.collation,
+        })),
   };
 }
 

@@ -32,9 +32,17 @@ export function keyJson(key: Key): string {
   return `pg_catalog.jsonb_build_array(${keyList(key)})`;
 }
 
-/** A JSON array of key values (`json`, SQL text of a jsonb value) as a row of the key's types. */
+/**
+ * A JSON array of key values (`json`, SQL text of a jsonb value) as a row of the key's types, in
+ * the columns' collations (a comparison of two such rows is in the key's order, not the database's).
+ */
 export function keyRow(key: Key, json: string): string {
-  return key.map((column, i) => `((${json}) ->> ${i})::${column.typeName}`).join(', ');
+  return key
+    .map((column, i) => {
+      const value = `((${json}) ->> ${i})::${column.typeName}`;
+      return column.collation === null ? value : `${value} COLLATE ${column.collation}`;
+    })
+    .join(', ');
 }
 
 /** A JSON value of a key's bounds as written to min_key or max_key by hand: a lone value becomes a one-value array. */
@@ -110,9 +118,15 @@ export async function keyBoundsProblem(
       ? 'min_key and max_key bound a key that is not a single integer column; an integer key is bounded by min_value and max_value'
       : undefined;
   }
-  // min_value is 1 unless set (the column's default), and the first range's place in the order of ranges.
-  if (BigInt(row.min_value) !== 1n || (row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END)) {
-    return `min_value and max_value bound an integer key; a key of ${keyTypes(key)} is bounded by min_key and max_key`;
+  // min_value is 1 unless set (the ranges' order starts there); max_value is NULL until the start sets KEY_ORDINAL_END.
+  const bound =
+    row.max_value !== null && BigInt(row.max_value) !== KEY_ORDINAL_END
+      ? 'max_value'
+      : BigInt(row.min_value) !== 1n
+        ? 'min_value'
+        : undefined;
+  if (bound) {
+    return `${bound} bounds an integer key; a key of ${keyTypes(key)} is bounded by min_key and max_key`;
   }
   for (const [name, value] of [
     ['min_key', row.min_key],
@@ -120,6 +134,14 @@ export async function keyBoundsProblem(
   ] as const) {
     const problem = value === null ? undefined : await keyBoundProblem(db, key, name, value);
     if (problem) return problem;
+  }
+  if (row.min_key !== null && row.max_key !== null) {
+    const order = await execOne<{ reversed: boolean }>(
+      db,
+      sql`SELECT (${sql.raw(keyRow(key, asKeyArray('min_key')))}) > (${sql.raw(keyRow(key, asKeyArray('max_key')))}) AS reversed
+          FROM batched_background_migrations WHERE id = ${migrationId}`,
+    );
+    if (order?.reversed) return `min_key ${row.min_key} is after max_key ${row.max_key} in the key's order`;
   }
   return undefined;
 }

@@ -39,9 +39,12 @@ export function quotedTable(target: Target): SQL {
  * analyzed or vacuumed.
  */
 function estimatedRows(tableOid: SQL): SQL {
-  return sql`(SELECT sum(nullif(c.reltuples, -1))::bigint
-              FROM pg_catalog.pg_partition_tree(${tableOid}) t JOIN pg_catalog.pg_class c ON c.oid = t.relid
-              WHERE t.isleaf)`;
+  return sql`(SELECT CASE WHEN c.relkind = 'p'
+                          THEN (SELECT sum(nullif(l.reltuples, -1))
+                                FROM pg_catalog.pg_partition_tree(c.oid) t JOIN pg_catalog.pg_class l ON l.oid = t.relid
+                                WHERE t.isleaf)
+                          ELSE nullif(c.reltuples, -1) END::bigint
+              FROM pg_catalog.pg_class c WHERE c.oid = ${tableOid})`;
 }
 
 /**
@@ -72,7 +75,8 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
 /**
  * active -> running, for a key that is not a single integer column (docs/keys.md): min_key and
  * max_key given as a lone value become one-value arrays; a NULL min_key becomes the key's first
- * value, a NULL max_key its last (index lookups), at least min_key; max_value becomes
+ * value, a NULL max_key its last (index lookups); bounds around no row become the given bound
+ * alone (min_key and max_key given the wrong way round are refused: keyBoundsProblem); max_value becomes
  * KEY_ORDINAL_END, the end of the ranges' order (codes.ts). An empty table leaves both NULL: one
  * empty range.
  */
@@ -95,12 +99,14 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
       SET status = ${MigrationStatus.running},
           started_at = coalesce(started_at, now()),
           updated_at = now(),
-          min_key = lo.k,
-          max_key = CASE WHEN (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN lo.k ELSE hi.k END,
+          -- Bounds around no row (a min_key after the last key, a max_key before the first): one range
+          -- of the given bound alone, which holds no row.
+          min_key = CASE WHEN given.lo IS NULL AND (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN hi.k ELSE lo.k END,
+          max_key = CASE WHEN given.lo IS NOT NULL AND (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN lo.k ELSE hi.k END,
           max_value = ${KEY_ORDINAL_END}::bigint,
           total_tuple_count = coalesce(total_tuple_count,
             ${estimatedRows(sql`${target.oid}::oid`)})
-      FROM lo, hi
+      FROM given, lo, hi
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );
