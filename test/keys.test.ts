@@ -104,6 +104,23 @@ describe('keys', () => {
     await expectTiled(pool, { table: 'ch', columns: ['code'], types: ['bpchar'] }, 'char', { minRanges: 3 });
   });
 
+  it('batches a citext key (case-insensitive order) and a key on a descending index', async () => {
+    const { pool } = db();
+    await pool.query('CREATE EXTENSION citext');
+    await pool.query(`CREATE TABLE ci (name citext PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(
+      `INSERT INTO ci (name) SELECT w || i FROM generate_series(1, 100) i, unnest(ARRAY['a', 'B', 'c']) w`,
+    );
+    await insertMigration(pool, 'citext', 'ci', 'name', touchRange.name, 29);
+    await pool.query(`CREATE TABLE de (id uuid NOT NULL, touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`CREATE INDEX ON de (id DESC)`);
+    await pool.query(`INSERT INTO de SELECT gen_random_uuid() FROM generate_series(1, 300)`);
+    await insertMigration(pool, 'desc', 'de', 'id', touchRange.name, 29);
+    await drain(testWorker(pool, { work: [touchRange] }));
+    await expectTiled(pool, { table: 'ci', columns: ['name'], types: ['citext'] }, 'citext', { minRanges: 3 });
+    await expectTiled(pool, { table: 'de', columns: ['id'], types: ['uuid'] }, 'desc', { minRanges: 3 });
+  });
+
   it('batches a timestamptz key that repeats: every row of a repeated key in one range', async () => {
     const { pool } = db();
     await pool.query(`CREATE TABLE e (at timestamptz NOT NULL, touched int NOT NULL DEFAULT 0)`);
@@ -361,5 +378,33 @@ describe('key bounds', () => {
       { min_key: null, max_key: null, status: MigrationStatus.finished },
     ]);
     await expectTiled(pool, { table: 'u', columns: ['id'], types: ['uuid'] }, 'empty');
+  });
+
+  it('are read once, at the start, into their canonical form: a moving "now" and a DMY date stay what the start read', async () => {
+    const { pool } = db();
+    await pool.query(
+      `CREATE TABLE e (at timestamptz NOT NULL, id int NOT NULL, touched int NOT NULL DEFAULT 0, PRIMARY KEY (at, id))`,
+    );
+    await pool.query(
+      `INSERT INTO e (at, id) SELECT now() + (i - 50) * interval '1 hour', i FROM generate_series(1, 100) i`,
+    );
+    await insertMigration(pool, 'until_now', 'e', 'at,id', touchRange.name, 7);
+    await pool.query(`UPDATE batched_background_migrations SET max_key = '["now", 0]', min_key = '["01/02/2000", 0]'`);
+    const { rows: dates } = await pool.query(`SELECT '01/02/2000'::date = '2000-01-02'::date AS mdy`);
+    expect(dates[0].mdy).toBe(true);
+
+    await drain(testWorker(pool, { work: [touchRange] }));
+
+    // Rows after the start's "now" stay untouched; the stored bounds are timestamps, not words.
+    const { rows } = await pool.query(
+      `SELECT count(*) FILTER (WHERE touched = 1)::int AS touched, count(*) FILTER (WHERE touched = 0)::int AS left,
+              (SELECT max_key->>0 FROM batched_background_migrations) <> 'now' AS fixed,
+              (SELECT (min_key->>0)::timestamptz = '2000-01-02' FROM batched_background_migrations) AS min_read
+       FROM e`,
+    );
+    expect(rows[0]).toMatchObject({ fixed: true, min_read: true });
+    expect(rows[0].touched).toBeGreaterThanOrEqual(49);
+    expect(rows[0].touched + rows[0].left).toBe(100);
+    expect(rows[0].left).toBeGreaterThanOrEqual(49);
   });
 });

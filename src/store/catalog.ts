@@ -61,6 +61,7 @@ interface ColumnRow {
   type_name: string | null;
   type_base: string | null;
   not_null: boolean | null;
+  citext: boolean;
   collation: string | null;
 }
 
@@ -98,7 +99,6 @@ const KEY_TYPE_NAMES = new Set([
   'text',
   'character varying',
   'pg_catalog.bpchar',
-  'citext',
   'date',
   'timestamp without time zone',
   'timestamp with time zone',
@@ -128,6 +128,11 @@ function lookUpColumns(db: Queryable, oid: number, names: readonly string[]): Pr
              -- Without the modifier, as casts name it: format_type calls bpchar without one "character", which is char(1).
              CASE WHEN a.atttypid = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar'
                   ELSE pg_catalog.format_type(a.atttypid, NULL) END AS type_base, a.attnotnull AS not_null,
+             -- citext is an extension's type (its name alone could be any type's).
+             EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                     WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.objid = a.atttypid
+                       AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                       AND e.extname = 'citext') AS citext,
              pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) AS collation
       FROM unnest(${sql.param(names)}::text[]) WITH ORDINALITY AS k(name, ord)
       LEFT JOIN pg_catalog.pg_attribute a
@@ -162,6 +167,10 @@ function lookUpIndex(db: Queryable, oid: number, attnums: readonly number[]): Pr
                    LEFT JOIN pg_catalog.pg_opclass oc ON oc.oid = i.indclass[key.pos]
                    WHERE i.indkey[key.pos] <> key.attnum OR NOT coalesce(oc.opcdefault, false)
                       OR i.indcollation[key.pos] <> a.attcollation)
+                 -- Every column ascending (0), or every one descending with NULLS FIRST (3), which
+                 -- scans backwards as ascending: mixed directions make ORDER BY the key a sort.
+                 AND (SELECT min(i.indoption[key.pos]) = max(i.indoption[key.pos])
+                             AND min(i.indoption[key.pos]) IN (0, 3) FROM key)
              ) AS indexed,
              EXISTS (
                SELECT 1
@@ -252,7 +261,15 @@ async function lookUp(db: Queryable, tableName: string, columnName: string): Pro
       : `key (${columns.map((c) => c.name).join(', ')}) of ${qualified}`;
   if (!integer) {
     for (const c of columns) {
-      if (!KEY_TYPE_NAMES.has(c.type_base ?? '')) {
+      if (c.citext && c.type_base !== 'citext') {
+        return {
+          code: 'invalid_column',
+          message:
+            `column ${qualified}.${c.name} is ${c.type_name}, whose operators are not on the search_path: ` +
+            `comparisons of its values would compare them as text; add the extension's schema to the role's search_path`,
+        };
+      }
+      if (!KEY_TYPE_NAMES.has(c.type_base ?? '') && !c.citext) {
         return {
           code: 'invalid_column',
           message: `column ${qualified}.${c.name} is ${c.type_name}; a key's columns may be ${KEY_TYPES_TEXT}`,
@@ -279,7 +296,7 @@ async function lookUp(db: Queryable, tableName: string, columnName: string): Pro
       code: 'invalid_column',
       message:
         `${keyName} has no valid, non-partial btree index ${leading}` +
-        `${integer ? '' : " (in the columns' own collations, with their default ordering)"}; batching it would scan the table`,
+        `${integer ? ' (ascending, or descending NULLS FIRST)' : " (in the columns' own collations, with their default ordering, all ascending or all descending NULLS FIRST)"}; batching it would scan the table`,
     };
   }
   return {

@@ -45,6 +45,16 @@ export function keyRow(key: Key, json: string): string {
     .join(', ');
 }
 
+/**
+ * A bound as written by hand (a lone value, or an array) in its canonical form: the array of its
+ * values cast to the key's types and back. A bound is read once, by the start: `'01/02/2024'` in
+ * that session's DateStyle, `'now'` as then, `1.50` as numeric; every cut after reads the same
+ * values, whatever its session's settings.
+ */
+export function canonicalKey(key: Key, json: string): string {
+  return `CASE WHEN ${json} IS NULL THEN NULL ELSE pg_catalog.jsonb_build_array(${keyRow(key, asKeyArray(json))}) END`;
+}
+
 /** A JSON value of a key's bounds as written to min_key or max_key by hand: a lone value becomes a one-value array. */
 export function asKeyArray(json: string): string {
   return `CASE WHEN ${json} IS NULL THEN NULL WHEN pg_catalog.jsonb_typeof(${json}) = 'array' THEN ${json} ELSE pg_catalog.jsonb_build_array(${json}) END`;

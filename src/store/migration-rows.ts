@@ -20,7 +20,7 @@ import {
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { asKeyArray, keyJson, keyList, keyListDescending, keyRow, keyTextArray, type Key } from './keys.ts';
+import { canonicalKey, keyJson, keyList, keyListDescending, keyRow, keyTextArray, type Key } from './keys.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -86,7 +86,7 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
     db,
     sql`
       WITH given AS (
-        SELECT ${sql.raw(asKeyArray('min_key'))} AS lo, ${sql.raw(asKeyArray('max_key'))} AS hi
+        SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
         FROM batched_background_migrations WHERE id = ${id}
       ), lo AS (
         SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${sql.raw(table)} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS k
