@@ -10,6 +10,8 @@ import pg from 'pg';
 import type { Work } from '../src/bbm/types.ts';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { MigrationStatus } from '../src/store/codes.ts';
+import { LOCK_NAMESPACE, QUIET_LOCK_KEY, QUIET_TAKE_WAIT_MS } from '../src/store/locks.ts';
+import { performance } from 'node:perf_hooks';
 import { bbm } from './support/cli.ts';
 import { createTestDatabase, useTestDatabase, type TestDatabase } from './support/database.ts';
 import {
@@ -202,6 +204,39 @@ describe.skipIf(!available)('through PgBouncer in transaction pooling', () => {
         expect(await bbm(['resume', '--name', 'watched'], env)).toMatchObject({ code: 0, out: 'resumed: watched\n' });
       }
       expect((await migrationRow(pool, 'watched'))?.status).toBe(MigrationStatus.active);
+    });
+
+    it('takes waiting behind a quiet round give their server connections back, so the round can commit (pool of 3)', async () => {
+      const { url: direct } = db();
+      const through = bouncer.urlFor(direct);
+      const client = async () => {
+        const c = new pg.Client({ connectionString: through });
+        await c.connect();
+        onTestFinished(() => c.end());
+        return c;
+      };
+      // A quiet round: the quiet lock held exclusively, in a transaction (one server connection).
+      const round = await client();
+      await round.query('BEGIN');
+      await round.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, QUIET_LOCK_KEY]);
+      // Two lanes' takes wait behind it, each in a transaction on a server connection: the pool is full.
+      const takes = await Promise.all([client(), client()]);
+      const taken = takes.map((c) =>
+        c.query<{ migration_id: string }>(
+          `BEGIN; SELECT migration_id FROM bbm_take_job(ARRAY['test.touch'], '.*', NULL, 60000); ROLLBACK`,
+        ),
+      );
+      await sleep(200);
+      // The round's commit needs a server connection of its own: it gets one once the takes give up.
+      const started = performance.now();
+      const probe = await client();
+      await probe.query('SELECT 1');
+      expect(performance.now() - started).toBeLessThan(QUIET_TAKE_WAIT_MS + 5_000);
+      for (const result of await Promise.all(taken)) {
+        const take = (result as unknown as pg.QueryResult<{ migration_id: string }>[])[1]!;
+        expect(take.rows).toEqual([{ migration_id: '0' }]);
+      }
+      await round.query('ROLLBACK');
     });
 
     it('a job past runTimeoutMs is cancelled at once, by the backend key PgBouncer gave (no pid of its own)', async () => {

@@ -100,6 +100,7 @@ const CHANGED_SINCE_CHAIN = [
 const ADDED_SINCE_CHAIN = [
   'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])',
   'bbm_key_text(jsonb)',
+  'bbm_quiet_shared(integer)',
 ];
 
 /** The definitions that must equal the chain's: all but those changed since. */

@@ -11,7 +11,8 @@
 -- With backstop_ms, it first sets the run's backstops for the rest of its transaction
 -- (statement_timeout and idle_in_transaction_session_timeout at backstop_ms,
 -- client_connection_check_interval at 1 s) and holds the quiet lock, (LOCK_NAMESPACE,
--- QUIET_LOCK_KEY), shared until the transaction ends: a statement fewer per run.
+-- QUIET_LOCK_KEY), shared until the transaction ends (bbm_quiet_shared): a statement fewer per
+-- run. A quiet round that keeps it longer than QUIET_TAKE_WAIT_MS has the take answer busy.
 --
 -- For the first runnable migration (running before active, then lowest id), not on hold, among
 -- those whose work function the caller has (plus those whose job_signature_name can never name one,
@@ -59,6 +60,7 @@ DECLARE
   k integer;
   got integer;
   busy boolean := false;
+  quieted boolean := true;
   next_step text;
   jid bigint;
   jmin bigint;
@@ -74,8 +76,8 @@ BEGIN
   IF backstop_ms IS NOT NULL THEN
     PERFORM pg_catalog.set_config('statement_timeout', backstop_ms::text, true),
             pg_catalog.set_config('idle_in_transaction_session_timeout', backstop_ms::text, true),
-            pg_catalog.set_config('client_connection_check_interval', '1000', true),
-            pg_catalog.pg_advisory_xact_lock_shared({{LOCK_NAMESPACE}}, {{QUIET_LOCK_KEY}});
+            pg_catalog.set_config('client_connection_check_interval', '1000', true);
+    quieted := bbm_quiet_shared({{QUIET_TAKE_WAIT_MS}});
   END IF;
   FOR m IN
     SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
@@ -88,6 +90,8 @@ BEGIN
     ORDER BY b.status = {{MIGRATION_RUNNING}} DESC, b.id
     LIMIT 100
   LOOP
+    -- A quiet round that held the quiet lock too long: every lane is busy (bbm_quiet_shared).
+    EXIT WHEN NOT quieted;
     -- Held (set aside after run errors, or by a health signal): skipped, but it keeps the caller
     -- waiting like a busy lane, so that a worker run until done does not stop before it.
     IF m.on_hold_until IS NOT NULL AND m.on_hold_until > pg_catalog.now() THEN
@@ -165,7 +169,7 @@ BEGIN
       busy := true;
     END;
   END LOOP;
-  IF busy THEN
+  IF busy OR NOT quieted THEN
     RETURN QUERY SELECT 0::bigint, NULL::integer, NULL::text, NULL::smallint, NULL::text, NULL::text,
       NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::integer,
       NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::smallint, NULL::integer, NULL::integer,

@@ -27,8 +27,10 @@ DECLARE
 BEGIN
   PERFORM pg_catalog.set_config('statement_timeout', backstop_ms::text, true),
           pg_catalog.set_config('idle_in_transaction_session_timeout', backstop_ms::text, true),
-          pg_catalog.set_config('client_connection_check_interval', '1000', true),
-          pg_catalog.pg_advisory_xact_lock_shared({{LOCK_NAMESPACE}}, {{QUIET_LOCK_KEY}});
+          pg_catalog.set_config('client_connection_check_interval', '1000', true);
+  IF NOT bbm_quiet_shared({{QUIET_TAKE_WAIT_MS}}) THEN
+    RETURN;
+  END IF;
   SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
          b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.job_arguments
     INTO m

@@ -24,7 +24,7 @@ import {
   SERIAL_KEY_SET,
   statusCodes,
 } from './codes.ts';
-import { LANE_LOCK_BASE, LOCK_NAMESPACE, MIGRATION_KEY_MODULUS, QUIET_LOCK_KEY } from './locks.ts';
+import { LANE_LOCK_BASE, LOCK_NAMESPACE, MIGRATION_KEY_MODULUS, QUIET_LOCK_KEY, QUIET_TAKE_WAIT_MS } from './locks.ts';
 
 /** The folder of the function files: sql/functions beside src/ and dist/ alike. */
 export const FUNCTIONS_FOLDER = fileURLToPath(new URL('../../sql/functions', import.meta.url));
@@ -37,6 +37,7 @@ export const SQL_TOKENS: Readonly<Record<string, string>> = {
   LOCK_NAMESPACE: String(LOCK_NAMESPACE),
   LANE_LOCK_BASE: String(LANE_LOCK_BASE),
   QUIET_LOCK_KEY: String(QUIET_LOCK_KEY),
+  QUIET_TAKE_WAIT_MS: String(QUIET_TAKE_WAIT_MS),
   MIGRATION_KEY_MODULUS: String(MIGRATION_KEY_MODULUS),
   MAX_LANES: String(MAX_LANES),
   INT4_MAX: String(INT4_MAX),

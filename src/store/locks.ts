@@ -36,3 +36,10 @@ export const SCHEDULER_LOCK_KEY = -1;
  * the runs in flight to end, and every take of every worker waits behind it meanwhile.
  */
 export const QUIET_LOCK_KEY = -2;
+
+/**
+ * How long a take waits for the quiet lock before answering busy (sql/functions/bbm_quiet_shared.sql):
+ * past a quiet round's own wait for the runs in flight (1 s) and its commits, so that a round that
+ * goes as planned never turns a take away.
+ */
+export const QUIET_TAKE_WAIT_MS = 2_000;
