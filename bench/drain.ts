@@ -4,7 +4,7 @@
  */
 import type pg from 'pg';
 import { pino } from 'pino';
-import type { HealthOptions, Work } from '../src/bbm/types.ts';
+import type { AnyWork, HealthOptions, Work } from '../src/bbm/types.ts';
 import { Worker } from '../src/bbm/worker.ts';
 
 const quiet = pino({ level: 'silent' });
@@ -21,7 +21,7 @@ export function benchWorker(
     lanes = 1,
     health,
     jobDurationsMs,
-  }: { work: Work[]; lanes?: number; health: HealthOptions | false; jobDurationsMs?: number[] },
+  }: { work: AnyWork[]; lanes?: number; health: HealthOptions | false; jobDurationsMs?: number[] },
 ): Worker {
   return new Worker({
     pool,

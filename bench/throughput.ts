@@ -23,9 +23,12 @@
  * (vacuumItems), so that no pass is charged a vacuum of its predecessor's dead rows. Then two
  * single runs: adaptive sizing from batch 100 toward 200 ms jobs (on a table of its own,
  * --adaptive-rows), and four one-lane workers on one one-lane migration (how many transactions
- * the locked-out workers cost per job).
+ * the locked-out workers cost per job). Last, the keys section (keys.ts): the same rewrite keyed by
+ * bigint, uuid and (tenant_id, id uuid), the engine in 1 and 4 lanes against a hand-written keyset
+ * loop on as many connections.
  *
- *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu] [--json]
+ *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu]
+ *                    [--keys-rows N] [--keys-rounds N] [--keys-warmup N] [--keys-only] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
@@ -34,7 +37,8 @@
  * adaptive: { targetMs, rows, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
  * oneWorkerTransactionsPerJob }, with --cpu cpu: { [method]: { busyUs, idleUs, databaseUs, benchUs } } (see cpu.ts), foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
- * batchSize, p99Ms, rowsPerSec }] } } (see foreground.ts).
+ * batchSize, p99Ms, rowsPerSec }] }, keys: [{ key, lanes, engineRowsPerSec, plainRowsPerSec, ratio, speedup (above 1 lane),
+ * defaultsRowsPerSec, defaultsRatio }] } (see foreground.ts, keys.ts). With --keys-only, { rows, batchSize, keys }.
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -43,6 +47,7 @@ import { pino } from 'pino';
 import { cpuMeter, perJob, type CpuPerJob } from './cpu.ts';
 import { benchWorker, drain } from './drain.ts';
 import { foreground } from './foreground.ts';
+import { keys, keysReport } from './keys.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
@@ -62,6 +67,10 @@ const { values: flags } = parseArgs({
     statements: { type: 'boolean', default: false },
     cpu: { type: 'boolean', default: false },
     'adaptive-rows': { type: 'string', default: '4000000' },
+    'keys-rows': { type: 'string' },
+    'keys-rounds': { type: 'string', default: '1' },
+    'keys-warmup': { type: 'string', default: '1' },
+    'keys-only': { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -375,6 +384,20 @@ async function main() {
   const pool = createPool({ connectionString: url, max: Math.max(maxLanes, 4) + 3 });
   try {
     await migrateSchema(pool);
+    const keysOptions = {
+      rows: flags['keys-rows'] === undefined ? ROWS : Number(flags['keys-rows']),
+      batch: BATCH,
+      rounds: Number(flags['keys-rounds']),
+      warmup: Number(flags['keys-warmup']),
+      lanes: 4,
+      log,
+    };
+    if (flags['keys-only']) {
+      const result = { rows: keysOptions.rows, batchSize: BATCH, keys: await keys(pool, keysOptions) };
+      if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+      else keysReport(result.keys, log);
+      return;
+    }
     await createItemsTable(pool, 'bench_items', ROWS);
     const ranges: Array<[string, string]> = [];
     for (let start = 1; start <= ROWS; start += BATCH)
@@ -455,6 +478,7 @@ async function main() {
         oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
       },
       foreground: await foreground(pool, { url, rows: ROWS, batch: BATCH, work }),
+      keys: await keys(pool, keysOptions),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -510,6 +534,7 @@ async function main() {
     log(
       `foreground beside 1 lane: ${f.curve.map((c) => `batch ${c.batchSize}: p99 ${c.p99Ms} ms at ${c.rowsPerSec.toLocaleString('en')} rows/s`).join('; ')}`,
     );
+    keysReport(result.keys, log);
   } finally {
     await pool.end();
     await stopDatabase();
