@@ -8,26 +8,16 @@ import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../src/bbm/enqueue.ts';
 import { ConfigError } from '../src/bbm/errors.ts';
-import type { JobKey, MigrationSpec, Work } from '../src/bbm/types.ts';
+import type { MigrationSpec, Work } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
+import { touchRange } from './support/keys.ts';
 import { createItems, drain, migrationRow, range, testWorker } from './support/engine.ts';
 import { runBbm } from './support/processes.ts';
 
 const LOW = '00000000-0000-0000-0000-000000000000';
 const HIGH = 'ffffffff-ffff-ffff-ffff-ffffffffffff';
-
-/** Touches the range's rows through its predicate: any key. */
-const touchRange: Work<JobKey> = {
-  name: 'keys.touch',
-  async do(job) {
-    const { rowCount } = await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.range.sql}`, [
-      ...job.range.params,
-    ]);
-    return rowCount ?? 0;
-  },
-};
 
 /** `u (id uuid PRIMARY KEY, touched)` with `rows` rows. */
 async function createUuidTable(pool: pg.Pool, rows: number): Promise<void> {

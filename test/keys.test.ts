@@ -14,21 +14,10 @@ import { ErrorCode, JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { cutRangeStatement } from '../src/store/jobs.ts';
 import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
 import { drain, migrationRow, testWorker } from './support/engine.ts';
-import { createKeyLog, expectTiled, insertKeyMigration, keyLogged } from './support/keys.ts';
+import { createKeyLog, expectTiled, insertKeyMigration, keyLogged, touchRange } from './support/keys.ts';
 import { waitFor } from './support/processes.ts';
 
 const db = useTestDatabase();
-
-/** Touches the range's rows through the ready predicate, so it works for every key. */
-const touchRange: Work<JobKey> = {
-  name: 'keys.touch',
-  async do(job) {
-    const { rowCount } = await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.range.sql}`, [
-      ...job.range.params,
-    ]);
-    return rowCount ?? 0;
-  },
-};
 
 /** Touches with BETWEEN on job.start and job.end, as integer-key work functions are written. */
 const touchBetween: Work<string> = {

@@ -9,26 +9,15 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { startOpsServer } from '../src/bbm/ops-server.ts';
 import { createStatusPage } from '../src/bbm/status-page.ts';
 import { migrationReports } from '../src/bbm/status.ts';
-import type { JobKey, Work } from '../src/bbm/types.ts';
 import type { Worker } from '../src/bbm/worker.ts';
 import { KEY_ORDINAL_END, KEY_ORDINAL_STEP } from '../src/store/codes.ts';
 import { listMigrations } from '../src/store/migration-rows.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
+import { touchRange } from './support/keys.ts';
 import { createItems, drain, enqueue, quiet, range, testWorker, touch } from './support/engine.ts';
 
 const db = useTestDatabase();
-
-/** Touches the range's rows through its predicate, and says how many (row_count). */
-const touchRange: Work<JobKey> = {
-  name: 'keys.touch',
-  async do(job) {
-    const { rowCount } = await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.range.sql}`, [
-      ...job.range.params,
-    ]);
-    return rowCount ?? 0;
-  },
-};
 
 /** Ordinals a key migration's rows hold, which operators must never be shown as its bounds or ranges. */
 const ORDINALS = [KEY_ORDINAL_END, KEY_ORDINAL_STEP, KEY_ORDINAL_STEP + 1n, 2n * KEY_ORDINAL_STEP].map(String);

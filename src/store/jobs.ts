@@ -6,7 +6,7 @@
  * (sql/functions/bbm_take_job.sql) and updated with its outcome in the transaction that ran its
  * work, so the work and its record commit together.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { QueryResult, QueryResultRow } from 'pg';
 import { sql, type SQL } from 'drizzle-orm';
 import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
@@ -346,7 +346,7 @@ async function splitKeyRange(
   key: Key,
   minRows: number,
 ): Promise<boolean> {
-  const table = sql.raw(`${pg.escapeIdentifier(target.schema)}.${pg.escapeIdentifier(target.table)}`);
+  const table = quotedTable(target);
   const list = sql.raw(keyList(key));
   const inRange = sql.raw(
     `(${keyList(key)}) >= (${keyRow(key, 'bbm_job.lo')}) AND (${keyList(key)}) <= (${keyRow(key, 'bbm_job.hi')})`,

@@ -62,14 +62,12 @@ export function asKeyArray(json: string): string {
 
 /**
  * A key as stored (`json`, SQL text of a jsonb value: a JSON array, or a lone value as given at
- * enqueue) as a text[] of each value's exact text, in column order; NULL for NULL. What operators
- * are shown: never a JavaScript number, which would round a numeric or a bigint.
+ * enqueue) as a text[] of each value's exact text, in column order; NULL for NULL
+ * (sql/functions/bbm_key_text.sql, which the takes call too). What operators are shown: never a
+ * JavaScript number, which would round a numeric or a bigint.
  */
 export function keyTextArray(json: string): string {
-  return (
-    `CASE WHEN ${json} IS NULL THEN NULL ELSE ARRAY(SELECT e.v FROM ` +
-    `pg_catalog.jsonb_array_elements_text(${asKeyArray(json)}) WITH ORDINALITY AS e(v, i) ORDER BY e.i) END`
-  );
+  return `bbm_key_text(${asKeyArray(json)})`;
 }
 
 /**
@@ -145,13 +143,8 @@ export async function keyBoundsProblem(
     const problem = value === null ? undefined : await keyBoundProblem(db, key, name, value);
     if (problem) return problem;
   }
-  if (row.min_key !== null && row.max_key !== null) {
-    const order = await execOne<{ reversed: boolean }>(
-      db,
-      sql`SELECT (${sql.raw(keyRow(key, asKeyArray('min_key')))}) > (${sql.raw(keyRow(key, asKeyArray('max_key')))}) AS reversed
-          FROM batched_background_migrations WHERE id = ${migrationId}`,
-    );
-    if (order?.reversed) return `min_key ${row.min_key} is after max_key ${row.max_key} in the key's order`;
+  if (row.min_key !== null && row.max_key !== null && (await keyBoundsReversed(db, key, row.min_key, row.max_key))) {
+    return `min_key ${row.min_key} is after max_key ${row.max_key} in the key's order`;
   }
   return undefined;
 }

@@ -81,7 +81,7 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
  * empty range.
  */
 async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Target): Promise<bigint | null> {
-  const table = `${pg.escapeIdentifier(target.schema)}.${pg.escapeIdentifier(target.table)}`;
+  const table = quotedTable(target);
   const row = await execOne<{ max_value: string }>(
     db,
     sql`
@@ -89,10 +89,10 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
         SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
         FROM batched_background_migrations WHERE id = ${id}
       ), lo AS (
-        SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${sql.raw(table)} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS k
+        SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS k
         FROM given
       ), hi AS (
-        SELECT coalesce(given.hi, (SELECT ${sql.raw(keyJson(key))} FROM ${sql.raw(table)} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1)) AS k
+        SELECT coalesce(given.hi, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1)) AS k
         FROM given
       )
       UPDATE batched_background_migrations
@@ -604,13 +604,6 @@ const KEY_JOB_ROWS = sql`coalesce(j.row_count, CASE WHEN j.max_key IS NULL THEN 
 
 const keyValues = (json: string): SQL => sql.raw(keyTextArray(json));
 
-/**
- * A table name that to_regclass reads without raising: one or two identifiers, quoted or not,
- * joined by a dot. Before PostgreSQL 16 it raises on a name it cannot parse, and the name of one
- * migration enqueued unchecked must not break every status read.
- */
-const REGCLASS_READABLE = String.raw`^\s*("([^"]|"")+"|[^[:space:]."]+)(\s*\.\s*("([^"]|"")+"|[^[:space:]."]+))?\s*$`;
-
 /** Migrations (all, the one named, or those in `statuses`), oldest first, with their job counts. */
 export async function listMigrations(
   db: Queryable,
@@ -668,9 +661,8 @@ export async function listMigrations(
                SELECT ${keyValues('p.max_key')} FROM batched_background_migration_jobs p
                WHERE p.batched_background_migration_id = s.id AND p.status = ${JobStatus.finished}
                  AND p.max_value = s.finished_prefix_end) END AS finished_prefix_key,
-             CASE WHEN s.is_key THEN coalesce(s.total_tuple_count, ${estimatedRows(
-               sql`CASE WHEN s.table_name ~ ${REGCLASS_READABLE} THEN pg_catalog.to_regclass(s.table_name) END`,
-             )}) END AS estimated_rows
+             CASE WHEN s.is_key THEN coalesce(s.total_tuple_count, ${estimatedRows(sql`bbm_try_regclass(s.table_name)`)}) END
+               AS estimated_rows
       FROM s
       ORDER BY s.id`,
   );

@@ -9,6 +9,17 @@ import type { JobKey, Work } from '../../src/bbm/types.ts';
 import { JobStatus, MigrationStatus } from '../../src/store/codes.ts';
 import { migrationRow } from './engine.ts';
 
+/** Touches the range's rows through `job.range` (any key), and says how many (row_count). */
+export const touchRange: Work<JobKey> = {
+  name: 'keys.touch',
+  async do(job) {
+    const { rowCount } = await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.range.sql}`, [
+      ...job.range.params,
+    ]);
+    return rowCount ?? 0;
+  },
+};
+
 /** A table batched on a key: its name, the key's columns in order, and the types (with their collations) its values cast to. */
 export interface KeySpace {
   table: string;
