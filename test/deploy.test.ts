@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import { useTestDatabase } from './support/database.ts';
 import pg from 'pg';
+import { MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Job } from '../src/bbm/types.ts';
@@ -46,6 +47,43 @@ describe('bbm run --concurrency N on a migration of N lanes, health on', () => {
       await expectEveryRowOnce(pool, 'items', 'fill');
     }, 60_000);
   }
+});
+
+describe('bbm run with the defaults (health on) on keys that are not integers', () => {
+  const db = useTestDatabase();
+
+  it('drains a uuid key and a (tenant_id, uuid) key inserted by plain SQL, in 4 lanes, every row once', async () => {
+    const { pool, url } = db();
+    await pool.query(`CREATE TABLE u (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0)`);
+    await pool.query(`INSERT INTO u SELECT FROM generate_series(1, 20000)`);
+    await pool.query(
+      `CREATE TABLE c (tenant_id int NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(), touched int NOT NULL DEFAULT 0,
+                       PRIMARY KEY (tenant_id, id))`,
+    );
+    await pool.query(`INSERT INTO c (tenant_id) SELECT i % 13 FROM generate_series(1, 20000) i`);
+    // The README's INSERT, naming only the key: the work is the default config's BETWEEN on
+    // job.start and job.end for the uuid, and job.range for the pair.
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name, max_parallel_jobs)
+       VALUES ('by_uuid', 100, 'test.touch', 'u', 'id', 4), ('by_pair', 100, 'test.touch_range', 'c', 'tenant_id,id', 4)`,
+    );
+    const worker = startBbm(['run', '--until-done', '--concurrency', '4', '--config', DEFAULTS_CONFIG], {
+      DATABASE_URL: url,
+      BBM_LOG_LEVEL: 'warn',
+    });
+    const hung = setTimeout(() => worker.child.kill('SIGKILL'), 45_000);
+    const { code } = await worker.exited.finally(() => clearTimeout(hung));
+    expect(code, worker.output().slice(-2_000)).toBe(0);
+    for (const table of ['u', 'c']) {
+      const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM ${table} GROUP BY touched`);
+      expect(rows, table).toEqual([{ touched: 1, n: 20_000 }]);
+    }
+    const { rows } = await pool.query(`SELECT name, status FROM batched_background_migrations ORDER BY name`);
+    expect(rows).toEqual([
+      { name: 'by_pair', status: MigrationStatus.finished },
+      { name: 'by_uuid', status: MigrationStatus.finished },
+    ]);
+  }, 60_000);
 });
 
 describe('a worker given a pool', () => {
