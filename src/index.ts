@@ -46,6 +46,7 @@ export type {
   Throttle,
   Work,
   AnyWork,
+  VerifyFound,
   WorkerObserver,
   WorkerOptions,
   WorkerParams,

@@ -71,6 +71,16 @@ describe('bad migration rows', () => {
         },
       },
     },
+    // A work whose check finds a row it left: every attempt is rolled back, the last fails the migration.
+    verification_failed: {
+      row: {},
+      message: /failed 2 times; last error: verification failed: 1 row of the range does not satisfy the check/,
+      work: {
+        name: 'test.leaves_one',
+        do: async () => {},
+        verify: async () => 1,
+      },
+    },
     invalid_batching_strategy: {
       row: { batchingStrategy: 'nullable_column' },
       message: /"nullable_column" is not supported/,

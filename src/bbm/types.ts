@@ -95,6 +95,25 @@ export interface Work<K extends JobKey = bigint> {
    * batch size is counted).
    */
   do(job: Job<K>): Promise<void | number>;
+  /**
+   * The migration's postcondition for the range, checked (docs/verify.md): resolves to how many
+   * of the range's rows do not satisfy it yet (0 when all do), or to that count with one of their
+   * keys to show. Called after `do` in the same transaction (rows left failing roll the attempt
+   * back with `verification_failed`), by the final sweep over every range before the migration
+   * may finish (rows found are fixed by calling `do` again), and by `bbm verify`. Read-only.
+   */
+  verify?(job: Job<K>): Promise<number | VerifyFound>;
+  /**
+   * The work acts outside the database (deletes objects, calls a service), where a rolled-back
+   * transaction cannot undo it: `bbm rehearse` refuses it [false].
+   */
+  readonly sideEffects?: boolean;
+}
+
+/** What a check (`Work.verify`) found in a range: the rows not satisfying it, and one key of them as text. */
+export interface VerifyFound {
+  rows: number;
+  example?: string;
 }
 
 /**

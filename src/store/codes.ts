@@ -74,6 +74,8 @@ export const ErrorCode = {
   invalid_batching_strategy: 5,
   /** pg-bbm's own: the migration's runs kept failing for a reason that is not its work function's. */
   run_error: 6,
+  /** The work's check (`verify`) found rows of a range not satisfying it after the work ran (docs/verify.md). */
+  verification_failed: 7,
 } as const;
 export type ErrorCodeName = keyof typeof ErrorCode;
 export type ErrorCodeNumber = (typeof ErrorCode)[ErrorCodeName];

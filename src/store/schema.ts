@@ -85,6 +85,16 @@ export const batchedBackgroundMigrations = pgTable(
     /** Who approved a migration enqueued awaiting approval, and when; NULL when it needed none (or not yet). */
     approvedBy: text('approved_by'),
     approvedAt: timestamp('approved_at', { withTimezone: true }),
+    /**
+     * The final sweep of a migration whose work has a check (docs/verify.md): when it found every
+     * range's rows satisfying it (NULL: not swept), the rows it found failing, and the ranges whose
+     * work it ran again to fix them.
+     */
+    verifiedAt: timestamp('verified_at', { withTimezone: true }),
+    verifyRowsFound: bigint('verify_rows_found', { mode: 'number' }).notNull().default(0),
+    verifyRangesRerun: integer('verify_ranges_rerun').notNull().default(0),
+    /** The last rehearsal's measurements and projection (`bbm rehearse`), as its JSON report. */
+    rehearsal: jsonb('rehearsal'),
   },
   (t) => [
     uniqueIndex('batched_background_migrations_name_key').on(t.name),
@@ -147,6 +157,8 @@ export const batchedBackgroundMigrationJobs = pgTable(
     minKey: jsonb('min_key'),
     maxKey: jsonb('max_key'),
     status: smallint('status').notNull().default(JobStatus.active),
+    /** When the final sweep found the range's rows satisfying the work's check; NULL: not yet (or no check). */
+    verifiedAt: timestamp('verified_at', { withTimezone: true }),
     failureErrorCode: smallint('failure_error_code'),
     failureMessage: text('failure_message'),
     attempts: smallint('attempts').notNull().default(0),
