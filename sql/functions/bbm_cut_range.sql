@@ -76,6 +76,7 @@ DECLARE
   end_key jsonb;
   final boolean;
   key_list text;
+  end_list text;
   key_row text;
   key_probe text;
   key_probes text[] := '{}';
@@ -159,20 +160,24 @@ BEGIN
     -- The key as a list ("a", "b"), and as a row of the values in $n (a JSON array) cast to its
     -- types, without their modifiers (format_type names bpchar without one "character", char(1)).
     SELECT string_agg(format('%I', c.name), ', ' ORDER BY c.i),
+           string_agg(format('e.%I', c.name), ', ' ORDER BY c.i),
            string_agg(format('(($%%1$s->>%s)::%s)', c.i - 1,
                              CASE WHEN c.t = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar'
                                   ELSE pg_catalog.format_type(c.t, NULL) END), ', ' ORDER BY c.i)
-      INTO key_list, key_row
+      INTO key_list, end_list, key_row
     FROM unnest(key_columns, key_types) WITH ORDINALITY AS c(name, t, i);
     -- The first key of the next range, its end (the size-th key from there, at most the last key)
-    -- and whether that end is the last key: $1 the last range's end (or the first key), $2 the last key.
+    -- and whether that end is the last key: $1 the last range's end (or the first key), $2 the last
+    -- key. The walk to the end reads the key's columns alone, and the end is made JSON once: built
+    -- in the walk, the JSON of every key passed cost about 3 times the walk (1.5 against 0.4 ms for
+    -- 1,000 uuids).
     FOREACH op IN ARRAY ARRAY['>=', '>'] LOOP
       key_probe := format(
         'SELECT (SELECT pg_catalog.jsonb_build_array(%1$s) FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1), '
-        'e.k, coalesce(e.last, true) FROM (VALUES (1)) v LEFT JOIN LATERAL ('
-        'SELECT pg_catalog.jsonb_build_array(%1$s) AS k, (%1$s) >= (%5$s) AS last FROM %2$I.%3$I '
-        'WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1 OFFSET $3) e ON true',
-        key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op);
+        'CASE WHEN e.%8$I IS NOT NULL THEN pg_catalog.jsonb_build_array(%7$s) END, coalesce((%7$s) >= (%5$s), true) '
+        'FROM (VALUES (1)) v LEFT JOIN LATERAL ('
+        'SELECT %1$s FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1 OFFSET $3) e ON true',
+        key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op, end_list, key_columns[1]);
       key_probes := key_probes || key_probe;
     END LOOP;
   END IF;
