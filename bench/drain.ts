@@ -4,7 +4,7 @@
  */
 import type pg from 'pg';
 import { pino } from 'pino';
-import type { AnyWork, HealthOptions, Work } from '../src/bbm/types.ts';
+import type { AnyWork, HealthOptions, RunResult, Work, WorkerObserver } from '../src/bbm/types.ts';
 import { Worker } from '../src/bbm/worker.ts';
 
 const quiet = pino({ level: 'silent' });
@@ -12,7 +12,7 @@ let pass = 0;
 
 /**
  * A worker as the benchmarks run it: silent, no start-up jitter, no pause between runs, one lane
- * per `lanes`; with `jobDurationsMs`, each successful job's duration is pushed onto it.
+ * per `lanes`; with `jobDurationsMs`, each successful job's duration is pushed onto it; `observers` as a worker's.
  */
 export function benchWorker(
   pool: pg.Pool,
@@ -21,7 +21,14 @@ export function benchWorker(
     lanes = 1,
     health,
     jobDurationsMs,
-  }: { work: AnyWork[]; lanes?: number; health: HealthOptions | false; jobDurationsMs?: number[] },
+    observers = [],
+  }: {
+    work: AnyWork[];
+    lanes?: number;
+    health: HealthOptions | false;
+    jobDurationsMs?: number[];
+    observers?: WorkerObserver[];
+  },
 ): Worker {
   return new Worker({
     pool,
@@ -31,9 +38,12 @@ export function benchWorker(
     intervalMs: 1,
     concurrency: lanes,
     health,
-    ...(jobDurationsMs && {
-      observers: [{ run: (r) => r.outcome === 'job_succeeded' && r.job && jobDurationsMs.push(r.job.durationMs) }],
-    }),
+    observers: [
+      ...observers,
+      ...(jobDurationsMs
+        ? [{ run: (r: RunResult) => r.outcome === 'job_succeeded' && r.job && jobDurationsMs.push(r.job.durationMs) }]
+        : []),
+    ],
   });
 }
 

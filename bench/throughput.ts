@@ -25,10 +25,12 @@
  * --adaptive-rows), and four one-lane workers on one one-lane migration (how many transactions
  * the locked-out workers cost per job). Last, the keys section (keys.ts): the same rewrite keyed by
  * bigint, uuid and (tenant_id, id uuid), the engine in 1 and 4 lanes against a hand-written keyset
- * loop on as many connections.
+ * loop on as many connections. Then the verification section (verify.ts): a copy with and without
+ * its check, the final sweep's share of the copy's time, and bbm verify's.
  *
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu]
- *                    [--keys-rows N] [--keys-rounds N] [--keys-warmup N] [--keys-only] [--json]
+ *                    [--keys-rows N] [--keys-rounds N] [--keys-warmup N] [--keys-only]
+ *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
@@ -38,7 +40,9 @@
  * oneWorkerTransactionsPerJob }, with --cpu cpu: { [method]: { busyUs, idleUs, databaseUs, benchUs } } (see cpu.ts), foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
  * batchSize, p99Ms, rowsPerSec }] }, keys: [{ key, lanes, engineRowsPerSec, plainRowsPerSec, ratio, speedup (above 1 lane),
- * defaultsRowsPerSec, defaultsRatio }] } (see foreground.ts, keys.ts). With --keys-only, { rows, batchSize, keys }.
+ * defaultsRowsPerSec, defaultsRatio }], verify: { rows, lanes, plainRowsPerSec, checkedRowsPerSec, checkedCost,
+ * sweepShare, verifyShare } } (see foreground.ts, keys.ts, verify.ts). With --keys-only, { rows, batchSize, keys };
+ * with --verify-only, { verify }.
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -48,6 +52,7 @@ import { cpuMeter, perJob, type CpuPerJob } from './cpu.ts';
 import { benchWorker, drain } from './drain.ts';
 import { foreground } from './foreground.ts';
 import { keys, keysReport } from './keys.ts';
+import { verifyBench, verifyReport } from './verify.ts';
 import { Worker } from '../src/bbm/worker.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
@@ -71,6 +76,9 @@ const { values: flags } = parseArgs({
     'keys-rounds': { type: 'string', default: '1' },
     'keys-warmup': { type: 'string', default: '1' },
     'keys-only': { type: 'boolean', default: false },
+    'verify-rows': { type: 'string' },
+    'verify-rounds': { type: 'string', default: '1' },
+    'verify-only': { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -392,6 +400,18 @@ async function main() {
       lanes: 4,
       log,
     };
+    const verifyOptions = {
+      rows: flags['verify-rows'] === undefined ? ROWS : Number(flags['verify-rows']),
+      batch: BATCH,
+      lanes: 1,
+      rounds: Number(flags['verify-rounds']),
+    };
+    if (flags['verify-only']) {
+      const result = { verify: await verifyBench(pool, verifyOptions, log) };
+      if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+      else verifyReport(result.verify, log);
+      return;
+    }
     if (flags['keys-only']) {
       const result = { rows: keysOptions.rows, batchSize: BATCH, keys: await keys(pool, keysOptions) };
       if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -479,6 +499,7 @@ async function main() {
       },
       foreground: await foreground(pool, { url, rows: ROWS, batch: BATCH, work }),
       keys: await keys(pool, keysOptions),
+      verify: await verifyBench(pool, verifyOptions, log),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -535,6 +556,7 @@ async function main() {
       `foreground beside 1 lane: ${f.curve.map((c) => `batch ${c.batchSize}: p99 ${c.p99Ms} ms at ${c.rowsPerSec.toLocaleString('en')} rows/s`).join('; ')}`,
     );
     keysReport(result.keys, log);
+    verifyReport(result.verify, log);
   } finally {
     await pool.end();
     await stopDatabase();

@@ -6,6 +6,7 @@ export { VALID_WORK_NAME } from './bbm/work-registry.ts';
 export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorCode } from './bbm/enqueue.ts';
 export { migrationReports, pause, resume } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError } from './bbm/finalize.ts';
+export { verifyMigration } from './bbm/verify.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
 export { anyThrottle, replicaLagThrottle, walArchiveThrottle } from './bbm/throttle.ts';
 export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';
@@ -47,6 +48,8 @@ export type {
   Work,
   AnyWork,
   VerifyFound,
+  VerifyParams,
+  VerifyReport,
   WorkerObserver,
   WorkerOptions,
   WorkerParams,

@@ -71,6 +71,18 @@ describe('copyColumn', () => {
     await drain(testWorker(pool, { work: [work] }));
     expect(await copied(pool, 'items')).toEqual({ copied: 290, other: 10 });
   });
+
+  it('checks its ranges as it writes them: into another type, the value cast as the copy assigns it', async () => {
+    const { pool } = db();
+    await pool.query('CREATE TABLE prices (id bigint PRIMARY KEY, f float8 NOT NULL, n numeric(10, 2))');
+    await pool.query('INSERT INTO prices (id, f) SELECT i, i + 0.125 FROM generate_series(1, 50) i');
+    const work = copyColumn({ name: 'prices.copy_f', from: 'f', to: 'n' });
+    await enqueueMigration(pool, { name: 'copy', work: work.name, table: 'prices', column: 'id', batchSize: 20 });
+    await drain(testWorker(pool, { work: [work], maxAttempts: 1 }));
+    expect((await migrationRow(pool, 'copy'))?.status).toBe(MigrationStatus.finished);
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM prices WHERE n = round(f::numeric, 2)');
+    expect(rows[0].n).toBe(50);
+  });
 });
 
 describe('copyColumnWork (bbm.copy_column)', () => {

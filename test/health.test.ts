@@ -57,15 +57,22 @@ describe('health holds', () => {
       const reports = await migrationReports(pool);
       return reports.every((r) => r.holdReason !== null) ? reports : undefined;
     }, 'both migrations held');
-    expect(held?.holdReason).toMatch(
-      new RegExp(`^a transaction open for \\d+\\.\\ds \\(pid ${rows[0]!.pid}\\) holds back vacuum \\(limit 0\\.2s\\)$`),
+    const reason = new RegExp(
+      `^a transaction open for \\d+\\.\\ds \\(pid ${rows[0]!.pid}\\) holds back vacuum \\(limit 0\\.2s\\)$`,
     );
+    expect(held?.holdReason).toMatch(reason);
     // Held for as long as the transaction stays open: several checks extend the hold, no job runs.
     await new Promise((resolve) => setTimeout(resolve, 700));
     expect(await finishedJobs(pool, 'first')).toBe(0);
     expect(await finishedJobs(pool, 'second')).toBe(0);
     expect(holds).toEqual([
-      { kind: 'transaction_age', reason: held!.holdReason, migrations: ['first', 'second'], until: expect.any(Date) },
+      // The checks that extend the hold rewrite its reason (the transaction's age) without an event.
+      {
+        kind: 'transaction_age',
+        reason: expect.stringMatching(reason),
+        migrations: ['first', 'second'],
+        until: expect.any(Date),
+      },
     ]);
 
     await blocker.query('COMMIT');

@@ -8,7 +8,7 @@ import { SqlState, sqlStateOf } from '../store/db.ts';
 import type { ClaimedJob, RangeCut } from '../store/jobs.ts';
 import type { NextRun, RunTransaction, TakeAfter, TakenMigration } from '../store/run-transaction.ts';
 import { asError, storedMessage } from './errors.ts';
-import { isTimeout, type MigrationRef, type Worked } from './job.ts';
+import { isTimeout, VerificationError, type MigrationRef, type Worked } from './job.ts';
 import { CORRELATION_ID, type Logger } from './log.ts';
 import type { RunResult } from './types.ts';
 import type { Validated } from './validate.ts';
@@ -86,17 +86,19 @@ export async function recordFailure(
   const split = isTimeout(failure)
     ? { migrationId: migration.id, target: validated.target, minRows: migration.minBatchSize ?? 1 }
     : undefined;
-  const failed = { job: claimed, code: ErrorCode.unknown, message: storedMessage(failure), durationMs: workMs };
+  // A check that failed is recorded as such; anything else the work threw is the work's, unknown.
+  const errorCode = failure instanceof VerificationError ? 'verification_failed' : 'unknown';
+  const failed = { job: claimed, code: ErrorCode[errorCode], message: storedMessage(failure), durationMs: workMs };
   const recorded = await tx.fail(failed, { workUndone, split });
   const job = { ...jobRefOf(claimed, lane, workMs), ...(recorded.split && { split: true }) };
   return {
-    result: { outcome: 'job_failed', migration: ref, job, error: failure, errorCode: 'unknown' },
+    result: { outcome: 'job_failed', migration: ref, job, error: failure, errorCode },
     next: recorded.next,
   };
 }
 
 /** The job as a run's result reports it. */
-function jobRefOf(claimed: ClaimedJob, lane: number, durationMs: number): NonNullable<RunResult['job']> {
+export function jobRefOf(claimed: ClaimedJob, lane: number, durationMs: number): NonNullable<RunResult['job']> {
   const { id, start, end, attempt, batchSize, startKey, endKey } = claimed;
   return { id, start, end, attempt, batchSize, lane, durationMs, ...(startKey && endKey && { startKey, endKey }) };
 }

@@ -12,7 +12,7 @@ import type { ClaimedJob } from '../store/jobs.ts';
 import { asError, BbmError } from './errors.ts';
 import { CORRELATION_ID, jobFields, migrationFields, type Logger } from './log.ts';
 import { JobSession } from './session.ts';
-import type { Job, JobDb, JobKey, RunResult, Work } from './types.ts';
+import type { Job, JobDb, JobKey, RunResult, VerifyFound, Work } from './types.ts';
 import { rangePredicate, type Key } from '../store/keys.ts';
 
 export const dialect = new PgDialect();
@@ -36,6 +36,34 @@ class JobTimeoutError extends BbmError {
 export function isTimeout(error: Error): boolean {
   const state = sqlStateOf(error);
   return error instanceof JobTimeoutError || state === SqlState.queryCanceled || state === SqlState.lockNotAvailable;
+}
+
+/** A range whose rows the work's check (`Work.verify`) found not satisfying it after the work ran. */
+export class VerificationError extends BbmError {
+  constructor(readonly found: VerifyFound) {
+    super('verification_failed', `verification failed: ${unverifiedText(found)}`);
+  }
+}
+
+/** `3 rows of the range do not satisfy the check (one: 42)`. */
+export function unverifiedText({ rows, example }: VerifyFound): string {
+  const count = rows === 1 ? '1 row of the range does' : `${rows} rows of the range do`;
+  return `${count} not satisfy the check${example === undefined ? '' : ` (one: ${example})`}`;
+}
+
+/**
+ * What the work's check found, as a count and maybe a key; a check that answers anything else is
+ * the work's fault, and fails the attempt.
+ */
+export async function checkRange(work: Work<JobKey>, job: Job<JobKey>): Promise<VerifyFound> {
+  const answer = await work.verify!(job);
+  const found = typeof answer === 'number' ? { rows: answer } : answer;
+  if (typeof found !== 'object' || found === null || !Number.isSafeInteger(found.rows) || found.rows < 0) {
+    throw new Error(
+      `the check of ${work.name} answered ${JSON.stringify(answer) ?? typeof answer}, not a count of rows (or { rows, example })`,
+    );
+  }
+  return found.example === undefined ? { rows: found.rows } : { rows: found.rows, example: String(found.example) };
 }
 
 const hardStopError = () => new StopError('worker stopped: job cancelled and rolled back');
@@ -230,8 +258,22 @@ function jobDb(session: JobSession): JobDb {
   return new NodePgTransaction(dialect, pgSession, undefined, 1);
 }
 
-/** The work's promise, resolving to the rows it reports changing, if any; a synchronous throw becomes a rejection. */
+/**
+ * The work's promise, resolving to the rows it reports changing, if any; a synchronous throw
+ * becomes a rejection. A work with a check has it run after `do`, in the same transaction: rows
+ * it finds failing get `do` once more, and rows failing after that fail the attempt
+ * (VerificationError), the work's writes rolled back.
+ */
 async function callWork(work: Work<JobKey>, job: Job<JobKey>): Promise<number | undefined> {
   const rows = await work.do(job);
+  if (work.verify) {
+    // Rows the application committed into the range while the work ran (which the check's own
+    // snapshot sees) get one more pass of the work; rows still failing after it are the work's.
+    if ((await checkRange(work, job)).rows > 0) {
+      await work.do(job);
+      const found = await checkRange(work, job);
+      if (found.rows > 0) throw new VerificationError(found);
+    }
+  }
   return typeof rows === 'number' && Number.isFinite(rows) ? rows : undefined;
 }

@@ -32,6 +32,10 @@ export const METRIC_HELP = {
   bbm_migration_finished_seconds:
     'For each finished migration still in the table (schedule passes aside): seconds since it finished.',
   bbm_wal_bytes_total: 'WAL the server wrote while jobs ran (their take to their finish), by migration.',
+  bbm_verify_failures_total:
+    "Checks (the work's verify) that found rows not satisfying them, by migration: attempts rolled back with verification_failed, and ranges the final sweep found rows in.",
+  bbm_verify_rows_fixed_total:
+    'Rows the final sweep found failing the check and fixed by running the work again on their range, by migration.',
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
   bbm_notifications_total:
     'Webhook notifications this process tried to send, by event and result: sent, failed (to be retried) or given_up.',
@@ -45,6 +49,7 @@ function runResultLabel(outcome: RunOutcome): RunResultLabel {
   switch (outcome) {
     case 'job_succeeded':
     case 'job_failed':
+    case 'range_verified':
       return 'job_ran';
     case 'no_job':
     case 'lock_in_use':
@@ -128,6 +133,18 @@ export function createMetrics({
   const walBytes = new Counter({
     name: 'bbm_wal_bytes_total',
     help: METRIC_HELP.bbm_wal_bytes_total,
+    labelNames: ['migration'],
+    registers,
+  });
+  const verifyFailures = new Counter({
+    name: 'bbm_verify_failures_total',
+    help: METRIC_HELP.bbm_verify_failures_total,
+    labelNames: ['migration'],
+    registers,
+  });
+  const rowsFixed = new Counter({
+    name: 'bbm_verify_rows_fixed_total',
+    help: METRIC_HELP.bbm_verify_rows_fixed_total,
     labelNames: ['migration'],
     registers,
   });
@@ -218,8 +235,22 @@ export function createMetrics({
       runs.inc({ result: runResultLabel(result.outcome) });
       runDuration.observe(result.durationMs / 1000);
       const { job, migration } = result;
-      if (!job || !migration) return;
+      if (!migration) return;
       const label = migrationLabel(migration.name);
+      const checkFailed =
+        (result.outcome === 'job_failed' && result.errorCode === 'verification_failed') ||
+        (result.outcome === 'migration_failed' && result.verified !== undefined);
+      if (checkFailed) verifyFailures.inc({ migration: label });
+      if (!job) return;
+      if (result.outcome === 'range_verified') {
+        // A check of a finished range, not a job: counted apart from jobs, rows and WAL.
+        const found = result.verified?.found ?? 0;
+        if (found > 0) {
+          verifyFailures.inc({ migration: label });
+          rowsFixed.inc({ migration: label }, found);
+        }
+        return;
+      }
       jobDuration.observe({ migration: label, work: migration.work }, job.durationMs / 1000);
       batchSize.observe(job.batchSize);
       const succeeded = result.outcome === 'job_succeeded';

@@ -138,7 +138,9 @@ export class Pacer implements LanePacing, PaceControls {
       await next.run();
     }
     if (result.outcome.startsWith('migration_')) this.wakeLanes();
-    if (this.#dutyCycle < 1 && result.outcome === 'job_succeeded' && result.job?.rows !== 0) {
+    // A sweep's check that found nothing wrote nothing: only the ranges it ran the work on again rest.
+    const wrote = result.outcome === 'job_succeeded' || result.outcome === 'range_verified';
+    if (this.#dutyCycle < 1 && wrote && result.job?.rows !== 0) {
       const restMs = result.durationMs * (1 / this.#dutyCycle - 1);
       this.#restUntil = Math.max(this.#restUntil, performance.now() + restMs);
     }
@@ -165,6 +167,7 @@ export function waitAfter(
       backoff.reset();
       // A range the work changed nothing in does not count toward the pace.
       return result.job?.rows === 0 ? 0 : pauseMs;
+    case 'range_verified':
     case 'migration_started':
     case 'migration_finished':
     case 'migration_failed':

@@ -47,3 +47,19 @@ export function keyProgressText(r: Pick<MigrationReport, 'key'>): string {
       : `${finishedRows.toLocaleString('en')} of about ${estimatedRows.toLocaleString('en')} rows`;
   return finishedPrefix ? `${rows}, finished through ${keyText(finishedPrefix)}` : rows;
 }
+
+/**
+ * The final sweep of a work with a check (docs/verify.md): `verifying: 12 of 40 ranges checked`
+ * while it runs, `verified` once every range passed, with what it fixed (empty when no range of
+ * it has been checked).
+ */
+export function verificationText(r: Pick<MigrationReport, 'verification' | 'jobs'>): string {
+  const v = r.verification;
+  if (!v) return '';
+  const fixed =
+    v.rowsFound > 0
+      ? `; found ${v.rowsFound.toLocaleString('en')} rows failing the check (written after their range ran) and ran the work again on ${v.rangesRerun} ranges`
+      : '';
+  if (v.verifiedAt) return `verified at ${v.verifiedAt.toISOString()}: every range passed the check${fixed}`;
+  return `verifying: ${v.rangesVerified} of ${r.jobs.finished} ranges checked${fixed}`;
+}

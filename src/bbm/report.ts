@@ -32,6 +32,10 @@ function reportLine(result: RunResult): ['debug' | 'info' | 'warn' | 'error', st
       return ['info', 'job finished'];
     case 'job_failed':
       return ['warn', 'job failed'];
+    case 'range_verified':
+      return result.verified?.found
+        ? ['warn', 'range verified: rows written after it ran failed the check, and the work ran again on it']
+        : ['info', 'range verified'];
     case 'migration_started':
       return ['info', 'migration started'];
     case 'migration_finished':

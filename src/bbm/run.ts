@@ -20,12 +20,13 @@ import type pg from 'pg';
 import type { Logger } from './log.ts';
 import { ErrorCode, JobStatus, KEY_ORDINAL_END } from '../store/codes.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
-import { jobFailureMessage, type ClaimedJob } from '../store/jobs.ts';
+import { jobFailure, type ClaimedJob } from '../store/jobs.ts';
 import { failMigration, finishMigration, startMigration } from '../store/migration-rows.ts';
 import { claim, type NextRun, type RunTransaction, type Take, type TakenJob } from '../store/run-transaction.ts';
 import type { ResolvedOptions } from './config.ts';
 import {
   ended,
+  jobRefOf,
   recordFailure,
   recordSuccess,
   type JobWorked,
@@ -35,14 +36,24 @@ import {
 } from './job-record.ts';
 import { RangeCuts } from './cuts.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
-import { doJob, JobStops, StopError, type MigrationRef, type Worked } from './job.ts';
+import {
+  doJob,
+  JobStops,
+  StopError,
+  unverifiedText,
+  VerificationError,
+  type MigrationRef,
+  type Worked,
+} from './job.ts';
+import { RangeSweep, SWEEP_RERUNS } from './sweep.ts';
+import { recordVerified, relockRange, takeUnverifiedRange } from '../store/verify.ts';
 import type { BatchSizer } from './pace.ts';
 import { afterRunError } from './run-errors.ts';
 import { Validations } from './validate.ts';
 import { boundText } from './log.ts';
 import type { WorkRegistry } from './work-registry.ts';
 import { RunOpener } from './run-open.ts';
-import type { RunResult } from './types.ts';
+import type { JobKey, RunResult, Work } from './types.ts';
 
 /** What an empty range (of an empty key space) did: nothing, with no work called. */
 const NOTHING_WORKED: JobWorked = { rows: 0, failure: undefined, workMs: 0, stopped: undefined, cutBeside: false };
@@ -84,6 +95,11 @@ export class Runner {
   readonly #opener: RunOpener;
   /** The next run, when the previous one began it (`chain`): its connection and take. */
   #held: { tx: RunTransaction; next: NextRun; started: number } | undefined;
+  /**
+   * The end of the range this runner last checked in each migration's final sweep: its next check
+   * looks after it first, so that each take does not walk every range verified before it.
+   */
+  readonly #swept = new Map<bigint, bigint>();
   /** When this runner last took from every migration (see TAKE_AFTER_MS). */
   #tookAnyAt = Number.NEGATIVE_INFINITY;
 
@@ -174,7 +190,7 @@ export class Runner {
       if (checked instanceof BbmError) return this.#fail(tx, ref, checked);
       const taken: Taken = { migration, ref, validated: checked, lane: take.lane };
       if (take.kind === 'job') return this.#job(tx, taken, take.job, run);
-      if (take.step !== 'cut') return this.#migrationStep(tx, taken, take.step);
+      if (take.step !== 'cut') return this.#migrationStep(tx, taken, take.step, run);
       // Another lane may take the range first; after one cut, leave it to the next run.
       if (cuts > 0) {
         await tx.rollback();
@@ -186,11 +202,8 @@ export class Runner {
   }
 
   /** Starts or finishes a migration, committed on its own. */
-  async #migrationStep(
-    tx: RunTransaction,
-    { migration, ref, validated }: Taken,
-    step: 'start' | 'finish',
-  ): Promise<Ran> {
+  async #migrationStep(tx: RunTransaction, taken: Taken, step: 'start' | 'finish', run: RunInfo): Promise<Ran> {
+    const { migration, ref, validated } = taken;
     if (step === 'start') {
       // Committed on its own, before any job: a run that updates the migration row holds that
       // row's lock until it commits, and an operator's `bbm pause` must never wait for a job.
@@ -198,13 +211,71 @@ export class Runner {
       await tx.commit();
       return ended({ outcome: 'migration_started', migration: ref });
     }
-    if (!(await finishMigration(tx.db, migration.id))) {
+    if (validated.work.verify) return this.#sweep(tx, taken, run);
+    return this.#finish(tx, ref, false);
+  }
+
+  /** Finishes the migration (`swept`: every range passed the final sweep), committed on its own. */
+  async #finish(tx: RunTransaction, ref: MigrationRef, swept: boolean): Promise<Ran> {
+    const { id } = ref;
+    if (!(await finishMigration(tx.db, id, { swept }))) {
       await tx.commit();
       return ended({ outcome: 'lock_in_use', migration: ref });
     }
-    this.#forget(migration.id);
+    this.#forget(id);
     await tx.commit();
     return ended({ outcome: 'migration_finished', migration: ref });
+  }
+
+  /**
+   * The final sweep of a migration whose work has a check (docs/verify.md): every range has
+   * finished; this run checks the next range not yet verified, in its lane, and runs the work
+   * again on it while rows fail the check (rows written after the range ran), up to
+   * SWEEP_RERUNS times. Rows still failing after that fail the migration with
+   * verification_failed (the work's writes undone). A check or work that throws, or runs past a
+   * timeout, is a run error of the migration: held, retried, and failed with run_error after
+   * maxRunErrors in a row. Once every range is verified, the migration finishes.
+   */
+  async #sweep(tx: RunTransaction, taken: Taken, run: RunInfo): Promise<Ran> {
+    const { migration, ref, validated } = taken;
+    const next = await takeUnverifiedRange(tx.db, migration.id, migration.batchSize, this.#swept.get(migration.id));
+    if (next.kind === 'busy') {
+      await tx.rollback();
+      return ended({ outcome: 'lock_in_use', migration: ref });
+    }
+    if (next.kind === 'none') return this.#finish(tx, ref, true);
+    const claimed = next.job;
+    this.#swept.set(migration.id, claimed.end);
+    const sweep = new RangeSweep(validated.work);
+    const range = `${boundText(claimed.start, claimed.startKey)}..${boundText(claimed.end, claimed.endKey)}`;
+    // The one range of an empty key space has no rows to check.
+    const empty = validated.target.key !== null && !claimed.startKey;
+    const worked = empty ? NOTHING_WORKED : await this.#work(tx, taken, claimed, run, sweep.work);
+    if (worked.failure instanceof VerificationError) {
+      // Undoing the work releases the range's row lock (taken after the savepoint): taken again,
+      // or another lane has it, and the migration is left to that lane.
+      await tx.undoWork();
+      if (!(await relockRange(tx.db, claimed.id))) {
+        await tx.rollback();
+        return ended({ outcome: 'lock_in_use', migration: ref });
+      }
+      const message = `the final sweep ran the work on job ${claimed.id} [${range}] ${SWEEP_RERUNS} times more and ${unverifiedText(worked.failure.found)}`;
+      const failed = await this.#fail(tx, ref, new BbmError('verification_failed', message));
+      return ended({ ...failed.result, verified: { found: worked.failure.found.rows } });
+    }
+    if (worked.failure) {
+      throw new BbmError(
+        'unknown',
+        `the final sweep of job ${claimed.id} [${range}] failed: ${worked.failure.message}`,
+        {
+          cause: worked.failure,
+        },
+      );
+    }
+    await recordVerified(tx.db, migration.id, claimed.id, { found: sweep.found, rerun: sweep.reruns > 0 });
+    await tx.commit();
+    const job = { ...jobRefOf(claimed, taken.lane, worked.workMs), rows: sweep.found };
+    return ended({ outcome: 'range_verified', migration: ref, job, verified: { found: sweep.found } });
   }
 
   /** Fails the migration with the error's code, and commits. */
@@ -216,6 +287,7 @@ export class Runner {
   }
 
   #forget(id: bigint): void {
+    this.#swept.delete(id);
     this.#validations.forget(id);
     this.#cuts.forget(id);
   }
@@ -223,10 +295,12 @@ export class Runner {
   /** A job taken: failed for good past maxAttempts, else run and recorded. */
   async #job(tx: RunTransaction, taken: Taken, job: TakenJob, run: RunInfo): Promise<Ran> {
     if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
-      const last = (await jobFailureMessage(tx.db, job.id)) ?? 'unknown';
+      const last = await jobFailure(tx.db, job.id);
       const range = `${boundText(job.start, job.startKey)}..${boundText(job.end, job.endKey)}`;
-      const message = `job ${job.id} [${range}] failed ${job.attempts} times; last error: ${last}`;
-      return this.#fail(tx, taken.ref, new BbmError('max_job_retry', message));
+      const message = `job ${job.id} [${range}] failed ${job.attempts} times; last error: ${last.message ?? 'unknown'}`;
+      // A range its work keeps leaving unfinished fails the migration as such; any other failure is one too many.
+      const code = last.code === ErrorCode.verification_failed ? 'verification_failed' : 'max_job_retry';
+      return this.#fail(tx, taken.ref, new BbmError(code, message));
     }
     const claimed = claim(job, taken.migration);
     // The one range of an empty key space has no keys, and nothing for the work to do. It is the
@@ -255,18 +329,24 @@ export class Runner {
   }
 
   /** Runs the work on the job's range (with the next range cut beside it, in one lane). */
-  async #work(tx: RunTransaction, taken: Taken, claimed: ClaimedJob, run: RunInfo): Promise<JobWorked> {
+  async #work(
+    tx: RunTransaction,
+    taken: Taken,
+    claimed: ClaimedJob,
+    run: RunInfo,
+    sweep?: Work<JobKey>,
+  ): Promise<JobWorked> {
     const { migration, ref, validated, lane } = taken;
     const remainingMs = Math.max(1, this.ctx.options.runTimeoutMs - (performance.now() - run.started));
     const { stop, end } = this.#stops.begin(remainingMs);
     // No cut with this job when the take found enough ranges waiting (it cuts nothing then).
-    const beside = claimed.cutDue !== false ? this.#cuts.beside(migration, validated) : undefined;
+    const beside = !sweep && claimed.cutDue !== false ? this.#cuts.beside(migration, validated) : undefined;
     let worked: Worked;
     try {
-      const { work, quoted } = validated;
+      const { quoted } = validated;
       const spec = {
         client: tx.client,
-        work,
+        work: sweep ?? validated.work,
         quoted,
         key: validated.target.key,
         column: validated.target.column,
@@ -283,7 +363,7 @@ export class Runner {
     }
     await this.#cuts.besideEnded(beside, run.runId);
     if (worked.stopped instanceof StopError) throw worked.stopped;
-    this.#cuts.learn(migration, claimed, worked.workMs, worked.rows);
+    if (!sweep) this.#cuts.learn(migration, claimed, worked.workMs, worked.rows);
     return { ...worked, cutBeside: beside !== undefined };
   }
 }

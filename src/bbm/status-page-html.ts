@@ -6,7 +6,14 @@
 import { ACTIONS_BY_STATUS, MAX_LANES, MigrationStatus, type MigrationStatusName } from '../store/codes.ts';
 import type { JobPoint, LiveWorker } from '../store/dashboard.ts';
 import type { JobRow } from '../store/jobs.ts';
-import { boundsText, keyProgressText, keyText, progressIsEstimate, progressText } from './report-text.ts';
+import {
+  boundsText,
+  keyProgressText,
+  keyText,
+  progressIsEstimate,
+  progressText,
+  verificationText,
+} from './report-text.ts';
 import type { ScheduleReport } from './schedules.ts';
 import type { MigrationReport } from './types.ts';
 import { chart } from './status-chart.ts';
@@ -201,6 +208,7 @@ ${migrationTable([r], writable, false)}
         : ` <span class="muted">approved by ${html(r.approvedBy)} at ${html(r.approvedAt?.toISOString() ?? '?')}</span>`
     }</p>
 ${r.key ? `<p id="key-progress" data-live>${html(keyProgressText(r))}${progressIsEstimate(r) ? ' <span class="muted">(progress is an estimate: these rows over the table\'s estimated rows)</span>' : ''}</p>` : ''}
+${r.verification ? `<p id="verification" data-live>${html(verificationText(r))}</p>` : ''}
 <h2>Jobs over time</h2>${chart(timeline)}
 <form id="pace" data-name="${html(r.name)}"><label>lanes <input name="lanes" type="number" min="1" max="${MAX_LANES}" value="${r.lanes}" ${writable ? '' : 'disabled'}></label>
 <label>batch size <input name="batchSize" type="number" min="1" value="${r.batchSize}" ${writable ? '' : 'disabled'}></label>

@@ -224,6 +224,8 @@ export interface NotifyTarget {
 export type RunOutcome =
   | 'job_succeeded'
   | 'job_failed'
+  /** The final sweep checked a finished range (and fixed what it found: `verified`). */
+  | 'range_verified'
   | 'migration_started'
   | 'migration_finished'
   | 'migration_failed'
@@ -262,6 +264,12 @@ export interface RunResult {
     /** WAL the server wrote while the job ran (its lanes' neighbours' included), when measured. */
     walBytes?: number;
   };
+  /**
+   * A range the final sweep checked: the rows it found failing the work's check, all fixed by
+   * running the work again (`range_verified`), or still failing after the reruns
+   * (`migration_failed`).
+   */
+  verified?: { found: number };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
   /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */
@@ -385,6 +393,32 @@ export interface FinalizeParams extends WorkerOptions {
   signal?: AbortSignal;
   /** Cancel and roll back the job in flight. */
   hardStop?: AbortSignal;
+}
+
+/** What `verifyMigration` (`bbm verify`) takes. */
+export interface VerifyParams extends Pick<WorkerOptions, 'runTimeoutMs'> {
+  pool: pg.Pool;
+  /** As Config.work: the migration's work function, with its check. */
+  work: readonly AnyWork[];
+  /** The migration's name. */
+  name: string;
+  logger?: Logger;
+  /** Called after each page of ranges checked. */
+  onProgress?: (report: VerifyReport) => void;
+  /** Cancels the check in flight and stops. */
+  signal?: AbortSignal;
+}
+
+/** What `verifyMigration` found: ranges checked, those with rows failing the check, and the rows. */
+export interface VerifyReport {
+  name: string;
+  rangesChecked: number;
+  rangesFailing: number;
+  /** Rows failing the check, over all ranges. */
+  rows: number;
+  /** The first failing ranges (up to 20): the job's id, its range as text, its failing rows and one key when the check gave one. */
+  failing: Array<{ jobId: bigint; range: string; rows: number; example?: string }>;
+  durationMs: number;
 }
 
 /** What a migration's `progress` measures (MigrationReport.progressBasis). */

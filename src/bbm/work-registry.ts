@@ -23,6 +23,9 @@ export class WorkRegistry {
         );
       }
       if (typeof entry.do !== 'function') throw new ConfigError(`work ${name}: \`do\` must be a function`);
+      if (entry.verify !== undefined && typeof entry.verify !== 'function') {
+        throw new ConfigError(`work ${name}: \`verify\` must be a function when given`);
+      }
       if (this.#byName.has(name)) throw new ConfigError(`work ${name} is registered twice`);
       this.#byName.set(name, entry as Work<JobKey>);
     });

@@ -133,6 +133,11 @@ export const COMMANDS: Record<string, CommandSpec> = {
     usage: 'bbm finalize --name NAME --config FILE',
     flags: ['name', 'json', ...LOGGING],
   },
+  verify: {
+    summary: "Check every finished range of a migration with its work's check, read-only; exit 1 when rows fail it",
+    usage: 'bbm verify --name NAME --config FILE [--json]',
+    flags: ['name', 'json', ...LOGGING],
+  },
   status: {
     summary: 'Show migrations: progress, pace, time left, failures',
     usage: 'bbm status [--name NAME] [--watch] [--json]',

@@ -24,6 +24,7 @@ import {
 import { toJson } from './format.ts';
 import { schedules, status } from './status-commands.ts';
 import { dashboard, finalize, run } from './run-commands.ts';
+import { verify } from './verify-command.ts';
 import { approve, deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
 
 export { UsageError };
@@ -99,6 +100,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await run(context);
       case 'finalize':
         return await finalize(context);
+      case 'verify':
+        return await verify(context);
       case 'status':
         return await status(context);
       case 'schedules':

@@ -46,7 +46,7 @@ function logFormatFlag({ flags }: Context): LogFormat | undefined {
   return format;
 }
 
-function logger(context: Context, destination: 1 | 2): Logger {
+export function logger(context: Context, destination: 1 | 2): Logger {
   return createLogger({ level: logLevelFlag(context), format: logFormatFlag(context), destination });
 }
 
@@ -126,7 +126,7 @@ function onStopSignals(log: Logger, graceMs: number, stop: () => void, abort: ()
 }
 
 /** A config's worker options: the config less what is not a worker option. */
-function workerOptionsOf(config: Config): WorkerOptions {
+export function workerOptionsOf(config: Config): WorkerOptions {
   const {
     work: _work,
     throttle: _throttle,

@@ -5,7 +5,7 @@ import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { UsageError } from './args.ts';
 import type { Context } from './context.ts';
-import { boundsText, progressIsEstimate, progressText } from '../bbm/report-text.ts';
+import { boundsText, progressIsEstimate, progressText, verificationText } from '../bbm/report-text.ts';
 import { duration, table, toJson } from './format.ts';
 
 export async function status(context: Context): Promise<number> {
@@ -145,5 +145,7 @@ function note(r: MigrationReport): string {
   if (r.lanesAllowed < r.lanes) notes.push(`latency: ${r.lanesAllowed} of ${r.lanes} lanes allowed`);
   if (r.waitingForWork) notes.push(`waiting for a worker with work function ${r.jobSignatureName}`);
   if (r.lastError !== null) notes.push(`last job error: ${r.lastError}`);
+  const verification = verificationText(r);
+  if (verification) notes.push(verification);
   return notes.join('; ');
 }

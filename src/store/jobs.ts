@@ -259,13 +259,16 @@ export async function jobStatus(db: Queryable, id: bigint): Promise<JobStatusCod
   return row ? (row.status as JobStatusCode) : null;
 }
 
-/** The failure message a failed job carries (for the max_job_retry message). */
-export async function jobFailureMessage(db: Queryable, id: bigint): Promise<string | null> {
-  const row = await execOne<{ failure_message: string | null }>(
+/** The failure a failed job carries: its code and message (for the migration's failure past maxAttempts). */
+export async function jobFailure(
+  db: Queryable,
+  id: bigint,
+): Promise<{ code: ErrorCodeNumber | null; message: string | null }> {
+  const row = await execOne<{ failure_error_code: ErrorCodeNumber | null; failure_message: string | null }>(
     db,
-    sql`SELECT failure_message FROM batched_background_migration_jobs WHERE id = ${id}`,
+    sql`SELECT failure_error_code, failure_message FROM batched_background_migration_jobs WHERE id = ${id}`,
   );
-  return row?.failure_message ?? null;
+  return { code: row?.failure_error_code ?? null, message: row?.failure_message ?? null };
 }
 
 /** Records a failed attempt, after the run rolled back to its work savepoint. */

@@ -113,17 +113,24 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
   return row ? BigInt(row.max_value) : null;
 }
 
-/** running -> finished, unless a range is still active or failed (a lane may have split one meanwhile). */
-export async function finishMigration(db: Queryable, id: bigint): Promise<boolean> {
+/**
+ * running -> finished, unless a range is still active or failed (a lane may have split one
+ * meanwhile). `swept`: the work has a check, and every finished range must have passed the final
+ * sweep (store/verify.ts); the migration is then marked verified.
+ */
+export async function finishMigration(db: Queryable, id: bigint, { swept }: { swept: boolean }): Promise<boolean> {
   const rows = await exec(
     db,
     sql`
       UPDATE batched_background_migrations
       SET status = ${MigrationStatus.finished}, finished_at = now(), updated_at = now(),
-          failure_error_code = NULL, failure_message = NULL
+          failure_error_code = NULL, failure_message = NULL,
+          verified_at = CASE WHEN ${swept} THEN now() END
       WHERE id = ${id} AND status IN (${RUNNABLE})
         AND NOT EXISTS (SELECT 1 FROM batched_background_migration_jobs j
-                        WHERE j.batched_background_migration_id = ${id} AND j.status IN (${JobStatus.active}, ${JobStatus.failed}))
+                        WHERE j.batched_background_migration_id = ${id}
+                          AND (j.status IN (${JobStatus.active}, ${JobStatus.failed})
+                               OR (${swept} AND j.status = ${JobStatus.finished} AND j.verified_at IS NULL)))
       RETURNING id`,
   );
   return rows.length > 0;
@@ -515,7 +522,18 @@ export type MigrationSummary = Pick<
   lastJobError: string | null;
   /** A migration over a key that is not a single integer column (docs/operating.md, "Progress for keys"); null for an integer key. */
   key: KeySummary | null;
+  /** The final sweep of a work with a check (docs/verify.md); null when none has checked a range of it. */
+  verification: VerificationSummary | null;
 };
+
+/** What the final sweep has done: ranges checked so far, rows it found failing and fixed, and when it finished. */
+export interface VerificationSummary {
+  rangesVerified: number;
+  rowsFound: number;
+  rangesRerun: number;
+  /** When every range had passed (the migration then finished); null while sweeping. */
+  verifiedAt: Date | null;
+}
 
 /**
  * A key migration's bounds and progress, in keys and rows: its min_value and max_value (and its
@@ -587,6 +605,10 @@ interface SummaryRow {
   finished_key_rows: string;
   recent_key_rows: string;
   estimated_rows: string | null;
+  jobs_verified: string;
+  verified_at: Date | null;
+  verify_rows_found: string;
+  verify_ranges_rerun: number;
 }
 
 const RECENT = sql.raw(`interval '${RECENT_WINDOW_SECONDS} seconds'`);
@@ -626,6 +648,8 @@ export async function listMigrations(
              count(j.id) FILTER (WHERE j.status = ${JobStatus.finished}) AS jobs_finished,
              count(j.id) FILTER (WHERE j.status = ${JobStatus.failed}) AS jobs_failed,
              count(j.id) FILTER (WHERE j.status = ${JobStatus.active}) AS jobs_active,
+             count(j.id) FILTER (WHERE j.verified_at IS NOT NULL) AS jobs_verified,
+             m.verified_at, m.verify_rows_found, m.verify_ranges_rerun,
              (SELECT count(*) FROM pg_catalog.pg_locks l
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
@@ -706,6 +730,15 @@ export async function listMigrations(
     },
     lastJobError: r.last_job_error,
     key: r.is_key ? keySummaryOf(r) : null,
+    verification:
+      r.verified_at === null && Number(r.jobs_verified) === 0
+        ? null
+        : {
+            rangesVerified: Number(r.jobs_verified),
+            rowsFound: Number(r.verify_rows_found),
+            rangesRerun: r.verify_ranges_rerun,
+            verifiedAt: r.verified_at,
+          },
   }));
 }
 

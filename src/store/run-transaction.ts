@@ -454,6 +454,11 @@ export class RunTransaction {
     return { split: wasSplit, next: null };
   }
 
+  /** Undoes what the work did (ROLLBACK TO the work savepoint), keeping the run's take and locks. */
+  async undoWork(): Promise<void> {
+    await this.client.query(`ROLLBACK TO SAVEPOINT ${WORK_SAVEPOINT}`);
+  }
+
   async commit(): Promise<void> {
     await this.client.query('COMMIT');
   }

@@ -3,9 +3,10 @@
  * before a column swap (e.g. int -> bigint), on any key (the range's predicate, Job.range). Two
  * forms: `copyColumn({ name, from, to })` with the columns in code, and `copyColumnWork`
  * (`bbm.copy_column`), one registered function that reads them from each migration's arguments.
+ * Both check their ranges (Work.verify): no row whose target differs from its source.
  */
 import pg from 'pg';
-import type { Job, JobKey, Work } from '../bbm/types.ts';
+import type { Job, JobKey, VerifyFound, Work } from '../bbm/types.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import { missingColumns } from '../store/catalog.ts';
 
@@ -36,7 +37,8 @@ export const COPY_COLUMN_WORK = 'bbm.copy_column';
 export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnOptions): Work<JobKey> {
   if (!from || !to || from === to)
     throw new ConfigError(`copyColumn ${name}: \`from\` and \`to\` must be two different columns`);
-  return { name, do: (job) => copyRange(job, { from, to, skipUnchanged }) };
+  const copy = { from, to, skipUnchanged };
+  return { name, do: (job) => copyRange(job, copy), verify: (job) => uncopied(job, copy) };
 }
 
 /**
@@ -49,17 +51,25 @@ export function copyColumn({ name, from, to, skipUnchanged = true }: CopyColumnO
 export const copyColumnWork: Work<JobKey> = {
   name: COPY_COLUMN_WORK,
   async do(job) {
-    const copy = copyOfArgs(job.args);
-    const missing = await missingColumns({ query: job.query }, job.table, [copy.from, copy.to]);
-    if (missing.length > 0) {
-      throw new Error(
-        `${COPY_COLUMN_WORK}: ${missing.map((name) => `column ${JSON.stringify(name)}`).join(' and ')} ` +
-          `${missing.length === 1 ? 'does' : 'do'} not exist in ${job.table} (job_arguments ${JSON.stringify(job.args)})`,
-      );
-    }
-    return copyRange(job, copy);
+    return copyRange(job, await copyOfJob(job));
+  },
+  async verify(job) {
+    return uncopied(job, await copyOfJob(job));
   },
 };
+
+/** The copy of a job's arguments, its columns looked up in the job's table. */
+async function copyOfJob(job: Job<JobKey>): Promise<Copy> {
+  const copy = copyOfArgs(job.args);
+  const missing = await missingColumns({ query: job.query }, job.table, [copy.from, copy.to]);
+  if (missing.length > 0) {
+    throw new Error(
+      `${COPY_COLUMN_WORK}: ${missing.map((name) => `column ${JSON.stringify(name)}`).join(' and ')} ` +
+        `${missing.length === 1 ? 'does' : 'do'} not exist in ${job.table} (job_arguments ${JSON.stringify(job.args)})`,
+    );
+  }
+  return copy;
+}
 
 const COPY_ARGUMENTS = new Set(['from', 'to', 'skipUnchanged']);
 
@@ -97,4 +107,27 @@ async function copyRange(job: Job<JobKey>, { from, to, skipUnchanged }: Copy): P
     job.range.params,
   );
   return rowCount ?? undefined;
+}
+
+/**
+ * The check: rows of the range whose target differs from their source as the copy assigns it
+ * (cast to the target's type, so that a copy into another type, json into jsonb or a float into
+ * a numeric of some scale, compares what it wrote), and one of their keys.
+ */
+async function uncopied(job: Job<JobKey>, { from, to }: Copy): Promise<VerifyFound> {
+  const { rows: types } = await job.query<{ type: string | null }>(
+    `SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) AS type FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = $1::regclass AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped`,
+    [job.table, to],
+  );
+  const type = types[0]?.type;
+  if (!type) throw new Error(`column ${JSON.stringify(to)} does not exist in ${job.table}`);
+  const key = Array.isArray(job.start) ? `ROW(${job.column})::text` : `(${job.column})::text`;
+  const { rows } = await job.query<{ rows: number; example: string | null }>(
+    `SELECT count(*)::int AS rows, (pg_catalog.array_agg(${key}))[1] AS example FROM ${job.table} ` +
+      `WHERE (${job.range.sql}) AND ${escapeIdentifier(to)} IS DISTINCT FROM CAST(${escapeIdentifier(from)} AS ${type})`,
+    job.range.params,
+  );
+  const { rows: count, example } = rows[0]!;
+  return example === null ? { rows: count } : { rows: count, example };
 }
