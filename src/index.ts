@@ -6,6 +6,8 @@ export { VALID_WORK_NAME } from './bbm/work-registry.ts';
 export { enqueueMigration, enqueueMigrationSql, EnqueueError, type EnqueueErrorCode } from './bbm/enqueue.ts';
 export { migrationReports, pause, resume } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError } from './bbm/finalize.ts';
+export { rehearseMigration, RehearseError, type RehearseErrorCode } from './bbm/rehearse.ts';
+export { LANE_SPEEDUP } from './bbm/rehearse-projection.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
 export { anyThrottle, replicaLagThrottle, walArchiveThrottle } from './bbm/throttle.ts';
 export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';
@@ -39,6 +41,12 @@ export type {
   NotifyEvent,
   NotifyTarget,
   ProgressBasis,
+  RehearsalProjection,
+  RehearsalReport,
+  RehearsalSample,
+  RehearsalWrites,
+  RehearseOptions,
+  RehearseParams,
   RunLoopOptions,
   RunOutcome,
   RunResult,

@@ -25,6 +25,7 @@ import { toJson } from './format.ts';
 import { schedules, status } from './status-commands.ts';
 import { dashboard, finalize, run } from './run-commands.ts';
 import { approve, deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
+import { rehearse } from './rehearse-command.ts';
 
 export { UsageError };
 export type { Io };
@@ -105,6 +106,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await schedules(context);
       case 'enqueue':
         return await enqueue(context);
+      case 'rehearse':
+        return await rehearse(context);
       case 'pause':
       case 'resume':
         return await pauseOrResume(context, command);
