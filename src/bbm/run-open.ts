@@ -14,7 +14,7 @@ import {
 import { VALID_WORK_NAME } from './work-registry.ts';
 
 /** How far past the run timeout the server-side backstops (statement and idle timeouts) sit. */
-const BACKSTOP_MARGIN_MS = 10_000;
+export const BACKSTOP_MARGIN_MS = 10_000;
 
 export class RunOpener {
   readonly backstopMs: number;

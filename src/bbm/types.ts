@@ -526,6 +526,127 @@ export interface EnqueueOptions {
 }
 
 /**
+ * What `rehearseMigration` takes (docs/rehearse.md): the migration, by `name` when it is enqueued,
+ * or as `spec` (what `enqueueMigration` takes) when it is not.
+ */
+export type RehearseParams = RehearseOptions & ({ name: string; spec?: never } | { spec: MigrationSpec; name?: never });
+
+/** What `rehearseMigration` takes besides the migration. */
+export interface RehearseOptions {
+  /** A pool (the caller ends it): a connection for the samples, and one more, when free, to watch their lock waits. */
+  pool: pg.Pool;
+  /** As Config.work: the migration's work function must be among them. */
+  work: readonly AnyWork[];
+  /** Sample ranges to run, each of the migration's batch size, spread evenly over its key space [10]. */
+  samples?: number;
+  /** The lanes to project for [the migration's max_parallel_jobs]. */
+  lanes?: number;
+  /**
+   * How much faster `lanes` lanes drain than one on this database, if measured [LANE_SPEEDUP: what
+   * `npm run bench` measured on the 2-core development machine].
+   */
+  laneSpeedup?: number;
+  /** As WorkerOptions.runTimeoutMs: a sample's work is bounded as a job's [180000]. */
+  runTimeoutMs?: number;
+  /** A pino logger (Job.log's parent). Default: warnings and errors as JSON lines on stderr. */
+  logger?: Logger;
+  /** Aborting it cancels the sample in flight, rolls it back and rejects. */
+  signal?: AbortSignal;
+}
+
+/** One sample range of a rehearsal: what its work did before it was rolled back. */
+export interface RehearsalSample {
+  /** The range's first and last keys, each as its columns' values as text (an integer key: one value). */
+  start: string[];
+  end: string[];
+  /** Rows the range held. */
+  rows: number;
+  /** What the work function returned (the rows it says it changed), else null. */
+  rowsReported: number | null;
+  /** Time in the work function. */
+  workMs: number;
+  /** workMs over rows; null for a range without rows. */
+  msPerRow: number | null;
+  /** What the work wrote before the rollback; null when it failed. */
+  written: RehearsalWrites | null;
+  /** Time the work waited for locks, as a watch of pg_locks saw it; null when the pool had no connection for the watch. */
+  lockWaitMs: number | null;
+  /** Why the work failed; null when it did not. */
+  error: string | null;
+  /** The failure was a timeout (lock_timeout, statement_timeout or runTimeoutMs): a job's range would be split. */
+  timeout: boolean;
+}
+
+/** What a sample's work wrote, measured inside its transaction. */
+export interface RehearsalWrites {
+  /** WAL written from before the work to after it (pg_current_wal_insert_lsn: every session's WAL meanwhile). */
+  walBytes: number;
+  /** The migration's table's rows inserted, updated (of them HOT) and deleted, as its transaction counted them. */
+  inserted: number;
+  updated: number;
+  hotUpdated: number;
+  deleted: number;
+}
+
+/** A rehearsal's projection of the whole migration (docs/rehearse.md, "The model"). */
+export interface RehearsalProjection {
+  lanes: number;
+  /** The speed-up over one lane that the duration assumes. */
+  laneSpeedup: number;
+  /** Rows in the key space. */
+  rows: number;
+  /** `counted` on the index, or `estimated` from the table's statistics or a sample of its pages. */
+  rowsBasis: 'counted' | 'estimated';
+  /** The size jobs are cut at: batch_size, or with targetJobMs the size whose work takes about that long at the measured pace. */
+  batchSize: number;
+  jobs: number;
+  /** The samples' work time over their rows. */
+  msPerRow: number;
+  /** rows × msPerRow ÷ laneSpeedup: the work's time, without the engine's per-job cost. */
+  durationSeconds: number;
+  /** rows × the samples' WAL per row. */
+  walBytes: number;
+  /** walBytes over durationSeconds: what replicas and the WAL archive receive while it runs; null when it takes no time. */
+  walBytesPerSecond: number | null;
+  /** Row versions its updates and deletes leave dead (what n_dead_tup counts, and VACUUM removes). */
+  deadTuples: number;
+  /** Of them, those of deletes and of updates that were not HOT, whose index entries only VACUUM removes. */
+  deadTuplesNotHot: number;
+  /** HOT updates over updates; null when the samples updated nothing. */
+  hotShare: number | null;
+  /** Time the samples waited for locks over their work time; null when not watched. */
+  lockWaitShare: number | null;
+}
+
+/** What `rehearseMigration` returns and stores in the migration's `rehearsal` column. */
+export interface RehearsalReport {
+  migration: string;
+  work: string;
+  /** The table, schema-qualified. */
+  table: string;
+  /** The key's columns, in order. */
+  key: string[];
+  status: MigrationStatusName;
+  /**
+   * True for a migration enqueued (by name), whose row stores the report; false for one described
+   * by a spec, inserted in the plan's transaction only and rolled back with it (nothing stored).
+   */
+  enqueued: boolean;
+  batchSize: number;
+  /** When it ran, ISO 8601. */
+  rehearsedAt: string;
+  /** `spread`: the samples spread over the key space; `whole`: the key space fits in the samples, run from its start. */
+  sampling: 'spread' | 'whole';
+  /** The limits the samples ran under, as a job's: statement_timeout, lock_timeout (0: none) and runTimeoutMs. */
+  limits: { statementTimeoutMs: number; lockTimeoutMs: number; runTimeoutMs: number };
+  samples: RehearsalSample[];
+  /** Samples whose work failed. */
+  failed: number;
+  /** Null when every sample failed. */
+  projection: RehearsalProjection | null;
+}
+
+/**
  * Health holds (`health` in the config): signals read from Postgres itself that set migrations
  * aside until the database is well again. Each is on by default and switched off with `false`
  * (or `null` for a threshold); `health: false` turns them all off. Without the privileges a

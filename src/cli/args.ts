@@ -50,6 +50,8 @@ const OPTIONS = {
   'min-batch-size': { type: 'string' },
   'max-batch-size': { type: 'string' },
   fixed: { type: 'boolean' },
+  // rehearse
+  samples: { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 export type Flags = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -95,11 +97,13 @@ const FLAG_HELP: Record<Flag, string> = {
   by: '--by WHO              Who approves (default BBM_OPERATOR, else the OS user)',
   'dry-run':
     '--dry-run             Print the INSERT (for a schema-migration file) instead of running it; no database needed',
-  lanes: '--lanes N             Jobs of the migration that may run at once, across all workers (default 1)',
+  lanes:
+    "--lanes N             Jobs of the migration that may run at once, across all workers (default 1);\n                        rehearse: the lanes to project for (default: the migration's)",
   'target-job-ms': "--target-job-ms MS    Adapt the batch size so a job's work takes about this long",
   'min-batch-size': '--min-batch-size N    Smallest adaptive size, and smallest half a timed-out range is split to',
   'max-batch-size': '--max-batch-size N    Largest adaptive size',
   fixed: '--fixed               Stop adapting: keep the batch size fixed (clears --target-job-ms)',
+  samples: '--samples N           Sample ranges to run, spread over the key space (default 10)',
 };
 
 const LOGGING: Flag[] = ['log-level', 'log-format'];
@@ -171,6 +175,29 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'needs-approval',
       'dry-run',
       'json',
+    ],
+  },
+  rehearse: {
+    summary: "Run a migration's work on sample ranges, each rolled back, and project its duration, WAL and dead tuples",
+    usage:
+      'bbm rehearse --name NAME --config FILE [--samples N] [--lanes N] [--json], or with the flags of bbm enqueue (--work WORK --table TABLE …) for a migration not enqueued',
+    flags: [
+      'name',
+      'samples',
+      'lanes',
+      'json',
+      'work',
+      'table',
+      'column',
+      'batch-size',
+      'min',
+      'max',
+      'min-key',
+      'max-key',
+      'args',
+      'target-job-ms',
+      'min-batch-size',
+      'max-batch-size',
     ],
   },
   set: {

@@ -11,15 +11,19 @@ import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
 
-/** The migration the flags describe, and the config's say on its work function. */
-function migrationSpec({ flags, config }: Pick<Context, 'flags' | 'config'>): MigrationSpec {
-  const work = requiredFlag(flags, 'work', 'enqueue');
+/** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
+export function migrationSpec(
+  { flags, config }: Pick<Context, 'flags' | 'config'>,
+  command: 'enqueue' | 'rehearse' = 'enqueue',
+): MigrationSpec {
+  const work = requiredFlag(flags, 'work', command);
   const spec: MigrationSpec = {
-    name: requiredFlag(flags, 'name', 'enqueue'),
+    name: requiredFlag(flags, 'name', command),
     work,
-    table: requiredFlag(flags, 'table', 'enqueue'),
-    column: requiredFlag(flags, 'column', 'enqueue'),
-    batchSize: integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }) ?? usage('bbm enqueue needs --batch-size'),
+    table: requiredFlag(flags, 'table', command),
+    column: requiredFlag(flags, 'column', command),
+    batchSize:
+      integerFlag(flags, 'batch-size', { min: 1, max: INT4_MAX }) ?? usage(`bbm ${command} needs --batch-size`),
   };
   const min = bigintFlag(flags, 'min');
   const max = bigintFlag(flags, 'max');

@@ -26,6 +26,7 @@ import { schedules, status } from './status-commands.ts';
 import { dashboard, finalize, run } from './run-commands.ts';
 import { verify } from './verify-command.ts';
 import { approve, deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
+import { rehearse } from './rehearse-command.ts';
 
 export { UsageError };
 export type { Io };
@@ -108,6 +109,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await schedules(context);
       case 'enqueue':
         return await enqueue(context);
+      case 'rehearse':
+        return await rehearse(context);
       case 'pause':
       case 'resume':
         return await pauseOrResume(context, command);

@@ -38,7 +38,7 @@ export function quotedTable(target: Target): SQL {
  * partitioned table (whose own figure autovacuum never sets); NULL while none of them has been
  * analyzed or vacuumed.
  */
-function estimatedRows(tableOid: SQL): SQL {
+export function estimatedRows(tableOid: SQL): SQL {
   return sql`(SELECT CASE WHEN c.relkind = 'p'
                           THEN (SELECT sum(nullif(l.reltuples, -1))
                                 FROM pg_catalog.pg_partition_tree(c.oid) t JOIN pg_catalog.pg_class l ON l.oid = t.relid

@@ -1,7 +1,9 @@
 /**
  * The registry GC pack: sweeps over the `registry` data model (src/store/gc/schema.ts), each a
  * work function over ID ranges, each pass a migration enqueued by a schedule. Every sweep is
- * idempotent and bounded by its job's range.
+ * idempotent and bounded by its job's range. The sweeps that delete objects in the blob store
+ * declare `sideEffects`: a rolled-back transaction cannot bring an object back, so `bbm rehearse`
+ * refuses them.
  *
  *   gc.orphan_blobs          blobs no manifest references, older than a grace period: object, then row;
  *                            and blob objects no row points at (a push that died half way)
@@ -173,6 +175,7 @@ export function gcWork({
   return [
     {
       name: GC_WORK.orphanBlobs,
+      sideEffects: true,
       async do(job) {
         const candidates = await lockOrphanCandidates(inJob(job), job.start, job.end, orphanGraceMs);
         // Referenced after the candidates were read, before we locked them: kept.
@@ -218,6 +221,7 @@ export function gcWork({
     },
     {
       name: GC_WORK.staleUploads,
+      sideEffects: true,
       async do(job) {
         const keys = await deleteStaleUploads(inJob(job), job.start, job.end, uploadIdleMs);
         await deleteObjects(store, keys, deleteConcurrency);
@@ -259,6 +263,7 @@ export function gcWork({
     },
     {
       name: GC_WORK.deletedRepositories,
+      sideEffects: true,
       async do(job) {
         const purged = await purgeDeletedRepositories(inJob(job), job.start, job.end);
         await deleteObjects(store, purged.uploadKeys, deleteConcurrency);
@@ -274,6 +279,7 @@ export function gcWork({
     },
     {
       name: GC_WORK.deletedNamespaces,
+      sideEffects: true,
       async do(job) {
         const purged = await purgeDeletedNamespaces(inJob(job), job.start, job.end);
         await deleteObjects(store, purged.uploadKeys, deleteConcurrency);
