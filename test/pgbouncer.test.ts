@@ -178,6 +178,25 @@ describe.skipIf(!available)('through PgBouncer in transaction pooling', () => {
       await expectEveryRowOnce(pool, 'items', 'fill');
     });
 
+    it('a lane ends its run begun ahead before it waits for a controller: one server connection, bbm run with health on drains', async () => {
+      // Each job's commit begins the next run (its take) in the same round trip; the lane then
+      // waits for the health checks (every 100 ms) and lane steering on the controllers' pool.
+      // Holding that take open meanwhile would hold the pooler's only server connection.
+      const single = await startPgBouncer({ serverUrl: inject('adminUrl'), poolSize: 1 });
+      onTestFinished(() => single.stop());
+      const { pool, url: direct } = db();
+      await createItems(pool, 'items', range(1, 3_000));
+      await enqueue(pool, { name: 'single', work: 'test.touch', table: 'items', batchSize: 100 });
+      const run = startBbm(['run', '--until-done', '--concurrency', '1', '--config', DEFAULTS_CONFIG], {
+        DATABASE_URL: single.urlFor(direct),
+      });
+      const hung = sleep(30_000).then(() => 'hung' as const);
+      const ended = await Promise.race([run.exited, hung]);
+      if (ended === 'hung') run.child.kill('SIGKILL');
+      expect(ended, run.output()).toEqual({ code: 0, signal: null });
+      await expectEveryRowOnce(pool, 'items', 'single');
+    });
+
     it('status --json, pause and resume', async () => {
       const { pool, url: direct } = db();
       await prepare(pool);

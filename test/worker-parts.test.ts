@@ -121,6 +121,8 @@ describe('Pacer', () => {
       },
     );
 
+  const noRun = async () => {};
+
   it('sleeps nothing after useful work, backs off exponentially while idle, and starts over after work', () => {
     const pace = pacer();
     const backoff = pace.backoff();
@@ -143,13 +145,13 @@ describe('Pacer', () => {
     pace.setDutyCycle(0.25);
     expect(pace.chain).toBe(false);
     // A job of 10 ms at a quarter of the time: 30 ms of rest.
-    await pace.afterRun(0, succeeded(5), pace.backoff());
+    await pace.afterRun(0, succeeded(5), pace.backoff(), noRun);
     expect(pace.restMs()).toBeGreaterThan(25);
     expect(pace.restMs()).toBeLessThanOrEqual(30);
     // A range the work changed nothing in does not count toward the pace.
     const other = pacer();
     other.setDutyCycle(0.25);
-    await other.afterRun(0, succeeded(0), other.backoff());
+    await other.afterRun(0, succeeded(0), other.backoff(), noRun);
     expect(other.restMs()).toBe(0);
   });
 
@@ -172,12 +174,13 @@ describe('Pacer', () => {
     const backoff = pace.backoff();
     backoff.next();
     backoff.next();
-    await pace.ready(1, backoff);
-    expect(calls).toEqual(['scheduling', 'a health check']);
+    // The lane's run begun ahead ends before each round: a round's query may need its server connection.
+    await pace.ready(1, backoff, async () => void calls.push('release'));
+    expect(calls).toEqual(['release', 'scheduling', 'release', 'a health check']);
     expect(steps).toEqual(['1:scheduling', '1:a health check']);
     expect(backoff.next()).toBe(100);
     // Idle lanes still wake for the next scheduling round.
-    expect(await pace.afterRun(1, result('no_job'), backoff)).toBe(40);
+    expect(await pace.afterRun(1, result('no_job'), backoff, noRun)).toBe(40);
   });
 
   it('lets followers see each run, the lane waiting for what they do, and wakes sleeping lanes on a migration change', async () => {
@@ -191,12 +194,14 @@ describe('Pacer', () => {
           : undefined,
     };
     pace.addFollower(follower);
-    await pace.afterRun(0, succeeded(1), pace.backoff());
-    await pace.afterRun(0, result('no_job'), pace.backoff());
-    expect(seen).toEqual(['job_succeeded']);
+    const release = async () => void seen.push('release');
+    await pace.afterRun(0, succeeded(1), pace.backoff(), release);
+    await pace.afterRun(0, result('no_job'), pace.backoff(), release);
+    // The run begun ahead is released only for a step to wait for, before it.
+    expect(seen).toEqual(['release', 'job_succeeded']);
     expect(steps).toEqual(['0:lane steering']);
     const wake = pace.wake;
-    await pace.afterRun(0, result('migration_finished'), pace.backoff());
+    await pace.afterRun(0, result('migration_finished'), pace.backoff(), release);
     expect(wake.aborted).toBe(true);
     expect(pace.wake.aborted).toBe(false);
     // One lane has no sibling to wake.

@@ -3,6 +3,7 @@
  * a target job time, pace.ts), beside a job or after its COMMIT. The statements are the store's
  * (jobs.ts); a take that finds no range has one cut before it (RunTransaction.cutAndTake).
  */
+import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { INT4_MAX } from '../store/codes.ts';
 import { cutRangeBeside, type ClaimedJob, type CutBeside, type RangeCut } from '../store/jobs.ts';
@@ -11,14 +12,22 @@ import { CORRELATION_ID, type Logger } from './log.ts';
 import { BatchSizer, type PaceSettings } from './pace.ts';
 import type { Validated } from './validate.ts';
 
-/** How long a finished job waits for the cut beside it to get a connection before giving it up. */
-const CUT_CONNECT_MS = 1_000;
+/**
+ * How long a finished job waits for the cut beside it (its connection and its statement). A cut
+ * costs milliseconds; one that takes longer most likely waits behind a pooler for a server
+ * connection, and the job holds one of them while it waits: the job then goes on without it.
+ */
+const BESIDE_WAIT_MS = 1_000;
+/** After a cut beside a job came late, the lane's cuts follow its jobs' commits for this long. */
+const BESIDE_OFF_MS = 60_000;
 
 export class RangeCuts {
   /** Cuts started beside jobs and not yet seen to end: settled() waits for them. */
   readonly #inFlight = new Set<Promise<void>>();
   /** The statement timeout of the cuts: the run's backstop, or the session's own when it is tighter. */
   timeoutMs: number;
+  /** Until when no cut runs beside a job (one came late). */
+  #besideOffUntil = -Infinity;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -50,7 +59,7 @@ export class RangeCuts {
    * runs on a spare core while the work runs.
    */
   beside(migration: TakenMigration, validated: Validated): CutBeside | undefined {
-    if (migration.maxParallelJobs !== 1) return undefined;
+    if (migration.maxParallelJobs !== 1 || performance.now() < this.#besideOffUntil) return undefined;
     const beside = cutRangeBeside(this.pool, this.cut(migration, validated));
     if (!beside) return undefined;
     this.#inFlight.add(beside.over);
@@ -60,13 +69,21 @@ export class RangeCuts {
 
   /**
    * Waits for the cut beside the job before the job's record, so that the next take (sent with
-   * the record) finds the range. A failed cut is only noted: the lane then cuts the range itself
-   * (cutAndTake), and a real fault fails that run and is reported there.
+   * the record) finds the range. A failed or late cut is only noted: the lane then cuts the range
+   * itself (cutAndTake; the cursor lock orders it after a late cut that still runs), and a real
+   * fault fails that run and is reported there. After a late one, cuts follow the commits for a
+   * while: a job must not keep waiting on a connection its own transaction may be holding.
    */
   async besideEnded(beside: CutBeside | undefined, runId: string): Promise<void> {
     if (!beside) return;
     try {
-      await beside.ended(CUT_CONNECT_MS);
+      if ((await beside.ended(BESIDE_WAIT_MS)) === 'late') {
+        this.#besideOffUntil = performance.now() + BESIDE_OFF_MS;
+        this.log.info(
+          { [CORRELATION_ID]: runId },
+          `a range cut beside a job took over ${BESIDE_WAIT_MS} ms (a pooler with no server connection to spare?): ranges are cut after the jobs' commits for ${BESIDE_OFF_MS / 1000} s`,
+        );
+      }
     } catch (error) {
       this.log.debug({ err: error, [CORRELATION_ID]: runId }, 'cutting a range beside the job failed');
     }

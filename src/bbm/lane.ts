@@ -29,7 +29,8 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
   while (!stopping.aborted) {
     // With no pause between jobs, each successful run also begins the next (one round trip less).
     const chain = pace.chain;
-    await pace.ready(lane, backoff);
+    const release = () => runner.release();
+    await pace.ready(lane, backoff, release);
     if (pace.restMs() > 0) {
       // Foreground protection: every lane of the worker rests (or one lane would take the job
       // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
@@ -46,7 +47,7 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
       pace.wakeLanes();
       break;
     }
-    const waitMs = await pace.afterRun(lane, result, backoff);
+    const waitMs = await pace.afterRun(lane, result, backoff, release);
     if (waitMs > 0) {
       steps.step(lane, 'sleep');
       ctx.sleeping(waitMs);
@@ -57,7 +58,7 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
 
 /** A `throttled` result while the throttle holds back (ending any run begun ahead), else undefined. */
 async function throttled(runner: Runner, ctx: LaneContext): Promise<RunResult | undefined> {
-  const reason = await ctx.pace.throttled();
+  const reason = await ctx.pace.throttled(() => runner.release());
   if (!reason) return undefined;
   await runner.release();
   const result: RunResult = { outcome: 'throttled', runId: randomUUID(), error: new Error(reason), durationMs: 0 };

@@ -53,22 +53,28 @@ export class LatencyLanes implements RunFollower {
     private readonly ctx: LatencyLanesContext,
   ) {}
 
+  /**
+   * A step only when the lanes change: the lane waits for it (on the controllers' pool) with its
+   * run begun ahead released, so the decision itself is made here, without the database.
+   */
   follow(result: RunResult): { step: string; run: () => Promise<void> } | undefined {
     const { migration } = result;
-    if (result.outcome === 'job_succeeded') return { step: 'lane steering', run: () => this.#steer(result) };
     if (result.outcome === 'migration_started' && migration)
       return { step: 'slow start', run: () => this.#slowStart(migration) };
-    return undefined;
+    if (result.outcome !== 'job_succeeded') return undefined;
+    const verdict = this.#verdict(result);
+    return verdict && { step: 'lane steering', run: () => this.#steer(result, verdict) };
   }
 
-  async #steer(result: RunResult): Promise<void> {
+  /** Whether this job calls for shedding or growing the migration's lanes now. */
+  #verdict(result: RunResult): 'pressure' | 'healthy' | undefined {
     const { migration, job } = result;
-    if (!migration || !job) return;
+    if (!migration || !job) return undefined;
     const { latency, ctx } = this;
     const verdict = latency.observe(migration.id, { workMs: job.durationMs, rows: job.rows ?? job.batchSize });
-    if (verdict !== 'pressure' && verdict !== 'healthy') return;
+    if (verdict !== 'pressure' && verdict !== 'healthy') return undefined;
     // A job's own latency says nothing of what the migration does to the application's commits.
-    if (verdict === 'healthy' && ctx.growsThroughProbes) return;
+    if (verdict === 'healthy' && ctx.growsThroughProbes) return undefined;
     const now = performance.now();
     let steering = this.#steering.get(migration.id);
     if (!steering) {
@@ -76,22 +82,30 @@ export class LatencyLanes implements RunFollower {
       this.#steering.set(migration.id, steering);
     }
     // A job begun before the last change ran beside the lanes before it.
-    if (now - result.durationMs < steering.changedAt) return;
+    if (now - result.durationMs < steering.changedAt) return undefined;
     if (verdict === 'pressure') {
       steering.healthy = 0;
-      if (now - steering.shedAt < ctx.checkMs) return;
+      if (now - steering.shedAt < ctx.checkMs) return undefined;
       steering.shedAt = now;
     } else {
       steering.healthy += 1;
-      if (steering.healthy < GROW_AFTER_HEALTHY_JOBS || now < steering.fullUntil) return;
+      if (steering.healthy < GROW_AFTER_HEALTHY_JOBS || now < steering.fullUntil) return undefined;
       steering.healthy = 0;
     }
+    return verdict;
+  }
+
+  async #steer(result: RunResult, verdict: 'pressure' | 'healthy'): Promise<void> {
+    const { migration, job } = result;
+    if (!migration || !job) return;
+    const { latency, ctx } = this;
+    const steering = this.#steering.get(migration.id)!;
     try {
       const change =
         verdict === 'pressure' ? await shedLanes(ctx.db(), migration.id) : await growLanes(ctx.db(), migration.id);
       if (!change) {
         // At its most lanes (or its row changed): ask again a check later, not after every job.
-        if (verdict === 'healthy') steering.fullUntil = now + ctx.checkMs;
+        if (verdict === 'healthy') steering.fullUntil = performance.now() + ctx.checkMs;
         return;
       }
       steering.changedAt = performance.now();

@@ -28,7 +28,10 @@ export interface Gate {
   readonly wakeInMs?: number;
 }
 
-/** A controller that follows the lanes' runs: what a lane waits for after a run, if anything. */
+/**
+ * A controller that follows the lanes' runs: what a lane waits for after a run, if anything (the
+ * lane's run begun ahead is released first: a step only when there is something to wait for).
+ */
 export interface RunFollower {
   follow(result: RunResult): { step: string; run: () => Promise<void> } | undefined;
 }
@@ -40,16 +43,24 @@ export interface LanePacing {
   /** Aborted when a lane wakes the others. */
   readonly wake: AbortSignal;
   backoff(): Backoff;
-  /** Waits for the controllers' rounds that are due. */
-  ready(lane: number, backoff: Backoff): Promise<void>;
+  /**
+   * Waits for the controllers' rounds that are due. `release` ends the lane's run begun ahead:
+   * each wait below calls it first, since a controller's query may need the very server
+   * connection the run holds (a pooler with fewer server connections than lanes), and a
+   * transaction must not stay open while the lane waits on another connection.
+   */
+  ready(lane: number, backoff: Backoff, release: Release): Promise<void>;
   /** How long every lane rests now (foreground protection's duty cycle). */
   restMs(): number;
   /** The throttle's reason to hold back, or false. */
-  throttled(): Promise<string | false>;
+  throttled(release: Release): Promise<string | false>;
   /** Tells the controllers that follow runs; how long the lane sleeps before its next run. */
-  afterRun(lane: number, result: RunResult, backoff: Backoff): Promise<number>;
+  afterRun(lane: number, result: RunResult, backoff: Backoff, release: Release): Promise<number>;
   wakeLanes(): void;
 }
+
+/** Ends a lane's run begun ahead (run.ts `Runner.release`), if it holds one. */
+export type Release = () => Promise<void>;
 
 /** What controllers change in the pacing. */
 export interface PaceControls {
@@ -111,9 +122,10 @@ export class Pacer implements LanePacing, PaceControls {
     return new Backoff(this.options.intervalMs, this.options.maxIntervalMs);
   }
 
-  async ready(lane: number, backoff: Backoff): Promise<void> {
+  async ready(lane: number, backoff: Backoff, release: Release): Promise<void> {
     for (const gate of this.#gates) {
       if (!gate.due) continue;
+      await release();
       this.steps.step(lane, gate.step);
       if (await gate.run()) backoff.reset();
     }
@@ -124,16 +136,20 @@ export class Pacer implements LanePacing, PaceControls {
   }
 
   /** Asked at most every `throttleCheckMs`, one check in flight for all lanes. */
-  async throttled(): Promise<string | false> {
+  async throttled(release: Release): Promise<string | false> {
     if (!this.#throttle) return false;
-    if (this.#throttle.due) this.#throttleReason = await this.#throttle.run();
+    if (this.#throttle.due) {
+      await release();
+      this.#throttleReason = await this.#throttle.run();
+    }
     return this.#throttleReason;
   }
 
-  async afterRun(lane: number, result: RunResult, backoff: Backoff): Promise<number> {
+  async afterRun(lane: number, result: RunResult, backoff: Backoff, release: Release): Promise<number> {
     for (const follower of this.#followers) {
       const next = follower.follow(result);
       if (!next) continue;
+      await release();
       this.steps.step(lane, next.step);
       await next.run();
     }

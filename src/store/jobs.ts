@@ -146,11 +146,13 @@ function resultNamed<R extends QueryResultRow>(results: unknown, column: string)
 /** A range being cut beside a running job (cutRangeBeside). */
 export interface CutBeside {
   /**
-   * Waits for the cut: up to `connectMs` for its connection (past that it is given up and cuts
-   * nothing: a pool lent out to lanes that wait for their own cuts would otherwise never lend
-   * one), then until it commits. Rejects when it failed.
+   * Waits for the cut, up to `waitMs` in all: 'ended' once it committed, 'late' past that. Before
+   * it has a connection, a late cut is given up and cuts nothing (a pool lent out to lanes that
+   * wait for their own cuts would otherwise never lend one); after, it goes on, unwaited for:
+   * through a pooler, its statement may wait for the very server connection the job holds.
+   * Rejects when it failed.
    */
-  ended(connectMs: number): Promise<void>;
+  ended(waitMs: number): Promise<'ended' | 'late'>;
   /** Settles when the cut is over, whichever way (committed, failed or given up). */
   readonly over: Promise<void>;
 }
@@ -193,24 +195,16 @@ export function cutRangeBeside(pool: pg.Pool, cut: RangeCut): CutBeside | undefi
   const over = done.catch(() => {});
   return {
     over,
-    async ended(connectMs) {
-      if (!connected) {
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), connectMs)));
-        const first = await Promise.race([
-          connection.then(
-            () => 'connected' as const,
-            () => 'failed' as const,
-          ),
-          late,
-        ]);
+    async ended(waitMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), waitMs)));
+      try {
+        const first = await Promise.race([done.then(() => 'ended' as const), late]);
+        if (first === 'late' && !connected) givenUp = true;
+        return first;
+      } finally {
         clearTimeout(timer);
-        if (first === 'late' && !connected) {
-          givenUp = true;
-          return;
-        }
       }
-      return done;
     },
   };
 }
