@@ -45,6 +45,7 @@ export type {
   RehearsalProjection,
   RehearsalReport,
   RehearsalSample,
+  RehearsalSummary,
   RehearsalWrites,
   RehearseOptions,
   RehearseParams,

@@ -236,4 +236,41 @@ describe.skipIf(!available)('the status page in Chromium', () => {
     expect(await page.$$('#chart-rate circle.pt')).toHaveLength(30);
     expect(alerts).toEqual([]);
   });
+
+  it('rehearses a paused migration from its page with the token, and shows the projection', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 2000));
+    await enqueue(pool, {
+      name: 'resize_avatars',
+      work: touch.name,
+      table: 'items',
+      batchSize: 100,
+      status: MigrationStatus.paused,
+    });
+    const server = await startOpsServer({
+      page: createStatusPage({ db: pool, token: TOKEN, log: quiet, rehearse: { pool, work: [touch] } }),
+      db: pool,
+      port: 0,
+    });
+    onTestFinished(() => server.close());
+    const { page, alerts } = await open(`http://${server.host}:${server.port}/migrations/resize_avatars`);
+    await page.setViewport({ width: 1280, height: 900 });
+    const offered = await page.$$eval('#migrations button[data-action]', (buttons) =>
+      buttons.map((b) => b.getAttribute('data-action')),
+    );
+    expect(offered).toEqual(['resume', 'delete', 'rehearse']);
+    expect(await text(page, '#rehearsal')).toContain('Not rehearsed yet');
+
+    await page.type('#token', TOKEN);
+    await page.click('button[data-action=rehearse]');
+    await waitFor(
+      async () => ((await text(page, '#rehearsal')).includes('Projected in one lane:') ? true : undefined),
+      'the projection to show',
+    );
+    expect(await text(page, '#message')).toBe('rehearse: resize_avatars');
+    expect(await text(page, '#rehearsal pre')).toMatch(/^ {2}jobs {9}20 of 100 rows$/m);
+    expect((await pool.query('SELECT count(*)::int AS n FROM items WHERE touched > 0')).rows[0].n).toBe(0);
+    expect((await migrationRow(pool, 'resize_avatars'))?.status).toBe(MigrationStatus.paused);
+    expect(alerts).toEqual([]);
+  });
 });

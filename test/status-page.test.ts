@@ -1,10 +1,13 @@
 /** The status page over HTTP: what it shows (escaped), live data, and controls behind the operator token. */
+import type pg from 'pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { startOpsServer } from '../src/bbm/ops-server.ts';
-import { createStatusPage } from '../src/bbm/status-page.ts';
+import { createStatusPage, type PageRehearsal } from '../src/bbm/status-page.ts';
 import { resolveSchedules } from '../src/bbm/schedules.ts';
+import type { RehearsalReport, Work } from '../src/bbm/types.ts';
 import { WorkRegistry } from '../src/bbm/work-registry.ts';
 import { ACTIONS_BY_STATUS, MigrationStatus, type MigrationStatusName } from '../src/store/codes.ts';
+import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
@@ -12,14 +15,27 @@ import { waitFor } from './support/processes.ts';
 const TOKEN = 'operator-token-0123456789';
 const HOSTILE = '<img src=x onerror=alert(1)>';
 
-async function serve(pool: Parameters<typeof createStatusPage>[0]['db'], token?: string) {
-  const server = await startOpsServer({ page: createStatusPage({ db: pool, token, log: quiet }), db: pool, port: 0 });
+async function serve(pool: Parameters<typeof createStatusPage>[0]['db'], token?: string, rehearse?: PageRehearsal) {
+  const server = await startOpsServer({
+    page: createStatusPage({ db: pool, token, log: quiet, rehearse }),
+    db: pool,
+    port: 0,
+  });
   onTestFinished(() => server.close());
   const base = `http://${server.host}:${server.port}`;
   const post = (path: string, headers: Record<string, string> = {}) =>
     fetch(`${base}${path}`, { method: 'POST', headers });
   return { base, post };
 }
+
+/** The migration's stored rehearsal (the `rehearsal` column), or null. */
+async function storedRehearsal(pool: pg.Pool, name: string): Promise<unknown> {
+  const { rows } = await pool.query('SELECT rehearsal FROM batched_background_migrations WHERE name = $1', [name]);
+  return rows[0]?.rehearsal;
+}
+
+const touchedRows = async (pool: pg.Pool) =>
+  (await pool.query('SELECT count(*)::int AS n FROM items WHERE touched > 0')).rows[0].n as number;
 
 describe('the status page', () => {
   const db = useTestDatabase();
@@ -296,5 +312,162 @@ describe('the status page', () => {
     expect(refused.status).toBe(403);
     expect(await refused.json()).toMatchObject({ error: expect.stringMatching(/read-only/) });
     expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.active);
+  });
+
+  it("shows a finished migration's verification on its page", async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 40));
+    const checked: Work = {
+      ...touch,
+      async verify(job) {
+        const { rows } = await job.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM items WHERE id BETWEEN $1 AND $2 AND touched = 0',
+          [job.start, job.end],
+        );
+        return rows[0]!.n;
+      },
+    };
+    await enqueue(pool, { name: 'checked', work: touch.name, table: 'items', batchSize: 10 });
+    await testWorker(pool, { work: [checked] }).run({ untilDone: true });
+    expect((await migrationRow(pool, 'checked'))?.status).toBe(MigrationStatus.finished);
+    const { base } = await serve(pool);
+    const page = await (await fetch(`${base}/migrations/checked`)).text();
+    expect(page).toMatch(
+      /<p id="verification" data-live>verified at \d{4}-\d\d-\d\dT[\d:.]+Z: every range passed the check<\/p>/,
+    );
+  });
+
+  it('rehearses with the token: the report answered, stored and shown with its projection; refused without it, or when finished', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 200));
+    await enqueue(pool, {
+      name: 'fill',
+      work: touch.name,
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.paused,
+    });
+    await enqueue(pool, {
+      name: 'done',
+      work: touch.name,
+      table: 'items',
+      batchSize: 10,
+      status: MigrationStatus.finished,
+    });
+    const { base, post } = await serve(pool, TOKEN, { pool, work: [touch] });
+    const detail = async () => (await fetch(`${base}/migrations/fill`)).text();
+    const buttons = (page: string) => [...page.matchAll(/data-action="(\w+)"/g)].map((m) => m[1]);
+    const before = await detail();
+    expect(buttons(before)).toEqual(['resume', 'delete', 'rehearse']);
+    expect(before).toContain(
+      '<section id="rehearsal" data-live><h2>Last rehearsal</h2><p class="muted">Not rehearsed yet',
+    );
+
+    expect((await post('/api/migrations/fill/rehearse')).status).toBe(403);
+    expect((await post('/api/migrations/fill/rehearse', { 'x-bbm-token': 'wrong-token-0123456789' })).status).toBe(403);
+    expect(
+      (await post('/api/migrations/fill/rehearse', { 'x-bbm-token': TOKEN, origin: 'http://evil.example' })).status,
+    ).toBe(403);
+    expect(await storedRehearsal(pool, 'fill')).toBeNull();
+
+    const answered = await post('/api/migrations/fill/rehearse', { 'x-bbm-token': TOKEN, origin: base });
+    expect(answered.status).toBe(200);
+    const { report, ...rest } = (await answered.json()) as { report: RehearsalReport };
+    expect(rest).toEqual({ action: 'rehearse', name: 'fill', changed: true });
+    expect(report).toMatchObject({ migration: 'fill', status: 'paused', enqueued: true, failed: 0 });
+    expect(report.samples).toHaveLength(10);
+    expect(report.projection).toMatchObject({ lanes: 1, rows: 200, rowsBasis: 'counted', jobs: 20 });
+    expect(await storedRehearsal(pool, 'fill')).toEqual(report);
+    expect(await touchedRows(pool)).toBe(0); // each sample rolled back
+    expect((await migrationRow(pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+
+    // Its page shows the projection as bbm rehearse prints it, the model's caveats included.
+    const after = await detail();
+    expect(after).toContain(
+      `<h2>Last rehearsal</h2><p>At ${report.rehearsedAt}. Rehearsed fill (test.touch on public.items by id, batch 10, paused): 10 sample ranges, each rolled back.</p>`,
+    );
+    const projection = /<pre>([^]*?)<\/pre>/.exec(after)?.[1] ?? '';
+    expect(projection).toMatch(/^Projected in one lane:\n {2}rows {9}200 \(counted\)\n {2}jobs {9}20 of 10 rows\n/);
+    expect(projection).toMatch(
+      /\n {2}duration {5}\d+ ms \([\d.]+ ms a row; the work&#39;s time, not the engine&#39;s per job\)\n/,
+    );
+    expect(projection).toMatch(/\n {2}WAL {10}[\d.]+ (kB|MB)/);
+    expect(projection).toMatch(/\n {2}dead tuples {2}200 for vacuum, /);
+
+    // The JSON API and bbm status --json: the report without its samples, their count instead.
+    const { samples: _samples, ...stored } = report;
+    const summary = { ...stored, sampleCount: 10 };
+    const listed = (await (await fetch(`${base}/api/migrations`)).json()) as Array<{
+      name: string;
+      rehearsal: unknown;
+    }>;
+    expect(listed.find((m) => m.name === 'fill')?.rehearsal).toEqual(summary);
+    expect(listed.find((m) => m.name === 'done')?.rehearsal).toBeNull();
+    const status = await bbm(['status', '--name', 'fill', '--json'], { DATABASE_URL: url });
+    expect(status.code).toBe(0);
+    expect((JSON.parse(status.out) as Array<{ rehearsal: unknown }>)[0]?.rehearsal).toEqual(summary);
+
+    // Finished: not offered, and refused.
+    expect(buttons(await (await fetch(`${base}/migrations/done`)).text())).toEqual(['delete']);
+    const settled = await post('/api/migrations/done/rehearse', { 'x-bbm-token': TOKEN });
+    expect(settled.status).toBe(409);
+    expect(await settled.json()).toEqual({ error: 'done is finished: rehearse is not valid now (valid: delete)' });
+    expect(await storedRehearsal(pool, 'done')).toBeNull();
+
+    // A page without the work functions neither offers it nor does it.
+    const { base: plain, post: postPlain } = await serve(pool, TOKEN);
+    expect(buttons(await (await fetch(`${plain}/migrations/fill`)).text())).toEqual(['resume', 'delete']);
+    const unable = await postPlain('/api/migrations/fill/rehearse', { 'x-bbm-token': TOKEN });
+    expect(unable.status).toBe(409);
+    expect(await unable.json()).toEqual({
+      error: expect.stringContaining('cannot rehearse: it has no work functions'),
+    });
+  });
+
+  it('refuses to rehearse a work with side effects, and a second rehearsal while one runs', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 100));
+    const mailer: Work = { ...touch, name: 'test.mailer', sideEffects: true };
+    // Its first sample waits for the test to let it go: a rehearsal in flight, for as long as needed.
+    let started = false;
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const slow: Work = {
+      name: 'test.slow',
+      async do(job) {
+        started = true;
+        await gate;
+        await touch.do(job);
+      },
+    };
+    for (const [name, work] of [
+      ['mail', mailer.name],
+      ['slow', slow.name],
+      ['other', touch.name],
+    ] as const)
+      await enqueue(pool, { name, work, table: 'items', batchSize: 10, status: MigrationStatus.paused });
+    const { base, post } = await serve(pool, TOKEN, { pool, work: [touch, mailer, slow] });
+    const rehearse = (name: string) => post(`/api/migrations/${name}/rehearse`, { 'x-bbm-token': TOKEN });
+
+    const refused = await rehearse('mail');
+    expect(refused.status).toBe(422);
+    expect(await refused.json()).toEqual({
+      error: expect.stringContaining('mail runs work function test.mailer, which acts outside the database'),
+    });
+    expect(await storedRehearsal(pool, 'mail')).toBeNull();
+
+    const first = rehearse('slow');
+    await waitFor(async () => started, 'the first sample to start');
+    for (const name of ['slow', 'other']) {
+      const second = await rehearse(name);
+      expect(second.status, name).toBe(409);
+      expect(await second.json()).toEqual({ error: 'a rehearsal of slow is running from this page: one at a time' });
+    }
+    expect((await fetch(`${base}/migrations/slow`)).status).toBe(200); // the page still answers meanwhile
+    release();
+    expect((await first).status).toBe(200);
+    expect(await storedRehearsal(pool, 'slow')).toMatchObject({ migration: 'slow', failed: 0 });
+    expect((await rehearse('other')).status).toBe(200);
+    expect(await touchedRows(pool)).toBe(0);
   });
 });

@@ -63,3 +63,15 @@ export function verificationText(r: Pick<MigrationReport, 'verification' | 'jobs
   if (v.verifiedAt) return `verified at ${v.verifiedAt.toISOString()}: every range passed the check${fixed}`;
   return `verifying: ${v.rangesVerified} of ${r.jobs.finished} ranges checked${fixed}`;
 }
+
+export function percent(fraction: number): string {
+  return `${(fraction * 100).toFixed(1)}%`;
+}
+
+/** 42s, 3m05s, 2h10m. */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}

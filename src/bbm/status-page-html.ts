@@ -3,7 +3,13 @@
  * `data-live` (with an id) are what the page's script swaps in from a fresh copy every 2 s, so the
  * server alone decides what is shown, and which actions a migration's state allows.
  */
-import { ACTIONS_BY_STATUS, MAX_LANES, MigrationStatus, type MigrationStatusName } from '../store/codes.ts';
+import {
+  ACTIONS_BY_STATUS,
+  MAX_LANES,
+  MigrationStatus,
+  type MigrationStatusName,
+  type OperatorAction,
+} from '../store/codes.ts';
 import type { JobPoint, LiveWorker } from '../store/dashboard.ts';
 import type { JobRow } from '../store/jobs.ts';
 import {
@@ -14,9 +20,31 @@ import {
   progressText,
   verificationText,
 } from './report-text.ts';
+import { projectionText, rehearsalHeadline } from './rehearse-text.ts';
 import type { ScheduleReport } from './schedules.ts';
 import type { MigrationReport } from './types.ts';
 import { chart } from './status-chart.ts';
+
+/** What the page lets an operator do: act at all (it has the token), and rehearse (it has the work functions). */
+export interface Controls {
+  writable: boolean;
+  rehearse: boolean;
+}
+
+export type PageAction = OperatorAction | 'rehearse';
+
+/**
+ * Where the page offers rehearse (given the work functions): a migration not running yet, or
+ * paused. rehearseMigration takes a running one too; from the page, pause it first.
+ */
+export const REHEARSE_STATUSES: readonly MigrationStatusName[] = ['paused', 'awaiting_approval', 'active'];
+
+/** The actions a migration's state allows on the page (ACTIONS_BY_STATUS, and rehearse where offered). */
+export function actionsFor(status: MigrationStatusName, rehearse: boolean): PageAction[] {
+  const actions: PageAction[] = [...ACTIONS_BY_STATUS[status]];
+  if (rehearse && REHEARSE_STATUSES.includes(status)) actions.push('rehearse');
+  return actions;
+}
 
 /** Text as HTML: every character a row may hold that means something in markup, escaped. */
 export function html(text: unknown): string {
@@ -38,18 +66,19 @@ button[data-action=delete]{border-color:#d9a3a3;color:#a11}button[data-action=ap
 svg.chart{width:100%;height:auto;background:#fff;border:1px solid #e3e6ea}.chart text{font-size:10px;fill:#556}
 .chart .line{fill:none;stroke:#1a5fb4;stroke-width:1.5}.chart .pt{fill:#1a5fb4}.chart .dur .line{stroke:#8a4b00}.chart .dur .pt{fill:#8a4b00}
 .chart .fail{stroke:#c01c28;stroke-width:1.5}.chart .failpt{fill:#c01c28}.chart .axis{stroke:#bbb}
+pre{background:#fff;border:1px solid #e3e6ea;padding:.5rem;overflow-x:auto;font-size:.85rem}
 @media (max-width:640px){body{padding:.5rem;font-size:13px}progress{width:5rem}
 #migrations thead{display:none}#migrations tr{display:block;background:#fff;border:1px solid #e3e6ea;border-radius:6px;margin:.4rem 0;padding:.3rem}
 #migrations td{display:block;border:0;padding:.15rem .3rem}#migrations td:empty{display:none}}`;
 
-export function shell(title: string, body: string, writable: boolean): string {
+export function shell(title: string, body: string, { writable, rehearse }: Controls): string {
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${html(title)}</title><style>${STYLE}</style></head><body data-writable="${writable}">
 <h1>${html(title)}</h1>
 ${
   writable
     ? '<p class="controls"><label>Operator token <input id="token" type="password" autocomplete="off"></label> <label>Your name <input id="operator" autocomplete="off" placeholder="recorded on approvals"></label> <span class="muted">(kept in this tab only)</span></p>'
-    : '<p class="ro">Read-only: start the server with <code>--dashboard-token</code> (or BBM_DASHBOARD_TOKEN) to pause, resume, retry, approve and delete from here.</p>'
+    : `<p class="ro">Read-only: start the server with <code>--dashboard-token</code> (or BBM_DASHBOARD_TOKEN) to pause, resume, retry, approve${rehearse ? ', rehearse' : ''} and delete from here.</p>`
 }
 ${body}<p id="message" role="status"></p><script src="/status-page.js"></script></body></html>`;
 }
@@ -82,23 +111,23 @@ export function heldBack(r: MigrationReport): string[] {
 }
 
 /** Only the actions the migration's state allows (the server refuses the others with 409 too). */
-function actions(r: MigrationReport, writable: boolean): string {
-  return ACTIONS_BY_STATUS[r.status]
+function actions(r: MigrationReport, { writable, rehearse }: Controls): string {
+  return actionsFor(r.status, rehearse)
     .map((a) => `<button data-action="${a}" ${writable ? '' : 'disabled'}>${a}</button>`)
     .join('');
 }
 
-function migrationRow(r: MigrationReport, writable: boolean, link: boolean): string {
+function migrationRow(r: MigrationReport, controls: Controls, link: boolean): string {
   const name = link ? `<a href="/migrations/${html(encodeURIComponent(r.name))}">${html(r.name)}</a>` : html(r.name);
   return `<tr data-name="${html(r.name)}" data-status="${html(r.status)}"><td>${name}</td><td>${badge(r.status)}</td>
 <td><progress max="1" value="${r.progress}"></progress> <span data-field="progress">${html(progressText(r))}</span></td>
 <td data-field="pace">${html(pace(r))}</td><td data-field="lanes">${html(lanes(r))}</td>
-<td data-field="note" class="note">${html(heldBack(r).join('; '))}</td><td data-field="actions">${actions(r, writable)}</td></tr>`;
+<td data-field="note" class="note">${html(heldBack(r).join('; '))}</td><td data-field="actions">${actions(r, controls)}</td></tr>`;
 }
 
-function migrationTable(reports: MigrationReport[], writable: boolean, link: boolean): string {
+function migrationTable(reports: MigrationReport[], controls: Controls, link: boolean): string {
   return `<div class="wrap"><table id="migrations"><thead><tr><th>migration</th><th>status</th><th>progress</th><th>pace</th><th>lanes</th><th>held back by</th><th>actions</th></tr></thead>
-<tbody id="rows" data-live>${reports.map((r) => migrationRow(r, writable, link)).join('\n')}</tbody></table></div>`;
+<tbody id="rows" data-live>${reports.map((r) => migrationRow(r, controls, link)).join('\n')}</tbody></table></div>`;
 }
 
 const ago = (at: Date, now: number) => `${Math.max(0, Math.round((now - at.getTime()) / 1000))} s ago`;
@@ -161,15 +190,15 @@ export function listPage(
   reports: MigrationReport[],
   workers: LiveWorker[],
   schedules: ScheduleReport[],
-  writable: boolean,
+  controls: Controls,
   now = Date.now(),
 ): string {
   return shell(
     'pg-bbm: batched background migrations',
-    `${overview(reports, workers, now)}<h2>Migrations</h2>${migrationTable(reports, writable, true)}${
+    `${overview(reports, workers, now)}<h2>Migrations</h2>${migrationTable(reports, controls, true)}${
       reports.length === 0 ? '<p>No migrations yet.</p>' : ''
     }${scheduleTable(schedules)}`,
-    writable,
+    controls,
   );
 }
 
@@ -192,29 +221,51 @@ ${jobs
   .join('\n')}</tbody></table></div>`;
 }
 
+/**
+ * The last rehearsal: when, of what, and its projection as `bbm rehearse` prints it (the model's
+ * caveats included). Always there (empty when there is nothing to say), so a refresh can fill it.
+ */
+function rehearsalSection(r: MigrationReport, controls: Controls): string {
+  const s = r.rehearsal;
+  let body = '';
+  if (s) {
+    const failed = s.failed > 0 ? `<p class="note">${s.failed} of ${s.sampleCount} samples failed.</p>` : '';
+    body =
+      `<h2>Last rehearsal</h2><p>${html(`At ${s.rehearsedAt}. ${rehearsalHeadline(s, s.sampleCount)}.`)}</p>` +
+      `<pre>${html(projectionText(s.projection))}</pre>${failed}` +
+      '<p class="muted">Each sample, its measurements and errors: <code>bbm rehearse --json</code>, or the <code>rehearsal</code> column.</p>';
+  } else if (actionsFor(r.status, controls.rehearse).includes('rehearse')) {
+    body =
+      '<h2>Last rehearsal</h2><p class="muted">Not rehearsed yet: rehearse runs its work on sample ranges, each rolled back, and projects the whole migration.</p>';
+  }
+  return `<section id="rehearsal" data-live>${body}</section>`;
+}
+
 export function migrationPage(
   r: MigrationReport,
   jobs: { recent: JobRow[]; failed: JobRow[] },
   timeline: JobPoint[],
-  writable: boolean,
+  controls: Controls,
 ): string {
+  const { writable } = controls;
   return shell(
     `pg-bbm: ${r.name}`,
     `<p><a href="/">all migrations</a></p>
-${migrationTable([r], writable, false)}
+${migrationTable([r], controls, false)}
 <p>${html(`${r.jobSignatureName} over ${r.tableName}.${r.columnName} ${boundsText(r)}`)}${
       r.approvedBy === null
         ? ''
         : ` <span class="muted">approved by ${html(r.approvedBy)} at ${html(r.approvedAt?.toISOString() ?? '?')}</span>`
     }</p>
 ${r.key ? `<p id="key-progress" data-live>${html(keyProgressText(r))}${progressIsEstimate(r) ? ' <span class="muted">(progress is an estimate: these rows over the table\'s estimated rows)</span>' : ''}</p>` : ''}
-${r.verification ? `<p id="verification" data-live>${html(verificationText(r))}</p>` : ''}
+<p id="verification" data-live>${html(verificationText(r))}</p>
+${rehearsalSection(r, controls)}
 <h2>Jobs over time</h2>${chart(timeline)}
 <form id="pace" data-name="${html(r.name)}"><label>lanes <input name="lanes" type="number" min="1" max="${MAX_LANES}" value="${r.lanes}" ${writable ? '' : 'disabled'}></label>
 <label>batch size <input name="batchSize" type="number" min="1" value="${r.batchSize}" ${writable ? '' : 'disabled'}></label>
 <button type="submit" ${writable ? '' : 'disabled'}>set</button></form>
 <h2>Failed ranges</h2>${jobTable(jobs.failed, 'failed', r.key !== null)}<h2>Recent jobs</h2>${jobTable(jobs.recent, 'recent', r.key !== null)}`,
-    writable,
+    controls,
   );
 }
 
@@ -250,7 +301,9 @@ export const CLIENT_SCRIPT = `'use strict';
       method: 'POST', headers: { 'x-bbm-token': token ? token.value : '', 'content-type': 'application/json' },
       body: JSON.stringify(body || {}) });
     const answer = await response.json().catch(() => ({}));
-    message.textContent = response.ok ? action + ': ' + name : (answer.error || (action + ' changed nothing'));
+    message.textContent = response.ok
+      ? action + ': ' + name + (action === 'rehearse' && !document.getElementById('rehearsal') ? ' (its projection is on its page)' : '')
+      : (answer.error || (action + ' changed nothing'));
     await refresh();
   }
   document.addEventListener('click', async (event) => {
@@ -259,6 +312,7 @@ export const CLIENT_SCRIPT = `'use strict';
     const name = button.closest('tr').dataset.name;
     const action = button.dataset.action;
     if (action === 'delete' && !confirm('Delete ' + name + ' and all its jobs? This cannot be undone.')) return;
+    if (action === 'rehearse') message.textContent = 'rehearsing ' + name + ': its work on sample ranges, each rolled back...';
     await post(name, action, action === 'delete' ? { confirm: name } : action === 'approve' ? { by: operator ? operator.value : '' } : {});
   });
   const paceForm = document.getElementById('pace');

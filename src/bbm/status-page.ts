@@ -2,8 +2,9 @@
  * The status page: an overview (counts by status, the fleet's rows/s, holds, what awaits approval
  * or a work function, the live workers), every migration with its progress, pace, lanes and why it
  * is held back, a page per migration with a chart of its jobs, its recent jobs and failed ranges,
- * updated live; and, behind the operator token, the actions its state allows (ACTIONS_BY_STATUS:
- * pause, resume, retry, approve, delete) and its pace. Rendering is status-page-html.ts.
+ * updated live, and its last rehearsal's projection; and, behind the operator token, the actions
+ * its state allows (ACTIONS_BY_STATUS: pause, resume, retry, approve, delete; rehearse, given the
+ * work functions) and its pace. Rendering is status-page-html.ts.
  *
  * Served by the ops server (`bbm run --metrics-port`, `bbm dashboard`). Plain server-rendered
  * HTML and a little script; no framework, no build step. Everything shown comes from rows and is
@@ -17,12 +18,22 @@ import type { Logger } from 'pino';
 import { approveMigration } from '../store/approvals.ts';
 import { jobTimeline, liveWorkers } from '../store/dashboard.ts';
 import { recentJobs } from '../store/jobs.ts';
-import { ACTIONS_BY_STATUS, INT4_MAX, MAX_LANES, type OperatorAction } from '../store/codes.ts';
+import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
 import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { scheduleReports, type ResolvedSchedule } from './schedules.ts';
-import { CLIENT_SCRIPT, html, listPage, migrationPage } from './status-page-html.ts';
+import { rehearseMigration, RehearseError, type RehearseErrorCode } from './rehearse.ts';
+import {
+  actionsFor,
+  CLIENT_SCRIPT,
+  html,
+  listPage,
+  migrationPage,
+  type Controls,
+  type PageAction,
+} from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
+import type { AnyWork, RehearsalReport } from './types.ts';
 
 export { html };
 
@@ -33,7 +44,35 @@ export interface StatusPageOptions {
   /** The operator token: without one the page is read-only (and says so). */
   token?: string | undefined;
   log?: Logger | undefined;
+  /** What rehearse needs (the config's work functions); without it the page does not offer rehearse. */
+  rehearse?: PageRehearsal | undefined;
 }
+
+/** Rehearsing from the page: rehearseMigration with these, the migration's defaults otherwise. */
+export interface PageRehearsal {
+  /** Where the samples run: a connection of it, and one more, when free, for their lock watch. */
+  pool: pg.Pool;
+  work: readonly AnyWork[];
+  /** As the worker's: a sample's work is bounded as a job's. */
+  runTimeoutMs?: number | undefined;
+}
+
+/**
+ * How long a request waits for its rehearsal, which is then stopped (the sample in flight rolled
+ * back) and answered 503: under the ops server's idle timeout (60 s), which would cut the
+ * connection of a response that took longer.
+ */
+export const PAGE_REHEARSAL_LIMIT_MS = 50_000;
+
+/** The status a refused rehearsal is answered with. */
+const REHEARSE_ERROR_STATUS: Record<RehearseErrorCode, number> = {
+  unknown_migration: 404,
+  settled: 409, // finished or failed meanwhile
+  work_not_registered: 422,
+  side_effects: 422,
+  invalid_migration: 422,
+  stopped: 503, // past PAGE_REHEARSAL_LIMIT_MS
+};
 
 /**
  * Handles the page's routes: false for a request that is not the page's, else the promise of its
@@ -42,7 +81,7 @@ export interface StatusPageOptions {
  */
 export type StatusPage = (request: IncomingMessage, response: ServerResponse) => Promise<void> | false;
 
-type Action = OperatorAction | 'set';
+type Action = PageAction | 'set';
 
 /** A request the page refuses, with the status it answers. */
 class BadRequest extends Error {
@@ -120,8 +159,11 @@ function nameOf(segment: string): string {
 /** JSON where bigints are strings (a browser's JSON.parse would round them). */
 const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
 
-export function createStatusPage({ db, token, log, schedules = [] }: StatusPageOptions): StatusPage {
+export function createStatusPage({ db, token, log, schedules = [], rehearse }: StatusPageOptions): StatusPage {
   const expected = token ? Buffer.from(token) : undefined;
+  const controls: Controls = { writable: Boolean(expected), rehearse: rehearse !== undefined };
+  /** The migration being rehearsed from this page: one at a time (each holds two of the pool's connections). */
+  let rehearsing: string | undefined;
   const authorized = (request: IncomingMessage): boolean => {
     const given = request.headers['x-bbm-token'];
     if (!expected || typeof given !== 'string') return false;
@@ -164,13 +206,69 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
     }
   };
 
+  const cannotRehearse = () =>
+    new BadRequest(
+      'this status page cannot rehearse: it has no work functions (serve it with --config: bbm run, bbm dashboard)',
+      409,
+    );
+  /**
+   * Rehearses the migration, one at a time from this page (a second is answered 409), stopped
+   * when the client goes away or after PAGE_REHEARSAL_LIMIT_MS; a refusal is answered 4xx with
+   * its reason. The outcome is logged either way.
+   */
+  const rehearseFromPage = async (
+    name: string,
+    response: ServerResponse,
+    logged: (result: Record<string, unknown>) => void,
+  ): Promise<RehearsalReport> => {
+    if (!rehearse) throw cannotRehearse();
+    const { pool, work, runTimeoutMs } = rehearse;
+    if (rehearsing !== undefined)
+      throw new BadRequest(`a rehearsal of ${rehearsing} is running from this page: one at a time`, 409);
+    rehearsing = name;
+    // One controller, aborted by a plain timer or the client leaving (as notifier.ts bounds a
+    // request, rather than AbortSignal.any with AbortSignal.timeout).
+    const stop = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop.abort();
+    }, PAGE_REHEARSAL_LIMIT_MS);
+    const onClose = () => stop.abort();
+    response.once('close', onClose);
+    try {
+      const report = await rehearseMigration({
+        pool,
+        work,
+        name,
+        runTimeoutMs,
+        signal: stop.signal,
+        ...(log && { logger: log }),
+      });
+      logged({ changed: true, samples: report.samples.length, failed: report.failed, projection: report.projection });
+      return report;
+    } catch (error) {
+      if (!(error instanceof RehearseError)) throw error;
+      logged({ changed: false, refused: error.code, error: error.message });
+      const message =
+        error.code === 'stopped' && timedOut
+          ? `${error.message}: it took over ${PAGE_REHEARSAL_LIMIT_MS / 1000} s, the page's limit (bbm rehearse has none)`
+          : error.message;
+      throw new BadRequest(message, REHEARSE_ERROR_STATUS[error.code]);
+    } finally {
+      clearTimeout(timer);
+      response.off('close', onClose);
+      rehearsing = undefined;
+    }
+  };
+
   return (request, response) => {
     // The target as sent, up to its query: URL parsing would throw on some of what clients send.
     const path = (request.url ?? '/').split('?', 1)[0]!;
     const method = request.method ?? 'GET';
 
     if (method === 'POST') {
-      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|approve|delete|set)$/.exec(path);
+      const match = /^\/api\/migrations\/([^/]+)\/(pause|resume|retry|approve|delete|rehearse|set)$/.exec(path);
       if (!match) return false;
       const action = match[2] as Action;
       return answer(response, true, async () => {
@@ -200,14 +298,22 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
         const body = await readBody(request);
         if (action !== 'set') {
           // The page shows only the actions a state allows; the server holds to the same table.
+          if (action === 'rehearse' && !rehearse) throw cannotRehearse();
           const [report] = await migrationReports(db, { name });
           if (!report) throw new BadRequest(`no migration named ${JSON.stringify(name)}`, 404);
-          const valid = ACTIONS_BY_STATUS[report.status];
+          const valid = actionsFor(report.status, controls.rehearse);
           if (!valid.includes(action))
             throw new BadRequest(
               `${name} is ${report.status}: ${action} is not valid now (valid: ${valid.join(', ') || 'none'})`,
               409,
             );
+        }
+        if (action === 'rehearse') {
+          const report = await rehearseFromPage(name, response, (result) =>
+            log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`),
+          );
+          send(response, 200, json({ action, name, changed: true, report }), 'application/json');
+          return;
         }
         const result = await act(db, action, name, body, `status page (${who.remote ?? 'unknown address'})`);
         log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
@@ -223,7 +329,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           liveWorkers(db, LIVE_WORKER_WINDOW_MS),
           scheduleReports(db, schedules),
         ]);
-        send(response, 200, listPage(reports, workers, passes, Boolean(expected)), 'text/html; charset=utf-8');
+        send(response, 200, listPage(reports, workers, passes, controls), 'text/html; charset=utf-8');
       });
     }
     if (path === '/api/migrations') {
@@ -245,7 +351,7 @@ export function createStatusPage({ db, token, log, schedules = [] }: StatusPageO
           return;
         }
         const [jobs, timeline] = await Promise.all([recentJobs(db, report.id), jobTimeline(db, report.id)]);
-        send(response, 200, migrationPage(report, jobs, timeline, Boolean(expected)), 'text/html; charset=utf-8');
+        send(response, 200, migrationPage(report, jobs, timeline, controls), 'text/html; charset=utf-8');
       });
     }
     return false;
@@ -262,7 +368,7 @@ function approverOf(body: Record<string, unknown>, fallback: string): string {
 
 async function act(
   db: pg.Pool | pg.ClientBase,
-  action: Action,
+  action: Exclude<Action, 'rehearse'>,
   name: string,
   body: Record<string, unknown>,
   fallbackApprover: string,

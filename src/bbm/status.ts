@@ -17,7 +17,7 @@ import {
 } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { approvals } from '../store/approvals.ts';
-import type { MigrationReport } from './types.ts';
+import type { MigrationReport, RehearsalSummary } from './types.ts';
 
 /**
  * A key migration's progress short of its finish, however far its rows run past the estimate: a
@@ -87,6 +87,7 @@ export async function migrationReports(
       finishedWidth: _width,
       recent: _recent,
       lastJobError,
+      rehearsal,
       ...row
     } = m;
     const status = migrationStatusName(code);
@@ -105,6 +106,8 @@ export async function migrationReports(
       waitingForWork: statusIn(RUNNABLE_STATUSES, status) && !known.has(m.jobSignatureName),
       approvedBy: approved.get(id)?.approvedBy ?? null,
       approvedAt: approved.get(id)?.approvedAt ?? null,
+      // As rehearseMigration stored it (src/store/rehearsal.ts), samples summed up by the query.
+      rehearsal: rehearsal as RehearsalSummary | null,
     };
   });
 }

@@ -430,7 +430,7 @@ export type ProgressBasis = 'key-width' | 'rows-estimate';
  */
 export type MigrationReport = Omit<
   MigrationSummary,
-  'status' | 'failureErrorCode' | 'maxParallelJobs' | 'finishedWidth' | 'recent' | 'lastJobError'
+  'status' | 'failureErrorCode' | 'maxParallelJobs' | 'finishedWidth' | 'recent' | 'lastJobError' | 'rehearsal'
 > & {
   status: MigrationStatusName;
   failureErrorCode: ErrorCodeName | null;
@@ -459,6 +459,8 @@ export type MigrationReport = Omit<
   /** Who approved it and when (`bbm approve`), for a migration enqueued with `needsApproval`; else null. */
   approvedBy: string | null;
   approvedAt: Date | null;
+  /** The last rehearsal (`bbm rehearse`, the status page's rehearse) and its projection; null when never rehearsed. */
+  rehearsal: RehearsalSummary | null;
 };
 
 /** A value of a key bound (MigrationSpec.minKey, maxKey): a bigint for integers past 2^53. */
@@ -617,6 +619,15 @@ export interface RehearsalProjection {
   /** Time the samples waited for locks over their work time; null when not watched. */
   lockWaitShare: number | null;
 }
+
+/**
+ * A stored rehearsal as `bbm status --json` and the status page show it (MigrationReport.rehearsal):
+ * the report without its samples, which `bbm rehearse --json` and the `rehearsal` column hold.
+ */
+export type RehearsalSummary = Omit<RehearsalReport, 'samples'> & {
+  /** How many sample ranges it ran. */
+  sampleCount: number;
+};
 
 /** What `rehearseMigration` returns and stores in the migration's `rehearsal` column. */
 export interface RehearsalReport {

@@ -77,7 +77,7 @@ const FLAG_HELP: Record<Flag, string> = {
     "--grace-period MS     After SIGTERM/SIGINT, how long the job in flight may take before it is\n                        rolled back (default: the config's gracePeriodMs, else 25000)",
   concurrency: '--concurrency N       Jobs this worker runs at once, each on its own connection (default 1)',
   'dashboard-token':
-    "--dashboard-token T  Operator token for the status page's actions: pause, resume, retry, approve, delete (default\n                        BBM_DASHBOARD_TOKEN; without one the page is read-only); 16+ characters",
+    "--dashboard-token T  Operator token for the status page's actions: pause, resume, retry, approve, delete,\n                        rehearse (default BBM_DASHBOARD_TOKEN; without one the page is read-only); 16+ characters",
   port: '--port PORT           Port to serve on (default 9188)',
   host: '--host HOST           Address to bind to (default 127.0.0.1)',
   watch: '--watch               Redraw every second until interrupted',
@@ -228,8 +228,8 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   dashboard: {
     summary:
-      'Serve the status page (overview, progress, pace, holds, workers, job charts; the actions a state allows, with the token) until stopped',
-    usage: 'bbm dashboard [--port PORT] [--host HOST] [--dashboard-token TOKEN]',
+      'Serve the status page (overview, progress, pace, holds, workers, job charts; the actions a state allows, with the token; rehearse, with --config) until stopped',
+    usage: 'bbm dashboard [--port PORT] [--host HOST] [--dashboard-token TOKEN] [--config FILE]',
     flags: ['port', 'host', 'dashboard-token'],
   },
   delete: {

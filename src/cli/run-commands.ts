@@ -196,7 +196,13 @@ export async function run(context: Context): Promise<number> {
     if (metrics && metricsPort !== undefined) {
       ops = await startOpsServer({
         registry: metrics.registry,
-        page: createStatusPage({ db: pool, token: dashboardToken(context), log, schedules: schedulesOf(config) }),
+        page: createStatusPage({
+          db: pool,
+          token: dashboardToken(context),
+          log,
+          schedules: schedulesOf(config),
+          rehearse: { pool, work, runTimeoutMs: options.runTimeoutMs },
+        }),
         db: pool,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
@@ -353,7 +359,14 @@ export async function dashboard(context: Context): Promise<number> {
   const log = logger(context, 2);
   const token = dashboardToken(context);
   const server = await startOpsServer({
-    page: createStatusPage({ db: pool, token, log, schedules: schedulesOf(context.config) }),
+    page: createStatusPage({
+      db: pool,
+      token,
+      log,
+      schedules: schedulesOf(context.config),
+      // With --config, its work functions: the page offers rehearse.
+      rehearse: context.config && { pool, work: context.config.work, runTimeoutMs: context.config.runTimeoutMs },
+    }),
     db: pool,
     port,
     host: flags.host ?? '127.0.0.1',

@@ -524,6 +524,11 @@ export type MigrationSummary = Pick<
   key: KeySummary | null;
   /** The final sweep of a work with a check (docs/verify.md); null when none has checked a range of it. */
   verification: VerificationSummary | null;
+  /**
+   * The last rehearsal's report (the `rehearsal` column, docs/rehearse.md) without its samples,
+   * their count as `sampleCount`; null when it was never rehearsed.
+   */
+  rehearsal: Record<string, unknown> | null;
 };
 
 /** What the final sweep has done: ranges checked so far, rows it found failing and fixed, and when it finished. */
@@ -609,6 +614,7 @@ interface SummaryRow {
   verified_at: Date | null;
   verify_rows_found: string;
   verify_ranges_rerun: number;
+  rehearsal: Record<string, unknown> | null;
 }
 
 const RECENT = sql.raw(`interval '${RECENT_WINDOW_SECONDS} seconds'`);
@@ -650,6 +656,10 @@ export async function listMigrations(
              count(j.id) FILTER (WHERE j.status = ${JobStatus.active}) AS jobs_active,
              count(j.id) FILTER (WHERE j.verified_at IS NOT NULL) AS jobs_verified,
              m.verified_at, m.verify_rows_found, m.verify_ranges_rerun,
+             -- The report without its samples (up to 1,000 of them): the page and bbm status show the projection.
+             CASE WHEN jsonb_typeof(m.rehearsal) = 'object' THEN (m.rehearsal - 'samples') || jsonb_build_object(
+               'sampleCount', CASE WHEN jsonb_typeof(m.rehearsal->'samples') = 'array' THEN jsonb_array_length(m.rehearsal->'samples') END)
+             END AS rehearsal,
              (SELECT count(*) FROM pg_catalog.pg_locks l
               WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                 AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
@@ -739,6 +749,7 @@ export async function listMigrations(
             rangesRerun: r.verify_ranges_rerun,
             verifiedAt: r.verified_at,
           },
+    rehearsal: r.rehearsal,
   }));
 }
 
