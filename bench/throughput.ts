@@ -41,7 +41,7 @@
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
  * batchSize, p99Ms, rowsPerSec }] }, keys: [{ key, lanes, engineRowsPerSec, plainRowsPerSec, ratio, speedup (above 1 lane),
  * defaultsRowsPerSec, defaultsRatio }], verify: { rows, lanes, plainRowsPerSec, checkedRowsPerSec, checkedCost,
- * sweepShare, verifyShare } } (see foreground.ts, keys.ts, verify.ts). With --keys-only, { rows, batchSize, keys };
+ * sweepShare, verifyShare, rehearsedDuration, rehearsedWal } } (see foreground.ts, keys.ts, verify.ts). With --keys-only, { rows, batchSize, keys };
  * with --verify-only, { verify }.
  */
 import { parseArgs } from 'node:util';

@@ -7,15 +7,19 @@
  * - **checked**: the copy with its check, after each job in its transaction and in the final
  *   sweep over every range before the migration finishes; the sweep's time is the time from the
  *   last job's end to the migration's finish;
- * - **bbm verify**: `verifyMigration` over the finished migration (read-only, one connection).
+ * - **bbm verify**: `verifyMigration` over the finished migration (read-only, one connection);
+ * - **rehearse**: `rehearseMigration` of the plain copy before it runs (10 samples), its projected
+ *   duration and WAL against the drain's own (pg_current_wal_lsn before and after).
  *
  * Each round runs plain, then checked (then verify), each on the table reset (the target column
  * set back to NULL, not timed) and freshly vacuumed; the median over rounds of each share is
- * reported. The target (issue 31): the sweep at most 15 % of the migration's own time.
+ * reported. The targets (issue 31): the sweep at most 15 % of the migration's own time; the
+ * rehearsal's projections within ±30 % of the measured duration and WAL at 1 lane.
  */
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
+import { rehearseMigration } from '../src/bbm/rehearse.ts';
 import { verifyMigration } from '../src/bbm/verify.ts';
 import type { JobKey, RunResult, Work } from '../src/bbm/types.ts';
 import { copyColumn } from '../src/work/copy-column.ts';
@@ -41,19 +45,43 @@ export interface VerifyBenchResult {
   sweepShare: number;
   /** bbm verify's time over the plain migration's (median of per-round ratios). */
   verifyShare: number;
+  /** The rehearsal's projected duration over the plain drain's measured one (median). */
+  rehearsedDuration: number;
+  /** The rehearsal's projected WAL over the WAL the plain drain wrote (median). */
+  rehearsedWal: number;
 }
 
 const quiet = pino({ level: 'silent' });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 let pass = 0;
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+const within30 = (ratio: number) => ratio >= 0.7 && ratio <= 1.3;
+
+async function walLsn(pool: pg.Pool): Promise<string> {
+  return (await pool.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!.lsn;
+}
+
+async function walSince(pool: pg.Pool, lsn: string): Promise<number> {
+  const { rows } = await pool.query<{ bytes: string }>(
+    'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint::text AS bytes',
+    [lsn],
+  );
+  return Number(rows[0]!.bytes);
+}
 
 /** Drains a fresh migration of `work` over bench_verify; its duration and the final sweep's (0 without a check). */
 async function migrate(
   pool: pg.Pool,
   work: Work<JobKey>,
   { batch, lanes }: VerifyBenchOptions,
-): Promise<{ name: string; ms: number; sweepMs: number }> {
+): Promise<{
+  name: string;
+  ms: number;
+  sweepMs: number;
+  walBytes: number;
+  projected?: { ms: number; walBytes: number };
+}> {
   pass += 1;
   const name = `bench_verify_${pass}`;
   await pool.query('UPDATE bench_verify SET b = NULL WHERE b IS NOT NULL');
@@ -72,15 +100,24 @@ async function migrate(
       if (result.outcome === 'migration_finished') finishedAt = at;
     },
   };
+  let projected: { ms: number; walBytes: number } | undefined;
+  if (!work.verify) {
+    const report = await rehearseMigration({ pool, work: [work], name, lanes, logger: quiet });
+    if (!report.projection) throw new Error(`verify bench: the rehearsal of ${name} projected nothing`);
+    projected = { ms: report.projection.durationSeconds * 1000, walBytes: report.projection.walBytes };
+  }
   const worker = benchWorker(pool, { work: [work], lanes, health: false, observers: [observer] });
+  const walBefore = await walLsn(pool);
   const started = performance.now();
   await worker.run({ untilDone: true });
   const ms = performance.now() - started;
+  const walBytes = await walSince(pool, walBefore);
   const { rows } = await pool.query<{ wrong: number }>(
     'SELECT count(*)::int AS wrong FROM bench_verify WHERE b IS DISTINCT FROM a',
   );
   if (rows[0]!.wrong !== 0) throw new Error(`verify bench: ${rows[0]!.wrong} rows not copied by ${name}`);
-  return { name, ms, sweepMs: work.verify && finishedAt > 0 ? finishedAt - lastJobAt : 0 };
+  const sweepMs = work.verify && finishedAt > 0 ? finishedAt - lastJobAt : 0;
+  return { name, ms, sweepMs, walBytes, ...(projected && { projected }) };
 }
 
 export async function verifyBench(
@@ -102,6 +139,8 @@ export async function verifyBench(
   const costs: number[] = [];
   const sweeps: number[] = [];
   const verifies: number[] = [];
+  const rehearsedDurations: number[] = [];
+  const rehearsedWals: number[] = [];
   // A warm-up pass: a freshly loaded table keeps getting faster over its first rewrites.
   await migrate(pool, plain, options);
   for (let round = 0; round < rounds; round += 1) {
@@ -116,8 +155,12 @@ export async function verifyBench(
     costs.push(c.ms / p.ms);
     sweeps.push(c.sweepMs / p.ms);
     verifies.push(verifyMs / p.ms);
+    rehearsedDurations.push(p.projected!.ms / p.ms);
+    rehearsedWals.push(p.projected!.walBytes / p.walBytes);
     log(
-      `  verify round ${round + 1}: plain ${Math.round(p.ms)} ms, checked ${Math.round(c.ms)} ms (sweep ${Math.round(c.sweepMs)} ms), bbm verify ${Math.round(verifyMs)} ms`,
+      `  verify round ${round + 1}: plain ${Math.round(p.ms)} ms (rehearsal projected ${Math.round(p.projected!.ms)} ms, ` +
+        `WAL ${mb(p.projected!.walBytes)} projected, ${mb(p.walBytes)} written), checked ${Math.round(c.ms)} ms ` +
+        `(sweep ${Math.round(c.sweepMs)} ms), bbm verify ${Math.round(verifyMs)} ms`,
     );
   }
   await pool.query('DROP TABLE bench_verify');
@@ -129,6 +172,8 @@ export async function verifyBench(
     checkedCost: round3(median(costs)),
     sweepShare: round3(median(sweeps)),
     verifyShare: round3(median(verifies)),
+    rehearsedDuration: round3(median(rehearsedDurations)),
+    rehearsedWal: round3(median(rehearsedWals)),
   };
 }
 
@@ -137,6 +182,8 @@ export function verifyReport(r: VerifyBenchResult, log: (text: string) => void):
     `verify: ${r.rows.toLocaleString('en')} rows in ${r.lanes} lane(s): copy ${r.plainRowsPerSec.toLocaleString('en')} rows/s, ` +
       `with its check ${r.checkedRowsPerSec.toLocaleString('en')} rows/s (${r.checkedCost.toFixed(3)}× the time); ` +
       `the final sweep ${(r.sweepShare * 100).toFixed(1)} % of the copy's time (target ≤ 15 %: ${r.sweepShare <= 0.15 ? 'met' : 'missed'}), ` +
-      `bbm verify ${(r.verifyShare * 100).toFixed(1)} %`,
+      `bbm verify ${(r.verifyShare * 100).toFixed(1)} %; ` +
+      `rehearse projected ${r.rehearsedDuration.toFixed(2)}× the measured duration and ${r.rehearsedWal.toFixed(2)}× the WAL ` +
+      `(target 0.7-1.3: ${within30(r.rehearsedDuration) && within30(r.rehearsedWal) ? 'met' : 'missed'})`,
   );
 }
