@@ -139,7 +139,8 @@ describe('the final sweep', () => {
     // Each range was checked before the migration finished; what the application broke in ranges
     // already run was fixed by the sweep, or it wrote after the sweep had passed that range.
     const outcomes = results.map((r) => r.outcome);
-    expect(outcomes.filter((o) => o === 'range_verified')).toHaveLength(20);
+    const verifiedRanges = results.reduce((sum, r) => sum + (r.verified?.ranges ?? 0), 0);
+    expect(verifiedRanges).toBe(20);
     expect(outcomes.lastIndexOf('range_verified')).toBeLessThan(outcomes.indexOf('migration_finished'));
     const [report] = await migrationReports(pool, { name: 'lower' });
     expect(report!.status).toBe('finished');
@@ -149,6 +150,35 @@ describe('the final sweep', () => {
     expect(found).toBeGreaterThan(0);
     const text = await metrics.registry.metrics();
     expect(text).toContain(`bbm_verify_rows_fixed_total{migration="lower"} ${found}`);
+  });
+
+  it('checks ranges that pass 16 at a time, and those of a span with failing rows one at a time', async () => {
+    const { pool } = db();
+    await createUsers(pool, 400);
+    const other = new pg.Client({ connectionString: db().url });
+    await other.connect();
+    // During the last range, the application changes a row of range 191..200, the 20th of 40.
+    const work = lowerEmails('test.spans', async (job) => {
+      if (job.end === 400n) await other.query(`UPDATE users SET email = 'Changed@Example.com' WHERE id = 195`);
+    });
+    const results: RunResult[] = [];
+    try {
+      await enqueue(pool, { name: 'spans', work: work.name, table: 'users', batchSize: 10 });
+      await drain(testWorker(pool, { work: [work], observers: [{ run: (r) => results.push(r) }] }));
+    } finally {
+      await other.end();
+    }
+    const verified = results.filter((r) => r.outcome === 'range_verified');
+    // 1-16 at once; 17-32 found the row, then each alone (191..200 fixed); 33-40 at once.
+    expect(verified.map((r) => r.verified)).toEqual([
+      { found: 0, ranges: 16 },
+      ...Array.from({ length: 16 }, (_, i) => ({ found: i === 3 ? 1 : 0, ranges: 1 })),
+      { found: 0, ranges: 8 },
+    ]);
+    expect(verified[4]!.job).toMatchObject({ start: 191n, end: 200n });
+    const [report] = await migrationReports(pool, { name: 'spans' });
+    expect(report!.verification).toMatchObject({ rangesVerified: 40, rowsFound: 1, rangesRerun: 1 });
+    expect(await unbackfilled(pool)).toBe(0);
   });
 
   it('covers rows written between two ranges of a text key and before the first, and finalize runs it', async () => {
@@ -261,7 +291,7 @@ describe('the final sweep', () => {
     expect(row.status).toBe(MigrationStatus.failed);
     expect(row.failure_error_code).toBe(ErrorCode.run_error);
     expect(row.failure_message).toMatch(
-      /^2 runs in a row failed; last error: run error: the final sweep of job \d+ \[\d+\.\.\d+\] failed: the check cannot run$/,
+      /^2 runs in a row failed; last error: run error: the final sweep of jobs? [\d-]+ \[\d+\.\.\d+\] failed: the check cannot run$/,
     );
 
     broken = false;

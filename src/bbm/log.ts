@@ -104,3 +104,13 @@ export function boundText(ordinal: bigint, keys: readonly string[] | null | unde
   if (!keys) return String(ordinal);
   return keys.length === 1 ? keys[0]! : `(${keys.join(', ')})`;
 }
+
+/** A range as logs and messages show it: `start..end` (boundText). */
+export function rangeText(range: {
+  start: bigint;
+  end: bigint;
+  startKey?: readonly string[] | null | undefined;
+  endKey?: readonly string[] | null | undefined;
+}): string {
+  return `${boundText(range.start, range.startKey)}..${boundText(range.end, range.endKey)}`;
+}

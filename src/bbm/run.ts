@@ -45,12 +45,12 @@ import {
   type MigrationRef,
   type Worked,
 } from './job.ts';
-import { RangeSweep, SWEEP_RERUNS } from './sweep.ts';
-import { recordVerified, relockRange, takeUnverifiedRange } from '../store/verify.ts';
+import { checkOnly, RangeSweep, SWEEP_RERUNS, SWEEP_SPAN } from './sweep.ts';
+import { recordVerified, relockRange, takeUnverifiedRanges } from '../store/verify.ts';
 import type { BatchSizer } from './pace.ts';
 import { afterRunError } from './run-errors.ts';
 import { Validations } from './validate.ts';
-import { boundText } from './log.ts';
+import { rangeText } from './log.ts';
 import type { WorkRegistry } from './work-registry.ts';
 import { RunOpener } from './run-open.ts';
 import type { JobKey, RunResult, Work } from './types.ts';
@@ -100,6 +100,11 @@ export class Runner {
    * looks after it first, so that each take does not walk every range verified before it.
    */
   readonly #swept = new Map<bigint, bigint>();
+  /**
+   * Where a wide check of the sweep found rows: up to that range's end, this runner checks (and
+   * fixes) one range at a time.
+   */
+  readonly #sweepNarrowUntil = new Map<bigint, bigint>();
   /** When this runner last took from every migration (see TAKE_AFTER_MS). */
   #tookAnyAt = Number.NEGATIVE_INFINITY;
 
@@ -229,25 +234,70 @@ export class Runner {
 
   /**
    * The final sweep of a migration whose work has a check (docs/verify.md): every range has
-   * finished; this run checks the next range not yet verified, in its lane, and runs the work
-   * again on it while rows fail the check (rows written after the range ran), up to
-   * SWEEP_RERUNS times. Rows still failing after that fail the migration with
-   * verification_failed (the work's writes undone). A check or work that throws, or runs past a
-   * timeout, is a run error of the migration: held, retried, and failed with run_error after
-   * maxRunErrors in a row. Once every range is verified, the migration finishes.
+   * finished; this run checks the next SWEEP_SPAN ranges not yet verified at once, in its lane.
+   * When they pass, they are verified together; when rows fail, the ranges are checked one at a
+   * time from the first (#sweepRange). Once every range is verified, the migration finishes.
    */
   async #sweep(tx: RunTransaction, taken: Taken, run: RunInfo): Promise<Ran> {
     const { migration, ref, validated } = taken;
-    const next = await takeUnverifiedRange(tx.db, migration.id, migration.batchSize, this.#swept.get(migration.id));
+    const after = this.#swept.get(migration.id);
+    const narrowUntil = this.#sweepNarrowUntil.get(migration.id);
+    const narrow = narrowUntil !== undefined && (after === undefined || after < narrowUntil);
+    const next = await takeUnverifiedRanges(tx.db, migration.id, migration.batchSize, after, narrow ? 1 : SWEEP_SPAN);
     if (next.kind === 'busy') {
       await tx.rollback();
       return ended({ outcome: 'lock_in_use', migration: ref });
     }
     if (next.kind === 'none') return this.#finish(tx, ref, true);
-    const claimed = next.job;
+    const ranges = next.jobs;
+    const first = ranges[0]!;
+    if (ranges.length === 1) return this.#sweepRange(tx, taken, first, run);
+    const last = ranges.at(-1)!;
+    const span: ClaimedJob = {
+      ...first,
+      end: last.end,
+      endKey: last.endKey,
+      batchSize: ranges.reduce((sum, range) => sum + range.batchSize, 0),
+    };
+    const worked = await this.#work(tx, taken, span, run, checkOnly(validated.work));
+    if (worked.failure) {
+      throw new BbmError(
+        'unknown',
+        `the final sweep of jobs ${first.id}-${last.id} [${rangeText(span)}] failed: ${worked.failure.message}`,
+        {
+          cause: worked.failure,
+        },
+      );
+    }
+    if ((worked.rows ?? 0) > 0) {
+      // Rows fail somewhere in them: each is checked (and fixed) alone, this one first.
+      this.#sweepNarrowUntil.set(migration.id, last.end);
+      return this.#sweepRange(tx, taken, first, run);
+    }
+    this.#swept.set(migration.id, last.end);
+    await recordVerified(
+      tx.db,
+      migration.id,
+      ranges.map((range) => range.id),
+      { found: 0, rerun: false },
+    );
+    await tx.commit();
+    const job = { ...jobRefOf(span, taken.lane, worked.workMs), rows: 0 };
+    return ended({ outcome: 'range_verified', migration: ref, job, verified: { found: 0, ranges: ranges.length } });
+  }
+
+  /**
+   * One range of the final sweep: its check, and while rows fail it (rows written after the range
+   * ran), the work again, up to SWEEP_RERUNS times. Rows still failing after that fail the
+   * migration with verification_failed (the work's writes undone). A check or work that throws,
+   * or runs past a timeout, is a run error of the migration: held, retried, and failed with
+   * run_error after maxRunErrors in a row.
+   */
+  async #sweepRange(tx: RunTransaction, taken: Taken, claimed: ClaimedJob, run: RunInfo): Promise<Ran> {
+    const { migration, ref, validated } = taken;
     this.#swept.set(migration.id, claimed.end);
     const sweep = new RangeSweep(validated.work);
-    const range = `${boundText(claimed.start, claimed.startKey)}..${boundText(claimed.end, claimed.endKey)}`;
+    const range = rangeText(claimed);
     // The one range of an empty key space has no rows to check.
     const empty = validated.target.key !== null && !claimed.startKey;
     const worked = empty ? NOTHING_WORKED : await this.#work(tx, taken, claimed, run, sweep.work);
@@ -261,7 +311,7 @@ export class Runner {
       }
       const message = `the final sweep ran the work on job ${claimed.id} [${range}] ${SWEEP_RERUNS} times more and ${unverifiedText(worked.failure.found)}`;
       const failed = await this.#fail(tx, ref, new BbmError('verification_failed', message));
-      return ended({ ...failed.result, verified: { found: worked.failure.found.rows } });
+      return ended({ ...failed.result, verified: { found: worked.failure.found.rows, ranges: 0 } });
     }
     if (worked.failure) {
       throw new BbmError(
@@ -272,10 +322,10 @@ export class Runner {
         },
       );
     }
-    await recordVerified(tx.db, migration.id, claimed.id, { found: sweep.found, rerun: sweep.reruns > 0 });
+    await recordVerified(tx.db, migration.id, [claimed.id], { found: sweep.found, rerun: sweep.reruns > 0 });
     await tx.commit();
     const job = { ...jobRefOf(claimed, taken.lane, worked.workMs), rows: sweep.found };
-    return ended({ outcome: 'range_verified', migration: ref, job, verified: { found: sweep.found } });
+    return ended({ outcome: 'range_verified', migration: ref, job, verified: { found: sweep.found, ranges: 1 } });
   }
 
   /** Fails the migration with the error's code, and commits. */
@@ -288,6 +338,7 @@ export class Runner {
 
   #forget(id: bigint): void {
     this.#swept.delete(id);
+    this.#sweepNarrowUntil.delete(id);
     this.#validations.forget(id);
     this.#cuts.forget(id);
   }
@@ -296,7 +347,7 @@ export class Runner {
   async #job(tx: RunTransaction, taken: Taken, job: TakenJob, run: RunInfo): Promise<Ran> {
     if (job.status === JobStatus.failed && job.attempts >= this.ctx.options.maxAttempts) {
       const last = await jobFailure(tx.db, job.id);
-      const range = `${boundText(job.start, job.startKey)}..${boundText(job.end, job.endKey)}`;
+      const range = rangeText(job);
       const message = `job ${job.id} [${range}] failed ${job.attempts} times; last error: ${last.message ?? 'unknown'}`;
       // A range its work keeps leaving unfinished fails the migration as such; any other failure is one too many.
       const code = last.code === ErrorCode.verification_failed ? 'verification_failed' : 'max_job_retry';

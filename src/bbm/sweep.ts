@@ -9,6 +9,17 @@ import type { Job, JobKey, Work } from './types.ts';
 /** How many times the sweep runs the work again on one range whose rows keep failing the check. */
 export const SWEEP_RERUNS = 3;
 
+/**
+ * How many ranges one check of the sweep covers while they pass: a run's own cost (its take,
+ * the range's row lock, its record and commit) is several times a check of one range of rows.
+ */
+export const SWEEP_SPAN = 16;
+
+/** The work's check alone, as the work a run calls on a span of ranges: the rows it finds failing. */
+export function checkOnly(work: Work<JobKey>): Work<JobKey> {
+  return { name: work.name, do: async (job: Job<JobKey>) => (await checkRange(work, job)).rows };
+}
+
 export class RangeSweep {
   /** Rows the first check found failing (and the work's runs then fixed). */
   found = 0;

@@ -269,7 +269,11 @@ export interface RunResult {
    * running the work again (`range_verified`), or still failing after the reruns
    * (`migration_failed`).
    */
-  verified?: { found: number };
+  verified?: {
+    found: number;
+    /** Ranges verified by the run: several when one check covered them and found nothing. */
+    ranges: number;
+  };
   /** The job's or migration's failure, or the run's error. */
   error?: Error;
   /** The code the failure was recorded with: `unknown` for a failed job, the migration's code when it failed. */

@@ -11,7 +11,7 @@ import { resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
 import { migrationStatusName } from '../store/codes.ts';
 import { checkRange, doJob, JobStops } from './job.ts';
-import { boundText, defaultLibraryLogger } from './log.ts';
+import { rangeText, defaultLibraryLogger } from './log.ts';
 import type { Job, JobKey, VerifyFound, VerifyParams, VerifyReport, Work } from './types.ts';
 import { Validations } from './validate.ts';
 import { WorkRegistry } from './work-registry.ts';
@@ -98,7 +98,7 @@ export async function verifyMigration(params: VerifyParams): Promise<VerifyRepor
             if (report.failing.length < LISTED) {
               report.failing.push({
                 jobId: claimed.id,
-                range: `${boundText(claimed.start, claimed.startKey)}..${boundText(claimed.end, claimed.endKey)}`,
+                range: rangeText(claimed),
                 rows: found.rows,
                 ...(found.example !== undefined && { example: found.example }),
               });

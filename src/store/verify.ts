@@ -16,8 +16,8 @@ import { JobStatus, type MigrationStatusCode } from './codes.ts';
 import type { ClaimedJob } from './jobs.ts';
 import type { TakenMigration } from './run-transaction.ts';
 
-/** What the next range of the sweep is: one this run holds, none left, or only ranges other lanes hold. */
-export type SweepRange = { kind: 'range'; job: ClaimedJob } | { kind: 'none' } | { kind: 'busy' };
+/** What the sweep's next ranges are: up to the number asked, held by this run; none left; or only ranges other lanes hold. */
+export type SweepRanges = { kind: 'ranges'; jobs: ClaimedJob[] } | { kind: 'none' } | { kind: 'busy' };
 
 interface RangeRow {
   id: string;
@@ -57,18 +57,19 @@ const RANGE_COLUMNS = sql`
      WHERE m.id = j.batched_background_migration_id AND j.min_key IS NOT NULL)) AS before_key`;
 
 /**
- * The first finished range of the migration not yet verified and not held by another lane,
- * locked; after the range ending at ordinal `after` first (this runner's last), then from the
- * start (ranges before it that failed their check or whose run died).
+ * The first `limit` finished ranges of the migration not yet verified and not held by another
+ * lane, in order, locked; after the range ending at ordinal `after` first (this runner's last),
+ * then from the start (ranges before it that failed their check or whose run died).
  */
-export async function takeUnverifiedRange(
+export async function takeUnverifiedRanges(
   db: Queryable,
   migrationId: bigint,
   batchSize: number,
   after: bigint | undefined,
-): Promise<SweepRange> {
+  limit: number,
+): Promise<SweepRanges> {
   for (const from of after === undefined ? [null] : [after, null]) {
-    const row = await execOne<RangeRow>(
+    const rows = await exec<RangeRow>(
       db,
       sql`
         SELECT ${RANGE_COLUMNS}
@@ -76,10 +77,10 @@ export async function takeUnverifiedRange(
         WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.finished}
           AND j.verified_at IS NULL AND (${from}::bigint IS NULL OR j.max_value > ${from}::bigint)
         ORDER BY j.max_value
-        LIMIT 1
+        LIMIT ${limit}
         FOR UPDATE OF j SKIP LOCKED`,
     );
-    if (row) return { kind: 'range', job: rangeOf(row, batchSize) };
+    if (rows.length > 0) return { kind: 'ranges', jobs: rows.map((row) => rangeOf(row, batchSize)) };
   }
   const left = await execOne<{ left: boolean }>(
     db,
@@ -101,20 +102,22 @@ export async function relockRange(db: Queryable, jobId: bigint): Promise<boolean
 }
 
 /**
- * Marks a range verified, adding what the sweep found and fixed in it to the migration's counts;
+ * Marks ranges verified, adding what the sweep found and fixed in them to the migration's counts;
  * a range verified ends a run of run errors (as a finished job's cut does).
  */
 export async function recordVerified(
   db: Queryable,
   migrationId: bigint,
-  jobId: bigint,
+  jobIds: readonly bigint[],
   { found, rerun }: { found: number; rerun: boolean },
 ): Promise<void> {
+  const ids = jobIds.map(String);
   await exec(
     db,
     sql`
       WITH verified AS (
-        UPDATE batched_background_migration_jobs SET verified_at = now(), updated_at = now() WHERE id = ${jobId} RETURNING id)
+        UPDATE batched_background_migration_jobs SET verified_at = now(), updated_at = now()
+        WHERE id = ANY(${sql.param(ids)}::bigint[]) RETURNING id)
       UPDATE batched_background_migrations
       SET verify_rows_found = verify_rows_found + ${found}, verify_ranges_rerun = verify_ranges_rerun + ${rerun ? 1 : 0},
           run_errors = 0
