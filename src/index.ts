@@ -8,7 +8,7 @@ export { migrationReports, pause, resume } from './bbm/status.ts';
 export { finalizeMigration, FinalizeError } from './bbm/finalize.ts';
 export { verifyMigration } from './bbm/verify.ts';
 export { rehearseMigration, RehearseError, type RehearseErrorCode } from './bbm/rehearse.ts';
-export { LANE_SPEEDUP } from './bbm/rehearse-projection.ts';
+export { ENGINE_MS_PER_JOB, LANE_SPEEDUP } from './bbm/rehearse-projection.ts';
 export { createMetrics, METRIC_HELP, type BbmMetrics } from './bbm/metrics.ts';
 export { anyThrottle, replicaLagThrottle, walArchiveThrottle } from './bbm/throttle.ts';
 export { parseEvery, passName, tickSchedules } from './bbm/schedules.ts';

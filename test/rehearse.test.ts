@@ -103,7 +103,7 @@ describe('rehearseMigration', () => {
       deadTuples: 30_000,
     });
     expect(projection.durationSeconds).toBeGreaterThan(0);
-    expect(projection.durationSeconds).toBeCloseTo((30_000 * projection.msPerRow) / 1_000 / 1.8, 6);
+    expect(projection.durationSeconds).toBeCloseTo((30_000 * projection.msPerRow + 30 * 3) / 1_000 / 1.8, 6);
     const walPerRow = report.samples.reduce((sum, s) => sum + s.written!.walBytes, 0) / 10_000;
     expect(projection.walBytes).toBe(Math.round(30_000 * walPerRow));
     expect(projection.walBytesPerSecond).toBeCloseTo(projection.walBytes / projection.durationSeconds, 3);

@@ -388,9 +388,7 @@ describe('the status page', () => {
     );
     const projection = /<pre>([^]*?)<\/pre>/.exec(after)?.[1] ?? '';
     expect(projection).toMatch(/^Projected in one lane:\n {2}rows {9}200 \(counted\)\n {2}jobs {9}20 of 10 rows\n/);
-    expect(projection).toMatch(
-      /\n {2}duration {5}\d+ ms \([\d.]+ ms a row; the work&#39;s time, not the engine&#39;s per job\)\n/,
-    );
+    expect(projection).toMatch(/\n {2}duration {5}\d+ ms \([\d.]+ ms a row, and 3 ms a job for the engine\)\n/);
     expect(projection).toMatch(/\n {2}WAL {10}[\d.]+ (kB|MB)/);
     expect(projection).toMatch(/\n {2}dead tuples {2}200 for vacuum, /);
 

@@ -17,7 +17,7 @@ export function rehearsalHeadline(report: Omit<RehearsalReport, 'samples'>, samp
   );
 }
 
-/** The projection, a line a figure, each with how it was reached (the lanes' speed-up, the work's time alone). */
+/** The projection, a line a figure, each with how it was reached (the lanes' speed-up, the engine's time per job). */
 export function projectionText(p: RehearsalProjection | null): string {
   if (!p) return 'No projection: the work failed on every sample.';
   const measured = p.laneSpeedup === laneSpeedup(p.lanes);
@@ -30,7 +30,7 @@ export function projectionText(p: RehearsalProjection | null): string {
     ['jobs', `${count(p.jobs)} of ${count(p.batchSize)} rows`],
     [
       'duration',
-      `${seconds(p.durationSeconds)} (${p.msPerRow.toFixed(4)} ms a row; the work's time, not the engine's per job)`,
+      `${seconds(p.durationSeconds)} (${p.msPerRow.toFixed(4)} ms a row, and ${p.engineMsPerJob} ms a job for the engine)`,
     ],
     ['WAL', `${bytes(p.walBytes)}${p.walBytesPerSecond === null ? '' : `, ${bytes(p.walBytesPerSecond)}/s`}`],
     [

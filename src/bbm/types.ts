@@ -608,7 +608,9 @@ export interface RehearsalProjection {
   jobs: number;
   /** The samples' work time over their rows. */
   msPerRow: number;
-  /** rows × msPerRow ÷ laneSpeedup: the work's time, without the engine's per-job cost. */
+  /** The engine's time per job besides the work that the duration assumes (ENGINE_MS_PER_JOB). */
+  engineMsPerJob: number;
+  /** (rows × msPerRow + jobs × engineMsPerJob) ÷ laneSpeedup; health holds, throttles and slow start aside. */
   durationSeconds: number;
   /** rows × the samples' WAL per row. */
   walBytes: number;
