@@ -52,6 +52,46 @@ describe('BatchSizer', () => {
     expect(sizer.size).toBe(5_000);
   });
 
+  it('moves the size by under a quarter for one job 4× slower than the rest, and comes back', () => {
+    const sizer = new BatchSizer(50_000);
+    for (let i = 0; i < 5; i += 1) sizer.observe({ size: 50_000, workMs: 200 }, settings);
+    sizer.observe({ size: 50_000, workMs: 800 }, settings);
+    // Counted as 2× at most: the estimate moves by 30 % of that, not of 4×.
+    expect(sizer.size).toBeGreaterThanOrEqual(Math.floor(50_000 / 1.3));
+    for (let i = 0; i < 8; i += 1) sizer.observe({ size: sizer.size, workMs: sizer.size * 0.004 }, settings);
+    expect(sizer.size).toBeGreaterThan(47_500);
+  });
+
+  it(`after a panic, goes back to the size before it at once when the next job runs at the usual pace`, () => {
+    const sizer = new BatchSizer(50_000);
+    for (let i = 0; i < 5; i += 1) sizer.observe({ size: 50_000, workMs: 200 }, settings);
+    expect(sizer.nextCut(settings)).toBe(50_000);
+    sizer.observe({ size: 50_000, workMs: 2_000 }, settings);
+    expect(sizer.size).toBe(5_000);
+    expect(sizer.nextCut(settings)).toBe(5_000);
+    // The range cut before the panic ran at the usual pace: the stall is over.
+    sizer.observe({ size: 50_000, workMs: 210 }, settings);
+    expect(sizer.size).toBeGreaterThan(35_000);
+    expect(sizer.size).toBeLessThanOrEqual(50_000);
+    // Past the growth cap, once: the size ran near the target before the stall.
+    expect(sizer.nextCut(settings)).toBe(sizer.size);
+    const size = sizer.size;
+    sizer.observe({ size, workMs: size * 0.004 }, settings);
+    expect(sizer.nextCut(settings)).toBeLessThanOrEqual(Math.round(size * GROWTH_CAP));
+  });
+
+  it('after a panic, stays small when the next job is as slow per row (the rows are slower, not the database)', () => {
+    const sizer = new BatchSizer(50_000);
+    for (let i = 0; i < 5; i += 1) sizer.observe({ size: 50_000, workMs: 200 }, settings);
+    sizer.observe({ size: 50_000, workMs: 2_000 }, settings);
+    expect(sizer.nextCut(settings)).toBe(5_000);
+    sizer.observe({ size: 5_000, workMs: 200 }, settings);
+    expect(sizer.nextCut(settings)).toBe(5_000);
+    sizer.observe({ size: 5_000, workMs: 210 }, settings);
+    expect(sizer.nextCut(settings)).toBeGreaterThan(4_500);
+    expect(sizer.size).toBeLessThan(5_000);
+  });
+
   it('halves at most on an ordinary slow job, ignores jobs that changed nothing, and keeps to its bounds', () => {
     const sizer = new BatchSizer(1_000);
     sizer.observe({ size: 1_000, workMs: 900 }, settings);

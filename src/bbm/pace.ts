@@ -6,8 +6,17 @@
  * - growth is capped per step (×1.5), so one fast job cannot blow the size up;
  * - a normal shrink is capped too (÷2), since one slow job is often noise;
  * - a job far over the target (5×, or one that timed out) shrinks the size at once, in
- *   proportion (spirit's panic rule), and restarts the estimate from that job;
+ *   proportion (spirit's panic rule); if the next job runs at the usual pace again, the stall was
+ *   the database's, not the rows', and the size goes back to where it was at once (no higher
+ *   than the estimate says), instead of climbing back at ×1.5 a range; if the next job is as
+ *   slow per row, the estimate restarts from it;
  * - a job that changed no rows (the work said 0) says nothing about the pace and is ignored.
+ *
+ * The smoothing counts a job as at most twice, and at least half, the time per row it has learned:
+ * one job several times slower than the rest (a checkpoint, a neighbour's burst) moved the plain
+ * average by a third of its excess, and a panic restarted the average from that job, so each such
+ * stall cost the 4-10 jobs after it their target, and how many stalls a run met decided its share
+ * of jobs near the target (docs/pace.md, test/pace-replay.test.ts).
  *
  * Anchors: GitLab's BatchOptimizer (a capped step toward a target), pt-online-schema-change's
  * weighted average rate, spirit's chunker. Each worker process keeps its own estimate per
@@ -29,6 +38,11 @@ const SHRINK_CAP = 0.5;
 export const PANIC_FACTOR = 5;
 /** Weight of the newest job in the smoothed time per row (about the last six jobs count). */
 const SMOOTHING = 0.3;
+/**
+ * A job counts as at most this many times (and at least 1/this) the smoothed time per row; and
+ * after a panic, a job within this many times it says the stall is over.
+ */
+const OUTLIER_FACTOR = 2;
 
 interface JobSample {
   /** The size the job's range was cut with. */
@@ -44,6 +58,10 @@ export class BatchSizer {
   #msPerRow: number | undefined;
   /** The size of the last range cut: ranges are cut ahead, so two jobs may be learned from between two cuts. */
   #lastCut: number;
+  /** The size before a panic, until the next job says whether the stall is over. */
+  #beforePanic: number | undefined;
+  /** The size went back to where it was before a panic: the next cut takes it, past the growth cap. */
+  #restored = false;
 
   constructor(initialSize: number) {
     this.#size = Math.max(1, Math.round(initialSize));
@@ -60,13 +78,28 @@ export class BatchSizer {
     const { size, workMs } = sample;
     if (sample.rows === 0 || !(size > 0) || !Number.isFinite(workMs) || workMs < 0) return;
     const perRow = Math.max(workMs, 0.001) / size;
+    const usual = this.#msPerRow;
+    const beforePanic = this.#beforePanic;
+    // After a panic, a job as slow per row says the rows are slower, not the database: learn from it alone.
+    const confirmed = beforePanic !== undefined && usual !== undefined && perRow > OUTLIER_FACTOR * usual;
+    this.#msPerRow =
+      usual === undefined || confirmed
+        ? perRow
+        : SMOOTHING * Math.min(usual * OUTLIER_FACTOR, Math.max(usual / OUTLIER_FACTOR, perRow)) +
+          (1 - SMOOTHING) * usual;
     if (workMs > PANIC_FACTOR * settings.targetMs) {
-      this.#msPerRow = perRow;
+      this.#beforePanic = Math.max(beforePanic ?? 0, this.#size);
       this.#size = clamp(Math.floor(size * (settings.targetMs / workMs)), settings);
       return;
     }
-    this.#msPerRow = this.#msPerRow === undefined ? perRow : SMOOTHING * perRow + (1 - SMOOTHING) * this.#msPerRow;
     const ideal = settings.targetMs / this.#msPerRow;
+    this.#beforePanic = undefined;
+    if (beforePanic !== undefined && !confirmed) {
+      // The stall is over: back to the size before it (no larger than the estimate says), at once.
+      this.#size = clamp(Math.round(Math.min(beforePanic, ideal)), settings);
+      this.#restored = true;
+      return;
+    }
     const stepped = Math.min(this.#size * GROWTH_CAP, Math.max(this.#size * SHRINK_CAP, ideal));
     this.#size = clamp(Math.round(stepped), settings);
   }
@@ -74,11 +107,14 @@ export class BatchSizer {
   /**
    * The size to cut the next range at: the size, within the bounds (an operator may change them
    * while the migration runs), and at most GROWTH_CAP times the last range's, since the growth
-   * cap is a promise about consecutive ranges.
+   * cap is a promise about consecutive ranges; except once, when the size went back to where it
+   * was before a stall.
    */
   nextCut(settings: PaceSettings): number {
     this.#size = clamp(this.#size, settings);
-    this.#lastCut = clamp(Math.min(this.#size, Math.round(this.#lastCut * GROWTH_CAP)), settings);
+    const capped = this.#restored ? this.#size : Math.min(this.#size, Math.round(this.#lastCut * GROWTH_CAP));
+    this.#restored = false;
+    this.#lastCut = clamp(capped, settings);
     return this.#lastCut;
   }
 }
