@@ -30,19 +30,19 @@
  *
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu]
  *                    [--keys-rows N] [--keys-rounds N] [--keys-warmup N] [--keys-only]
- *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--json]
+ *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--adaptive-only] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
  * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce, and with --statements statementsRowsPerSec,
  * statementsToExactlyOnce, ratioToStatements }],
- * adaptive: { targetMs, rows, convergedAtJob, withinShare, jobs }, busy: { workers, lanes, transactionsPerJob,
+ * adaptive: { targetMs, rows, convergedAtJob, withinShare, ceilingShare, jobs }, busy: { workers, lanes, transactionsPerJob,
  * oneWorkerTransactionsPerJob }, with --cpu cpu: { [method]: { busyUs, idleUs, databaseUs, benchUs } } (see cpu.ts), foreground: { rate, lanes, baselineP99Ms, unthrottledP99Ms, heldP99Ms,
  * unthrottledRowsPerSec, heldRowsPerSec, commitLatencyFactor, guardedP99Ms, guardedRowsPerSec, curve: [{ lanes,
  * batchSize, p99Ms, rowsPerSec }] }, keys: [{ key, lanes, engineRowsPerSec, plainRowsPerSec, ratio, speedup (above 1 lane),
  * defaultsRowsPerSec, defaultsRatio }], verify: { rows, lanes, plainRowsPerSec, checkedRowsPerSec, checkedCost,
  * sweepShare, verifyShare, rehearsedDuration, rehearsedWal } } (see foreground.ts, keys.ts, verify.ts). With --keys-only, { rows, batchSize, keys };
- * with --verify-only, { verify }.
+ * with --verify-only, { verify }; with --adaptive-only, { adaptive }.
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -54,7 +54,7 @@ import { foreground } from './foreground.ts';
 import { keys, keysReport } from './keys.ts';
 import { verifyBench, verifyReport } from './verify.ts';
 import { Worker } from '../src/bbm/worker.ts';
-import type { Work } from '../src/bbm/types.ts';
+import type { RunResult, Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
@@ -79,6 +79,7 @@ const { values: flags } = parseArgs({
     'verify-rows': { type: 'string' },
     'verify-rounds': { type: 'string', default: '1' },
     'verify-only': { type: 'boolean', default: false },
+    'adaptive-only': { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -287,6 +288,8 @@ async function adaptive(pool: pg.Pool): Promise<{
   rows: number;
   convergedAtJob: number | null;
   withinShare: number;
+  /** The share a fixed size at the median pace would have kept within ±25 % (the jobs' own noise). */
+  ceilingShare: number;
   jobs: number;
 }> {
   const targetMs = 200;
@@ -306,20 +309,37 @@ async function adaptive(pool: pg.Pool): Promise<{
     [adaptiveWork.name, targetMs],
   );
   const durations: number[] = [];
-  await benchWorker(pool, { work: [adaptiveWork], health: false, jobDurationsMs: durations }).run({ untilDone: true });
+  const sizes: number[] = [];
+  const sized = { run: (r: RunResult) => r.outcome === 'job_succeeded' && r.job && sizes.push(r.job.batchSize) };
+  await benchWorker(pool, { work: [adaptiveWork], health: false, jobDurationsMs: durations, observers: [sized] }).run({
+    untilDone: true,
+  });
   await pool.query('DROP TABLE bench_adaptive_items');
   // The last range holds what is left over, whatever the size: it says nothing about the servo.
   const measured = durations.slice(0, -1);
   const within = (ms: number) => Math.abs(ms - targetMs) <= 0.25 * targetMs;
   const first = measured.findIndex(within);
   const after = first < 0 ? [] : measured.slice(first + 1);
+  // What the machine's own noise allows: the share within ±25 % had every job after convergence
+  // been cut at the one size that makes the median job's time per row take the target.
+  const perRow = after.map((ms, i) => ms / sizes[first + 1 + i]!);
+  const median = [...perRow].sort((a, b) => a - b)[Math.floor(perRow.length / 2)] ?? 0;
+  const steady = perRow.filter((x) => Math.abs(x / median - 1) <= 0.25).length;
   return {
     targetMs,
     rows: ADAPTIVE_ROWS,
     convergedAtJob: first < 0 ? null : first + 1,
     withinShare: after.length === 0 ? 0 : round3(after.filter(within).length / after.length),
+    ceilingShare: after.length === 0 ? 0 : round3(steady / after.length),
     jobs: durations.length,
   };
+}
+
+function adaptiveReport(a: Awaited<ReturnType<typeof adaptive>>): void {
+  log(
+    `adaptive: from batch 100 toward ${a.targetMs} ms jobs over ${a.rows.toLocaleString('en')} rows: within ±25 % at job ${a.convergedAtJob ?? 'never'}, then ${Math.round(a.withinShare * 100)} % of jobs stayed (${a.jobs} jobs; ` +
+      `one fixed size at the median pace would have kept ${Math.round(a.ceilingShare * 100)} %: the jobs' own noise)`,
+  );
 }
 
 /** A fresh table of `rows` rows (ids 1..rows) in the shape every method updates, vacuumed and analyzed. */
@@ -410,6 +430,12 @@ async function main() {
       const result = { verify: await verifyBench(pool, verifyOptions, log) };
       if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
       else verifyReport(result.verify, log);
+      return;
+    }
+    if (flags['adaptive-only']) {
+      const result = { adaptive: await adaptive(pool) };
+      if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+      else adaptiveReport(result.adaptive);
       return;
     }
     if (flags['keys-only']) {
@@ -535,10 +561,7 @@ async function main() {
         );
       }
     }
-    const a = result.adaptive;
-    log(
-      `adaptive: from batch 100 toward ${a.targetMs} ms jobs over ${a.rows.toLocaleString('en')} rows: within ±25 % at job ${a.convergedAtJob ?? 'never'}, then ${Math.round(a.withinShare * 100)} % of jobs stayed (${a.jobs} jobs)`,
-    );
+    adaptiveReport(result.adaptive);
     log(
       `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
         `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,
