@@ -27,6 +27,7 @@ import { pgBouncerAvailable, startPgBouncer, type PgBouncer } from './support/pg
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, type BbmProcess } from './support/processes.ts';
 
 const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
+const REHEARSE_CONFIG = fileURLToPath(new URL('./fixtures/rehearse.config.ts', import.meta.url));
 
 const available = pgBouncerAvailable();
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -195,6 +196,27 @@ describe.skipIf(!available)('through PgBouncer in transaction pooling', () => {
       if (ended === 'hung') run.child.kill('SIGKILL');
       expect(ended, run.output()).toEqual({ code: 0, signal: null });
       await expectEveryRowOnce(pool, 'items', 'single');
+    });
+
+    it('bbm rehearse through one server connection: its lock watch does not hold a sample open', async () => {
+      const single = await startPgBouncer({ serverUrl: inject('adminUrl'), poolSize: 1 });
+      onTestFinished(() => single.stop());
+      const { pool, url: direct } = db();
+      await createItems(pool, 'items', range(1, 5_000));
+      await enqueue(pool, { name: 'rehearsed', work: 'rehearse.touch', table: 'items', batchSize: 500 });
+      const run = startBbm(
+        ['rehearse', '--name', 'rehearsed', '--samples', '4', '--json', '--config', REHEARSE_CONFIG],
+        {
+          DATABASE_URL: single.urlFor(direct),
+        },
+      );
+      const hung = sleep(30_000).then(() => 'hung' as const);
+      const ended = await Promise.race([run.exited, hung]);
+      if (ended === 'hung') run.child.kill('SIGKILL');
+      expect(ended, run.output()).toEqual({ code: 0, signal: null });
+      const report = JSON.parse(run.output()) as { samples: unknown[]; projection: { walBytes: number } };
+      expect(report.samples).toHaveLength(4);
+      expect(report.projection.walBytes).toBeGreaterThan(0);
     });
 
     it('status --json, pause and resume', async () => {

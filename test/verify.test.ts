@@ -181,6 +181,37 @@ describe('the final sweep', () => {
     expect(await unbackfilled(pool)).toBe(0);
   });
 
+  it('checks one range at a time after a check of many timed out', async () => {
+    const { pool } = db();
+    await createUsers(pool, 400);
+    const checked = lowerEmails('test.slow_check');
+    // A check that takes 1 ms a row: 10 ms a range, 160 ms for 16 of them, past the run's 100 ms.
+    const work: Work<JobKey> = {
+      ...checked,
+      async verify(job) {
+        const size = Number(BigInt(job.end as bigint) - BigInt(job.start as bigint) + 1n);
+        await job.query('SELECT pg_sleep($1)', [size / 1000]);
+        return checked.verify!(job);
+      },
+    };
+    await enqueue(pool, { name: 'slow_check', work: work.name, table: 'users', batchSize: 10 });
+    const worker = testWorker(pool, { work: [work], runTimeoutMs: 100, maxRunErrors: 2, runErrorHoldMs: 20 });
+    const results: RunResult[] = [];
+    // Run by run, through the run error's hold (20 ms), until the migration finishes.
+    for (let i = 0; i < 500 && (await migrationRow(pool, 'slow_check'))!.status !== MigrationStatus.finished; i += 1) {
+      const result = await worker.runOnce();
+      results.push(result);
+      if (result.outcome === 'no_job') await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect((await migrationRow(pool, 'slow_check'))!.status).toBe(MigrationStatus.finished);
+    const errors = results.filter((r) => r.outcome === 'error').map((r) => r.error?.message);
+    // One run error; the next runs, and the rest of the sweep, check one range at a time.
+    expect(errors).toEqual([expect.stringMatching(/^the final sweep of jobs 1-16 \[1\.\.160\] failed: job timed out/)]);
+    expect(results.filter((r) => r.outcome === 'range_verified').map((r) => r.verified!.ranges)).toEqual(
+      Array.from({ length: 40 }, () => 1),
+    );
+  });
+
   it('covers rows written between two ranges of a text key and before the first, and finalize runs it', async () => {
     const { pool } = db();
     await pool.query(`CREATE TABLE tags (k text PRIMARY KEY, email text NOT NULL, email_lower text)`);

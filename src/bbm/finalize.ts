@@ -92,6 +92,9 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
       const now = Date.now();
       const changed = result.outcome !== 'job_succeeded';
       if (changed || now - lastProgress >= progressEveryMs) {
+        // The report reads on another connection: the run begun ahead must not hold one meanwhile
+        // (behind a pooler, it may be the server connection the report waits for).
+        await runner.release();
         current = await report();
         if (!current) throw new FinalizeError(`migration ${name} was deleted`, undefined);
         lastProgress = now;

@@ -10,6 +10,8 @@ import { sleep } from './backoff.ts';
 
 /** How often the watch looks. */
 export const LOCK_WATCH_MS = 20;
+/** How long stop() waits for a look in flight before it gives the watch up. */
+const STOP_WAIT_MS = 1_000;
 
 export class LockWatch {
   /** The longest each wait was seen to last, by when it began. */
@@ -30,6 +32,7 @@ export class LockWatch {
 
   /** Starts watching the backend `pid`. */
   start(pid: number): void {
+    if (this.#failed) return;
     this.#waits.clear();
     this.#watching = true;
     this.#wake = new AbortController();
@@ -40,9 +43,17 @@ export class LockWatch {
   async stop(): Promise<number | null> {
     this.#watching = false;
     this.#wake?.abort();
-    const watched = await this.#loop;
+    const loop = this.#loop;
     this.#loop = undefined;
-    if (watched === false) return null;
+    if (!loop) return null;
+    // A look still in flight after a while waits for a server connection (behind a pooler, maybe
+    // the one the sample holds until its rollback, which waits for this): the watch is given up.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), STOP_WAIT_MS)));
+    const watched = await Promise.race([loop, late]);
+    clearTimeout(timer);
+    if (watched === 'late') this.#failed = true;
+    if (watched !== true) return null;
     let total = 0;
     for (const ms of this.#waits.values()) total += ms;
     return total;

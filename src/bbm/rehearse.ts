@@ -22,7 +22,6 @@ import {
   beginSample,
   countRange,
   keySpace,
-  rehearsedMigration,
   rollBack,
   sampleCounters,
   sessionLockTimeoutMs,
@@ -30,6 +29,7 @@ import {
   type KeyBounds,
   type SampleLimits,
 } from '../store/rehearsal.ts';
+import { migrationNamed } from '../store/migration-rows.ts';
 import { sessionLimits, tighterLimit, type TakenMigration } from '../store/run-transaction.ts';
 import { resolveOptions } from './config.ts';
 import { enqueueMigration, EnqueueError } from './enqueue.ts';
@@ -172,7 +172,7 @@ async function planRehearsal(
   await beginPlan(client, limits.statementTimeoutMs, { readOnly: enqueued });
   try {
     const name = enqueued ? named : await insertSpec(client, registry, named);
-    const migration = await rehearsedMigration(client, name);
+    const migration = (await migrationNamed(client, name)) ?? undefined;
     if (!migration) throw new RehearseError('unknown_migration', `no migration named ${JSON.stringify(name)}`);
     const validated = await validate(client, registry, migration);
     const { target } = validated;
@@ -256,7 +256,14 @@ async function rehearseRange(context: SampleContext, range: KeyBounds): Promise<
   const { client, plan, watch } = context;
   const { target } = plan.validated;
   const spec = jobSpec(context, range);
-  const pid = await beginSample(client, context.limits);
+  let pid: number;
+  try {
+    pid = await beginSample(client, context.limits);
+  } catch (error) {
+    // Its BEGIN may have run: the connection goes back to the pool outside a transaction.
+    await rollBack(client).catch(() => {});
+    throw error;
+  }
   try {
     const bounds =
       target.key === null ? spec.claimed : { start: spec.claimed.startKey ?? null, end: spec.claimed.endKey ?? null };

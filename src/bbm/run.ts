@@ -18,7 +18,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { Logger } from './log.ts';
-import { ErrorCode, JobStatus, KEY_ORDINAL_END } from '../store/codes.ts';
+import { ErrorCode, INT8_MAX, JobStatus, KEY_ORDINAL_END } from '../store/codes.ts';
 import { SqlState, sqlStateOf } from '../store/db.ts';
 import { jobFailure, type ClaimedJob } from '../store/jobs.ts';
 import { failMigration, finishMigration, startMigration } from '../store/migration-rows.ts';
@@ -38,6 +38,7 @@ import { RangeCuts } from './cuts.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import {
   doJob,
+  isTimeout,
   JobStops,
   StopError,
   unverifiedText,
@@ -46,6 +47,7 @@ import {
   type Worked,
 } from './job.ts';
 import { checkOnly, RangeSweep, SWEEP_RERUNS, SWEEP_SPAN } from './sweep.ts';
+import { isTransient } from './transient.ts';
 import { recordVerified, relockRange, takeUnverifiedRanges } from '../store/verify.ts';
 import type { BatchSizer } from './pace.ts';
 import { afterRunError } from './run-errors.ts';
@@ -261,13 +263,9 @@ export class Runner {
     };
     const worked = await this.#work(tx, taken, span, run, checkOnly(validated.work));
     if (worked.failure) {
-      throw new BbmError(
-        'unknown',
-        `the final sweep of jobs ${first.id}-${last.id} [${rangeText(span)}] failed: ${worked.failure.message}`,
-        {
-          cause: worked.failure,
-        },
-      );
+      // A check too slow for so many ranges at once: the rest of the sweep checks one at a time.
+      if (isTimeout(worked.failure)) this.#sweepNarrowUntil.set(migration.id, INT8_MAX);
+      throw sweepFailure(`jobs ${first.id}-${last.id} [${rangeText(span)}]`, worked.failure);
     }
     if ((worked.rows ?? 0) > 0) {
       // Rows fail somewhere in them: each is checked (and fixed) alone, this one first.
@@ -313,15 +311,7 @@ export class Runner {
       const failed = await this.#fail(tx, ref, new BbmError('verification_failed', message));
       return ended({ ...failed.result, verified: { found: worked.failure.found.rows, ranges: 0 } });
     }
-    if (worked.failure) {
-      throw new BbmError(
-        'unknown',
-        `the final sweep of job ${claimed.id} [${range}] failed: ${worked.failure.message}`,
-        {
-          cause: worked.failure,
-        },
-      );
-    }
+    if (worked.failure) throw sweepFailure(`job ${claimed.id} [${range}]`, worked.failure);
     await recordVerified(tx.db, migration.id, [claimed.id], { found: sweep.found, rerun: sweep.reruns > 0 });
     await tx.commit();
     const job = { ...jobRefOf(claimed, taken.lane, worked.workMs), rows: sweep.found };
@@ -418,3 +408,14 @@ export class Runner {
     return { ...worked, cutBeside: beside !== undefined };
   }
 }
+
+/**
+ * A check or work that failed in the final sweep, as the run's error: a transient failure (a lost
+ * connection, a pooler's) as it is, so that it is not counted against the migration; any other
+ * as a run error naming the ranges.
+ */
+function sweepFailure(ranges: string, failure: Error): Error {
+  if (isTransient(failure)) return failure;
+  return new BbmError('unknown', `the final sweep of ${ranges} failed: ${failure.message}`, { cause: failure });
+}
+

@@ -15,8 +15,6 @@ import type { Target } from './catalog.ts';
 import { execOne, integerLiteral, withStatement, type Queryable } from './db.ts';
 import { canonicalKey, keyJson, keyList, keyListDescending, keyRow, rangePredicate, type Key } from './keys.ts';
 import { estimatedRows, quotedTable } from './migration-rows.ts';
-import type { TakenMigration } from './run-transaction.ts';
-import type { MigrationStatusCode } from './codes.ts';
 
 const dialect = new PgDialect();
 
@@ -24,48 +22,6 @@ const dialect = new PgDialect();
 export interface KeyBounds {
   start: readonly string[];
   end: readonly string[];
-}
-
-/** The migration named, as a take would hand it to a run; undefined when no migration has the name. */
-export async function rehearsedMigration(db: Queryable, name: string): Promise<TakenMigration | undefined> {
-  const row = await execOne<{
-    id: string;
-    name: string;
-    status: number;
-    job_signature_name: string;
-    table_name: string;
-    column_name: string;
-    batching_strategy: string | null;
-    batch_size: number;
-    max_parallel_jobs: number;
-    target_job_ms: number | null;
-    min_batch_size: number | null;
-    max_batch_size: number | null;
-    job_arguments: Record<string, unknown> | null;
-  }>(
-    db,
-    sql`
-      SELECT b.id::text AS id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name,
-             b.batching_strategy, b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size,
-             b.max_batch_size, b.job_arguments
-      FROM batched_background_migrations b WHERE b.name = ${name}`,
-  );
-  if (!row) return undefined;
-  return {
-    id: BigInt(row.id),
-    name: row.name,
-    status: row.status as MigrationStatusCode,
-    jobSignatureName: row.job_signature_name,
-    tableName: row.table_name,
-    columnName: row.column_name,
-    batchingStrategy: row.batching_strategy,
-    batchSize: row.batch_size,
-    maxParallelJobs: row.max_parallel_jobs,
-    targetJobMs: row.target_job_ms,
-    minBatchSize: row.min_batch_size,
-    maxBatchSize: row.max_batch_size,
-    jobArguments: row.job_arguments ?? {},
-  };
 }
 
 /**

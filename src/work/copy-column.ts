@@ -124,7 +124,7 @@ async function uncopied(job: Job<JobKey>, { from, to }: Copy): Promise<VerifyFou
   if (!type) throw new Error(`column ${JSON.stringify(to)} does not exist in ${job.table}`);
   const key = Array.isArray(job.start) ? `ROW(${job.column})::text` : `(${job.column})::text`;
   const { rows } = await job.query<{ rows: number; example: string | null }>(
-    `SELECT count(*)::int AS rows, (pg_catalog.array_agg(${key}))[1] AS example FROM ${job.table} ` +
+    `SELECT count(*)::int AS rows, min(${key}) AS example FROM ${job.table} ` +
       `WHERE (${job.range.sql}) AND ${escapeIdentifier(to)} IS DISTINCT FROM CAST(${escapeIdentifier(from)} AS ${type})`,
     job.range.params,
   );
