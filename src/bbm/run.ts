@@ -418,4 +418,3 @@ function sweepFailure(ranges: string, failure: Error): Error {
   if (isTransient(failure)) return failure;
   return new BbmError('unknown', `the final sweep of ${ranges} failed: ${failure.message}`, { cause: failure });
 }
-
