@@ -7,9 +7,11 @@ import { pino } from 'pino';
 import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../src/bbm/metrics.ts';
+import { migrationReports } from '../src/bbm/status.ts';
 import type { HealthOptions, LanesEvent, Work } from '../src/bbm/types.ts';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
-import { whileRunsHeld } from '../src/store/workers.ts';
+import { liveWorkers } from '../src/store/dashboard.ts';
+import { LIVE_WORKER_WINDOW_MS, whileRunsHeld } from '../src/store/workers.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
@@ -88,6 +90,13 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       const downToOne = lines().findIndex((m) => /wide sheds lanes 2 → 1$/.test(m));
       expect(downToOne).toBeGreaterThanOrEqual(0);
       expect(downToOne).toBeLessThan(firstPause);
+      // What bbm status and the status page read: why the lanes are down (the latency controller
+      // is off here, so nothing else sheds them), and the worker's duty cycle, published as it
+      // changed (the heartbeat comes every 30 s).
+      const [report] = await migrationReports(pool, { name: 'wide' });
+      expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1, lanesReason: 'commit latency' });
+      const [resting] = await liveWorkers(pool, LIVE_WORKER_WINDOW_MS);
+      expect(resting?.dutyCycle).toBeLessThanOrEqual(0.5);
 
       contending.on = false;
       // A lane may come back before any pause (two rounds that saw no contention while the duty
@@ -97,6 +106,7 @@ describe('commit latency (health.commitLatencyFactor)', () => {
       await waitFor(async () => laneBackAfterPause() >= 0, 'a lane given back after the pause');
       // The time comes back whole before any lane does.
       expect(lines()[laneBackAfterPause() - 1]).toMatch(/lanes run again 100 % of the time$/);
+      expect((await liveWorkers(pool, LIVE_WORKER_WINDOW_MS))[0]?.dutyCycle).toBeNull();
       // Told to observers (bbm_lane_changes_total) as the latency controller's changes are.
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'shed', from: 2, to: 1 });
       expect(laneEvents).toContainEqual({ migration: 'wide', direction: 'grown', from: 1, to: 2 });

@@ -166,17 +166,27 @@ describe('health holds', () => {
       },
     });
     const running = worker.run({ untilDone: true });
-    const lanesAllowed = async () =>
+    const lanesRow = async () =>
       (
-        await pool.query<{ l: number | null }>(
-          'SELECT lanes_allowed AS l FROM batched_background_migrations WHERE id = $1',
+        await pool.query<{ l: number | null; reason: string | null }>(
+          'SELECT lanes_allowed AS l, lanes_reason AS reason FROM batched_background_migrations WHERE id = $1',
           [id],
         )
-      ).rows[0]!.l;
+      ).rows[0]!;
+    const lanesAllowed = async () => (await lanesRow()).l;
     try {
       // Slow start: one lane first, then one more every check while jobs stay fast, up to all 4.
-      await waitFor(async () => (await lanesAllowed()) === 1, 'the slow start in one lane');
-      await waitFor(async () => (await lanesAllowed()) === null, 'the lanes to grow to all 4');
+      // Each allowance below all 4 says why, in the same row (bbm status, the status page).
+      const started = await waitFor(async () => {
+        const row = await lanesRow();
+        return row.l === 1 ? row : undefined;
+      }, 'the slow start in one lane');
+      expect(started.reason).toBe('slow start');
+      const grown = await waitFor(async () => {
+        const row = await lanesRow();
+        return row.l === null ? row : undefined;
+      }, 'the lanes to grow to all 4');
+      expect(grown.reason).toBeNull();
       // (Jobs this short are noisy: a stray slow one may shed a lane on the way, grown back after.)
       expect(changes.filter((c) => c.direction === 'grown').map((c) => c.to)).toEqual(
         expect.arrayContaining([2, 3, 4]),
@@ -190,7 +200,7 @@ describe('health holds', () => {
         'the shed down to 1 told to the observers',
       );
       const [report] = await migrationReports(pool, { name: 'fill' });
-      expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1 });
+      expect(report).toMatchObject({ lanes: 4, lanesAllowed: 1, lanesReason: 'latency' });
       // The jobs already running in higher lanes finish; then one lane works.
       await waitFor(
         async () => (await migrationReports(pool, { name: 'fill' }))[0]!.lanesInUse <= 1,
@@ -207,15 +217,19 @@ describe('health holds', () => {
         );
       }
       expect(changes.at(-1)).toMatchObject({ direction: 'grown', from: 3, to: 4 });
+      expect(await lanesRow()).toEqual({ l: null, reason: null });
     } finally {
       await worker.stop();
       await running;
     }
 
     // An operator's lanes win over the controller's allowance.
-    await pool.query('UPDATE batched_background_migrations SET lanes_allowed = 1 WHERE id = $1', [id]);
+    await pool.query(
+      "UPDATE batched_background_migrations SET lanes_allowed = 1, lanes_reason = 'latency' WHERE id = $1",
+      [id],
+    );
     await setMigrationPace(pool, 'fill', { maxParallelJobs: 3 });
-    expect(await lanesAllowed()).toBeNull();
+    expect(await lanesRow()).toEqual({ l: null, reason: null });
   });
 
   it('record the WAL each job wrote, and hold a migration that writes past its WAL budget', async () => {

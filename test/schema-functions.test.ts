@@ -118,7 +118,7 @@ describe('the function files', () => {
     // A new database: the chain, then the files over it.
     const fresh = await emptyDatabase();
     const result = await migrateSchema(fresh.pool);
-    expect(result.applied.at(-1)).toBe('0022_verify');
+    expect(result.applied.at(-1)).toBe('0023_lanes_reason');
     expect(result.functions).toEqual({ outcome: 'installed', version: packageVersion(), installedVersion: null });
     const installed = await functionDefs(fresh.pool);
     expect(Object.keys(installed).sort()).toEqual(expectedSignatures);
@@ -135,7 +135,14 @@ describe('the function files', () => {
     // A 0.9.3 database upgraded: the table migrations since, then the files.
     const upgraded = await migrateSchema(old.pool);
     expect(upgraded).toEqual({
-      applied: ['0018_function_versions', '0019_approval', '0020_notifications', '0021_keys', '0022_verify'],
+      applied: [
+        '0018_function_versions',
+        '0019_approval',
+        '0020_notifications',
+        '0021_keys',
+        '0022_verify',
+        '0023_lanes_reason',
+      ],
       functions: { outcome: 'installed', version: packageVersion(), installedVersion: null },
     });
     expect(await functionDefs(old.pool)).toEqual(installed);

@@ -3,10 +3,13 @@ import type pg from 'pg';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { startOpsServer } from '../src/bbm/ops-server.ts';
 import { createStatusPage, type PageRehearsal } from '../src/bbm/status-page.ts';
+import { html } from '../src/bbm/status-page-html.ts';
 import { resolveSchedules } from '../src/bbm/schedules.ts';
 import type { RehearsalReport, Work } from '../src/bbm/types.ts';
 import { WorkRegistry } from '../src/bbm/work-registry.ts';
 import { ACTIONS_BY_STATUS, MigrationStatus, type MigrationStatusName } from '../src/store/codes.ts';
+import { growLanes, setMigrationPace, shedLanes, startInOneLane } from '../src/store/migration-rows.ts';
+import { announceWorker, recordDutyCycle } from '../src/store/workers.ts';
 import { bbm } from './support/cli.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, quiet, range, testWorker, touch } from './support/engine.ts';
@@ -33,6 +36,18 @@ async function storedRehearsal(pool: pg.Pool, name: string): Promise<unknown> {
   const { rows } = await pool.query('SELECT rehearsal FROM batched_background_migrations WHERE name = $1', [name]);
   return rows[0]?.rehearsal;
 }
+
+/** A migration's lanes_allowed and lanes_reason, as stored. */
+async function lanesRow(pool: pg.Pool, name: string): Promise<unknown> {
+  const { rows } = await pool.query(
+    'SELECT lanes_allowed, lanes_reason FROM batched_background_migrations WHERE name = $1',
+    [name],
+  );
+  return rows[0];
+}
+
+/** Text as a regular expression matches it literally. */
+const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 const touchedRows = async (pool: pg.Pool) =>
   (await pool.query('SELECT count(*)::int AS n FROM items WHERE touched > 0')).rows[0].n as number;
@@ -302,6 +317,83 @@ describe('the status page', () => {
       /<table id="workers">.*<td>host-&#60;img src=x onerror=alert\(1\)&#62;<\/td><td>4242<\/td><td>test\.touch<\/td><td title="[^"]+">\d+ s ago<\/td>/s,
     );
     expect(page).not.toContain(HOSTILE);
+  });
+
+  it('says why a migration runs in fewer lanes, and which workers rest their lanes: on the page, in bbm status and its --json', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 10));
+    const names = ['starting', 'slowed', 'protected', 'older', 'whole'];
+    for (const name of names) await enqueue(pool, { name, work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4');
+    const idOf = async (name: string) => BigInt((await migrationRow(pool, name))!.id);
+    // What the controllers write (latency-lanes.ts, commit-probes.ts), and a worker of 0.9.3 (no reason).
+    expect(await startInOneLane(pool, await idOf('starting'))).toBe(true);
+    expect(await shedLanes(pool, await idOf('slowed'), 'latency')).toMatchObject({ from: 4, to: 2 });
+    expect(await shedLanes(pool, await idOf('protected'), 'commit latency')).toMatchObject({ from: 4, to: 2 });
+    await pool.query("UPDATE batched_background_migrations SET lanes_allowed = 2 WHERE name = 'older'");
+    await announceWorker(pool, {
+      id: 'w1',
+      hostname: 'resting-host',
+      pid: 4242,
+      workNames: [touch.name],
+      dutyCycle: 0.5,
+    });
+    await announceWorker(pool, { id: 'w2', hostname: 'busy-host', pid: 4343, workNames: [touch.name], dutyCycle: 1 });
+
+    const expected = {
+      starting: 'slow start: 1 of 4 lanes, growing while jobs stay fast',
+      slowed: 'latency: 2 of 4 lanes (its jobs took far longer per row than their norm)',
+      protected: "commit latency: 2 of 4 lanes (the application's commits slowed beside its jobs)",
+      older: 'latency: 2 of 4 lanes allowed',
+    };
+    const status = await bbm(['status'], { DATABASE_URL: url });
+    for (const [name, text] of Object.entries(expected)) {
+      const id = (await idOf(name)).toString();
+      expect(status.out.split('\n').find((line) => line.startsWith(`${id} `))).toContain(text);
+    }
+    expect(status.out).toContain('worker resting-host pid 4242: commit latency: lanes run 50 % of the time');
+    expect(status.out).not.toContain('busy-host');
+    const json = JSON.parse((await bbm(['status', '--json'], { DATABASE_URL: url })).out) as Array<{
+      name: string;
+      lanesAllowed: number;
+      lanesReason: string | null;
+    }>;
+    expect(json.map((m) => [m.name, m.lanesAllowed, m.lanesReason])).toEqual([
+      ['starting', 1, 'slow start'],
+      ['slowed', 2, 'latency'],
+      ['protected', 2, 'commit latency'],
+      ['older', 2, null],
+      ['whole', 4, null],
+    ]);
+
+    const { base } = await serve(pool);
+    const page = await (await fetch(`${base}/`)).text();
+    const holds = /<ul id="holds">(.*?)<\/ul>/s.exec(page)?.[1] ?? '';
+    for (const [name, text] of Object.entries(expected)) {
+      expect(holds).toContain(`<li><b>${name}</b>: ${html(text)}</li>`);
+      expect(page).toMatch(
+        new RegExp(`<tr data-name="${name}".*?<td data-field="note" class="note">${escape(html(text))}</td>`, 's'),
+      );
+    }
+    expect(holds).toContain('<li><b>worker resting-host pid 4242</b>: commit latency: lanes run 50 % of the time</li>');
+    expect(holds).not.toContain('whole');
+    expect(page).toMatch(
+      /<td>resting-host<\/td>.*?<td data-field="duty-cycle" class="note">commit latency: lanes run 50 % of the time<\/td>/s,
+    );
+    expect(page).toMatch(/<td>busy-host<\/td>.*?<td data-field="duty-cycle" class="note"><\/td>/s);
+    const detail = await (await fetch(`${base}/migrations/protected`)).text();
+    expect(detail).toContain(html(expected.protected));
+
+    // Grown back to all lanes: the reason goes with the allowance; an operator's lanes clear both.
+    const slowed = await idOf('slowed');
+    expect(await growLanes(pool, slowed)).toMatchObject({ from: 2, to: 3 });
+    expect(await lanesRow(pool, 'slowed')).toEqual({ lanes_allowed: 3, lanes_reason: 'latency' });
+    expect(await growLanes(pool, slowed)).toMatchObject({ from: 3, to: 4 });
+    expect(await lanesRow(pool, 'slowed')).toEqual({ lanes_allowed: null, lanes_reason: null });
+    expect(await setMigrationPace(pool, 'protected', { maxParallelJobs: 3 })).toBe(true);
+    expect(await lanesRow(pool, 'protected')).toEqual({ lanes_allowed: null, lanes_reason: null });
+    await recordDutyCycle(pool, 'w1', 1);
+    expect((await bbm(['status'], { DATABASE_URL: url })).out).not.toContain('resting-host');
   });
 
   it('is read-only without a token, and says so', async () => {

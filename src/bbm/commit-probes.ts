@@ -11,7 +11,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { growLanes, shedLanes, type LanesChange } from '../store/migration-rows.ts';
-import { probeCommit, whileRunsHeld } from '../store/workers.ts';
+import { probeCommit, recordDutyCycle, whileRunsHeld } from '../store/workers.ts';
 import { sleep } from './backoff.ts';
 import type { Logger } from './log.ts';
 import type { Tell } from './observe.ts';
@@ -137,9 +137,13 @@ export class CommitProbes implements RunFollower {
       commit_quiet_median_ms: Math.round(baselineMs * 100) / 100,
     };
     const said = `commits take ${fields.commit_median_ms} ms (median), ${fields.commit_quiet_median_ms} ms with no run in flight`;
-    const dutyChanged = (level: 'info' | 'warn', how: string) => {
+    const dutyChanged = async (level: 'info' | 'warn', how: string) => {
       commits.changed();
       ctx.pace.setDutyCycle(commits.dutyCycle);
+      // For bbm status and the status page now, not at the next heartbeat (the heartbeat writes it too).
+      await recordDutyCycle(ctx.db(), ctx.workerId, commits.dutyCycle).catch((error: unknown) =>
+        ctx.log.warn({ err: error }, 'could not record the duty cycle'),
+      );
       const share = `${Math.round(commits.dutyCycle * 100)} %`;
       ctx.log[level](
         { ...fields, duty_cycle: commits.dutyCycle },
@@ -157,13 +161,15 @@ export class CommitProbes implements RunFollower {
       ctx.tell((observer) => observer.lanes?.({ migration: change.name, direction, from: change.from, to: change.to }));
     };
     if (verdict === 'pressure') {
-      const shed = (await Promise.all(recent.map((id) => shedLanes(ctx.db(), id)))).filter((c) => c !== null);
+      const shed = (await Promise.all(recent.map((id) => shedLanes(ctx.db(), id, 'commit latency')))).filter(
+        (c) => c !== null,
+      );
       for (const change of shed) lanesChanged(change, 'shed');
-      if (shed.length === 0 && commits.shrink()) dutyChanged('warn', 'lanes run');
+      if (shed.length === 0 && commits.shrink()) await dutyChanged('warn', 'lanes run');
       return;
     }
     if (commits.grow()) {
-      dutyChanged('info', 'lanes run again');
+      await dutyChanged('info', 'lanes run again');
       return;
     }
     for (const change of await Promise.all(recent.map((id) => growLanes(ctx.db(), id)))) {

@@ -1,7 +1,8 @@
 /**
  * The worker's heartbeat: its row among the live workers (batched_background_migration_workers),
- * written when it starts and every HEARTBEAT_MS, for `bbm status`. Failing to is logged, never
- * fatal: nothing but the status reads it.
+ * written when it starts and every HEARTBEAT_MS, for `bbm status`, with the share of the time its
+ * lanes run (the duty cycle; the commit probes also write it when they change it). Failing to is
+ * logged, never fatal: nothing but the status reads it.
  */
 import { hostname } from 'node:os';
 import type pg from 'pg';
@@ -15,7 +16,7 @@ export class Heartbeat {
 
   constructor(
     private readonly db: () => pg.Pool,
-    private readonly worker: { id: string; workNames: readonly string[] },
+    private readonly worker: { id: string; workNames: readonly string[]; dutyCycle: () => number },
     private readonly log: Logger,
   ) {
     this.#beats = new Periodic(HEARTBEAT_MS, () => this.#beat(), 'start');
@@ -41,6 +42,7 @@ export class Heartbeat {
         hostname: hostname(),
         pid: process.pid,
         workNames: [...this.worker.workNames],
+        dutyCycle: this.worker.dutyCycle(),
       });
     } catch (error) {
       this.log.warn({ err: error }, 'could not record worker heartbeat');

@@ -102,7 +102,9 @@ export class LatencyLanes implements RunFollower {
     const steering = this.#steering.get(migration.id)!;
     try {
       const change =
-        verdict === 'pressure' ? await shedLanes(ctx.db(), migration.id) : await growLanes(ctx.db(), migration.id);
+        verdict === 'pressure'
+          ? await shedLanes(ctx.db(), migration.id, 'latency')
+          : await growLanes(ctx.db(), migration.id);
       if (!change) {
         // At its most lanes (or its row changed): ask again a check later, not after every job.
         if (verdict === 'healthy') steering.fullUntil = performance.now() + ctx.checkMs;

@@ -118,6 +118,11 @@ export class Pacer implements LanePacing, PaceControls {
     this.#dutyCycle = share;
   }
 
+  /** The share of the time the lanes run (1 unless foreground protection lowered it); the heartbeat publishes it. */
+  get dutyCycle(): number {
+    return this.#dutyCycle;
+  }
+
   backoff(): Backoff {
     return new Backoff(this.options.intervalMs, this.options.maxIntervalMs);
   }

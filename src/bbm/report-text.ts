@@ -75,3 +75,29 @@ export function duration(seconds: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
+
+/**
+ * Why a migration runs in fewer lanes than it has (MigrationReport.lanesReason), with the lanes it
+ * is allowed; null when it is allowed all of them. A worker of a release before the reason was
+ * recorded sheds without one: then only the latency controller is named.
+ */
+export function lanesText(r: Pick<MigrationReport, 'lanes' | 'lanesAllowed' | 'lanesReason'>): string | null {
+  if (r.lanesAllowed >= r.lanes) return null;
+  const allowed = `${r.lanesAllowed} of ${r.lanes} lanes`;
+  switch (r.lanesReason) {
+    case 'slow start':
+      return `slow start: ${allowed}, growing while jobs stay fast`;
+    case 'latency':
+      return `latency: ${allowed} (its jobs took far longer per row than their norm)`;
+    case 'commit latency':
+      return `commit latency: ${allowed} (the application's commits slowed beside its jobs)`;
+    case null:
+      return `latency: ${allowed} allowed`;
+  }
+}
+
+/** A worker's duty cycle as people read it: `commit latency: lanes run 50 % of the time`; null at 1 (or unknown). */
+export function dutyCycleText(dutyCycle: number | null): string | null {
+  if (dutyCycle === null || dutyCycle >= 1) return null;
+  return `commit latency: lanes run ${Math.round(dutyCycle * 100)} % of the time`;
+}

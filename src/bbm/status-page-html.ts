@@ -14,8 +14,10 @@ import type { JobPoint, LiveWorker } from '../store/dashboard.ts';
 import type { JobRow } from '../store/jobs.ts';
 import {
   boundsText,
+  dutyCycleText,
   keyProgressText,
   keyText,
+  lanesText,
   progressIsEstimate,
   progressText,
   verificationText,
@@ -103,7 +105,8 @@ export function heldBack(r: MigrationReport): string[] {
   if (r.failureMessage !== null) why.push(`failed: ${r.failureMessage}`);
   if (r.status === 'awaiting_approval') why.push('awaiting approval');
   if (r.holdReason !== null) why.push(`held until ${r.onHoldUntil?.toISOString() ?? '?'}: ${r.holdReason}`);
-  if (r.lanesAllowed < r.lanes) why.push(`latency controller allows ${r.lanesAllowed} of ${r.lanes} lanes`);
+  const lanes = lanesText(r);
+  if (lanes !== null) why.push(lanes);
   if (r.waitingForWork) why.push(`waiting for a worker with ${r.jobSignatureName}`);
   if (r.failureMessage === null && r.lastError !== null) why.push(`last job error: ${r.lastError}`);
   if (r.approvedBy !== null) why.push(`approved by ${r.approvedBy} at ${r.approvedAt?.toISOString() ?? '?'}`);
@@ -144,11 +147,14 @@ function overview(reports: MigrationReport[], workers: LiveWorker[], now: number
     .map(
       (r) =>
         `<b>${html(r.name)}</b>: ${html(
-          r.holdReason !== null
-            ? `${r.holdReason} (until ${r.onHoldUntil?.toISOString() ?? '?'})`
-            : `latency controller allows ${r.lanesAllowed} of ${r.lanes} lanes`,
+          r.holdReason !== null ? `${r.holdReason} (until ${r.onHoldUntil?.toISOString() ?? '?'})` : lanesText(r),
         )}`,
     );
+  // A worker's duty cycle slows every migration it runs: named by the worker.
+  const resting = workers.flatMap((w) => {
+    const text = dutyCycleText(w.dutyCycle);
+    return text === null ? [] : [`<b>${html(`worker ${w.hostname} pid ${w.pid}`)}</b>: ${html(text)}`];
+  });
   const awaiting = reports
     .filter((r) => r.status === 'awaiting_approval')
     .map((r) => `<b>${html(r.name)}</b> (${html(r.jobSignatureName)} over ${html(r.tableName)}.${html(r.columnName)})`);
@@ -159,16 +165,17 @@ function overview(reports: MigrationReport[], workers: LiveWorker[], now: number
 ${counts.map(([status, n]) => `<li data-status="${status}"><b>${n}</b>${badge(status)}</li>`).join('')}
 <li><b data-field="fleet-rate">${Math.round(rate).toLocaleString('en')}</b>rows/s, all workers</li>
 <li><b>${workers.length}</b>live worker${workers.length === 1 ? '' : 's'}</li></ul>
-${list('Awaiting approval', 'awaiting', awaiting)}${list('Held back', 'holds', holds)}${list('Waiting for a work function no live worker has', 'waiting', waiting)}
+${list('Awaiting approval', 'awaiting', awaiting)}${list('Held back', 'holds', [...holds, ...resting])}${list('Waiting for a work function no live worker has', 'waiting', waiting)}
 <h2>Live workers</h2>${
     workers.length === 0
       ? '<p class="muted">None heard from in the last 90 s.</p>'
-      : `<div class="wrap"><table id="workers"><thead><tr><th>host</th><th>pid</th><th>work functions</th><th>last heartbeat</th><th>up since</th></tr></thead><tbody>
+      : `<div class="wrap"><table id="workers"><thead><tr><th>host</th><th>pid</th><th>work functions</th><th>last heartbeat</th><th>up since</th><th>pace</th></tr></thead><tbody>
 ${workers
   .map(
     (w) =>
       `<tr><td>${html(w.hostname)}</td><td>${w.pid}</td><td>${html(w.workNames.join(', '))}</td>` +
-      `<td title="${html(w.lastSeenAt.toISOString())}">${ago(w.lastSeenAt, now)}</td><td>${html(w.startedAt.toISOString())}</td></tr>`,
+      `<td title="${html(w.lastSeenAt.toISOString())}">${ago(w.lastSeenAt, now)}</td><td>${html(w.startedAt.toISOString())}</td>` +
+      `<td data-field="duty-cycle" class="note">${html(dutyCycleText(w.dutyCycle) ?? '')}</td></tr>`,
   )
   .join('\n')}</tbody></table></div>`
   }</section>`;

@@ -82,7 +82,8 @@ export class Worker {
     const db = () => this.#controlDb;
     const lanes = this.options.concurrency;
     this.#watch = new LaneWatch(lanes, this.options.runTimeoutMs + 60_000, log);
-    this.#heartbeat = new Heartbeat(db, { id: this.id, workNames: registry.names }, log);
+    const dutyCycle = () => this.#pacer.dutyCycle;
+    this.#heartbeat = new Heartbeat(db, { id: this.id, workNames: registry.names, dutyCycle }, log);
     if (notify.length > 0) this.#notifier = new Notifier(db, notify, this.options.notifyCheckMs, log, tell);
     const pacer = new Pacer(this.options, lanes, this.#watch, { throttle: params.throttle, db, log });
     this.#pacer = pacer;

@@ -5,7 +5,7 @@
  * tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
  */
 import { Writable } from 'node:stream';
-import { progressText } from '../bbm/report-text.ts';
+import { lanesText, progressText } from '../bbm/report-text.ts';
 import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { RUNNABLE_STATUSES, statusIn } from '../store/codes.ts';
@@ -104,7 +104,7 @@ function progressLine(report: MigrationReport): string {
     (report.rowsPerSecond === null ? '' : `, ${Math.round(report.rowsPerSecond).toLocaleString('en')} rows/s`) +
     (report.etaSeconds === null ? '' : `, ${duration(report.etaSeconds)} left`) +
     `, ${report.lanesInUse}/${report.lanes} lanes` +
-    (report.lanesAllowed < report.lanes ? ` (${report.lanesAllowed} allowed: latency)` : '') +
+    (report.lanesAllowed < report.lanes ? ` (${lanesText(report)})` : '') +
     `, batch ${report.batchSize.toLocaleString('en')}` +
     (report.waitingForWork ? ', waiting for a worker with its work function' : '') +
     held

@@ -5,7 +5,16 @@ import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { UsageError } from './args.ts';
 import type { Context } from './context.ts';
-import { boundsText, progressIsEstimate, progressText, verificationText } from '../bbm/report-text.ts';
+import {
+  boundsText,
+  dutyCycleText,
+  lanesText,
+  progressIsEstimate,
+  progressText,
+  verificationText,
+} from '../bbm/report-text.ts';
+import { liveWorkers } from '../store/dashboard.ts';
+import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { duration, table, toJson } from './format.ts';
 
 export async function status(context: Context): Promise<number> {
@@ -17,7 +26,10 @@ export async function status(context: Context): Promise<number> {
     return 1;
   }
   if (flags.json) io.out(toJson(reports));
-  else io.out(render(reports) + awaitingApproval(reports) + (await renderSchedules(context)));
+  else
+    io.out(
+      render(reports) + awaitingApproval(reports) + (await restingWorkers(context)) + (await renderSchedules(context)),
+    );
   return 0;
 }
 
@@ -133,6 +145,18 @@ function awaitingApproval(reports: MigrationReport[]): string {
     : `\n\nawaiting approval: ${waiting.join(', ')} (no worker takes them until \`bbm approve --name NAME\`)`;
 }
 
+/**
+ * The lines under the table that name the live workers whose lanes rest part of the time
+ * (foreground protection's duty cycle: it slows every migration they run); empty when none does.
+ */
+async function restingWorkers({ pool }: Context): Promise<string> {
+  const lines = (await liveWorkers(pool, LIVE_WORKER_WINDOW_MS)).flatMap((w) => {
+    const text = dutyCycleText(w.dutyCycle);
+    return text === null ? [] : [`worker ${w.hostname} pid ${w.pid}: ${text}`];
+  });
+  return lines.length === 0 ? '' : `\n\n${lines.join('\n')}`;
+}
+
 function note(r: MigrationReport): string {
   if (r.failureErrorCode !== null) return `${r.failureErrorCode}: ${r.failureMessage ?? ''}`;
   const notes: string[] = [];
@@ -142,7 +166,8 @@ function note(r: MigrationReport): string {
     const seconds = Math.max(0, (r.onHoldUntil.getTime() - Date.now()) / 1000);
     notes.push(`held ${duration(seconds)}: ${r.holdReason ?? ''}`);
   }
-  if (r.lanesAllowed < r.lanes) notes.push(`latency: ${r.lanesAllowed} of ${r.lanes} lanes allowed`);
+  const lanes = lanesText(r);
+  if (lanes !== null) notes.push(lanes);
   if (r.waitingForWork) notes.push(`waiting for a worker with work function ${r.jobSignatureName}`);
   if (r.lastError !== null) notes.push(`last job error: ${r.lastError}`);
   const verification = verificationText(r);

@@ -13,6 +13,8 @@ export interface LiveWorker {
   workNames: string[];
   startedAt: Date;
   lastSeenAt: Date;
+  /** The share of the time its lanes run (foreground protection's duty cycle); null when all the time. */
+  dutyCycle: number | null;
 }
 
 /** Workers heard from within `withinMs`, most recently heard first. */
@@ -24,10 +26,11 @@ export async function liveWorkers(db: Queryable, withinMs: number): Promise<Live
     work_names: string[];
     started_at: Date;
     last_seen_at: Date;
+    duty_cycle: number | null;
   }>(
     db,
     sql`
-      SELECT id, hostname, pid, work_names, started_at, last_seen_at FROM batched_background_migration_workers
+      SELECT id, hostname, pid, work_names, started_at, last_seen_at, duty_cycle FROM batched_background_migration_workers
       WHERE last_seen_at > now() - make_interval(secs => ${withinMs / 1000}::float8)
       ORDER BY last_seen_at DESC, id`,
   );
@@ -38,6 +41,7 @@ export async function liveWorkers(db: Queryable, withinMs: number): Promise<Live
     workNames: r.work_names,
     startedAt: r.started_at,
     lastSeenAt: r.last_seen_at,
+    dutyCycle: r.duty_cycle,
   }));
 }
 

@@ -264,6 +264,13 @@ export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdM
   );
 }
 
+/**
+ * Why a migration is allowed fewer lanes than max_parallel_jobs (lanes_reason): slow start, the
+ * latency controller's shed (its jobs' time per row past their norm), or foreground protection's
+ * (the application's commits slower than with no run in flight).
+ */
+export type LanesReason = 'slow start' | 'latency' | 'commit latency';
+
 /** A change of the lanes a migration is allowed: from and to (null: all of max_parallel_jobs). */
 export interface LanesChange {
   name: string;
@@ -273,9 +280,13 @@ export interface LanesChange {
 
 /**
  * Halves the lanes a runnable migration is allowed (at least 1): the latency controller's
- * multiplicative decrease. Null when it already runs in one lane, or is not runnable.
+ * multiplicative decrease, for `reason`. Null when it already runs in one lane, or is not runnable.
  */
-export async function shedLanes(db: Queryable, id: bigint): Promise<LanesChange | null> {
+export async function shedLanes(
+  db: Queryable,
+  id: bigint,
+  reason: Exclude<LanesReason, 'slow start'>,
+): Promise<LanesChange | null> {
   const row = await execOne<LanesChange>(
     db,
     sql`
@@ -284,7 +295,7 @@ export async function shedLanes(db: Queryable, id: bigint): Promise<LanesChange 
         WHERE id = ${id} AND status IN (${RUNNABLE}) AND coalesce(lanes_allowed, max_parallel_jobs) > 1
         FOR UPDATE
       )
-      UPDATE batched_background_migrations m SET lanes_allowed = greatest(1, b.lanes / 2), updated_at = now()
+      UPDATE batched_background_migrations m SET lanes_allowed = greatest(1, b.lanes / 2), lanes_reason = ${reason}, updated_at = now()
       FROM before b WHERE m.id = b.id
       RETURNING m.name, b.lanes AS "from", m.lanes_allowed AS "to"`,
   );
@@ -299,15 +310,15 @@ export async function shedLanes(db: Queryable, id: bigint): Promise<LanesChange 
 export async function startInOneLane(db: Queryable, id: bigint): Promise<boolean> {
   const rows = await exec(
     db,
-    sql`UPDATE batched_background_migrations SET lanes_allowed = 1, updated_at = now()
+    sql`UPDATE batched_background_migrations SET lanes_allowed = 1, lanes_reason = ${'slow start' satisfies LanesReason}, updated_at = now()
         WHERE id = ${id} AND status IN (${RUNNABLE}) AND max_parallel_jobs > 1 AND lanes_allowed IS NULL RETURNING id`,
   );
   return rows.length > 0;
 }
 
 /**
- * Allows a runnable migration one lane more, back to all of max_parallel_jobs (NULL): the latency
- * controller's additive increase. Null when nothing was held back.
+ * Allows a runnable migration one lane more, back to all of max_parallel_jobs (NULL, and its
+ * reason with it): the latency controller's additive increase. Null when nothing was held back.
  */
 export async function growLanes(db: Queryable, id: bigint): Promise<LanesChange | null> {
   const row = await execOne<{ name: string; from: number; to: number | null; max: number }>(
@@ -319,7 +330,8 @@ export async function growLanes(db: Queryable, id: bigint): Promise<LanesChange 
         FOR UPDATE
       )
       UPDATE batched_background_migrations m
-      SET lanes_allowed = CASE WHEN b.lanes + 1 >= b.max THEN NULL ELSE b.lanes + 1 END, updated_at = now()
+      SET lanes_allowed = CASE WHEN b.lanes + 1 >= b.max THEN NULL ELSE b.lanes + 1 END,
+          lanes_reason = CASE WHEN b.lanes + 1 >= b.max THEN NULL ELSE m.lanes_reason END, updated_at = now()
       FROM before b WHERE m.id = b.id
       RETURNING m.name, b.lanes AS "from", m.lanes_allowed AS "to", b.max AS max`,
   );
@@ -498,6 +510,11 @@ export type MigrationSummary = Pick<
 > & {
   status: MigrationStatusCode;
   lanesAllowed: number;
+  /**
+   * Why `lanesAllowed` is below max_parallel_jobs (LanesReason); null when it is not, or when a
+   * worker of a release before the reason was recorded lowered it.
+   */
+  lanesReason: LanesReason | null;
   /** Ranges cut: finished, failed (waiting for a retry), active (running in a lane, or cut ahead for one). */
   jobs: { total: number; finished: number; failed: number; active: number };
   /** Lanes whose lock is held now: jobs running at this moment, across all workers. */
@@ -581,6 +598,7 @@ interface SummaryRow {
   batch_size: number;
   max_parallel_jobs: number;
   lanes_allowed: number;
+  lanes_reason: LanesReason | null;
   target_job_ms: number | null;
   min_batch_size: number | null;
   max_batch_size: number | null;
@@ -647,6 +665,7 @@ export async function listMigrations(
       WITH s AS (
       SELECT m.id, m.name, m.status, m.job_signature_name, m.table_name, m.column_name, m.min_value, m.max_value,
              m.batch_size, m.max_parallel_jobs, least(m.max_parallel_jobs, coalesce(m.lanes_allowed, m.max_parallel_jobs)) AS lanes_allowed,
+             CASE WHEN m.lanes_allowed < m.max_parallel_jobs THEN m.lanes_reason END AS lanes_reason,
              m.target_job_ms, m.min_batch_size, m.max_batch_size,
              CASE WHEN m.on_hold_until > now() THEN m.on_hold_until END AS on_hold_until,
              CASE WHEN m.on_hold_until > now() THEN m.hold_reason END AS hold_reason, m.run_errors,
@@ -713,6 +732,7 @@ export async function listMigrations(
     batchSize: r.batch_size,
     maxParallelJobs: r.max_parallel_jobs,
     lanesAllowed: r.lanes_allowed,
+    lanesReason: r.lanes_reason,
     targetJobMs: r.target_job_ms,
     minBatchSize: r.min_batch_size,
     maxBatchSize: r.max_batch_size,
@@ -860,7 +880,7 @@ export async function setMigrationPace(db: Queryable, name: string, pace: Migrat
   const sets: SQL[] = [];
   // The operator's word on lanes wins over the latency controller's allowance (it sheds again if need be).
   if (pace.maxParallelJobs !== undefined)
-    sets.push(sql`max_parallel_jobs = ${pace.maxParallelJobs}::int, lanes_allowed = NULL`);
+    sets.push(sql`max_parallel_jobs = ${pace.maxParallelJobs}::int, lanes_allowed = NULL, lanes_reason = NULL`);
   if (pace.batchSize !== undefined) sets.push(sql`batch_size = ${pace.batchSize}::int`);
   if (pace.targetJobMs !== undefined) sets.push(sql`target_job_ms = ${pace.targetJobMs}::int`);
   if (pace.minBatchSize !== undefined) sets.push(sql`min_batch_size = ${pace.minBatchSize}::int`);

@@ -14,6 +14,7 @@ import {
   integer,
   jsonb,
   pgTable,
+  real,
   smallint,
   text,
   timestamp,
@@ -72,6 +73,13 @@ export const batchedBackgroundMigrations = pgTable(
      * time per row climbs well past its norm, grown back one at a time while healthy. NULL: all.
      */
     lanesAllowed: integer('lanes_allowed'),
+    /**
+     * Why lanes_allowed is below max_parallel_jobs: 'slow start', 'latency' (the latency
+     * controller shed lanes) or 'commit latency' (foreground protection did). Set with
+     * lanes_allowed, NULL with it; read only while lanes_allowed < max_parallel_jobs (a worker of
+     * 0.9.3 or before changes lanes_allowed without it).
+     */
+    lanesReason: text('lanes_reason'),
     /** Adaptive sizing: the work time a job should take; NULL keeps `batch_size` fixed. */
     targetJobMs: integer('target_job_ms'),
     /** Bounds of adaptive sizing, and the smallest range a timed-out range is split down to (NULL: 1). */
@@ -227,6 +235,11 @@ export const batchedBackgroundMigrationWorkers = pgTable(
     workNames: text('work_names').array().notNull(),
     startedAt: timestamp('started_at', { withTimezone: true }).notNull().defaultNow(),
     lastSeenAt: timestamp('last_seen_at', { withTimezone: true }).notNull().defaultNow(),
+    /**
+     * The share of the time the worker's lanes run (foreground protection's duty cycle, 0..1):
+     * written with the heartbeat and when it changes; NULL when they run all the time.
+     */
+    dutyCycle: real('duty_cycle'),
   },
   (t) => [index('batched_background_migration_workers_last_seen_at_idx').on(t.lastSeenAt)],
 );

@@ -14,7 +14,12 @@ export interface WorkerAnnouncement {
   hostname: string;
   pid: number;
   workNames: readonly string[];
+  /** The share of the time its lanes run (the pacer's duty cycle); stored as NULL at 1. */
+  dutyCycle?: number;
 }
+
+/** A duty cycle as the column holds it: NULL when the lanes run all the time. */
+const dutyCycleValue = (share: number | undefined): number | null => (share === undefined || share >= 1 ? null : share);
 
 /** Workers not seen for a day are forgotten: they died without saying goodbye. */
 const FORGET_AFTER = sql.raw(`interval '1 day'`);
@@ -27,9 +32,18 @@ export async function announceWorker(db: Queryable, worker: WorkerAnnouncement):
       WITH forgotten AS (
         DELETE FROM batched_background_migration_workers WHERE last_seen_at < now() - ${FORGET_AFTER}
       )
-      INSERT INTO batched_background_migration_workers (id, hostname, pid, work_names)
-      VALUES (${worker.id}, ${worker.hostname}, ${worker.pid}, ${sql.param(worker.workNames)}::text[])
-      ON CONFLICT (id) DO UPDATE SET work_names = excluded.work_names, last_seen_at = now()`,
+      INSERT INTO batched_background_migration_workers (id, hostname, pid, work_names, duty_cycle)
+      VALUES (${worker.id}, ${worker.hostname}, ${worker.pid}, ${sql.param(worker.workNames)}::text[],
+              ${dutyCycleValue(worker.dutyCycle)}::real)
+      ON CONFLICT (id) DO UPDATE SET work_names = excluded.work_names, duty_cycle = excluded.duty_cycle, last_seen_at = now()`,
+  );
+}
+
+/** Publishes a worker's duty cycle when it changes, ahead of the next heartbeat (NULL at 1). */
+export async function recordDutyCycle(db: Queryable, workerId: string, share: number): Promise<void> {
+  await exec(
+    db,
+    sql`UPDATE batched_background_migration_workers SET duty_cycle = ${dutyCycleValue(share)}::real WHERE id = ${workerId}`,
   );
 }
 
