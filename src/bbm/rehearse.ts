@@ -29,7 +29,7 @@ import {
   type KeyBounds,
   type SampleLimits,
 } from '../store/rehearsal.ts';
-import { migrationNamed } from '../store/migration-rows.ts';
+import { migrationNamed } from '../store/verify.ts';
 import { sessionLimits, tighterLimit, type TakenMigration } from '../store/run-transaction.ts';
 import { resolveOptions } from './config.ts';
 import { enqueueMigration, EnqueueError } from './enqueue.ts';

@@ -15,8 +15,7 @@ import { rangeText, defaultLibraryLogger } from './log.ts';
 import type { Job, JobKey, VerifyFound, VerifyParams, VerifyReport, Work } from './types.ts';
 import { Validations } from './validate.ts';
 import { WorkRegistry } from './work-registry.ts';
-import { migrationNamed } from '../store/migration-rows.ts';
-import { finishedRanges } from '../store/verify.ts';
+import { finishedRanges, migrationNamed } from '../store/verify.ts';
 
 /** Ranges read a page at a time. */
 const PAGE = 200;

@@ -23,7 +23,6 @@ import type { Target } from './catalog.ts';
 import { canonicalKey, keyJson, keyList, keyListDescending, keyRow, keyTextArray, type Key } from './keys.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
-import type { TakenMigration } from './run-transaction.ts';
 
 const RUNNABLE = sql.raw(statusCodes(RUNNABLE_STATUSES));
 
@@ -916,45 +915,4 @@ export async function retryMigration(db: Queryable, name: string): Promise<numbe
       SELECT (SELECT count(*) FROM jobs) AS jobs FROM m`,
   );
   return row ? Number(row.jobs) : null;
-}
-
-/** A migration's row by name, as a run takes it (null when there is none): for `bbm verify` and `bbm rehearse`. */
-export async function migrationNamed(db: Queryable, name: string): Promise<TakenMigration | null> {
-  const row = await execOne<{
-    id: string;
-    name: string;
-    status: MigrationStatusCode;
-    job_signature_name: string;
-    table_name: string;
-    column_name: string;
-    batching_strategy: string | null;
-    batch_size: number;
-    max_parallel_jobs: number;
-    target_job_ms: number | null;
-    min_batch_size: number | null;
-    max_batch_size: number | null;
-    job_arguments: Record<string, unknown>;
-  }>(
-    db,
-    sql`
-      SELECT id, name, status, job_signature_name, table_name, column_name, batching_strategy, batch_size,
-             max_parallel_jobs, target_job_ms, min_batch_size, max_batch_size, job_arguments
-      FROM batched_background_migrations WHERE name = ${name}`,
-  );
-  if (!row) return null;
-  return {
-    id: BigInt(row.id),
-    name: row.name,
-    status: row.status,
-    jobSignatureName: row.job_signature_name,
-    tableName: row.table_name,
-    columnName: row.column_name,
-    batchingStrategy: row.batching_strategy,
-    batchSize: row.batch_size,
-    maxParallelJobs: row.max_parallel_jobs,
-    targetJobMs: row.target_job_ms,
-    minBatchSize: row.min_batch_size,
-    maxBatchSize: row.max_batch_size,
-    jobArguments: row.job_arguments,
-  };
 }
