@@ -176,7 +176,10 @@ describe('installing the functions', () => {
     const db = await emptyDatabase();
     const results = await Promise.all([migrateSchema(db.pool), migrateSchema(db.pool)]);
     expect(results.map((r) => r.functions.outcome).sort()).toEqual(['current', 'installed']);
-    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, 23]);
+    const journal = JSON.parse(await readFile(path.join(MIGRATIONS, 'meta', '_journal.json'), 'utf8')) as {
+      entries: unknown[];
+    };
+    expect(results.map((r) => r.applied.length).sort((a, b) => a - b)).toEqual([0, journal.entries.length]);
     expect(await installs(db.pool)).toHaveLength(1);
   });
 
