@@ -3,7 +3,7 @@
  * section) enqueueing a fresh migration over bench_items and draining it.
  */
 import type pg from 'pg';
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import type { AnyWork, HealthOptions, RunResult, Work, WorkerObserver } from '../src/bbm/types.ts';
 import { Worker } from '../src/bbm/worker.ts';
 
@@ -22,18 +22,20 @@ export function benchWorker(
     health,
     jobDurationsMs,
     observers = [],
+    logger = quiet,
   }: {
     work: AnyWork[];
     lanes?: number;
     health: HealthOptions | false;
     jobDurationsMs?: number[];
     observers?: WorkerObserver[];
+    logger?: Logger;
   },
 ): Worker {
   return new Worker({
     pool,
     work,
-    logger: quiet,
+    logger,
     startupJitterMs: 0,
     intervalMs: 1,
     concurrency: lanes,
@@ -50,10 +52,17 @@ export function benchWorker(
 /**
  * Drains a fresh migration with `lanes` lanes and one worker of that concurrency; resolves with
  * its duration in ms. `health: false` measures the engine's own speed (no holds, no slow start).
+ * `logger` (silent unless given) is the worker's.
  */
 export async function drain(
   pool: pg.Pool,
-  { work, batch, lanes, health }: { work: Work; batch: number; lanes: number; health: HealthOptions | false },
+  {
+    work,
+    batch,
+    lanes,
+    health,
+    logger,
+  }: { work: Work; batch: number; lanes: number; health: HealthOptions | false; logger?: Logger },
 ): Promise<number> {
   pass += 1;
   await pool.query(
@@ -61,7 +70,7 @@ export async function drain(
      VALUES ($1, $2, $3, 'bench_items', 'id', $4)`,
     [`bench_${pass}`, batch, work.name, lanes],
   );
-  const worker = benchWorker(pool, { work: [work], lanes, health });
+  const worker = benchWorker(pool, { work: [work], lanes, health, ...(logger && { logger }) });
   const started = performance.now();
   await worker.run({ untilDone: true });
   return performance.now() - started;

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
+import type { Logger } from 'pino';
 import type { Work } from '../src/bbm/types.ts';
 import { drain } from './drain.ts';
 
@@ -86,6 +87,7 @@ export async function foreground(
     baselineMs = 5_000,
     curveBatchSizes = [100, 300, 1_000],
     commitLatencyFactor = 1.5,
+    guardedLogger,
   }: {
     url: string;
     rows: number;
@@ -96,6 +98,8 @@ export async function foreground(
     baselineMs?: number;
     curveBatchSizes?: number[];
     commitLatencyFactor?: number;
+    /** The protected phase's worker logger (its controller's decisions); silent unless given. */
+    guardedLogger?: Logger;
   },
 ): Promise<ForegroundResult> {
   const baseline = await foregroundLoad(
@@ -127,6 +131,7 @@ export async function foreground(
       lanes,
       // Checked often enough that the probes learn their usual (50 of them) early in a run this short.
       health: { checkMs: 200, holdMs: 2_000, commitLatencyFactor },
+      ...(guardedLogger && { logger: guardedLogger }),
     });
   });
 

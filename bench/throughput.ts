@@ -30,7 +30,7 @@
  *
  *   npm run bench -- [--rows N] [--batch-size N] [--lanes 2,4] [--pairs N] [--warmup N] [--adaptive-rows N] [--statements] [--cpu]
  *                    [--keys-rows N] [--keys-rounds N] [--keys-warmup N] [--keys-only]
- *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--adaptive-only] [--json]
+ *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--adaptive-only] [--foreground-only] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
  * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
@@ -42,7 +42,8 @@
  * batchSize, p99Ms, rowsPerSec }] }, keys: [{ key, lanes, engineRowsPerSec, plainRowsPerSec, ratio, speedup (above 1 lane),
  * defaultsRowsPerSec, defaultsRatio }], verify: { rows, lanes, plainRowsPerSec, checkedRowsPerSec, checkedCost,
  * sweepShare, verifyShare, rehearsedDuration, rehearsedWal } } (see foreground.ts, keys.ts, verify.ts). With --keys-only, { rows, batchSize, keys };
- * with --verify-only, { verify }; with --adaptive-only, { adaptive }.
+ * with --verify-only, { verify }; with --adaptive-only, { adaptive }; with --foreground-only, { foreground } (on
+ * a fresh table rewritten --warmup times first; the protected phase's controller decisions on stderr).
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -50,7 +51,7 @@ import type pg from 'pg';
 import { pino } from 'pino';
 import { cpuMeter, perJob, type CpuPerJob } from './cpu.ts';
 import { benchWorker, drain } from './drain.ts';
-import { foreground } from './foreground.ts';
+import { foreground, type ForegroundResult } from './foreground.ts';
 import { keys, keysReport } from './keys.ts';
 import { verifyBench, verifyReport } from './verify.ts';
 import { Worker } from '../src/bbm/worker.ts';
@@ -80,6 +81,7 @@ const { values: flags } = parseArgs({
     'verify-rounds': { type: 'string', default: '1' },
     'verify-only': { type: 'boolean', default: false },
     'adaptive-only': { type: 'boolean', default: false },
+    'foreground-only': { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -342,6 +344,26 @@ function adaptiveReport(a: Awaited<ReturnType<typeof adaptive>>): void {
   );
 }
 
+function foregroundReport(f: ForegroundResult): void {
+  const share = (rowsPerSec: number) => `${Math.round((rowsPerSec / f.unthrottledRowsPerSec) * 100)} % of unthrottled`;
+  const times = (ms: number) => `${Math.round((ms / f.baselineP99Ms) * 100) / 100}×`;
+  log(
+    `foreground: ${f.rate} single-row updates/s on the same table; p99 ${f.baselineP99Ms} ms alone, ` +
+      `${f.unthrottledP99Ms} ms beside ${f.lanes} lanes with health holds off (${f.unthrottledRowsPerSec.toLocaleString('en')} rows/s), ` +
+      `${f.heldP99Ms} ms with them on (${f.heldRowsPerSec.toLocaleString('en')} rows/s)`,
+  );
+  log(
+    `foreground with holds and commitLatencyFactor ${f.commitLatencyFactor}: p99 ${f.guardedP99Ms} ms (${f.guardedRowsPerSec.toLocaleString('en')} rows/s)`,
+  );
+  log(
+    `foreground beside 1 lane: ${f.curve.map((c) => `batch ${c.batchSize}: p99 ${c.p99Ms} ms at ${c.rowsPerSec.toLocaleString('en')} rows/s`).join('; ')}`,
+  );
+  log(
+    `foreground protection: p99 ${times(f.guardedP99Ms)} baseline at ${share(f.guardedRowsPerSec)}; ` +
+      `1 lane at batch ${f.curve.at(-1)?.batchSize}: ${times(f.curve.at(-1)?.p99Ms ?? NaN)} at ${share(f.curve.at(-1)?.rowsPerSec ?? NaN)}`,
+  );
+}
+
 /** A fresh table of `rows` rows (ids 1..rows) in the shape every method updates, vacuumed and analyzed. */
 async function createItemsTable(pool: pg.Pool, table: 'bench_items' | 'bench_adaptive_items', rows: number) {
   await pool.query(`DROP TABLE IF EXISTS ${table}`);
@@ -436,6 +458,38 @@ async function main() {
       const result = { adaptive: await adaptive(pool) };
       if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
       else adaptiveReport(result.adaptive);
+      return;
+    }
+    if (flags['foreground-only']) {
+      await createItemsTable(pool, 'bench_items', ROWS);
+      // A fresh table gets faster over its first rewrites (../shared/README.md): warm it up as the rounds would.
+      for (let i = 0; i < WARMUP; i += 1) {
+        await vacuumItems(pool);
+        await engine(pool, 4);
+      }
+      const started = performance.now();
+      // The protected phase's controllers' decisions (commit-probes.ts, latency-lanes.ts log each change), with the time into the run.
+      const decisions = pino(
+        { level: 'debug', base: null, timestamp: false },
+        {
+          write(line: string) {
+            const { msg } = JSON.parse(line) as { msg: string };
+            if (/^(commit )?latency/.test(msg)) log(`  ${Math.round(performance.now() - started)} ms ${msg}`);
+          },
+        },
+      );
+      const result = {
+        foreground: await foreground(pool, {
+          url,
+          rows: ROWS,
+          batch: BATCH,
+          work,
+          curveBatchSizes: [BATCH],
+          guardedLogger: decisions,
+        }),
+      };
+      if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+      else foregroundReport(result.foreground);
       return;
     }
     if (flags['keys-only']) {
@@ -566,18 +620,7 @@ async function main() {
       `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
         `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,
     );
-    const f = result.foreground;
-    log(
-      `foreground: ${f.rate} single-row updates/s on the same table; p99 ${f.baselineP99Ms} ms alone, ` +
-        `${f.unthrottledP99Ms} ms beside ${f.lanes} lanes with health holds off (${f.unthrottledRowsPerSec.toLocaleString('en')} rows/s), ` +
-        `${f.heldP99Ms} ms with them on (${f.heldRowsPerSec.toLocaleString('en')} rows/s)`,
-    );
-    log(
-      `foreground with holds and commitLatencyFactor ${f.commitLatencyFactor}: p99 ${f.guardedP99Ms} ms (${f.guardedRowsPerSec.toLocaleString('en')} rows/s)`,
-    );
-    log(
-      `foreground beside 1 lane: ${f.curve.map((c) => `batch ${c.batchSize}: p99 ${c.p99Ms} ms at ${c.rowsPerSec.toLocaleString('en')} rows/s`).join('; ')}`,
-    );
+    foregroundReport(result.foreground);
     keysReport(result.keys, log);
     verifyReport(result.verify, log);
   } finally {

@@ -157,4 +157,52 @@ describe('CommitWatch', () => {
     expect(grows).toBe(10);
     expect(watch.dutyCycle).toBe(1);
   });
+  it('lowers the duty cycle in proportion to how far over the factor commits are: by a step at least, by half at most', () => {
+    const watch = new CommitWatch(1.5);
+    // 1.6 ms against a quiet 1 ms at a factor of 1.5: 1.5 / 1.6 of the pace, rounded down to a step.
+    watch.shrink({ medianMs: 1.6, baselineMs: 1 });
+    expect(watch.dutyCycle).toBe(0.9);
+    watch.shrink({ medianMs: 2, baselineMs: 1 });
+    expect(watch.dutyCycle).toBe(0.675);
+    watch.shrink({ medianMs: 100, baselineMs: 1 });
+    expect(watch.dutyCycle).toBe(0.3375);
+  });
+
+  it('undoes a step up that a verdict of its probation finds under pressure, and holds that pace off for a while', () => {
+    const watch = new CommitWatch(1.5);
+    watch.observeQuiet(round(1));
+    watch.observeQuiet(round(1));
+    const verdict = (ms: number) => {
+      watch.changed();
+      watch.observe(round(ms));
+      return watch.judged(watch.observe(round(ms)).verdict);
+    };
+    watch.shrink();
+    expect(watch.grow()).toBe(true);
+    watch.steppedUp('duty');
+    expect(watch.dutyCycle).toBe(0.6);
+    // Fine once, then pressure: the step failed (one verdict alone was not enough to judge it).
+    expect(verdict(1.1)).toBeUndefined();
+    expect(verdict(2)).toBe('duty');
+    expect(watch.stepDown()).toBe(true);
+    expect(watch.dutyCycle).toBe(0.5);
+    // 0.6 is held off (about 20 rounds; each verdict here is two), then tried again.
+    let held = 0;
+    while (!watch.grow()) {
+      verdict(1.1);
+      held += 1;
+    }
+    expect(held).toBeGreaterThanOrEqual(9);
+    expect(watch.dutyCycle).toBe(0.6);
+    // A step that holds through its probation: lanes may grow once the duty cycle is whole.
+    watch.steppedUp('duty');
+    expect(watch.mayGrowLanes).toBe(false);
+    for (let i = 0; i < 3; i += 1) expect(verdict(1.1)).toBeUndefined();
+    while (watch.grow()) void 0;
+    expect(watch.mayGrowLanes).toBe(true);
+    // A lane more that fails: no lane more for a while.
+    watch.steppedUp('lanes');
+    expect(verdict(2)).toBe('lanes');
+    expect(watch.mayGrowLanes).toBe(false);
+  });
 });

@@ -5,7 +5,8 @@
  * pressure, halves the lanes of the migrations this worker ran lately (for every worker, as the
  * latency controller does), and once they are down to one, the share of the time this worker's
  * lanes run (the duty cycle, set on the pacing); while healthy, grows that back first, then a
- * lane at a time. With it on, the latency controller only sheds lanes: they grow through the
+ * lane at a time. A step up that the verdicts after it find under pressure is undone, and its pace
+ * held off for a while (pace.ts CommitWatch.steppedUp): it settles just below the knee. With it on, the latency controller only sheds lanes: they grow through the
  * probes. Changes are logged; failing is logged, never fatal.
  */
 import { performance } from 'node:perf_hooks';
@@ -94,11 +95,13 @@ export class CommitProbes implements RunFollower {
       return;
     }
     const verdict = commits.observe(latencies);
+    // A step up that this verdict finds under pressure is undone, and its pace held off (pace.ts judged).
+    const failed = commits.judged(verdict.verdict);
     if (verdict.verdict !== 'pressure' && verdict.verdict !== 'healthy') return;
     const since = startedAt - 2 * ctx.checkMs;
     for (const [id, at] of this.#ranLately) if (at < since) this.#ranLately.delete(id);
     try {
-      await this.#steer(verdict, [...this.#ranLately.keys()]);
+      await this.#steer(verdict, failed, [...this.#ranLately.keys()]);
     } catch (error) {
       ctx.log.warn({ err: error }, 'commit latency controller could not change lanes');
     }
@@ -129,8 +132,15 @@ export class CommitProbes implements RunFollower {
     }
   }
 
-  /** Sheds or grows lanes, or the duty cycle, as the verdict calls for. */
-  async #steer({ verdict, medianMs, baselineMs }: CommitVerdict, recent: bigint[]): Promise<void> {
+  /**
+   * Sheds or grows lanes, or the duty cycle, as the verdict calls for; `failed`, the step up it
+   * found under pressure, is undone (a lane: the lanes before it, at the whole duty cycle they had).
+   */
+  async #steer(
+    { verdict, medianMs, baselineMs }: CommitVerdict,
+    failed: 'duty' | 'lanes' | undefined,
+    recent: bigint[],
+  ): Promise<void> {
     const { commits, ctx } = this;
     const fields = {
       commit_median_ms: Math.round(medianMs * 100) / 100,
@@ -161,19 +171,31 @@ export class CommitProbes implements RunFollower {
       ctx.tell((observer) => observer.lanes?.({ migration: change.name, direction, from: change.from, to: change.to }));
     };
     if (verdict === 'pressure') {
+      if (failed === 'duty') {
+        if (commits.stepDown()) await dutyChanged('warn', 'a step up was too far: lanes run');
+        return;
+      }
       const shed = (await Promise.all(recent.map((id) => shedLanes(ctx.db(), id, 'commit latency')))).filter(
         (c) => c !== null,
       );
       for (const change of shed) lanesChanged(change, 'shed');
-      if (shed.length === 0 && commits.shrink()) await dutyChanged('warn', 'lanes run');
+      // After a lane too many, back to the lanes before it: the duty cycle was whole there.
+      if (shed.length === 0 && failed !== 'lanes' && commits.shrink({ medianMs, baselineMs }))
+        await dutyChanged('warn', 'lanes run');
       return;
     }
     if (commits.grow()) {
+      commits.steppedUp('duty');
       await dutyChanged('info', 'lanes run again');
       return;
     }
+    if (commits.dutyCycle < 1 || !commits.mayGrowLanes) return;
+    let grown = false;
     for (const change of await Promise.all(recent.map((id) => growLanes(ctx.db(), id)))) {
-      if (change) lanesChanged(change, 'grown');
+      if (!change) continue;
+      grown = true;
+      lanesChanged(change, 'grown');
     }
+    if (grown) commits.steppedUp('lanes');
   }
 }

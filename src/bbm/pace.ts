@@ -185,6 +185,17 @@ const MIN_DUTY_CYCLE = 1 / 16;
 const COMMIT_HEALTHY_SHARE = 0.8;
 /** What the duty cycle grows back by per healthy round. */
 const DUTY_STEP = 0.1;
+/**
+ * Rounds a pace that a step up put under pressure is held off for, after the step is undone
+ * (doubling while steps up to it keep failing, up to HOLD_MAX_ROUNDS; back to this after one holds).
+ */
+const HOLD_ROUNDS = 20;
+/**
+ * Verdicts a step up is judged by: pressure in any of them undoes it. One was not enough: a lane
+ * more read fine once and as pressure the round after (measured), and was shed by half, not undone.
+ */
+const PROBATION_VERDICTS = 3;
+const HOLD_MAX_ROUNDS = 16 * HOLD_ROUNDS;
 
 const percentile = (samples: readonly number[], p: number): number => {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -210,8 +221,9 @@ export interface CommitVerdict {
  * (measured: a p90 rule held a migration at a sixteenth of its time with commits no slower).
  *
  * It also keeps this worker's duty cycle: the share of the time its lanes run, pausing after each
- * job so that the rest is quiet. The worker halves it under pressure once lanes are down to one,
- * and grows it back a tenth at a time before it gives lanes back. Pausing is the knob because a
+ * job so that the rest is quiet. The worker lowers it under pressure once lanes are down to one (in
+ * proportion to the pressure, at most by half), and grows it back a tenth at a time before it
+ * gives lanes back; a step up found under pressure is undone and its pace held off (steppedUp). Pausing is the knob because a
  * commit waits behind the WAL flushes in progress: fewer of them, fewer waits. (Cutting smaller
  * ranges instead made more flushes per row and bought no latency, measured.)
  */
@@ -220,6 +232,11 @@ export class CommitWatch {
   #loaded: number[] = [];
   #rounds = 0;
   #dutyCycle = 1;
+  /** The step up the next verdicts judge (a probe of a faster pace), if any, and how many are left. */
+  #probing: { kind: 'duty' | 'lanes'; verdicts: number } | undefined;
+  /** The pace a step up was under pressure at, held off until a round: a duty cycle, or (lanes) any lane more. */
+  #ceiling: { kind: 'duty' | 'lanes'; dutyCycle: number; untilRound: number } | undefined;
+  #holdRounds = HOLD_ROUNDS;
 
   constructor(private readonly factor: number) {}
 
@@ -263,10 +280,61 @@ export class CommitWatch {
     this.#loaded = [];
   }
 
-  /** Halves the duty cycle (down to MIN_DUTY_CYCLE); false when it was already there. */
-  shrink(): boolean {
+  /**
+   * After a step up (the duty cycle, or a lane): the next PROBATION_VERDICTS verdicts judge it. A
+   * step up that one of them finds under pressure failed (`judged`): it is undone, and the pace it reached is
+   * held off for a while, so that the controller settles just below the knee instead of halving
+   * from it, or probing into it every other round.
+   */
+  steppedUp(kind: 'duty' | 'lanes'): void {
+    this.#probing = { kind, verdicts: PROBATION_VERDICTS };
+  }
+
+  /**
+   * What a verdict says of the step up it judges, if any: the step that failed (pressure: hold
+   * its pace off for #holdRounds, doubled each time in a row), or undefined (no step judged, or
+   * not yet failed; after the last verdict of its probation, the hold is back to its shortest).
+   */
+  judged(verdict: CommitVerdict['verdict']): 'duty' | 'lanes' | undefined {
+    const probing = this.#probing;
+    if (!probing || verdict === 'learning') return undefined;
+    if (verdict !== 'pressure') {
+      probing.verdicts -= 1;
+      if (probing.verdicts > 0) return undefined;
+      this.#probing = undefined;
+      this.#holdRounds = HOLD_ROUNDS;
+      return undefined;
+    }
+    this.#probing = undefined;
+    this.#ceiling = { kind: probing.kind, dutyCycle: this.#dutyCycle, untilRound: this.#rounds + this.#holdRounds };
+    this.#holdRounds = Math.min(HOLD_MAX_ROUNDS, 2 * this.#holdRounds);
+    return probing.kind;
+  }
+
+  /** Whether a lane more may be tried now: the last step up has held, and no failed one is held off. */
+  get mayGrowLanes(): boolean {
+    return !this.#probing && (!this.#ceiling || this.#rounds >= this.#ceiling.untilRound);
+  }
+
+  /** Undoes a step up of the duty cycle that failed. */
+  stepDown(): boolean {
     const before = this.#dutyCycle;
-    this.#dutyCycle = Math.max(MIN_DUTY_CYCLE, this.#dutyCycle / 2);
+    this.#dutyCycle = Math.max(MIN_DUTY_CYCLE, Math.round((this.#dutyCycle - DUTY_STEP) * 1e6) / 1e6);
+    return this.#dutyCycle !== before;
+  }
+
+  /**
+   * Lowers the duty cycle (down to MIN_DUTY_CYCLE); false when it was already there. By half, or
+   * given what the round's verdict said (`over`: its median against the quiet one), in proportion
+   * to how far over the factor commits are: by at least a step, at most half. Commits just over
+   * the factor cost a tenth of the pace, not half of it.
+   */
+  shrink(over?: { medianMs: number; baselineMs: number }): boolean {
+    const before = this.#dutyCycle;
+    const proportional =
+      over && over.medianMs > 0 ? (before * this.factor * over.baselineMs) / over.medianMs : before / 2;
+    const next = Math.max(before / 2, Math.min(before - DUTY_STEP, proportional));
+    this.#dutyCycle = Math.max(MIN_DUTY_CYCLE, Math.round(next * 1e6) / 1e6);
     return this.#dutyCycle !== before;
   }
 
@@ -277,6 +345,10 @@ export class CommitWatch {
    */
   grow(): boolean {
     const before = this.#dutyCycle;
+    const ceiling = this.#ceiling;
+    // A duty cycle a step up failed at waits for its hold to end (a lanes ceiling is above every duty cycle).
+    if (ceiling?.kind === 'duty' && this.#rounds < ceiling.untilRound && before + DUTY_STEP >= ceiling.dutyCycle - 1e-9)
+      return false;
     this.#dutyCycle = Math.min(1, Math.round((this.#dutyCycle + DUTY_STEP) * 1e6) / 1e6);
     return this.#dutyCycle !== before;
   }
