@@ -5,7 +5,10 @@ import { ConfigError } from '../src/bbm/errors.ts';
 import { resolveHealth } from '../src/bbm/health.ts';
 import { createMetrics } from '../src/bbm/metrics.ts';
 import { migrationReports } from '../src/bbm/status.ts';
-import type { HoldEvent, LanesEvent, Work } from '../src/bbm/types.ts';
+import { LatencyLanes } from '../src/bbm/latency-lanes.ts';
+import { LatencyWatch } from '../src/bbm/pace.ts';
+import type { HoldEvent, LanesEvent, RunResult, Work } from '../src/bbm/types.ts';
+import { pino } from 'pino';
 import { setMigrationPace } from '../src/store/migration-rows.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
@@ -422,5 +425,44 @@ describe('health holds', () => {
   ])('refuse bad options: %j', (options, message) => {
     expect(() => resolveHealth(options)).toThrow(message);
     expect(() => resolveHealth(options)).toThrow(ConfigError);
+  });
+});
+
+describe('the latency controller', () => {
+  const db = useTestDatabase();
+
+  it('grows lanes back after a shed at once, though it found them at their most just before', async () => {
+    const { pool } = db();
+    await createItems(pool, 'items', range(1, 10));
+    const id = await enqueue(pool, { name: 'steered', work: touch.name, table: 'items', batchSize: 10 });
+    await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2, status = 4 WHERE id = $1', [id]);
+    const lanes = new LatencyLanes(new LatencyWatch(3), {
+      db: () => pool,
+      checkMs: 600_000,
+      growsThroughProbes: false,
+      log: pino({ level: 'silent' }),
+      tell: () => {},
+    });
+    // Jobs of 10 rows: 1 ms a row is the norm, 5 ms a row is pressure; each begun after the last change.
+    const job = async (msPerRow: number) => {
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      const result: RunResult = {
+        outcome: 'job_succeeded',
+        runId: 'r',
+        durationMs: 0,
+        migration: { id, name: 'steered', work: touch.name },
+        job: { id: 1n, start: 1n, end: 10n, attempt: 1, batchSize: 10, lane: 0, rows: 10, durationMs: msPerRow * 10 },
+      };
+      await lanes.follow(result)?.run();
+    };
+    const allowed = async () =>
+      (await pool.query('SELECT lanes_allowed FROM batched_background_migrations WHERE id = $1', [id])).rows[0]
+        .lanes_allowed as number | null;
+    for (let i = 0; i < 5 + 4; i += 1) await job(1); // learned, then healthy at its most lanes: full for a check
+    expect(await allowed()).toBeNull();
+    await job(5);
+    expect(await allowed()).toBe(1);
+    for (let i = 0; i < 4; i += 1) await job(1);
+    expect(await allowed()).toBeNull();
   });
 });

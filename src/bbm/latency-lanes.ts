@@ -111,6 +111,8 @@ export class LatencyLanes implements RunFollower {
         return;
       }
       steering.changedAt = performance.now();
+      // Below its most lanes again: growing may be tried as soon as the jobs allow.
+      if (verdict === 'pressure') steering.fullUntil = -Infinity;
       const direction = verdict === 'pressure' ? 'shed' : 'grown';
       const fields = { ...migrationFields(migration), lanes_from: change.from, lanes_to: change.to };
       if (direction === 'shed') {
