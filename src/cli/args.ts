@@ -108,6 +108,22 @@ const FLAG_HELP: Record<Flag, string> = {
 
 const LOGGING: Flag[] = ['log-level', 'log-format'];
 
+/** The flags that describe a migration: `bbm enqueue`'s, and `bbm rehearse`'s for one not enqueued. */
+const MIGRATION_SPEC_FLAGS: Flag[] = [
+  'work',
+  'table',
+  'column',
+  'batch-size',
+  'min',
+  'max',
+  'min-key',
+  'max-key',
+  'args',
+  'target-job-ms',
+  'min-batch-size',
+  'max-batch-size',
+];
+
 interface CommandSpec {
   summary: string;
   usage: string;
@@ -156,49 +172,13 @@ export const COMMANDS: Record<string, CommandSpec> = {
     summary: 'Add a migration, after checking its table, key, index, bounds and work function',
     usage:
       'bbm enqueue --name NAME --work WORK --table TABLE --column COLUMN --batch-size N [--min N] [--max N] [--min-key JSON] [--max-key JSON] [--args JSON] [--lanes N] [--paused | --needs-approval] …',
-    flags: [
-      'name',
-      'work',
-      'table',
-      'column',
-      'batch-size',
-      'min',
-      'max',
-      'min-key',
-      'max-key',
-      'args',
-      'lanes',
-      'target-job-ms',
-      'min-batch-size',
-      'max-batch-size',
-      'paused',
-      'needs-approval',
-      'dry-run',
-      'json',
-    ],
+    flags: ['name', ...MIGRATION_SPEC_FLAGS, 'lanes', 'paused', 'needs-approval', 'dry-run', 'json'],
   },
   rehearse: {
     summary: "Run a migration's work on sample ranges, each rolled back, and project its duration, WAL and dead tuples",
     usage:
       'bbm rehearse --name NAME --config FILE [--samples N] [--lanes N] [--json], or with the flags of bbm enqueue (--work WORK --table TABLE …) for a migration not enqueued',
-    flags: [
-      'name',
-      'samples',
-      'lanes',
-      'json',
-      'work',
-      'table',
-      'column',
-      'batch-size',
-      'min',
-      'max',
-      'min-key',
-      'max-key',
-      'args',
-      'target-job-ms',
-      'min-batch-size',
-      'max-batch-size',
-    ],
+    flags: ['name', 'samples', 'lanes', 'json', ...MIGRATION_SPEC_FLAGS],
   },
   set: {
     summary: "Change a migration's pace while it runs: lanes, batch size, adaptive sizing",

@@ -250,13 +250,26 @@ export interface TakeRow {
   job_arguments: Record<string, unknown> | null;
 }
 
-/** A take's rows (takeRowsOf) read: nothing, busy (a lane locked elsewhere), a job, or a step. */
-export function parseTake(rows: readonly TakeRow[]): Take {
-  const row = rows[0];
-  if (!row) return { kind: 'nothing' };
-  if (row.migration_id === '0') return { kind: 'busy' };
-  const lane = row.lane ?? 0;
-  const migration: TakenMigration = {
+/** A take row's migration columns; a migration read by name (store/verify.ts) has the same. */
+export type MigrationColumns = Pick<
+  TakeRow,
+  | 'migration_id'
+  | 'name'
+  | 'status'
+  | 'job_signature_name'
+  | 'table_name'
+  | 'column_name'
+  | 'batching_strategy'
+  | 'batch_size'
+  | 'max_parallel_jobs'
+  | 'target_job_ms'
+  | 'min_batch_size'
+  | 'max_batch_size'
+  | 'job_arguments'
+>;
+
+export function takenMigrationOf(row: MigrationColumns): TakenMigration {
+  return {
     id: BigInt(row.migration_id),
     name: row.name,
     status: row.status as MigrationStatusCode,
@@ -271,6 +284,15 @@ export function parseTake(rows: readonly TakeRow[]): Take {
     maxBatchSize: row.max_batch_size,
     jobArguments: row.job_arguments ?? {},
   };
+}
+
+/** A take's rows (takeRowsOf) read: nothing, busy (a lane locked elsewhere), a job, or a step. */
+export function parseTake(rows: readonly TakeRow[]): Take {
+  const row = rows[0];
+  if (!row) return { kind: 'nothing' };
+  if (row.migration_id === '0') return { kind: 'busy' };
+  const lane = row.lane ?? 0;
+  const migration = takenMigrationOf(row);
   if (row.job_id === null || row.job_min === null || row.job_max === null) {
     return { kind: 'step', lane, migration, step: row.step ?? 'finish' };
   }

@@ -10,11 +10,11 @@
  * checked from the previous range's last key (inclusive: that row is checked twice, harmlessly),
  * and the first range from the migration's first key.
  */
-import { sql } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';
-import { JobStatus, type MigrationStatusCode } from './codes.ts';
+import { JobStatus } from './codes.ts';
 import type { ClaimedJob } from './jobs.ts';
-import type { TakenMigration } from './run-transaction.ts';
+import { takenMigrationOf, type MigrationColumns, type TakenMigration } from './run-transaction.ts';
 
 /** What the sweep's next ranges are: up to the number asked, held by this run; none left; or only ranges other lanes hold. */
 export type SweepRanges = { kind: 'ranges'; jobs: ClaimedJob[] } | { kind: 'none' } | { kind: 'busy' };
@@ -56,6 +56,16 @@ const RANGE_COLUMNS = sql`
     (SELECT bbm_key_text(m.min_key) FROM batched_background_migrations m
      WHERE m.id = j.batched_background_migration_id AND j.min_key IS NOT NULL)) AS before_key`;
 
+/** A migration's finished ranges (only those not yet verified) after the one ending at ordinal `after`, in order. */
+function finishedAfter(migrationId: bigint, after: bigint | null, { unverified }: { unverified: boolean }): SQL {
+  return sql`
+    FROM batched_background_migration_jobs j
+    WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.finished}
+      ${unverified ? sql`AND j.verified_at IS NULL` : sql``}
+      AND (${after}::bigint IS NULL OR j.max_value > ${after}::bigint)
+    ORDER BY j.max_value`;
+}
+
 /**
  * The first `limit` finished ranges of the migration not yet verified and not held by another
  * lane, in order, locked; after the range ending at ordinal `after` first (this runner's last),
@@ -71,14 +81,7 @@ export async function takeUnverifiedRanges(
   for (const from of after === undefined ? [null] : [after, null]) {
     const rows = await exec<RangeRow>(
       db,
-      sql`
-        SELECT ${RANGE_COLUMNS}
-        FROM batched_background_migration_jobs j
-        WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.finished}
-          AND j.verified_at IS NULL AND (${from}::bigint IS NULL OR j.max_value > ${from}::bigint)
-        ORDER BY j.max_value
-        LIMIT ${limit}
-        FOR UPDATE OF j SKIP LOCKED`,
+      sql`SELECT ${RANGE_COLUMNS} ${finishedAfter(migrationId, from, { unverified: true })} LIMIT ${limit} FOR UPDATE OF j SKIP LOCKED`,
     );
     if (rows.length > 0) return { kind: 'ranges', jobs: rows.map((row) => rangeOf(row, batchSize)) };
   }
@@ -138,54 +141,19 @@ export async function finishedRanges(
 ): Promise<ClaimedJob[]> {
   const rows = await exec<RangeRow>(
     db,
-    sql`
-      SELECT ${RANGE_COLUMNS}
-      FROM batched_background_migration_jobs j
-      WHERE j.batched_background_migration_id = ${migrationId} AND j.status = ${JobStatus.finished}
-        AND (${after}::bigint IS NULL OR j.max_value > ${after}::bigint)
-      ORDER BY j.max_value
-      LIMIT ${limit}`,
+    sql`SELECT ${RANGE_COLUMNS} ${finishedAfter(migrationId, after, { unverified: false })} LIMIT ${limit}`,
   );
   return rows.map((row) => rangeOf(row, batchSize));
 }
 
 /** A migration's row by name, as a run takes it (null when there is none): for `bbm verify` and `bbm rehearse`. */
 export async function migrationNamed(db: Queryable, name: string): Promise<TakenMigration | null> {
-  const row = await execOne<{
-    id: string;
-    name: string;
-    status: MigrationStatusCode;
-    job_signature_name: string;
-    table_name: string;
-    column_name: string;
-    batching_strategy: string | null;
-    batch_size: number;
-    max_parallel_jobs: number;
-    target_job_ms: number | null;
-    min_batch_size: number | null;
-    max_batch_size: number | null;
-    job_arguments: Record<string, unknown>;
-  }>(
+  const row = await execOne<MigrationColumns>(
     db,
     sql`
-      SELECT id, name, status, job_signature_name, table_name, column_name, batching_strategy, batch_size,
-             max_parallel_jobs, target_job_ms, min_batch_size, max_batch_size, job_arguments
+      SELECT id::text AS migration_id, name, status, job_signature_name, table_name, column_name, batching_strategy,
+             batch_size, max_parallel_jobs, target_job_ms, min_batch_size, max_batch_size, job_arguments
       FROM batched_background_migrations WHERE name = ${name}`,
   );
-  if (!row) return null;
-  return {
-    id: BigInt(row.id),
-    name: row.name,
-    status: row.status,
-    jobSignatureName: row.job_signature_name,
-    tableName: row.table_name,
-    columnName: row.column_name,
-    batchingStrategy: row.batching_strategy,
-    batchSize: row.batch_size,
-    maxParallelJobs: row.max_parallel_jobs,
-    targetJobMs: row.target_job_ms,
-    minBatchSize: row.min_batch_size,
-    maxBatchSize: row.max_batch_size,
-    jobArguments: row.job_arguments,
-  };
+  return row ? takenMigrationOf(row) : null;
 }
