@@ -18,7 +18,7 @@ import { waitFor } from './support/processes.ts';
 const TOKEN = 'operator-token-0123456789';
 const HOSTILE = '<img src=x onerror=alert(1)>';
 
-async function serve(pool: Parameters<typeof createStatusPage>[0]['db'], token?: string, rehearse?: PageRehearsal) {
+async function serve(pool: pg.Pool | pg.ClientBase, token?: string, rehearse?: PageRehearsal) {
   const server = await startOpsServer({
     page: createStatusPage({ db: pool, token, log: quiet, rehearse }),
     db: pool,

@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { sleep } from './backoff.ts';
 import type { LaneSteps } from './lane-watch.ts';
 import type { LanePacing } from './pacer.ts';
+import type { LaneShare } from './shared-lanes.ts';
 import type { Runner } from './run.ts';
 import type { RunResult } from './types.ts';
 
@@ -21,38 +22,64 @@ export interface LaneContext {
   reported(result: RunResult): void;
   /** Tells observers the lane sleeps. */
   sleeping(ms: number): void;
+  /** The process's lanes, when it serves several databases: one is held for each run. */
+  share?: LaneShare | undefined;
 }
 
 export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): Promise<void> {
-  const { pace, steps, stopping } = ctx;
+  const { pace, steps, stopping, share } = ctx;
   const backoff = pace.backoff();
-  while (!stopping.aborted) {
-    // With no pause between jobs, each successful run also begins the next (one round trip less).
-    const chain = pace.chain;
-    const release = () => runner.release();
-    await pace.ready(lane, backoff, release);
-    if (pace.restMs() > 0) {
-      // Foreground protection: every lane of the worker rests (or one lane would take the job
-      // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
-      steps.step(lane, 'sleep');
-      await runner.release();
-      await sleep(pace.restMs(), stopping);
-      continue;
+  let shared = false;
+  const giveBack = () => {
+    if (shared) share?.give();
+    shared = false;
+  };
+  try {
+    while (!stopping.aborted) {
+      // With no pause between jobs, each successful run also begins the next (one round trip less).
+      const chain = pace.chain;
+      const release = () => runner.release();
+      await pace.ready(lane, backoff, release);
+      if (pace.restMs() > 0) {
+        // Foreground protection: every lane of the worker rests (or one lane would take the job
+        // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
+        steps.step(lane, 'sleep');
+        await runner.release();
+        giveBack();
+        await sleep(pace.restMs(), stopping);
+        continue;
+      }
+      steps.step(lane, 'a run');
+      let result = await throttled(runner, ctx);
+      if (!result) {
+        if (share && !shared) {
+          steps.step(lane, 'a lane of the process');
+          shared = await share.take(stopping);
+          if (!shared) break;
+        }
+        result = await ctx.run(runner, chain);
+      }
+      if (ctx.untilDone && result.outcome === 'no_job') {
+        // Done, not stuck: the watch must not report a lane that left while the others still work.
+        steps.step(lane, 'sleep');
+        pace.wakeLanes();
+        break;
+      }
+      const waitMs = await pace.afterRun(lane, result, backoff, release);
+      // A lane keeps its share only to go on with the run it began ahead, and only while no other
+      // database waits: a transaction is never left open while it waits for a lane.
+      if (shared && (waitMs > 0 || !runner.begunAhead || share?.othersWait)) {
+        await runner.release();
+        giveBack();
+      }
+      if (waitMs > 0) {
+        steps.step(lane, 'sleep');
+        ctx.sleeping(waitMs);
+        await sleep(waitMs, AbortSignal.any([stopping, pace.wake]));
+      }
     }
-    steps.step(lane, 'a run');
-    const result = (await throttled(runner, ctx)) ?? (await ctx.run(runner, chain));
-    if (ctx.untilDone && result.outcome === 'no_job') {
-      // Done, not stuck: the watch must not report a lane that left while the others still work.
-      steps.step(lane, 'sleep');
-      pace.wakeLanes();
-      break;
-    }
-    const waitMs = await pace.afterRun(lane, result, backoff, release);
-    if (waitMs > 0) {
-      steps.step(lane, 'sleep');
-      ctx.sleeping(waitMs);
-      await sleep(waitMs, AbortSignal.any([stopping, pace.wake]));
-    }
+  } finally {
+    giveBack();
   }
 }
 

@@ -39,6 +39,8 @@ export const METRIC_HELP = {
   bbm_lane_changes_total: "The latency controller's changes of a migration's lanes, by direction: shed or grown.",
   bbm_notifications_total:
     'Webhook notifications this process tried to send, by event and result: sent, failed (to be retried) or given_up.',
+  bbm_database_up:
+    'Whether the database answered the last scrape (1) or not (0): in a fleet of several databases, one series each.',
   bbm_duty_cycle:
     "Foreground protection: the share (0..1) of the time this process's lanes run now (1: no pause after jobs; below 1 while the migration slows commits).",
 } as const;
@@ -72,207 +74,302 @@ const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 export interface BbmMetrics {
   registry: Registry;
-  /** Add to a worker's `observers`. */
+  /** Add to a worker's `observers` (the one database's, or a `database`'s series with `observerFor`). */
   observer: WorkerObserver;
+  /** The observer of one database of a fleet: its series carry `database`. */
+  observerFor(database: string): WorkerObserver;
+}
+
+export interface MetricsOptions {
+  /** The database whose migrations the gauges describe, read at each scrape. */
+  db?: Queryable;
+  /** Or several, by name (a fleet's `databases`): each series carries its `database` label. */
+  databases?: ReadonlyMap<string, Queryable>;
+  registry?: Registry;
+}
+
+/** The `database` label of a series: none for the one database of a process without `databases`. */
+type DatabaseLabel = { database?: string };
+
+/** What one scrape read of one database. */
+interface DatabaseRead {
+  unfinished: { name: string; progress: number }[];
+  held: number;
+  heldSeconds: { name: string; seconds: number }[];
+  finishedSeconds: { name: string; seconds: number }[];
+  counts: Map<number, number>;
+}
+
+/** How long a scrape waits for a database before it counts it as down (its query goes on). */
+const SCRAPE_TIMEOUT_MS = 5_000;
+
+/**
+ * Each database's gauges, read once per scrape for all the gauges (prom-client collects them one
+ * by one), the databases at once; a database that fails or does not answer in time is read as
+ * down (`bbm_database_up` 0) and the others are still reported.
+ */
+function scrapeSnapshot(
+  sources: readonly { at: DatabaseLabel; db: Queryable }[],
+): () => Promise<{ at: DatabaseLabel; read: DatabaseRead | undefined }[]> {
+  let inFlight: Promise<{ at: DatabaseLabel; read: DatabaseRead | undefined }[]> | undefined;
+  const readOne = async (db: Queryable): Promise<DatabaseRead> => {
+    const [unfinished, held, heldFor, finishedFor, counts] = await Promise.all([
+      migrationReports(db, { statuses: UNFINISHED_STATUSES }),
+      countHeldMigrations(db),
+      heldSeconds(db),
+      finishedSeconds(db),
+      countMigrationsByStatus(db),
+    ]);
+    return { unfinished, held, heldSeconds: heldFor, finishedSeconds: finishedFor, counts };
+  };
+  const withTimeout = async (db: Queryable): Promise<DatabaseRead | undefined> => {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), SCRAPE_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([readOne(db).catch(() => undefined), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  return () => {
+    // prom-client starts every gauge's collect in the same tick of a scrape: they share one read.
+    inFlight ??= Promise.all(sources.map(async ({ at, db }) => ({ at, read: await withTimeout(db) }))).finally(() => {
+      inFlight = undefined;
+    });
+    return inFlight;
+  };
 }
 
 /**
  * Creates the metrics on a registry of their own (plus Node's default process metrics). With
- * `db`, the two gauges that describe migrations rather than this process are read from the
- * database at each scrape.
+ * `db` (or `databases`), the gauges that describe migrations rather than this process are read
+ * from the database at each scrape.
  */
-export function createMetrics({
-  db,
-  registry = new Registry(),
-}: { db?: Queryable; registry?: Registry } = {}): BbmMetrics {
+export function createMetrics({ db, databases, registry = new Registry() }: MetricsOptions = {}): BbmMetrics {
+  const sources: { at: DatabaseLabel; db: Queryable }[] = databases
+    ? [...databases].map(([database, pool]) => ({ at: { database }, db: pool }))
+    : db
+      ? [{ at: {}, db }]
+      : [];
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
   const runs = new Counter({
     name: 'bbm_runs_total',
     help: METRIC_HELP.bbm_runs_total,
-    labelNames: ['result'],
+    labelNames: ['database', 'result'],
     registers,
   });
   const runDuration = new Histogram({
     name: 'bbm_run_duration_seconds',
     help: METRIC_HELP.bbm_run_duration_seconds,
+    labelNames: ['database'],
     buckets: DURATION_BUCKETS,
     registers,
   });
   const jobDuration = new Histogram({
     name: 'bbm_job_duration_seconds',
     help: METRIC_HELP.bbm_job_duration_seconds,
-    labelNames: ['migration', 'work'],
+    labelNames: ['database', 'migration', 'work'],
     buckets: DURATION_BUCKETS,
     registers,
   });
   const batchSize = new Histogram({
     name: 'bbm_job_batch_size',
     help: METRIC_HELP.bbm_job_batch_size,
+    labelNames: ['database'],
     buckets: [10, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000],
     registers,
   });
   const tuples = new Counter({
     name: 'bbm_migrated_tuples_total',
     help: METRIC_HELP.bbm_migrated_tuples_total,
-    labelNames: ['migration'],
+    labelNames: ['database', 'migration'],
     registers,
   });
   const jobs = new Counter({
     name: 'bbm_jobs_total',
     help: METRIC_HELP.bbm_jobs_total,
-    labelNames: ['migration', 'result'],
+    labelNames: ['database', 'migration', 'result'],
     registers,
   });
   const holds = new Counter({
     name: 'bbm_holds_total',
     help: METRIC_HELP.bbm_holds_total,
-    labelNames: ['reason'],
+    labelNames: ['database', 'reason'],
     registers,
   });
   const walBytes = new Counter({
     name: 'bbm_wal_bytes_total',
     help: METRIC_HELP.bbm_wal_bytes_total,
-    labelNames: ['migration'],
+    labelNames: ['database', 'migration'],
     registers,
   });
   const verifyFailures = new Counter({
     name: 'bbm_verify_failures_total',
     help: METRIC_HELP.bbm_verify_failures_total,
-    labelNames: ['migration'],
+    labelNames: ['database', 'migration'],
     registers,
   });
   const rowsFixed = new Counter({
     name: 'bbm_verify_rows_fixed_total',
     help: METRIC_HELP.bbm_verify_rows_fixed_total,
-    labelNames: ['migration'],
+    labelNames: ['database', 'migration'],
     registers,
   });
   const laneChanges = new Counter({
     name: 'bbm_lane_changes_total',
     help: METRIC_HELP.bbm_lane_changes_total,
-    labelNames: ['direction'],
+    labelNames: ['database', 'direction'],
     registers,
   });
   const notifications = new Counter({
     name: 'bbm_notifications_total',
     help: METRIC_HELP.bbm_notifications_total,
-    labelNames: ['event', 'result'],
+    labelNames: ['database', 'event', 'result'],
     registers,
   });
-  const dutyCycle = new Gauge({ name: 'bbm_duty_cycle', help: METRIC_HELP.bbm_duty_cycle, registers });
-  dutyCycle.set(1);
+  const dutyCycle = new Gauge({
+    name: 'bbm_duty_cycle',
+    help: METRIC_HELP.bbm_duty_cycle,
+    labelNames: ['database'],
+    registers,
+  });
   const sleeps = new Histogram({
     name: 'bbm_sleep_duration_seconds',
     help: METRIC_HELP.bbm_sleep_duration_seconds,
+    labelNames: ['database'],
     buckets: [0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600],
     registers,
   });
-  if (db) {
+  if (sources.length > 0) {
+    const snapshot = scrapeSnapshot(sources);
+    const each = (gauge: Gauge, fill: (at: DatabaseLabel, read: DatabaseRead) => void) => async () => {
+      gauge.reset();
+      for (const { at, read } of await snapshot()) if (read) fill(at, read);
+    };
     new Gauge({
-      name: 'bbm_migration_progress',
-      help: METRIC_HELP.bbm_migration_progress,
-      labelNames: ['migration'],
+      name: 'bbm_database_up',
+      help: METRIC_HELP.bbm_database_up,
+      labelNames: ['database'],
       registers,
       async collect() {
         this.reset();
-        const reports = await migrationReports(db, { statuses: UNFINISHED_STATUSES });
-        for (const report of reports) this.set({ migration: migrationLabel(report.name) }, report.progress);
+        for (const { at, read } of await snapshot()) this.set(at, read ? 1 : 0);
       },
     });
-    new Gauge({
+    const progress: Gauge = new Gauge({
+      name: 'bbm_migration_progress',
+      help: METRIC_HELP.bbm_migration_progress,
+      labelNames: ['database', 'migration'],
+      registers,
+      collect: () =>
+        each(progress, (at, read) => {
+          for (const report of read.unfinished) {
+            progress.set({ ...at, migration: migrationLabel(report.name) }, report.progress);
+          }
+        })(),
+    });
+    const held: Gauge = new Gauge({
       name: 'bbm_held_migrations',
       help: METRIC_HELP.bbm_held_migrations,
+      labelNames: ['database'],
       registers,
-      async collect() {
-        this.set(await countHeldMigrations(db));
-      },
+      collect: () => each(held, (at, read) => held.set(at, read.held))(),
     });
     /** One series per migration label, the largest age among the migrations that share it. */
-    const ages = (gauge: Gauge, rows: { name: string; seconds: number }[]) => {
-      gauge.reset();
+    const ages = (gauge: Gauge, at: DatabaseLabel, rows: { name: string; seconds: number }[]) => {
       const largest = new Map<string, number>();
       for (const { name, seconds } of rows) {
         const label = migrationLabel(name);
         largest.set(label, Math.max(largest.get(label) ?? 0, seconds));
       }
-      for (const [migration, seconds] of largest) gauge.set({ migration }, seconds);
+      for (const [migration, seconds] of largest) gauge.set({ ...at, migration }, seconds);
     };
-    new Gauge({
+    const heldFor: Gauge = new Gauge({
       name: 'bbm_migration_held_seconds',
       help: METRIC_HELP.bbm_migration_held_seconds,
-      labelNames: ['migration'],
+      labelNames: ['database', 'migration'],
       registers,
-      async collect() {
-        ages(this, await heldSeconds(db));
-      },
+      collect: () => each(heldFor, (at, read) => ages(heldFor, at, read.heldSeconds))(),
     });
-    new Gauge({
+    const finishedFor: Gauge = new Gauge({
       name: 'bbm_migration_finished_seconds',
       help: METRIC_HELP.bbm_migration_finished_seconds,
-      labelNames: ['migration'],
+      labelNames: ['database', 'migration'],
       registers,
-      async collect() {
-        ages(this, await finishedSeconds(db));
-      },
+      collect: () => each(finishedFor, (at, read) => ages(finishedFor, at, read.finishedSeconds))(),
     });
-    new Gauge({
+    const byStatus: Gauge = new Gauge({
       name: 'bbm_migrations',
       help: METRIC_HELP.bbm_migrations,
-      labelNames: ['status'],
+      labelNames: ['database', 'status'],
       registers,
-      async collect() {
-        const counts = await countMigrationsByStatus(db);
-        for (const status of Object.keys(MigrationStatus) as MigrationStatusName[]) {
-          this.set({ status }, counts.get(MigrationStatus[status]) ?? 0);
-        }
-      },
+      collect: () =>
+        each(byStatus, (at, read) => {
+          for (const status of Object.keys(MigrationStatus) as MigrationStatusName[]) {
+            byStatus.set({ ...at, status }, read.counts.get(MigrationStatus[status]) ?? 0);
+          }
+        })(),
     });
   }
 
-  const observer: WorkerObserver = {
+  const observerAt = (at: DatabaseLabel): WorkerObserver => ({
     run(result: RunResult) {
-      runs.inc({ result: runResultLabel(result.outcome) });
-      runDuration.observe(result.durationMs / 1000);
+      runs.inc({ ...at, result: runResultLabel(result.outcome) });
+      runDuration.observe(at, result.durationMs / 1000);
       const { job, migration } = result;
       if (!migration) return;
-      const label = migrationLabel(migration.name);
+      const label = { ...at, migration: migrationLabel(migration.name) };
       const checkFailed =
         (result.outcome === 'job_failed' && result.errorCode === 'verification_failed') ||
         (result.outcome === 'migration_failed' && result.verified !== undefined);
-      if (checkFailed) verifyFailures.inc({ migration: label });
+      if (checkFailed) verifyFailures.inc(label);
       if (!job) return;
       if (result.outcome === 'range_verified') {
         // A check of a finished range, not a job: counted apart from jobs, rows and WAL.
         const found = result.verified?.found ?? 0;
         if (found > 0) {
-          verifyFailures.inc({ migration: label });
-          rowsFixed.inc({ migration: label }, found);
+          verifyFailures.inc(label);
+          rowsFixed.inc(label, found);
         }
         return;
       }
-      jobDuration.observe({ migration: label, work: migration.work }, job.durationMs / 1000);
-      batchSize.observe(job.batchSize);
+      jobDuration.observe({ ...label, work: migration.work }, job.durationMs / 1000);
+      batchSize.observe(at, job.batchSize);
       const succeeded = result.outcome === 'job_succeeded';
-      jobs.inc({ migration: label, result: succeeded ? 'succeeded' : 'failed' });
-      if (succeeded) tuples.inc({ migration: label }, job.rows ?? job.batchSize);
-      if (job.walBytes !== undefined && job.walBytes > 0) walBytes.inc({ migration: label }, job.walBytes);
+      jobs.inc({ ...label, result: succeeded ? 'succeeded' : 'failed' });
+      if (succeeded) tuples.inc(label, job.rows ?? job.batchSize);
+      if (job.walBytes !== undefined && job.walBytes > 0) walBytes.inc(label, job.walBytes);
     },
     sleep(ms: number) {
-      sleeps.observe(ms / 1000);
+      sleeps.observe(at, ms / 1000);
     },
     hold(event) {
-      holds.inc({ reason: event.kind }, event.migrations.length);
+      holds.inc({ ...at, reason: event.kind }, event.migrations.length);
     },
     lanes(event) {
-      laneChanges.inc({ direction: event.direction });
+      laneChanges.inc({ ...at, direction: event.direction });
     },
     dutyCycle(share) {
-      dutyCycle.set(share);
+      dutyCycle.set(at, share);
     },
     notification(event) {
-      notifications.inc({ event: event.event, result: event.result });
+      notifications.inc({ ...at, event: event.event, result: event.result });
     },
+  });
+  const observers = new Map<string, WorkerObserver>();
+  const observerFor = (database: string): WorkerObserver => {
+    let found = observers.get(database);
+    if (!found) {
+      found = observerAt({ database });
+      dutyCycle.set({ database }, 1);
+      observers.set(database, found);
+    }
+    return found;
   };
-  return { registry, observer };
+  if (databases) for (const database of databases.keys()) observerFor(database);
+  else dutyCycle.set(1);
+  return { registry, observer: observerAt({}), observerFor };
 }

@@ -161,6 +161,11 @@ export class Runner {
     }
   }
 
+  /** Whether the last run began the next (`chain`): it holds a connection and an open transaction. */
+  get begunAhead(): boolean {
+    return this.#held !== undefined;
+  }
+
   /**
    * Rolls back and hands back the connection of a run begun ahead by `chain` and not used, and
    * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them). It stops

@@ -1,7 +1,7 @@
 /**
  * Error reports to Sentry (@sentry/node): every failed job attempt, every migration marked
  * failed and every unexpected run error, once each, tagged with `bbm_name`, `work`,
- * `error_code` and `correlation_id`. Idle runs (no job, lock in use) are never reported.
+ * `error_code`, `correlation_id` and, in a fleet of several databases, `database`. Idle runs (no job, lock in use) are never reported.
  *
  * Sentry is set up without its default integrations: it installs no global handlers and
  * instruments nothing, so it changes nothing about how the process runs or exits.
@@ -42,6 +42,8 @@ export interface SentryOptions {
 export interface SentryReporter {
   /** Add to a worker's `observers`. */
   observer: WorkerObserver;
+  /** The observer of one database of a fleet: its events carry the tag `database`. */
+  observerFor(database: string): WorkerObserver;
   /** Sends what is queued (waiting up to `timeoutMs`) and shuts the client down. */
   close(timeoutMs?: number): Promise<void>;
 }
@@ -74,7 +76,7 @@ export async function createSentryReporter({
     beforeSend: (event) => scrub(event),
     beforeBreadcrumb: (breadcrumb) => scrub(breadcrumb),
   });
-  const observer: WorkerObserver = {
+  const observerAt = (database: string | undefined): WorkerObserver => ({
     run(result) {
       if (!REPORTED.has(result.outcome) || !result.error) return;
       const { migration, job } = result;
@@ -84,6 +86,7 @@ export async function createSentryReporter({
         tags: {
           [CORRELATION_ID]: result.runId,
           outcome: result.outcome,
+          ...(database !== undefined && { database }),
           ...(migrationTags && { bbm_name: migrationTags.bbm_name, work: migrationTags.work }),
           ...(result.errorCode && { error_code: result.errorCode }),
         },
@@ -100,9 +103,10 @@ export async function createSentryReporter({
           migration && { fingerprint: ['bbm-migration-failed', migration.name, result.errorCode ?? 'unknown'] }),
       });
     },
-  };
+  });
   return {
-    observer,
+    observer: observerAt(undefined),
+    observerFor: observerAt,
     close: async (timeoutMs = 2_000) => {
       await Sentry.close(timeoutMs);
     },

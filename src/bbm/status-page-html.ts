@@ -193,16 +193,36 @@ ${schedules
   .join('\n')}</tbody></table></div>`;
 }
 
+/** A database of a fleet, as the page shows it: whether it answered, and if not, why. */
+export interface DatabaseHealth {
+  name: string;
+  up: boolean;
+  error?: string | undefined;
+}
+
+/** The fleet's databases (only when it serves several): each up, or down with its error. */
+function databaseTable(databases: readonly DatabaseHealth[]): string {
+  if (databases.length === 0) return '';
+  return `<h2>Databases</h2><div class="wrap" id="databases" data-live><table><thead><tr><th>database</th><th>state</th><th>note</th></tr></thead><tbody>
+${databases
+  .map(
+    (d) =>
+      `<tr data-database="${html(d.name)}"><td>${html(d.name)}</td><td>${d.up ? 'up' : '<b>down</b>'}</td><td class="note">${html(d.error ?? '')}</td></tr>`,
+  )
+  .join('\n')}</tbody></table></div>`;
+}
+
 export function listPage(
   reports: MigrationReport[],
   workers: LiveWorker[],
   schedules: ScheduleReport[],
   controls: Controls,
+  databases: readonly DatabaseHealth[] = [],
   now = Date.now(),
 ): string {
   return shell(
     'pg-bbm: batched background migrations',
-    `${overview(reports, workers, now)}<h2>Migrations</h2>${migrationTable(reports, controls, true)}${
+    `${databaseTable(databases)}${overview(reports, workers, now)}<h2>Migrations</h2>${migrationTable(reports, controls, true)}${
       reports.length === 0 ? '<p>No migrations yet.</p>' : ''
     }${scheduleTable(schedules)}`,
     controls,

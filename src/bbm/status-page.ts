@@ -33,12 +33,19 @@ import {
   type PageAction,
 } from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
-import type { AnyWork, RehearsalReport } from './types.ts';
+import type { AnyWork, MigrationReport, RehearsalReport } from './types.ts';
+import { addressText, parseAddress } from './databases.ts';
 
 export { html };
 
 export interface StatusPageOptions {
-  db: pg.Pool | pg.ClientBase;
+  /** The database whose migrations the page shows. */
+  db?: pg.Pool | pg.ClientBase;
+  /**
+   * Or several, by name (a fleet's `databases`): the page lists them all, each up or down, and a
+   * migration is addressed as `database/name` in its links and actions.
+   */
+  databases?: ReadonlyMap<string, pg.Pool>;
   /** The config's schedules, shown with their last pass and when the next is due. */
   schedules?: readonly ResolvedSchedule[] | undefined;
   /** The operator token: without one the page is read-only (and says so). */
@@ -50,8 +57,11 @@ export interface StatusPageOptions {
 
 /** Rehearsing from the page: rehearseMigration with these, the migration's defaults otherwise. */
 export interface PageRehearsal {
-  /** Where the samples run: a connection of it, and one more, when free, for their lock watch. */
-  pool: pg.Pool;
+  /**
+   * Where the samples run: a connection of it, and one more, when free, for their lock watch. In
+   * a fleet of several databases, the migration's database's pool is used.
+   */
+  pool?: pg.Pool | undefined;
   work: readonly AnyWork[];
   /** As the worker's: a sample's work is bounded as a job's. */
   runTimeoutMs?: number | undefined;
@@ -159,7 +169,46 @@ function nameOf(segment: string): string {
 /** JSON where bigints are strings (a browser's JSON.parse would round them). */
 const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
 
-export function createStatusPage({ db, token, log, schedules = [], rehearse }: StatusPageOptions): StatusPage {
+/** A database the page reads: its name in a fleet (undefined for the one database), and its pool. */
+interface Source {
+  name: string | undefined;
+  db: pg.Pool | pg.ClientBase;
+}
+
+export function createStatusPage({
+  db,
+  databases,
+  token,
+  log,
+  schedules = [],
+  rehearse,
+}: StatusPageOptions): StatusPage {
+  const sources: Source[] = databases
+    ? [...databases].map(([name, pool]) => ({ name, db: pool }))
+    : db
+      ? [{ name: undefined, db }]
+      : [];
+  if (sources.length === 0) throw new Error('a status page needs db or databases');
+  const targets = sources.map(({ name }) => ({ name, url: '' }));
+  /** The database and migration a path segment names (`database/name` in a fleet of several). */
+  const locate = (segment: string): { source: Source; name: string; shown: string } => {
+    const shown = nameOf(segment);
+    if (!databases) return { source: sources[0]!, name: shown, shown };
+    const address = parseAddress(shown, targets);
+    const source = sources.find((candidate) => candidate.name === address.database);
+    if (!source) {
+      throw new BadRequest(
+        `name the database of ${JSON.stringify(shown)}: DATABASE/NAME, one of ${sources.map((x) => x.name).join(', ')}`,
+        404,
+      );
+    }
+    return { source, name: address.name, shown };
+  };
+  /** A report as the page shows it: in a fleet, named `database/name` (the links and actions use that). */
+  const shownReport = (source: Source, report: MigrationReport): MigrationReport =>
+    source.name === undefined
+      ? report
+      : { ...report, name: addressText(source.name, report.name), database: source.name };
   const expected = token ? Buffer.from(token) : undefined;
   const controls: Controls = { writable: Boolean(expected), rehearse: rehearse !== undefined };
   /** The migration being rehearsed from this page: one at a time (each holds two of the pool's connections). */
@@ -217,12 +266,14 @@ export function createStatusPage({ db, token, log, schedules = [], rehearse }: S
    * its reason. The outcome is logged either way.
    */
   const rehearseFromPage = async (
+    source: Source,
     name: string,
     response: ServerResponse,
     logged: (result: Record<string, unknown>) => void,
   ): Promise<RehearsalReport> => {
     if (!rehearse) throw cannotRehearse();
-    const { pool, work, runTimeoutMs } = rehearse;
+    const { work, runTimeoutMs } = rehearse;
+    const pool = rehearse.pool ?? (source.db as pg.Pool);
     if (rehearsing !== undefined)
       throw new BadRequest(`a rehearsal of ${rehearsing} is running from this page: one at a time`, 409);
     rehearsing = name;
@@ -272,7 +323,7 @@ export function createStatusPage({ db, token, log, schedules = [], rehearse }: S
       if (!match) return false;
       const action = match[2] as Action;
       return answer(response, true, async () => {
-        const name = nameOf(match[1]!);
+        const { source, name, shown } = locate(match[1]!);
         const who = { remote: request.socket.remoteAddress, user_agent: request.headers['user-agent'] };
         if (!expected) {
           send(
@@ -299,24 +350,31 @@ export function createStatusPage({ db, token, log, schedules = [], rehearse }: S
         if (action !== 'set') {
           // The page shows only the actions a state allows; the server holds to the same table.
           if (action === 'rehearse' && !rehearse) throw cannotRehearse();
-          const [report] = await migrationReports(db, { name });
-          if (!report) throw new BadRequest(`no migration named ${JSON.stringify(name)}`, 404);
+          const [report] = await migrationReports(source.db, { name });
+          if (!report) throw new BadRequest(`no migration named ${JSON.stringify(shown)}`, 404);
           const valid = actionsFor(report.status, controls.rehearse);
           if (!valid.includes(action))
             throw new BadRequest(
-              `${name} is ${report.status}: ${action} is not valid now (valid: ${valid.join(', ') || 'none'})`,
+              `${shown} is ${report.status}: ${action} is not valid now (valid: ${valid.join(', ') || 'none'})`,
               409,
             );
         }
         if (action === 'rehearse') {
-          const report = await rehearseFromPage(name, response, (result) =>
-            log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`),
+          const report = await rehearseFromPage(source, name, response, (result) =>
+            log?.info({ ...who, action, bbm_name: shown, result }, `status page: ${action} ${shown}`),
           );
-          send(response, 200, json({ action, name, changed: true, report }), 'application/json');
+          send(response, 200, json({ action, name: shown, changed: true, report }), 'application/json');
           return;
         }
-        const result = await act(db, action, name, body, `status page (${who.remote ?? 'unknown address'})`);
-        log?.info({ ...who, action, bbm_name: name, result }, `status page: ${action} ${name}`);
+        const result = await act(
+          source.db,
+          action,
+          name,
+          shown,
+          body,
+          `status page (${who.remote ?? 'unknown address'})`,
+        );
+        log?.info({ ...who, action, bbm_name: shown, result }, `status page: ${action} ${shown}`);
         send(response, result.changed ? 200 : 409, json(result), 'application/json');
       });
     }
@@ -324,17 +382,41 @@ export function createStatusPage({ db, token, log, schedules = [], rehearse }: S
 
     if (path === '/') {
       return answer(response, false, async () => {
-        const [reports, workers, passes] = await Promise.all([
-          migrationReports(db),
-          liveWorkers(db, LIVE_WORKER_WINDOW_MS),
-          scheduleReports(db, schedules),
-        ]);
-        send(response, 200, listPage(reports, workers, passes, controls), 'text/html; charset=utf-8');
+        const reads = await readEach(sources, async (source) => {
+          const [reports, workers, passes] = await Promise.all([
+            migrationReports(source.db),
+            liveWorkers(source.db, LIVE_WORKER_WINDOW_MS),
+            scheduleReports(source.db, schedules),
+          ]);
+          const prefix = (name: string) => addressText(source.name, name);
+          return {
+            reports: reports.map((report) => shownReport(source, report)),
+            workers,
+            passes: passes.map((pass) => ({ ...pass, name: prefix(pass.name) })),
+          };
+        });
+        const read = reads.flatMap((r) => (r.read ? [r.read] : []));
+        const health = databases ? reads.map(({ name, error }) => ({ name: name!, up: !error, error })) : [];
+        send(
+          response,
+          200,
+          listPage(
+            read.flatMap((r) => r.reports),
+            read.flatMap((r) => r.workers),
+            read.flatMap((r) => r.passes),
+            controls,
+            health,
+          ),
+          'text/html; charset=utf-8',
+        );
       });
     }
     if (path === '/api/migrations') {
       return answer(response, true, async () => {
-        send(response, 200, json(await migrationReports(db)), 'application/json');
+        const reads = await readEach(sources, async (source) =>
+          (await migrationReports(source.db)).map((report) => shownReport(source, report)),
+        );
+        send(response, 200, json(reads.flatMap((r) => r.read ?? [])), 'application/json');
       });
     }
     if (path === '/status-page.js') {
@@ -344,14 +426,22 @@ export function createStatusPage({ db, token, log, schedules = [], rehearse }: S
     const detail = /^\/migrations\/([^/]+)$/.exec(path);
     if (detail) {
       return answer(response, false, async () => {
-        const name = nameOf(detail[1]!);
-        const [report] = await migrationReports(db, { name });
+        const { source, name, shown } = locate(detail[1]!);
+        const [report] = await migrationReports(source.db, { name });
         if (!report) {
-          send(response, 404, `no migration named ${html(JSON.stringify(name))}\n`, 'text/plain; charset=utf-8');
+          send(response, 404, `no migration named ${html(JSON.stringify(shown))}\n`, 'text/plain; charset=utf-8');
           return;
         }
-        const [jobs, timeline] = await Promise.all([recentJobs(db, report.id), jobTimeline(db, report.id)]);
-        send(response, 200, migrationPage(report, jobs, timeline, controls), 'text/html; charset=utf-8');
+        const [jobs, timeline] = await Promise.all([
+          recentJobs(source.db, report.id),
+          jobTimeline(source.db, report.id),
+        ]);
+        send(
+          response,
+          200,
+          migrationPage(shownReport(source, report), jobs, timeline, controls),
+          'text/html; charset=utf-8',
+        );
       });
     }
     return false;
@@ -366,27 +456,50 @@ function approverOf(body: Record<string, unknown>, fallback: string): string {
   return by.trim();
 }
 
+/**
+ * Each database's read, at once; with several databases, one that fails is reported down (its
+ * error as the page shows it) and the others are still shown. With one, its failure is the page's.
+ */
+async function readEach<T>(
+  sources: readonly Source[],
+  read: (source: Source) => Promise<T>,
+): Promise<{ name: string | undefined; read?: T; error?: string }[]> {
+  if (sources.length === 1 && sources[0]!.name === undefined)
+    return [{ name: undefined, read: await read(sources[0]!) }];
+  return await Promise.all(
+    sources.map(async (source) => {
+      try {
+        return { name: source.name, read: await read(source) };
+      } catch (error) {
+        return { name: source.name, error: (error as Error).message };
+      }
+    }),
+  );
+}
+
 async function act(
   db: pg.Pool | pg.ClientBase,
   action: Exclude<Action, 'rehearse'>,
   name: string,
+  shown: string,
   body: Record<string, unknown>,
   fallbackApprover: string,
 ): Promise<{ action: Action; name: string; changed: boolean }> {
+  const done = (changed: boolean) => ({ action, name: shown, changed });
   switch (action) {
     case 'set':
-      return { action, name, changed: await setMigrationPace(db, name, paceOf(body)) };
+      return done(await setMigrationPace(db, name, paceOf(body)));
     case 'pause':
-      return { action, name, changed: (await pause(db, name)).length > 0 };
+      return done((await pause(db, name)).length > 0);
     case 'resume':
-      return { action, name, changed: (await resume(db, name)).length > 0 };
+      return done((await resume(db, name)).length > 0);
     case 'retry':
-      return { action, name, changed: (await retryMigration(db, name)) !== null };
+      return done((await retryMigration(db, name)) !== null);
     case 'approve':
-      return { action, name, changed: (await approveMigration(db, name, approverOf(body, fallbackApprover))) !== null };
+      return done((await approveMigration(db, name, approverOf(body, fallbackApprover))) !== null);
     case 'delete':
       // The page's confirmation, made part of the request: a stray POST deletes nothing.
-      if (body.confirm !== name) throw new BadRequest('delete needs {"confirm": "<the migration name>"}');
-      return { action, name, changed: (await deleteMigration(db, name)).deleted };
+      if (body.confirm !== shown) throw new BadRequest('delete needs {"confirm": "<the migration name>"}');
+      return done((await deleteMigration(db, name)).deleted);
   }
 }

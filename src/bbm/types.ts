@@ -9,6 +9,7 @@ import type pg from 'pg';
 import type { ErrorCodeName, MigrationStatusName } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
 import type { MigrationSummary } from '../store/migration-rows.ts';
+import type { LaneShare } from './shared-lanes.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
 export type JobQuery = <R extends pg.QueryResultRow = pg.QueryResultRow>(
@@ -179,6 +180,12 @@ export interface Config extends WorkerOptions {
   health?: HealthOptions | false;
   /** Used when neither `--database-url` nor DATABASE_URL is given. */
   databaseUrl?: string;
+  /**
+   * Several databases served by one fleet: `{ main: process.env.MAIN_DATABASE_URL, ci: … }`.
+   * Names are lowercase (`[a-z][a-z0-9_-]*`); a migration is then addressed as `main/name`. Wins
+   * over DATABASE_URL and `databaseUrl`; `--database-url` wins over it (one database). See docs/databases.md.
+   */
+  databases?: Record<string, string | undefined>;
   /** `bbm run`: how long, after SIGTERM/SIGINT, the job in flight may take before it is rolled back [25000]. */
   gracePeriodMs?: number;
   /** Error reports; SENTRY_DSN, when set, wins over `dsn`. */
@@ -338,6 +345,8 @@ export interface Schedule {
   batchSize: number;
   /** `30s`, `15m`, `1h`, `1d` (slots aligned to the epoch), or a five-field cron expression in UTC. */
   every: string;
+  /** With `databases` in the config: the databases its passes are enqueued in [all of them]. */
+  databases?: readonly string[];
 }
 
 /**
@@ -370,6 +379,13 @@ export interface WorkerParams extends WorkerOptions {
   health?: HealthOptions | false;
   /** Webhooks told about migrations' events (see NotifyTarget). */
   notify?: readonly NotifyTarget[];
+  /** The database's name in a fleet of several (`databases`): on every log line as `database`. */
+  database?: string;
+  /**
+   * The lanes of the process when it serves several databases (shared-lanes.ts): each run of
+   * this worker holds one. `bbm run` sets it; a worker alone leaves it out.
+   */
+  laneShare?: LaneShare;
 }
 
 export interface RunLoopOptions {
@@ -438,6 +454,11 @@ export type MigrationReport = Omit<
 > & {
   status: MigrationStatusName;
   failureErrorCode: ErrorCodeName | null;
+  /**
+   * In a fleet of several databases (`databases` in the config): the database it is in. Then
+   * `bbm status --json` and the status page name it `database/name`; absent otherwise.
+   */
+  database?: string;
   /** Lanes: how many of its jobs may run at once (max_parallel_jobs). */
   lanes: number;
   /** How far it has come, 0..1; 1 once finished. How it is measured is `progressBasis`. */

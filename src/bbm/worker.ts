@@ -31,6 +31,7 @@ import { Pacer } from './pacer.ts';
 import { reportRun } from './report.ts';
 import { Runner } from './run.ts';
 import { Scheduler } from './scheduler.ts';
+import type { LaneShare } from './shared-lanes.ts';
 import { resolveSchedules } from './schedules.ts';
 import type { RunLoopOptions, RunResult, WorkerParams } from './types.ts';
 import { WorkRegistry } from './work-registry.ts';
@@ -68,13 +69,18 @@ export class Worker {
   /** Aborted by stop({ abort: true }): the run in flight is cancelled and rolled back. */
   readonly #hardStop = new AbortController();
   #loop: Promise<void> | undefined;
+  readonly #share: LaneShare | undefined;
 
   constructor(params: WorkerParams) {
     this.options = resolveOptions(params);
+    this.#share = params.laneShare;
     const notify = resolveNotify(params.notify);
     const registry = new WorkRegistry(params.work);
     [this.#pool, this.#ownsPool] = lanesPool(params, this.options.concurrency);
-    const log = (params.logger ?? defaultLibraryLogger()).child({ worker_pid: process.pid });
+    const log = (params.logger ?? defaultLibraryLogger()).child({
+      worker_pid: process.pid,
+      ...(params.database !== undefined && { database: params.database }),
+    });
     this.#log = log;
     const observers = params.observers ?? [];
     const tell: Tell = (call) => tellObservers(observers, log, call);
@@ -168,6 +174,7 @@ export class Worker {
       run: (runner, chain) => this.#runOnce(runner, chain),
       reported: (result) => this.#reported(result),
       sleeping: (ms) => this.#tell((observer) => observer.sleep?.(ms)),
+      share: this.#share,
     };
     try {
       await this.#heartbeat.start();

@@ -8,6 +8,7 @@ export class UsageError extends Error {
 
 const OPTIONS = {
   'database-url': { type: 'string' },
+  database: { type: 'string' },
   config: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'v' },
@@ -59,12 +60,15 @@ export type Flag = keyof Flags;
 
 /** What a flag means, for help. */
 const FLAG_HELP: Record<Flag, string> = {
-  'database-url': "--database-url URL    PostgreSQL to use; default DATABASE_URL, then the config's databaseUrl",
+  'database-url':
+    "--database-url URL    PostgreSQL to use; default the config's databases, then DATABASE_URL, then its databaseUrl",
+  database:
+    "--database NAME       One of the config's databases (default: all of them, or the one --name DATABASE/NAME names)",
   config: '--config FILE         Config module (default: bbm.config.ts, .mjs or .js here)',
   help: '-h, --help            This help',
   version: "-v, --version         pg-bbm's version",
   json: '--json                Print the result as JSON',
-  name: '--name NAME           The migration',
+  name: '--name NAME           The migration (DATABASE/NAME when the config names several databases)',
   'until-done': '--until-done          Exit 0 once nothing this worker can run remains',
   interval: "--interval MS         Base wait between idle runs (overrides the config's intervalMs)",
   'max-attempts': '--max-attempts N      Tries per range before its migration fails (overrides maxAttempts)',
@@ -224,7 +228,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
     flags: ['json'],
   },
 };
-export const COMMON_FLAGS: Flag[] = ['database-url', 'config', 'help'];
+export const COMMON_FLAGS: Flag[] = ['database-url', 'database', 'config', 'help'];
 /** Flags that need no command. */
 export const GLOBAL_FLAGS: Flag[] = ['help', 'version'];
 

@@ -7,8 +7,11 @@ import type pg from 'pg';
 import type { Context, Io } from './context.ts';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
-import { createPool, maskConnectionString, passwordOf, SqlState, sqlStateOf, statementLabel } from '../store/db.ts';
+import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
+import { describeError } from './errors.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
+import type { DatabaseTarget } from '../bbm/databases.ts';
+import { acrossDatabases, commandDatabase, commandDatabases, NoSuchMigration } from './targets.ts';
 import {
   commandHelp,
   COMMANDS,
@@ -28,7 +31,7 @@ import { verify } from './verify-command.ts';
 import { approve, deleteCommand, enqueue, enqueueSql, pauseOrResume, retry, setPace } from './change-commands.ts';
 import { rehearse } from './rehearse-command.ts';
 
-export { UsageError };
+export { describeError, UsageError };
 export type { Io };
 
 const processIo: Io = {
@@ -73,26 +76,38 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   }
 
   let mask = (text: string) => text;
-  let pool: pg.Pool | undefined;
+  const pools = new Map<string, pg.Pool>();
   try {
     const configFile = flags.config ?? findDefaultConfig();
     const config = configFile ? await loadConfig(configFile) : undefined;
     if (command === 'enqueue' && flags['dry-run']) return enqueueSql({ flags, config, io });
-    const databaseUrl = flags['database-url'] || io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env);
-    if (!databaseUrl) {
-      throw new UsageError(
-        'no database: set DATABASE_URL (or PGHOST, PGDATABASE, …) or pass --database-url postgres://user:password@host:5432/database',
-      );
-    }
-    mask = masker(databaseUrl);
-    pool = createPool({ connectionString: databaseUrl, max: 4, applicationName: `bbm ${command}` });
+    const databases = commandDatabases(
+      flags,
+      config,
+      () => io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env),
+    );
+    mask = masker(databases.map((target) => target.url));
+    const poolOf = (target: DatabaseTarget): pg.Pool => {
+      let pool = pools.get(target.url);
+      if (!pool) {
+        pool = createPool({ connectionString: target.url, max: 4, applicationName: `bbm ${command}` });
+        pools.set(target.url, pool);
+      }
+      return pool;
+    };
+    const chosen = acrossDatabases(command, flags)
+      ? { target: databases[0]!, flags }
+      : await commandDatabase(command, flags, databases);
     const context: Context = {
       command,
-      flags,
+      flags: chosen.flags,
       io,
       config,
-      pool,
-      databaseUrl,
+      pool: poolOf(chosen.target),
+      databaseUrl: chosen.target.url,
+      database: chosen.target.name,
+      databases,
+      poolOf,
       mask,
       print: (data, text) => io.out(flags.json ? toJson(data) : text()),
     };
@@ -124,77 +139,71 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         return await deleteCommand(context);
       case 'dashboard':
         return await dashboard(context);
-      case 'migrate': {
-        const { applied, functions } = await migrateSchema(pool);
-        if (functions.outcome === 'newer') {
-          io.err(
-            `bbm migrate: the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,
-          );
-        }
-        context.print({ applied }, () => {
-          const done = [];
-          if (applied.length > 0)
-            done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
-          if (functions.outcome === 'installed')
-            done.push(`installed the database functions of pg-bbm ${functions.version}`);
-          return done.length === 0 ? 'pg-bbm schema is up to date; nothing to apply' : done.join('\n');
-        });
-        return 0;
-      }
+      case 'migrate':
+        return await migrate(context);
     }
     return 2;
   } catch (error) {
-    io.err(mask(`bbm ${command}: ${describeError(error)}`));
+    io.err(
+      mask(
+        error instanceof NoSuchMigration
+          ? `bbm ${command}: ${error.message}`
+          : `bbm ${command}: ${describeError(error)}`,
+      ),
+    );
     return error instanceof UsageError || error instanceof ConfigError ? 2 : 1;
   } finally {
-    await pool?.end();
+    await Promise.all([...pools.values()].map((pool) => pool.end()));
   }
 }
 
-/**
- * An error as the user reads it. A database error shows the database's own message and SQLSTATE,
- * and the statement that raised it (its text, never its values): drizzle's DrizzleQueryError
- * says only "Failed query: …" and keeps the database's error as its `cause`.
- */
-export function describeError(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const wrapped = isDrizzleQueryError(error) && isDatabaseError(error.cause);
-  const database = wrapped ? (error.cause as Error) : error;
-  const state = sqlStateOf(database);
-  if (state === undefined || !isDatabaseError(database)) return error.message;
-  // pg-bbm's tables are missing: the database was never migrated.
-  const hint =
-    state === SqlState.undefinedTable && /batched_background_migration|registry\./.test(database.message)
-      ? ' (run `bbm migrate` first)'
-      : '';
-  const statement = wrapped
-    ? statementLabel((error as Error & { query: string }).query)
-    : (database as Error & { statement?: unknown }).statement;
-  // A connection or login failure (classes 08, 28) comes from no statement, whatever was about to run.
-  const fromStatement = !state.startsWith('08') && !state.startsWith('28');
-  const where = fromStatement && typeof statement === 'string' && statement ? ` in: ${statement}` : '';
-  return `${database.message}${hint} (SQLSTATE ${state})${where}`;
+/** `bbm migrate`: pg-bbm's schema in each database (the others still migrated when one fails). */
+async function migrate(context: Context): Promise<number> {
+  const { databases, io } = context;
+  let failed = 0;
+  const results: { database?: string; applied: string[] }[] = [];
+  const lines: string[] = [];
+  for (const target of databases) {
+    const prefix = target.name === undefined ? '' : `${target.name}: `;
+    try {
+      const { applied, functions } = await migrateSchema(context.poolOf(target));
+      if (functions.outcome === 'newer') {
+        io.err(
+          `bbm migrate: ${prefix}the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,
+        );
+      }
+      results.push({ ...(target.name !== undefined && { database: target.name }), applied });
+      const done = [];
+      if (applied.length > 0)
+        done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
+      if (functions.outcome === 'installed')
+        done.push(`installed the database functions of pg-bbm ${functions.version}`);
+      lines.push(
+        ...(done.length === 0 ? ['pg-bbm schema is up to date; nothing to apply'] : done).map((line) => prefix + line),
+      );
+    } catch (error) {
+      // One database: its error is the command's. Several: the others are still migrated.
+      if (databases.length === 1) throw error;
+      failed += 1;
+      io.err(context.mask(`bbm migrate: ${prefix}${describeError(error)}`));
+    }
+  }
+  context.print(databases.length === 1 ? results[0] : results, () => lines.join('\n'));
+  return failed > 0 ? 1 : 0;
 }
 
-/** An error the server sent (pg's DatabaseError, by shape): a SQLSTATE and a severity; not a Node error like EPERM. */
-function isDatabaseError(error: unknown): error is Error {
-  return error instanceof Error && sqlStateOf(error) !== undefined && 'severity' in error;
-}
-
-/** drizzle's DrizzleQueryError (by shape: the caller's drizzle may be another copy than ours). */
-function isDrizzleQueryError(error: Error): error is Error & { query: string; cause: unknown } {
-  return 'query' in error && typeof error.query === 'string' && error.message.startsWith('Failed query:');
-}
-
-/** Hides the database URL's password wherever it might appear in a message. */
-function masker(databaseUrl: string): (text: string) => string {
-  const masked = maskConnectionString(databaseUrl);
-  const password = passwordOf(databaseUrl);
-  return (text) => {
-    let out = text.split(databaseUrl).join(masked);
-    if (password && password.length >= 3) out = out.split(password).join('***');
-    return out;
-  };
+/** Hides the database URLs' passwords wherever they might appear in a message. */
+function masker(databaseUrls: readonly string[]): (text: string) => string {
+  const each = databaseUrls.map((databaseUrl) => {
+    const masked = maskConnectionString(databaseUrl);
+    const password = passwordOf(databaseUrl);
+    return (text: string) => {
+      let out = text.split(databaseUrl).join(masked);
+      if (password && password.length >= 3) out = out.split(password).join('***');
+      return out;
+    };
+  });
+  return (text) => each.reduce((out, mask) => mask(out), text);
 }
 
 /** The installed package's version (package.json sits two levels up from src/cli and dist/cli alike). */

@@ -12,11 +12,10 @@ import { resolveSchedules, type ResolvedSchedule } from '../bbm/schedules.ts';
 import { WorkRegistry } from '../bbm/work-registry.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
-import { Worker } from '../bbm/worker.ts';
-import { whenDatabaseReady } from '../bbm/startup.ts';
+import { Fleet } from '../bbm/fleet.ts';
+import { addressText } from '../bbm/databases.ts';
 import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
-import { migrateSchema } from '../store/apply-schema.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
 import { duration, progressBar } from './format.ts';
 import { createLiveDisplay, type LiveDisplay } from './live.ts';
@@ -72,15 +71,15 @@ function terminalOutput(context: Context): { log: Logger; display: LiveDisplay }
   return { log, display };
 }
 
-async function sentryFrom({ config, io, databaseUrl }: Context): Promise<SentryReporter | undefined> {
+async function sentryFrom({ config, io, databases }: Context): Promise<SentryReporter | undefined> {
   const dsn = io.env.SENTRY_DSN ?? config?.sentry?.dsn;
   if (!dsn) return undefined;
-  const password = passwordOf(databaseUrl);
+  const secrets = databases.flatMap(({ url }) => [url, passwordOf(url) ?? []].flat());
   return await createSentryReporter({
     dsn,
     ...(config?.sentry?.environment !== undefined && { environment: config.sentry.environment }),
     ...(config?.sentry?.release !== undefined && { release: config.sentry.release }),
-    secrets: [databaseUrl, ...(password ? [password] : [])],
+    secrets,
   });
 }
 
@@ -132,6 +131,7 @@ export function workerOptionsOf(config: Config): WorkerOptions {
     throttle: _throttle,
     schedules: _schedules,
     databaseUrl: _url,
+    databases: _databases,
     gracePeriodMs: _grace,
     sentry: _sentry,
     health: _health,
@@ -153,10 +153,11 @@ function overrides(context: Context): WorkerOptions {
 }
 
 export async function run(context: Context): Promise<number> {
-  const { config, flags, pool, io } = context;
+  const { config, flags, io, databases } = context;
   if (!config)
     throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
-  const terminal = terminalOutput(context);
+  const fleet = databases[0]?.name !== undefined;
+  const terminal = fleet ? undefined : terminalOutput(context);
   const log = terminal?.log ?? logger(context, 1);
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
@@ -167,87 +168,73 @@ export async function run(context: Context): Promise<number> {
   resolveOptions(options);
   resolveNotify(config.notify);
   const untilDone = Boolean(flags['until-done']);
+  // What the metrics and the status page read: each database's pool, by name in a fleet.
+  const named = fleet ? new Map(databases.map((target) => [target.name!, context.poolOf(target)])) : undefined;
 
-  // A signal while the database is awaited ends the wait; once the worker runs, it stops the worker.
-  const startup = new AbortController();
-  let worker: Worker | undefined;
-  const release = onStopSignals(
-    log,
-    graceMs,
-    () => (worker ? void worker.stop() : startup.abort()),
-    () => (worker ? void worker.stop({ abort: true }) : startup.abort()),
-  );
-  // The migrations this worker ran jobs of: with --until-done, the exit code says whether any failed.
-  const workedOn = new Set<string>();
-  let ops: OpsServer | undefined;
+  // The migrations this process ran jobs of: with --until-done, the exit code says whether any failed.
+  const workedOn = new Map<string | undefined, Set<string>>();
+  const metrics =
+    metricsPort === undefined ? undefined : createMetrics(named ? { databases: named } : { db: context.pool });
   let sentry: SentryReporter | undefined;
-  try {
+  const observersFor = (database: string | undefined): WorkerObserver[] => {
+    const ran = workedOn.get(database) ?? new Set<string>();
+    workedOn.set(database, ran);
     const observers: WorkerObserver[] = [
       {
         run(result) {
-          if (result.migration) workedOn.add(result.migration.name);
+          if (result.migration) ran.add(result.migration.name);
         },
       },
     ];
-    const metrics = metricsPort === undefined ? undefined : createMetrics({ db: pool });
-    if (metrics) observers.push(metrics.observer);
-    // Served before the database is awaited: a liveness probe must see a live process that waits
+    if (metrics) observers.push(database === undefined ? metrics.observer : metrics.observerFor(database));
+    if (sentry) observers.push(database === undefined ? sentry.observer : sentry.observerFor(database));
+    return observers;
+  };
+  const running = new Fleet({
+    ...options,
+    databases,
+    work,
+    logger: log,
+    observersFor,
+    migrate: !flags['skip-migrate'],
+    ...(throttle && { throttle }),
+    ...(schedules && { schedules }),
+    ...(config.health !== undefined && { health: config.health }),
+    ...(config.notify && { notify: config.notify }),
+  });
+  // A signal while a database is awaited ends the wait; once its worker runs, it stops the worker.
+  const release = onStopSignals(
+    log,
+    graceMs,
+    () => void running.stop(),
+    () => void running.stop({ abort: true }),
+  );
+  let ops: OpsServer | undefined;
+  try {
+    // Served before the databases are awaited: a liveness probe must see a live process that waits
     // (and /readyz says it is not ready), or it restarts it in a loop.
     if (metrics && metricsPort !== undefined) {
       ops = await startOpsServer({
         registry: metrics.registry,
         page: createStatusPage({
-          db: pool,
+          ...(named ? { databases: named } : { db: context.pool }),
           token: dashboardToken(context),
           log,
           schedules: schedulesOf(config),
-          rehearse: { pool, work, runTimeoutMs: options.runTimeoutMs },
+          rehearse: { ...(!named && { pool: context.pool }), work, runTimeoutMs: options.runTimeoutMs },
         }),
-        db: pool,
+        db: context.pool,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
         log,
       });
       log.info({ url: `http://${ops.host}:${ops.port}/metrics` }, 'serving metrics, /healthz and /readyz');
     }
-    const ready = await whenDatabaseReady(
-      pool,
-      async () => {
-        if (flags['skip-migrate']) return true;
-        const { functions } = await migrateSchema(pool);
-        if (functions.outcome === 'newer') {
-          // A rolling deploy: newer workers run beside this one, on their functions.
-          log.warn(
-            { functions_version: functions.installedVersion, version: functions.version },
-            'the database has a newer release of the pg-bbm functions: left in place',
-          );
-        }
-        return true;
-      },
-      { log, signal: startup.signal },
-    );
     sentry = await sentryFrom(context);
-    if (sentry) observers.push(sentry.observer);
-    // A signal during start-up stops it here; from the worker's run on, it stops the worker.
-    if (!ready || startup.signal.aborted) return 0;
-    // A pool of the worker's own, sized for its lanes (the command's pool is for everything else).
-    const running = new Worker({
-      ...options,
-      work,
-      connectionString: context.databaseUrl,
-      logger: log,
-      observers,
-      ...(throttle && { throttle }),
-      ...(schedules && { schedules }),
-      ...(config.health !== undefined && { health: config.health }),
-      ...(config.notify && { notify: config.notify }),
-    });
     terminal?.display.start();
     try {
-      worker = running;
       await running.run({ untilDone });
     } finally {
-      await running.close();
       await terminal?.display.stop();
     }
   } finally {
@@ -255,18 +242,24 @@ export async function run(context: Context): Promise<number> {
     await ops?.close();
     await sentry?.close();
   }
-  if (!untilDone || workedOn.size === 0) return 0;
-  const failed = (await migrationReports(pool)).filter(
-    (report) => workedOn.has(report.name) && report.status === 'failed',
-  );
-  for (const report of failed) {
-    io.err(
-      context.mask(
-        `bbm run: ${report.name} failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`,
-      ),
+  if (!untilDone) return 0;
+  let failures = 0;
+  for (const target of databases) {
+    const ran = workedOn.get(target.name);
+    if (!ran || ran.size === 0) continue;
+    const failed = (await migrationReports(context.poolOf(target))).filter(
+      (report) => ran.has(report.name) && report.status === 'failed',
     );
+    for (const report of failed) {
+      io.err(
+        context.mask(
+          `bbm run: ${addressText(target.name, report.name)} failed (${report.failureErrorCode ?? 'unknown'}): ${report.failureMessage ?? ''}`,
+        ),
+      );
+    }
+    failures += failed.length;
   }
-  return failed.length > 0 ? 1 : 0;
+  return failures > 0 ? 1 : 0;
 }
 
 export async function finalize(context: Context): Promise<number> {
@@ -354,18 +347,26 @@ function dashboardToken({ flags, io }: Context): string | undefined {
 
 /** `bbm dashboard`: the status page on its own, until SIGINT/SIGTERM. */
 export async function dashboard(context: Context): Promise<number> {
-  const { flags, pool, io } = context;
+  const { flags, pool, io, databases } = context;
   const port = integerFlag(flags, 'port', { max: 65_535 }) ?? 9188;
   const log = logger(context, 2);
   const token = dashboardToken(context);
+  const named =
+    databases[0]?.name === undefined
+      ? undefined
+      : new Map(databases.map((target) => [target.name!, context.poolOf(target)]));
   const server = await startOpsServer({
     page: createStatusPage({
-      db: pool,
+      ...(named ? { databases: named } : { db: pool }),
       token,
       log,
       schedules: schedulesOf(context.config),
       // With --config, its work functions: the page offers rehearse.
-      rehearse: context.config && { pool, work: context.config.work, runTimeoutMs: context.config.runTimeoutMs },
+      rehearse: context.config && {
+        ...(!named && { pool }),
+        work: context.config.work,
+        runTimeoutMs: context.config.runTimeoutMs,
+      },
     }),
     db: pool,
     port,

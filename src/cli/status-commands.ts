@@ -1,4 +1,5 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
+import type pg from 'pg';
 import { WorkRegistry } from '../bbm/work-registry.ts';
 import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
 import { migrationReports } from '../bbm/status.ts';
@@ -16,6 +17,8 @@ import {
 import { liveWorkers } from '../store/dashboard.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { duration, table, toJson } from './format.ts';
+import { addressText } from '../bbm/databases.ts';
+import { describeError } from './errors.ts';
 
 export async function status(context: Context): Promise<number> {
   const { flags, io } = context;
@@ -30,7 +33,7 @@ export async function status(context: Context): Promise<number> {
     io.out(
       render(reports) + awaitingApproval(reports) + (await restingWorkers(context)) + (await renderSchedules(context)),
     );
-  return 0;
+  return reports.unreachable ? 1 : 0;
 }
 
 /** `bbm schedules`: the config's schedules, each with its last pass and when the next is due. */
@@ -41,9 +44,13 @@ export async function schedules(context: Context): Promise<number> {
   return 0;
 }
 
-function loadSchedules({ config, pool }: Context): Promise<ScheduleReport[]> {
+function loadSchedules(context: Context): Promise<ScheduleReport[]> {
+  const { config } = context;
   if (!config?.schedules?.length) return Promise.resolve([]);
-  return scheduleReports(pool, resolveSchedules(config.schedules, new WorkRegistry(config.work)));
+  const schedules = resolveSchedules(config.schedules, new WorkRegistry(config.work));
+  return eachDatabase(context, async (pool, database) =>
+    (await scheduleReports(pool, schedules)).map((r) => ({ ...r, name: addressText(database, r.name) })),
+  );
 }
 
 /** The schedules section under `bbm status` (empty without schedules). */
@@ -66,9 +73,38 @@ function renderScheduleTable(reports: ScheduleReport[]): string {
   );
 }
 
-function load({ pool, flags, config }: Context): Promise<MigrationReport[]> {
-  return migrationReports(pool, { name: flags.name, knownWork: config?.work.map((w) => w.name) ?? [] });
+/**
+ * The migrations of the command's database, or of every database of the fleet, each then named
+ * `database/name` (and its `database` set). A database that cannot be read is reported on stderr
+ * and counted in `unreachable`; the others are still shown. With one database, its error is the command's.
+ */
+async function load(context: Context): Promise<MigrationReport[] & { unreachable?: number }> {
+  const { flags, config, databases, io } = context;
+  const knownWork = config?.work.map((w) => w.name) ?? [];
+  if (flags.name !== undefined || databases.length === 1) {
+    const reports = await migrationReports(context.pool, { name: flags.name, knownWork });
+    return context.database === undefined ? reports : reports.map((r) => shown(context.database!, r));
+  }
+  const reads = await Promise.all(
+    databases.map(async (target) => {
+      try {
+        return (await migrationReports(context.poolOf(target), { knownWork })).map((r) => shown(target.name!, r));
+      } catch (error) {
+        io.err(context.mask(`bbm status: ${target.name ?? ''}: ${describeError(error)}`));
+        return undefined;
+      }
+    }),
+  );
+  const reports: MigrationReport[] & { unreachable?: number } = reads.flatMap((read) => read ?? []);
+  reports.unreachable = reads.filter((read) => read === undefined).length;
+  return reports;
 }
+
+const shown = (database: string, report: MigrationReport): MigrationReport => ({
+  ...report,
+  name: addressText(database, report.name),
+  database,
+});
 
 /** Redraws every second until SIGINT/SIGTERM; on a terminal in place, elsewhere one block a second. */
 async function watch(context: Context): Promise<number> {
@@ -149,12 +185,26 @@ function awaitingApproval(reports: MigrationReport[]): string {
  * The lines under the table that name the live workers whose lanes rest part of the time
  * (foreground protection's duty cycle: it slows every migration they run); empty when none does.
  */
-async function restingWorkers({ pool }: Context): Promise<string> {
-  const lines = (await liveWorkers(pool, LIVE_WORKER_WINDOW_MS)).flatMap((w) => {
-    const text = dutyCycleText(w.dutyCycle);
-    return text === null ? [] : [`worker ${w.hostname} pid ${w.pid}: ${text}`];
-  });
+async function restingWorkers(context: Context): Promise<string> {
+  const lines = await eachDatabase(context, async (pool, database) =>
+    (await liveWorkers(pool, LIVE_WORKER_WINDOW_MS)).flatMap((w) => {
+      const text = dutyCycleText(w.dutyCycle);
+      return text === null ? [] : [`${database ? `${database}: ` : ''}worker ${w.hostname} pid ${w.pid}: ${text}`];
+    }),
+  );
   return lines.length === 0 ? '' : `\n\n${lines.join('\n')}`;
+}
+
+/** A read of the command's database, or of each database of the fleet (one that fails is left out: load() said so). */
+async function eachDatabase<T>(
+  context: Context,
+  read: (pool: pg.Pool, database: string | undefined) => Promise<T[]>,
+): Promise<T[]> {
+  if (context.flags.name !== undefined || context.databases.length === 1) return read(context.pool, context.database);
+  const reads = await Promise.all(
+    context.databases.map((target) => read(context.poolOf(target), target.name).catch(() => [] as T[])),
+  );
+  return reads.flat();
 }
 
 function note(r: MigrationReport): string {

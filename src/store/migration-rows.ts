@@ -916,3 +916,12 @@ export async function retryMigration(db: Queryable, name: string): Promise<numbe
   );
   return row ? Number(row.jobs) : null;
 }
+
+/** Whether a migration of that name exists (in this database). */
+export async function migrationExists(db: Queryable, name: string): Promise<boolean> {
+  const row = await execOne<{ found: boolean }>(
+    db,
+    sql`SELECT EXISTS (SELECT FROM batched_background_migrations WHERE name = ${name}) AS found`,
+  );
+  return row?.found === true;
+}

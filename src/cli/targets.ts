@@ -1,0 +1,111 @@
+/**
+ * Which database a command works on. Without `databases` in the config there is one (the
+ * `--database-url`, DATABASE_URL, `databaseUrl`, libpq chain). With it, `run`, `migrate`,
+ * `dashboard`, `schedules` and `status` (without `--name`) work on all of them (or the one `--database`
+ * names); every other command on one: the database of `--name DATABASE/NAME`, of `--database`, or
+ * the one database that has a migration of that plain name (several: refused, listing them).
+ */
+import { resolveDatabases, selectDatabases, parseAddress, addressText, type DatabaseTarget } from '../bbm/databases.ts';
+import { ConfigError } from '../bbm/errors.ts';
+import type { Config } from '../bbm/types.ts';
+import { createPool } from '../store/db.ts';
+import { migrationExists } from '../store/migration-rows.ts';
+import { UsageError, type Flags } from './args.ts';
+
+/** The databases the command line and config name, `--database` applied. */
+export function commandDatabases(
+  flags: Flags,
+  config: Config | undefined,
+  fallbackUrl: () => string | undefined,
+): DatabaseTarget[] {
+  const flagUrl = flags['database-url'];
+  if (flagUrl) {
+    if (flags.database !== undefined)
+      throw new UsageError(
+        "--database picks one of the config's databases; --database-url gives one: pass one of them",
+      );
+    return [{ name: undefined, url: flagUrl }];
+  }
+  if (config?.databases !== undefined) {
+    if (config.databaseUrl !== undefined)
+      throw new ConfigError('the config sets both databaseUrl and databases: keep one');
+    return selectDatabases(resolveDatabases(config.databases), flags.database);
+  }
+  const url = fallbackUrl();
+  if (!url) {
+    throw new UsageError(
+      'no database: set DATABASE_URL (or PGHOST, PGDATABASE, …) or pass --database-url postgres://user:password@host:5432/database',
+    );
+  }
+  return selectDatabases([{ name: undefined, url }], flags.database);
+}
+
+/** Whether the command works on every database of the fleet (else on one). */
+export function acrossDatabases(command: string, flags: Flags): boolean {
+  return (
+    ['run', 'migrate', 'dashboard', 'schedules'].includes(command) || (command === 'status' && flags.name === undefined)
+  );
+}
+
+/** Whether the command names a migration that need not exist yet (so it is not looked for). */
+function namesNewMigration(command: string, flags: Flags): boolean {
+  return command === 'enqueue' || (command === 'rehearse' && flags.work !== undefined);
+}
+
+/**
+ * The one database of a command, and its flags with `--name` reduced to the migration's own name.
+ * Looking a plain name up opens one connection to each database for a moment.
+ */
+export async function commandDatabase(
+  command: string,
+  flags: Flags,
+  targets: readonly DatabaseTarget[],
+): Promise<{ target: DatabaseTarget; flags: Flags }> {
+  const names = targets.map((target) => target.name ?? '').join(', ');
+  const address = flags.name === undefined ? undefined : parseAddress(flags.name, targets);
+  const withName = (target: DatabaseTarget) => ({
+    target,
+    flags: address ? { ...flags, name: address.name } : flags,
+  });
+  if (address?.database !== undefined) return withName(targets.find((target) => target.name === address.database)!);
+  if (targets.length === 1) return withName(targets[0]!);
+  if (address === undefined || namesNewMigration(command, flags)) {
+    throw new UsageError(
+      `bbm ${command}: the config names several databases (${names}): pass --database NAME${address ? ' or --name DATABASE/NAME' : ''}`,
+    );
+  }
+  const looked = await Promise.all(
+    targets.map(async (target) => {
+      const pool = createPool({ connectionString: target.url, max: 1, applicationName: `bbm ${command}` });
+      try {
+        return { target, found: await migrationExists(pool, address.name) };
+      } catch (error) {
+        return { target, found: false, error: error as Error };
+      } finally {
+        await pool.end();
+      }
+    }),
+  );
+  const found = looked.filter((look) => look.found);
+  const unreachable = looked.filter((look) => look.error);
+  if (found.length > 1) {
+    throw new UsageError(
+      `bbm ${command}: ${address.name} is in several databases: name one of ${found
+        .map((look) => addressText(look.target.name, address.name))
+        .join(', ')}`,
+    );
+  }
+  if (unreachable.length > 0) {
+    const which = unreachable.map((look) => `${look.target.name ?? ''} (${look.error!.message})`).join(', ');
+    throw new UsageError(
+      `bbm ${command}: could not look for ${address.name} in ${which}: name its database, as DATABASE/${address.name}`,
+    );
+  }
+  if (found.length === 0) throw new NoSuchMigration(`no migration named ${JSON.stringify(address.name)} in ${names}`);
+  return withName(found[0]!.target);
+}
+
+/** A plain name no database of the fleet has (exit 1, as a command that finds no migration). */
+export class NoSuchMigration extends Error {
+  override readonly name = 'NoSuchMigration';
+}

@@ -1,0 +1,313 @@
+/**
+ * One fleet, many databases (`databases` in the config), run as operators run it: the compiled
+ * `bbm` over several databases, one of them stopped and restarted; holds that stay in their
+ * database; `database/name` addressing; twenty databases on one server sharing one process's lanes.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SharedLanes } from '../src/bbm/shared-lanes.ts';
+import { freePort, startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
+import { migrateSchema } from '../src/store/apply-schema.ts';
+import { createPool } from '../src/store/db.ts';
+import { MigrationStatus } from '../src/store/codes.ts';
+import { createTestDatabase, useOwnCluster, type TestDatabase } from './support/database.ts';
+import { createItems, enqueue, expectEveryRowOnce, migrationRow, range } from './support/engine.ts';
+import { BBM_BIN, createJobLog, runBbm, startBbm, waitFor, type BbmProcess } from './support/processes.ts';
+
+const FLEET_CONFIG = fileURLToPath(new URL('./fixtures/fleet.config.ts', import.meta.url));
+
+/** The compiled `bbm`, as operators run it (the fleet's URLs come from its environment), to completion. */
+function bbm(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [BBM_BIN, ...args],
+      { env: { ...process.env, BBM_LOG_LEVEL: 'warn', ...env } },
+      (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+async function testDatabase(): Promise<TestDatabase> {
+  const database = await createTestDatabase();
+  cleanups.push(() => database.drop());
+  return database;
+}
+
+/** A table `items` of `rows` rows, the job log, and a migration `fill` over it. */
+async function prepare(pool: pg.Pool, rows: number, batchSize: number, name = 'fill'): Promise<void> {
+  await createItems(pool, 'items', range(1, rows));
+  await createJobLog(pool);
+  await enqueue(pool, { name, work: 'test.touch', table: 'items', batchSize });
+}
+
+const fleetEnv = (databases: Record<string, string>, more: Record<string, string> = {}) => ({
+  BBM_TEST_DATABASES: JSON.stringify(databases),
+  ...more,
+});
+
+/** Every range of the migration logged exactly once (the job log is written in the job's transaction). */
+async function expectRangesOnce(pool: pg.Pool, name: string): Promise<void> {
+  const { rows } = await pool.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM job_log WHERE migration = $1 GROUP BY range_start HAVING count(*) > 1',
+    [name],
+  );
+  expect(rows).toEqual([]);
+}
+
+const finished = async (pool: pg.Pool, name = 'fill') =>
+  (await migrationRow(pool, name))?.status === MigrationStatus.finished;
+
+describe('a fleet over several databases', () => {
+  it('drains each exactly once in 2 processes while one database is down, the others finishing meanwhile, and that one once it is back', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    const cluster: EmbeddedCluster = await startEmbeddedPostgres({ ephemeral: true });
+    cleanups.push(() => cluster.stop());
+    const sec = createPool({ connectionString: cluster.connectionString(), max: 2 });
+    cleanups.push(() => sec.end());
+    await migrateSchema(sec);
+    for (const { pool } of [main, ci, { pool: sec }]) {
+      await prepare(pool, 4000, 50);
+      await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2');
+    }
+    const env = fleetEnv(
+      { main: main.url, ci: ci.url, sec: cluster.connectionString() },
+      { BBM_TEST_JOB_SLEEP_MS: '20' },
+    );
+    const port = await freePort();
+    const processes: BbmProcess[] = [['--metrics-port', String(port)], []].map((more) =>
+      startBbm(['run', '--config', FLEET_CONFIG, '--until-done', '--concurrency', '2', ...more], env),
+    );
+    cleanups.push(async () => processes.forEach((p) => p.child.kill('SIGKILL')));
+
+    await waitFor(async () => (await sec.query('SELECT count(*)::int AS n FROM job_log')).rows[0].n >= 5, 'sec jobs');
+    await cluster.crash();
+    // While sec is down: its metrics say so, the others' series go on, and the page lists it as down.
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    expect(metrics).toContain('bbm_database_up{database="sec"} 0');
+    expect(metrics).toContain('bbm_database_up{database="main"} 1');
+    expect(metrics).toMatch(/bbm_jobs_total\{database="(main|ci|sec)",migration="fill",result="succeeded"\} [1-9]/);
+    const page = await (await fetch(`http://127.0.0.1:${port}/`)).text();
+    expect(page).toMatch(/<tr data-database="sec"><td>sec<\/td><td><b>down<\/b>/);
+    expect(page).toContain('href="/migrations/main%2Ffill"');
+    await waitFor(
+      async () => (await finished(main.pool)) && (await finished(ci.pool)),
+      'main and ci to finish',
+      60_000,
+    );
+    const down = await cluster
+      .start()
+      .then(() => false)
+      .catch(() => true);
+    expect(down).toBe(false);
+    for (const p of processes) {
+      const { code } = await p.exited;
+      expect(code, p.output()).toBe(0);
+    }
+    for (const pool of [main.pool, ci.pool, sec]) {
+      await expectEveryRowOnce(pool, 'items', 'fill');
+      await expectRangesOnce(pool, 'fill');
+    }
+    // Both processes served the fleet (each database's migration has two lanes).
+    const pids = new Set<number>();
+    for (const pool of [main.pool, ci.pool, sec]) {
+      for (const { pid } of (await pool.query<{ pid: number }>('SELECT DISTINCT pid FROM job_log')).rows) pids.add(pid);
+    }
+    expect(pids.size).toBe(2);
+  });
+
+  it("holds a migration for its own database's trouble only: a vacuum of items in main holds main/fill, not ci/fill", async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 20_000, 5_000);
+    await main.pool.query('ALTER TABLE items SET (autovacuum_enabled = false)');
+    await main.pool.query('UPDATE items SET v = v + 1');
+    const vacuumer = new pg.Client(main.url);
+    await vacuumer.connect();
+    cleanups.push(() => vacuumer.end());
+    await vacuumer.query('SET vacuum_cost_delay = 50');
+    await vacuumer.query('SET vacuum_cost_limit = 1');
+    const { rows } = await vacuumer.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const vacuum = vacuumer.query('VACUUM items').catch((error: Error) => error);
+    await waitFor(
+      async () =>
+        (await main.pool.query("SELECT 1 FROM pg_stat_progress_vacuum WHERE relid = 'items'::regclass")).rowCount,
+      'the vacuum to start',
+    );
+    const env = fleetEnv({ main: main.url, ci: ci.url }, { BBM_TEST_HEALTH: '1' });
+    const worker = startBbm(['run', '--config', FLEET_CONFIG, '--until-done', '--concurrency', '2'], env);
+    cleanups.push(async () => worker.child.kill('SIGKILL'));
+
+    await waitFor(() => finished(ci.pool), 'ci/fill to finish', 30_000);
+    const status = await bbm(['status', '--config', FLEET_CONFIG, '--json'], env);
+    expect(status.code, status.stderr).toBe(0);
+    const reports = JSON.parse(status.stdout) as {
+      name: string;
+      database: string;
+      status: string;
+      holdReason: string | null;
+    }[];
+    expect(reports.map((r) => [r.name, r.database, r.status]).sort()).toEqual([
+      ['ci/fill', 'ci', 'finished'],
+      ['main/fill', 'main', 'active'],
+    ]);
+    expect(reports.find((r) => r.database === 'main')?.holdReason).toBe('vacuum on public.items');
+    expect((await main.pool.query('SELECT count(*)::int AS n FROM job_log')).rows[0].n).toBe(0);
+
+    await main.pool.query('SELECT pg_cancel_backend($1)', [rows[0]!.pid]);
+    expect(await vacuum).toMatchObject({ code: '57014' });
+    const { code } = await worker.exited;
+    expect(code, worker.output()).toBe(0);
+    await expectEveryRowOnce(main.pool, 'items', 'fill');
+  });
+
+  it('addresses a migration as database/name, finds a plain name in the one database that has it, and refuses an ambiguous one', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 10, 5);
+    await enqueue(main.pool, { name: 'only_main', work: 'test.touch', table: 'items', batchSize: 5 });
+    const env = fleetEnv({ main: main.url, ci: ci.url });
+    const run = (...args: string[]) => bbm([...args, '--config', FLEET_CONFIG], env);
+
+    const ambiguous = await run('pause', '--name', 'fill');
+    expect(ambiguous.code).toBe(2);
+    expect(ambiguous.stderr).toContain('fill is in several databases: name one of main/fill, ci/fill');
+
+    expect((await run('pause', '--name', 'ci/fill')).code).toBe(0);
+    expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+
+    expect((await run('pause', '--name', 'only_main')).code).toBe(0);
+    expect((await migrationRow(main.pool, 'only_main'))?.status).toBe(MigrationStatus.paused);
+
+    const missing = await run('resume', '--name', 'nowhere');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('no migration named "nowhere" in main, ci');
+
+    const table = await run('status');
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/main\/fill\s+active/);
+    expect(table.stdout).toMatch(/ci\/fill\s+paused/);
+    const one = await run('status', '--database', 'ci', '--json');
+    expect((JSON.parse(one.stdout) as { name: string }[]).map((r) => r.name)).toEqual(['ci/fill']);
+
+    const unknown = await run('status', '--database', 'sec');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--database sec: no such database; the config names main, ci');
+    const enqueueAnywhere = await run('enqueue', '--name', 'new', '--work', 'test.touch', '--table', 'items');
+    expect(enqueueAnywhere.code).toBe(2);
+    expect(enqueueAnywhere.stderr).toContain('pass --database NAME or --name DATABASE/NAME');
+    const enqueued = await run(
+      'enqueue',
+      '--name',
+      'ci/new',
+      '--work',
+      'test.touch',
+      '--table',
+      'items',
+      '--column',
+      'id',
+      '--batch-size',
+      '5',
+    );
+    expect(enqueued.code, enqueued.stderr).toBe(0);
+    expect(await migrationRow(ci.pool, 'new')).toBeDefined();
+    expect(await migrationRow(main.pool, 'new')).toBeUndefined();
+
+    // A database the config names but cannot be reached: the others are still shown, and it is named.
+    const broken = fleetEnv({ main: main.url, ci: ci.url, gone: 'postgres://nobody:secret-pw@127.0.0.1:1/none' });
+    const partial = await bbm(['status', '--config', FLEET_CONFIG], broken);
+    expect(partial.code).toBe(1);
+    expect(partial.stdout).toMatch(/main\/fill/);
+    expect(partial.stderr).toContain('bbm status: gone:');
+    expect(partial.stderr).not.toContain('secret-pw');
+  });
+
+  it('refuses a config whose databases are malformed, naming the entry and never a URL', async () => {
+    const env = (databases: unknown) => ({ BBM_TEST_DATABASES: JSON.stringify(databases) });
+    const empty = await bbm(['status', '--config', FLEET_CONFIG], env({ main: '' }));
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toContain('databases.main has no URL');
+    const badName = await bbm(['status', '--config', FLEET_CONFIG], env({ 'Main/x': 'postgres://u:pw-123@h/d' }));
+    expect(badName.code).toBe(2);
+    expect(badName.stderr).toContain('"Main/x" is not a database name');
+    expect(badName.stderr).not.toContain('pw-123');
+  });
+});
+
+describe('twenty databases on one server', () => {
+  const own = useOwnCluster({ poolMax: 2 });
+
+  it('each with a small migration, all finished by one process sharing its lanes, none starved', async () => {
+    const { cluster, pool: admin } = own();
+    const databases: Record<string, string> = {};
+    const pools: pg.Pool[] = [];
+    for (let i = 0; i < 20; i += 1) {
+      const name = `tenant_${String(i).padStart(2, '0')}`;
+      await admin.query(`CREATE DATABASE ${name}`);
+      const pool = createPool({ connectionString: cluster.connectionString(name), max: 2 });
+      cleanups.push(() => pool.end());
+      await migrateSchema(pool);
+      await prepare(pool, 600, 20);
+      pools.push(pool);
+      databases[name.replace('_', '-')] = cluster.connectionString(name);
+    }
+    const started = Date.now();
+    const { code, output } = await runBbm(
+      ['run', '--config', FLEET_CONFIG, '--until-done', '--concurrency', '4'],
+      fleetEnv(databases, { BBM_TEST_JOB_SLEEP_MS: '10' }),
+    );
+    expect(code, output).toBe(0);
+    const finishedAfter: number[] = [];
+    for (const pool of pools) {
+      await expectEveryRowOnce(pool, 'items', 'fill');
+      const { rows } = await pool.query<{ at: Date }>(
+        "SELECT finished_at AS at FROM batched_background_migrations WHERE name = 'fill'",
+      );
+      finishedAfter.push(rows[0]!.at.getTime() - started);
+    }
+    const first = Math.min(...finishedAfter);
+    const last = Math.max(...finishedAfter);
+    expect(last, `finished after ${finishedAfter.join(', ')} ms`).toBeLessThanOrEqual(2 * first);
+  });
+});
+
+describe('shared lanes', () => {
+  it('let a database alone use them all, and give a free lane to the databases that wait in turn', async () => {
+    const lanes = new SharedLanes(2);
+    const busy = lanes.for('busy');
+    const quiet = lanes.for('quiet');
+    const never = new AbortController().signal;
+    expect(await busy.take(never)).toBe(true);
+    expect(await busy.take(never)).toBe(true);
+    expect(lanes.inUse).toBe(2);
+    // busy queues three more lanes before quiet asks for one: quiet still gets the first lane free.
+    const order: string[] = [];
+    const waits = [
+      busy.take(never).then(() => order.push('busy')),
+      busy.take(never).then(() => order.push('busy')),
+      busy.take(never).then(() => order.push('busy')),
+    ];
+    const quietWait = quiet.take(never).then(() => order.push('quiet'));
+    expect(busy.othersWait).toBe(true);
+    expect(quiet.othersWait).toBe(true);
+    busy.give();
+    await Promise.resolve();
+    busy.give();
+    await Promise.all([quietWait, waits[0]]);
+    expect(order).toEqual(['busy', 'quiet']);
+    // A lane abandoned while it waits is not granted (nor lost).
+    const stop = new AbortController();
+    const abandoned = lanes.for('other').take(stop.signal);
+    stop.abort();
+    expect(await abandoned).toBe(false);
+    for (const holder of [busy, quiet, busy, busy]) holder.give();
+    await Promise.all(waits);
+    expect(lanes.inUse).toBe(0);
+  });
+});
