@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
 import { Worker } from '../src/bbm/worker.ts';
-import type { LanesEvent, RunResult, Work } from '../src/bbm/types.ts';
+import type { HealthOptions, LanesEvent, RunResult, Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
@@ -26,6 +26,8 @@ const { values: flags } = parseArgs({
     concurrency: { type: 'string', default: '2' },
     plain: { type: 'boolean', default: false },
     'health-off': { type: 'boolean', default: false },
+    // Health options as JSON, e.g. '{"commitLatencyFactor":null}', to find which controller costs what.
+    health: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -111,6 +113,7 @@ async function main(): Promise<void> {
       concurrency: CONCURRENCY,
       startupJitterMs: 0,
       ...(flags['health-off'] && { health: false as const }),
+      ...(flags.health !== undefined && { health: JSON.parse(flags.health) as HealthOptions }),
       logger: pino({ level: process.env.LONG_LOG ?? 'silent' }),
       observers: [
         {

@@ -7,13 +7,15 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { Fleet } from '../src/bbm/fleet.ts';
 import { SharedLanes } from '../src/bbm/shared-lanes.ts';
+import type { Work } from '../src/bbm/types.ts';
 import { freePort, startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
 import { createPool } from '../src/store/db.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { createTestDatabase, useOwnCluster, type TestDatabase } from './support/database.ts';
-import { createItems, enqueue, expectEveryRowOnce, migrationRow, range } from './support/engine.ts';
+import { createItems, enqueue, expectEveryRowOnce, migrationRow, quiet, range } from './support/engine.ts';
 import { BBM_BIN, createJobLog, runBbm, startBbm, waitFor, type BbmProcess } from './support/processes.ts';
 
 const FLEET_CONFIG = fileURLToPath(new URL('./fixtures/fleet.config.ts', import.meta.url));
@@ -32,7 +34,10 @@ function bbm(args: string[], env: Record<string, string>): Promise<{ code: numbe
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+  // Bounded: a server left crashed by a failed test may not stop cleanly.
+  const bounded = (cleanup: () => Promise<unknown>) =>
+    Promise.race([cleanup().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 10_000))]);
+  for (const cleanup of cleanups.splice(0).reverse()) await bounded(cleanup);
 });
 
 async function testDatabase(): Promise<TestDatabase> {
@@ -88,12 +93,17 @@ describe('a fleet over several databases', () => {
     cleanups.push(async () => processes.forEach((p) => p.child.kill('SIGKILL')));
 
     await waitFor(async () => (await sec.query('SELECT count(*)::int AS n FROM job_log')).rows[0].n >= 5, 'sec jobs');
+    const scrape = async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    await waitFor(
+      async () =>
+        /bbm_jobs_total\{database="(main|ci|sec)",migration="fill",result="succeeded"\} [1-9]/.test(await scrape()),
+      'a job of the process that serves metrics',
+    );
     await cluster.crash();
     // While sec is down: its metrics say so, the others' series go on, and the page lists it as down.
-    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const metrics = await scrape();
     expect(metrics).toContain('bbm_database_up{database="sec"} 0');
     expect(metrics).toContain('bbm_database_up{database="main"} 1');
-    expect(metrics).toMatch(/bbm_jobs_total\{database="(main|ci|sec)",migration="fill",result="succeeded"\} [1-9]/);
     const page = await (await fetch(`http://127.0.0.1:${port}/`)).text();
     expect(page).toMatch(/<tr data-database="sec"><td>sec<\/td><td><b>down<\/b>/);
     expect(page).toContain('href="/migrations/main%2Ffill"');
@@ -176,7 +186,7 @@ describe('a fleet over several databases', () => {
 
     const ambiguous = await run('pause', '--name', 'fill');
     expect(ambiguous.code).toBe(2);
-    expect(ambiguous.stderr).toContain('fill is in several databases: name one of main/fill, ci/fill');
+    expect(ambiguous.stderr).toBe('bbm pause: fill is in several databases: name one of main/fill, ci/fill\n');
 
     expect((await run('pause', '--name', 'ci/fill')).code).toBe(0);
     expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
@@ -187,7 +197,7 @@ describe('a fleet over several databases', () => {
 
     const missing = await run('resume', '--name', 'nowhere');
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain('no migration named "nowhere" in main, ci');
+    expect(missing.stderr).toBe('bbm resume: no migration named "nowhere" in main, ci\n');
 
     const table = await run('status');
     expect(table.code).toBe(0);
@@ -219,6 +229,12 @@ describe('a fleet over several databases', () => {
     expect(await migrationRow(ci.pool, 'new')).toBeDefined();
     expect(await migrationRow(main.pool, 'new')).toBeUndefined();
 
+    // Without --name: every migration of every database.
+    const brake = await run('pause', '--json');
+    expect(brake.code, brake.stderr).toBe(0);
+    expect((JSON.parse(brake.stdout) as { paused: string[] }).paused.sort()).toEqual(['ci/new', 'main/fill']);
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+
     // A database the config names but cannot be reached: the others are still shown, and it is named.
     const broken = fleetEnv({ main: main.url, ci: ci.url, gone: 'postgres://nobody:secret-pw@127.0.0.1:1/none' });
     const partial = await bbm(['status', '--config', FLEET_CONFIG], broken);
@@ -226,6 +242,42 @@ describe('a fleet over several databases', () => {
     expect(partial.stdout).toMatch(/main\/fill/);
     expect(partial.stderr).toContain('bbm status: gone:');
     expect(partial.stderr).not.toContain('secret-pw');
+  });
+
+  it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 200, 50);
+    const missing = new URL(main.url);
+    missing.pathname = '/no_such_database';
+    const env = fleetEnv({ main: main.url, ci: ci.url, gone: missing.toString() });
+    const started = Date.now();
+    const drained = await bbm(['run', '--config', FLEET_CONFIG, '--until-done'], env);
+    expect(drained.code, drained.stderr).toBe(1);
+    expect(drained.stderr).toContain(
+      'bbm run: database gone could not be served: database "no_such_database" does not exist',
+    );
+    for (const { pool } of [main, ci]) await expectEveryRowOnce(pool, 'items', 'fill');
+
+    const every = (schedule: Record<string, unknown>) => ({
+      ...fleetEnv({ main: main.url, ci: ci.url }),
+      BBM_TEST_SCHEDULES: JSON.stringify([
+        { name: 's', work: 'test.touch', table: 'items', column: 'id', batchSize: 5, every: '1h', ...schedule },
+      ]),
+    });
+    const badEvery = await bbm(['run', '--config', FLEET_CONFIG, '--until-done'], every({ every: 'bogus' }));
+    expect(badEvery.code).toBe(2);
+    expect(badEvery.stderr).toContain('every "bogus"');
+    const elsewhere = await bbm(['run', '--config', FLEET_CONFIG, '--until-done'], every({ databases: ['sec'] }));
+    expect(elsewhere.code).toBe(2);
+    expect(elsewhere.stderr).toContain("bbm run: schedule s: sec is not among the config's databases");
+    // A schedule of main only, with --database ci: accepted, and no pass of it in ci.
+    const onlyMain = await bbm(
+      ['run', '--config', FLEET_CONFIG, '--until-done', '--database', 'ci'],
+      every({ databases: ['main'] }),
+    );
+    expect(onlyMain.code, onlyMain.stderr).toBe(0);
+    expect((await ci.pool.query("SELECT 1 FROM batched_background_migrations WHERE name LIKE 's@%'")).rowCount).toBe(0);
+    expect(Date.now() - started).toBeLessThan(30_000);
   });
 
   it('refuses a config whose databases are malformed, naming the entry and never a URL', async () => {
@@ -277,6 +329,62 @@ describe('twenty databases on one server', () => {
   });
 });
 
+describe('a fleet in one process', () => {
+  it('runs at most concurrency jobs at once in all its databases, and a big migration does not hold back small ones', async () => {
+    const [big, ...small] = [await testDatabase(), await testDatabase(), await testDatabase(), await testDatabase()];
+    await createItems(big.pool, 'items', range(1, 2000));
+    await enqueue(big.pool, { name: 'fill', work: 'counted', table: 'items', batchSize: 20 });
+    await big.pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 4');
+    for (const { pool } of small) {
+      await createItems(pool, 'items', range(1, 200));
+      await enqueue(pool, { name: 'fill', work: 'counted', table: 'items', batchSize: 20 });
+    }
+    let running = 0;
+    let most = 0;
+    const counted: Work = {
+      name: 'counted',
+      async do(job) {
+        running += 1;
+        most = Math.max(most, running);
+        try {
+          await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE id BETWEEN $1 AND $2`, [
+            job.start,
+            job.end,
+          ]);
+          await job.query('SELECT pg_sleep(0.005)');
+        } finally {
+          running -= 1;
+        }
+      },
+    };
+    const fleet = new Fleet({
+      databases: [big, ...small].map(({ url }, i) => ({ name: i === 0 ? 'big' : `small-${i}`, url })),
+      work: [counted],
+      concurrency: 2,
+      health: false,
+      intervalMs: 20,
+      maxIntervalMs: 100,
+      startupJitterMs: 0,
+      logger: quiet,
+      migrate: false,
+    });
+    await fleet.run({ untilDone: true });
+    expect(most).toBe(2);
+    const finishedAt = async (pool: pg.Pool) =>
+      (
+        await pool.query<{ at: Date }>(
+          "SELECT finished_at AS at FROM batched_background_migrations WHERE name = 'fill'",
+        )
+      ).rows[0]!.at.getTime();
+    const bigAt = await finishedAt(big.pool);
+    for (const { pool } of small) {
+      await expectEveryRowOnce(pool, 'items', 'fill');
+      expect(await finishedAt(pool)).toBeLessThan(bigAt);
+    }
+    await expectEveryRowOnce(big.pool, 'items', 'fill');
+  });
+});
+
 describe('shared lanes', () => {
   it('let a database alone use them all, and give a free lane to the databases that wait in turn', async () => {
     const lanes = new SharedLanes(2);
@@ -286,7 +394,7 @@ describe('shared lanes', () => {
     expect(await busy.take(never)).toBe(true);
     expect(await busy.take(never)).toBe(true);
     expect(lanes.inUse).toBe(2);
-    // busy queues three more lanes before quiet asks for one: quiet still gets the first lane free.
+    // busy queues three more lanes before quiet asks for one: busy gets the first lane free, quiet the second.
     const order: string[] = [];
     const waits = [
       busy.take(never).then(() => order.push('busy')),
@@ -309,5 +417,6 @@ describe('shared lanes', () => {
     for (const holder of [busy, quiet, busy, busy]) holder.give();
     await Promise.all(waits);
     expect(lanes.inUse).toBe(0);
+    expect(() => busy.give()).toThrow('given back twice');
   });
 });

@@ -9,16 +9,17 @@
 import { migrateSchema } from '../store/apply-schema.ts';
 import { createPool } from '../store/db.ts';
 import { Backoff, jittered, sleep } from './backoff.ts';
+import { resolveNotify, resolveOptions } from './config.ts';
 import { ConfigError } from './errors.ts';
+import { resolveHealth } from './health.ts';
+import { resolveSchedules, schedulesIn } from './schedules.ts';
+import { WorkRegistry } from './work-registry.ts';
 import type { DatabaseTarget } from './databases.ts';
 import type { Logger } from './log.ts';
 import { SharedLanes } from './shared-lanes.ts';
 import { whenDatabaseReady } from './startup.ts';
 import type { RunLoopOptions, Schedule, WorkerObserver, WorkerParams } from './types.ts';
 import { Worker } from './worker.ts';
-
-/** Where a database of the fleet stands. */
-export type DatabaseState = 'starting' | 'running' | 'down' | 'done';
 
 export interface FleetParams extends Omit<
   WorkerParams,
@@ -42,7 +43,8 @@ export class Fleet {
   readonly #params: FleetParams;
   readonly #log: Logger;
   readonly #share: SharedLanes | undefined;
-  readonly #states = new Map<string | undefined, DatabaseState>();
+  /** With `untilDone`: the databases that could not be started for a reason waiting does not mend. */
+  readonly #failed = new Map<string, Error>();
   readonly #workers = new Set<Worker>();
   /** Aborted by stop(), which may come before run() (a signal during start-up). */
   readonly #stopping = new AbortController();
@@ -52,24 +54,24 @@ export class Fleet {
     const names = params.databases.map((target) => target.name);
     if (names.length === 0) throw new ConfigError('a fleet needs a database');
     if (names.length > 1 && names.includes(undefined)) throw new ConfigError('databases of a fleet need names');
-    for (const schedule of params.schedules ?? []) {
-      const unknown = (schedule.databases ?? []).filter((name) => !names.includes(name));
-      if (unknown.length > 0) {
-        throw new ConfigError(
-          `schedule ${schedule.name}: databases ${unknown.join(', ')} are not in the config's databases`,
-        );
-      }
-    }
+    // What a worker checks when it is made, checked once here: a config error is not a database
+    // that is down, to be retried.
+    resolveOptions(params);
+    resolveNotify(params.notify);
+    resolveHealth(params.health);
+    resolveSchedules(params.schedules ?? [], new WorkRegistry(params.work));
     this.#params = params;
     this.#log = params.logger;
     // Several databases share the process's lanes; one alone has them all, as a worker does.
     this.#share = names.length > 1 ? new SharedLanes(params.concurrency ?? 1) : undefined;
-    for (const name of names) this.#states.set(name, 'starting');
   }
 
-  /** Each database's state, by name (`undefined`: the one database of a process without `databases`). */
-  get states(): ReadonlyMap<string | undefined, DatabaseState> {
-    return this.#states;
+  /**
+   * With `untilDone`, the databases left unserved: their start failed for a reason waiting does
+   * not mend (a wrong password, a missing database), by name.
+   */
+  get failed(): ReadonlyMap<string, Error> {
+    return this.#failed;
   }
 
   /** Serves every database until stop() (or, with `untilDone`, until each has nothing runnable left). */
@@ -94,16 +96,18 @@ export class Fleet {
     while (!stopping.aborted) {
       try {
         if (!(await this.#start(target, log))) break;
-        backoff.reset();
-        this.#states.set(name, 'running');
-        await this.#work(target, log, loop);
-        if (loop.untilDone && !stopping.aborted) this.#states.set(name, 'done');
+        await this.#work(target, loop);
         break;
       } catch (error) {
-        if (alone) throw error;
-        this.#states.set(name, 'down');
+        if (alone || error instanceof ConfigError) throw error;
+        if (loop.untilDone) {
+          // A drain that cannot reach this database ends without it, and says so (exit 1).
+          this.#failed.set(name!, error as Error);
+          log.error({ err: error }, `database ${name} could not be served: left undrained`);
+          break;
+        }
         const retryInMs = jittered(backoff.next(), 0.2);
-        log.error({ err: error, retry_in_ms: retryInMs }, `database ${name ?? ''} could not be served: retrying`);
+        log.error({ err: error, retry_in_ms: retryInMs }, `database ${name} could not be served: retrying`);
         await sleep(retryInMs, stopping);
       }
     }
@@ -135,7 +139,7 @@ export class Fleet {
     }
   }
 
-  async #work({ name, url }: DatabaseTarget, log: Logger, loop: RunLoopOptions): Promise<void> {
+  async #work({ name, url }: DatabaseTarget, loop: RunLoopOptions): Promise<void> {
     const {
       databases: _databases,
       observersFor,
@@ -144,11 +148,12 @@ export class Fleet {
       logger: _logger,
       ...params
     } = this.#params;
-    const own = schedules?.filter((schedule) => !schedule.databases || (name && schedule.databases.includes(name)));
+    const own = schedules && schedulesIn(schedules, name);
     const worker = new Worker({
       ...params,
       connectionString: url,
-      logger: log,
+      // The worker adds `database` to its lines itself.
+      logger: this.#log,
       observers: observersFor?.(name) ?? [],
       ...(own && own.length > 0 && { schedules: own }),
       ...(name !== undefined && { database: name }),

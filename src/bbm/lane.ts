@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { sleep } from './backoff.ts';
 import type { LaneSteps } from './lane-watch.ts';
-import type { LanePacing } from './pacer.ts';
+import type { LanePacing, Release } from './pacer.ts';
 import type { LaneShare } from './shared-lanes.ts';
 import type { Runner } from './run.ts';
 import type { RunResult } from './types.ts';
@@ -37,25 +37,31 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
   try {
     while (!stopping.aborted) {
       // With no pause between jobs, each successful run also begins the next (one round trip less).
-      const chain = pace.chain;
-      const release = () => runner.release();
+      // A lane of the process is held through a run (and the run it begins ahead), never through
+      // a controller's wait, a rest or a sleep: every wait ends the run begun ahead and gives it back.
+      const release = async () => {
+        await runner.release();
+        giveBack();
+      };
+      // Another database waits for a lane: this one gives its lane back after the run, begun nothing.
+      const chain = pace.chain && !share?.othersWait;
       await pace.ready(lane, backoff, release);
       if (pace.restMs() > 0) {
         // Foreground protection: every lane of the worker rests (or one lane would take the job
         // another rests after), with nothing begun (a run begun ahead holds its lane and the quiet lock).
         steps.step(lane, 'sleep');
-        await runner.release();
-        giveBack();
+        await release();
         await sleep(pace.restMs(), stopping);
         continue;
       }
       steps.step(lane, 'a run');
-      let result = await throttled(runner, ctx);
+      let result = await throttled(ctx, release);
       if (!result) {
         if (share && !shared) {
           steps.step(lane, 'a lane of the process');
           shared = await share.take(stopping);
-          if (!shared) break;
+          // Granted just as the worker stopped: no new run.
+          if (!shared || stopping.aborted) break;
         }
         result = await ctx.run(runner, chain);
       }
@@ -68,10 +74,7 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
       const waitMs = await pace.afterRun(lane, result, backoff, release);
       // A lane keeps its share only to go on with the run it began ahead, and only while no other
       // database waits: a transaction is never left open while it waits for a lane.
-      if (shared && (waitMs > 0 || !runner.begunAhead || share?.othersWait)) {
-        await runner.release();
-        giveBack();
-      }
+      if (shared && (waitMs > 0 || !runner.begunAhead || share?.othersWait)) await release();
       if (waitMs > 0) {
         steps.step(lane, 'sleep');
         ctx.sleeping(waitMs);
@@ -84,10 +87,10 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
 }
 
 /** A `throttled` result while the throttle holds back (ending any run begun ahead), else undefined. */
-async function throttled(runner: Runner, ctx: LaneContext): Promise<RunResult | undefined> {
-  const reason = await ctx.pace.throttled(() => runner.release());
+async function throttled(ctx: LaneContext, release: Release): Promise<RunResult | undefined> {
+  const reason = await ctx.pace.throttled(release);
   if (!reason) return undefined;
-  await runner.release();
+  await release();
   const result: RunResult = { outcome: 'throttled', runId: randomUUID(), error: new Error(reason), durationMs: 0 };
   ctx.reported(result);
   return result;

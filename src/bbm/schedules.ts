@@ -88,6 +88,11 @@ export function resolveSchedules(schedules: readonly Schedule[], registry: WorkR
   });
 }
 
+/** The schedules whose passes are enqueued in `database` (all of them outside a fleet of several). */
+export function schedulesIn<T extends Schedule>(schedules: readonly T[], database: string | undefined): T[] {
+  return schedules.filter((s) => !s.databases || (database !== undefined && s.databases.includes(database)));
+}
+
 export const passName = (schedule: string, slot: Date): string => `${schedule}@${slot.toISOString()}`;
 
 /** The slot a pass stands for, read back from its name. */

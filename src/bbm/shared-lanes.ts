@@ -88,7 +88,8 @@ export class SharedLanes {
   #give(): void {
     const database = this.#turns.shift();
     if (database === undefined) {
-      this.#free = Math.min(this.size, this.#free + 1);
+      if (this.#free >= this.size) throw new Error('a lane of the process was given back twice');
+      this.#free += 1;
       return;
     }
     const queue = this.#waiting.get(database)!;

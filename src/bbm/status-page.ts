@@ -21,7 +21,7 @@ import { recentJobs } from '../store/jobs.ts';
 import { INT4_MAX, MAX_LANES } from '../store/codes.ts';
 import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace } from '../store/migration-rows.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
-import { scheduleReports, type ResolvedSchedule } from './schedules.ts';
+import { scheduleReports, schedulesIn, type ResolvedSchedule } from './schedules.ts';
 import { rehearseMigration, RehearseError, type RehearseErrorCode } from './rehearse.ts';
 import {
   actionsFor,
@@ -386,7 +386,7 @@ export function createStatusPage({
           const [reports, workers, passes] = await Promise.all([
             migrationReports(source.db),
             liveWorkers(source.db, LIVE_WORKER_WINDOW_MS),
-            scheduleReports(source.db, schedules),
+            scheduleReports(source.db, schedulesIn(schedules, source.name)),
           ]);
           const prefix = (name: string) => addressText(source.name, name);
           return {

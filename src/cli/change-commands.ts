@@ -10,6 +10,8 @@ import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace }
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
+import { addressText } from '../bbm/databases.ts';
+import { describeError } from './errors.ts';
 
 /** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
 export function migrationSpec(
@@ -120,10 +122,26 @@ export async function pauseOrResume(context: Context, command: 'pause' | 'resume
     return 0;
   }
   const verb = command === 'pause' ? 'paused' : 'resumed';
-  context.print({ [verb]: changed }, () =>
-    changed.length === 0 ? `nothing to ${command}` : `${verb}: ${changed.join(', ')}`,
-  );
-  return 0;
+  // Without --name, every migration of every database (the emergency brake); a database that
+  // cannot be reached is named, and the others are still changed.
+  let unreachable = 0;
+  const all = [...changed.map((n) => addressText(context.database, n))];
+  if (name === undefined) {
+    for (const target of context.databases.slice(1)) {
+      try {
+        const more =
+          command === 'pause'
+            ? await pause(context.poolOf(target), undefined)
+            : await resume(context.poolOf(target), undefined);
+        all.push(...more.map((n) => addressText(target.name, n)));
+      } catch (error) {
+        unreachable += 1;
+        io.err(context.mask(`bbm ${command}: ${target.name ?? ''}: ${describeError(error)}`));
+      }
+    }
+  }
+  context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
+  return unreachable > 0 ? 1 : 0;
 }
 
 export async function retry(context: Context): Promise<number> {

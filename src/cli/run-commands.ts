@@ -14,6 +14,8 @@ import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Fleet } from '../bbm/fleet.ts';
 import { addressText } from '../bbm/databases.ts';
+import { ConfigError } from '../bbm/errors.ts';
+import { describeError } from './errors.ts';
 import { MAX_LANES } from '../store/codes.ts';
 import { passwordOf } from '../store/db.ts';
 import { integerFlag, requiredFlag, UsageError } from './args.ts';
@@ -167,6 +169,16 @@ export async function run(context: Context): Promise<number> {
   const options = { ...workerOptionsOf(config), ...overrides(context) };
   resolveOptions(options);
   resolveNotify(config.notify);
+  // Checked against the config's databases, whichever of them --database serves.
+  const configured = Object.keys(config.databases ?? {});
+  for (const schedule of schedules ?? []) {
+    const unknown = (schedule.databases ?? []).filter((name) => !configured.includes(name));
+    if (unknown.length > 0) {
+      throw new ConfigError(
+        `schedule ${schedule.name}: ${unknown.join(', ')} ${unknown.length > 1 ? 'are' : 'is'} not among the config's databases`,
+      );
+    }
+  }
   const untilDone = Boolean(flags['until-done']);
   // What the metrics and the status page read: each database's pool, by name in a fleet.
   const named = fleet ? new Map(databases.map((target) => [target.name!, context.poolOf(target)])) : undefined;
@@ -244,6 +256,10 @@ export async function run(context: Context): Promise<number> {
   }
   if (!untilDone) return 0;
   let failures = 0;
+  for (const [database, error] of running.failed) {
+    io.err(context.mask(`bbm run: database ${database} could not be served: ${describeError(error)}`));
+    failures += 1;
+  }
   for (const target of databases) {
     const ran = workedOn.get(target.name);
     if (!ran || ran.size === 0) continue;

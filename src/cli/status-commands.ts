@@ -1,7 +1,7 @@
 /** `bbm status`: migrations for people (a table, optionally redrawn) and for machines (JSON). */
 import type pg from 'pg';
 import { WorkRegistry } from '../bbm/work-registry.ts';
-import { resolveSchedules, scheduleReports, type ScheduleReport } from '../bbm/schedules.ts';
+import { resolveSchedules, scheduleReports, schedulesIn, type ScheduleReport } from '../bbm/schedules.ts';
 import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { UsageError } from './args.ts';
@@ -49,7 +49,10 @@ function loadSchedules(context: Context): Promise<ScheduleReport[]> {
   if (!config?.schedules?.length) return Promise.resolve([]);
   const schedules = resolveSchedules(config.schedules, new WorkRegistry(config.work));
   return eachDatabase(context, async (pool, database) =>
-    (await scheduleReports(pool, schedules)).map((r) => ({ ...r, name: addressText(database, r.name) })),
+    (await scheduleReports(pool, schedulesIn(schedules, database))).map((r) => ({
+      ...r,
+      name: addressText(database, r.name),
+    })),
   );
 }
 

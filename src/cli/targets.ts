@@ -43,7 +43,8 @@ export function commandDatabases(
 /** Whether the command works on every database of the fleet (else on one). */
 export function acrossDatabases(command: string, flags: Flags): boolean {
   return (
-    ['run', 'migrate', 'dashboard', 'schedules'].includes(command) || (command === 'status' && flags.name === undefined)
+    ['run', 'migrate', 'dashboard', 'schedules'].includes(command) ||
+    (['status', 'pause', 'resume'].includes(command) && flags.name === undefined)
   );
 }
 
@@ -71,7 +72,7 @@ export async function commandDatabase(
   if (targets.length === 1) return withName(targets[0]!);
   if (address === undefined || namesNewMigration(command, flags)) {
     throw new UsageError(
-      `bbm ${command}: the config names several databases (${names}): pass --database NAME${address ? ' or --name DATABASE/NAME' : ''}`,
+      `the config names several databases (${names}): pass --database NAME${address ? ' or --name DATABASE/NAME' : ''}`,
     );
   }
   const looked = await Promise.all(
@@ -90,7 +91,7 @@ export async function commandDatabase(
   const unreachable = looked.filter((look) => look.error);
   if (found.length > 1) {
     throw new UsageError(
-      `bbm ${command}: ${address.name} is in several databases: name one of ${found
+      `${address.name} is in several databases: name one of ${found
         .map((look) => addressText(look.target.name, address.name))
         .join(', ')}`,
     );
@@ -98,7 +99,7 @@ export async function commandDatabase(
   if (unreachable.length > 0) {
     const which = unreachable.map((look) => `${look.target.name ?? ''} (${look.error!.message})`).join(', ');
     throw new UsageError(
-      `bbm ${command}: could not look for ${address.name} in ${which}: name its database, as DATABASE/${address.name}`,
+      `could not look for ${address.name} in ${which}: name its database, as DATABASE/${address.name}`,
     );
   }
   if (found.length === 0) throw new NoSuchMigration(`no migration named ${JSON.stringify(address.name)} in ${names}`);
