@@ -125,7 +125,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case 'dashboard':
         return await dashboard(context);
       case 'migrate': {
-        const { applied, functions } = await migrateSchema(pool);
+        const { applied, functions, citus } = await migrateSchema(pool);
+        if (citus?.twoPhaseCommit === false) {
+          io.err(`bbm migrate: Citus: jobs whose work writes one shard will commit in one phase: ${citus.reason}`);
+        }
         if (functions.outcome === 'newer') {
           io.err(
             `bbm migrate: the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,

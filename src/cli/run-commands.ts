@@ -214,7 +214,10 @@ export async function run(context: Context): Promise<number> {
       pool,
       async () => {
         if (flags['skip-migrate']) return true;
-        const { functions } = await migrateSchema(pool);
+        const { functions, citus } = await migrateSchema(pool);
+        if (citus?.twoPhaseCommit === false) {
+          log.warn({ reason: citus.reason }, 'Citus: jobs whose work writes one shard will commit in one phase');
+        }
         if (functions.outcome === 'newer') {
           // A rolling deploy: newer workers run beside this one, on their functions.
           log.warn(
