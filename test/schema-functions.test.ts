@@ -88,7 +88,8 @@ function anotherRelease(version: string): FunctionSet {
 /**
  * What this release changed since the chain (0.9.3), for batching keys that are not a single
  * integer column: the nine-argument cut became a shim of the cut that also takes a key's columns,
- * and the takes return the job's keys and the migration's arguments beside their old columns.
+ * and the takes return the job's keys and the migration's arguments beside their old columns; on
+ * Citus, a job's record makes it commit by two-phase commit (bbm_finish_job calls bbm_citus_two_phase).
  * Every other function is the chain's, exactly; every signature the chain left still exists, for
  * the workers of earlier releases during a rolling deploy.
  */
@@ -96,8 +97,10 @@ const CHANGED_SINCE_CHAIN = [
   'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean)',
   'bbm_take_job(text[],text,bigint,integer)',
   'bbm_take_next(bigint,integer,text[],integer)',
+  'bbm_finish_job(bigint,integer,bigint,double precision,pg_lsn)',
 ];
 const ADDED_SINCE_CHAIN = [
+  'bbm_citus_two_phase()',
   'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])',
   'bbm_key_text(jsonb)',
   'bbm_quiet_shared(integer)',
@@ -144,6 +147,7 @@ describe('the function files', () => {
         '0023_lanes_reason',
       ],
       functions: { outcome: 'installed', version: packageVersion(), installedVersion: null },
+      citus: null,
     });
     expect(await functionDefs(old.pool)).toEqual(installed);
     expect(await installs(old.pool)).toEqual([{ version: packageVersion(), digest: readFunctionSet().digest }]);
@@ -167,6 +171,7 @@ describe('installing the functions', () => {
     expect(again).toEqual({
       applied: [],
       functions: { outcome: 'current', version: packageVersion(), installedVersion: packageVersion() },
+      citus: null,
     });
     expect(await ddl()).toEqual([]);
     expect(await installs(db.pool)).toHaveLength(1);

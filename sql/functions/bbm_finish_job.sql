@@ -2,7 +2,9 @@
 -- constraints are checked first, while the work's savepoint is still open, so that a deferred
 -- violation by the work fails the job rather than the run. Returns the WAL written since the take
 -- (from its wal_lsn), NULL without one. A function so that its UPDATE's plan is cached: as a
--- statement of its own, with its values as literals, it was planned for every job.
+-- statement of its own, with its values as literals, it was planned for every job. On a Citus
+-- coordinator it makes the job commit by two-phase commit (bbm_citus_two_phase), so that a work
+-- that wrote one shard commits together with this record.
 CREATE OR REPLACE FUNCTION bbm_finish_job(job_id bigint, attempts integer, row_count bigint, duration_ms double precision,
                                taken_at_lsn pg_lsn)
 RETURNS bigint
@@ -22,6 +24,7 @@ BEGIN
       wal_bytes = pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), taken_at_lsn)::bigint
   WHERE j.id = job_id
   RETURNING j.wal_bytes INTO wal;
+  PERFORM bbm_citus_two_phase();
   RETURN wal;
 END
 $$;

@@ -121,7 +121,10 @@ export class Fleet {
         pool,
         async () => {
           if (this.#params.migrate === false) return true;
-          const { functions } = await migrateSchema(pool);
+          const { functions, citus } = await migrateSchema(pool);
+          if (citus?.twoPhaseCommit === false) {
+            log.warn({ reason: citus.reason }, 'Citus: jobs whose work writes one shard will commit in one phase');
+          }
           if (functions.outcome === 'newer') {
             // A rolling deploy: newer workers run beside this one, on their functions.
             log.warn(

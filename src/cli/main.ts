@@ -166,7 +166,12 @@ async function migrate(context: Context): Promise<number> {
   for (const target of databases) {
     const prefix = target.name === undefined ? '' : `${target.name}: `;
     try {
-      const { applied, functions } = await migrateSchema(context.poolOf(target));
+      const { applied, functions, citus } = await migrateSchema(context.poolOf(target));
+      if (citus?.twoPhaseCommit === false) {
+        io.err(
+          `bbm migrate: ${prefix}Citus: jobs whose work writes one shard will commit in one phase: ${citus.reason}`,
+        );
+      }
       if (functions.outcome === 'newer') {
         io.err(
           `bbm migrate: ${prefix}the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,

@@ -16,7 +16,8 @@
  * (which create their tables). pg_bbm_functions records the release and digest installed: equal
  * digests skip the install, and a database whose functions come from a newer release keeps them,
  * so that a worker of the older release started during a rolling deploy does not take the newer
- * workers' functions away from them.
+ * workers' functions away from them. On a Citus coordinator, the table that makes jobs commit by
+ * two-phase commit is set up last (citus.ts).
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -26,6 +27,7 @@ import type pg from 'pg';
 import { statementLabel, withStatement } from './db.ts';
 import { compareVersions, readFunctionSet, type FunctionSet } from './functions.ts';
 import { LOCK_NAMESPACE, MIGRATE_LOCK_KEY } from './locks.ts';
+import { setUpCitus, type CitusSetup } from './citus.ts';
 
 /** A set of drizzle-kit migrations with its own bookkeeping table, apart from an application's `drizzle.__drizzle_migrations`. */
 interface MigrationSet {
@@ -65,6 +67,8 @@ export interface FunctionsOutcome {
 
 export interface SchemaResult extends MigrateResult {
   functions: FunctionsOutcome;
+  /** On a Citus coordinator, whether jobs commit by two-phase commit (citus.ts); null without Citus. */
+  citus: CitusSetup;
 }
 
 /** The set's migrations in journal order (drizzle's reader), each with its tag. */
@@ -164,9 +168,10 @@ async function applyMigrations(
         ]);
       }
       const installed = functions && (await installFunctions(client, functions));
+      const citus = functions && (await setUpCitus(client));
       await client.query('COMMIT');
       const applied = pending.map((m) => m.tag);
-      return installed ? { applied, functions: installed } : { applied };
+      return installed ? { applied, functions: installed, citus: citus ?? null } : { applied };
     } catch (error) {
       await client.query('ROLLBACK').catch((rollbackError: Error) => (broken = rollbackError));
       throw error;

@@ -25,6 +25,7 @@ import {
   statusCodes,
 } from './codes.ts';
 import { LANE_LOCK_BASE, LOCK_NAMESPACE, MIGRATION_KEY_MODULUS, QUIET_LOCK_KEY, QUIET_TAKE_WAIT_MS } from './locks.ts';
+import { CITUS_TWO_PHASE_TABLE } from './citus.ts';
 
 /** The folder of the function files: sql/functions beside src/ and dist/ alike. */
 export const FUNCTIONS_FOLDER = fileURLToPath(new URL('../../sql/functions', import.meta.url));
@@ -50,6 +51,7 @@ export const SQL_TOKENS: Readonly<Record<string, string>> = {
   JOB_ACTIVE: String(JobStatus.active),
   JOB_FINISHED: String(JobStatus.finished),
   JOB_FAILED: String(JobStatus.failed),
+  CITUS_TWO_PHASE_TABLE,
 };
 
 /** A function file as installed: its name and its text with the tokens filled in. */

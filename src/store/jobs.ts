@@ -8,13 +8,13 @@
  */
 import type pg from 'pg';
 import type { QueryResult, QueryResultRow } from 'pg';
-import { sql, type SQL } from 'drizzle-orm';
+import { sql } from 'drizzle-orm';
 import { exec, execOne, integerLiteral, textLiteral, withStatement, type Queryable } from './db.ts';
 import { INT4_MAX, JobStatus, type ErrorCodeNumber, type JobStatusCode } from './codes.ts';
 import { storableMessage } from './messages.ts';
 import type { Target } from './catalog.ts';
-import { keyJson, keyList, keyRow, keyTextArray, type Key } from './keys.ts';
-import { quotedTable } from './migration-rows.ts';
+import { keyTextArray, type Key } from './keys.ts';
+import { keyAt, rowsInKeyRange, rowsInRange, valueAt } from './target-reads.ts';
 import type { StoredJob } from './rows.ts';
 
 /** A job as a lane runs it. Ranges are inclusive at both ends. */
@@ -288,7 +288,8 @@ export async function recordFailedAttempt(
  * range, an index scan), both active with fresh attempts: the job's row keeps the first half, a
  * new row gets the second. Nothing happens, and false is returned, when a half would hold fewer
  * than `minRows` rows. Runs in the failed job's transaction, after its work was rolled back, so
- * the split commits with the row lock still held.
+ * the split commits with the row lock still held: the range's rows are read in statements of
+ * their own (target-reads.ts), and the job's row is written with what they found.
  */
 export async function splitRange(
   db: Queryable,
@@ -298,30 +299,25 @@ export async function splitRange(
   minRows: number,
 ): Promise<boolean> {
   if (target.key) return splitKeyRange(db, job, migrationId, target, target.key, minRows);
-  const column = sql.identifier(target.column);
-  const table = quotedTable(target);
+  const rows = await rowsInRange(db, target, job.start, job.end, job.batchSize);
+  const half = Math.floor(rows / 2);
+  if (half < Math.max(minRows, 1)) return false;
+  const middle = await valueAt(db, target, job.start, job.end, half - 1);
+  if (middle === null || BigInt(middle) >= job.end) return false;
   const row = await execOne<{ split: boolean }>(
     db,
     sql`
-      WITH n AS (
-        SELECT count(*)::int AS rows FROM (
-          SELECT 1 FROM ${table} WHERE ${column} >= ${job.start}::bigint AND ${column} <= ${job.end}::bigint
-          LIMIT ${job.batchSize}::int) r
-      ), mid AS (
-        SELECT (SELECT ${column}::bigint FROM ${table}
-                WHERE ${column} >= ${job.start}::bigint AND ${column} <= ${job.end}::bigint
-                ORDER BY ${column} LIMIT 1 OFFSET (n.rows / 2) - 1) AS last, n.rows
-        FROM n WHERE n.rows / 2 >= greatest(${minRows}::int, 1)
-      ), first_half AS (
+      WITH first_half AS (
         UPDATE batched_background_migration_jobs
-        SET max_value = mid.last, status = ${JobStatus.active}, attempts = 0, batch_size = mid.rows / 2,
+        SET max_value = ${middle}::bigint, status = ${JobStatus.active}, attempts = 0, batch_size = ${half}::int,
             failure_error_code = NULL, failure_message = NULL, updated_at = clock_timestamp()
-        FROM mid WHERE id = ${job.id} AND mid.last IS NOT NULL AND mid.last < ${job.end}::bigint
-        RETURNING mid.last, mid.rows
+        WHERE id = ${job.id}
+        RETURNING id
       ), second_half AS (
         INSERT INTO batched_background_migration_jobs
           (batched_background_migration_id, min_value, max_value, status, attempts, batch_size)
-        SELECT ${migrationId}::bigint, f.last + 1, ${job.end}::bigint, ${JobStatus.active}, 0, f.rows - f.rows / 2 FROM first_half f
+        SELECT ${migrationId}::bigint, ${middle}::bigint + 1, ${job.end}::bigint, ${JobStatus.active}, 0, ${rows - half}::int
+        FROM first_half
         RETURNING id
       )
       SELECT EXISTS (SELECT 1 FROM second_half) AS split`,
@@ -343,42 +339,37 @@ async function splitKeyRange(
   key: Key,
   minRows: number,
 ): Promise<boolean> {
-  const table = quotedTable(target);
-  const list = sql.raw(keyList(key));
-  const inRange = sql.raw(
-    `(${keyList(key)}) >= (${keyRow(key, 'bbm_job.lo')}) AND (${keyList(key)}) <= (${keyRow(key, 'bbm_job.hi')})`,
+  const stored = await execOne<{ lo: string; hi: string }>(
+    db,
+    sql`SELECT min_key::text AS lo, max_key::text AS hi FROM batched_background_migration_jobs
+        WHERE id = ${job.id} AND min_key IS NOT NULL AND max_value > min_value`,
   );
-  const keyAt = (offset: SQL) =>
-    sql`(SELECT ${sql.raw(keyJson(key))} FROM ${table}, bbm_job WHERE ${inRange} ORDER BY ${list} LIMIT 1 OFFSET ${offset})`;
+  if (!stored) return false;
+  const { lo, hi } = stored;
+  const rows = await rowsInKeyRange(db, target, key, lo, hi, job.batchSize);
+  const half = Math.floor(rows / 2);
+  if (half < Math.max(minRows, 1)) return false;
+  const middle = await keyAt(db, target, key, { lo, hi, after: false }, half - 1);
+  // The second half starts at the first key past the middle one (keys may repeat).
+  const next = middle === null ? null : await keyAt(db, target, key, { lo: middle, hi, after: true }, 0);
+  if (middle === null || next === null) return false;
   const row = await execOne<{ split: boolean }>(
     db,
     sql`
       WITH bbm_job AS (
-        SELECT min_key AS lo, max_key AS hi, min_value, max_value FROM batched_background_migration_jobs
-        WHERE id = ${job.id} AND min_key IS NOT NULL AND max_value > min_value
-      ), n AS (
-        SELECT count(*)::int AS rows FROM bbm_job, LATERAL (
-          SELECT 1 FROM ${table} WHERE ${inRange} LIMIT ${job.batchSize}::int) r
-      ), bbm_middle AS (
-        SELECT ${keyAt(sql`(n.rows / 2) - 1`)} AS last, n.rows, bbm_job.min_value + (bbm_job.max_value - bbm_job.min_value) / 2 AS place
-        FROM bbm_job, n WHERE n.rows / 2 >= greatest(${minRows}::int, 1)
-      ), mid AS (
-        -- The second half starts at the first key past the middle one (keys may repeat).
-        SELECT bbm_middle.*, (SELECT ${sql.raw(keyJson(key))} FROM ${table}, bbm_job
-                          WHERE (${list}) > (${sql.raw(keyRow(key, 'bbm_middle.last'))}) AND (${list}) <= (${sql.raw(keyRow(key, 'bbm_job.hi'))})
-                          ORDER BY ${list} LIMIT 1) AS next
-        FROM bbm_middle
+        SELECT min_value, max_value, max_key AS hi, min_value + (max_value - min_value) / 2 AS place
+        FROM batched_background_migration_jobs WHERE id = ${job.id}
       ), first_half AS (
-        UPDATE batched_background_migration_jobs
-        SET max_value = mid.place, max_key = mid.last, status = ${JobStatus.active}, attempts = 0, batch_size = mid.rows / 2,
+        UPDATE batched_background_migration_jobs j
+        SET max_value = b.place, max_key = ${middle}::jsonb, status = ${JobStatus.active}, attempts = 0, batch_size = ${half}::int,
             failure_error_code = NULL, failure_message = NULL, updated_at = clock_timestamp()
-        FROM mid WHERE id = ${job.id} AND mid.last IS NOT NULL AND mid.next IS NOT NULL
-        RETURNING mid.place, mid.next, mid.rows
+        FROM bbm_job b WHERE j.id = ${job.id}
+        RETURNING b.place
       ), second_half AS (
         INSERT INTO batched_background_migration_jobs
           (batched_background_migration_id, min_value, max_value, status, attempts, batch_size, min_key, max_key)
-        SELECT ${migrationId}::bigint, f.place + 1, bbm_job.max_value, ${JobStatus.active}, 0, f.rows - f.rows / 2, f.next, bbm_job.hi
-        FROM first_half f, bbm_job
+        SELECT ${migrationId}::bigint, f.place + 1, b.max_value, ${JobStatus.active}, 0, ${rows - half}::int, ${next}::jsonb, b.hi
+        FROM first_half f, bbm_job b
         RETURNING id
       )
       SELECT EXISTS (SELECT 1 FROM second_half) AS split`,

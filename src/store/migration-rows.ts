@@ -20,7 +20,8 @@ import {
   type MigrationStatusCode,
 } from './codes.ts';
 import type { Target } from './catalog.ts';
-import { canonicalKey, keyJson, keyList, keyListDescending, keyRow, keyTextArray, type Key } from './keys.ts';
+import { canonicalKey, keyRow, keyTextArray, type Key } from './keys.ts';
+import { keyEnds, lastValue } from './target-reads.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -51,10 +52,17 @@ export function estimatedRows(tableOid: SQL): SQL {
  * active -> running. A NULL max_value becomes the column's current maximum (an index lookup);
  * on an empty range it becomes min_value, leaving one empty range to run. The status guard keeps
  * a pause that an operator committed meanwhile.
+ *
+ * The table's maximum is read first, in a statement of its own (target-reads.ts: Citus refuses
+ * the read inside this UPDATE), and the UPDATE takes it as a constant. greatest(min_value, the
+ * table's maximum) is the maximum at or above min_value, or min_value when none is. Two lanes
+ * that start the migration at once are safe as they were with the read inside: the second UPDATE
+ * waits for the first's row lock, and then coalesce(max_value, …) sees the max_value the first
+ * committed, so that once set, max_value never changes under the ranges cut against it.
  */
 export async function startMigration(db: Queryable, id: bigint, target: Target): Promise<bigint | null> {
   if (target.key) return startKeyMigration(db, id, target.key, target);
-  const column = sql.identifier(target.column);
+  const last = await lastValue(db, target);
   const row = await execOne<{ max_value: string }>(
     db,
     sql`
@@ -62,8 +70,7 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
       SET status = ${MigrationStatus.running},
           started_at = coalesce(started_at, now()),
           updated_at = now(),
-          max_value = coalesce(max_value, greatest(min_value,
-            (SELECT max(${column}) FROM ${quotedTable(target)} WHERE ${column} >= batched_background_migrations.min_value))),
+          max_value = coalesce(max_value, greatest(min_value, ${last}::bigint)),
           total_tuple_count = coalesce(total_tuple_count,
             ${estimatedRows(sql`${target.oid}::oid`)})
       WHERE id = ${id} AND status IN (${RUNNABLE})
@@ -75,13 +82,13 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
 /**
  * active -> running, for a key that is not a single integer column (docs/keys.md): min_key and
  * max_key given as a lone value become one-value arrays; a NULL min_key becomes the key's first
- * value, a NULL max_key its last (index lookups); bounds around no row become the given bound
- * alone (min_key and max_key given the wrong way round are refused: keyBoundsProblem); max_value becomes
- * KEY_ORDINAL_END, the end of the ranges' order (codes.ts). An empty table leaves both NULL: one
- * empty range.
+ * value, a NULL max_key its last (index lookups, read first in statements of their own, as for
+ * startMigration); bounds around no row become the given bound alone (min_key and max_key given
+ * the wrong way round are refused: keyBoundsProblem); max_value becomes KEY_ORDINAL_END, the end
+ * of the ranges' order (codes.ts). An empty table leaves both NULL: one empty range.
  */
 async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Target): Promise<bigint | null> {
-  const table = quotedTable(target);
+  const ends = await keyEnds(db, target, key);
   const row = await execOne<{ max_value: string }>(
     db,
     sql`
@@ -89,11 +96,9 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
         SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
         FROM batched_background_migrations WHERE id = ${id}
       ), lo AS (
-        SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS k
-        FROM given
+        SELECT coalesce(given.lo, ${ends.first}::jsonb) AS k FROM given
       ), hi AS (
-        SELECT coalesce(given.hi, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1)) AS k
-        FROM given
+        SELECT coalesce(given.hi, ${ends.last}::jsonb) AS k FROM given
       )
       UPDATE batched_background_migrations
       SET status = ${MigrationStatus.running},

@@ -13,8 +13,9 @@ import { sql } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import type { Target } from './catalog.ts';
 import { execOne, integerLiteral, withStatement, type Queryable } from './db.ts';
-import { canonicalKey, keyJson, keyList, keyListDescending, keyRow, rangePredicate, type Key } from './keys.ts';
+import { canonicalKey, keyList, keyRow, rangePredicate, type Key } from './keys.ts';
 import { estimatedRows, quotedTable } from './migration-rows.ts';
+import { keyEnds, lastValue } from './target-reads.ts';
 
 const dialect = new PgDialect();
 
@@ -59,20 +60,20 @@ async function query<R extends pg.QueryResultRow>(
  * values. Undefined when it holds no key (an empty table, bounds around no row).
  */
 export async function keySpace(db: Queryable, migrationId: bigint, target: Target): Promise<KeyBounds | undefined> {
-  const table = quotedTable(target);
+  // The table's ends are read in statements of their own, as the start reads them (target-reads.ts).
   if (target.key === null) {
-    const column = sql.identifier(target.column);
+    const last = await lastValue(db, target);
     const row = await execOne<{ lo: string; hi: string | null }>(
       db,
       sql`
-        SELECT b.min_value::text AS lo,
-               coalesce(b.max_value, (SELECT max(${column}) FROM ${table} WHERE ${column} >= b.min_value))::text AS hi
+        SELECT b.min_value::text AS lo, coalesce(b.max_value, ${last}::bigint)::text AS hi
         FROM batched_background_migrations b WHERE b.id = ${migrationId}`,
     );
     if (!row || row.hi === null || BigInt(row.hi) < BigInt(row.lo)) return undefined;
     return { start: [row.lo], end: [row.hi] };
   }
   const key = target.key;
+  const ends = await keyEnds(db, target, key);
   const row = await execOne<{ lo: string[] | null; hi: string[] | null; reversed: boolean | null }>(
     db,
     sql`
@@ -80,8 +81,7 @@ export async function keySpace(db: Queryable, migrationId: bigint, target: Targe
         SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
         FROM batched_background_migrations WHERE id = ${migrationId}
       ), b AS (
-        SELECT coalesce(given.lo, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1)) AS lo,
-               coalesce(given.hi, (SELECT ${sql.raw(keyJson(key))} FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1)) AS hi
+        SELECT coalesce(given.lo, ${ends.first}::jsonb) AS lo, coalesce(given.hi, ${ends.last}::jsonb) AS hi
         FROM given
       )
       SELECT bbm_key_text(b.lo) AS lo, bbm_key_text(b.hi) AS hi,

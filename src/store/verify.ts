@@ -126,6 +126,8 @@ export async function recordVerified(
           run_errors = 0
       WHERE id = ${migrationId} AND (${found > 0 || rerun} OR run_errors > 0) AND EXISTS (SELECT 1 FROM verified)`,
   );
+  // The sweep's fixes (the work run again) commit with this record: by two-phase commit on Citus.
+  await exec(db, sql`SELECT bbm_citus_two_phase()`);
 }
 
 /**

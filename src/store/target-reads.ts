@@ -1,0 +1,133 @@
+/**
+ * Reads of a migration's own table (its bounds, a range's middle), each a statement of its own
+ * that touches none of pg-bbm's tables; the statements that write pg-bbm's rows take the values
+ * read as constants.
+ *
+ * Why apart: on Citus, a statement that reads a distributed or reference table is planned by Citus
+ * as a whole, and Citus refuses most statements that also write a table of the coordinator from
+ * such a read ("non-IMMUTABLE functions are not allowed in CASE or COALESCE statements" for an
+ * UPDATE with now() beside it; "complex joins are only supported when all distributed tables are
+ * co-located" for a correlated subquery; "direct joins between distributed and local tables are not
+ * supported"). A read of the target alone is one Citus plans: max() and ORDER BY … LIMIT on each
+ * shard, merged on the coordinator. What the write then guards is said where it is written.
+ */
+import pg from 'pg';
+import { sql, type SQL } from 'drizzle-orm';
+import type { Target } from './catalog.ts';
+import { execOne, type Queryable } from './db.ts';
+import { keyJson, keyList, keyListDescending, keyRow, type Key } from './keys.ts';
+
+const { escapeIdentifier } = pg;
+
+/** The table, schema-qualified and quoted (catalog names). */
+function quotedTable(target: Target): SQL {
+  return sql`${sql.identifier(target.schema)}.${sql.identifier(target.table)}`;
+}
+
+function tableText(target: Target): string {
+  return `${escapeIdentifier(target.schema)}.${escapeIdentifier(target.table)}`;
+}
+
+/** The integer key column's largest value in the table, as text; null on an empty table. */
+export async function lastValue(db: Queryable, target: Target): Promise<string | null> {
+  const column = sql.identifier(target.column);
+  const row = await execOne<{ last: string | null }>(
+    db,
+    sql`SELECT max(${column})::text AS last FROM ${quotedTable(target)}`,
+  );
+  return row?.last ?? null;
+}
+
+/** A key's first and last values in the table, each the JSON array min_key and max_key hold (as text); nulls on an empty table. */
+export async function keyEnds(
+  db: Queryable,
+  target: Target,
+  key: Key,
+): Promise<{ first: string | null; last: string | null }> {
+  const table = quotedTable(target);
+  const first = await execOne<{ k: string }>(
+    db,
+    sql`SELECT ${sql.raw(keyJson(key))}::text AS k FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1`,
+  );
+  const last = await execOne<{ k: string }>(
+    db,
+    sql`SELECT ${sql.raw(keyJson(key))}::text AS k FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1`,
+  );
+  return { first: first?.k ?? null, last: last?.k ?? null };
+}
+
+/** The rows of an integer range [start, end], counted up to `cap` on the index. */
+export async function rowsInRange(
+  db: Queryable,
+  target: Target,
+  start: bigint,
+  end: bigint,
+  cap: number,
+): Promise<number> {
+  const column = sql.identifier(target.column);
+  const row = await execOne<{ n: number }>(
+    db,
+    sql`SELECT count(*)::int AS n FROM (
+          SELECT 1 FROM ${quotedTable(target)} WHERE ${column} >= ${start}::bigint AND ${column} <= ${end}::bigint
+          LIMIT ${cap}::int) r`,
+  );
+  return row?.n ?? 0;
+}
+
+/** The value at place `offset` (0 the first) of an integer range [start, end], as text; null past its last row. */
+export async function valueAt(
+  db: Queryable,
+  target: Target,
+  start: bigint,
+  end: bigint,
+  offset: number,
+): Promise<string | null> {
+  const column = sql.identifier(target.column);
+  const row = await execOne<{ v: string }>(
+    db,
+    sql`SELECT ${column}::bigint::text AS v FROM ${quotedTable(target)}
+        WHERE ${column} >= ${start}::bigint AND ${column} <= ${end}::bigint
+        ORDER BY ${column} LIMIT 1 OFFSET ${offset}::int`,
+  );
+  return row?.v ?? null;
+}
+
+/** A key range between two stored keys (JSON text), inclusive: its predicate over the table's key, with the keys as $1 and $2. */
+function keyRangeSql(key: Key, lower: '>=' | '>'): string {
+  return `(${keyList(key)}) ${lower} (${keyRow(key, '$1::jsonb')}) AND (${keyList(key)}) <= (${keyRow(key, '$2::jsonb')})`;
+}
+
+/** The rows of a key range [lo, hi] (stored keys, JSON text), counted up to `cap` on the index. */
+export async function rowsInKeyRange(
+  db: Queryable,
+  target: Target,
+  key: Key,
+  lo: string,
+  hi: string,
+  cap: number,
+): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM (SELECT 1 FROM ${tableText(target)} WHERE ${keyRangeSql(key, '>=')} LIMIT $3) r`,
+    [lo, hi, cap],
+  );
+  return rows[0]?.n ?? 0;
+}
+
+/**
+ * The key at place `offset` (0 the first) of the key range from `lo` to `hi` (stored keys, JSON
+ * text; `lo` itself excluded when `after`), as JSON text; null past its last row.
+ */
+export async function keyAt(
+  db: Queryable,
+  target: Target,
+  key: Key,
+  { lo, hi, after }: { lo: string; hi: string; after: boolean },
+  offset: number,
+): Promise<string | null> {
+  const { rows } = await db.query<{ k: string }>(
+    `SELECT ${keyJson(key)}::text AS k FROM ${tableText(target)} WHERE ${keyRangeSql(key, after ? '>' : '>=')}
+     ORDER BY ${keyList(key)} LIMIT 1 OFFSET $3`,
+    [lo, hi, offset],
+  );
+  return rows[0]?.k ?? null;
+}
