@@ -210,11 +210,12 @@ export async function rangeFrom(
   const where =
     `${columns} ${after ? '>' : '>='} ${keyParam(key, 1)} AND ${columns} <= ${keyParam(key, 2)}` +
     (past ? ` AND ${columns} > ${keyParam(key, 4)}` : '');
-  const scan = `SELECT pg_catalog.jsonb_build_array(${keyList(key)}) AS k FROM ${tableText(target)} WHERE ${where} ORDER BY ${keyList(key)}`;
+  // Named bbm_key: ORDER BY would take an output name equal to a key column (`k`) for that column.
+  const scan = `SELECT pg_catalog.jsonb_build_array(${keyList(key)}) AS bbm_key FROM ${tableText(target)} WHERE ${where} ORDER BY ${keyList(key)}`;
   const rows = await query<{ first: string[]; last: string[] }>(
     db,
     'finding a sample range',
-    `SELECT bbm_key_text(f.k) AS first, bbm_key_text(coalesce(e.k, $2::jsonb)) AS last
+    `SELECT bbm_key_text(f.bbm_key) AS first, bbm_key_text(coalesce(e.bbm_key, $2::jsonb)) AS last
      FROM (${scan} LIMIT 1) f LEFT JOIN LATERAL (${scan} LIMIT 1 OFFSET $3::int) e ON true`,
     [JSON.stringify(from), JSON.stringify(space.end), size - 1, ...(past ? [JSON.stringify(past)] : [])],
   );

@@ -38,22 +38,24 @@ export async function lastValue(db: Queryable, target: Target): Promise<string |
   return row?.last ?? null;
 }
 
-/** A key's first and last values in the table, each the JSON array min_key and max_key hold (as text); nulls on an empty table. */
+/**
+ * A key's first and last values in the table (the output is named `bbm_key`: ORDER BY would take
+ * an output name equal to a key column, such as `k`, for that column), each the JSON array min_key and max_key hold (as text); nulls on an empty table. */
 export async function keyEnds(
   db: Queryable,
   target: Target,
   key: Key,
 ): Promise<{ first: string | null; last: string | null }> {
   const table = quotedTable(target);
-  const first = await execOne<{ k: string }>(
+  const first = await execOne<{ bbm_key: string }>(
     db,
-    sql`SELECT ${sql.raw(keyJson(key))}::text AS k FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1`,
+    sql`SELECT ${sql.raw(keyJson(key))}::text AS bbm_key FROM ${table} ORDER BY ${sql.raw(keyList(key))} LIMIT 1`,
   );
-  const last = await execOne<{ k: string }>(
+  const last = await execOne<{ bbm_key: string }>(
     db,
-    sql`SELECT ${sql.raw(keyJson(key))}::text AS k FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1`,
+    sql`SELECT ${sql.raw(keyJson(key))}::text AS bbm_key FROM ${table} ORDER BY ${sql.raw(keyListDescending(key))} LIMIT 1`,
   );
-  return { first: first?.k ?? null, last: last?.k ?? null };
+  return { first: first?.bbm_key ?? null, last: last?.bbm_key ?? null };
 }
 
 /** The rows of an integer range [start, end], counted up to `cap` on the index. */
@@ -124,10 +126,10 @@ export async function keyAt(
   { lo, hi, after }: { lo: string; hi: string; after: boolean },
   offset: number,
 ): Promise<string | null> {
-  const { rows } = await db.query<{ k: string }>(
-    `SELECT ${keyJson(key)}::text AS k FROM ${tableText(target)} WHERE ${keyRangeSql(key, after ? '>' : '>=')}
+  const { rows } = await db.query<{ bbm_key: string }>(
+    `SELECT ${keyJson(key)}::text AS bbm_key FROM ${tableText(target)} WHERE ${keyRangeSql(key, after ? '>' : '>=')}
      ORDER BY ${keyList(key)} LIMIT 1 OFFSET $3`,
     [lo, hi, offset],
   );
-  return rows[0]?.k ?? null;
+  return rows[0]?.bbm_key ?? null;
 }
