@@ -88,34 +88,45 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
  * of the ranges' order (codes.ts). An empty table leaves both NULL: one empty range.
  */
 async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Target): Promise<bigint | null> {
-  const ends = await keyEnds(db, target, key);
+  const reversed = `(${keyRow(key, 'bounds.hi')}) < (${keyRow(key, 'bounds.lo')})`;
   const row = await execOne<{ max_value: string }>(
     db,
     sql`
-      WITH given AS (
-        SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
-        FROM batched_background_migrations WHERE id = ${id}
-      ), lo AS (
-        SELECT coalesce(given.lo, ${ends.first}::jsonb) AS k FROM given
-      ), hi AS (
-        SELECT coalesce(given.hi, ${ends.last}::jsonb) AS k FROM given
-      )
+      WITH ${await keyBounds(db, target, key, id)}
       UPDATE batched_background_migrations
       SET status = ${MigrationStatus.running},
           started_at = coalesce(started_at, now()),
           updated_at = now(),
           -- Bounds around no row (a min_key after the last key, a max_key before the first): one range
           -- of the given bound alone, which holds no row.
-          min_key = CASE WHEN given.lo IS NULL AND (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN hi.k ELSE lo.k END,
-          max_key = CASE WHEN given.lo IS NOT NULL AND (${sql.raw(keyRow(key, 'hi.k'))}) < (${sql.raw(keyRow(key, 'lo.k'))}) THEN lo.k ELSE hi.k END,
+          min_key = CASE WHEN NOT bounds.lo_given AND ${sql.raw(reversed)} THEN bounds.hi ELSE bounds.lo END,
+          max_key = CASE WHEN bounds.lo_given AND ${sql.raw(reversed)} THEN bounds.lo ELSE bounds.hi END,
           max_value = ${KEY_ORDINAL_END}::bigint,
           total_tuple_count = coalesce(total_tuple_count,
             ${estimatedRows(sql`${target.oid}::oid`)})
-      FROM given, lo, hi
+      FROM bounds
       WHERE id = ${id} AND status IN (${RUNNABLE})
       RETURNING max_value`,
   );
   return row ? BigInt(row.max_value) : null;
+}
+
+/**
+ * A key migration's bounds, as the CTEs `given` and `bounds(lo, hi, lo_given)` (lo, hi: JSON
+ * arrays of key values): min_key and max_key as given (a lone value as a one-value array), else
+ * the table's first and last keys, read first in statements of their own (target-reads.ts). What
+ * the start step sets and what a rehearsal samples from.
+ */
+export async function keyBounds(db: Queryable, target: Target, key: Key, id: bigint): Promise<SQL> {
+  const ends = await keyEnds(db, target, key);
+  return sql`given AS (
+        SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
+        FROM batched_background_migrations WHERE id = ${id}
+      ), bounds AS (
+        SELECT given.lo IS NOT NULL AS lo_given, coalesce(given.lo, ${ends.first}::jsonb) AS lo,
+               coalesce(given.hi, ${ends.last}::jsonb) AS hi
+        FROM given
+      )`;
 }
 
 /**

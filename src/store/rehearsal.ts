@@ -13,9 +13,9 @@ import { sql } from 'drizzle-orm';
 import { PgDialect } from 'drizzle-orm/pg-core';
 import type { Target } from './catalog.ts';
 import { execOne, integerLiteral, withStatement, type Queryable } from './db.ts';
-import { canonicalKey, keyList, keyRow, rangePredicate, type Key } from './keys.ts';
-import { estimatedRows, quotedTable } from './migration-rows.ts';
-import { keyEnds, lastValue } from './target-reads.ts';
+import { keyList, keyRow, rangePredicate, type Key } from './keys.ts';
+import { estimatedRows, keyBounds, quotedTable } from './migration-rows.ts';
+import { lastValue } from './target-reads.ts';
 
 const dialect = new PgDialect();
 
@@ -73,20 +73,13 @@ export async function keySpace(db: Queryable, migrationId: bigint, target: Targe
     return { start: [row.lo], end: [row.hi] };
   }
   const key = target.key;
-  const ends = await keyEnds(db, target, key);
   const row = await execOne<{ lo: string[] | null; hi: string[] | null; reversed: boolean | null }>(
     db,
     sql`
-      WITH given AS (
-        SELECT ${sql.raw(canonicalKey(key, 'min_key'))} AS lo, ${sql.raw(canonicalKey(key, 'max_key'))} AS hi
-        FROM batched_background_migrations WHERE id = ${migrationId}
-      ), b AS (
-        SELECT coalesce(given.lo, ${ends.first}::jsonb) AS lo, coalesce(given.hi, ${ends.last}::jsonb) AS hi
-        FROM given
-      )
-      SELECT bbm_key_text(b.lo) AS lo, bbm_key_text(b.hi) AS hi,
-             (${sql.raw(keyRow(key, 'b.hi'))}) < (${sql.raw(keyRow(key, 'b.lo'))}) AS reversed
-      FROM b`,
+      WITH ${await keyBounds(db, target, key, migrationId)}
+      SELECT bbm_key_text(bounds.lo) AS lo, bbm_key_text(bounds.hi) AS hi,
+             (${sql.raw(keyRow(key, 'bounds.hi'))}) < (${sql.raw(keyRow(key, 'bounds.lo'))}) AS reversed
+      FROM bounds`,
   );
   if (!row?.lo || !row.hi || row.reversed !== false) return undefined;
   return { start: row.lo, end: row.hi };
