@@ -133,6 +133,21 @@ describe('a fleet over several databases', () => {
     expect(pids.size).toBe(2);
   });
 
+  it('drains two-lane migrations in three databases with the defaults (health on), the process sharing its two lanes', async () => {
+    const databases = [await testDatabase(), await testDatabase(), await testDatabase()];
+    for (const { pool } of databases) {
+      await createItems(pool, 'items', range(1, 3000));
+      await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 100 });
+      await pool.query('UPDATE batched_background_migrations SET max_parallel_jobs = 2');
+    }
+    const env = fleetEnv(Object.fromEntries(databases.map(({ url }, i) => [`db${i}`, url])), {
+      BBM_TEST_BASE: 'defaults',
+    });
+    const drained = await bbm(['run', '--config', FLEET_CONFIG, '--until-done', '--concurrency', '2'], env);
+    expect(drained.code, drained.stderr).toBe(0);
+    for (const { pool } of databases) await expectEveryRowOnce(pool, 'items', 'fill');
+  });
+
   it("holds a migration for its own database's trouble only: a vacuum of items in main holds main/fill, not ci/fill", async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 20_000, 5_000);

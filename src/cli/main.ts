@@ -97,7 +97,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     };
     const chosen = acrossDatabases(command, flags)
       ? { target: databases[0]!, flags }
-      : await commandDatabase(command, flags, databases);
+      : await commandDatabase(command, flags, databases, poolOf);
     const context: Context = {
       command,
       flags: chosen.flags,

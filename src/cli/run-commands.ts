@@ -1,5 +1,4 @@
 /** The long-running commands: `bbm run` (a worker) and `bbm finalize` (one migration, now). */
-import { resolveNotify, resolveOptions } from '../bbm/config.ts';
 import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
 import type { LevelWithSilent } from 'pino';
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
@@ -167,8 +166,6 @@ export async function run(context: Context): Promise<number> {
     throw new UsageError('--metrics-host needs --metrics-port');
   const { work, throttle, schedules } = config;
   const options = { ...workerOptionsOf(config), ...overrides(context) };
-  resolveOptions(options);
-  resolveNotify(config.notify);
   // Checked against the config's databases, whichever of them --database serves.
   const configured = Object.keys(config.databases ?? {});
   for (const schedule of schedules ?? []) {

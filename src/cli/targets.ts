@@ -8,7 +8,7 @@
 import { resolveDatabases, selectDatabases, parseAddress, addressText, type DatabaseTarget } from '../bbm/databases.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
-import { createPool } from '../store/db.ts';
+import type pg from 'pg';
 import { migrationExists } from '../store/migration-rows.ts';
 import { UsageError, type Flags } from './args.ts';
 
@@ -55,12 +55,13 @@ function namesNewMigration(command: string, flags: Flags): boolean {
 
 /**
  * The one database of a command, and its flags with `--name` reduced to the migration's own name.
- * Looking a plain name up opens one connection to each database for a moment.
+ * A plain name is looked up on the command's pools (`poolOf`) of each database.
  */
 export async function commandDatabase(
   command: string,
   flags: Flags,
   targets: readonly DatabaseTarget[],
+  poolOf: (target: DatabaseTarget) => pg.Pool,
 ): Promise<{ target: DatabaseTarget; flags: Flags }> {
   const names = targets.map((target) => target.name ?? '').join(', ');
   const address = flags.name === undefined ? undefined : parseAddress(flags.name, targets);
@@ -77,13 +78,10 @@ export async function commandDatabase(
   }
   const looked = await Promise.all(
     targets.map(async (target) => {
-      const pool = createPool({ connectionString: target.url, max: 1, applicationName: `bbm ${command}` });
       try {
-        return { target, found: await migrationExists(pool, address.name) };
+        return { target, found: await migrationExists(poolOf(target), address.name) };
       } catch (error) {
         return { target, found: false, error: error as Error };
-      } finally {
-        await pool.end();
       }
     }),
   );
