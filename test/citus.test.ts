@@ -154,12 +154,24 @@ describe.skipIf(!available)('on Citus', () => {
          VALUES ('touch_tk', 100, 'citus.touch', 'public.tk', 'tenant,id', 2)`,
       );
 
+      await pool.query('CREATE TABLE job_tasks (first_key jsonb, last_key jsonb, tasks int)');
+
       const drained = await runBbm(['run', '--until-done', '--concurrency', '2', '--config', CONFIG], {
         ...env(),
         BBM_TEST_SLOW_ID: '1000',
+        BBM_TEST_RECORD_TASKS: '1',
       });
 
       expect(drained, drained.output).toMatchObject({ code: 0 });
+      // A range within one tenant is a statement on one shard; one across tenants, on all.
+      const tasks = await pool.query<{ within: boolean; tasks: number; n: number }>(
+        `SELECT first_key->>0 = last_key->>0 AS within, tasks, count(*)::int AS n FROM job_tasks GROUP BY 1, 2 ORDER BY 1, 2`,
+      );
+      expect(tasks.rows.map(({ within, tasks }) => ({ within, tasks }))).toEqual([
+        { within: false, tasks: 32 },
+        { within: true, tasks: 1 },
+      ]);
+      expect(tasks.rows[1]!.n).toBeGreaterThan(tasks.rows[0]!.n);
       const { rows } = await pool.query(`SELECT touched, count(*)::int AS n FROM tk GROUP BY touched`);
       expect(rows).toEqual([{ touched: 1, n: 1778 }]);
       const migration = await pool.query(

@@ -84,6 +84,53 @@ describe('keys', () => {
     });
   });
 
+  it("cuts a composite key in ranges of batch size across its first column's values, large and small; a range within one value names it in job.range", async () => {
+    const { pool } = db();
+    await pool.query(
+      `CREATE TABLE cv (tenant int NOT NULL, id int NOT NULL, touched int NOT NULL DEFAULT 0, PRIMARY KEY (tenant, id))`,
+    );
+    // Values of 3, 1, 23, 10, 7 and 30 keys, in ranges of 10.
+    await pool.query(
+      `INSERT INTO cv (tenant, id) SELECT t, i FROM unnest('{1,2,3,4,5,6}'::int[], '{3,1,23,10,7,30}'::int[]) s(t, n),
+                                                      generate_series(1, n) i`,
+    );
+    const predicates: Array<{ start: readonly string[]; end: readonly string[]; sql: string }> = [];
+    const recording: Work<readonly string[]> = {
+      name: 'keys.recording',
+      async do(job) {
+        predicates.push({ start: job.start, end: job.end, sql: job.range.sql });
+        const { rowCount } = await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE ${job.range.sql}`, [
+          ...job.range.params,
+        ]);
+        return rowCount ?? 0;
+      },
+    };
+    await insertMigration(pool, 'values', 'cv', 'tenant,id', recording.name, 10);
+    await drain(testWorker(pool, { work: [recording], concurrency: 1 }));
+
+    await expectTiled(pool, { table: 'cv', columns: ['tenant', 'id'], types: ['int', 'int'] }, 'values');
+    const { rows } = await pool.query<{ n: number }>(
+      `SELECT (SELECT count(*)::int FROM cv WHERE (tenant, id) BETWEEN ((j.min_key->>0)::int, (j.min_key->>1)::int)
+                                                        AND ((j.max_key->>0)::int, (j.max_key->>1)::int)) AS n
+       FROM batched_background_migration_jobs j ORDER BY j.min_value`,
+    );
+    expect(rows.map(({ n }) => n)).toEqual([10, 10, 10, 10, 10, 10, 10, 4]);
+    const ranges = predicates.map(({ start, end, sql }) => [
+      `${start.join(':')}-${end.join(':')}`,
+      sql.startsWith('"tenant" = $1::integer AND '),
+    ]);
+    expect(ranges).toEqual([
+      ['1:1-3:6', false],
+      ['3:7-3:16', true],
+      ['3:17-4:3', false],
+      ['4:4-5:3', false],
+      ['5:4-6:6', false],
+      ['6:7-6:16', true],
+      ['6:17-6:26', true],
+      ['6:27-6:30', true],
+    ]);
+  });
+
   it('batches a char(n) key without cutting its values to one character', async () => {
     const { pool } = db();
     await pool.query(`CREATE TABLE ch (code char(6) PRIMARY KEY, touched int NOT NULL DEFAULT 0)`);

@@ -392,6 +392,15 @@ describe('keys of every kind', () => {
           'SELECT first_key FROM key_log GROUP BY first_key, last_key HAVING count(*) > 1',
         );
         expect(twice.rows).toEqual([]);
+        if (unique) {
+          // Each range of a unique key holds batch size keys, the last one what is left.
+          const { rows: sizes } = await pool.query<{ n: number }>(
+            `SELECT (SELECT count(*)::int FROM pk WHERE ${key} >= ${keyRowOf(space, 'j.min_key')}
+                                                  AND ${key} <= ${keyRowOf(space, 'j.max_key')}) AS n
+             FROM batched_background_migration_jobs j ORDER BY j.min_value`,
+          );
+          expect(sizes.slice(0, -1).filter(({ n }) => n !== c.batchSize)).toEqual([]);
+        }
       }),
       { numRuns: 30, endOnFailure: true },
     );

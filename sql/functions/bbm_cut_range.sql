@@ -80,6 +80,12 @@ DECLARE
   key_row text;
   key_probe text;
   key_probes text[] := '{}';
+  lead_probes text[] := '{}';
+  next_probes text[] := '{}';
+  lo jsonb;
+  lead_value text;
+  lead text;
+  probe integer;
   op text;
   min_keys jsonb[] := '{}';
   max_keys jsonb[] := '{}';
@@ -171,14 +177,30 @@ BEGIN
     -- key. The walk to the end reads the key's columns alone, and the end is made JSON once: built
     -- in the walk, the JSON of every key passed cost about 3 times the walk (1.5 against 0.4 ms for
     -- 1,000 uuids).
-    FOREACH op IN ARRAY ARRAY['>=', '>'] LOOP
-      key_probe := format(
-        'SELECT (SELECT pg_catalog.jsonb_build_array(%1$s) FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1), '
-        'CASE WHEN e.%8$I IS NOT NULL THEN pg_catalog.jsonb_build_array(%7$s) END, coalesce((%7$s) >= (%5$s), true) '
-        'FROM (VALUES (1)) v LEFT JOIN LATERAL ('
-        'SELECT %1$s FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1 OFFSET $3) e ON true',
-        key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op, end_list, key_columns[1]);
-      key_probes := key_probes || key_probe;
+    -- A key of several columns is looked for first among the keys that share $1's first column
+    -- (lead_probes): the same answer whenever the range ends there, and on Citus, with the table
+    -- distributed by that column, a read of one shard instead of all of them.
+    SELECT format('%I = (($1->>0)::%s) AND ', c.name,
+                  CASE WHEN c.t = 'pg_catalog.bpchar'::regtype THEN 'pg_catalog.bpchar' ELSE pg_catalog.format_type(c.t, NULL) END)
+      INTO lead_value
+    FROM unnest(key_columns, key_types) AS c(name, t) LIMIT 1;
+    FOREACH lead IN ARRAY CASE WHEN cardinality(key_columns) > 1 THEN ARRAY['', lead_value] ELSE ARRAY[''] END LOOP
+      FOREACH op IN ARRAY ARRAY['>=', '>'] LOOP
+        key_probe := format(
+          'SELECT (SELECT pg_catalog.jsonb_build_array(%1$s) FROM %2$I.%3$I WHERE %9$s(%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1), '
+          'CASE WHEN e.%8$I IS NOT NULL THEN pg_catalog.jsonb_build_array(%7$s) END, coalesce((%7$s) >= (%5$s), true) '
+          'FROM (VALUES (1)) v LEFT JOIN LATERAL ('
+          'SELECT %1$s FROM %2$I.%3$I WHERE %9$s(%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1 OFFSET $3) e ON true',
+          key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op, end_list, key_columns[1], lead);
+        IF lead = '' THEN
+          key_probes := key_probes || key_probe;
+          next_probes := next_probes || format(
+            'SELECT pg_catalog.jsonb_build_array(%1$s) FROM %2$I.%3$I WHERE (%1$s) %6$s (%4$s) AND (%1$s) <= (%5$s) ORDER BY %1$s LIMIT 1',
+            key_list, target_schema, target_table, format(key_row, 1), format(key_row, 2), op);
+        ELSE
+          lead_probes := lead_probes || key_probe;
+        END IF;
+      END LOOP;
     END LOOP;
   END IF;
   WHILE waiting + cut < depth LOOP
@@ -192,9 +214,23 @@ BEGIN
       EXIT;
     END IF;
     IF key_columns IS NOT NULL THEN
-      EXECUTE key_probes[CASE WHEN last_end IS NULL THEN 1 ELSE 2 END]
-        INTO first_key, end_key, final
-        USING CASE WHEN last_end IS NULL THEN m.min_key ELSE last_key END, m.max_key, size - 1;
+      probe := CASE WHEN last_end IS NULL THEN 1 ELSE 2 END;
+      lo := CASE WHEN last_end IS NULL THEN m.min_key ELSE last_key END;
+      end_key := NULL;
+      IF cardinality(lead_probes) > 0 THEN
+        -- The range within lo's first column value; where that has no size keys left, within the
+        -- next key's; else (a value with fewer keys than size) across values, as one probe.
+        EXECUTE lead_probes[probe] INTO first_key, end_key, final USING lo, m.max_key, size - 1;
+        IF end_key IS NULL THEN
+          EXECUTE next_probes[probe] INTO first_key USING lo, m.max_key;
+          IF first_key IS NOT NULL THEN
+            EXECUTE lead_probes[1] INTO first_key, end_key, final USING first_key, m.max_key, size - 1;
+          END IF;
+        END IF;
+      END IF;
+      IF end_key IS NULL THEN
+        EXECUTE key_probes[probe] INTO first_key, end_key, final USING lo, m.max_key, size - 1;
+      END IF;
       IF final THEN
         end_id := m.max_value;
         end_key := m.max_key;

@@ -74,7 +74,9 @@ export function keyTextArray(json: string): string {
  * A range's predicate for a work function: `sql` with placeholders numbered from `first`, and its
  * parameters. An integer key (`key` null) is `"id" BETWEEN $1 AND $2`; any other is a comparison
  * of the key's row with the range's first and last keys, cast to the key's types; an empty key
- * space (no keys) is `false`.
+ * space (no keys) is `false`. A range of a key of several columns within one value of its first
+ * column says so, `"tenant" = $1 AND (…) >= (…)`: the same rows, and on Citus, with the table
+ * distributed by that column, a statement on one shard (the row comparison alone goes to all).
  */
 export function rangePredicate(
   key: Key | null,
@@ -95,8 +97,12 @@ export function rangePredicate(
   const row = (from: number) => key.map((column, i) => `$${from + i}::${column.typeName}`).join(', ');
   const columns = key.length === 1 ? keyList(key) : `(${keyList(key)})`;
   const values = (from: number) => (key.length === 1 ? row(from) : `(${row(from)})`);
+  const leading =
+    key.length > 1 && start[0] === end[0]
+      ? `${escapeIdentifier(key[0]!.name)} = $${first}::${key[0]!.typeName} AND `
+      : '';
   return {
-    sql: `${columns} >= ${values(first)} AND ${columns} <= ${values(first + key.length)}`,
+    sql: `${leading}${columns} >= ${values(first)} AND ${columns} <= ${values(first + key.length)}`,
     params: [...start, ...end],
   };
 }
