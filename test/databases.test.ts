@@ -259,6 +259,25 @@ describe('a fleet over several databases', () => {
     expect(partial.stderr).not.toContain('secret-pw');
   });
 
+  it('refuses --name DATABASE/NAME that contradicts --database (exit 2), and takes it when they agree', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 10, 5);
+    const run = (...args: string[]) =>
+      bbm([...args, '--config', FLEET_CONFIG], fleetEnv({ main: main.url, ci: ci.url }));
+
+    const contradicting = await run('pause', '--database', 'main', '--name', 'ci/fill');
+    expect(contradicting.code).toBe(2);
+    expect(contradicting.stderr).toBe(
+      'bbm pause: --name ci/fill is a migration of database ci, but --database says main: pass one of them\n',
+    );
+    expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+
+    const agreeing = await run('pause', '--database', 'ci', '--name', 'ci/fill');
+    expect(agreeing.code, agreeing.stderr).toBe(0);
+    expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+  });
+
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 200, 50);

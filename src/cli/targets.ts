@@ -29,7 +29,17 @@ export function commandDatabases(
   if (config?.databases !== undefined) {
     if (config.databaseUrl !== undefined)
       throw new ConfigError('the config sets both databaseUrl and databases: keep one');
-    return selectDatabases(resolveDatabases(config.databases), flags.database);
+    const all = resolveDatabases(config.databases);
+    const selected = selectDatabases(all, flags.database);
+    // Read against every database, not the one selected: `ci/x` with --database main is a
+    // contradiction to refuse, not a migration of main named `ci/x`.
+    const address = flags.name === undefined ? undefined : parseAddress(flags.name, all);
+    if (address?.database !== undefined && flags.database !== undefined && address.database !== flags.database) {
+      throw new UsageError(
+        `--name ${flags.name} is a migration of database ${address.database}, but --database says ${flags.database}: pass one of them`,
+      );
+    }
+    return selected;
   }
   const url = fallbackUrl();
   if (!url) {
