@@ -278,6 +278,51 @@ describe('a fleet over several databases', () => {
     expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
   });
 
+  it('names the migration database/name, with its database, in the JSON of enqueue, set, approve, finalize, retry and delete, as status does', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 10, 5);
+    await ci.pool.query('UPDATE batched_background_migrations SET status = $1', [MigrationStatus.failed]);
+    const env = fleetEnv({ main: main.url, ci: ci.url });
+    const json = async (code: number, ...args: string[]) => {
+      const result = await bbm([...args, '--config', FLEET_CONFIG, '--json'], env);
+      expect(result.code, result.stderr).toBe(code);
+      return JSON.parse(result.stdout) as Record<string, unknown>;
+    };
+    const enqueueFlags = ['--work', 'test.touch', '--table', 'items', '--column', 'id', '--batch-size', '5'];
+    const at = { database: 'ci' };
+
+    expect(await json(0, 'enqueue', '--name', 'ci/gated', ...enqueueFlags, '--needs-approval')).toMatchObject({
+      name: 'ci/gated',
+      ...at,
+    });
+    expect(await json(1, 'finalize', '--name', 'ci/gated')).toMatchObject({ name: 'ci/gated', ...at, finished: false });
+    expect(await json(0, 'approve', '--name', 'ci/gated', '--by', 'tester')).toMatchObject({
+      approved: 'ci/gated',
+      ...at,
+      approvedBy: 'tester',
+    });
+    expect(await json(0, 'finalize', '--name', 'ci/gated')).toMatchObject({
+      name: 'ci/gated',
+      ...at,
+      status: 'finished',
+    });
+    expect(await json(0, 'retry', '--name', 'ci/fill')).toMatchObject({ retried: 'ci/fill', ...at });
+    expect(await json(0, 'set', '--name', 'ci/fill', '--batch-size', '2')).toMatchObject({
+      name: 'ci/fill',
+      ...at,
+      batchSize: 2,
+    });
+    await json(0, 'pause', '--name', 'ci/fill');
+    expect(await json(0, 'delete', '--name', 'ci/fill')).toMatchObject({ deleted: 'ci/fill', ...at });
+
+    // One database given by URL: the names as they are, and no database.
+    const single = await bbm(['set', '--name', 'fill', '--batch-size', '3', '--database-url', main.url, '--json'], {});
+    expect(single.code, single.stderr).toBe(0);
+    const report = JSON.parse(single.stdout) as Record<string, unknown>;
+    expect(report).toMatchObject({ name: 'fill', batchSize: 3 });
+    expect(report).not.toHaveProperty('database');
+  });
+
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 200, 50);

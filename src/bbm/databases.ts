@@ -4,6 +4,7 @@
  * tables, locks, jobs and workers, and each database's worker in a process is a `Worker` of its own.
  */
 import { ConfigError } from './errors.ts';
+import type { MigrationReport } from './types.ts';
 
 /** A database the fleet serves. `name` is undefined for the one database of a config without `databases`. */
 export interface DatabaseTarget {
@@ -74,4 +75,14 @@ export function parseAddress(text: string, targets: readonly DatabaseTarget[]): 
 /** How a migration is shown: `database/name` in a fleet of several databases, else its name. */
 export function addressText(database: string | undefined, name: string): string {
   return database === undefined ? name : `${database}/${name}`;
+}
+
+/** A migration's `database` in JSON, beside its `database/name`: set in a fleet of several databases only. */
+export function databaseField(database: string | undefined): { database?: string } {
+  return database === undefined ? {} : { database };
+}
+
+/** A migration's report as shown: named `database/name`, with its `database`, in a fleet of several databases. */
+export function shownReport(database: string | undefined, report: MigrationReport): MigrationReport {
+  return { ...report, name: addressText(database, report.name), ...databaseField(database) };
 }

@@ -10,7 +10,7 @@ import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace }
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
-import { addressText } from '../bbm/databases.ts';
+import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
 import { describeError } from './errors.ts';
 
 /** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
@@ -83,7 +83,7 @@ export async function enqueue(context: Context): Promise<number> {
   }
   const [report] = await migrationReports(pool, { name: spec.name });
   const live = await liveWorkNames(pool, LIVE_WORKER_WINDOW_MS);
-  context.print(report, () =>
+  context.print(report && shownReport(context.database, report), () =>
     [
       `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${[spec.column].flat().join(',')} ${boundsText(spec)} in batches of ${spec.batchSize}` +
         (spec.targetJobMs ? ` (adapting toward ${spec.targetJobMs} ms jobs)` : '') +
@@ -157,9 +157,10 @@ export async function retry(context: Context): Promise<number> {
     );
     return 1;
   }
+  const shown = addressText(context.database, name);
   context.print(
-    { retried: name, jobsReset: jobs },
-    () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`,
+    { retried: shown, ...databaseField(context.database), jobsReset: jobs },
+    () => `${shown} is active again; ${jobs} failed range(s) get fresh attempts`,
   );
   return 0;
 }
@@ -196,10 +197,11 @@ export async function approve(context: Context): Promise<number> {
     );
     return 1;
   }
+  const shown = addressText(context.database, name);
   context.print(
-    { approved: name, ...approval },
+    { approved: shown, ...databaseField(context.database), ...approval },
     () =>
-      `approved ${name} as ${approval.approvedBy} at ${approval.approvedAt.toISOString()}; workers take it from now on`,
+      `approved ${shown} as ${approval.approvedBy} at ${approval.approvedAt.toISOString()}; workers take it from now on`,
   );
   return 0;
 }
@@ -249,10 +251,11 @@ export async function setPace(context: Context): Promise<number> {
     }
     throw error;
   }
-  const [report] = await migrationReports(pool, { name });
+  const [found] = await migrationReports(pool, { name });
+  const report = found && shownReport(context.database, found);
   context.print(report, () =>
     report
-      ? `${name}: ${report.lanes} lane(s), batch size ${report.batchSize}` +
+      ? `${report.name}: ${report.lanes} lane(s), batch size ${report.batchSize}` +
         (report.targetJobMs === null
           ? ' (fixed)'
           : ` (adapting toward ${report.targetJobMs} ms jobs, ${report.minBatchSize ?? 1}..${report.maxBatchSize ?? 'no max'})`)
@@ -274,6 +277,10 @@ export async function deleteCommand(context: Context): Promise<number> {
     );
     return 1;
   }
-  context.print({ deleted: name, jobs: result.jobs }, () => `deleted ${name} and its ${result.jobs} job(s)`);
+  const shown = addressText(context.database, name);
+  context.print(
+    { deleted: shown, ...databaseField(context.database), jobs: result.jobs },
+    () => `deleted ${shown} and its ${result.jobs} job(s)`,
+  );
   return 0;
 }

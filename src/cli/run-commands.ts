@@ -12,7 +12,7 @@ import { WorkRegistry } from '../bbm/work-registry.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Fleet } from '../bbm/fleet.ts';
-import { addressText } from '../bbm/databases.ts';
+import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import { describeError } from './errors.ts';
 import { MAX_LANES } from '../store/codes.ts';
@@ -278,6 +278,7 @@ export async function run(context: Context): Promise<number> {
 export async function finalize(context: Context): Promise<number> {
   const { config, flags, pool, io } = context;
   const name = requiredFlag(flags, 'name', 'finalize');
+  const shown = addressText(context.database, name);
   if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
   const log = logger(context, 2);
   const options = workerOptionsOf(config);
@@ -299,19 +300,32 @@ export async function finalize(context: Context): Promise<number> {
       name,
       logger: log,
       observers: sentry ? [sentry.observer] : [],
-      onProgress: progress.update,
+      onProgress: (report) => progress.update(shownReport(context.database, report)),
       signal: soft.signal,
       hardStop: hard.signal,
     });
     progress.done();
-    context.print(report, () => `${name} is finished: ${report.jobs.finished} jobs, ${report.jobs.failed} failed`);
+    context.print(
+      shownReport(context.database, report),
+      () => `${shown} is finished: ${report.jobs.finished} jobs, ${report.jobs.failed} failed`,
+    );
     return 0;
   } catch (error) {
     progress.done();
     if (!(error instanceof FinalizeError)) throw error;
-    io.err(context.mask(`bbm finalize: ${name} is not finished: ${error.message}`));
-    if (flags.json && error.report)
-      io.out(JSON.stringify({ name, finished: false, reason: error.message, status: error.report.status }));
+    io.err(context.mask(`bbm finalize: ${shown} is not finished: ${error.message}`));
+    if (flags.json && error.report) {
+      const { status } = error.report;
+      io.out(
+        JSON.stringify({
+          name: shown,
+          ...databaseField(context.database),
+          finished: false,
+          reason: error.message,
+          status,
+        }),
+      );
+    }
     return 1;
   } finally {
     release();

@@ -17,7 +17,7 @@ import {
 import { liveWorkers } from '../store/dashboard.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { duration, table, toJson } from './format.ts';
-import { addressText } from '../bbm/databases.ts';
+import { addressText, shownReport } from '../bbm/databases.ts';
 import { describeError } from './errors.ts';
 
 export async function status(context: Context): Promise<number> {
@@ -86,12 +86,12 @@ async function load(context: Context): Promise<MigrationReport[] & { unreachable
   const knownWork = config?.work.map((w) => w.name) ?? [];
   if (flags.name !== undefined || databases.length === 1) {
     const reports = await migrationReports(context.pool, { name: flags.name, knownWork });
-    return context.database === undefined ? reports : reports.map((r) => shown(context.database!, r));
+    return reports.map((r) => shownReport(context.database, r));
   }
   const reads = await Promise.all(
     databases.map(async (target) => {
       try {
-        return (await migrationReports(context.poolOf(target), { knownWork })).map((r) => shown(target.name!, r));
+        return (await migrationReports(context.poolOf(target), { knownWork })).map((r) => shownReport(target.name, r));
       } catch (error) {
         io.err(context.mask(`bbm status: ${target.name ?? ''}: ${describeError(error)}`));
         return undefined;
@@ -102,12 +102,6 @@ async function load(context: Context): Promise<MigrationReport[] & { unreachable
   reports.unreachable = reads.filter((read) => read === undefined).length;
   return reports;
 }
-
-const shown = (database: string, report: MigrationReport): MigrationReport => ({
-  ...report,
-  name: addressText(database, report.name),
-  database,
-});
 
 /** Redraws every second until SIGINT/SIGTERM; on a terminal in place, elsewhere one block a second. */
 async function watch(context: Context): Promise<number> {
