@@ -17,6 +17,7 @@ import { MigrationStatus } from '../src/store/codes.ts';
 import { createTestDatabase, useOwnCluster, type TestDatabase } from './support/database.ts';
 import { createItems, enqueue, expectEveryRowOnce, migrationRow, quiet, range } from './support/engine.ts';
 import { BBM_BIN, createJobLog, runBbm, startBbm, waitFor, type BbmProcess } from './support/processes.ts';
+import { sentryEvents, sentryIngest } from './support/sentry.ts';
 
 const FLEET_CONFIG = fileURLToPath(new URL('./fixtures/fleet.config.ts', import.meta.url));
 
@@ -321,6 +322,32 @@ describe('a fleet over several databases', () => {
     const report = JSON.parse(single.stdout) as Record<string, unknown>;
     expect(report).toMatchObject({ name: 'fill', batchSize: 3 });
     expect(report).not.toHaveProperty('database');
+  });
+
+  it("tags finalize's log lines with database, as the worker's, and its Sentry events, as observerFor's", async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 40, 10);
+    await ci.pool.query('UPDATE batched_background_migrations SET status = $1', [MigrationStatus.paused]);
+    const ingest = await sentryIngest();
+    cleanups.push(() => ingest.close());
+    const env = fleetEnv({ main: main.url, ci: ci.url }, { SENTRY_DSN: ingest.dsn, BBM_TEST_FAIL_AT: '25' });
+
+    const finalized = await bbm(
+      ['finalize', '--name', 'ci/fill', '--config', FLEET_CONFIG, '--log-format', 'json'],
+      env,
+    );
+    expect(finalized.code, finalized.stderr).toBe(1);
+    const lines = finalized.stderr
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { msg: string; database?: string });
+    expect(lines.map((line) => line.msg)).toContain(
+      'fill was paused: finalizing runs it anyway, and pauses it again if it stops before the end',
+    );
+    for (const line of lines) expect(line, line.msg).toMatchObject({ database: 'ci' });
+    const events = sentryEvents(ingest.envelopes);
+    expect(events.map((event) => (event.tags as Record<string, string>).outcome)).toContain('migration_failed');
+    for (const event of events) expect(event.tags).toMatchObject({ database: 'ci', bbm_name: 'fill' });
   });
 
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {

@@ -299,7 +299,10 @@ export async function finalize(context: Context): Promise<number> {
       work: config.work,
       name,
       logger: log,
-      observers: sentry ? [sentry.observer] : [],
+      ...(context.database !== undefined && { database: context.database }),
+      observers: sentry
+        ? [context.database === undefined ? sentry.observer : sentry.observerFor(context.database)]
+        : [],
       onProgress: (report) => progress.update(shownReport(context.database, report)),
       signal: soft.signal,
       hardStop: hard.signal,
