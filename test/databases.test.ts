@@ -350,6 +350,30 @@ describe('a fleet over several databases', () => {
     for (const event of events) expect(event.tags).toMatchObject({ database: 'ci', bbm_name: 'fill' });
   });
 
+  it('pauses every database it can reach without --name, naming one it cannot (exit 1), whichever comes first', async () => {
+    const main = await testDatabase();
+    await prepare(main.pool, 10, 5);
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const paused = await bbm(['pause', '--config', FLEET_CONFIG, '--json'], fleetEnv({ gone, main: main.url }));
+    expect(paused.code).toBe(1);
+    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'] });
+    expect(paused.stderr).toContain('bbm pause: gone: ');
+    expect(paused.stderr).not.toContain('secret-pw');
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+  });
+
+  it('reports a database bbm migrate could not migrate in its JSON, with its error (password masked), and exits 1', async () => {
+    const main = await testDatabase();
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const migrated = await bbm(['migrate', '--config', FLEET_CONFIG, '--json'], fleetEnv({ main: main.url, gone }));
+    expect(migrated.code).toBe(1);
+    expect(JSON.parse(migrated.stdout)).toEqual([
+      { database: 'main', applied: [] },
+      { database: 'gone', error: expect.stringMatching(/ECONNREFUSED/) as unknown },
+    ]);
+    expect(migrated.stdout + migrated.stderr).not.toContain('secret-pw');
+  });
+
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 200, 50);

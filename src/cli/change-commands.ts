@@ -1,5 +1,6 @@
 /** The commands that change migrations: enqueue, approve, pause, resume, retry, set, delete. */
 import { userInfo } from 'node:os';
+import type pg from 'pg';
 import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../bbm/enqueue.ts';
 import type { MigrationSpec } from '../bbm/types.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
@@ -11,7 +12,7 @@ import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
 import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
-import { describeError } from './errors.ts';
+import { overDatabases } from './targets.ts';
 
 /** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
 export function migrationSpec(
@@ -108,40 +109,30 @@ function boundsText(spec: MigrationSpec): string {
 export async function pauseOrResume(context: Context, command: 'pause' | 'resume'): Promise<number> {
   const { flags, pool, io } = context;
   const name = flags.name;
-  const changed = command === 'pause' ? await pause(pool, name) : await resume(pool, name);
-  if (name !== undefined && changed.length === 0) {
+  const verb = command === 'pause' ? 'paused' : 'resumed';
+  const change = (db: pg.Pool, which: string | undefined) =>
+    command === 'pause' ? pause(db, which) : resume(db, which);
+  const printChanged = (all: string[]) =>
+    context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
+  if (name === undefined) {
+    // Every migration of every database (the emergency brake): one that cannot be reached is
+    // named, and the others are still changed.
+    const outcomes = await overDatabases(context, (db) => change(db, undefined));
+    printChanged(outcomes.flatMap(({ target, value }) => (value ?? []).map((n) => addressText(target.name, n))));
+    return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
+  }
+  const changed = await change(pool, name);
+  if (changed.length === 0) {
     const [existing] = await migrationReports(pool, { name });
     if (!existing) {
       io.err(`bbm ${command}: no migration named ${JSON.stringify(name)}`);
       return 1;
     }
-    context.print(
-      { [command === 'pause' ? 'paused' : 'resumed']: [] },
-      () => `${name} is ${existing.status}; nothing to ${command}`,
-    );
+    context.print({ [verb]: [] }, () => `${name} is ${existing.status}; nothing to ${command}`);
     return 0;
   }
-  const verb = command === 'pause' ? 'paused' : 'resumed';
-  // Without --name, every migration of every database (the emergency brake); a database that
-  // cannot be reached is named, and the others are still changed.
-  let unreachable = 0;
-  const all = [...changed.map((n) => addressText(context.database, n))];
-  if (name === undefined) {
-    for (const target of context.databases.slice(1)) {
-      try {
-        const more =
-          command === 'pause'
-            ? await pause(context.poolOf(target), undefined)
-            : await resume(context.poolOf(target), undefined);
-        all.push(...more.map((n) => addressText(target.name, n)));
-      } catch (error) {
-        unreachable += 1;
-        io.err(context.mask(`bbm ${command}: ${target.name ?? ''}: ${describeError(error)}`));
-      }
-    }
-  }
-  context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
-  return unreachable > 0 ? 1 : 0;
+  printChanged(changed.map((n) => addressText(context.database, n)));
+  return 0;
 }
 
 export async function retry(context: Context): Promise<number> {

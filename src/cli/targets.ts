@@ -11,6 +11,8 @@ import type { Config } from '../bbm/types.ts';
 import type pg from 'pg';
 import { migrationExists } from '../store/migration-rows.ts';
 import { UsageError, type Flags } from './args.ts';
+import type { Context } from './context.ts';
+import { describeError } from './errors.ts';
 
 /** The databases the command line and config name, `--database` applied. */
 export function commandDatabases(
@@ -117,4 +119,35 @@ export async function commandDatabase(
 /** A plain name no database of the fleet has (exit 1, as a command that finds no migration). */
 export class NoSuchMigration extends Error {
   override readonly name = 'NoSuchMigration';
+}
+
+/** What a command got from one of its databases: `read`'s value, or the error it met (as shown, masked). */
+export type DatabaseOutcome<T> =
+  | { target: DatabaseTarget; value: T; error?: undefined }
+  | { target: DatabaseTarget; value?: undefined; error: string };
+
+/**
+ * `read` on each of the command's databases at once. With several, one that fails is reported on
+ * stderr (unless `report` is false: the command said so already) and the others are still read;
+ * with one, its error is the command's.
+ */
+export async function overDatabases<T>(
+  context: Context,
+  read: (pool: pg.Pool, target: DatabaseTarget) => Promise<T>,
+  { report = true }: { report?: boolean } = {},
+): Promise<DatabaseOutcome<T>[]> {
+  const { databases, poolOf } = context;
+  if (databases.length === 1)
+    return [{ target: databases[0]!, value: await read(poolOf(databases[0]!), databases[0]!) }];
+  return await Promise.all(
+    databases.map(async (target): Promise<DatabaseOutcome<T>> => {
+      try {
+        return { target, value: await read(poolOf(target), target) };
+      } catch (error) {
+        const shown = context.mask(describeError(error));
+        if (report) context.io.err(`bbm ${context.command}: ${target.name ?? ''}: ${shown}`);
+        return { target, error: shown };
+      }
+    }),
+  );
 }
