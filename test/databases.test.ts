@@ -374,6 +374,33 @@ describe('a fleet over several databases', () => {
     expect(migrated.stdout + migrated.stderr).not.toContain('secret-pw');
   });
 
+  it('is ready (/readyz 200) while any of its databases answers, listing each; 503 when none does', async () => {
+    const main = await testDatabase();
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const serve = async (databases: Record<string, string>) => {
+      const port = await freePort();
+      const worker = startBbm(['run', '--config', FLEET_CONFIG, '--metrics-port', String(port)], fleetEnv(databases));
+      cleanups.push(async () => worker.child.kill('SIGKILL'));
+      const readyz = async () => {
+        const response = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
+        return response && { status: response.status, body: await response.text() };
+      };
+      await waitFor(async () => (await readyz()) !== undefined, 'the ops server');
+      return readyz;
+    };
+
+    const some = await serve({ gone, main: main.url });
+    const ready = await some();
+    expect(ready?.status).toBe(200);
+    expect(ready?.body).toMatch(/^ready: 1 of 2 databases answer\ngone: unreachable: .*ECONNREFUSED.*\nmain: ready\n$/);
+    expect(ready?.body).not.toContain('secret-pw');
+
+    const none = await serve({ gone, also: 'postgres://nobody@127.0.0.1:1/also' });
+    const unready = await none();
+    expect(unready?.status).toBe(503);
+    expect(unready?.body).toMatch(/^not ready: no database answers\ngone: unreachable: .*\nalso: unreachable: .*\n$/);
+  });
+
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 200, 50);

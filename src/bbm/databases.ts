@@ -86,3 +86,52 @@ export function databaseField(database: string | undefined): { database?: string
 export function shownReport(database: string | undefined, report: MigrationReport): MigrationReport {
   return { ...report, name: addressText(database, report.name), ...databaseField(database) };
 }
+
+/**
+ * The databases a reader is given as `db` (one, unnamed) or `databases` (a fleet's, by name), as
+ * one list.
+ */
+export function databaseList<D>({
+  db,
+  databases,
+}: {
+  db?: D | undefined;
+  databases?: ReadonlyMap<string, D> | undefined;
+}): {
+  name: string | undefined;
+  db: D;
+}[] {
+  if (databases) return [...databases].map(([name, pool]) => ({ name, db: pool }));
+  return db === undefined ? [] : [{ name: undefined, db }];
+}
+
+/** What one database gave a read of several: its value, or the error it met. */
+export type SettledRead<S, T> =
+  { source: S; value: T; error?: undefined } | { source: S; value?: undefined; error: Error };
+
+/**
+ * `read` on each database at once: one that fails, or does not answer within `timeoutMs` (its
+ * query goes on), is returned with its error, and the others are still read.
+ */
+export async function readEachDatabase<S, T>(
+  sources: readonly S[],
+  read: (source: S) => Promise<T>,
+  timeoutMs?: number,
+): Promise<SettledRead<S, T>[]> {
+  return await Promise.all(
+    sources.map(async (source): Promise<SettledRead<S, T>> => {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        if (timeoutMs !== undefined)
+          timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        return { source, value: await Promise.race([read(source), timedOut]) };
+      } catch (error) {
+        return { source, error: error instanceof Error ? error : new Error(String(error)) };
+      } finally {
+        clearTimeout(timer);
+      }
+    }),
+  );
+}

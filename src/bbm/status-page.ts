@@ -34,7 +34,7 @@ import {
 } from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
 import type { AnyWork, RehearsalReport } from './types.ts';
-import { addressText, parseAddress, shownReport } from './databases.ts';
+import { addressText, databaseList, parseAddress, readEachDatabase, shownReport } from './databases.ts';
 
 export { html };
 
@@ -183,11 +183,7 @@ export function createStatusPage({
   schedules = [],
   rehearse,
 }: StatusPageOptions): StatusPage {
-  const sources: Source[] = databases
-    ? [...databases].map(([name, pool]) => ({ name, db: pool }))
-    : db
-      ? [{ name: undefined, db }]
-      : [];
+  const sources: Source[] = databaseList({ db, databases });
   if (sources.length === 0) throw new Error('a status page needs db or databases');
   const targets = sources.map(({ name }) => ({ name, url: '' }));
   /** The database and migration a path segment names (`database/name` in a fleet of several). */
@@ -462,15 +458,11 @@ async function readEach<T>(
 ): Promise<{ name: string | undefined; read?: T; error?: string }[]> {
   if (sources.length === 1 && sources[0]!.name === undefined)
     return [{ name: undefined, read: await read(sources[0]!) }];
-  return await Promise.all(
-    sources.map(async (source) => {
-      try {
-        return { name: source.name, read: await read(source) };
-      } catch (error) {
-        return { name: source.name, error: (error as Error).message };
-      }
-    }),
-  );
+  return (await readEachDatabase(sources, read)).map(({ source, value, error }) => ({
+    name: source.name,
+    read: value,
+    error: error?.message,
+  }));
 }
 
 async function act(

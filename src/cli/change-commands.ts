@@ -118,7 +118,7 @@ export async function pauseOrResume(context: Context, command: 'pause' | 'resume
     // Every migration of every database (the emergency brake): one that cannot be reached is
     // named, and the others are still changed.
     const outcomes = await overDatabases(context, (db) => change(db, undefined));
-    printChanged(outcomes.flatMap(({ target, value }) => (value ?? []).map((n) => addressText(target.name, n))));
+    printChanged(outcomes.flatMap(({ source, value }) => (value ?? []).map((n) => addressText(source.name, n))));
     return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
   }
   const changed = await change(pool, name);

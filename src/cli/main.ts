@@ -179,11 +179,11 @@ async function migrate(context: Context): Promise<number> {
     }
     return migrated;
   });
-  const results = outcomes.map(({ target, value, error }) => ({
-    ...(target.name !== undefined && { database: target.name }),
-    ...(value ? { applied: value.applied } : { error }),
+  const results = outcomes.map(({ source, value, error }) => ({
+    ...(source.name !== undefined && { database: source.name }),
+    ...(value ? { applied: value.applied } : { error: context.mask(describeError(error)) }),
   }));
-  const lines = outcomes.flatMap(({ target, value }) => {
+  const lines = outcomes.flatMap(({ source, value }) => {
     if (!value) return [];
     const { applied, functions } = value;
     const done = [];
@@ -191,7 +191,7 @@ async function migrate(context: Context): Promise<number> {
       done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
     if (functions.outcome === 'installed') done.push(`installed the database functions of pg-bbm ${functions.version}`);
     return (done.length === 0 ? ['pg-bbm schema is up to date; nothing to apply'] : done).map(
-      (line) => prefix(target) + line,
+      (line) => prefix(source) + line,
     );
   });
   context.print(databases.length === 1 ? results[0] : results, () => lines.join('\n'));

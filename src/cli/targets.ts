@@ -5,7 +5,15 @@
  * names); every other command on one: the database of `--name DATABASE/NAME`, of `--database`, or
  * the one database that has a migration of that plain name (several: refused, listing them).
  */
-import { resolveDatabases, selectDatabases, parseAddress, addressText, type DatabaseTarget } from '../bbm/databases.ts';
+import {
+  resolveDatabases,
+  selectDatabases,
+  parseAddress,
+  addressText,
+  readEachDatabase,
+  type DatabaseTarget,
+  type SettledRead,
+} from '../bbm/databases.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
 import type pg from 'pg';
@@ -121,11 +129,6 @@ export class NoSuchMigration extends Error {
   override readonly name = 'NoSuchMigration';
 }
 
-/** What a command got from one of its databases: `read`'s value, or the error it met (as shown, masked). */
-export type DatabaseOutcome<T> =
-  | { target: DatabaseTarget; value: T; error?: undefined }
-  | { target: DatabaseTarget; value?: undefined; error: string };
-
 /**
  * `read` on each of the command's databases at once. With several, one that fails is reported on
  * stderr (unless `report` is false: the command said so already) and the others are still read;
@@ -135,19 +138,14 @@ export async function overDatabases<T>(
   context: Context,
   read: (pool: pg.Pool, target: DatabaseTarget) => Promise<T>,
   { report = true }: { report?: boolean } = {},
-): Promise<DatabaseOutcome<T>[]> {
+): Promise<SettledRead<DatabaseTarget, T>[]> {
   const { databases, poolOf } = context;
   if (databases.length === 1)
-    return [{ target: databases[0]!, value: await read(poolOf(databases[0]!), databases[0]!) }];
-  return await Promise.all(
-    databases.map(async (target): Promise<DatabaseOutcome<T>> => {
-      try {
-        return { target, value: await read(poolOf(target), target) };
-      } catch (error) {
-        const shown = context.mask(describeError(error));
-        if (report) context.io.err(`bbm ${context.command}: ${target.name ?? ''}: ${shown}`);
-        return { target, error: shown };
-      }
-    }),
-  );
+    return [{ source: databases[0]!, value: await read(poolOf(databases[0]!), databases[0]!) }];
+  const reads = await readEachDatabase(databases, (target) => read(poolOf(target), target));
+  for (const { source, error } of reads) {
+    if (error && report)
+      context.io.err(context.mask(`bbm ${context.command}: ${source.name ?? ''}: ${describeError(error)}`));
+  }
+  return reads;
 }
