@@ -401,6 +401,30 @@ describe('a fleet over several databases', () => {
     expect(unready?.body).toMatch(/^not ready: no database answers\ngone: unreachable: .*\nalso: unreachable: .*\n$/);
   });
 
+  it('enqueues the passes of a schedule limited to one database in that database, and none elsewhere', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) {
+      await createItems(pool, 'items', range(1, 20));
+      await createJobLog(pool);
+    }
+    const env = fleetEnv(
+      { main: main.url, ci: ci.url },
+      {
+        BBM_TEST_SCHEDULES: JSON.stringify([
+          { name: 's', work: 'test.touch', table: 'items', column: 'id', batchSize: 5, every: '1h', databases: ['ci'] },
+        ]),
+      },
+    );
+    const drained = await bbm(['run', '--config', FLEET_CONFIG, '--until-done'], env);
+    expect(drained.code, drained.stderr).toBe(0);
+    const passes = async (pool: pg.Pool) =>
+      (await pool.query<{ name: string }>("SELECT name FROM batched_background_migrations WHERE name LIKE 's@%'")).rows;
+    expect(await passes(main.pool)).toEqual([]);
+    const inCi = await passes(ci.pool);
+    expect(inCi).toHaveLength(1);
+    await expectEveryRowOnce(ci.pool, 'items', inCi[0]!.name);
+  });
+
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     for (const { pool } of [main, ci]) await prepare(pool, 200, 50);
