@@ -200,7 +200,6 @@ export function createStatusPage({
     }
     return { source, name: address.name, shown };
   };
-  /** A report as the page shows it: in a fleet, named `database/name` (the links and actions use that). */
   const expected = token ? Buffer.from(token) : undefined;
   const controls: Controls = { writable: Boolean(expected), rehearse: rehearse !== undefined };
   /** The migration being rehearsed from this page: one at a time (each holds two of the pool's connections). */
