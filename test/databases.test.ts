@@ -17,6 +17,7 @@ import { MigrationStatus } from '../src/store/codes.ts';
 import { createTestDatabase, useOwnCluster, type TestDatabase } from './support/database.ts';
 import { createItems, enqueue, expectEveryRowOnce, migrationRow, quiet, range } from './support/engine.ts';
 import { BBM_BIN, createJobLog, runBbm, startBbm, waitFor, type BbmProcess } from './support/processes.ts';
+import { sentryEvents, sentryIngest } from './support/sentry.ts';
 
 const FLEET_CONFIG = fileURLToPath(new URL('./fixtures/fleet.config.ts', import.meta.url));
 
@@ -257,6 +258,171 @@ describe('a fleet over several databases', () => {
     expect(partial.stdout).toMatch(/main\/fill/);
     expect(partial.stderr).toContain('bbm status: gone:');
     expect(partial.stderr).not.toContain('secret-pw');
+  });
+
+  it('refuses --name DATABASE/NAME that contradicts --database (exit 2), and takes it when they agree', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 10, 5);
+    const run = (...args: string[]) =>
+      bbm([...args, '--config', FLEET_CONFIG], fleetEnv({ main: main.url, ci: ci.url }));
+
+    const contradicting = await run('pause', '--database', 'main', '--name', 'ci/fill');
+    expect(contradicting.code).toBe(2);
+    expect(contradicting.stderr).toBe(
+      'bbm pause: --name ci/fill is a migration of database ci, but --database says main: pass one of them\n',
+    );
+    expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+
+    const agreeing = await run('pause', '--database', 'ci', '--name', 'ci/fill');
+    expect(agreeing.code, agreeing.stderr).toBe(0);
+    expect((await migrationRow(ci.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+  });
+
+  it('names the migration database/name, with its database, in the JSON of enqueue, set, approve, finalize, retry and delete, as status does', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 10, 5);
+    await ci.pool.query('UPDATE batched_background_migrations SET status = $1', [MigrationStatus.failed]);
+    const env = fleetEnv({ main: main.url, ci: ci.url });
+    const json = async (code: number, ...args: string[]) => {
+      const result = await bbm([...args, '--config', FLEET_CONFIG, '--json'], env);
+      expect(result.code, result.stderr).toBe(code);
+      return JSON.parse(result.stdout) as Record<string, unknown>;
+    };
+    const enqueueFlags = ['--work', 'test.touch', '--table', 'items', '--column', 'id', '--batch-size', '5'];
+    const at = { database: 'ci' };
+
+    expect(await json(0, 'enqueue', '--name', 'ci/gated', ...enqueueFlags, '--needs-approval')).toMatchObject({
+      name: 'ci/gated',
+      ...at,
+    });
+    expect(await json(1, 'finalize', '--name', 'ci/gated')).toMatchObject({ name: 'ci/gated', ...at, finished: false });
+    expect(await json(0, 'approve', '--name', 'ci/gated', '--by', 'tester')).toMatchObject({
+      approved: 'ci/gated',
+      ...at,
+      approvedBy: 'tester',
+    });
+    expect(await json(0, 'finalize', '--name', 'ci/gated')).toMatchObject({
+      name: 'ci/gated',
+      ...at,
+      status: 'finished',
+    });
+    expect(await json(0, 'retry', '--name', 'ci/fill')).toMatchObject({ retried: 'ci/fill', ...at });
+    expect(await json(0, 'set', '--name', 'ci/fill', '--batch-size', '2')).toMatchObject({
+      name: 'ci/fill',
+      ...at,
+      batchSize: 2,
+    });
+    await json(0, 'pause', '--name', 'ci/fill');
+    expect(await json(0, 'delete', '--name', 'ci/fill')).toMatchObject({ deleted: 'ci/fill', ...at });
+
+    // One database given by URL: the names as they are, and no database.
+    const single = await bbm(['set', '--name', 'fill', '--batch-size', '3', '--database-url', main.url, '--json'], {});
+    expect(single.code, single.stderr).toBe(0);
+    const report = JSON.parse(single.stdout) as Record<string, unknown>;
+    expect(report).toMatchObject({ name: 'fill', batchSize: 3 });
+    expect(report).not.toHaveProperty('database');
+  });
+
+  it("tags finalize's log lines with database, as the worker's, and its Sentry events, as observerFor's", async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) await prepare(pool, 40, 10);
+    await ci.pool.query('UPDATE batched_background_migrations SET status = $1', [MigrationStatus.paused]);
+    const ingest = await sentryIngest();
+    cleanups.push(() => ingest.close());
+    const env = fleetEnv({ main: main.url, ci: ci.url }, { SENTRY_DSN: ingest.dsn, BBM_TEST_FAIL_AT: '25' });
+
+    const finalized = await bbm(
+      ['finalize', '--name', 'ci/fill', '--config', FLEET_CONFIG, '--log-format', 'json'],
+      env,
+    );
+    expect(finalized.code, finalized.stderr).toBe(1);
+    const lines = finalized.stderr
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as { msg: string; database?: string });
+    expect(lines.map((line) => line.msg)).toContain(
+      'fill was paused: finalizing runs it anyway, and pauses it again if it stops before the end',
+    );
+    for (const line of lines) expect(line, line.msg).toMatchObject({ database: 'ci' });
+    const events = sentryEvents(ingest.envelopes);
+    expect(events.map((event) => (event.tags as Record<string, string>).outcome)).toContain('migration_failed');
+    for (const event of events) expect(event.tags).toMatchObject({ database: 'ci', bbm_name: 'fill' });
+  });
+
+  it('pauses every database it can reach without --name, naming one it cannot (exit 1), whichever comes first', async () => {
+    const main = await testDatabase();
+    await prepare(main.pool, 10, 5);
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const paused = await bbm(['pause', '--config', FLEET_CONFIG, '--json'], fleetEnv({ gone, main: main.url }));
+    expect(paused.code).toBe(1);
+    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'] });
+    expect(paused.stderr).toContain('bbm pause: gone: ');
+    expect(paused.stderr).not.toContain('secret-pw');
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+  });
+
+  it('reports a database bbm migrate could not migrate in its JSON, with its error (password masked), and exits 1', async () => {
+    const main = await testDatabase();
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const migrated = await bbm(['migrate', '--config', FLEET_CONFIG, '--json'], fleetEnv({ main: main.url, gone }));
+    expect(migrated.code).toBe(1);
+    expect(JSON.parse(migrated.stdout)).toEqual([
+      { database: 'main', applied: [] },
+      { database: 'gone', error: expect.stringMatching(/ECONNREFUSED/) as unknown },
+    ]);
+    expect(migrated.stdout + migrated.stderr).not.toContain('secret-pw');
+  });
+
+  it('is ready (/readyz 200) while any of its databases answers, listing each; 503 when none does', async () => {
+    const main = await testDatabase();
+    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
+    const serve = async (databases: Record<string, string>) => {
+      const port = await freePort();
+      const worker = startBbm(['run', '--config', FLEET_CONFIG, '--metrics-port', String(port)], fleetEnv(databases));
+      cleanups.push(async () => worker.child.kill('SIGKILL'));
+      const readyz = async () => {
+        const response = await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => undefined);
+        return response && { status: response.status, body: await response.text() };
+      };
+      await waitFor(async () => (await readyz()) !== undefined, 'the ops server');
+      return readyz;
+    };
+
+    const some = await serve({ gone, main: main.url });
+    const ready = await some();
+    expect(ready?.status).toBe(200);
+    expect(ready?.body).toMatch(/^ready: 1 of 2 databases answer\ngone: unreachable: .*ECONNREFUSED.*\nmain: ready\n$/);
+    expect(ready?.body).not.toContain('secret-pw');
+
+    const none = await serve({ gone, also: 'postgres://nobody@127.0.0.1:1/also' });
+    const unready = await none();
+    expect(unready?.status).toBe(503);
+    expect(unready?.body).toMatch(/^not ready: no database answers\ngone: unreachable: .*\nalso: unreachable: .*\n$/);
+  });
+
+  it('enqueues the passes of a schedule limited to one database in that database, and none elsewhere', async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    for (const { pool } of [main, ci]) {
+      await createItems(pool, 'items', range(1, 20));
+      await createJobLog(pool);
+    }
+    const env = fleetEnv(
+      { main: main.url, ci: ci.url },
+      {
+        BBM_TEST_SCHEDULES: JSON.stringify([
+          { name: 's', work: 'test.touch', table: 'items', column: 'id', batchSize: 5, every: '1h', databases: ['ci'] },
+        ]),
+      },
+    );
+    const drained = await bbm(['run', '--config', FLEET_CONFIG, '--until-done'], env);
+    expect(drained.code, drained.stderr).toBe(0);
+    const passes = async (pool: pg.Pool) =>
+      (await pool.query<{ name: string }>("SELECT name FROM batched_background_migrations WHERE name LIKE 's@%'")).rows;
+    expect(await passes(main.pool)).toEqual([]);
+    const inCi = await passes(ci.pool);
+    expect(inCi).toHaveLength(1);
+    await expectEveryRowOnce(ci.pool, 'items', inCi[0]!.name);
   });
 
   it('ends a drain without a database it cannot serve (exit 1, named), the others drained; a config error exits 2 at once', async () => {

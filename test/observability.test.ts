@@ -2,9 +2,6 @@
  * What an operator sees of a running worker: Prometheus metrics over HTTP, Sentry reports (to a
  * real @sentry/node client, received by an ingest endpoint served here), JSON logs, and shutdown.
  */
-import { createServer, type IncomingMessage } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { gunzipSync } from 'node:zlib';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { createMetrics, METRIC_HELP } from '../src/bbm/metrics.ts';
 import { startOpsServer } from '../src/bbm/ops-server.ts';
@@ -13,6 +10,7 @@ import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, jobRanges, migrationRow, range } from './support/engine.ts';
 import { createJobLog, runBbm, startBbm, TEST_CONFIG, waitFor, waitForStall } from './support/processes.ts';
+import { sentryEvents, sentryIngest } from './support/sentry.ts';
 
 /** Prometheus text format, enough of it: `name{a="b"} value` lines, keyed by name and sorted labels. */
 function parseMetrics(text: string): Map<string, number> {
@@ -161,40 +159,6 @@ describe('bbm run --metrics-port', () => {
   });
 });
 
-interface Envelope {
-  header: Record<string, unknown>;
-  items: Array<{ header: { type?: string }; payload: Record<string, unknown> }>;
-  raw: string;
-}
-
-/** A Sentry ingest endpoint on 127.0.0.1 that keeps every envelope it receives. */
-async function sentryIngest(): Promise<{ dsn: string; envelopes: Envelope[]; close: () => Promise<void> }> {
-  const envelopes: Envelope[] = [];
-  const read = async (request: IncomingMessage) => {
-    const chunks: Buffer[] = [];
-    for await (const chunk of request) chunks.push(chunk as Buffer);
-    const body = Buffer.concat(chunks);
-    return (request.headers['content-encoding'] === 'gzip' ? gunzipSync(body) : body).toString('utf8');
-  };
-  const server = createServer((request, response) => {
-    void read(request).then((raw) => {
-      const [header, ...rest] = raw.split('\n').filter(Boolean);
-      const items: Envelope['items'] = [];
-      for (let i = 0; i + 1 < rest.length; i += 2)
-        items.push({ header: JSON.parse(rest[i]!), payload: JSON.parse(rest[i + 1]!) });
-      envelopes.push({ header: JSON.parse(header ?? '{}'), items, raw });
-      response.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    dsn: `http://publickey@127.0.0.1:${port}/42`,
-    envelopes,
-    close: () => new Promise((resolve) => server.close(() => resolve())),
-  };
-}
-
 describe('Sentry', () => {
   const db = useTestDatabase();
 
@@ -217,9 +181,7 @@ describe('Sentry', () => {
 
     expect(result).toMatchObject({ code: 1 }); // --until-done: migrations it worked on failed
     expect(await migrationRow(pool, 'poisoned')).toMatchObject({ status: MigrationStatus.failed });
-    const events = ingest.envelopes.flatMap((e) =>
-      e.items.filter((i) => i.header.type === 'event').map((i) => i.payload),
-    );
+    const events = sentryEvents(ingest.envelopes);
     const summary = events.map((e) => {
       const tags = e.tags as Record<string, string>;
       return [tags.outcome, tags.bbm_name, tags.work, tags.error_code];

@@ -4,6 +4,7 @@
  * tables, locks, jobs and workers, and each database's worker in a process is a `Worker` of its own.
  */
 import { ConfigError } from './errors.ts';
+import type { MigrationReport } from './types.ts';
 
 /** A database the fleet serves. `name` is undefined for the one database of a config without `databases`. */
 export interface DatabaseTarget {
@@ -74,4 +75,63 @@ export function parseAddress(text: string, targets: readonly DatabaseTarget[]): 
 /** How a migration is shown: `database/name` in a fleet of several databases, else its name. */
 export function addressText(database: string | undefined, name: string): string {
   return database === undefined ? name : `${database}/${name}`;
+}
+
+/** A migration's `database` in JSON, beside its `database/name`: set in a fleet of several databases only. */
+export function databaseField(database: string | undefined): { database?: string } {
+  return database === undefined ? {} : { database };
+}
+
+/** A migration's report as shown: named `database/name`, with its `database`, in a fleet of several databases. */
+export function shownReport(database: string | undefined, report: MigrationReport): MigrationReport {
+  return { ...report, name: addressText(database, report.name), ...databaseField(database) };
+}
+
+/**
+ * The databases a reader is given as `db` (one, unnamed) or `databases` (a fleet's, by name), as
+ * one list.
+ */
+export function databaseList<D>({
+  db,
+  databases,
+}: {
+  db?: D | undefined;
+  databases?: ReadonlyMap<string, D> | undefined;
+}): {
+  name: string | undefined;
+  db: D;
+}[] {
+  if (databases) return [...databases].map(([name, pool]) => ({ name, db: pool }));
+  return db === undefined ? [] : [{ name: undefined, db }];
+}
+
+/** What one database gave a read of several: its value, or the error it met. */
+export type SettledRead<S, T> =
+  { source: S; value: T; error?: undefined } | { source: S; value?: undefined; error: Error };
+
+/**
+ * `read` on each database at once: one that fails, or does not answer within `timeoutMs` (its
+ * query goes on), is returned with its error, and the others are still read.
+ */
+export async function readEachDatabase<S, T>(
+  sources: readonly S[],
+  read: (source: S) => Promise<T>,
+  timeoutMs?: number,
+): Promise<SettledRead<S, T>[]> {
+  return await Promise.all(
+    sources.map(async (source): Promise<SettledRead<S, T>> => {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        if (timeoutMs !== undefined)
+          timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        return { source, value: await Promise.race([read(source), timedOut]) };
+      } catch (error) {
+        return { source, error: error instanceof Error ? error : new Error(String(error)) };
+      } finally {
+        clearTimeout(timer);
+      }
+    }),
+  );
 }

@@ -35,7 +35,9 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   const { pool, name, observers = [], onProgress, progressEveryMs = 250 } = params;
   const options = resolveOptions({ intervalMs: 1_000, maxIntervalMs: 10_000, ...params });
   const registry = new WorkRegistry(params.work);
-  const log = params.logger ?? defaultLibraryLogger();
+  const log = (params.logger ?? defaultLibraryLogger()).child(
+    params.database === undefined ? {} : { database: params.database },
+  );
   const report = async (): Promise<MigrationReport | undefined> => (await migrationReports(pool, { name }))[0];
 
   let current = await report();

@@ -8,6 +8,7 @@ import type { Queryable } from '../store/db.ts';
 import { MigrationStatus, UNFINISHED_STATUSES, type MigrationStatusName } from '../store/codes.ts';
 import { countHeldMigrations, countMigrationsByStatus } from '../store/migration-rows.ts';
 import { finishedSeconds, heldSeconds } from '../store/dashboard.ts';
+import { databaseList, readEachDatabase } from './databases.ts';
 import { migrationReports } from './status.ts';
 import type { RunOutcome, RunResult, WorkerObserver } from './types.ts';
 
@@ -122,22 +123,13 @@ function scrapeSnapshot(
     ]);
     return { unfinished, held, heldSeconds: heldFor, finishedSeconds: finishedFor, counts };
   };
-  const withTimeout = async (db: Queryable): Promise<DatabaseRead | undefined> => {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<undefined>((resolve) => {
-      timer = setTimeout(() => resolve(undefined), SCRAPE_TIMEOUT_MS);
-    });
-    try {
-      return await Promise.race([readOne(db).catch(() => undefined), timedOut]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
   return () => {
     // prom-client starts every gauge's collect in the same tick of a scrape: they share one read.
-    inFlight ??= Promise.all(sources.map(async ({ at, db }) => ({ at, read: await withTimeout(db) }))).finally(() => {
-      inFlight = undefined;
-    });
+    inFlight ??= readEachDatabase(sources, ({ db }) => readOne(db), SCRAPE_TIMEOUT_MS)
+      .then((reads) => reads.map(({ source, value }) => ({ at: source.at, read: value })))
+      .finally(() => {
+        inFlight = undefined;
+      });
     return inFlight;
   };
 }
@@ -148,11 +140,10 @@ function scrapeSnapshot(
  * from the database at each scrape.
  */
 export function createMetrics({ db, databases, registry = new Registry() }: MetricsOptions = {}): BbmMetrics {
-  const sources: { at: DatabaseLabel; db: Queryable }[] = databases
-    ? [...databases].map(([database, pool]) => ({ at: { database }, db: pool }))
-    : db
-      ? [{ at: {}, db }]
-      : [];
+  const sources = databaseList({ db, databases }).map(({ name, db: pool }) => ({
+    at: name === undefined ? {} : { database: name },
+    db: pool,
+  }));
   const registers = [registry];
   collectDefaultMetrics({ register: registry });
   const runs = new Counter({

@@ -1,6 +1,6 @@
 /**
  * The HTTP endpoints of a running worker process: `/metrics` (Prometheus text), `/healthz` (the
- * process is alive) and `/readyz` (the database answers), and, when given, the status page (`/`,
+ * process is alive) and `/readyz` (a database answers), and, when given, the status page (`/`,
  * `/migrations/<name>`, `/api/...`). Bound to 127.0.0.1 unless told otherwise.
  *
  * It shares the process with the worker, so no request may take the process down: slow clients
@@ -13,6 +13,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ping, type Queryable } from '../store/db.ts';
+import { databaseList, readEachDatabase } from './databases.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { StatusPage } from './status-page.ts';
 
@@ -27,11 +28,18 @@ export interface OpsServerOptions {
   registry?: Registry | undefined;
   /** The status page (createStatusPage), on every other path. */
   page?: StatusPage | undefined;
-  db: Queryable;
+  /** The database /readyz asks. */
+  db?: Queryable;
+  /**
+   * Or a fleet's databases, by name: /readyz answers 200 while any of them answers, and lists each.
+   * A fleet serves the databases it can reach, so one that is down must not take the process out
+   * of service (or stall a rolling deploy); with none, it can do nothing.
+   */
+  databases?: ReadonlyMap<string, Queryable>;
   /** 0 picks a free port. */
   port: number;
   host?: string;
-  /** How long /readyz waits for the database. */
+  /** How long /readyz waits for each database. */
   readyTimeoutMs?: number;
   /** Where a request that failed unexpectedly (answered 500) is logged; default a JSON logger on stderr. */
   log?: Logger | undefined;
@@ -50,6 +58,7 @@ export async function startOpsServer({
   registry,
   page,
   db,
+  databases,
   port,
   host = '127.0.0.1',
   readyTimeoutMs = 2_000,
@@ -57,6 +66,8 @@ export async function startOpsServer({
   headersTimeoutMs = 10_000,
   requestTimeoutMs = 30_000,
 }: OpsServerOptions): Promise<OpsServer> {
+  const readied = databaseList({ db, databases });
+  if (readied.length === 0) throw new Error('an ops server needs db or databases');
   let fallbackLog: Logger | undefined;
   const logger = () => log ?? (fallbackLog ??= createLogger({ format: 'json', destination: 2 }));
 
@@ -113,18 +124,19 @@ export async function startOpsServer({
       case '/healthz':
         reply(200, 'ok\n');
         return undefined;
-      case '/readyz': {
-        let timer: NodeJS.Timeout | undefined;
-        const timeout = new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${readyTimeoutMs} ms`)), readyTimeoutMs);
+      case '/readyz':
+        return readEachDatabase(readied, ({ db }) => ping(db), readyTimeoutMs).then((pings) => {
+          const [one] = pings;
+          if (!databases && one) {
+            if (one.error) reply(503, `database unreachable: ${one.error.message}\n`);
+            else reply(200, 'ready\n');
+            return;
+          }
+          const up = pings.filter((p) => !p.error).length;
+          const each = pings.map((p) => `${p.source.name}: ${p.error ? `unreachable: ${p.error.message}` : 'ready'}\n`);
+          const head = up > 0 ? `ready: ${up} of ${pings.length} databases answer` : 'not ready: no database answers';
+          reply(up > 0 ? 200 : 503, `${head}\n${each.join('')}`);
         });
-        return Promise.race([ping(db), timeout])
-          .then(
-            () => reply(200, 'ready\n'),
-            (error: unknown) => reply(503, `database unreachable: ${(error as Error).message}\n`),
-          )
-          .finally(() => clearTimeout(timer));
-      }
       default: {
         const handled = page?.(request, response);
         if (handled) return handled;

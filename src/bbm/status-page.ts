@@ -33,8 +33,8 @@ import {
   type PageAction,
 } from './status-page-html.ts';
 import { migrationReports, pause, resume } from './status.ts';
-import type { AnyWork, MigrationReport, RehearsalReport } from './types.ts';
-import { addressText, parseAddress } from './databases.ts';
+import type { AnyWork, RehearsalReport } from './types.ts';
+import { addressText, databaseList, parseAddress, readEachDatabase, shownReport } from './databases.ts';
 
 export { html };
 
@@ -183,11 +183,7 @@ export function createStatusPage({
   schedules = [],
   rehearse,
 }: StatusPageOptions): StatusPage {
-  const sources: Source[] = databases
-    ? [...databases].map(([name, pool]) => ({ name, db: pool }))
-    : db
-      ? [{ name: undefined, db }]
-      : [];
+  const sources: Source[] = databaseList({ db, databases });
   if (sources.length === 0) throw new Error('a status page needs db or databases');
   const targets = sources.map(({ name }) => ({ name, url: '' }));
   /** The database and migration a path segment names (`database/name` in a fleet of several). */
@@ -204,11 +200,6 @@ export function createStatusPage({
     }
     return { source, name: address.name, shown };
   };
-  /** A report as the page shows it: in a fleet, named `database/name` (the links and actions use that). */
-  const shownReport = (source: Source, report: MigrationReport): MigrationReport =>
-    source.name === undefined
-      ? report
-      : { ...report, name: addressText(source.name, report.name), database: source.name };
   const expected = token ? Buffer.from(token) : undefined;
   const controls: Controls = { writable: Boolean(expected), rehearse: rehearse !== undefined };
   /** The migration being rehearsed from this page: one at a time (each holds two of the pool's connections). */
@@ -390,7 +381,7 @@ export function createStatusPage({
           ]);
           const prefix = (name: string) => addressText(source.name, name);
           return {
-            reports: reports.map((report) => shownReport(source, report)),
+            reports: reports.map((report) => shownReport(source.name, report)),
             workers,
             passes: passes.map((pass) => ({ ...pass, name: prefix(pass.name) })),
           };
@@ -414,7 +405,7 @@ export function createStatusPage({
     if (path === '/api/migrations') {
       return answer(response, true, async () => {
         const reads = await readEach(sources, async (source) =>
-          (await migrationReports(source.db)).map((report) => shownReport(source, report)),
+          (await migrationReports(source.db)).map((report) => shownReport(source.name, report)),
         );
         send(response, 200, json(reads.flatMap((r) => r.read ?? [])), 'application/json');
       });
@@ -439,7 +430,7 @@ export function createStatusPage({
         send(
           response,
           200,
-          migrationPage(shownReport(source, report), jobs, timeline, controls),
+          migrationPage(shownReport(source.name, report), jobs, timeline, controls),
           'text/html; charset=utf-8',
         );
       });
@@ -466,15 +457,11 @@ async function readEach<T>(
 ): Promise<{ name: string | undefined; read?: T; error?: string }[]> {
   if (sources.length === 1 && sources[0]!.name === undefined)
     return [{ name: undefined, read: await read(sources[0]!) }];
-  return await Promise.all(
-    sources.map(async (source) => {
-      try {
-        return { name: source.name, read: await read(source) };
-      } catch (error) {
-        return { name: source.name, error: (error as Error).message };
-      }
-    }),
-  );
+  return (await readEachDatabase(sources, read)).map(({ source, value, error }) => ({
+    name: source.name,
+    read: value,
+    error: error?.message,
+  }));
 }
 
 async function act(

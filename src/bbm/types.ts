@@ -405,6 +405,8 @@ export interface FinalizeParams extends WorkerOptions {
   name: string;
   /** A pino logger. Default: warnings and errors as JSON lines on stderr (nothing on stdout). */
   logger?: Logger;
+  /** As WorkerParams.database: the database's name in a fleet of several, on every log line as `database`. */
+  database?: string;
   observers?: readonly WorkerObserver[];
   /** Called with a fresh report at most every `progressEveryMs` (and once at the end). */
   onProgress?: (report: MigrationReport) => void;

@@ -1,5 +1,6 @@
 /** The commands that change migrations: enqueue, approve, pause, resume, retry, set, delete. */
 import { userInfo } from 'node:os';
+import type pg from 'pg';
 import { enqueueMigration, enqueueMigrationSql, EnqueueError } from '../bbm/enqueue.ts';
 import type { MigrationSpec } from '../bbm/types.ts';
 import { migrationReports, pause, resume } from '../bbm/status.ts';
@@ -10,8 +11,8 @@ import { deleteMigration, retryMigration, setMigrationPace, type MigrationPace }
 import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
-import { addressText } from '../bbm/databases.ts';
-import { describeError } from './errors.ts';
+import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
+import { overDatabases } from './targets.ts';
 
 /** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
 export function migrationSpec(
@@ -83,7 +84,7 @@ export async function enqueue(context: Context): Promise<number> {
   }
   const [report] = await migrationReports(pool, { name: spec.name });
   const live = await liveWorkNames(pool, LIVE_WORKER_WINDOW_MS);
-  context.print(report, () =>
+  context.print(report && shownReport(context.database, report), () =>
     [
       `enqueued ${spec.name} (id ${id}): ${spec.work} over ${spec.table}.${[spec.column].flat().join(',')} ${boundsText(spec)} in batches of ${spec.batchSize}` +
         (spec.targetJobMs ? ` (adapting toward ${spec.targetJobMs} ms jobs)` : '') +
@@ -108,40 +109,30 @@ function boundsText(spec: MigrationSpec): string {
 export async function pauseOrResume(context: Context, command: 'pause' | 'resume'): Promise<number> {
   const { flags, pool, io } = context;
   const name = flags.name;
-  const changed = command === 'pause' ? await pause(pool, name) : await resume(pool, name);
-  if (name !== undefined && changed.length === 0) {
+  const verb = command === 'pause' ? 'paused' : 'resumed';
+  const change = (db: pg.Pool, which: string | undefined) =>
+    command === 'pause' ? pause(db, which) : resume(db, which);
+  const printChanged = (all: string[]) =>
+    context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
+  if (name === undefined) {
+    // Every migration of every database (the emergency brake): one that cannot be reached is
+    // named, and the others are still changed.
+    const outcomes = await overDatabases(context, (db) => change(db, undefined));
+    printChanged(outcomes.flatMap(({ source, value }) => (value ?? []).map((n) => addressText(source.name, n))));
+    return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
+  }
+  const changed = await change(pool, name);
+  if (changed.length === 0) {
     const [existing] = await migrationReports(pool, { name });
     if (!existing) {
       io.err(`bbm ${command}: no migration named ${JSON.stringify(name)}`);
       return 1;
     }
-    context.print(
-      { [command === 'pause' ? 'paused' : 'resumed']: [] },
-      () => `${name} is ${existing.status}; nothing to ${command}`,
-    );
+    context.print({ [verb]: [] }, () => `${name} is ${existing.status}; nothing to ${command}`);
     return 0;
   }
-  const verb = command === 'pause' ? 'paused' : 'resumed';
-  // Without --name, every migration of every database (the emergency brake); a database that
-  // cannot be reached is named, and the others are still changed.
-  let unreachable = 0;
-  const all = [...changed.map((n) => addressText(context.database, n))];
-  if (name === undefined) {
-    for (const target of context.databases.slice(1)) {
-      try {
-        const more =
-          command === 'pause'
-            ? await pause(context.poolOf(target), undefined)
-            : await resume(context.poolOf(target), undefined);
-        all.push(...more.map((n) => addressText(target.name, n)));
-      } catch (error) {
-        unreachable += 1;
-        io.err(context.mask(`bbm ${command}: ${target.name ?? ''}: ${describeError(error)}`));
-      }
-    }
-  }
-  context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
-  return unreachable > 0 ? 1 : 0;
+  printChanged(changed.map((n) => addressText(context.database, n)));
+  return 0;
 }
 
 export async function retry(context: Context): Promise<number> {
@@ -157,9 +148,10 @@ export async function retry(context: Context): Promise<number> {
     );
     return 1;
   }
+  const shown = addressText(context.database, name);
   context.print(
-    { retried: name, jobsReset: jobs },
-    () => `${name} is active again; ${jobs} failed range(s) get fresh attempts`,
+    { retried: shown, ...databaseField(context.database), jobsReset: jobs },
+    () => `${shown} is active again; ${jobs} failed range(s) get fresh attempts`,
   );
   return 0;
 }
@@ -196,10 +188,11 @@ export async function approve(context: Context): Promise<number> {
     );
     return 1;
   }
+  const shown = addressText(context.database, name);
   context.print(
-    { approved: name, ...approval },
+    { approved: shown, ...databaseField(context.database), ...approval },
     () =>
-      `approved ${name} as ${approval.approvedBy} at ${approval.approvedAt.toISOString()}; workers take it from now on`,
+      `approved ${shown} as ${approval.approvedBy} at ${approval.approvedAt.toISOString()}; workers take it from now on`,
   );
   return 0;
 }
@@ -249,10 +242,11 @@ export async function setPace(context: Context): Promise<number> {
     }
     throw error;
   }
-  const [report] = await migrationReports(pool, { name });
+  const [found] = await migrationReports(pool, { name });
+  const report = found && shownReport(context.database, found);
   context.print(report, () =>
     report
-      ? `${name}: ${report.lanes} lane(s), batch size ${report.batchSize}` +
+      ? `${report.name}: ${report.lanes} lane(s), batch size ${report.batchSize}` +
         (report.targetJobMs === null
           ? ' (fixed)'
           : ` (adapting toward ${report.targetJobMs} ms jobs, ${report.minBatchSize ?? 1}..${report.maxBatchSize ?? 'no max'})`)
@@ -274,6 +268,10 @@ export async function deleteCommand(context: Context): Promise<number> {
     );
     return 1;
   }
-  context.print({ deleted: name, jobs: result.jobs }, () => `deleted ${name} and its ${result.jobs} job(s)`);
+  const shown = addressText(context.database, name);
+  context.print(
+    { deleted: shown, ...databaseField(context.database), jobs: result.jobs },
+    () => `deleted ${shown} and its ${result.jobs} job(s)`,
+  );
   return 0;
 }

@@ -11,7 +11,7 @@ import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
 import { describeError } from './errors.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
 import type { DatabaseTarget } from '../bbm/databases.ts';
-import { acrossDatabases, commandDatabase, commandDatabases, NoSuchMigration } from './targets.ts';
+import { acrossDatabases, commandDatabase, commandDatabases, NoSuchMigration, overDatabases } from './targets.ts';
 import {
   commandHelp,
   COMMANDS,
@@ -157,44 +157,45 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   }
 }
 
-/** `bbm migrate`: pg-bbm's schema in each database (the others still migrated when one fails). */
+/**
+ * `bbm migrate`: pg-bbm's schema in each database; one that fails is reported (in the JSON too,
+ * with its error) and the others are still migrated.
+ */
 async function migrate(context: Context): Promise<number> {
   const { databases, io } = context;
-  let failed = 0;
-  const results: { database?: string; applied: string[] }[] = [];
-  const lines: string[] = [];
-  for (const target of databases) {
-    const prefix = target.name === undefined ? '' : `${target.name}: `;
-    try {
-      const { applied, functions, citus } = await migrateSchema(context.poolOf(target));
-      if (citus?.twoPhaseCommit === false) {
-        io.err(
-          `bbm migrate: ${prefix}Citus: jobs whose work writes one shard will commit in one phase: ${citus.reason}`,
-        );
-      }
-      if (functions.outcome === 'newer') {
-        io.err(
-          `bbm migrate: ${prefix}the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,
-        );
-      }
-      results.push({ ...(target.name !== undefined && { database: target.name }), applied });
-      const done = [];
-      if (applied.length > 0)
-        done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
-      if (functions.outcome === 'installed')
-        done.push(`installed the database functions of pg-bbm ${functions.version}`);
-      lines.push(
-        ...(done.length === 0 ? ['pg-bbm schema is up to date; nothing to apply'] : done).map((line) => prefix + line),
+  const prefix = (target: DatabaseTarget) => (target.name === undefined ? '' : `${target.name}: `);
+  const outcomes = await overDatabases(context, async (pool, target) => {
+    const migrated = await migrateSchema(pool);
+    const { functions, citus } = migrated;
+    if (citus?.twoPhaseCommit === false) {
+      io.err(
+        `bbm migrate: ${prefix(target)}Citus: jobs whose work writes one shard will commit in one phase: ${citus.reason}`,
       );
-    } catch (error) {
-      // One database: its error is the command's. Several: the others are still migrated.
-      if (databases.length === 1) throw error;
-      failed += 1;
-      io.err(context.mask(`bbm migrate: ${prefix}${describeError(error)}`));
     }
-  }
+    if (functions.outcome === 'newer') {
+      io.err(
+        `bbm migrate: ${prefix(target)}the database has the functions of pg-bbm ${functions.installedVersion}, newer than this pg-bbm ${functions.version}: left in place`,
+      );
+    }
+    return migrated;
+  });
+  const results = outcomes.map(({ source, value, error }) => ({
+    ...(source.name !== undefined && { database: source.name }),
+    ...(value ? { applied: value.applied } : { error: context.mask(describeError(error)) }),
+  }));
+  const lines = outcomes.flatMap(({ source, value }) => {
+    if (!value) return [];
+    const { applied, functions } = value;
+    const done = [];
+    if (applied.length > 0)
+      done.push(`applied ${applied.length} migration(s) of pg-bbm's schema: ${applied.join(', ')}`);
+    if (functions.outcome === 'installed') done.push(`installed the database functions of pg-bbm ${functions.version}`);
+    return (done.length === 0 ? ['pg-bbm schema is up to date; nothing to apply'] : done).map(
+      (line) => prefix(source) + line,
+    );
+  });
   context.print(databases.length === 1 ? results[0] : results, () => lines.join('\n'));
-  return failed > 0 ? 1 : 0;
+  return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
 }
 
 /** Hides the database URLs' passwords wherever they might appear in a message. */

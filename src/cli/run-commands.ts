@@ -1,5 +1,6 @@
 /** The long-running commands: `bbm run` (a worker) and `bbm finalize` (one migration, now). */
 import { finalizeMigration, FinalizeError } from '../bbm/finalize.ts';
+import type pg from 'pg';
 import type { LevelWithSilent } from 'pino';
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger } from '../bbm/log.ts';
 import { migrationReports } from '../bbm/status.ts';
@@ -12,7 +13,7 @@ import { WorkRegistry } from '../bbm/work-registry.ts';
 import { createSentryReporter, type SentryReporter } from '../bbm/sentry.ts';
 import type { Config, MigrationReport, WorkerObserver, WorkerOptions } from '../bbm/types.ts';
 import { Fleet } from '../bbm/fleet.ts';
-import { addressText } from '../bbm/databases.ts';
+import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import { describeError } from './errors.ts';
 import { MAX_LANES } from '../store/codes.ts';
@@ -177,13 +178,11 @@ export async function run(context: Context): Promise<number> {
     }
   }
   const untilDone = Boolean(flags['until-done']);
-  // What the metrics and the status page read: each database's pool, by name in a fleet.
-  const named = fleet ? new Map(databases.map((target) => [target.name!, context.poolOf(target)])) : undefined;
+  const read = readSources(context);
 
   // The migrations this process ran jobs of: with --until-done, the exit code says whether any failed.
   const workedOn = new Map<string | undefined, Set<string>>();
-  const metrics =
-    metricsPort === undefined ? undefined : createMetrics(named ? { databases: named } : { db: context.pool });
+  const metrics = metricsPort === undefined ? undefined : createMetrics(read);
   let sentry: SentryReporter | undefined;
   const observersFor = (database: string | undefined): WorkerObserver[] => {
     const ran = workedOn.get(database) ?? new Set<string>();
@@ -226,13 +225,13 @@ export async function run(context: Context): Promise<number> {
       ops = await startOpsServer({
         registry: metrics.registry,
         page: createStatusPage({
-          ...(named ? { databases: named } : { db: context.pool }),
+          ...read,
           token: dashboardToken(context),
           log,
           schedules: schedulesOf(config),
-          rehearse: { ...(!named && { pool: context.pool }), work, runTimeoutMs: options.runTimeoutMs },
+          rehearse: { ...(!fleet && { pool: context.pool }), work, runTimeoutMs: options.runTimeoutMs },
         }),
-        db: context.pool,
+        ...read,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
         log,
@@ -278,6 +277,7 @@ export async function run(context: Context): Promise<number> {
 export async function finalize(context: Context): Promise<number> {
   const { config, flags, pool, io } = context;
   const name = requiredFlag(flags, 'name', 'finalize');
+  const shown = addressText(context.database, name);
   if (!config) throw new UsageError(`bbm finalize needs --config with the work function of ${name}`);
   const log = logger(context, 2);
   const options = workerOptionsOf(config);
@@ -298,20 +298,36 @@ export async function finalize(context: Context): Promise<number> {
       work: config.work,
       name,
       logger: log,
-      observers: sentry ? [sentry.observer] : [],
-      onProgress: progress.update,
+      ...(context.database !== undefined && { database: context.database }),
+      observers: sentry
+        ? [context.database === undefined ? sentry.observer : sentry.observerFor(context.database)]
+        : [],
+      onProgress: (report) => progress.update(shownReport(context.database, report)),
       signal: soft.signal,
       hardStop: hard.signal,
     });
     progress.done();
-    context.print(report, () => `${name} is finished: ${report.jobs.finished} jobs, ${report.jobs.failed} failed`);
+    context.print(
+      shownReport(context.database, report),
+      () => `${shown} is finished: ${report.jobs.finished} jobs, ${report.jobs.failed} failed`,
+    );
     return 0;
   } catch (error) {
     progress.done();
     if (!(error instanceof FinalizeError)) throw error;
-    io.err(context.mask(`bbm finalize: ${name} is not finished: ${error.message}`));
-    if (flags.json && error.report)
-      io.out(JSON.stringify({ name, finished: false, reason: error.message, status: error.report.status }));
+    io.err(context.mask(`bbm finalize: ${shown} is not finished: ${error.message}`));
+    if (flags.json && error.report) {
+      const { status } = error.report;
+      io.out(
+        JSON.stringify({
+          name: shown,
+          ...databaseField(context.database),
+          finished: false,
+          reason: error.message,
+          status,
+        }),
+      );
+    }
     return 1;
   } finally {
     release();
@@ -360,28 +376,25 @@ function dashboardToken({ flags, io }: Context): string | undefined {
 
 /** `bbm dashboard`: the status page on its own, until SIGINT/SIGTERM. */
 export async function dashboard(context: Context): Promise<number> {
-  const { flags, pool, io, databases } = context;
+  const { flags, pool, io } = context;
   const port = integerFlag(flags, 'port', { max: 65_535 }) ?? 9188;
   const log = logger(context, 2);
   const token = dashboardToken(context);
-  const named =
-    databases[0]?.name === undefined
-      ? undefined
-      : new Map(databases.map((target) => [target.name!, context.poolOf(target)]));
+  const read = readSources(context);
   const server = await startOpsServer({
     page: createStatusPage({
-      ...(named ? { databases: named } : { db: pool }),
+      ...read,
       token,
       log,
       schedules: schedulesOf(context.config),
       // With --config, its work functions: the page offers rehearse.
       rehearse: context.config && {
-        ...(!named && { pool }),
+        ...('db' in read && { pool }),
         work: context.config.work,
         runTimeoutMs: context.config.runTimeoutMs,
       },
     }),
-    db: pool,
+    ...read,
     port,
     host: flags.host ?? '127.0.0.1',
     log,
@@ -395,6 +408,15 @@ export async function dashboard(context: Context): Promise<number> {
   });
   await server.close();
   return 0;
+}
+
+/**
+ * What the metrics, the status page and /readyz read: in a fleet, each database's pool by name
+ * (its series, rows and readiness named so); else the one database's.
+ */
+function readSources({ databases, pool, poolOf }: Context): { databases: Map<string, pg.Pool> } | { db: pg.Pool } {
+  if (databases[0]?.name === undefined) return { db: pool };
+  return { databases: new Map(databases.map((target) => [target.name!, poolOf(target)])) };
 }
 
 /** The config's schedules, resolved, for the status page. */

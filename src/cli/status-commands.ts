@@ -17,8 +17,8 @@ import {
 import { liveWorkers } from '../store/dashboard.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { duration, table, toJson } from './format.ts';
-import { addressText } from '../bbm/databases.ts';
-import { describeError } from './errors.ts';
+import { addressText, shownReport } from '../bbm/databases.ts';
+import { overDatabases } from './targets.ts';
 
 export async function status(context: Context): Promise<number> {
   const { flags, io } = context;
@@ -82,32 +82,19 @@ function renderScheduleTable(reports: ScheduleReport[]): string {
  * and counted in `unreachable`; the others are still shown. With one database, its error is the command's.
  */
 async function load(context: Context): Promise<MigrationReport[] & { unreachable?: number }> {
-  const { flags, config, databases, io } = context;
+  const { flags, config } = context;
   const knownWork = config?.work.map((w) => w.name) ?? [];
-  if (flags.name !== undefined || databases.length === 1) {
+  if (flags.name !== undefined) {
     const reports = await migrationReports(context.pool, { name: flags.name, knownWork });
-    return context.database === undefined ? reports : reports.map((r) => shown(context.database!, r));
+    return reports.map((r) => shownReport(context.database, r));
   }
-  const reads = await Promise.all(
-    databases.map(async (target) => {
-      try {
-        return (await migrationReports(context.poolOf(target), { knownWork })).map((r) => shown(target.name!, r));
-      } catch (error) {
-        io.err(context.mask(`bbm status: ${target.name ?? ''}: ${describeError(error)}`));
-        return undefined;
-      }
-    }),
+  const outcomes = await overDatabases(context, async (pool, target) =>
+    (await migrationReports(pool, { knownWork })).map((r) => shownReport(target.name, r)),
   );
-  const reports: MigrationReport[] & { unreachable?: number } = reads.flatMap((read) => read ?? []);
-  reports.unreachable = reads.filter((read) => read === undefined).length;
+  const reports: MigrationReport[] & { unreachable?: number } = outcomes.flatMap((outcome) => outcome.value ?? []);
+  reports.unreachable = outcomes.filter((outcome) => outcome.error !== undefined).length;
   return reports;
 }
-
-const shown = (database: string, report: MigrationReport): MigrationReport => ({
-  ...report,
-  name: addressText(database, report.name),
-  database,
-});
 
 /** Redraws every second until SIGINT/SIGTERM; on a terminal in place, elsewhere one block a second. */
 async function watch(context: Context): Promise<number> {
@@ -203,11 +190,9 @@ async function eachDatabase<T>(
   context: Context,
   read: (pool: pg.Pool, database: string | undefined) => Promise<T[]>,
 ): Promise<T[]> {
-  if (context.flags.name !== undefined || context.databases.length === 1) return read(context.pool, context.database);
-  const reads = await Promise.all(
-    context.databases.map((target) => read(context.poolOf(target), target.name).catch(() => [] as T[])),
-  );
-  return reads.flat();
+  if (context.flags.name !== undefined) return read(context.pool, context.database);
+  const outcomes = await overDatabases(context, (pool, target) => read(pool, target.name), { report: false });
+  return outcomes.flatMap((outcome) => outcome.value ?? []);
 }
 
 function note(r: MigrationReport): string {

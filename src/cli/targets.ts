@@ -5,12 +5,22 @@
  * names); every other command on one: the database of `--name DATABASE/NAME`, of `--database`, or
  * the one database that has a migration of that plain name (several: refused, listing them).
  */
-import { resolveDatabases, selectDatabases, parseAddress, addressText, type DatabaseTarget } from '../bbm/databases.ts';
+import {
+  resolveDatabases,
+  selectDatabases,
+  parseAddress,
+  addressText,
+  readEachDatabase,
+  type DatabaseTarget,
+  type SettledRead,
+} from '../bbm/databases.ts';
 import { ConfigError } from '../bbm/errors.ts';
 import type { Config } from '../bbm/types.ts';
 import type pg from 'pg';
 import { migrationExists } from '../store/migration-rows.ts';
 import { UsageError, type Flags } from './args.ts';
+import type { Context } from './context.ts';
+import { describeError } from './errors.ts';
 
 /** The databases the command line and config name, `--database` applied. */
 export function commandDatabases(
@@ -29,7 +39,17 @@ export function commandDatabases(
   if (config?.databases !== undefined) {
     if (config.databaseUrl !== undefined)
       throw new ConfigError('the config sets both databaseUrl and databases: keep one');
-    return selectDatabases(resolveDatabases(config.databases), flags.database);
+    const all = resolveDatabases(config.databases);
+    const selected = selectDatabases(all, flags.database);
+    // Read against every database, not the one selected: `ci/x` with --database main is a
+    // contradiction to refuse, not a migration of main named `ci/x`.
+    const address = flags.name === undefined ? undefined : parseAddress(flags.name, all);
+    if (address?.database !== undefined && flags.database !== undefined && address.database !== flags.database) {
+      throw new UsageError(
+        `--name ${flags.name} is a migration of database ${address.database}, but --database says ${flags.database}: pass one of them`,
+      );
+    }
+    return selected;
   }
   const url = fallbackUrl();
   if (!url) {
@@ -107,4 +127,25 @@ export async function commandDatabase(
 /** A plain name no database of the fleet has (exit 1, as a command that finds no migration). */
 export class NoSuchMigration extends Error {
   override readonly name = 'NoSuchMigration';
+}
+
+/**
+ * `read` on each of the command's databases at once. With several, one that fails is reported on
+ * stderr (unless `report` is false: the command said so already) and the others are still read;
+ * with one, its error is the command's.
+ */
+export async function overDatabases<T>(
+  context: Context,
+  read: (pool: pg.Pool, target: DatabaseTarget) => Promise<T>,
+  { report = true }: { report?: boolean } = {},
+): Promise<SettledRead<DatabaseTarget, T>[]> {
+  const { databases, poolOf } = context;
+  if (databases.length === 1)
+    return [{ source: databases[0]!, value: await read(poolOf(databases[0]!), databases[0]!) }];
+  const reads = await readEachDatabase(databases, (target) => read(poolOf(target), target));
+  for (const { source, error } of reads) {
+    if (error && report)
+      context.io.err(context.mask(`bbm ${context.command}: ${source.name ?? ''}: ${describeError(error)}`));
+  }
+  return reads;
 }
