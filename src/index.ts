@@ -30,6 +30,7 @@ export type {
   Config,
   EnqueueOptions,
   FinalizeParams,
+  HealthOptions,
   Job,
   JobDb,
   JobKey,

@@ -209,6 +209,51 @@ describe.skipIf(!available)('on Citus', () => {
       expect(JSON.parse(status.out)).toMatchObject([{ name: 'touch_te', status: 'finished' }]);
     });
   });
+  it('a transaction held open on a worker node holds the migration, naming the node, until it ends', async () => {
+    await createTable(pool, 'th', KINDS[0]!, 2_000);
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
+       VALUES ('touch_th', 100, 'citus.touch', 'public.th', 'id')`,
+    );
+    const node = new URL(citus.workerUrls[0]!);
+    const nodePool = createPool({ connectionString: citus.workerUrls[0]!, max: 1 });
+    const held = await nodePool.connect();
+    try {
+      await held.query('BEGIN');
+      const { rows } = await held.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, txid_current()');
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      const health = { maxTransactionAgeMs: 300, checkMs: 100, holdMs: 500, latency: false, autovacuum: false };
+      const running = startBbm(['run', '--until-done', '--concurrency', '2', '--config', CONFIG], {
+        ...env(),
+        BBM_TEST_HEALTH: JSON.stringify(health),
+      });
+      const reason = async () =>
+        (await pool.query<{ r: string | null }>(`SELECT hold_reason AS r FROM batched_background_migrations`)).rows[0]!
+          .r;
+      await waitFor(async () => (await reason()) !== null, 'the hold');
+      expect(await reason()).toMatch(
+        new RegExp(
+          `^a transaction open for \\d+\\.\\ds \\(pid ${rows[0]!.pid}\\) on node 127\\.0\\.0\\.1:${node.port} holds back vacuum \\(limit 0\\.3s\\)$`,
+        ),
+      );
+      const status = await bbm(['status', '--name', 'touch_th', '--config', CONFIG], env());
+      expect(status.out).toContain(`on node 127.0.0.1:${node.port}`);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const ran = await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM batched_background_migration_jobs WHERE status = ${JobStatus.finished}`,
+      );
+      expect(ran.rows[0]!.n).toBe(0);
+
+      await held.query('COMMIT');
+
+      expect(await running.exited, running.output()).toEqual({ code: 0, signal: null });
+      await expectDoneOnce(pool, 'th', 'touch_th');
+    } finally {
+      held.release();
+      await nodePool.end();
+    }
+  });
+
   describe('exactly once', () => {
     it(
       '1,000,000 rows of a hash-distributed table, 2 worker processes x 2 lanes, one SIGKILLed mid-job: every row once',

@@ -17,6 +17,8 @@ import { Periodic } from './periodic.ts';
 export class HealthHolds implements Gate {
   readonly step = 'a health check';
   readonly #checks: Periodic<boolean>;
+  /** The Citus worker nodes the last check could not read, logged when that changes. */
+  #unread = '';
 
   constructor(
     private readonly db: () => pg.Pool,
@@ -45,7 +47,13 @@ export class HealthHolds implements Gate {
 
   async #check(): Promise<boolean> {
     try {
-      const { holds, released } = await checkHealth(this.db(), this.health);
+      const { holds, released, unreadNodes } = await checkHealth(this.db(), this.health);
+      const unread = unreadNodes.join('; ');
+      if (unread !== this.#unread) {
+        if (unread) this.log.warn({ nodes: unreadNodes }, `health: Citus worker nodes not read: ${unread}`);
+        else if (this.#unread) this.log.info('health: every Citus worker node read again');
+        this.#unread = unread;
+      }
       if (released.length > 0) this.log.info({ migrations: released }, `health hold lifted: ${released.join(', ')}`);
       for (const event of holds) {
         this.log.warn(

@@ -21,6 +21,7 @@ import {
   replicationSlots,
   type SlotWal,
 } from '../store/health.ts';
+import { workerNodeSignals, type NodeSignals } from '../store/citus-nodes.ts';
 import { ConfigError } from './errors.ts';
 import type { HealthOptions, HoldEvent, HoldKind } from './types.ts';
 
@@ -98,6 +99,8 @@ const seconds = (ms: number): string => `${(ms / 1000).toFixed(ms < 10_000 ? 1 :
 export interface HealthCheck {
   holds: HoldEvent[];
   released: string[];
+  /** On a Citus coordinator, the worker nodes whose signals could not be read (`host:port`: why). */
+  unreadNodes: string[];
 }
 
 /**
@@ -117,7 +120,23 @@ const REASON_LIKE: Record<Exclude<HoldKind, 'wal_budget'>, string> = {
  * firing. New holds come back one event per signal, to be logged and counted once.
  */
 export async function checkHealth(db: Queryable, health: ResolvedHealth): Promise<HealthCheck> {
-  const check: HealthCheck = { holds: [], released: [] };
+  const nodes = await workerNodeSignals(db);
+  const check: HealthCheck = {
+    holds: [],
+    released: [],
+    unreadNodes: nodes.unread.map(({ node, error }) => `${node}: ${error}`),
+  };
+  /** The node whose signal is worst, the coordinator (the database itself) first: null for it. */
+  const worstOf = <T>(here: T | null, of: (node: NodeSignals) => T | null, measure: (value: T) => number) => {
+    let worst: { value: T; node: string | null } | null = here === null ? null : { value: here, node: null };
+    for (const node of nodes.read) {
+      const value = of(node);
+      if (value !== null && (worst === null || measure(value) > measure(worst.value)))
+        worst = { value, node: node.node };
+    }
+    return worst;
+  };
+  const onNode = (node: string | null) => (node === null ? '' : ` on node ${node}`);
   const hold = (kind: HoldKind, sets: HoldSet[]) => {
     const fresh = sets.filter((set) => set.fresh);
     for (const [reason, held] of groupBy(fresh)) {
@@ -131,34 +150,52 @@ export async function checkHealth(db: Queryable, health: ResolvedHealth): Promis
   };
 
   if (health.maxTransactionAgeMs !== null) {
-    const oldest = await oldestTransaction(db);
+    const oldest = worstOf(
+      await oldestTransaction(db),
+      (node) => node.oldestTransaction,
+      (t) => t.ageMs,
+    );
     await serverWide(
       'transaction_age',
-      oldest && oldest.ageMs > health.maxTransactionAgeMs
-        ? `a transaction open for ${seconds(oldest.ageMs)} (${oldest.pid === null ? 'prepared' : `pid ${oldest.pid}`}) holds back vacuum (limit ${seconds(health.maxTransactionAgeMs)})`
+      oldest && oldest.value.ageMs > health.maxTransactionAgeMs
+        ? `a transaction open for ${seconds(oldest.value.ageMs)} (${oldest.value.pid === null ? 'prepared' : `pid ${oldest.value.pid}`})${onNode(oldest.node)} holds back vacuum (limit ${seconds(health.maxTransactionAgeMs)})`
         : null,
     );
   }
   if (health.maxReplayLagBytes !== null) {
-    const lag = await health.replayLagBytes(db);
+    const lag = worstOf(
+      await health.replayLagBytes(db),
+      (node) => node.replicaLagBytes,
+      (bytes) => bytes,
+    );
     await serverWide(
       'replay_lag',
-      lag !== null && lag > health.maxReplayLagBytes
-        ? `a replica replays ${(lag / MB).toFixed(1)} MB behind (limit ${(health.maxReplayLagBytes / MB).toFixed(1)} MB)`
+      lag !== null && lag.value > health.maxReplayLagBytes
+        ? `a replica${onNode(lag.node)} replays ${(lag.value / MB).toFixed(1)} MB behind (limit ${(health.maxReplayLagBytes / MB).toFixed(1)} MB)`
         : null,
     );
   }
   if (health.maxWalArchiveReady !== null) {
-    const ready = await readyWalSegments(db);
+    const ready = worstOf(
+      await readyWalSegments(db),
+      (node) => node.readyWal,
+      (count) => count,
+    );
     await serverWide(
       'wal_archive',
-      ready !== null && ready > health.maxWalArchiveReady
-        ? `${ready} WAL segments wait for the archiver (limit ${health.maxWalArchiveReady})`
+      ready !== null && ready.value > health.maxWalArchiveReady
+        ? `${ready.value} WAL segments wait for the archiver${onNode(ready.node)} (limit ${health.maxWalArchiveReady})`
         : null,
     );
   }
   if (health.maxSlotRetainedBytes !== null || health.minSlotSafeWalBytes !== null) {
-    await serverWide('replication_slot', slotReason(await replicationSlots(db), health));
+    const slots = [
+      ...(await replicationSlots(db)),
+      ...nodes.read.flatMap((node) =>
+        node.slots.map((slot) => ({ ...slot, name: `${slot.name}${onNode(node.node)}` })),
+      ),
+    ];
+    await serverWide('replication_slot', slotReason(slots, health));
   }
   if (health.autovacuum) {
     hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));

@@ -8,18 +8,44 @@
 import { sql } from 'drizzle-orm';
 import { exec, execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
 
+/**
+ * The signals' reads, as SQL of their own: the coordinator of a Citus cluster reads them on its
+ * worker nodes too (citus-nodes.ts). Each reads this server and no parameter.
+ */
+export const SIGNAL_SQL = {
+  /** `ready`: WAL segments waiting for the archiver, NULL when archiving is off. */
+  readyWal: `
+    SELECT CASE WHEN current_setting('archive_mode') <> 'off'
+                THEN (SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready')
+           END AS ready`,
+  /** `lag`: the largest replay lag of a streaming replica in bytes, NULL without replicas. */
+  replicaLag: `SELECT max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)) AS lag
+               FROM pg_catalog.pg_stat_replication`,
+  /** `age_ms`, `pid`: the oldest transaction holding back vacuum (see oldestTransaction); no row when none. */
+  oldestTransaction: `
+    SELECT age_ms, pid FROM (
+      SELECT extract(epoch FROM now() - xact_start) * 1000 AS age_ms, pid
+      FROM pg_catalog.pg_stat_activity
+      WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()
+        AND backend_type = 'client backend' AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+      UNION ALL
+      SELECT extract(epoch FROM now() - prepared) * 1000, NULL
+      FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
+    ) open ORDER BY age_ms DESC LIMIT 1`,
+  /** `name`, `type`, `retained`, `safe`: the replication slots that retain WAL (see replicationSlots). */
+  slots: `
+    SELECT slot_name AS name, slot_type AS type,
+           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn) AS retained,
+           safe_wal_size AS safe
+    FROM pg_catalog.pg_replication_slots
+    WHERE restart_lsn IS NOT NULL AND NOT pg_catalog.pg_is_in_recovery()`,
+} as const;
+
 /** WAL segments waiting for the archiver, or null when archiving is off or not visible. */
 export async function readyWalSegments(db: Queryable): Promise<number | null> {
   try {
-    const row = await execOne<{ archiving: boolean; ready: string | null }>(
-      db,
-      sql`
-        SELECT current_setting('archive_mode') <> 'off' AS archiving,
-               CASE WHEN current_setting('archive_mode') <> 'off'
-                    THEN (SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready')
-               END AS ready`,
-    );
-    return row?.archiving && row.ready !== null ? Number(row.ready) : null;
+    const row = await execOne<{ ready: string | null }>(db, sql.raw(SIGNAL_SQL.readyWal));
+    return row?.ready == null ? null : Number(row.ready);
   } catch (error) {
     if (sqlStateOf(error) === SqlState.insufficientPrivilege) return null;
     throw error;
@@ -28,10 +54,7 @@ export async function readyWalSegments(db: Queryable): Promise<number | null> {
 
 /** The largest replay lag of a streaming replica, in bytes of WAL; null without replicas. */
 export async function maxReplicaLagBytes(db: Queryable): Promise<number | null> {
-  const row = await execOne<{ lag: string | null }>(
-    db,
-    sql`SELECT max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)) AS lag FROM pg_catalog.pg_stat_replication`,
-  );
+  const row = await execOne<{ lag: string | null }>(db, sql.raw(SIGNAL_SQL.replicaLag));
   return row?.lag == null ? null : Number(row.lag);
 }
 
@@ -42,19 +65,7 @@ export async function maxReplicaLagBytes(db: Queryable): Promise<number | null> 
  * this role's own. Null when none is open.
  */
 export async function oldestTransaction(db: Queryable): Promise<{ ageMs: number; pid: number | null } | null> {
-  const row = await execOne<{ age_ms: number; pid: number | null }>(
-    db,
-    sql`
-      SELECT age_ms, pid FROM (
-        SELECT extract(epoch FROM now() - xact_start) * 1000 AS age_ms, pid
-        FROM pg_catalog.pg_stat_activity
-        WHERE datname = current_database() AND xact_start IS NOT NULL AND pid <> pg_catalog.pg_backend_pid()
-          AND backend_type = 'client backend' AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
-        UNION ALL
-        SELECT extract(epoch FROM now() - prepared) * 1000, NULL
-        FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
-      ) open ORDER BY age_ms DESC LIMIT 1`,
-  );
+  const row = await execOne<{ age_ms: number; pid: number | null }>(db, sql.raw(SIGNAL_SQL.oldestTransaction));
   return row ? { ageMs: Number(row.age_ms), pid: row.pid } : null;
 }
 
@@ -80,14 +91,19 @@ export interface SlotWal {
  * and none is read.
  */
 export async function replicationSlots(db: Queryable): Promise<SlotWal[]> {
-  const rows = await exec<{ name: string; type: string; retained: string; safe: string | null }>(
-    db,
-    sql`SELECT slot_name AS name, slot_type AS type,
-               pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn) AS retained,
-               safe_wal_size AS safe
-        FROM pg_catalog.pg_replication_slots
-        WHERE restart_lsn IS NOT NULL AND NOT pg_catalog.pg_is_in_recovery()`,
-  );
+  const rows = await exec<SlotRow>(db, sql.raw(SIGNAL_SQL.slots));
+  return slotsOf(rows);
+}
+
+/** A row of SIGNAL_SQL.slots. */
+export interface SlotRow {
+  name: string;
+  type: string;
+  retained: string | number;
+  safe: string | number | null;
+}
+
+export function slotsOf(rows: SlotRow[]): SlotWal[] {
   return rows.map((row) => ({
     name: row.name,
     type: row.type === 'logical' ? 'logical' : 'physical',

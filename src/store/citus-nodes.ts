@@ -1,0 +1,81 @@
+/**
+ * The health signals of a Citus cluster's worker nodes, read through the coordinator. On Citus the
+ * work writes the shards, on the worker nodes: their WAL, their replicas, their long transactions
+ * and their replication slots are what a migration strains, and the coordinator's own show almost
+ * none of it. The coordinator runs the signals' reads (health.ts, SIGNAL_SQL) on every active
+ * worker node with `run_command_on_workers`, over its own connections to them, as the worker's
+ * role: one statement a check, whatever the number of nodes.
+ */
+import { exec, execOne, type Queryable } from './db.ts';
+import { sql } from 'drizzle-orm';
+import { SIGNAL_SQL, slotsOf, type SlotRow, type SlotWal } from './health.ts';
+
+/** What one worker node's signals read. */
+export interface NodeSignals {
+  /** `host:port`, as the coordinator knows the node. */
+  node: string;
+  readyWal: number | null;
+  replicaLagBytes: number | null;
+  oldestTransaction: { ageMs: number; pid: number | null } | null;
+  slots: SlotWal[];
+}
+
+/** A worker node whose signals could not be read, and why (its error). */
+export interface NodeUnread {
+  node: string;
+  error: string;
+}
+
+/**
+ * All the signals of a node as one JSON value (run_command_on_workers takes one column). The
+ * archiver's status directory is read only where the role may (pg_monitor, or superuser): a
+ * refusal would lose the other signals of the node.
+ */
+const NODE_SIGNALS_SQL = `
+  SELECT pg_catalog.json_build_object(
+    'ready', CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')
+                  THEN (${SIGNAL_SQL.readyWal}) END,
+    'lag', (${SIGNAL_SQL.replicaLag}),
+    'oldest', (SELECT pg_catalog.row_to_json(o) FROM (${SIGNAL_SQL.oldestTransaction}) o),
+    'slots', (SELECT pg_catalog.json_agg(s) FROM (${SIGNAL_SQL.slots}) s))::text`;
+
+interface NodeJson {
+  ready: number | null;
+  lag: number | null;
+  oldest: { age_ms: number; pid: number | null } | null;
+  slots: SlotRow[] | null;
+}
+
+/**
+ * The signals of every active worker node of the Citus cluster this is the coordinator of; empty
+ * without Citus (or without worker nodes). A node that could not be read is in `unread`.
+ */
+export async function workerNodeSignals(db: Queryable): Promise<{ read: NodeSignals[]; unread: NodeUnread[] }> {
+  const citus = await execOne<{ present: boolean }>(
+    db,
+    sql`SELECT pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text, boolean)') IS NOT NULL AS present`,
+  );
+  if (!citus?.present) return { read: [], unread: [] };
+  const rows = await exec<{ nodename: string; nodeport: number; success: boolean; result: string | null }>(
+    db,
+    sql`SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers(${NODE_SIGNALS_SQL})`,
+  );
+  const read: NodeSignals[] = [];
+  const unread: NodeUnread[] = [];
+  for (const row of rows) {
+    const node = `${row.nodename}:${row.nodeport}`;
+    if (!row.success || row.result === null) {
+      unread.push({ node, error: row.result ?? 'no answer' });
+      continue;
+    }
+    const json = JSON.parse(row.result) as NodeJson;
+    read.push({
+      node,
+      readyWal: json.ready === null ? null : Number(json.ready),
+      replicaLagBytes: json.lag === null ? null : Number(json.lag),
+      oldestTransaction: json.oldest && { ageMs: Number(json.oldest.age_ms), pid: json.oldest.pid },
+      slots: slotsOf(json.slots ?? []),
+    });
+  }
+  return { read, unread };
+}
