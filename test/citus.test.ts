@@ -228,8 +228,11 @@ describe.skipIf(!available)('on Citus', () => {
         BBM_TEST_HEALTH: JSON.stringify(health),
       });
       const reason = async () =>
-        (await pool.query<{ r: string | null }>(`SELECT hold_reason AS r FROM batched_background_migrations`)).rows[0]!
-          .r;
+        (
+          await pool.query<{ r: string | null }>(
+            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_th'`,
+          )
+        ).rows[0]!.r;
       await waitFor(async () => (await reason()) !== null, 'the hold');
       expect(await reason()).toMatch(
         new RegExp(
@@ -240,7 +243,9 @@ describe.skipIf(!available)('on Citus', () => {
       expect(status.out).toContain(`on node 127.0.0.1:${node.port}`);
       await new Promise((resolve) => setTimeout(resolve, 500));
       const ran = await pool.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM batched_background_migration_jobs WHERE status = ${JobStatus.finished}`,
+        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
+         JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+         WHERE m.name = 'touch_th' AND j.status = ${JobStatus.finished}`,
       );
       expect(ran.rows[0]!.n).toBe(0);
 
