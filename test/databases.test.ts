@@ -296,7 +296,10 @@ describe('a fleet over several databases', () => {
       name: 'ci/gated',
       ...at,
     });
-    expect(await json(1, 'finalize', '--name', 'ci/gated')).toMatchObject({ name: 'ci/gated', ...at, finished: false });
+    const refused = await bbm(['finalize', '--name', 'ci/gated', '--config', FLEET_CONFIG, '--json'], env);
+    expect(refused.code, refused.stderr).toBe(1);
+    expect(JSON.parse(refused.stdout)).toMatchObject({ name: 'ci/gated', ...at, finished: false });
+    expect(refused.stdout + refused.stderr).toContain('approve it first (bbm approve --name ci/gated)');
     expect(await json(0, 'approve', '--name', 'ci/gated', '--by', 'tester')).toMatchObject({
       approved: 'ci/gated',
       ...at,

@@ -39,6 +39,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
     params.database === undefined ? {} : { database: params.database },
   );
   const report = async (): Promise<MigrationReport | undefined> => (await migrationReports(pool, { name }))[0];
+  const address = params.database === undefined ? name : `${params.database}/${name}`;
 
   let current = await report();
   if (!current) throw new ConfigError(`no migration named ${JSON.stringify(name)}`);
@@ -70,7 +71,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   let lastProgress = 0;
   try {
     for (;;) {
-      const settled = settledState(current);
+      const settled = settledState(current, address);
       if (settled === 'finished') {
         onProgress?.(current);
         return current;
@@ -100,7 +101,7 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
         current = await report();
         if (!current) throw new FinalizeError(`migration ${name} was deleted`, undefined);
         lastProgress = now;
-        if (!settledState(current)) onProgress?.(current);
+        if (!settledState(current, address)) onProgress?.(current);
       }
       if (waitMs > 0) {
         await runner.release();
@@ -116,8 +117,11 @@ export async function finalizeMigration(params: FinalizeParams): Promise<Migrati
   }
 }
 
-/** null while the migration can still run; otherwise 'finished' or why it cannot be finished. */
-function settledState(report: MigrationReport): string | null {
+/**
+ * null while the migration can still run; otherwise 'finished' or why it cannot be finished.
+ * `address` is how a command names it (`database/name` in a fleet of several).
+ */
+function settledState(report: MigrationReport, address: string): string | null {
   switch (report.status) {
     case 'finished':
       return 'finished';
@@ -127,7 +131,7 @@ function settledState(report: MigrationReport): string | null {
       return 'paused while finalizing';
     // Approval is a gate a deploy must not open by itself (unlike a pause): no take would take it.
     case 'awaiting_approval':
-      return `awaiting approval: approve it first (bbm approve --name ${report.name})`;
+      return `awaiting approval: approve it first (bbm approve --name ${address})`;
     default:
       return null;
   }
