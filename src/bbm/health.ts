@@ -13,7 +13,7 @@ import {
   releaseHolds,
   type HoldSet,
 } from '../store/migration-rows.ts';
-import type { Queryable } from '../store/db.ts';
+import type pg from 'pg';
 import {
   maxReplicaLagBytes,
   oldestTransaction,
@@ -119,7 +119,7 @@ const REASON_LIKE: Record<Exclude<HoldKind, 'wal_budget'>, string> = {
  * Reads every signal once, sets the holds they call for and lifts those of signals that stopped
  * firing. New holds come back one event per signal, to be logged and counted once.
  */
-export async function checkHealth(db: Queryable, health: ResolvedHealth): Promise<HealthCheck> {
+export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<HealthCheck> {
   const nodes = await workerNodeSignals(db);
   const check: HealthCheck = {
     holds: [],

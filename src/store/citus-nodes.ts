@@ -6,9 +6,19 @@
  * worker node with `run_command_on_workers`, over its own connections to them, as the worker's
  * role: one statement a check, whatever the number of nodes.
  */
-import { exec, execOne, type Queryable } from './db.ts';
 import { sql } from 'drizzle-orm';
+import type pg from 'pg';
+import { exec, execOne } from './db.ts';
 import { SIGNAL_SQL, slotsOf, type SlotRow, type SlotWal } from './health.ts';
+import { atomically } from './tx.ts';
+
+/**
+ * How long the read waits to connect to a node, and for all of it. Every lane of a worker waits
+ * for its health check: a node that does not answer (Citus' own connect timeout is 30 s) must not
+ * stall the migrations for longer than a job might take.
+ */
+const NODE_CONNECT_TIMEOUT_MS = 5_000;
+const READ_TIMEOUT_MS = 10_000;
 
 /** What one worker node's signals read. */
 export interface NodeSignals {
@@ -50,16 +60,25 @@ interface NodeJson {
  * The signals of every active worker node of the Citus cluster this is the coordinator of; empty
  * without Citus (or without worker nodes). A node that could not be read is in `unread`.
  */
-export async function workerNodeSignals(db: Queryable): Promise<{ read: NodeSignals[]; unread: NodeUnread[] }> {
+export async function workerNodeSignals(
+  db: pg.Pool | pg.ClientBase,
+): Promise<{ read: NodeSignals[]; unread: NodeUnread[] }> {
   const citus = await execOne<{ present: boolean }>(
     db,
     sql`SELECT pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text, boolean)') IS NOT NULL AS present`,
   );
   if (!citus?.present) return { read: [], unread: [] };
-  const rows = await exec<{ nodename: string; nodeport: number; success: boolean; result: string | null }>(
-    db,
-    sql`SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers(${NODE_SIGNALS_SQL})`,
-  );
+  const rows = await atomically(db, async (client) => {
+    await exec(
+      client,
+      sql`SELECT pg_catalog.set_config('citus.node_connection_timeout', ${String(NODE_CONNECT_TIMEOUT_MS)}, true),
+                 pg_catalog.set_config('statement_timeout', ${String(READ_TIMEOUT_MS)}, true)`,
+    );
+    return exec<{ nodename: string; nodeport: number; success: boolean; result: string | null }>(
+      client,
+      sql`SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers(${NODE_SIGNALS_SQL})`,
+    );
+  });
   const read: NodeSignals[] = [];
   const unread: NodeUnread[] = [];
   for (const row of rows) {
