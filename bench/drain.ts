@@ -6,6 +6,7 @@ import type pg from 'pg';
 import { pino, type Logger } from 'pino';
 import type { AnyWork, HealthOptions, RunResult, Work, WorkerObserver } from '../src/bbm/types.ts';
 import { Worker } from '../src/bbm/worker.ts';
+import { createPool } from '../src/store/db.ts';
 
 const quiet = pino({ level: 'silent' });
 let pass = 0;
@@ -26,7 +27,7 @@ export function benchWorker(
   }: {
     work: AnyWork[];
     lanes?: number;
-    health: HealthOptions | false;
+    health: HealthOptions | false | undefined;
     jobDurationsMs?: number[];
     observers?: WorkerObserver[];
     logger?: Logger;
@@ -51,8 +52,10 @@ export function benchWorker(
 
 /**
  * Drains a fresh migration with `lanes` lanes and one worker of that concurrency; resolves with
- * its duration in ms. `health: false` measures the engine's own speed (no holds, no slow start).
- * `logger` (silent unless given) is the worker's.
+ * its duration in ms. `health: false` measures the engine's own speed (no holds, no slow start;
+ * undefined: the worker's defaults). `logger` (silent unless given) is the worker's. With
+ * `separate`, `lanes` workers of concurrency 1 drain it instead, each on a pool of its own to
+ * `separate.url`, as as many `bbm run --concurrency 1` processes would (one Node process here).
  */
 export async function drain(
   pool: pg.Pool,
@@ -62,7 +65,15 @@ export async function drain(
     lanes,
     health,
     logger,
-  }: { work: Work; batch: number; lanes: number; health: HealthOptions | false; logger?: Logger },
+    separate,
+  }: {
+    work: Work;
+    batch: number;
+    lanes: number;
+    health: HealthOptions | false | undefined;
+    logger?: Logger;
+    separate?: { url: string };
+  },
 ): Promise<number> {
   pass += 1;
   await pool.query(
@@ -70,8 +81,18 @@ export async function drain(
      VALUES ($1, $2, $3, 'bench_items', 'id', $4)`,
     [`bench_${pass}`, batch, work.name, lanes],
   );
-  const worker = benchWorker(pool, { work: [work], lanes, health, ...(logger && { logger }) });
+  const pools = separate
+    ? Array.from({ length: lanes }, () => createPool({ connectionString: separate.url, max: 3 }))
+    : [pool];
+  const workerLanes = separate ? 1 : lanes;
+  const workers = pools.map((own) =>
+    benchWorker(own, { work: [work], lanes: workerLanes, health, ...(logger && { logger }) }),
+  );
   const started = performance.now();
-  await worker.run({ untilDone: true });
-  return performance.now() - started;
+  try {
+    await Promise.all(workers.map((worker) => worker.run({ untilDone: true })));
+    return performance.now() - started;
+  } finally {
+    if (separate) await Promise.all(pools.map((own) => own.end()));
+  }
 }

@@ -14,7 +14,11 @@
  *   ranges written beforehand as a migration's jobs, chained as a runner chains them, with none of
  *   the engine's JavaScript (engineStatements);
  * - engine, N lanes: one worker with `concurrency` N draining a migration with
- *   `max_parallel_jobs` N whose work function runs the same UPDATE.
+ *   `max_parallel_jobs` N whose work function runs the same UPDATE, health holds off;
+ * - defaults, N lanes (the largest N): the same with the worker's defaults (health holds, slow
+ *   start and the latency controller on), what a user gets;
+ * - workers Nx1: N workers of concurrency 1, each on a pool of its own, with the defaults,
+ *   draining one N-lane migration, as N `bbm run --concurrency 1` processes would.
  *
  * A fresh table speeds up over its first rewrites, and whichever method runs later in a round
  * gains from that drift, so: unmeasured warm-up passes first, then rounds whose order rotates
@@ -33,7 +37,8 @@
  *                    [--verify-rows N] [--verify-rounds N] [--verify-only] [--adaptive-only] [--foreground-only] [--json]
  *
  * With --json, one JSON object on the last line of stdout: { rows, batchSize, rawRowsPerSec,
- * engineRowsPerSec, ratio, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
+ * engineRowsPerSec, ratio, defaults: { lanes, rowsPerSec, ratioToHealthOff, workersRowsPerSec, workersRatioToPlain,
+ * workersRatioToOneWorker }, lanes: [{ lanes, engineRowsPerSec, rawRowsPerSec, ratio, speedup,
  * exactlyOnceRowsPerSec, exactlyOnceRatio, ratioToExactlyOnce, and with --statements statementsRowsPerSec,
  * statementsToExactlyOnce, ratioToStatements }],
  * adaptive: { targetMs, rows, convergedAtJob, withinShare, ceilingShare, jobs }, busy: { workers, lanes, transactionsPerJob,
@@ -514,6 +519,16 @@ async function main() {
         ...(flags.statements ? [{ name: `statements ${n}`, run: () => engineStatements(pool, ranges, n) }] : []),
         { name: `engine ${n}`, run: () => engine(pool, n) },
       ]),
+      // What a user runs: the defaults (health holds and the lane controllers on), in one worker
+      // and in as many one-lane workers as lanes (each its own pool, like `bbm run` processes).
+      {
+        name: `defaults ${maxLanes}`,
+        run: () => drain(pool, { work, batch: BATCH, lanes: maxLanes, health: undefined }),
+      },
+      {
+        name: `workers ${maxLanes}x1`,
+        run: () => drain(pool, { work, batch: BATCH, lanes: maxLanes, health: undefined, separate: { url } }),
+      },
     ];
     log(
       `${ROWS.toLocaleString('en')} rows, batches of ${BATCH}; ${WARMUP} warm-up rounds, then ${2 * PAIRS} measured rounds of: ${methods.map((m) => m.name).join(', ')}`,
@@ -569,6 +584,14 @@ async function main() {
           ratioToStatements: ratioOf(`engine ${n}`, `statements ${n}`),
         }),
       })),
+      defaults: {
+        lanes: maxLanes,
+        rowsPerSec: rate(median(times.get(`defaults ${maxLanes}`)!)),
+        ratioToHealthOff: ratioOf(`defaults ${maxLanes}`, `engine ${maxLanes}`),
+        workersRowsPerSec: rate(median(times.get(`workers ${maxLanes}x1`)!)),
+        workersRatioToPlain: ratioOf(`workers ${maxLanes}x1`, `plain ${maxLanes}`),
+        workersRatioToOneWorker: ratioOf(`workers ${maxLanes}x1`, `defaults ${maxLanes}`),
+      },
       ...(meter && { cpu: Object.fromEntries([...cpuPasses].map(([name, passes]) => [name, medianCpu(passes)])) }),
       adaptive: await adaptive(pool),
       busy: {
@@ -606,6 +629,13 @@ async function main() {
           (lane.ratioToStatements === undefined ? '' : `, ${lane.ratioToStatements} of statements ${lane.lanes}`),
       );
     }
+    const d = result.defaults;
+    log(
+      `defaults ${d.lanes}    ${String(d.rowsPerSec.toLocaleString('en')).padStart(15)}   ${d.ratioToHealthOff} of engine ${d.lanes} (health holds off)`,
+    );
+    log(
+      `workers ${d.lanes}x1   ${String(d.workersRowsPerSec.toLocaleString('en')).padStart(15)}   ${d.workersRatioToPlain} of plain ${d.lanes}, ${d.workersRatioToOneWorker} of defaults ${d.lanes} (one worker)`,
+    );
     if (result.cpu) {
       log('');
       log('CPU per job, µs (median pass): all cores busy, idle; the database server; this process');

@@ -12,6 +12,7 @@ import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { bbm } from './support/cli.ts';
 import { citusAvailable, startCitus, type CitusCluster } from './support/citus.ts';
+import { COMPOSITE_RANGES, COMPOSITE_TENANTS_SQL } from './support/keys.ts';
 import { runBbm, startBbm, waitFor } from './support/processes.ts';
 
 const CONFIG = fileURLToPath(new URL('./fixtures/citus.config.ts', import.meta.url));
@@ -154,6 +155,7 @@ describe.skipIf(!available)('on Citus', () => {
          VALUES ('touch_tk', 100, 'citus.touch', 'public.tk', 'tenant,id', 2)`,
       );
 
+      await pool.query('DROP TABLE IF EXISTS job_tasks');
       await pool.query('CREATE TABLE job_tasks (first_key jsonb, last_key jsonb, tasks int)');
 
       const drained = await runBbm(['run', '--until-done', '--concurrency', '2', '--config', CONFIG], {
@@ -183,6 +185,34 @@ describe.skipIf(!available)('on Citus', () => {
         `SELECT count(*)::int AS n FROM batched_background_migration_jobs WHERE batch_size < 100 AND max_key IS NOT NULL`,
       );
       expect(split.rows[0].n).toBeGreaterThanOrEqual(2);
+    });
+
+    it('a key (tenant, id) over a table distributed by tenant, tenants large and small: the same ranges as without Citus, each within a tenant on one shard', async () => {
+      await pool.query(
+        'CREATE TABLE tv (tenant int NOT NULL, id int NOT NULL, touched int NOT NULL DEFAULT 0, PRIMARY KEY (tenant, id))',
+      );
+      await pool.query("SELECT create_distributed_table('tv', 'tenant')");
+      await pool.query(`INSERT INTO tv (tenant, id) ${COMPOSITE_TENANTS_SQL}`);
+      await pool.query('DROP TABLE IF EXISTS job_tasks');
+      await pool.query('CREATE TABLE job_tasks (first_key jsonb, last_key jsonb, tasks int)');
+      await pool.query(
+        `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
+         VALUES ('touch_tv', 10, 'citus.touch', 'public.tv', 'tenant,id')`,
+      );
+
+      const drained = await runBbm(['run', '--until-done', '--concurrency', '1', '--config', CONFIG], {
+        ...env(),
+        BBM_TEST_RECORD_TASKS: '1',
+      });
+
+      expect(drained, drained.output).toMatchObject({ code: 0 });
+      await expectDoneOnce(pool, 'tv', 'touch_tv');
+      const { rows } = await pool.query<{ range: string; tasks: number }>(
+        `SELECT (first_key->>0) || ':' || (first_key->>1) || '-' || (last_key->>0) || ':' || (last_key->>1) AS range, tasks
+         FROM job_tasks ORDER BY (first_key->>0)::int, (first_key->>1)::int`,
+      );
+      expect(rows.map(({ range, tasks }) => [range, tasks === 1])).toEqual(COMPOSITE_RANGES);
+      expect(rows.filter(({ tasks }) => tasks !== 1).every(({ tasks }) => tasks === 32)).toBe(true);
     });
 
     it('bbm enqueue, rehearse, status and finalize over a hash-distributed table', async () => {
@@ -433,5 +463,28 @@ describe.skipIf(!available)('on Citus', () => {
         expect(twoPhase).toEqual({ committing: 'PREPARE TRANSACTION', ledger: ranges });
       },
     );
+  });
+  // Last: it stops a worker node for good.
+  it('a worker node down: the health check goes on without it, says so once, and a migration of a local table drains', async () => {
+    await pool.query('CREATE TABLE tl (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0)');
+    await pool.query('INSERT INTO tl (id) SELECT g FROM generate_series(1, 1000) g');
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
+       VALUES ('touch_tl', 100, 'citus.touch', 'public.tl', 'id')`,
+    );
+    const down = new URL(citus.workerUrls[1]!);
+    await citus.stopNode(2);
+
+    const health = { checkMs: 100, holdMs: 500, latency: false, autovacuum: false };
+    const drained = await runBbm(
+      ['run', '--until-done', '--concurrency', '1', '--config', CONFIG, '--log-format', 'json'],
+      { ...env(), BBM_TEST_HEALTH: JSON.stringify(health) },
+    );
+
+    expect(drained, drained.output).toMatchObject({ code: 0 });
+    await expectDoneOnce(pool, 'tl', 'touch_tl');
+    const unread = drained.output.split('\n').filter((line) => line.includes('Citus worker nodes not read'));
+    expect(unread).toHaveLength(1);
+    expect(unread[0]).toContain(`127.0.0.1:${down.port}`);
   });
 });

@@ -120,7 +120,14 @@ const REASON_LIKE: Record<Exclude<HoldKind, 'wal_budget'>, string> = {
  * firing. New holds come back one event per signal, to be logged and counted once.
  */
 export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<HealthCheck> {
-  const nodes = await workerNodeSignals(db);
+  const anyServerWide = [
+    health.maxTransactionAgeMs,
+    health.maxReplayLagBytes,
+    health.maxWalArchiveReady,
+    health.maxSlotRetainedBytes,
+    health.minSlotSafeWalBytes,
+  ].some((limit) => limit !== null);
+  const nodes = anyServerWide ? await workerNodeSignals(db) : { read: [], unread: [] };
   const check: HealthCheck = {
     holds: [],
     released: [],
@@ -171,7 +178,7 @@ export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<
     await serverWide(
       'replay_lag',
       lag !== null && lag.value > health.maxReplayLagBytes
-        ? `a replica${onNode(lag.node)} replays ${(lag.value / MB).toFixed(1)} MB behind (limit ${(health.maxReplayLagBytes / MB).toFixed(1)} MB)`
+        ? `a replica replays ${(lag.value / MB).toFixed(1)} MB behind${onNode(lag.node)} (limit ${(health.maxReplayLagBytes / MB).toFixed(1)} MB)`
         : null,
     );
   }

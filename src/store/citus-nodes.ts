@@ -36,15 +36,10 @@ export interface NodeUnread {
   error: string;
 }
 
-/**
- * All the signals of a node as one JSON value (run_command_on_workers takes one column). The
- * archiver's status directory is read only where the role may (pg_monitor, or superuser): a
- * refusal would lose the other signals of the node.
- */
+/** All the signals of a node as one JSON value (run_command_on_workers takes one column). */
 const NODE_SIGNALS_SQL = `
   SELECT pg_catalog.json_build_object(
-    'ready', CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')
-                  THEN (${SIGNAL_SQL.readyWal}) END,
+    'ready', (${SIGNAL_SQL.readyWal}),
     'lag', (${SIGNAL_SQL.replicaLag}),
     'oldest', (SELECT pg_catalog.row_to_json(o) FROM (${SIGNAL_SQL.oldestTransaction}) o),
     'slots', (SELECT pg_catalog.json_agg(s) FROM (${SIGNAL_SQL.slots}) s))::text`;
@@ -56,45 +51,71 @@ interface NodeJson {
   slots: SlotRow[] | null;
 }
 
+/** Whether a pool's database has Citus: looked up once per pool (an extension is not added under a running worker often). */
+const citusOf = new WeakMap<pg.Pool, Promise<boolean>>();
+
+async function hasCitus(db: pg.Pool): Promise<boolean> {
+  let known = citusOf.get(db);
+  if (!known) {
+    known = execOne<{ present: boolean }>(
+      db,
+      sql`SELECT pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text, boolean)') IS NOT NULL AS present`,
+    ).then((row) => row?.present ?? false);
+    citusOf.set(db, known);
+    known.catch(() => citusOf.delete(db));
+  }
+  return known;
+}
+
 /**
  * The signals of every active worker node of the Citus cluster this is the coordinator of; empty
- * without Citus (or without worker nodes). A node that could not be read is in `unread`.
+ * without Citus (or without worker nodes). A node that could not be read is in `unread`, and so
+ * is every node, as `worker nodes`, when the read itself failed (a timeout, a refusal): it never
+ * throws for a node, so that the coordinator's own signals are read all the same.
  */
-export async function workerNodeSignals(
-  db: pg.Pool | pg.ClientBase,
-): Promise<{ read: NodeSignals[]; unread: NodeUnread[] }> {
-  const citus = await execOne<{ present: boolean }>(
-    db,
-    sql`SELECT pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text, boolean)') IS NOT NULL AS present`,
-  );
-  if (!citus?.present) return { read: [], unread: [] };
-  const rows = await atomically(db, async (client) => {
+export async function workerNodeSignals(db: pg.Pool): Promise<{ read: NodeSignals[]; unread: NodeUnread[] }> {
+  if (!(await hasCitus(db))) return { read: [], unread: [] };
+  try {
+    return signalsOf(await readNodes(db));
+  } catch (error) {
+    return { read: [], unread: [{ node: 'worker nodes', error: (error as Error).message }] };
+  }
+}
+
+type NodeRow = { nodename: string; nodeport: number; success: boolean; result: string | null };
+
+function readNodes(db: pg.Pool): Promise<NodeRow[]> {
+  return atomically(db, async (client) => {
     await exec(
       client,
       sql`SELECT pg_catalog.set_config('citus.node_connection_timeout', ${String(NODE_CONNECT_TIMEOUT_MS)}, true),
                  pg_catalog.set_config('statement_timeout', ${String(READ_TIMEOUT_MS)}, true)`,
     );
-    return exec<{ nodename: string; nodeport: number; success: boolean; result: string | null }>(
+    return exec<NodeRow>(
       client,
       sql`SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers(${NODE_SIGNALS_SQL})`,
     );
   });
+}
+
+function signalsOf(rows: NodeRow[]): { read: NodeSignals[]; unread: NodeUnread[] } {
   const read: NodeSignals[] = [];
   const unread: NodeUnread[] = [];
   for (const row of rows) {
     const node = `${row.nodename}:${row.nodeport}`;
-    if (!row.success || row.result === null) {
-      unread.push({ node, error: row.result ?? 'no answer' });
-      continue;
+    try {
+      if (!row.success || row.result === null) throw new Error(row.result ?? 'no answer');
+      const json = JSON.parse(row.result) as NodeJson;
+      read.push({
+        node,
+        readyWal: json.ready === null ? null : Number(json.ready),
+        replicaLagBytes: json.lag === null ? null : Number(json.lag),
+        oldestTransaction: json.oldest && { ageMs: Number(json.oldest.age_ms), pid: json.oldest.pid },
+        slots: slotsOf(json.slots ?? []),
+      });
+    } catch (error) {
+      unread.push({ node, error: (error as Error).message });
     }
-    const json = JSON.parse(row.result) as NodeJson;
-    read.push({
-      node,
-      readyWal: json.ready === null ? null : Number(json.ready),
-      replicaLagBytes: json.lag === null ? null : Number(json.lag),
-      oldestTransaction: json.oldest && { ageMs: Number(json.oldest.age_ms), pid: json.oldest.pid },
-      slots: slotsOf(json.slots ?? []),
-    });
   }
   return { read, unread };
 }

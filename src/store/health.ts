@@ -6,16 +6,20 @@
  * (migration-rows.ts, holdVacuumingMigrations).
  */
 import { sql } from 'drizzle-orm';
-import { exec, execOne, SqlState, sqlStateOf, type Queryable } from './db.ts';
+import { exec, execOne, type Queryable } from './db.ts';
 
 /**
  * The signals' reads, as SQL of their own: the coordinator of a Citus cluster reads them on its
  * worker nodes too (citus-nodes.ts). Each reads this server and no parameter.
  */
 export const SIGNAL_SQL = {
-  /** `ready`: WAL segments waiting for the archiver, NULL when archiving is off. */
+  /**
+   * `ready`: WAL segments waiting for the archiver; NULL when archiving is off, or when the role
+   * may not list the archiver's directory (pg_monitor, or superuser, may).
+   */
   readyWal: `
     SELECT CASE WHEN current_setting('archive_mode') <> 'off'
+                 AND pg_catalog.has_function_privilege('pg_catalog.pg_ls_archive_statusdir()', 'EXECUTE')
                 THEN (SELECT count(*) FROM pg_catalog.pg_ls_archive_statusdir() WHERE name LIKE '%.ready')
            END AS ready`,
   /** `lag`: the largest replay lag of a streaming replica in bytes, NULL without replicas. */
@@ -43,13 +47,8 @@ export const SIGNAL_SQL = {
 
 /** WAL segments waiting for the archiver, or null when archiving is off or not visible. */
 export async function readyWalSegments(db: Queryable): Promise<number | null> {
-  try {
-    const row = await execOne<{ ready: string | null }>(db, sql.raw(SIGNAL_SQL.readyWal));
-    return row?.ready == null ? null : Number(row.ready);
-  } catch (error) {
-    if (sqlStateOf(error) === SqlState.insufficientPrivilege) return null;
-    throw error;
-  }
+  const row = await execOne<{ ready: string | null }>(db, sql.raw(SIGNAL_SQL.readyWal));
+  return row?.ready == null ? null : Number(row.ready);
 }
 
 /** The largest replay lag of a streaming replica, in bytes of WAL; null without replicas. */

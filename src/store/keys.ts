@@ -75,8 +75,10 @@ export function keyTextArray(json: string): string {
  * parameters. An integer key (`key` null) is `"id" BETWEEN $1 AND $2`; any other is a comparison
  * of the key's row with the range's first and last keys, cast to the key's types; an empty key
  * space (no keys) is `false`. A range of a key of several columns within one value of its first
- * column says so, `"tenant" = $1 AND (…) >= (…)`: the same rows, and on Citus, with the table
- * distributed by that column, a statement on one shard (the row comparison alone goes to all).
+ * column is that value and the rest of the key, `"tenant" = $1 AND "id" >= $2 AND "id" <= $3`:
+ * the same rows, estimated by the planner on all of the key (a row comparison is estimated on its
+ * first column), and on Citus, with the table distributed by that column, a statement on one
+ * shard (the row comparison goes to all).
  */
 export function rangePredicate(
   key: Key | null,
@@ -94,15 +96,20 @@ export function rangePredicate(
   const start = bounds.start as readonly string[] | null;
   const end = bounds.end as readonly string[] | null;
   if (start === null || end === null) return { sql: 'false', params: [] };
+  if (key.length > 1 && start[0] === end[0]) {
+    // Within one value of the first column: that value, and the rest of the key between the ends.
+    const [lead, ...rest] = key;
+    const between = rangePredicate(rest, column, { start: start.slice(1), end: end.slice(1) }, first + 1);
+    return {
+      sql: `${escapeIdentifier(lead!.name)} = $${first}::${lead!.typeName} AND ${between.sql}`,
+      params: [start[0], ...between.params],
+    };
+  }
   const row = (from: number) => key.map((column, i) => `$${from + i}::${column.typeName}`).join(', ');
   const columns = key.length === 1 ? keyList(key) : `(${keyList(key)})`;
   const values = (from: number) => (key.length === 1 ? row(from) : `(${row(from)})`);
-  const leading =
-    key.length > 1 && start[0] === end[0]
-      ? `${escapeIdentifier(key[0]!.name)} = $${first}::${key[0]!.typeName} AND `
-      : '';
   return {
-    sql: `${leading}${columns} >= ${values(first)} AND ${columns} <= ${values(first + key.length)}`,
+    sql: `${columns} >= ${values(first)} AND ${columns} <= ${values(first + key.length)}`,
     params: [...start, ...end],
   };
 }

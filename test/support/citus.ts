@@ -79,6 +79,8 @@ export interface CitusCluster {
   readonly workerUrls: readonly string[];
   /** The coordinator's server log so far, and the workers' (for failure messages). */
   log(): Promise<string>;
+  /** Stops worker node `n` (1 or 2) at once, for good (the cluster's last test may). */
+  stopNode(n: 1 | 2): Promise<void>;
   /** Stops the three servers at once and removes their directory. */
   stop(): Promise<void>;
 }
@@ -122,7 +124,13 @@ export async function startCitus({ serverOptions = '' }: CitusOptions = {}): Pro
       const url = stdout.trim().split('\n').at(-1) ?? '';
       if (!url.startsWith('postgres://')) throw new Error(`cluster.sh printed no URL: ${stdout}`);
       const workerUrls = [1, 2].map((i) => `postgres://postgres@127.0.0.1:${base + i}/postgres`);
-      return { url, workerUrls, log, stop };
+      const stopNode = async (n: 1 | 2) => {
+        const stopIt = `/usr/lib/postgresql/15/bin/pg_ctl -D '${path.join(dir, `worker${n}`)}' -m immediate -w stop`;
+        await (process.getuid?.() === 0
+          ? run('su', ['postgres', '-s', '/bin/bash', '-c', stopIt])
+          : run('bash', ['-c', stopIt]));
+      };
+      return { url, workerUrls, log, stopNode, stop };
     } catch (error) {
       lastError = error;
       const text = `${(error as { stderr?: string }).stderr ?? ''}${await log()}`;

@@ -212,3 +212,22 @@ export async function expectTiled(
   );
   expect(unmatched[0]!.n, `${name}: logged ranges that are not the migration's`).toBe(0);
 }
+
+/** (tenant, id) rows of tenants 1 to 7 holding 3, 7, 15, 1, 23, 10 and 30 ids (ids from 1): some ranges of 10 end on a tenant's last id. */
+export const COMPOSITE_TENANTS_SQL = `SELECT t, i FROM unnest('{1,2,3,4,5,6,7}'::int[], '{3,7,15,1,23,10,30}'::int[]) s(t, n), generate_series(1, n) i`;
+
+/**
+ * The ranges of 10 of a key (tenant, id) over tenants of 3, 7, 15, 1, 23, 10 and 30 ids, and
+ * whether each lies within one tenant (citus.test.ts cuts the same on Citus).
+ */
+export const COMPOSITE_RANGES: Array<[string, boolean]> = [
+  ['1:1-2:7', false],
+  ['3:1-3:10', true],
+  ['3:11-5:4', false],
+  ['5:5-5:14', true],
+  ['5:15-6:1', false],
+  ['6:2-7:1', false],
+  ['7:2-7:11', true],
+  ['7:12-7:21', true],
+  ['7:22-7:30', true],
+];
