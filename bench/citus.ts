@@ -2,9 +2,12 @@
  * `npm run bench:citus`: what a migration of a distributed Citus table costs (issue 32), on a
  * cluster of its own (a coordinator and two workers on this machine, test/support/citus.ts). The
  * same rewrite of `rows` rows in batches of `batch`, side by side in one run, over a table of
- * `tenants` tenants distributed by its tenant column (32 shards), the multi-tenant layout:
+ * `tenants` tenants distributed by its tenant column (32 shards), the multi-tenant layout, of
+ * uneven sizes (tenant ⌊tenants × u³⌋ for u spread evenly over [0, 1): with the defaults, from
+ * about 40 rows to 20,000, 1,000 on average, so that many ranges cross from one tenant into the next):
  *
- * - plain loop: one connection to the coordinator, one tenant's rows per `UPDATE` (one shard);
+ * - plain loop: one connection to the coordinator, one tenant's rows per `UPDATE` (one shard),
+ *   `batch` of them by id ranges found beforehand (untimed);
  * - engine on `id`: a Worker with the defaults at `concurrency` lanes, batching on `id` alone, so
  *   that every range holds rows of every shard (the plan a key that is not the distribution
  *   column gets);
@@ -36,7 +39,7 @@ const { values: flags } = parseArgs({
     rows: { type: 'string', default: '1000000' },
     'batch-size': { type: 'string', default: '1000' },
     concurrency: { type: 'string', default: '2' },
-    tenants: { type: 'string', default: '100' },
+    tenants: { type: 'string', default: '1000' },
     layout: { type: 'string', default: 'tenant' },
     'health-off': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
@@ -59,7 +62,7 @@ const work: Work<JobKey> = {
   },
 };
 
-/** Tenant `i % TENANTS` holds id i: each tenant's ids spread over the whole id range. */
+/** Row i is tenant ⌊TENANTS × u³⌋ with u = i × φ mod 1: each tenant's ids spread over the whole id range. */
 async function createTable(pool: pg.Pool, table: string, distributed: boolean): Promise<void> {
   await pool.query(`DROP TABLE IF EXISTS ${table}`);
   await pool.query(
@@ -69,7 +72,8 @@ async function createTable(pool: pg.Pool, table: string, distributed: boolean): 
   if (BY_TENANT) await pool.query(`CREATE INDEX ON ${table} (id)`);
   if (distributed) await pool.query(`SELECT create_distributed_table($1, $2)`, [table, BY_TENANT ? 'tenant' : 'id']);
   await pool.query(
-    `INSERT INTO ${table} (tenant, id, payload) SELECT i % $2::int, i, md5(i::text) FROM generate_series(1, $1::int) i`,
+    `INSERT INTO ${table} (tenant, id, payload)
+     SELECT floor($2::int * power((i * 0.6180339887498949) % 1, 3))::int, i, md5(i::text) FROM generate_series(1, $1::int) i`,
     [ROWS, TENANTS],
   );
   await pool.query(`VACUUM ANALYZE ${table}`);
@@ -77,19 +81,23 @@ async function createTable(pool: pg.Pool, table: string, distributed: boolean): 
 
 /** Seconds a single-connection loop takes over the table, BATCH rows an UPDATE. */
 async function plainLoop(pool: pg.Pool, table: string): Promise<number> {
+  // Each tenant's ids in runs of BATCH, found before the clock starts.
+  const { rows: tenantRanges } = await pool.query<{ tenant: number; lo: string; hi: string }>(
+    `SELECT tenant, min(id) AS lo, max(id) AS hi FROM (
+       SELECT tenant, id, (row_number() OVER (PARTITION BY tenant ORDER BY id) - 1) / $1 AS run FROM ${table}) r
+     GROUP BY tenant, run ORDER BY tenant, run`,
+    [BATCH],
+  );
   const client = await pool.connect();
   const started = performance.now();
   try {
     if (BY_TENANT) {
-      // BATCH rows of one tenant at a time: ids tenant, tenant + TENANTS, … in blocks of BATCH × TENANTS.
-      const block = BATCH * TENANTS;
-      for (let from = 1; from <= ROWS; from += block)
-        for (let tenant = 0; tenant < TENANTS; tenant += 1)
-          await client.query(`UPDATE ${table} SET hits = hits + 1 WHERE tenant = $1 AND id BETWEEN $2 AND $3`, [
-            tenant,
-            from,
-            from + block - 1,
-          ]);
+      for (const { tenant, lo, hi } of tenantRanges)
+        await client.query(`UPDATE ${table} SET hits = hits + 1 WHERE tenant = $1 AND id BETWEEN $2 AND $3`, [
+          tenant,
+          lo,
+          hi,
+        ]);
     } else {
       for (let start = 1; start <= ROWS; start += BATCH)
         await client.query(`UPDATE ${table} SET hits = hits + 1 WHERE id BETWEEN $1 AND $2`, [
@@ -105,8 +113,10 @@ async function plainLoop(pool: pg.Pool, table: string): Promise<number> {
 
 /** Seconds one Worker takes to drain a migration of the table on `key`, from its start to its last job. */
 let migrations = 0;
+/** The share of the `tenant,id` migrations' ranges that lie within one tenant, by label. */
+const withinOneTenant: Record<string, number> = {};
 
-async function engine(pool: pg.Pool, table: string, key: string): Promise<number> {
+async function engine(pool: pg.Pool, table: string, key: string, label: string): Promise<number> {
   migrations += 1;
   const name = `${table}_${migrations}`;
   await pool.query(
@@ -136,6 +146,14 @@ async function engine(pool: pg.Pool, table: string, key: string): Promise<number
   await worker.close();
   const { rows } = await pool.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table} WHERE hits <> 1`);
   if (rows[0]!.n !== 0) throw new Error(`${rows[0]!.n} rows of ${table} were not touched exactly once by ${name}`);
+  if (key === 'tenant,id') {
+    const { rows: within } = await pool.query<{ share: number }>(
+      `SELECT avg((j.min_key->>0 = j.max_key->>0)::int)::float8 AS share FROM batched_background_migration_jobs j
+       JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id WHERE m.name = $1`,
+      [name],
+    );
+    withinOneTenant[label] = Math.round(within[0]!.share * 1000) / 1000;
+  }
   return (last - started) / 1000;
 }
 
@@ -154,12 +172,14 @@ async function main(): Promise<void> {
       await pool.query('DROP TABLE bench');
     };
     await run('plain loop', true, (table) => plainLoop(pool, table));
-    await run('engine on id', true, (table) => engine(pool, table, 'id'));
+    await run('engine on id', true, (table) => engine(pool, table, 'id', 'engine on id'));
     if (BY_TENANT) {
-      await run('engine on tenant,id', true, (table) => engine(pool, table, 'tenant,id'));
-      await run('engine on tenant,id, local', false, (table) => engine(pool, table, 'tenant,id'));
+      await run('engine on tenant,id', true, (table) => engine(pool, table, 'tenant,id', 'engine on tenant,id'));
+      await run('engine on tenant,id, local', false, (table) =>
+        engine(pool, table, 'tenant,id', 'engine on tenant,id, local'),
+      );
     } else {
-      await run('engine on id, local', false, (table) => engine(pool, table, 'id'));
+      await run('engine on id, local', false, (table) => engine(pool, table, 'id', 'engine on id, local'));
     }
     const rowsPerSec = Object.fromEntries(Object.entries(seconds).map(([k, s]) => [k, Math.round(ROWS / s)]));
     const base = seconds['engine on id']!;
@@ -169,16 +189,20 @@ async function main(): Promise<void> {
       concurrency: CONCURRENCY,
       layout: flags.layout,
       tenants: BY_TENANT ? TENANTS : null,
+      rangesWithinOneTenant: withinOneTenant,
       seconds: Object.fromEntries(Object.entries(seconds).map(([k, s]) => [k, round2(s)])),
       rowsPerSec,
       overEngineOnId: Object.fromEntries(Object.entries(seconds).map(([k, s]) => [k, round2(base / s)])),
     };
     if (flags.json) process.stdout.write(`${JSON.stringify(result)}\n`);
-    else
+    else {
       for (const [name, s] of Object.entries(seconds))
         say(
           `${name.padEnd(28)} ${round2(s).toFixed(2).padStart(7)} s ${String(rowsPerSec[name]).padStart(8)} rows/s  ${result.overEngineOnId[name]}× the engine on id`,
         );
+      for (const [label, share] of Object.entries(withinOneTenant))
+        say(`${label}: ${Math.round(share * 100)} % of the ranges within one tenant`);
+    }
   } finally {
     await pool.end();
     if (process.env.BENCH_CITUS_KEEP) say(await cluster.log());
