@@ -21,7 +21,7 @@ import {
 } from './codes.ts';
 import type { Target } from './catalog.ts';
 import { canonicalKey, keyRow, keyTextArray, type Key } from './keys.ts';
-import { keyEnds, lastValue } from './target-reads.ts';
+import { keyEnds, lastValue, shardRowEstimate } from './target-reads.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
 
@@ -89,6 +89,7 @@ export async function startMigration(db: Queryable, id: bigint, target: Target):
  */
 async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Target): Promise<bigint | null> {
   const reversed = `(${keyRow(key, 'bounds.hi')}) < (${keyRow(key, 'bounds.lo')})`;
+  const shardRows = await shardRowEstimate(db, target);
   const row = await execOne<{ max_value: string }>(
     db,
     sql`
@@ -102,7 +103,7 @@ async function startKeyMigration(db: Queryable, id: bigint, key: Key, target: Ta
           min_key = CASE WHEN NOT bounds.lo_given AND ${sql.raw(reversed)} THEN bounds.hi ELSE bounds.lo END,
           max_key = CASE WHEN bounds.lo_given AND ${sql.raw(reversed)} THEN bounds.lo ELSE bounds.hi END,
           max_value = ${KEY_ORDINAL_END}::bigint,
-          total_tuple_count = coalesce(total_tuple_count,
+          total_tuple_count = coalesce(total_tuple_count, ${shardRows}::bigint,
             ${estimatedRows(sql`${target.oid}::oid`)})
       FROM bounds
       WHERE id = ${id} AND status IN (${RUNNABLE})

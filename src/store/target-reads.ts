@@ -133,3 +133,27 @@ export async function keyAt(
   );
   return rows[0]?.bbm_key ?? null;
 }
+
+/**
+ * The rows of a hash-distributed Citus table, estimated on its shards (their reltuples, read on
+ * the worker nodes): the coordinator's own figure for it is 0. Null for any other table, and
+ * while no shard has been analyzed or vacuumed.
+ */
+export async function shardRowEstimate(db: Queryable, target: Target): Promise<bigint | null> {
+  const citus = await execOne<{ distributed: boolean }>(
+    db,
+    sql`SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS distributed`,
+  );
+  if (!citus?.distributed) return null;
+  const row = await execOne<{ rows: string | null }>(
+    db,
+    sql`SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
+                                  WHERE logicalrelid = ${target.oid}::oid AND partmethod = 'h')
+                    THEN (SELECT sum(nullif(result, '')::float8)::bigint
+                          FROM pg_catalog.run_command_on_shards(${target.oid}::oid::regclass,
+                                 'SELECT nullif(reltuples, -1) FROM pg_catalog.pg_class WHERE oid = ''%s''::regclass')
+                          WHERE success)
+               END AS rows`,
+  );
+  return row?.rows == null ? null : BigInt(row.rows);
+}
