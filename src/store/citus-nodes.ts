@@ -8,7 +8,8 @@
  */
 import { sql } from 'drizzle-orm';
 import type pg from 'pg';
-import { exec, execOne } from './db.ts';
+import { citusInstalled } from './citus.ts';
+import { exec } from './db.ts';
 import { SIGNAL_SQL, slotsOf, type SlotRow, type SlotWal } from './health.ts';
 import { atomically } from './tx.ts';
 
@@ -57,10 +58,7 @@ const citusOf = new WeakMap<pg.Pool, Promise<boolean>>();
 async function hasCitus(db: pg.Pool): Promise<boolean> {
   let known = citusOf.get(db);
   if (!known) {
-    known = execOne<{ present: boolean }>(
-      db,
-      sql`SELECT pg_catalog.to_regprocedure('pg_catalog.run_command_on_workers(text, boolean)') IS NOT NULL AS present`,
-    ).then((row) => row?.present ?? false);
+    known = citusInstalled(db);
     citusOf.set(db, known);
     known.catch(() => citusOf.delete(db));
   }

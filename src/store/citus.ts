@@ -16,10 +16,21 @@
  * their UPDATEs, among others).
  */
 import type pg from 'pg';
-import { withStatement } from './db.ts';
+import { withStatement, type Queryable } from './db.ts';
 
 /** The always empty Citus local table whose (empty) DELETE makes Citus commit a job by two-phase commit. */
 export const CITUS_TWO_PHASE_TABLE = 'bbm_citus_two_phase_marker';
+
+/**
+ * Whether the database has the citus extension: statements that name Citus' functions or catalog
+ * tables fail where it has not, so they run only after this says yes.
+ */
+export async function citusInstalled(db: Queryable): Promise<boolean> {
+  const { rows } = await db.query<{ citus: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') AS citus`,
+  );
+  return rows[0]?.citus ?? false;
+}
 
 /** What migrate found of Citus: absent, or whether jobs commit by two-phase commit (and why not). */
 export type CitusSetup = { twoPhaseCommit: true } | { twoPhaseCommit: false; reason: string } | null;
@@ -33,10 +44,7 @@ export type CitusSetup = { twoPhaseCommit: true } | { twoPhaseCommit: false; rea
  * commit in one phase.
  */
 export async function setUpCitus(client: pg.ClientBase): Promise<CitusSetup> {
-  const { rows } = await client.query<{ citus: boolean }>(
-    `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') AS citus`,
-  );
-  if (!rows[0]?.citus) return null;
+  if (!(await citusInstalled(client))) return null;
   const table = `public.${CITUS_TWO_PHASE_TABLE}`;
   const present = await client.query<{ added: boolean }>(
     `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = pg_catalog.to_regclass($1)) AS added`,

@@ -14,6 +14,7 @@
 import pg from 'pg';
 import { sql, type SQL } from 'drizzle-orm';
 import type { Target } from './catalog.ts';
+import { citusInstalled } from './citus.ts';
 import { execOne, type Queryable } from './db.ts';
 import { keyJson, keyList, keyListDescending, keyRow, type Key } from './keys.ts';
 
@@ -140,11 +141,7 @@ export async function keyAt(
  * while no shard has been analyzed or vacuumed.
  */
 export async function shardRowEstimate(db: Queryable, target: Target): Promise<bigint | null> {
-  const citus = await execOne<{ distributed: boolean }>(
-    db,
-    sql`SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS distributed`,
-  );
-  if (!citus?.distributed) return null;
+  if (!(await citusInstalled(db))) return null;
   const row = await execOne<{ rows: string | null }>(
     db,
     sql`SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition
