@@ -12,6 +12,7 @@ import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { bbm } from './support/cli.ts';
 import { citusAvailable, startCitus, type CitusCluster } from './support/citus.ts';
+import { migrationRow } from './support/engine.ts';
 import { COMPOSITE_TENANTS_SQL } from './support/keys.ts';
 import { runBbm, startBbm, waitFor } from './support/processes.ts';
 
@@ -347,12 +348,7 @@ describe.skipIf(!available)('on Citus', () => {
         victim.child.kill('SIGKILL');
         expect((await victim.exited).signal).toBe('SIGKILL');
         await waitFor(
-          async () =>
-            (
-              await pool.query(`SELECT 1 FROM batched_background_migrations WHERE name = 'touch_big' AND status = $1`, [
-                MigrationStatus.finished,
-              ])
-            ).rows.length > 0,
+          async () => (await migrationRow(pool, 'touch_big'))?.status === MigrationStatus.finished,
           'the survivor to finish',
           150_000,
         );

@@ -10,7 +10,7 @@ import { migrateSchema } from '../src/store/apply-schema.ts';
 import { createPool, maskConnectionString, passwordOf } from '../src/store/db.ts';
 import { parseConnectionTarget } from '../src/store/hosts.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
-import { createItems, enqueue, expectEveryRowOnce, range } from './support/engine.ts';
+import { createItems, enqueue, expectEveryRowOnce, migrationRow, range } from './support/engine.ts';
 import { startBbm, waitFor } from './support/processes.ts';
 import { startReplicatedPair, type ReplicatedPair } from './support/replication.ts';
 
@@ -218,12 +218,7 @@ describe('a primary and a streaming standby, named standby first', () => {
       expect(atPromotion, 'the worker had finished before the failover').toBeLessThan(20_000);
 
       await waitFor(
-        async () =>
-          (
-            await onStandby.query(`SELECT 1 FROM batched_background_migrations WHERE name = 'fill' AND status = $1`, [
-              MigrationStatus.finished,
-            ])
-          ).rows.length > 0,
+        async () => (await migrationRow(onStandby, 'fill'))?.status === MigrationStatus.finished,
         'the migration to finish on the new primary',
         25_000,
       );
