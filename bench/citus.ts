@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
-import { Worker } from '../src/bbm/worker.ts';
+import { benchWorker } from './drain.ts';
 import type { JobKey, Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { migrateSchema } from '../src/store/apply-schema.ts';
@@ -126,12 +126,11 @@ async function engine(pool: pg.Pool, table: string, key: string, label: string):
   );
   let started = 0;
   let last = 0;
-  const worker = new Worker({
-    pool,
+  const worker = benchWorker(pool, {
     work: [work],
-    concurrency: CONCURRENCY,
-    startupJitterMs: 0,
-    ...(flags['health-off'] && { health: false as const }),
+    lanes: CONCURRENCY,
+    health: flags['health-off'] ? false : undefined,
+    deployed: true,
     logger: pino({ level: process.env.CITUS_LOG ?? 'silent' }),
     observers: [
       {

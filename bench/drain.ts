@@ -13,7 +13,9 @@ let pass = 0;
 
 /**
  * A worker as the benchmarks run it: silent, no start-up jitter, no pause between runs, one lane
- * per `lanes`; with `jobDurationsMs`, each successful job's duration is pushed onto it; `observers` as a worker's.
+ * per `lanes`; with `jobDurationsMs`, each successful job's duration is pushed onto it; `observers`
+ * as a worker's. An idle or turned-away lane looks again after 1 ms, unless `deployed`: then it
+ * waits as `bbm run` does by default (`intervalMs` 10 s, doubling), which is what a user gets.
  */
 export function benchWorker(
   pool: pg.Pool,
@@ -21,6 +23,7 @@ export function benchWorker(
     work,
     lanes = 1,
     health,
+    deployed = false,
     jobDurationsMs,
     observers = [],
     logger = quiet,
@@ -28,6 +31,7 @@ export function benchWorker(
     work: AnyWork[];
     lanes?: number;
     health: HealthOptions | false | undefined;
+    deployed?: boolean;
     jobDurationsMs?: number[];
     observers?: WorkerObserver[];
     logger?: Logger;
@@ -38,7 +42,7 @@ export function benchWorker(
     work,
     logger,
     startupJitterMs: 0,
-    intervalMs: 1,
+    ...(!deployed && { intervalMs: 1 }),
     concurrency: lanes,
     health,
     observers: [
@@ -53,7 +57,7 @@ export function benchWorker(
 /**
  * Drains a fresh migration with `lanes` lanes and one worker of that concurrency; resolves with
  * its duration in ms. `health: false` measures the engine's own speed (no holds, no slow start;
- * undefined: the worker's defaults). `logger` (silent unless given) is the worker's. With
+ * undefined: the worker's defaults, its waits included). `logger` (silent unless given) is the worker's. With
  * `separate`, `lanes` workers of concurrency 1 drain it instead, each on a pool of its own to
  * `separate.url`, as as many `bbm run --concurrency 1` processes would (one Node process here).
  */
@@ -86,7 +90,13 @@ export async function drain(
     : [pool];
   const workerLanes = separate ? 1 : lanes;
   const workers = pools.map((own) =>
-    benchWorker(own, { work: [work], lanes: workerLanes, health, ...(logger && { logger }) }),
+    benchWorker(own, {
+      work: [work],
+      lanes: workerLanes,
+      health,
+      deployed: health === undefined,
+      ...(logger && { logger }),
+    }),
   );
   const started = performance.now();
   try {

@@ -31,9 +31,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { pino } from 'pino';
 import { benchWorker } from './drain.ts';
-import { Worker } from '../src/bbm/worker.ts';
 import type { JobKey, Work } from '../src/bbm/types.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 
@@ -115,7 +113,6 @@ export interface KeysResult {
   defaultsRatio: number;
 }
 
-const quiet = pino({ level: 'silent' });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
@@ -237,7 +234,7 @@ async function engine(
   const started = performance.now();
   for (let drains = 1; ; drains += 1) {
     const worker = defaults
-      ? new Worker({ pool, work: [work], logger: quiet, startupJitterMs: 0, concurrency: lanes })
+      ? benchWorker(pool, { work: [work], lanes, health: undefined, deployed: true })
       : benchWorker(pool, { work: [work], lanes, health: false });
     try {
       await worker.run({ untilDone: true });

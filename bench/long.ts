@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { pino } from 'pino';
-import { Worker } from '../src/bbm/worker.ts';
+import { benchWorker } from './drain.ts';
 import type { HealthOptions, LanesEvent, RunResult, Work } from '../src/bbm/types.ts';
 import { createPool } from '../src/store/db.ts';
 import { databaseFromEnv } from '../src/dev/embedded-postgres.ts';
@@ -37,14 +37,28 @@ const CONCURRENCY = Number(flags.concurrency);
 const say = (text: string) => process.stderr.write(`${text}\n`);
 const round2 = (x: number) => Math.round(x * 100) / 100;
 
+/** Lanes in the work right now, and the time integral of it: the drain's mean lanes in work. */
+const inWork = { now: 0, since: 0, laneMs: 0 };
+function countInWork(delta: number): void {
+  const at = performance.now();
+  if (inWork.since > 0) inWork.laneMs += inWork.now * (at - inWork.since);
+  inWork.since = at;
+  inWork.now += delta;
+}
+
 const work: Work = {
   name: 'long.hits',
   async do(job) {
-    const result = await job.query(`UPDATE ${job.table} SET hits = hits + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
-      job.start,
-      job.end,
-    ]);
-    return result.rowCount ?? undefined;
+    countInWork(1);
+    try {
+      const result = await job.query(`UPDATE ${job.table} SET hits = hits + 1 WHERE ${job.column} BETWEEN $1 AND $2`, [
+        job.start,
+        job.end,
+      ]);
+      return result.rowCount ?? undefined;
+    } finally {
+      countInWork(-1);
+    }
   },
 };
 
@@ -107,13 +121,15 @@ async function main(): Promise<void> {
     const ends: number[] = [];
     const lanes: Array<LanesEvent & { atSec: number }> = [];
     let startedAt = performance.now();
-    const worker = new Worker({
-      pool,
+    const worker = benchWorker(pool, {
       work: [work],
-      concurrency: CONCURRENCY,
-      startupJitterMs: 0,
-      ...(flags['health-off'] && { health: false as const }),
-      ...(flags.health !== undefined && { health: JSON.parse(flags.health) as HealthOptions }),
+      lanes: CONCURRENCY,
+      health: flags['health-off']
+        ? false
+        : flags.health === undefined
+          ? undefined
+          : (JSON.parse(flags.health) as HealthOptions),
+      deployed: true,
       logger: pino({ level: process.env.LONG_LOG ?? 'silent' }),
       observers: [
         {
@@ -143,6 +159,8 @@ async function main(): Promise<void> {
       plainBatchesPerSecByTenth: plain,
       plainLastOverFirst: plain && round2(plain[9]! / plain[0]!),
       jobsTableMb: Number(rows[0]!.mb),
+      // Time in the work over the drain's time: how many lanes ran work on average.
+      meanLanesInWork: round2(inWork.laneMs / (ends.at(-1)! - startedAt)),
       laneChanges: lanes,
     };
     if (flags.json) {
@@ -152,7 +170,7 @@ async function main(): Promise<void> {
         `jobs/s by tenth: ${rates.join(' ')}; last tenth ${result.lastOverFirst}× the first (${result.jobs} jobs, ${result.seconds} s)`,
       );
       if (plain) say(`plain loop batches/s by tenth: ${plain.join(' ')}; last ${result.plainLastOverFirst}× the first`);
-      say(`jobs table at the end: ${result.jobsTableMb} MB`);
+      say(`jobs table at the end: ${result.jobsTableMb} MB; lanes in the work on average: ${result.meanLanesInWork}`);
       for (const change of lanes)
         say(`  ${change.atSec} s: ${change.migration} lanes ${change.direction} ${change.from} → ${change.to}`);
     }

@@ -16,7 +16,7 @@
  * - engine, N lanes: one worker with `concurrency` N draining a migration with
  *   `max_parallel_jobs` N whose work function runs the same UPDATE, health holds off;
  * - defaults, N lanes (the largest N): the same with the worker's defaults (health holds, slow
- *   start and the latency controller on), what a user gets;
+ *   start and the latency controller on, and its waits: `intervalMs` 10 s), what a user gets;
  * - workers Nx1: N workers of concurrency 1, each on a pool of its own, with the defaults,
  *   draining one N-lane migration, as N `bbm run --concurrency 1` processes would.
  *
@@ -87,6 +87,8 @@ const { values: flags } = parseArgs({
     'verify-only': { type: 'boolean', default: false },
     'adaptive-only': { type: 'boolean', default: false },
     'foreground-only': { type: 'boolean', default: false },
+    // The throughput rounds alone (plain, exactly-once, engine, defaults, workers), none of the sections after them.
+    'lanes-only': { type: 'boolean', default: false },
   },
 });
 const ROWS = Number(flags.rows);
@@ -593,16 +595,20 @@ async function main() {
         workersRatioToOneWorker: ratioOf(`workers ${maxLanes}x1`, `defaults ${maxLanes}`),
       },
       ...(meter && { cpu: Object.fromEntries([...cpuPasses].map(([name, passes]) => [name, medianCpu(passes)])) }),
-      adaptive: await adaptive(pool),
-      busy: {
-        workers: 4,
-        lanes: 1,
-        transactionsPerJob: await transactionsPerJob(pool, url, 4),
-        oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
-      },
-      foreground: await foreground(pool, { url, rows: ROWS, batch: BATCH, work }),
-      keys: await keys(pool, keysOptions),
-      verify: await verifyBench(pool, verifyOptions, log),
+      ...(!flags['lanes-only'] && {
+        sections: {
+          adaptive: await adaptive(pool),
+          busy: {
+            workers: 4,
+            lanes: 1,
+            transactionsPerJob: await transactionsPerJob(pool, url, 4),
+            oneWorkerTransactionsPerJob: await transactionsPerJob(pool, url, 1),
+          },
+          foreground: await foreground(pool, { url, rows: ROWS, batch: BATCH, work }),
+          keys: await keys(pool, keysOptions),
+          verify: await verifyBench(pool, verifyOptions, log),
+        },
+      }),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -645,14 +651,17 @@ async function main() {
         );
       }
     }
-    adaptiveReport(result.adaptive);
-    log(
-      `busy: ${result.busy.workers} workers on a 1-lane migration: ${result.busy.transactionsPerJob} transactions per job ` +
-        `(one worker alone: ${result.busy.oneWorkerTransactionsPerJob})`,
-    );
-    foregroundReport(result.foreground);
-    keysReport(result.keys, log);
-    verifyReport(result.verify, log);
+    const sections = result.sections;
+    if (sections) {
+      adaptiveReport(sections.adaptive);
+      log(
+        `busy: ${sections.busy.workers} workers on a 1-lane migration: ${sections.busy.transactionsPerJob} transactions per job ` +
+          `(one worker alone: ${sections.busy.oneWorkerTransactionsPerJob})`,
+      );
+      foregroundReport(sections.foreground);
+      keysReport(sections.keys, log);
+      verifyReport(sections.verify, log);
+    }
   } finally {
     await pool.end();
     await stopDatabase();

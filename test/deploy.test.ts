@@ -21,14 +21,35 @@ import { startBbm, waitFor } from './support/processes.ts';
 
 const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
 
+/**
+ * The most jobs of a migration that ran at once while its first `share` of jobs (in the order they
+ * finished) ran: at each such job's midpoint, the jobs whose take-to-finish span covers it. A lane
+ * runs one job at a time, so this is how many lanes worked at once, read from the jobs' own rows.
+ */
+async function mostLanesAtOnce(pool: pg.Pool, name: string, share: number): Promise<number> {
+  const { rows } = await pool.query<{ most: number }>(
+    `WITH spans AS (
+       SELECT j.started_at AS s, j.finished_at AS e, row_number() OVER (ORDER BY j.finished_at) AS n,
+              count(*) OVER () AS total
+       FROM batched_background_migration_jobs j JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+       WHERE m.name = $1 AND j.finished_at IS NOT NULL
+     )
+     SELECT coalesce(max((SELECT count(*) FROM spans b WHERE b.s <= a.s + (a.e - a.s) / 2 AND b.e >= a.s + (a.e - a.s) / 2)), 0)::int AS most
+     FROM spans a WHERE a.n <= a.total * $2::float8`,
+    [name, share],
+  );
+  return rows[0]!.most;
+}
+
 describe('bbm run --concurrency N on a migration of N lanes, health on', () => {
   const db = useTestDatabase();
 
   // The lanes hold their connections between jobs; the health check, slow start and lane
   // steering need connections of their own beside them. Slow start grows the migration a lane
-  // per health check, so within about a second all N lanes run.
+  // at a time on its jobs' evidence, and each lane given back is taken at once: the lanes a slow
+  // start turned away sleep with the worker's default backoff (10 s), and must not wait it out.
   for (const lanes of [4, 8]) {
-    it(`drains ${lanes} lanes to the end, every row once`, async () => {
+    it(`drains ${lanes} lanes to the end, every row once, all ${lanes} at work within its first quarter`, async () => {
       const { pool, url } = db();
       await createItems(pool, 'items', range(1, lanes * 25_000));
       await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 100 });
@@ -37,6 +58,8 @@ describe('bbm run --concurrency N on a migration of N lanes, health on', () => {
         DATABASE_URL: url,
         BBM_LOG_LEVEL: 'info',
         BBM_LOG_FORMAT: 'json',
+        // 250 jobs a lane of at least 5 ms: in one lane, longer than the first backoff's 8 s at the least.
+        BBM_TEST_JOB_SLEEP_MS: '5',
       });
       // A drain of a few seconds; a worker that stops making progress is killed and fails the test.
       const hung = setTimeout(() => worker.child.kill('SIGKILL'), 45_000);
@@ -45,8 +68,34 @@ describe('bbm run --concurrency N on a migration of N lanes, health on', () => {
       // Slow start reached every lane: some log line says the migration grew to N lanes.
       expect(worker.output()).toMatch(new RegExp(`"lanes_to":${lanes}`));
       await expectEveryRowOnce(pool, 'items', 'fill');
+      expect(await mostLanesAtOnce(pool, 'fill', 0.25)).toBeGreaterThanOrEqual(lanes);
     }, 60_000);
   }
+
+  it('two processes of --concurrency 2 on a 4-lane migration both work it from its first half', async () => {
+    const { pool, url } = db();
+    await createItems(pool, 'items', range(1, 100_000));
+    await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 100 });
+    await pool.query(`UPDATE batched_background_migrations SET max_parallel_jobs = 4`);
+    const env = { DATABASE_URL: url, BBM_TEST_JOB_SLEEP_MS: '10' };
+    // 1,000 jobs of at least 10 ms: one process's 2 lanes alone take 5 s, less than the 8 s at the
+    // least that the other's lanes, turned away by the slow start, would sleep on the default backoff.
+    const workers = [0, 1].map(() =>
+      startBbm(['run', '--until-done', '--concurrency', '2', '--config', DEFAULTS_CONFIG], env),
+    );
+    const hung = setTimeout(() => workers.forEach((w) => w.child.kill('SIGKILL')), 45_000);
+    try {
+      for (const worker of workers) {
+        const { code } = await worker.exited;
+        expect(code, worker.output().slice(-2_000)).toBe(0);
+      }
+    } finally {
+      clearTimeout(hung);
+    }
+    await expectEveryRowOnce(pool, 'items', 'fill');
+    // Four at once: both processes' lanes (each has two).
+    expect(await mostLanesAtOnce(pool, 'fill', 0.5)).toBeGreaterThanOrEqual(4);
+  }, 60_000);
 });
 
 describe('bbm run with the defaults (health on) on keys that are not integers', () => {

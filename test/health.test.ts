@@ -441,6 +441,7 @@ describe('the latency controller', () => {
       db: () => pool,
       checkMs: 600_000,
       growsThroughProbes: false,
+      pace: { setDutyCycle: () => {}, wakeLanes: () => {} },
       log: pino({ level: 'silent' }),
       tell: () => {},
     });

@@ -11,7 +11,13 @@ import type { Work } from '../src/bbm/types.ts';
 import { VALID_WORK_NAME } from '../src/bbm/work-registry.ts';
 import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
-import { LOCK_NAMESPACE, QUIET_LOCK_KEY } from '../src/store/locks.ts';
+import {
+  LANE_LOCK_BASE,
+  LANES_RECHECK_MS,
+  LOCK_NAMESPACE,
+  MIGRATION_KEY_MODULUS,
+  QUIET_LOCK_KEY,
+} from '../src/store/locks.ts';
 import { useTestDatabase } from './support/database.ts';
 import {
   createItems,
@@ -156,6 +162,76 @@ describe('a run in few statements', () => {
       expect((await client.query(`SELECT current_setting('statement_timeout') AS st`)).rows[0].st).toBe('0');
       await client.query('ROLLBACK');
     } finally {
+      client.release();
+    }
+  });
+
+  it("says, when it turns a lane away, when to look again: at a hold's end, soon while a controller bounds the lanes or the last ranges run, not while every lane runs with ranges waiting", async () => {
+    const { pool } = db();
+    const id = await startedMigration(2, 5);
+    const setRow = (set: string) => pool.query(`UPDATE batched_background_migrations SET ${set} WHERE id = $1`, [id]);
+    /** The take's answer in a transaction of its own while `lanes` runs hold lanes 0 .. lanes - 1. */
+    const busyTake = async (lanes: number) => {
+      const holders = await Promise.all(Array.from({ length: lanes }, () => pool.connect()));
+      const client = await pool.connect();
+      try {
+        for (const [lane, holder] of holders.entries()) {
+          await holder.query('BEGIN');
+          await holder.query('SELECT pg_advisory_xact_lock($1 + $2::int, ($3::bigint % $4)::int)', [
+            LANE_LOCK_BASE,
+            lane,
+            id,
+            MIGRATION_KEY_MODULUS,
+          ]);
+        }
+        await client.query('BEGIN');
+        const { rows } = await client.query('SELECT * FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
+          [touch.name],
+          VALID_WORK_NAME,
+        ]);
+        await client.query('ROLLBACK');
+        return rows[0] as { migration_id: string; look_again_ms: number | null } | undefined;
+      } finally {
+        client.release();
+        for (const holder of holders) {
+          await holder.query('ROLLBACK');
+          holder.release();
+        }
+      }
+    };
+    // Both lanes run, ranges still wait: only a run's end frees a lane (the caller backs off).
+    expect(await busyTake(2)).toEqual(expect.objectContaining({ migration_id: '0', look_again_ms: null }));
+    // One lane allowed by a controller, and running: any worker's controller may give one back.
+    await setRow('lanes_allowed = 1');
+    const bound = await busyTake(1);
+    expect(bound?.migration_id).toBe('0');
+    expect(bound?.look_again_ms).toBeGreaterThan(0);
+    expect(bound?.look_again_ms).toBeLessThanOrEqual(LANES_RECHECK_MS);
+    // Held for 20 s more: look again then.
+    await setRow(`lanes_allowed = NULL, on_hold_until = now() + interval '20 seconds'`);
+    const held = await busyTake(0);
+    expect(held?.look_again_ms).toBeGreaterThan(15_000);
+    expect(held?.look_again_ms).toBeLessThanOrEqual(20_000);
+    // Its last ranges all run in other lanes: it finishes soon.
+    await setRow('on_hold_until = NULL');
+    await pool.query(
+      `UPDATE batched_background_migration_jobs SET status = $2 WHERE batched_background_migration_id = $1 AND min_value > 1`,
+      [id, JobStatus.finished],
+    );
+    await pool.query(`UPDATE batched_background_migrations SET max_value = 10 WHERE id = $1`, [id]);
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      const { rows } = await client.query('SELECT job_min FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
+        [touch.name],
+        VALID_WORK_NAME,
+      ]);
+      expect(rows).toEqual([{ job_min: '1' }]);
+      const last = await busyTake(0);
+      expect(last?.migration_id).toBe('0');
+      expect(last?.look_again_ms).toBeLessThanOrEqual(LANES_RECHECK_MS);
+    } finally {
+      await client.query('ROLLBACK');
       client.release();
     }
   });

@@ -138,6 +138,17 @@ describe('Pacer', () => {
     expect(waitAfter(succeeded(3), backoff, { ...options, pauseMs: 50 })).toBe(50);
   });
 
+  it('looks again by the time a busy take said, without lengthening the backoff that follows', () => {
+    const backoff = pacer().backoff();
+    const busy = (lookAgainMs?: number) => result('lock_in_use', lookAgainMs === undefined ? {} : { lookAgainMs });
+    expect(waitAfter(busy(), backoff, options)).toBe(100);
+    for (let i = 0; i < 5; i += 1) expect(waitAfter(busy(30), backoff, options)).toBe(30);
+    expect(waitAfter(busy(), backoff, options)).toBe(200);
+    // A hold that ends after the backoff may lift earlier (its signal clears): the backoff bounds it.
+    expect(waitAfter(busy(5_000), backoff, options)).toBe(400);
+    expect(waitAfter(busy(), backoff, options)).toBe(800);
+  });
+
   it('chains while the duty cycle is whole; below, rests every lane after a job for the rest of the time', async () => {
     const pace = pacer();
     expect(pace.chain).toBe(true);

@@ -26,8 +26,13 @@
 --   * else every range left is running in another lane: the lane is given back (the block's
 --     subtransaction is rolled back) and the next candidate is tried.
 -- Returns no row when nothing is runnable, and a row with migration_id 0 when there is work but
--- every lane of it is busy, or it is on hold. With only_migration (bbm finalize), only that
--- migration is tried, and when its lanes are all busy the call waits for lane 0 instead of giving up.
+-- every lane of it is busy, or it is on hold. That row's look_again_ms says when to look again
+-- without waiting out a backoff: at the earliest hold's end; within LANES_RECHECK_MS when a
+-- candidate's lanes are bound below its lanes by a controller (lanes_allowed: a controller of any
+-- worker may give one back at any moment), when its last ranges run in other lanes (it finishes
+-- soon), or when a quiet round turned the take away. NULL when every lane of a candidate is busy
+-- with ranges still waiting: only a run's end frees one, and the caller backs off. With only_migration (bbm finalize), only that migration is
+-- tried, and when its lanes are all busy the call waits for lane 0 instead of giving up.
 --
 -- The row also carries what the work function is handed beside the range: the migration's
 -- job_arguments and, for a key that is not a single integer column, the job's first and last keys
@@ -39,8 +44,8 @@
 -- measures the job's WAL, and, with a job taken from the ranges not yet run, whether to cut the
 -- next ranges beside or after it (cut_due: bbm_cut_due); NULL otherwise.
 --
--- Its columns grew (job_min_key, job_max_key, job_arguments) after 0.9: the DROP lets the new
--- row type replace the old (workers of 0.9 read the columns they know by name).
+-- Its columns grew (job_min_key, job_max_key, job_arguments, look_again_ms) after 0.9: the DROP
+-- lets the new row type replace the old (workers of 0.9 read the columns they know by name).
 DROP FUNCTION IF EXISTS bbm_take_job(text[], text, bigint, integer);
 CREATE OR REPLACE FUNCTION bbm_take_job(work_names text[], valid_name_pattern text, only_migration bigint, backstop_ms integer)
 RETURNS TABLE (
@@ -49,7 +54,7 @@ RETURNS TABLE (
   max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
   step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
   job_batch_size integer, wal_lsn text, cut_due boolean, job_min_key text[], job_max_key text[],
-  job_arguments jsonb
+  job_arguments jsonb, look_again_ms integer
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -61,6 +66,7 @@ DECLARE
   got integer;
   busy boolean := false;
   quieted boolean := true;
+  look_again timestamptz;
   next_step text;
   jid bigint;
   jmin bigint;
@@ -96,6 +102,7 @@ BEGIN
     -- waiting like a busy lane, so that a worker run until done does not stop before it.
     IF m.on_hold_until IS NOT NULL AND m.on_hold_until > pg_catalog.now() THEN
       busy := true;
+      look_again := least(look_again, m.on_hold_until);
       CONTINUE;
     END IF;
     BEGIN
@@ -117,6 +124,10 @@ BEGIN
         got := 0;
       END IF;
       IF got IS NULL THEN
+        -- (A variable set here keeps its value when the block's subtransaction rolls back.)
+        IF m.lanes_allowed < least(m.max_parallel_jobs, {{MAX_LANES}}) THEN
+          look_again := least(look_again, pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0));
+        END IF;
         RAISE EXCEPTION USING ERRCODE = 'BBM01';
       END IF;
 
@@ -153,6 +164,8 @@ BEGIN
               SELECT 1 FROM batched_background_migration_jobs j
               WHERE j.batched_background_migration_id = m.id AND j.status IN ({{JOB_ACTIVE}}, {{JOB_FAILED}})
             ) THEN
+              -- Its last ranges run in other lanes: it finishes soon, or a range fails to be retried.
+              look_again := least(look_again, pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0));
               RAISE EXCEPTION USING ERRCODE = 'BBM01';
             END IF;
             next_step := 'finish';
@@ -163,17 +176,25 @@ BEGIN
       RETURN QUERY SELECT m.id, got, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
         m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
         m.max_batch_size, next_step, jid, jmin, jmax, jstatus, jattempts::integer, jsize,
-        pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(jlo), bbm_key_text(jhi), m.job_arguments;
+        pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(jlo), bbm_key_text(jhi), m.job_arguments,
+        NULL::integer;
       RETURN;
     EXCEPTION WHEN SQLSTATE 'BBM01' THEN
       busy := true;
     END;
   END LOOP;
+  IF NOT quieted THEN
+    look_again := pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0);
+  END IF;
   IF busy OR NOT quieted THEN
     RETURN QUERY SELECT 0::bigint, NULL::integer, NULL::text, NULL::smallint, NULL::text, NULL::text,
       NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::integer, NULL::integer, NULL::integer,
       NULL::text, NULL::bigint, NULL::bigint, NULL::bigint, NULL::smallint, NULL::integer, NULL::integer,
-      NULL::text, NULL::boolean, NULL::text[], NULL::text[], NULL::jsonb;
+      NULL::text, NULL::boolean, NULL::text[], NULL::text[], NULL::jsonb,
+      -- (greatest and least skip NULLs: no time to look again stays NULL.)
+      CASE WHEN look_again IS NOT NULL
+        THEN greatest(0, ceil(extract(epoch FROM look_again - pg_catalog.clock_timestamp()) * 1000))::integer
+      END;
   END IF;
   RETURN;
 END

@@ -14,7 +14,7 @@ RETURNS TABLE (
   max_parallel_jobs integer, target_job_ms integer, min_batch_size integer, max_batch_size integer,
   step text, job_id bigint, job_min bigint, job_max bigint, job_status smallint, job_attempts integer,
   job_batch_size integer, wal_lsn text, cut_due boolean, job_min_key text[], job_max_key text[],
-  job_arguments jsonb
+  job_arguments jsonb, look_again_ms integer
 )
 LANGUAGE plpgsql
 VOLATILE
@@ -58,6 +58,7 @@ BEGIN
   RETURN QUERY SELECT m.id, after_lane, m.name, m.status, m.job_signature_name, m.table_name, m.column_name,
     m.batching_strategy, m.batch_size, m.max_parallel_jobs, m.target_job_ms, m.min_batch_size,
     m.max_batch_size, NULL::text, j.id, j.min_value, j.max_value, j.status, j.attempts::integer, j.batch_size,
-    pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(j.min_key), bbm_key_text(j.max_key), m.job_arguments;
+    pg_catalog.pg_current_wal_insert_lsn()::text, due, bbm_key_text(j.min_key), bbm_key_text(j.max_key), m.job_arguments,
+    NULL::integer;
 END
 $$;

@@ -14,9 +14,14 @@ export class Backoff {
 
   /** The next wait: base, 2×base, 4×base … up to the cap. */
   next(): number {
-    const ms = Math.min(this.capMs, this.baseMs * 2 ** Math.min(this.#attempt, 30));
+    const ms = this.peek();
     this.#attempt += 1;
     return ms;
+  }
+
+  /** The wait `next` would give, without moving on. */
+  peek(): number {
+    return Math.min(this.capMs, this.baseMs * 2 ** Math.min(this.#attempt, 30));
   }
 
   reset(): void {

@@ -196,6 +196,9 @@ export class CommitProbes implements RunFollower {
       grown = true;
       lanesChanged(change, 'grown');
     }
-    if (grown) commits.steppedUp('lanes');
+    if (grown) {
+      commits.steppedUp('lanes');
+      ctx.pace.wakeLanes();
+    }
   }
 }

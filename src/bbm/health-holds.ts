@@ -34,7 +34,7 @@ export class HealthHolds implements Gate {
     return this.#checks.due;
   }
 
-  /** Never new work of its own: false. */
+  /** True when the check lifted holds: their migrations' lanes are free again. */
   run(): Promise<boolean> {
     return this.#checks.run();
   }
@@ -46,6 +46,7 @@ export class HealthHolds implements Gate {
   }
 
   async #check(): Promise<boolean> {
+    let lifted = false;
     try {
       const { holds, released, unreadNodes } = await checkHealth(this.db(), this.health);
       const unread = unreadNodes.join('; ');
@@ -55,6 +56,7 @@ export class HealthHolds implements Gate {
         this.#unread = unread;
       }
       if (released.length > 0) this.log.info({ migrations: released }, `health hold lifted: ${released.join(', ')}`);
+      lifted = released.length > 0;
       for (const event of holds) {
         this.log.warn(
           {
@@ -71,6 +73,6 @@ export class HealthHolds implements Gate {
       this.log.warn({ err: error }, 'health check failed; holding nothing back this time');
     }
     this.probes?.start();
-    return false;
+    return lifted;
   }
 }

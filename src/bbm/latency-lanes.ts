@@ -13,7 +13,7 @@ import type pg from 'pg';
 import { growLanes, shedLanes, startInOneLane } from '../store/migration-rows.ts';
 import { migrationFields, type Logger } from './log.ts';
 import type { Tell } from './observe.ts';
-import type { RunFollower } from './pacer.ts';
+import type { PaceControls, RunFollower } from './pacer.ts';
 import type { LatencyWatch } from './pace.ts';
 import type { RunResult } from './types.ts';
 
@@ -22,6 +22,7 @@ export interface LatencyLanesContext {
   checkMs: number;
   /** With foreground protection on, lanes grow only through the commit probes. */
   growsThroughProbes: boolean;
+  pace: PaceControls;
   log: Logger;
   tell: Tell;
 }
@@ -123,6 +124,7 @@ export class LatencyLanes implements RunFollower {
         );
       } else {
         ctx.log.info(fields, `latency: ${change.name} grows lanes back ${change.from} → ${change.to}`);
+        ctx.pace.wakeLanes();
       }
       ctx.tell((observer) => observer.lanes?.({ migration: change.name, direction, from: change.from, to: change.to }));
     } catch (error) {

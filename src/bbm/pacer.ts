@@ -66,6 +66,8 @@ export type Release = () => Promise<void>;
 export interface PaceControls {
   /** The share of the time the lanes run: below 1, each rests after a job for the rest. */
   setDutyCycle(share: number): void;
+  /** Wakes the sleeping lanes: a controller gave a migration lanes back, which they take at once. */
+  wakeLanes(): void;
 }
 
 export class Pacer implements LanePacing, PaceControls {
@@ -132,7 +134,11 @@ export class Pacer implements LanePacing, PaceControls {
       if (!gate.due) continue;
       await release();
       this.steps.step(lane, gate.step);
-      if (await gate.run()) backoff.reset();
+      if (await gate.run()) {
+        // New work (a pass enqueued, a hold lifted): every lane may take it, not this one alone.
+        backoff.reset();
+        this.wakeLanes();
+      }
     }
   }
 
@@ -196,8 +202,14 @@ export function waitAfter(
       return pauseMs;
     // lock_in_use: every lane of every migration it may take is busy. Back off like an idle lane,
     // so that a fleet larger than the lanes it works does not poll the database (a sibling wakes
-    // it when a migration changes).
+    // it when a migration changes); but when the take said a lane may be free sooner without any
+    // run ending (a hold's end, lanes a controller may give back), look again then: a wait for an
+    // event, not a backoff, so it does not lengthen the next one. (A hold may also lift earlier,
+    // when its signal clears: the backoff still bounds the wait.)
     case 'lock_in_use':
+      if (result.lookAgainMs !== undefined && result.lookAgainMs < backoff.peek())
+        return jittered(result.lookAgainMs, jitterRatio);
+      return jittered(backoff.next(), jitterRatio);
     case 'job_failed':
     case 'no_job':
     case 'throttled':

@@ -186,9 +186,13 @@ export class Runner {
   async #inTransaction(tx: RunTransaction, first: Take, run: RunInfo): Promise<Ran> {
     let take = first;
     for (let cuts = 0; ; cuts += 1) {
-      if (take.kind === 'nothing' || take.kind === 'busy') {
+      if (take.kind === 'nothing') {
         await tx.rollback();
-        return ended({ outcome: take.kind === 'nothing' ? 'no_job' : 'lock_in_use' });
+        return ended({ outcome: 'no_job' });
+      }
+      if (take.kind === 'busy') {
+        await tx.rollback();
+        return ended({ outcome: 'lock_in_use', ...(take.lookAgainMs !== null && { lookAgainMs: take.lookAgainMs }) });
       }
       const { migration } = take;
       const ref: MigrationRef = { id: migration.id, name: migration.name, work: migration.jobSignatureName };

@@ -287,6 +287,11 @@ export interface RunResult {
   errorCode?: ErrorCodeName;
   /** On an `error`: how long its migration was set aside for, when the error was counted against it. */
   heldForMs?: number;
+  /**
+   * On `lock_in_use`: in how many ms a lane may be free although no run ends (a hold's end, a
+   * lane a controller may give back): the lane looks again by then, not after its whole backoff.
+   */
+  lookAgainMs?: number;
   durationMs: number;
 }
 

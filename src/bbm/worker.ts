@@ -105,7 +105,14 @@ export class Worker {
       pacer.addGate(this.#health);
       if (probes) pacer.addFollower(probes);
       if (health.latency) {
-        const lanesContext = { db, checkMs: health.checkMs, growsThroughProbes: probes !== null, log, tell };
+        const lanesContext = {
+          db,
+          checkMs: health.checkMs,
+          growsThroughProbes: probes !== null,
+          pace: pacer,
+          log,
+          tell,
+        };
         pacer.addFollower(new LatencyLanes(new LatencyWatch(health.latencyFactor), lanesContext));
       }
     }

@@ -24,7 +24,14 @@ import {
   SERIAL_KEY_SET,
   statusCodes,
 } from './codes.ts';
-import { LANE_LOCK_BASE, LOCK_NAMESPACE, MIGRATION_KEY_MODULUS, QUIET_LOCK_KEY, QUIET_TAKE_WAIT_MS } from './locks.ts';
+import {
+  LANE_LOCK_BASE,
+  LANES_RECHECK_MS,
+  LOCK_NAMESPACE,
+  MIGRATION_KEY_MODULUS,
+  QUIET_LOCK_KEY,
+  QUIET_TAKE_WAIT_MS,
+} from './locks.ts';
 import { CITUS_TWO_PHASE_TABLE } from './citus.ts';
 
 /** The folder of the function files: sql/functions beside src/ and dist/ alike. */
@@ -39,6 +46,7 @@ export const SQL_TOKENS: Readonly<Record<string, string>> = {
   LANE_LOCK_BASE: String(LANE_LOCK_BASE),
   QUIET_LOCK_KEY: String(QUIET_LOCK_KEY),
   QUIET_TAKE_WAIT_MS: String(QUIET_TAKE_WAIT_MS),
+  LANES_RECHECK_MS: String(LANES_RECHECK_MS),
   MIGRATION_KEY_MODULUS: String(MIGRATION_KEY_MODULUS),
   MAX_LANES: String(MAX_LANES),
   INT4_MAX: String(INT4_MAX),

@@ -217,7 +217,8 @@ export function claim(job: TakenJob, migration: Pick<TakenMigration, 'batchSize'
 /** What a take found. `step` says what the run must do when it holds a lane but no job. */
 export type Take =
   | { kind: 'nothing' }
-  | { kind: 'busy' }
+  /** `lookAgainMs`: when a lane may be free although no run ends (a hold's end, a lane a controller may give back). */
+  | { kind: 'busy'; lookAgainMs: number | null }
   | { kind: 'job'; lane: number; migration: TakenMigration; job: TakenJob }
   | { kind: 'step'; lane: number; migration: TakenMigration; step: 'start' | 'cut' | 'finish' };
 
@@ -248,6 +249,7 @@ export interface TakeRow {
   job_min_key: string[] | null;
   job_max_key: string[] | null;
   job_arguments: Record<string, unknown> | null;
+  look_again_ms: number | null;
 }
 
 /** A take row's migration columns; a migration read by name (store/verify.ts) has the same. */
@@ -290,7 +292,7 @@ export function takenMigrationOf(row: MigrationColumns): TakenMigration {
 export function parseTake(rows: readonly TakeRow[]): Take {
   const row = rows[0];
   if (!row) return { kind: 'nothing' };
-  if (row.migration_id === '0') return { kind: 'busy' };
+  if (row.migration_id === '0') return { kind: 'busy', lookAgainMs: row.look_again_ms ?? null };
   const lane = row.lane ?? 0;
   const migration = takenMigrationOf(row);
   if (row.job_id === null || row.job_min === null || row.job_max === null) {
