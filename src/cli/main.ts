@@ -7,7 +7,7 @@ import type pg from 'pg';
 import type { Context, Io } from './context.ts';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
-import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
+import { connectionMasker, createPool } from '../store/db.ts';
 import { describeError } from './errors.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
 import type { DatabaseTarget } from '../bbm/databases.ts';
@@ -86,7 +86,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       config,
       () => io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env),
     );
-    mask = masker(databases.map((target) => target.url));
+    mask = connectionMasker(databases.map((target) => target.url));
     const poolOf = (target: DatabaseTarget): pg.Pool => {
       let pool = pools.get(target.url);
       if (!pool) {
@@ -196,20 +196,6 @@ async function migrate(context: Context): Promise<number> {
   });
   context.print(databases.length === 1 ? results[0] : results, () => lines.join('\n'));
   return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
-}
-
-/** Hides the database URLs' passwords wherever they might appear in a message. */
-function masker(databaseUrls: readonly string[]): (text: string) => string {
-  const each = databaseUrls.map((databaseUrl) => {
-    const masked = maskConnectionString(databaseUrl);
-    const password = passwordOf(databaseUrl);
-    return (text: string) => {
-      let out = text.split(databaseUrl).join(masked);
-      if (password && password.length >= 3) out = out.split(password).join('***');
-      return out;
-    };
-  });
-  return (text) => each.reduce((out, mask) => mask(out), text);
 }
 
 /** The installed package's version (package.json sits two levels up from src/cli and dist/cli alike). */
