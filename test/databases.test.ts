@@ -366,16 +366,42 @@ describe('a fleet over several databases', () => {
     for (const event of events) expect(event.tags).toMatchObject({ database: 'ci', bbm_name: 'fill' });
   });
 
-  it('pauses every database it can reach without --name, naming one it cannot (exit 1), whichever comes first', async () => {
+  it('pauses and resumes every database it can reach without --name, listing one it cannot in the JSON as migrate does, password masked (exit 1)', async () => {
     const main = await testDatabase();
     await prepare(main.pool, 10, 5);
-    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
-    const paused = await bbm(['pause', '--config', FLEET_CONFIG, '--json'], fleetEnv({ gone, main: main.url }));
+    // Listed first: the database that fails comes before the one that is changed.
+    const gone = leakyUrl(main.url);
+    const env = fleetEnv({ gone: gone.url, main: main.url });
+    const json = (command: string) => bbm([command, '--config', FLEET_CONFIG, '--json'], env);
+    // The error as stderr shows it (describeError: SQLSTATE, and the statement that met it).
+    const goneError = {
+      database: 'gone',
+      error: expect.stringMatching(/^database "\*\*\*" does not exist \(SQLSTATE 3D000\)/) as unknown,
+    };
+
+    const status = await json('status');
+    expect(status.code).toBe(1);
+    expect(JSON.parse(status.stdout)).toEqual([
+      expect.objectContaining({ name: 'main/fill', database: 'main', status: 'active' }),
+      goneError,
+    ]);
+    const paused = await json('pause');
     expect(paused.code).toBe(1);
-    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'] });
-    expect(paused.stderr).toContain('bbm pause: gone: ');
-    expect(paused.stderr).not.toContain('secret-pw');
+    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'], errors: [goneError] });
     expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+    const resumed = await json('resume');
+    expect(resumed.code).toBe(1);
+    expect(JSON.parse(resumed.stdout)).toEqual({ resumed: ['main/fill'], errors: [goneError] });
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+    // migrate lists it alike.
+    const migrated = await json('migrate');
+    expect(migrated.code).toBe(1);
+    expect(JSON.parse(migrated.stdout)).toEqual([goneError, { database: 'main', applied: [] }]);
+
+    for (const [command, result] of Object.entries({ status, pause: paused, resume: resumed, migrate: migrated })) {
+      expect(result.stderr, command).toContain(`bbm ${command}: gone: database "***" does not exist`);
+      expect(result.stdout + result.stderr, command).not.toContain(gone.password);
+    }
   });
 
   it('reports a database bbm migrate could not migrate in its JSON, with its error (password masked), and exits 1', async () => {

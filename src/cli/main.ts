@@ -10,8 +10,15 @@ import { ConfigError } from '../bbm/errors.ts';
 import { connectionMasker, createPool } from '../store/db.ts';
 import { describeError } from './errors.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
-import type { DatabaseTarget } from '../bbm/databases.ts';
-import { acrossDatabases, commandDatabase, commandDatabases, NoSuchMigration, overDatabases } from './targets.ts';
+import { databaseField, type DatabaseTarget } from '../bbm/databases.ts';
+import {
+  acrossDatabases,
+  commandDatabase,
+  commandDatabases,
+  databaseFailure,
+  NoSuchMigration,
+  overDatabases,
+} from './targets.ts';
 import {
   commandHelp,
   COMMANDS,
@@ -179,10 +186,9 @@ async function migrate(context: Context): Promise<number> {
     }
     return migrated;
   });
-  const results = outcomes.map(({ source, value, error }) => ({
-    ...(source.name !== undefined && { database: source.name }),
-    ...(value ? { applied: value.applied } : { error: context.mask(describeError(error)) }),
-  }));
+  const results = outcomes.map(({ source, value, error }) =>
+    value ? { ...databaseField(source.name), applied: value.applied } : databaseFailure(context, source, error),
+  );
   const lines = outcomes.flatMap(({ source, value }) => {
     if (!value) return [];
     const { applied, functions } = value;
