@@ -24,7 +24,7 @@ export {
 } from './store/codes.ts';
 export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/apply-schema.ts';
-export { createPool, maskConnectionString, type Queryable } from './store/db.ts';
+export { connectionMasker, createPool, maskConnectionString, type Queryable } from './store/db.ts';
 export { copyColumn, copyColumnWork, COPY_COLUMN_WORK, type CopyColumnOptions } from './work/copy-column.ts';
 export type {
   Config,

@@ -68,6 +68,19 @@ async function expectRangesOnce(pool: pg.Pool, name: string): Promise<void> {
   expect(rows).toEqual([]);
 }
 
+/**
+ * A URL of the server of `url` whose database, which does not exist, is named as its password: the
+ * server's error for it (`database "…" does not exist`) carries the password, as an error's text
+ * may, for the masking to hide.
+ */
+function leakyUrl(url: string): { url: string; password: string } {
+  const leaky = new URL(url);
+  leaky.password ||= 'secret-pw';
+  const password = decodeURIComponent(leaky.password);
+  leaky.pathname = `/${leaky.password}`;
+  return { url: leaky.toString(), password };
+}
+
 const finished = async (pool: pg.Pool, name = 'fill') =>
   (await migrationRow(pool, name))?.status === MigrationStatus.finished;
 
@@ -353,16 +366,42 @@ describe('a fleet over several databases', () => {
     for (const event of events) expect(event.tags).toMatchObject({ database: 'ci', bbm_name: 'fill' });
   });
 
-  it('pauses every database it can reach without --name, naming one it cannot (exit 1), whichever comes first', async () => {
+  it('pauses and resumes every database it can reach without --name, listing one it cannot in the JSON as migrate does, password masked (exit 1)', async () => {
     const main = await testDatabase();
     await prepare(main.pool, 10, 5);
-    const gone = 'postgres://nobody:secret-pw@127.0.0.1:1/none';
-    const paused = await bbm(['pause', '--config', FLEET_CONFIG, '--json'], fleetEnv({ gone, main: main.url }));
+    // Listed first: the database that fails comes before the one that is changed.
+    const gone = leakyUrl(main.url);
+    const env = fleetEnv({ gone: gone.url, main: main.url });
+    const json = (command: string) => bbm([command, '--config', FLEET_CONFIG, '--json'], env);
+    // The error as stderr shows it (describeError: SQLSTATE, and the statement that met it).
+    const goneError = {
+      database: 'gone',
+      error: expect.stringMatching(/^database "\*\*\*" does not exist \(SQLSTATE 3D000\)/) as unknown,
+    };
+
+    const status = await json('status');
+    expect(status.code).toBe(1);
+    expect(JSON.parse(status.stdout)).toEqual([
+      expect.objectContaining({ name: 'main/fill', database: 'main', status: 'active' }),
+      goneError,
+    ]);
+    const paused = await json('pause');
     expect(paused.code).toBe(1);
-    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'] });
-    expect(paused.stderr).toContain('bbm pause: gone: ');
-    expect(paused.stderr).not.toContain('secret-pw');
+    expect(JSON.parse(paused.stdout)).toEqual({ paused: ['main/fill'], errors: [goneError] });
     expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.paused);
+    const resumed = await json('resume');
+    expect(resumed.code).toBe(1);
+    expect(JSON.parse(resumed.stdout)).toEqual({ resumed: ['main/fill'], errors: [goneError] });
+    expect((await migrationRow(main.pool, 'fill'))?.status).toBe(MigrationStatus.active);
+    // migrate lists it alike.
+    const migrated = await json('migrate');
+    expect(migrated.code).toBe(1);
+    expect(JSON.parse(migrated.stdout)).toEqual([goneError, { database: 'main', applied: [] }]);
+
+    for (const [command, result] of Object.entries({ status, pause: paused, resume: resumed, migrate: migrated })) {
+      expect(result.stderr, command).toContain(`bbm ${command}: gone: database "***" does not exist`);
+      expect(result.stdout + result.stderr, command).not.toContain(gone.password);
+    }
   });
 
   it('reports a database bbm migrate could not migrate in its JSON, with its error (password masked), and exits 1', async () => {
@@ -389,17 +428,25 @@ describe('a fleet over several databases', () => {
         return response && { status: response.status, body: await response.text() };
       };
       await waitFor(async () => (await readyz()) !== undefined, 'the ops server');
-      return readyz;
+      return { readyz, port };
     };
 
-    const some = await serve({ gone, main: main.url });
-    const ready = await some();
+    // A database whose error carries its password: /readyz and the status page show it masked.
+    const leaky = leakyUrl(main.url);
+    const some = await serve({ gone: leaky.url, main: main.url });
+    const ready = await some.readyz();
     expect(ready?.status).toBe(200);
-    expect(ready?.body).toMatch(/^ready: 1 of 2 databases answer\ngone: unreachable: .*ECONNREFUSED.*\nmain: ready\n$/);
-    expect(ready?.body).not.toContain('secret-pw');
+    expect(ready?.body).toBe(
+      'ready: 1 of 2 databases answer\ngone: unreachable: database "***" does not exist\nmain: ready\n',
+    );
+    const page = await (await fetch(`http://127.0.0.1:${some.port}/`)).text();
+    expect(page).toContain(
+      '<tr data-database="gone"><td>gone</td><td><b>down</b></td><td class="note">database &#34;***&#34; does not exist</td></tr>',
+    );
+    expect(page).not.toContain(leaky.password);
 
     const none = await serve({ gone, also: 'postgres://nobody@127.0.0.1:1/also' });
-    const unready = await none();
+    const unready = await none.readyz();
     expect(unready?.status).toBe(503);
     expect(unready?.body).toMatch(/^not ready: no database answers\ngone: unreachable: .*\nalso: unreachable: .*\n$/);
   });

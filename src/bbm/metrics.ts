@@ -77,8 +77,8 @@ export interface BbmMetrics {
   registry: Registry;
   /** Add to a worker's `observers` (the one database's, or a `database`'s series with `observerFor`). */
   observer: WorkerObserver;
-  /** The observer of one database of a fleet: its series carry `database`. */
-  observerFor(database: string): WorkerObserver;
+  /** The observer of one database of a fleet, its series carrying `database`; undefined: `observer`. */
+  observerFor(database: string | undefined): WorkerObserver;
 }
 
 export interface MetricsOptions {
@@ -350,8 +350,10 @@ export function createMetrics({ db, databases, registry = new Registry() }: Metr
       notifications.inc({ ...at, event: event.event, result: event.result });
     },
   });
+  const observer = observerAt({});
   const observers = new Map<string, WorkerObserver>();
-  const observerFor = (database: string): WorkerObserver => {
+  const observerFor = (database: string | undefined): WorkerObserver => {
+    if (database === undefined) return observer;
     let found = observers.get(database);
     if (!found) {
       found = observerAt({ database });
@@ -362,5 +364,5 @@ export function createMetrics({ db, databases, registry = new Registry() }: Metr
   };
   if (databases) for (const database of databases.keys()) observerFor(database);
   else dutyCycle.set(1);
-  return { registry, observer: observerAt({}), observerFor };
+  return { registry, observer, observerFor };
 }

@@ -41,6 +41,11 @@ export interface OpsServerOptions {
   host?: string;
   /** How long /readyz waits for each database. */
   readyTimeoutMs?: number;
+  /**
+   * Applied to each database's error /readyz shows: `bbm` hides its URLs' passwords with it
+   * (connectionMasker). Unchanged without it.
+   */
+  mask?: ((text: string) => string) | undefined;
   /** Where a request that failed unexpectedly (answered 500) is logged; default a JSON logger on stderr. */
   log?: Logger | undefined;
   /** How long a client may take to send a request's headers before it is answered 408 and dropped. */
@@ -62,6 +67,7 @@ export async function startOpsServer({
   port,
   host = '127.0.0.1',
   readyTimeoutMs = 2_000,
+  mask = (text) => text,
   log,
   headersTimeoutMs = 10_000,
   requestTimeoutMs = 30_000,
@@ -128,12 +134,14 @@ export async function startOpsServer({
         return readEachDatabase(readied, ({ db }) => ping(db), readyTimeoutMs).then((pings) => {
           const [one] = pings;
           if (!databases && one) {
-            if (one.error) reply(503, `database unreachable: ${one.error.message}\n`);
+            if (one.error) reply(503, `database unreachable: ${mask(one.error.message)}\n`);
             else reply(200, 'ready\n');
             return;
           }
           const up = pings.filter((p) => !p.error).length;
-          const each = pings.map((p) => `${p.source.name}: ${p.error ? `unreachable: ${p.error.message}` : 'ready'}\n`);
+          const each = pings.map(
+            (p) => `${p.source.name}: ${p.error ? `unreachable: ${mask(p.error.message)}` : 'ready'}\n`,
+          );
           const head = up > 0 ? `ready: ${up} of ${pings.length} databases answer` : 'not ready: no database answers';
           reply(up > 0 ? 200 : 503, `${head}\n${each.join('')}`);
         });

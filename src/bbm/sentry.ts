@@ -42,8 +42,8 @@ export interface SentryOptions {
 export interface SentryReporter {
   /** Add to a worker's `observers`. */
   observer: WorkerObserver;
-  /** The observer of one database of a fleet: its events carry the tag `database`. */
-  observerFor(database: string): WorkerObserver;
+  /** The observer of one database of a fleet, its events tagged `database`; undefined: as `observer`. */
+  observerFor(database: string | undefined): WorkerObserver;
   /** Sends what is queued (waiting up to `timeoutMs`) and shuts the client down. */
   close(timeoutMs?: number): Promise<void>;
 }

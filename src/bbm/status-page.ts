@@ -53,6 +53,11 @@ export interface StatusPageOptions {
   log?: Logger | undefined;
   /** What rehearse needs (the config's work functions); without it the page does not offer rehearse. */
   rehearse?: PageRehearsal | undefined;
+  /**
+   * Applied to each database's error the page shows: `bbm` hides its URLs' passwords with it
+   * (connectionMasker). Unchanged without it.
+   */
+  mask?: ((text: string) => string) | undefined;
 }
 
 /** Rehearsing from the page: rehearseMigration with these, the migration's defaults otherwise. */
@@ -182,6 +187,7 @@ export function createStatusPage({
   log,
   schedules = [],
   rehearse,
+  mask = (text) => text,
 }: StatusPageOptions): StatusPage {
   const sources: Source[] = databaseList({ db, databases });
   if (sources.length === 0) throw new Error('a status page needs db or databases');
@@ -387,7 +393,13 @@ export function createStatusPage({
           };
         });
         const read = reads.flatMap((r) => (r.read ? [r.read] : []));
-        const health = databases ? reads.map(({ name, error }) => ({ name: name!, up: !error, error })) : [];
+        const health = databases
+          ? reads.map(({ name, error }) => ({
+              name: name!,
+              up: !error,
+              error: error === undefined ? undefined : mask(error),
+            }))
+          : [];
         send(
           response,
           200,

@@ -12,7 +12,7 @@ import { LIVE_WORKER_WINDOW_MS, liveWorkNames } from '../store/workers.ts';
 import { bigintFlag, integerFlag, jsonFlag, requiredFlag, UsageError } from './args.ts';
 import type { Context } from './context.ts';
 import { addressText, databaseField, shownReport } from '../bbm/databases.ts';
-import { overDatabases } from './targets.ts';
+import { failedDatabases, overDatabases, type DatabaseFailure } from './targets.ts';
 
 /** The migration the flags describe (`bbm enqueue`'s, and `bbm rehearse`'s), and the config's say on its work function. */
 export function migrationSpec(
@@ -112,14 +112,20 @@ export async function pauseOrResume(context: Context, command: 'pause' | 'resume
   const verb = command === 'pause' ? 'paused' : 'resumed';
   const change = (db: pg.Pool, which: string | undefined) =>
     command === 'pause' ? pause(db, which) : resume(db, which);
-  const printChanged = (all: string[]) =>
-    context.print({ [verb]: all }, () => (all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`));
+  const printChanged = (all: string[], errors: DatabaseFailure[] = []) =>
+    context.print({ [verb]: all, ...(errors.length > 0 && { errors }) }, () =>
+      all.length === 0 ? `nothing to ${command}` : `${verb}: ${all.join(', ')}`,
+    );
   if (name === undefined) {
     // Every migration of every database (the emergency brake): one that cannot be reached is
-    // named, and the others are still changed.
+    // named (on stderr, and in the JSON's `errors`), and the others are still changed.
     const outcomes = await overDatabases(context, (db) => change(db, undefined));
-    printChanged(outcomes.flatMap(({ source, value }) => (value ?? []).map((n) => addressText(source.name, n))));
-    return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
+    const errors = failedDatabases(context, outcomes);
+    printChanged(
+      outcomes.flatMap(({ source, value }) => (value ?? []).map((n) => addressText(source.name, n))),
+      errors,
+    );
+    return errors.length > 0 ? 1 : 0;
   }
   const changed = await change(pool, name);
   if (changed.length === 0) {

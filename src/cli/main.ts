@@ -7,11 +7,18 @@ import type pg from 'pg';
 import type { Context, Io } from './context.ts';
 import { findDefaultConfig, loadConfig } from '../bbm/config.ts';
 import { ConfigError } from '../bbm/errors.ts';
-import { createPool, maskConnectionString, passwordOf } from '../store/db.ts';
+import { connectionMasker, createPool } from '../store/db.ts';
 import { describeError } from './errors.ts';
 import { migrateSchema } from '../store/apply-schema.ts';
-import type { DatabaseTarget } from '../bbm/databases.ts';
-import { acrossDatabases, commandDatabase, commandDatabases, NoSuchMigration, overDatabases } from './targets.ts';
+import { databaseField, type DatabaseTarget } from '../bbm/databases.ts';
+import {
+  acrossDatabases,
+  commandDatabase,
+  commandDatabases,
+  databaseFailure,
+  NoSuchMigration,
+  overDatabases,
+} from './targets.ts';
 import {
   commandHelp,
   COMMANDS,
@@ -86,7 +93,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       config,
       () => io.env.DATABASE_URL || config?.databaseUrl || libpqUrl(io.env),
     );
-    mask = masker(databases.map((target) => target.url));
+    mask = connectionMasker(databases.map((target) => target.url));
     const poolOf = (target: DatabaseTarget): pg.Pool => {
       let pool = pools.get(target.url);
       if (!pool) {
@@ -179,10 +186,9 @@ async function migrate(context: Context): Promise<number> {
     }
     return migrated;
   });
-  const results = outcomes.map(({ source, value, error }) => ({
-    ...(source.name !== undefined && { database: source.name }),
-    ...(value ? { applied: value.applied } : { error: context.mask(describeError(error)) }),
-  }));
+  const results = outcomes.map(({ source, value, error }) =>
+    value ? { ...databaseField(source.name), applied: value.applied } : databaseFailure(context, source, error),
+  );
   const lines = outcomes.flatMap(({ source, value }) => {
     if (!value) return [];
     const { applied, functions } = value;
@@ -196,20 +202,6 @@ async function migrate(context: Context): Promise<number> {
   });
   context.print(databases.length === 1 ? results[0] : results, () => lines.join('\n'));
   return outcomes.some((outcome) => outcome.error !== undefined) ? 1 : 0;
-}
-
-/** Hides the database URLs' passwords wherever they might appear in a message. */
-function masker(databaseUrls: readonly string[]): (text: string) => string {
-  const each = databaseUrls.map((databaseUrl) => {
-    const masked = maskConnectionString(databaseUrl);
-    const password = passwordOf(databaseUrl);
-    return (text: string) => {
-      let out = text.split(databaseUrl).join(masked);
-      if (password && password.length >= 3) out = out.split(password).join('***');
-      return out;
-    };
-  });
-  return (text) => each.reduce((out, mask) => mask(out), text);
 }
 
 /** The installed package's version (package.json sits two levels up from src/cli and dist/cli alike). */

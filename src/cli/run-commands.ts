@@ -194,8 +194,8 @@ export async function run(context: Context): Promise<number> {
         },
       },
     ];
-    if (metrics) observers.push(database === undefined ? metrics.observer : metrics.observerFor(database));
-    if (sentry) observers.push(database === undefined ? sentry.observer : sentry.observerFor(database));
+    if (metrics) observers.push(metrics.observerFor(database));
+    if (sentry) observers.push(sentry.observerFor(database));
     return observers;
   };
   const running = new Fleet({
@@ -230,8 +230,10 @@ export async function run(context: Context): Promise<number> {
           log,
           schedules: schedulesOf(config),
           rehearse: { ...(!fleet && { pool: context.pool }), work, runTimeoutMs: options.runTimeoutMs },
+          mask: context.mask,
         }),
         ...read,
+        mask: context.mask,
         port: metricsPort,
         host: flags['metrics-host'] ?? '127.0.0.1',
         log,
@@ -299,9 +301,7 @@ export async function finalize(context: Context): Promise<number> {
       name,
       logger: log,
       ...(context.database !== undefined && { database: context.database }),
-      observers: sentry
-        ? [context.database === undefined ? sentry.observer : sentry.observerFor(context.database)]
-        : [],
+      observers: sentry ? [sentry.observerFor(context.database)] : [],
       onProgress: (report) => progress.update(shownReport(context.database, report)),
       signal: soft.signal,
       hardStop: hard.signal,
@@ -393,8 +393,10 @@ export async function dashboard(context: Context): Promise<number> {
         work: context.config.work,
         runTimeoutMs: context.config.runTimeoutMs,
       },
+      mask: context.mask,
     }),
     ...read,
+    mask: context.mask,
     port,
     host: flags.host ?? '127.0.0.1',
     log,

@@ -18,22 +18,23 @@ import { liveWorkers } from '../store/dashboard.ts';
 import { LIVE_WORKER_WINDOW_MS } from '../store/workers.ts';
 import { duration, table, toJson } from './format.ts';
 import { addressText, shownReport } from '../bbm/databases.ts';
-import { overDatabases } from './targets.ts';
+import { failedDatabases, overDatabases, type DatabaseFailure } from './targets.ts';
 
 export async function status(context: Context): Promise<number> {
   const { flags, io } = context;
   if (flags.watch) return watch(context);
-  const reports = await load(context);
+  const { reports, errors } = await load(context);
   if (flags.name !== undefined && reports.length === 0) {
     io.err(`bbm status: no migration named ${JSON.stringify(flags.name)}`);
     return 1;
   }
-  if (flags.json) io.out(toJson(reports));
+  // A database that could not be read follows the migrations, as migrate lists one it could not migrate.
+  if (flags.json) io.out(toJson([...reports, ...errors]));
   else
     io.out(
       render(reports) + awaitingApproval(reports) + (await restingWorkers(context)) + (await renderSchedules(context)),
     );
-  return reports.unreachable ? 1 : 0;
+  return errors.length > 0 ? 1 : 0;
 }
 
 /** `bbm schedules`: the config's schedules, each with its last pass and when the next is due. */
@@ -79,21 +80,22 @@ function renderScheduleTable(reports: ScheduleReport[]): string {
 /**
  * The migrations of the command's database, or of every database of the fleet, each then named
  * `database/name` (and its `database` set). A database that cannot be read is reported on stderr
- * and counted in `unreachable`; the others are still shown. With one database, its error is the command's.
+ * and returned in `errors`; the others are still shown. With one database, its error is the command's.
  */
-async function load(context: Context): Promise<MigrationReport[] & { unreachable?: number }> {
+async function load(context: Context): Promise<{ reports: MigrationReport[]; errors: DatabaseFailure[] }> {
   const { flags, config } = context;
   const knownWork = config?.work.map((w) => w.name) ?? [];
   if (flags.name !== undefined) {
     const reports = await migrationReports(context.pool, { name: flags.name, knownWork });
-    return reports.map((r) => shownReport(context.database, r));
+    return { reports: reports.map((r) => shownReport(context.database, r)), errors: [] };
   }
   const outcomes = await overDatabases(context, async (pool, target) =>
     (await migrationReports(pool, { knownWork })).map((r) => shownReport(target.name, r)),
   );
-  const reports: MigrationReport[] & { unreachable?: number } = outcomes.flatMap((outcome) => outcome.value ?? []);
-  reports.unreachable = outcomes.filter((outcome) => outcome.error !== undefined).length;
-  return reports;
+  return {
+    reports: outcomes.flatMap((outcome) => outcome.value ?? []),
+    errors: failedDatabases(context, outcomes),
+  };
 }
 
 /** Redraws every second until SIGINT/SIGTERM; on a terminal in place, elsewhere one block a second. */
@@ -109,9 +111,16 @@ async function watch(context: Context): Promise<number> {
   process.on('SIGTERM', stop);
   try {
     while (!stopped) {
-      const reports = await load(context);
+      const { reports, errors } = await load(context);
       const stamp = new Date().toISOString();
-      if (flags.json) io.out(JSON.stringify({ at: stamp, migrations: JSON.parse(toJson(reports, 0)) as unknown }));
+      if (flags.json)
+        io.out(
+          JSON.stringify({
+            at: stamp,
+            migrations: JSON.parse(toJson(reports, 0)) as unknown,
+            ...(errors.length > 0 && { errors }),
+          }),
+        );
       else if (io.tty) process.stdout.write(`\x1b[H\x1b[2J${stamp}  (Ctrl-C to stop)\n\n${render(reports)}\n`);
       else io.out(`--- ${stamp}\n${render(reports)}\n`);
       await new Promise<void>((resolve) => {

@@ -11,6 +11,7 @@ import {
   parseAddress,
   addressText,
   readEachDatabase,
+  databaseField,
   type DatabaseTarget,
   type SettledRead,
 } from '../bbm/databases.ts';
@@ -129,6 +130,25 @@ export class NoSuchMigration extends Error {
   override readonly name = 'NoSuchMigration';
 }
 
+/** A database a command could not work on, as its `--json` lists it: its name and its error, masked. */
+export interface DatabaseFailure {
+  database?: string;
+  error: string;
+}
+
+/** How a command shows a database it could not work on: in its JSON, and on stderr. */
+export function databaseFailure(context: Pick<Context, 'mask'>, target: DatabaseTarget, error: Error): DatabaseFailure {
+  return { ...databaseField(target.name), error: context.mask(describeError(error)) };
+}
+
+/** The databases of `reads` that failed, as `--json` lists them. */
+export function failedDatabases(
+  context: Pick<Context, 'mask'>,
+  reads: readonly SettledRead<DatabaseTarget, unknown>[],
+): DatabaseFailure[] {
+  return reads.flatMap(({ source, error }) => (error ? [databaseFailure(context, source, error)] : []));
+}
+
 /**
  * `read` on each of the command's databases at once. With several, one that fails is reported on
  * stderr (unless `report` is false: the command said so already) and the others are still read;
@@ -143,9 +163,9 @@ export async function overDatabases<T>(
   if (databases.length === 1)
     return [{ source: databases[0]!, value: await read(poolOf(databases[0]!), databases[0]!) }];
   const reads = await readEachDatabase(databases, (target) => read(poolOf(target), target));
-  for (const { source, error } of reads) {
-    if (error && report)
-      context.io.err(context.mask(`bbm ${context.command}: ${source.name ?? ''}: ${describeError(error)}`));
+  if (report) {
+    for (const failure of failedDatabases(context, reads))
+      context.io.err(`bbm ${context.command}: ${failure.database ?? ''}: ${failure.error}`);
   }
   return reads;
 }

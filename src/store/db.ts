@@ -140,6 +140,24 @@ export function maskConnectionString(connectionString: string): string {
   }
 }
 
+/**
+ * Text with each connection string replaced by its masked form and each one's password (of 3
+ * characters or more) by `***` wherever else it appears: what every message, JSON output and page
+ * that may carry a database's error shows.
+ */
+export function connectionMasker(connectionStrings: readonly string[]): (text: string) => string {
+  const each = connectionStrings.map((connectionString) => {
+    const masked = maskConnectionString(connectionString);
+    const password = passwordOf(connectionString);
+    return (text: string) => {
+      let out = text.split(connectionString).join(masked);
+      if (password && password.length >= 3) out = out.split(password).join('***');
+      return out;
+    };
+  });
+  return (text) => each.reduce((out, mask) => mask(out), text);
+}
+
 /** The password in a connection string, if it has one. */
 export function passwordOf(connectionString: string): string | undefined {
   try {
