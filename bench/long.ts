@@ -3,9 +3,10 @@
  * defaults (health holds and the latency controller on, `concurrency` lanes, as `bbm run
  * --concurrency 2` runs it) drains a migration of `rows` rows in jobs of `batch` rows, and the
  * script prints jobs per second in each tenth of the drain, the last tenth over the first, the
- * jobs table's size at the end, and every change the controllers made to the lanes, with its
- * reason and when. A plain single-connection keyset loop over a table of the same shape, in
- * batches of the same size, is timed per tenth too (--plain), as the flat line to compare with.
+ * jobs table's size at the end, the lanes in the work on average, every change the controllers
+ * made to the lanes, with its reason and when, and every health hold set, with when a job next
+ * ended. A plain single-connection keyset loop over a table of the same shape, in batches of the
+ * same size, is timed per tenth too (--plain), as the flat line to compare with.
  *
  *   npm run bench:long -- [--rows N] [--batch-size N] [--concurrency N] [--plain] [--health-off] [--json]
  */
@@ -120,6 +121,8 @@ async function main(): Promise<void> {
     );
     const ends: number[] = [];
     const lanes: Array<LanesEvent & { atSec: number }> = [];
+    /** Health holds set, with when the first job after each ended (the hold's cost, about). */
+    const holds: Array<{ atSec: number; reason: string; at: number; resumedAfterSec?: number }> = [];
     let startedAt = performance.now();
     const worker = benchWorker(pool, {
       work: [work],
@@ -138,6 +141,12 @@ async function main(): Promise<void> {
             if (result.outcome === 'job_succeeded') ends.push(performance.now());
           },
           lanes: (event) => lanes.push({ ...event, atSec: round2((performance.now() - startedAt) / 1000) }),
+          hold: (event) =>
+            holds.push({
+              reason: event.reason,
+              at: performance.now(),
+              atSec: round2((performance.now() - startedAt) / 1000),
+            }),
         },
       ],
     });
@@ -162,6 +171,10 @@ async function main(): Promise<void> {
       // Time in the work over the drain's time: how many lanes ran work on average.
       meanLanesInWork: round2(inWork.laneMs / (ends.at(-1)! - startedAt)),
       laneChanges: lanes,
+      holds: holds.map(({ atSec, reason, at }) => {
+        const next = ends.find((end) => end > at);
+        return { atSec, reason, ...(next !== undefined && { resumedAfterSec: round2((next - at) / 1000) }) };
+      }),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
@@ -173,6 +186,8 @@ async function main(): Promise<void> {
       say(`jobs table at the end: ${result.jobsTableMb} MB; lanes in the work on average: ${result.meanLanesInWork}`);
       for (const change of lanes)
         say(`  ${change.atSec} s: ${change.migration} lanes ${change.direction} ${change.from} → ${change.to}`);
+      for (const hold of result.holds)
+        say(`  ${hold.atSec} s: held (${hold.reason}); a job ended ${hold.resumedAfterSec ?? '?'} s later`);
     }
   } finally {
     await pool.end();

@@ -428,7 +428,7 @@ describe('a fleet over several databases', () => {
         return response && { status: response.status, body: await response.text() };
       };
       await waitFor(async () => (await readyz()) !== undefined, 'the ops server');
-      return { readyz, port };
+      return { readyz, port, output: () => worker.output() };
     };
 
     // A database whose error carries its password: /readyz and the status page show it masked.
@@ -444,6 +444,10 @@ describe('a fleet over several databases', () => {
       '<tr data-database="gone"><td>gone</td><td><b>down</b></td><td class="note">database &#34;***&#34; does not exist</td></tr>',
     );
     expect(page).not.toContain(leaky.password);
+    // And so do its log lines, which quote the server's error (JSON lines, as a deployment writes them).
+    await waitFor(async () => some.output().includes('does not exist'), "the log line of gone's error");
+    expect(some.output()).toContain('database \\"***\\" does not exist');
+    expect(some.output()).not.toContain(leaky.password);
 
     const none = await serve({ gone, also: 'postgres://nobody@127.0.0.1:1/also' });
     const unready = await none.readyz();

@@ -19,18 +19,27 @@ export interface LoggerOptions {
    * message, the migration, the job's range and the error's message; no fields, no stacks.
    */
   terse?: boolean;
+  /**
+   * Applied to every line before it is written (e.g. the CLI's `connectionMasker`): a database's
+   * error may quote its password (the server's "database "…" does not exist" does, when it is one).
+   */
+  mask?: (line: string) => string;
 }
 
 const TERSE_LINE =
   '{msg}{if bbm_name}: {bbm_name}{end}{if job_start} [{job_start}..{job_end}] attempt {attempt}{end}{if err.message}: {err.message}{end}';
 
-export function createLogger({ level, format, destination = 1, terse = false }: LoggerOptions = {}): Logger {
+export function createLogger({ level, format, destination = 1, terse = false, mask }: LoggerOptions = {}): Logger {
   const tty =
     typeof destination === 'number' ? Boolean((destination === 1 ? process.stdout : process.stderr).isTTY) : true;
   const resolvedLevel = level ?? ((process.env.BBM_LOG_LEVEL || undefined) as LevelWithSilent | undefined) ?? 'info';
   const resolvedFormat =
     format ?? ((process.env.BBM_LOG_FORMAT || undefined) as LogFormat | undefined) ?? (tty ? 'pretty' : 'json');
-  const options = { level: resolvedLevel, base: { component: 'pg-bbm' } };
+  const options = {
+    level: resolvedLevel,
+    base: { component: 'pg-bbm' },
+    ...(mask && { hooks: { streamWrite: mask } }),
+  };
   if (resolvedFormat === 'pretty') {
     const terseness = terse && { hideObject: true, messageFormat: TERSE_LINE, translateTime: 'HH:MM:ss' };
     return pino(

@@ -30,7 +30,7 @@ export async function rehearse(context: Context): Promise<number> {
       ...(lanes !== undefined && { lanes }),
       ...(config.runTimeoutMs !== undefined && { runTimeoutMs: config.runTimeoutMs }),
       // The work's own log lines at warn and above, on stderr: stdout is the report.
-      logger: createLogger({ level: 'warn', destination: 2 }),
+      logger: createLogger({ level: 'warn', destination: 2, mask: context.mask }),
     });
     context.print(report, () => rehearsalText(report));
     return report.failed > 0 ? 1 : 0;

@@ -48,7 +48,12 @@ function logFormatFlag({ flags }: Context): LogFormat | undefined {
 }
 
 export function logger(context: Context, destination: 1 | 2): Logger {
-  return createLogger({ level: logLevelFlag(context), format: logFormatFlag(context), destination });
+  return createLogger({
+    level: logLevelFlag(context),
+    format: logFormatFlag(context),
+    destination,
+    mask: context.mask,
+  });
 }
 
 /**
@@ -69,6 +74,7 @@ function terminalOutput(context: Context): { log: Logger; display: LiveDisplay }
     format: 'pretty',
     destination: display.stream,
     terse: true,
+    mask: context.mask,
   });
   return { log, display };
 }

@@ -142,8 +142,8 @@ export function maskConnectionString(connectionString: string): string {
 
 /**
  * Text with each connection string replaced by its masked form and each one's password (of 3
- * characters or more) by `***` wherever else it appears: what every message, JSON output and page
- * that may carry a database's error shows.
+ * characters or more) by `***` wherever else it appears, escaped in JSON too: what every message,
+ * log line, JSON output and page that may carry a database's error shows.
  */
 export function connectionMasker(connectionStrings: readonly string[]): (text: string) => string {
   const each = connectionStrings.map((connectionString) => {
@@ -151,7 +151,12 @@ export function connectionMasker(connectionStrings: readonly string[]): (text: s
     const password = passwordOf(connectionString);
     return (text: string) => {
       let out = text.split(connectionString).join(masked);
-      if (password && password.length >= 3) out = out.split(password).join('***');
+      if (password && password.length >= 3) {
+        out = out.split(password).join('***');
+        // As a JSON string (a log line) writes it, when that differs.
+        const escaped = JSON.stringify(password).slice(1, -1);
+        if (escaped !== password) out = out.split(escaped).join('***');
+      }
       return out;
     };
   });
