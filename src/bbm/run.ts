@@ -34,6 +34,7 @@ import {
   type Taken,
   type UntimedRunResult,
 } from './job-record.ts';
+import { LANES_RECHECK_MS } from '../store/locks.ts';
 import { RangeCuts } from './cuts.ts';
 import { asError, BbmError, storedMessage } from './errors.ts';
 import {
@@ -207,10 +208,11 @@ export class Runner {
       const taken: Taken = { migration, ref, validated: checked, lane: take.lane };
       if (take.kind === 'job') return this.#job(tx, taken, take.job, run);
       if (take.step !== 'cut') return this.#migrationStep(tx, taken, take.step, run);
-      // Another lane may take the range first; after one cut, leave it to the next run.
+      // Another lane may take the range first; after one cut, leave it to the next run, at once:
+      // ranges were just cut.
       if (cuts > 0) {
         await tx.rollback();
-        return ended({ outcome: 'lock_in_use', migration: ref });
+        return ended({ outcome: 'lock_in_use', migration: ref, lookAgainMs: 0 });
       }
       checked.cutDone = false;
       take = await tx.cutAndTake(this.#cuts.cut(migration, checked));
@@ -235,8 +237,10 @@ export class Runner {
   async #finish(tx: RunTransaction, ref: MigrationRef, swept: boolean): Promise<Ran> {
     const { id } = ref;
     if (!(await finishMigration(tx.db, id, { swept }))) {
+      // Its last ranges run in other lanes: it finishes soon (a lane must not sleep out a backoff
+      // past the end, which a worker run until done would wait for).
       await tx.commit();
-      return ended({ outcome: 'lock_in_use', migration: ref });
+      return ended({ outcome: 'lock_in_use', migration: ref, lookAgainMs: LANES_RECHECK_MS });
     }
     this.#forget(id);
     await tx.commit();
@@ -257,7 +261,7 @@ export class Runner {
     const next = await takeUnverifiedRanges(tx.db, migration.id, migration.batchSize, after, narrow ? 1 : SWEEP_SPAN);
     if (next.kind === 'busy') {
       await tx.rollback();
-      return ended({ outcome: 'lock_in_use', migration: ref });
+      return ended({ outcome: 'lock_in_use', migration: ref, lookAgainMs: LANES_RECHECK_MS });
     }
     if (next.kind === 'none') return this.#finish(tx, ref, true);
     const ranges = next.jobs;
@@ -314,7 +318,7 @@ export class Runner {
       await tx.undoWork();
       if (!(await relockRange(tx.db, claimed.id))) {
         await tx.rollback();
-        return ended({ outcome: 'lock_in_use', migration: ref });
+        return ended({ outcome: 'lock_in_use', migration: ref, lookAgainMs: LANES_RECHECK_MS });
       }
       const message = `the final sweep ran the work on job ${claimed.id} [${range}] ${SWEEP_RERUNS} times more and ${unverifiedText(worked.failure.found)}`;
       const failed = await this.#fail(tx, ref, new BbmError('verification_failed', message));
