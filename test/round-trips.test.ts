@@ -33,6 +33,14 @@ import {
 } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
+/** A take as a worker of touch's work takes (bbm_take_job with 70-s backstops), reading `columns`. */
+function takeJob(client: pg.PoolClient, columns = '*') {
+  return client.query(`SELECT ${columns} FROM bbm_take_job($1::text[], $2, NULL, 70000)`, [
+    [touch.name],
+    VALID_WORK_NAME,
+  ]);
+}
+
 /** The columns 0.7 workers read from the three-argument take. */
 const TAKE_COLUMNS_0_7 = [
   'migration_id',
@@ -131,10 +139,7 @@ describe('a run in few statements', () => {
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
-      const taken = await client.query('SELECT * FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
-        [touch.name],
-        VALID_WORK_NAME,
-      ]);
+      const taken = await takeJob(client);
       expect(taken.rows[0]).toMatchObject({ migration_id: String(id), job_min: '1', job_max: '10' });
       expect(taken.rows[0].wal_lsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
       const settings = await client.query(
@@ -185,10 +190,7 @@ describe('a run in few statements', () => {
           ]);
         }
         await client.query('BEGIN');
-        const { rows } = await client.query('SELECT * FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
-          [touch.name],
-          VALID_WORK_NAME,
-        ]);
+        const { rows } = await takeJob(client);
         await client.query('ROLLBACK');
         return rows[0] as { migration_id: string; look_again_ms: number | null } | undefined;
       } finally {
@@ -222,10 +224,7 @@ describe('a run in few statements', () => {
     const client = await pool.connect();
     try {
       await client.query('BEGIN');
-      const { rows } = await client.query('SELECT job_min FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
-        [touch.name],
-        VALID_WORK_NAME,
-      ]);
+      const { rows } = await takeJob(client, 'job_min');
       expect(rows).toEqual([{ job_min: '1' }]);
       const last = await busyTake(0);
       expect(last?.migration_id).toBe('0');
@@ -246,10 +245,7 @@ describe('a run in few statements', () => {
       const client = await pool.connect();
       try {
         await client.query('BEGIN');
-        const { rows } = await client.query('SELECT cut_due FROM bbm_take_job($1::text[], $2, NULL, 70000)', [
-          [touch.name],
-          VALID_WORK_NAME,
-        ]);
+        const { rows } = await takeJob(client, 'cut_due');
         return rows[0].cut_due as boolean;
       } finally {
         await client.query('ROLLBACK');
@@ -289,10 +285,7 @@ describe('a run in few statements', () => {
         const client = await pool.connect();
         try {
           await client.query('BEGIN');
-          const { rows } = await client.query(
-            'SELECT job_min, cut_due FROM bbm_take_job($1::text[], $2, NULL, 70000)',
-            [[touch.name], VALID_WORK_NAME],
-          );
+          const { rows } = await takeJob(client, 'job_min, cut_due');
           return [Number(rows[0].job_min), rows[0].cut_due as boolean];
         } finally {
           await client.query('ROLLBACK');
@@ -357,10 +350,7 @@ describe('a run in few statements', () => {
       const taken: Array<[number, boolean | null]> = [];
       for (const client of lanes) {
         await client.query('BEGIN');
-        const { rows } = await client.query(
-          'SELECT job_id, job_min, cut_due FROM bbm_take_job($1::text[], $2, NULL, 70000)',
-          [[touch.name], VALID_WORK_NAME],
-        );
+        const { rows } = await takeJob(client, 'job_id, job_min, cut_due');
         taken.push([Number(rows[0].job_min), rows[0].cut_due as boolean | null]);
         if (client === lanes[2]) {
           await client.query('UPDATE batched_background_migration_jobs SET status = $2 WHERE id = $1', [

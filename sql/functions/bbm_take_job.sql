@@ -31,8 +31,9 @@
 -- candidate's lanes are bound below its lanes by a controller (lanes_allowed: a controller of any
 -- worker may give one back at any moment), when its last ranges run in other lanes (it finishes
 -- soon), or when a quiet round turned the take away. NULL when every lane of a candidate is busy
--- with ranges still waiting: only a run's end frees one, and the caller backs off. With only_migration (bbm finalize), only that migration is
--- tried, and when its lanes are all busy the call waits for lane 0 instead of giving up.
+-- with ranges still waiting: only a run's end frees one, and the caller backs off. With
+-- only_migration (bbm finalize), only that migration is tried, and when its lanes are all busy the
+-- call waits for lane 0 instead of giving up.
 --
 -- The row also carries what the work function is handed beside the range: the migration's
 -- job_arguments and, for a key that is not a single integer column, the job's first and last keys
@@ -66,7 +67,9 @@ DECLARE
   got integer;
   busy boolean := false;
   quieted boolean := true;
+  -- When to look again: the earliest hold's end; recheck_soon: within LANES_RECHECK_MS.
   look_again timestamptz;
+  recheck_soon boolean := false;
   next_step text;
   jid bigint;
   jmin bigint;
@@ -126,7 +129,7 @@ BEGIN
       IF got IS NULL THEN
         -- (A variable set here keeps its value when the block's subtransaction rolls back.)
         IF m.lanes_allowed < least(m.max_parallel_jobs, {{MAX_LANES}}) THEN
-          look_again := least(look_again, pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0));
+          recheck_soon := true;
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'BBM01';
       END IF;
@@ -165,7 +168,7 @@ BEGIN
               WHERE j.batched_background_migration_id = m.id AND j.status IN ({{JOB_ACTIVE}}, {{JOB_FAILED}})
             ) THEN
               -- Its last ranges run in other lanes: it finishes soon, or a range fails to be retried.
-              look_again := least(look_again, pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0));
+              recheck_soon := true;
               RAISE EXCEPTION USING ERRCODE = 'BBM01';
             END IF;
             next_step := 'finish';
@@ -183,8 +186,8 @@ BEGIN
       busy := true;
     END;
   END LOOP;
-  IF NOT quieted THEN
-    look_again := pg_catalog.clock_timestamp() + make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0);
+  IF recheck_soon OR NOT quieted THEN
+    look_again := least(look_again, pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => {{LANES_RECHECK_MS}} / 1000.0));
   END IF;
   IF busy OR NOT quieted THEN
     RETURN QUERY SELECT 0::bigint, NULL::integer, NULL::text, NULL::smallint, NULL::text, NULL::text,
