@@ -20,8 +20,9 @@ export function describeError(error: unknown): string {
   const statement = wrapped
     ? statementLabel((error as Error & { query: string }).query)
     : (database as Error & { statement?: unknown }).statement;
-  // A connection or login failure (classes 08, 28) comes from no statement, whatever was about to run.
-  const fromStatement = !state.startsWith('08') && !state.startsWith('28');
+  // A connection or login failure comes from no statement, whatever was about to run: classes 08
+  // and 28, no such database (3D000), a server starting or stopping (57P03), no free connection (53300).
+  const fromStatement = !/^(08|28)/.test(state) && !['3D000', '57P03', '53300'].includes(state);
   const where = fromStatement && typeof statement === 'string' && statement ? ` in: ${statement}` : '';
   return `${database.message}${hint} (SQLSTATE ${state})${where}`;
 }
