@@ -25,6 +25,7 @@ export {
 export { LANE_LOCK_BASE, LOCK_NAMESPACE } from './store/locks.ts';
 export { migrateGcSchema, migrateSchema } from './store/apply-schema.ts';
 export { connectionMasker, createPool, maskConnectionString, type Queryable } from './store/db.ts';
+export type { VacuumHold } from './store/migration-rows.ts';
 export { copyColumn, copyColumnWork, COPY_COLUMN_WORK, type CopyColumnOptions } from './work/copy-column.ts';
 export type {
   Config,

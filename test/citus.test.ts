@@ -307,6 +307,68 @@ describe.skipIf(!available)('on Citus', () => {
     }
   });
 
+  it("a VACUUM of one of the table's shards on a worker node holds the migration, naming the shard and the node, until it ends", async () => {
+    await pool.query(
+      "CREATE TABLE tv (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0, pad text NOT NULL DEFAULT repeat('x', 500))",
+    );
+    await pool.query("SELECT create_distributed_table('tv', 'id')");
+    // About 4,000 rows of 500 bytes a shard: 250 pages for the slowed vacuum to crawl through.
+    await pool.query('INSERT INTO tv (id) SELECT generate_series(1, 128000)');
+    await pool.query(
+      `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
+       VALUES ('touch_tv', 8000, 'citus.touch', 'public.tv', 'id')`,
+    );
+    const node = new URL(citus.workerUrls[0]!);
+    const { rows: shards } = await pool.query<{ shard: string }>(
+      `SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) AS shard
+       FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n ON n.groupid = p.groupid
+       WHERE s.logicalrelid = 'tv'::regclass AND n.nodeport = $1 ORDER BY s.shardid LIMIT 1`,
+      [Number(node.port)],
+    );
+    const shard = shards[0]!.shard;
+    const nodePool = createPool({ connectionString: citus.workerUrls[0]!, max: 2 });
+    const vacuumer = await nodePool.connect();
+    try {
+      await vacuumer.query('SET vacuum_cost_delay = 50');
+      await vacuumer.query('SET vacuum_cost_limit = 1');
+      const { rows } = await vacuumer.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      const vacuum = vacuumer.query(`VACUUM ${shard}`).catch((error: Error) => error);
+      await waitFor(
+        async () =>
+          (await nodePool.query('SELECT 1 FROM pg_stat_progress_vacuum WHERE pid = $1', [rows[0]!.pid])).rowCount,
+        'the vacuum to start',
+      );
+      const health = { maxTransactionAgeMs: null, checkMs: 100, holdMs: 500, latency: false };
+      const running = startBbm(['run', '--until-done', '--concurrency', '2', '--config', CONFIG], {
+        ...env(),
+        BBM_TEST_HEALTH: JSON.stringify(health),
+      });
+      const reason = async () =>
+        (
+          await pool.query<{ r: string | null }>(
+            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_tv'`,
+          )
+        ).rows[0]!.r;
+      await waitFor(async () => (await reason()) !== null, 'the hold');
+      expect(await reason()).toBe(`vacuum on public.${shard} on node 127.0.0.1:${node.port}`);
+      const ran = await pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
+         JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+         WHERE m.name = 'touch_tv' AND j.status = ${JobStatus.finished}`,
+      );
+      expect(ran.rows[0]!.n).toBe(0);
+
+      await nodePool.query('SELECT pg_cancel_backend($1::int)', [rows[0]!.pid]);
+      expect(await vacuum).toMatchObject({ code: '57014' });
+
+      expect(await running.exited, running.output()).toEqual({ code: 0, signal: null });
+      await expectDoneOnce(pool, 'tv', 'touch_tv');
+    } finally {
+      vacuumer.release();
+      await nodePool.end();
+    }
+  });
+
   describe('exactly once', () => {
     it(
       '1,000,000 rows of a hash-distributed table, 2 worker processes x 2 lanes, one SIGKILLed mid-job: every row once',

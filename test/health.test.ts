@@ -460,12 +460,25 @@ describe('health holds', () => {
     [{ maxTransactionAgeMs: -1 }, /health.maxTransactionAgeMs must be a number of at least 0, or null/],
     [{ checkMs: 0 }, /health.checkMs must be an integer from 1/],
     [{ holdMs: 1.5 }, /health.holdMs must be an integer/],
-    [{ autovacuum: 'yes' as unknown as boolean }, /health.autovacuum must be true or false/],
+    [
+      { autovacuum: 'yes' as unknown as boolean },
+      /health.autovacuum must be 'wraparound', 'all', true or false; got "yes"/,
+    ],
     [{ commitLatencyFactor: 1 }, /health.commitLatencyFactor must be a number above 1, or null/],
     [{ commitLatencyFactor: Number.POSITIVE_INFINITY }, /health.commitLatencyFactor must be a number above 1/],
   ])('refuse bad options: %j', (options, message) => {
     expect(() => resolveHealth(options)).toThrow(message);
     expect(() => resolveHealth(options)).toThrow(ConfigError);
+  });
+
+  it.each([
+    [undefined, 'wraparound'],
+    [true, 'wraparound'],
+    ['wraparound', 'wraparound'],
+    ['all', 'all'],
+    [false, false],
+  ] as const)('read autovacuum: %j as %j', (autovacuum, resolved) => {
+    expect(resolveHealth(autovacuum === undefined ? {} : { autovacuum })?.autovacuum).toBe(resolved);
   });
 });
 

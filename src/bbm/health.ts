@@ -10,6 +10,7 @@ import {
   holdOverWalBudget,
   holdRunnable,
   holdVacuumingMigrations,
+  type VacuumHold,
   releaseHolds,
   type HoldSet,
 } from '../store/migration-rows.ts';
@@ -25,10 +26,12 @@ import { workerNodeSignals, type NodeSignals } from '../store/citus-nodes.ts';
 import { ConfigError } from './errors.ts';
 import type { HealthOptions, HoldEvent, HoldKind } from './types.ts';
 
-export type ResolvedHealth = Required<{ [K in keyof HealthOptions]: Exclude<HealthOptions[K], undefined> }>;
+export type ResolvedHealth = Required<{
+  [K in Exclude<keyof HealthOptions, 'autovacuum'>]: Exclude<HealthOptions[K], undefined>;
+}> & { autovacuum: VacuumHold | false };
 
 export const HEALTH_DEFAULTS: ResolvedHealth = {
-  autovacuum: true,
+  autovacuum: 'wraparound',
   maxTransactionAgeMs: 300_000,
   maxReplayLagBytes: 64 * 1024 * 1024,
   replayLagBytes: maxReplicaLagBytes,
@@ -46,7 +49,17 @@ export const HEALTH_DEFAULTS: ResolvedHealth = {
 /** The options, checked; null when health holds are off. */
 export function resolveHealth(options: HealthOptions | false | undefined): ResolvedHealth | null {
   if (options === false) return null;
-  const resolved = { ...HEALTH_DEFAULTS, ...options };
+  const { autovacuum = HEALTH_DEFAULTS.autovacuum, ...rest } = options ?? {};
+  if (!(typeof autovacuum === 'boolean' || autovacuum === 'wraparound' || autovacuum === 'all')) {
+    throw new ConfigError(
+      `health.autovacuum must be 'wraparound', 'all', true or false; got ${JSON.stringify(autovacuum)}`,
+    );
+  }
+  const resolved: ResolvedHealth = {
+    ...HEALTH_DEFAULTS,
+    ...rest,
+    autovacuum: autovacuum === true ? HEALTH_DEFAULTS.autovacuum : autovacuum,
+  };
   for (const key of [
     'maxTransactionAgeMs',
     'maxReplayLagBytes',
@@ -69,9 +82,7 @@ export function resolveHealth(options: HealthOptions | false | undefined): Resol
     }
   }
   if (typeof resolved.replayLagBytes !== 'function') throw new ConfigError('health.replayLagBytes must be a function');
-  for (const key of ['autovacuum', 'latency'] as const) {
-    if (typeof resolved[key] !== 'boolean') throw new ConfigError(`health.${key} must be true or false`);
-  }
+  if (typeof resolved.latency !== 'boolean') throw new ConfigError('health.latency must be true or false');
   if (!(typeof resolved.latencyFactor === 'number' && resolved.latencyFactor > 1)) {
     throw new ConfigError(
       `health.latencyFactor must be a number above 1; got ${JSON.stringify(resolved.latencyFactor)}`,
@@ -127,7 +138,7 @@ export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<
     health.maxSlotRetainedBytes,
     health.minSlotSafeWalBytes,
   ].some((limit) => limit !== null);
-  const nodes = anyServerWide ? await workerNodeSignals(db) : { read: [], unread: [] };
+  const nodes = anyServerWide || health.autovacuum !== false ? await workerNodeSignals(db) : { read: [], unread: [] };
   const check: HealthCheck = {
     holds: [],
     released: [],
@@ -205,8 +216,11 @@ export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<
     await serverWide('replication_slot', slotReason(slots, health));
   }
   if (health.autovacuum) {
-    hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs }));
-    check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE.autovacuum, unlessVacuuming: true })));
+    const onNodes = nodes.read.flatMap((node) => node.vacuums);
+    const sets = await holdVacuumingMigrations(db, { holdMs: health.holdMs, which: health.autovacuum, onNodes });
+    hold('autovacuum', sets);
+    const keep = sets.map((set) => set.name);
+    check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE.autovacuum, keep })));
   }
   if (health.maxWalBytesPerSecond !== null) {
     hold(

@@ -8,7 +8,7 @@ import type { NodePgTransaction } from 'drizzle-orm/node-postgres';
 import type pg from 'pg';
 import type { ErrorCodeName, MigrationStatusName } from '../store/codes.ts';
 import type { Queryable } from '../store/db.ts';
-import type { MigrationSummary } from '../store/migration-rows.ts';
+import type { MigrationSummary, VacuumHold } from '../store/migration-rows.ts';
 import type { LaneShare } from './shared-lanes.ts';
 
 /** Runs one statement inside the job's transaction. `$1`-style parameters. */
@@ -698,8 +698,13 @@ export interface RehearsalReport {
  * signal needs (pg_monitor), it sees what the role can see, and never fails a run.
  */
 export interface HealthOptions {
-  /** Hold a migration while its table is being vacuumed (autovacuum or VACUUM). Default true. */
-  autovacuum?: boolean;
+  /**
+   * Hold a migration while its table is being vacuumed. `'wraparound'` (the default; `true` says
+   * the same): while an autovacuum to prevent wraparound or a manual VACUUM runs on it. `'all'`:
+   * routine autovacuum too, as GitLab does (a long migration starts one on its own table every few
+   * million rows, and each stops it for the vacuum's length). `false`: never.
+   */
+  autovacuum?: VacuumHold | boolean;
   /** Hold every migration while a transaction in this database is older than this. Default 300000 (5 min). */
   maxTransactionAgeMs?: number | null;
   /** Hold every migration while a streaming replica replays more than this many bytes behind. Default 64 MiB. */

@@ -1,7 +1,7 @@
 /**
  * The health signals of a Citus cluster's worker nodes, read through the coordinator. On Citus the
- * work writes the shards, on the worker nodes: their WAL, their replicas, their long transactions
- * and their replication slots are what a migration strains, and the coordinator's own show almost
+ * work writes the shards, on the worker nodes: their WAL, their replicas, their long transactions,
+ * their replication slots and the vacuums of the shards are what a migration strains, and the coordinator's own show almost
  * none of it. The coordinator runs the signals' reads (health.ts, SIGNAL_SQL) on every active
  * worker node with `run_command_on_workers`, over its own connections to them, as the worker's
  * role: one statement a check, whatever the number of nodes.
@@ -12,6 +12,7 @@ import { citusInstalled } from './citus.ts';
 import { exec } from './db.ts';
 import { SIGNAL_SQL, slotsOf, type SlotRow, type SlotWal } from './health.ts';
 import { atomically } from './tx.ts';
+import type { NodeVacuum } from './migration-rows.ts';
 
 /**
  * How long the read waits to connect to a node, and for all of it. Every lane of a worker waits
@@ -29,6 +30,8 @@ export interface NodeSignals {
   replicaLagBytes: number | null;
   oldestTransaction: { ageMs: number; pid: number | null } | null;
   slots: SlotWal[];
+  /** The vacuums running on the node (of shards, and of the node's own tables). */
+  vacuums: NodeVacuum[];
 }
 
 /** A worker node whose signals could not be read, and why (its error). */
@@ -43,13 +46,15 @@ const NODE_SIGNALS_SQL = `
     'ready', (${SIGNAL_SQL.readyWal}),
     'lag', (${SIGNAL_SQL.replicaLag}),
     'oldest', (SELECT pg_catalog.row_to_json(o) FROM (${SIGNAL_SQL.oldestTransaction}) o),
-    'slots', (SELECT pg_catalog.json_agg(s) FROM (${SIGNAL_SQL.slots}) s))::text`;
+    'slots', (SELECT pg_catalog.json_agg(s) FROM (${SIGNAL_SQL.slots}) s),
+    'vacuums', (SELECT pg_catalog.json_agg(v) FROM (SELECT schema, relname, kind FROM (${SIGNAL_SQL.vacuums}) v0) v))::text`;
 
 interface NodeJson {
   ready: number | null;
   lag: number | null;
   oldest: { age_ms: number; pid: number | null } | null;
   slots: SlotRow[] | null;
+  vacuums: Array<Omit<NodeVacuum, 'node'>> | null;
 }
 
 /** Whether a pool's database has Citus: looked up once per pool (an extension is not added under a running worker often). */
@@ -110,6 +115,7 @@ function signalsOf(rows: NodeRow[]): { read: NodeSignals[]; unread: NodeUnread[]
         replicaLagBytes: json.lag === null ? null : Number(json.lag),
         oldestTransaction: json.oldest && { ageMs: Number(json.oldest.age_ms), pid: json.oldest.pid },
         slots: slotsOf(json.slots ?? []),
+        vacuums: (json.vacuums ?? []).map((vacuum) => ({ ...vacuum, node })),
       });
     } catch (error) {
       unread.push({ node, error: (error as Error).message });

@@ -36,6 +36,21 @@ export const SIGNAL_SQL = {
       SELECT extract(epoch FROM now() - prepared) * 1000, NULL
       FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()
     ) open ORDER BY age_ms DESC LIMIT 1`,
+  /**
+   * `relid`, `schema`, `relname`, `kind`: the vacuums running in this database, each of a kind:
+   * `vacuum` (a manual VACUUM), `anti-wraparound autovacuum` or `autovacuum`. Other roles'
+   * vacuums, autovacuum's included, are visible with pg_monitor.
+   */
+  vacuums: `
+    SELECT p.relid, n.nspname AS schema, c.relname,
+           CASE WHEN a.backend_type IS DISTINCT FROM 'autovacuum worker' THEN 'vacuum'
+                WHEN a.query LIKE '%(to prevent wraparound)' THEN 'anti-wraparound autovacuum'
+                ELSE 'autovacuum' END AS kind
+    FROM pg_catalog.pg_stat_progress_vacuum p
+    JOIN pg_catalog.pg_class c ON c.oid = p.relid
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
+    WHERE p.datname = current_database()`,
   /** `name`, `type`, `retained`, `safe`: the replication slots that retain WAL (see replicationSlots). */
   slots: `
     SELECT slot_name AS name, slot_type AS type,

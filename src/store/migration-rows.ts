@@ -24,6 +24,7 @@ import { canonicalKey, keyRow, keyTextArray, type Key } from './keys.ts';
 import { keyEnds, lastValue, shardRowEstimate } from './target-reads.ts';
 import type { StoredMigration } from './rows.ts';
 import { LANE_LOCK_BASE } from './locks.ts';
+import { SIGNAL_SQL } from './health.ts';
 
 const RUNNABLE = sql.raw(statusCodes(RUNNABLE_STATUSES));
 
@@ -256,27 +257,54 @@ async function setHolds(db: Queryable, candidates: SQL): Promise<HoldSet[]> {
 }
 
 /**
- * Holds each runnable migration whose table is being vacuumed now (autovacuum, or a manual
- * VACUUM) until now + `holdMs`, with the reason "autovacuum on public.items": the migration's
- * writes and the vacuum compete for the same table, and the vacuum should win. Other roles'
- * vacuums are visible with pg_monitor.
+ * Which vacuums hold a migration on their table: `'wraparound'` those that must not be slowed,
+ * an autovacuum to prevent wraparound (it cannot be cancelled, and the table's xids age until it
+ * ends) and a manual VACUUM (an operator's); `'all'` every vacuum, routine autovacuum included,
+ * which a long migration starts on its own table with its dead rows.
  */
-export async function holdVacuumingMigrations(db: Queryable, { holdMs }: { holdMs: number }): Promise<HoldSet[]> {
+export type VacuumHold = 'wraparound' | 'all';
+
+/** A vacuum running on a worker node of a Citus cluster (SIGNAL_SQL.vacuums there). */
+export interface NodeVacuum {
+  /** `host:port` */
+  node: string;
+  schema: string;
+  relname: string;
+  kind: 'vacuum' | 'anti-wraparound autovacuum' | 'autovacuum';
+}
+
+/**
+ * Holds each runnable migration whose table a holding vacuum (`which`) runs on now, until now +
+ * `holdMs`, with the reason "anti-wraparound autovacuum on public.items": the migration's writes
+ * and the vacuum compete for the same table, and the vacuum should win. On a Citus coordinator,
+ * `onNodes` are the worker nodes' vacuums: one of a shard of the table holds it too ("… on
+ * public.items_102008 on node 10.0.0.5:5432").
+ */
+export async function holdVacuumingMigrations(
+  db: Queryable,
+  { holdMs, which, onNodes }: { holdMs: number; which: VacuumHold; onNodes: NodeVacuum[] },
+): Promise<HoldSet[]> {
+  const here = sql`
+    SELECT m.id, pg_catalog.format('%s on %I.%I', v.kind, v.schema, v.relname) AS reason, ${holdMs}::float8 AS hold_ms
+    FROM batched_background_migrations m
+    JOIN (${sql.raw(SIGNAL_SQL.vacuums)}) v ON v.relid = bbm_try_regclass(m.table_name)
+    WHERE m.status IN (${RUNNABLE}) ${which === 'all' ? sql`` : sql`AND v.kind <> 'autovacuum'`}`;
+  const shards = onNodes.filter((vacuum) => which === 'all' || vacuum.kind !== 'autovacuum');
+  // pg_dist_shard is read only when a node vacuums: it exists only with Citus. A shard is named
+  // by shard_name() as its table is, schema-qualified outside public.
+  const onShards = sql`
+    SELECT m.id, pg_catalog.format('%s on %I.%I on node %s', v.kind, v.schema, v.relname, v.node), ${holdMs}::float8
+    FROM batched_background_migrations m
+    JOIN pg_dist_shard s ON s.logicalrelid = bbm_try_regclass(m.table_name)
+    JOIN pg_catalog.json_to_recordset(${JSON.stringify(shards)}::json) AS v(node text, schema text, relname text, kind text)
+      ON pg_catalog.shard_name(s.logicalrelid, s.shardid)
+         = CASE WHEN v.schema = 'public' THEN pg_catalog.quote_ident(v.relname)
+                ELSE pg_catalog.format('%I.%I', v.schema, v.relname) END
+    WHERE m.status IN (${RUNNABLE})`;
+  // One reason a migration (the first of its vacuums): setHolds updates each row once.
   return setHolds(
     db,
-    sql`
-      SELECT m.id, v.reason, ${holdMs}::float8 AS hold_ms
-      FROM batched_background_migrations m
-      JOIN (
-        SELECT p.relid, format('%s on %I.%I', CASE WHEN a.backend_type = 'autovacuum worker' THEN 'autovacuum' ELSE 'vacuum' END,
-                               n.nspname, c.relname) AS reason
-        FROM pg_catalog.pg_stat_progress_vacuum p
-        JOIN pg_catalog.pg_class c ON c.oid = p.relid
-        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid
-        WHERE p.datname = current_database()
-      ) v ON v.relid = bbm_try_regclass(m.table_name)
-      WHERE m.status IN (${RUNNABLE})`,
+    sql`SELECT DISTINCT ON (id) id, reason, hold_ms FROM (${here}${shards.length > 0 ? sql` UNION ALL ${onShards}` : sql``}) c ORDER BY id, reason`,
   );
 }
 
@@ -384,24 +412,19 @@ export async function holdOverWalBudget(
 /**
  * Lifts the holds of a signal that no longer fires (their reason matches `reasonLike`, a LIKE
  * pattern), so a migration resumes at the next check after its cause went away rather than when
- * its hold runs out. With `unlessVacuuming`, only those whose table is not being vacuumed now.
+ * its hold runs out; those named in `keep` (held again by this check) stay.
  * Returns the names released.
  */
 export async function releaseHolds(
   db: Queryable,
-  { reasonLike, unlessVacuuming = false }: { reasonLike: string; unlessVacuuming?: boolean },
+  { reasonLike, keep = [] }: { reasonLike: string; keep?: string[] },
 ): Promise<string[]> {
   const rows = await exec<{ name: string }>(
     db,
     sql`
       UPDATE batched_background_migrations m SET on_hold_until = NULL, hold_reason = NULL, updated_at = now()
       WHERE m.status IN (${RUNNABLE}) AND m.on_hold_until > now() AND m.hold_reason LIKE ${reasonLike}
-        ${
-          unlessVacuuming
-            ? sql`AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_progress_vacuum p
-                                  WHERE p.datname = current_database() AND p.relid = bbm_try_regclass(m.table_name))`
-            : sql``
-        }
+        AND m.name <> ALL (${sql.param(keep)}::text[])
       RETURNING m.name`,
   );
   return rows.map((row) => row.name);
