@@ -14,6 +14,7 @@ import { createPool } from '../src/store/db.ts';
 import {
   LANE_LOCK_BASE,
   LANES_RECHECK_MS,
+  LANES_RECHECK_MIN_MS,
   LOCK_NAMESPACE,
   MIGRATION_KEY_MODULUS,
   QUIET_LOCK_KEY,
@@ -171,7 +172,7 @@ describe('a run in few statements', () => {
     }
   });
 
-  it("says, when it turns a lane away, when to look again: at a hold's end, soon while a controller bounds the lanes or the last ranges run, not while every lane runs with ranges waiting", async () => {
+  it("says, when it turns a lane away, when to look again: at a hold's end, soon while a controller bounds the lanes, after the jobs' time in slow start or while the last ranges run, not while every lane runs with ranges waiting", async () => {
     const { pool } = db();
     const id = await startedMigration(2, 5);
     const setRow = (set: string) => pool.query(`UPDATE batched_background_migrations SET ${set} WHERE id = $1`, [id]);
@@ -204,11 +205,26 @@ describe('a run in few statements', () => {
     // Both lanes run, ranges still wait: only a run's end frees a lane (the caller backs off).
     expect(await busyTake(2)).toEqual(expect.objectContaining({ migration_id: '0', look_again_ms: null }));
     // One lane allowed by a controller, and running: any worker's controller may give one back.
-    await setRow('lanes_allowed = 1');
+    await setRow(`lanes_allowed = 1, lanes_reason = 'latency'`);
     const bound = await busyTake(1);
     expect(bound?.migration_id).toBe('0');
-    expect(bound?.look_again_ms).toBeGreaterThan(0);
+    expect(bound?.look_again_ms).toBeGreaterThan(LANES_RECHECK_MS / 2);
     expect(bound?.look_again_ms).toBeLessThanOrEqual(LANES_RECHECK_MS);
+    // In slow start: a quarter of that before any job is timed, then after 4 jobs' time.
+    await setRow(`lanes_reason = 'slow start'`);
+    const untimed = await busyTake(1);
+    expect(untimed?.look_again_ms).toBeGreaterThan(LANES_RECHECK_MS / 8);
+    expect(untimed?.look_again_ms).toBeLessThanOrEqual(LANES_RECHECK_MS / 4);
+    const finishJobs = (where: string, durationMs: number) =>
+      pool.query(
+        `UPDATE batched_background_migration_jobs SET status = $2, duration_ms = $3
+         WHERE batched_background_migration_id = $1 AND ${where}`,
+        [id, JobStatus.finished, durationMs],
+      );
+    await finishJobs('min_value = 41', 5);
+    const timed = await busyTake(1);
+    expect(timed?.look_again_ms).toBeGreaterThanOrEqual(LANES_RECHECK_MIN_MS);
+    expect(timed?.look_again_ms).toBeLessThanOrEqual(4 * 5);
     // Held for 20 s more: look again then.
     await setRow(`lanes_allowed = NULL, on_hold_until = now() + interval '20 seconds'`);
     const held = await busyTake(0);
@@ -216,10 +232,7 @@ describe('a run in few statements', () => {
     expect(held?.look_again_ms).toBeLessThanOrEqual(20_000);
     // Its last ranges all run in other lanes: it finishes soon.
     await setRow('on_hold_until = NULL');
-    await pool.query(
-      `UPDATE batched_background_migration_jobs SET status = $2 WHERE batched_background_migration_id = $1 AND min_value > 1`,
-      [id, JobStatus.finished],
-    );
+    await finishJobs('min_value > 1', 30);
     await pool.query(`UPDATE batched_background_migrations SET max_value = 10 WHERE id = $1`, [id]);
     const client = await pool.connect();
     try {
@@ -228,7 +241,9 @@ describe('a run in few statements', () => {
       expect(rows).toEqual([{ job_min: '1' }]);
       const last = await busyTake(0);
       expect(last?.migration_id).toBe('0');
-      expect(last?.look_again_ms).toBeLessThanOrEqual(LANES_RECHECK_MS);
+      // About one job's time: the last one finished took 30 ms.
+      expect(last?.look_again_ms).toBeGreaterThanOrEqual(LANES_RECHECK_MIN_MS);
+      expect(last?.look_again_ms).toBeLessThanOrEqual(30);
     } finally {
       await client.query('ROLLBACK');
       client.release();

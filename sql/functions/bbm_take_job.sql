@@ -29,8 +29,11 @@
 -- every lane of it is busy, or it is on hold. That row's look_again_ms says when to look again
 -- without waiting out a backoff: at the earliest hold's end; within LANES_RECHECK_MS when a
 -- candidate's lanes are bound below its lanes by a controller (lanes_allowed: a controller of any
--- worker may give one back at any moment), when its last ranges run in other lanes (it finishes
--- soon), or when a quiet round turned the take away. NULL when every lane of a candidate is busy
+-- worker may give one back at any moment), or when a quiet round turned the take away; sooner
+-- where the migration's own jobs say when: after its last ranges, running in other lanes, end
+-- (about one job's time, that of its last finished job), and in slow start after the jobs that
+-- grow it a lane (GROW_AFTER_HEALTHY_JOBS of them; a quarter of LANES_RECHECK_MS before the first
+-- job is timed), never sooner than LANES_RECHECK_MIN_MS. NULL when every lane of a candidate is busy
 -- with ranges still waiting: only a run's end frees one, and the caller backs off. With
 -- only_migration (bbm finalize), only that migration is tried, and when its lanes are all busy the
 -- call waits for lane 0 instead of giving up.
@@ -70,6 +73,8 @@ DECLARE
   -- When to look again: the earliest hold's end; recheck_soon: within LANES_RECHECK_MS.
   look_again timestamptz;
   recheck_soon boolean := false;
+  -- Jobs of the migration whose time says when to look again (bbm_look_again_after_jobs).
+  jobs_ahead integer;
   next_step text;
   jid bigint;
   jmin bigint;
@@ -91,7 +96,7 @@ BEGIN
   FOR m IN
     SELECT b.id, b.name, b.status, b.job_signature_name, b.table_name, b.column_name, b.batching_strategy,
            b.batch_size, b.max_parallel_jobs, b.target_job_ms, b.min_batch_size, b.max_batch_size, b.max_value,
-           b.on_hold_until, b.lanes_allowed, b.job_arguments
+           b.on_hold_until, b.lanes_allowed, b.lanes_reason, b.job_arguments
     FROM batched_background_migrations b
     WHERE b.status IN ({{RUNNABLE_STATUSES}})
       AND (only_migration IS NULL OR b.id = only_migration)
@@ -130,6 +135,9 @@ BEGIN
         -- (A variable set here keeps its value when the block's subtransaction rolls back.)
         IF m.lanes_allowed < least(m.max_parallel_jobs, {{MAX_LANES}}) THEN
           recheck_soon := true;
+          IF m.lanes_reason = 'slow start' THEN
+            look_again := least(look_again, bbm_look_again_after_jobs(m.id, {{GROW_AFTER_HEALTHY_JOBS}}));
+          END IF;
         END IF;
         RAISE EXCEPTION USING ERRCODE = 'BBM01';
       END IF;
@@ -169,6 +177,7 @@ BEGIN
             ) THEN
               -- Its last ranges run in other lanes: it finishes soon, or a range fails to be retried.
               recheck_soon := true;
+              look_again := least(look_again, bbm_look_again_after_jobs(m.id, 1));
               RAISE EXCEPTION USING ERRCODE = 'BBM01';
             END IF;
             next_step := 'finish';

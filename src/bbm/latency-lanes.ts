@@ -11,6 +11,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { growLanes, shedLanes, startInOneLane } from '../store/migration-rows.ts';
+import { GROW_AFTER_HEALTHY_JOBS } from '../store/locks.ts';
 import { migrationFields, type Logger } from './log.ts';
 import type { Tell } from './observe.ts';
 import type { PaceControls, RunFollower } from './pacer.ts';
@@ -26,13 +27,6 @@ export interface LatencyLanesContext {
   log: Logger;
   tell: Tell;
 }
-
-/**
- * Healthy jobs, begun after the last change, that give a lane back. Few enough that a migration of
- * 5 ms jobs reaches four lanes within a second; each one begun after the change, so the count is
- * of jobs that ran beside the lane the last change added.
- */
-const GROW_AFTER_HEALTHY_JOBS = 4;
 
 /** What the controller remembers of a migration. */
 interface Steering {

@@ -52,3 +52,19 @@ export const QUIET_TAKE_WAIT_MS = 2_000;
  * A take costs about 0.2 ms of server time, so a fleet of 40 lanes turned away costs 8 ms a second.
  */
 export const LANES_RECHECK_MS = 1_000;
+
+/**
+ * The least a lane turned away waits where the migration's own jobs say when to look again (its
+ * last ranges running elsewhere, slow start: sql/functions/bbm_look_again_after_jobs.sql): those
+ * moments last a few jobs, so a take every 10 ms per lane costs a few takes, not a steady load.
+ */
+export const LANES_RECHECK_MIN_MS = 10;
+
+/**
+ * Healthy jobs (within 1.25x of their norm), begun after the last change, after which the latency
+ * controller gives a migration a lane back (src/bbm/latency-lanes.ts). Few enough that a migration
+ * of 5 ms jobs reaches four lanes within a second; each one begun after the change, so the count
+ * is of jobs that ran beside the lane the last change added. In slow start, a lane turned away
+ * looks again after that many of the migration's jobs.
+ */
+export const GROW_AFTER_HEALTHY_JOBS = 4;
