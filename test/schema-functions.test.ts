@@ -89,7 +89,8 @@ function anotherRelease(version: string): FunctionSet {
  * What this release changed since the chain (0.9.3), for batching keys that are not a single
  * integer column: the nine-argument cut became a shim of the cut that also takes a key's columns,
  * and the takes return the job's keys and the migration's arguments beside their old columns; on
- * Citus, a job's record makes it commit by two-phase commit (bbm_finish_job calls bbm_citus_two_phase).
+ * Citus, a job's record makes it commit by two-phase commit (bbm_finish_job calls bbm_citus_two_phase);
+ * a take says when a lane turned away looks again (bbm_look_again_after_jobs).
  * Every other function is the chain's, exactly; every signature the chain left still exists, for
  * the workers of earlier releases during a rolling deploy.
  */
@@ -103,6 +104,7 @@ const ADDED_SINCE_CHAIN = [
   'bbm_citus_two_phase()',
   'bbm_cut_range(bigint,text,text,text,text,text,text,integer,boolean,text[],oid[])',
   'bbm_key_text(jsonb)',
+  'bbm_look_again_after_jobs(bigint,integer)',
   'bbm_quiet_shared(integer)',
 ];
 
