@@ -309,20 +309,20 @@ describe.skipIf(!available)('on Citus', () => {
 
   it("a VACUUM of one of the table's shards on a worker node holds the migration, naming the shard and the node, until it ends", async () => {
     await pool.query(
-      "CREATE TABLE tv (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0, pad text NOT NULL DEFAULT repeat('x', 500))",
+      "CREATE TABLE tvac (id bigint PRIMARY KEY, touched int NOT NULL DEFAULT 0, pad text NOT NULL DEFAULT repeat('x', 500))",
     );
-    await pool.query("SELECT create_distributed_table('tv', 'id')");
+    await pool.query("SELECT create_distributed_table('tvac', 'id')");
     // About 4,000 rows of 500 bytes a shard: 250 pages for the slowed vacuum to crawl through.
-    await pool.query('INSERT INTO tv (id) SELECT generate_series(1, 128000)');
+    await pool.query('INSERT INTO tvac (id) SELECT generate_series(1, 128000)');
     await pool.query(
       `INSERT INTO batched_background_migrations (name, batch_size, job_signature_name, table_name, column_name)
-       VALUES ('touch_tv', 8000, 'citus.touch', 'public.tv', 'id')`,
+       VALUES ('touch_tvac', 8000, 'citus.touch', 'public.tvac', 'id')`,
     );
     const node = new URL(citus.workerUrls[0]!);
     const { rows: shards } = await pool.query<{ shard: string }>(
       `SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) AS shard
        FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n ON n.groupid = p.groupid
-       WHERE s.logicalrelid = 'tv'::regclass AND n.nodeport = $1 ORDER BY s.shardid LIMIT 1`,
+       WHERE s.logicalrelid = 'tvac'::regclass AND n.nodeport = $1 ORDER BY s.shardid LIMIT 1`,
       [Number(node.port)],
     );
     const shard = shards[0]!.shard;
@@ -346,7 +346,7 @@ describe.skipIf(!available)('on Citus', () => {
       const reason = async () =>
         (
           await pool.query<{ r: string | null }>(
-            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_tv'`,
+            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_tvac'`,
           )
         ).rows[0]!.r;
       await waitFor(async () => (await reason()) !== null, 'the hold');
@@ -354,7 +354,7 @@ describe.skipIf(!available)('on Citus', () => {
       const ran = await pool.query<{ n: number }>(
         `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
          JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-         WHERE m.name = 'touch_tv' AND j.status = ${JobStatus.finished}`,
+         WHERE m.name = 'touch_tvac' AND j.status = ${JobStatus.finished}`,
       );
       expect(ran.rows[0]!.n).toBe(0);
 
@@ -362,7 +362,7 @@ describe.skipIf(!available)('on Citus', () => {
       expect(await vacuum).toMatchObject({ code: '57014' });
 
       expect(await running.exited, running.output()).toEqual({ code: 0, signal: null });
-      await expectDoneOnce(pool, 'tv', 'touch_tv');
+      await expectDoneOnce(pool, 'tv', 'touch_tvac');
     } finally {
       vacuumer.release();
       await nodePool.end();
