@@ -2,7 +2,8 @@
  * `npm run lint` runs this: the operations files in `ops/` must agree with the engine.
  *
  * - ops/grafana/pg-bbm.json: valid JSON; every panel has a query; every query names only
- *   metrics the engine exports (METRIC_HELP, plus a histogram's _bucket/_sum/_count series).
+ *   metrics the engine exports (METRIC_HELP, plus a histogram's _bucket/_sum/_count series), each
+ *   limited to the databases picked in the dashboard's `database` variable.
  * - ops/prometheus/*.yaml: alerting rules that parse, each with an alert name and an expression
  *   naming only exported metrics.
  * - ops/k8s/*.yaml: every document parses; each container that runs `bbm` passes a command and
@@ -36,12 +37,17 @@ const checkExpression = (where: string, expr: string) => {
       problem(`${where} queries ${metric}, which pg-bbm does not export`);
   }
 };
+const PICKED_DATABASES = 'database=~"$database"';
 let queries = 0;
 for (const panel of dashboard.panels) {
   if (!panel.targets?.length) problem(`grafana: panel "${panel.title}" has no query`);
   for (const { expr } of panel.targets ?? []) {
     queries += 1;
     checkExpression(`grafana: "${panel.title}"`, expr);
+    for (const selector of expr.match(/\bbbm_[a-z_]+(\{[^}]*\})?/g) ?? []) {
+      if (!selector.includes(PICKED_DATABASES))
+        problem(`grafana: "${panel.title}" reads ${selector} without {${PICKED_DATABASES}}`);
+    }
   }
 }
 
