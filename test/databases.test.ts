@@ -4,6 +4,7 @@
  * database; `database/name` addressing; twenty databases on one server sharing one process's lanes.
  */
 import { execFile } from 'node:child_process';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -618,6 +619,116 @@ describe('a fleet in one process', () => {
     }
     await expectEveryRowOnce(big.pool, 'items', 'fill');
   });
+});
+
+/**
+ * A TCP proxy to `port` that can turn silent: it then cuts the connections it carries and holds
+ * new ones without a byte, as a server behind a partition does (a connect waits for its timeout).
+ */
+async function silencingProxy(port: number): Promise<{
+  url: (url: string) => string;
+  silence: () => void;
+  restore: () => void;
+  close: () => Promise<void>;
+}> {
+  let silent = false;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => {});
+    if (silent) return;
+    const upstream = connect(port, '127.0.0.1');
+    sockets.add(upstream);
+    upstream.on('close', () => sockets.delete(upstream));
+    upstream.on('error', () => client.destroy());
+    client.on('error', () => upstream.destroy());
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: own } = server.address() as AddressInfo;
+  return {
+    url: (url) => url.replace(`:${port}/`, `:${own}/`),
+    silence: () => {
+      silent = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    /** Speaks again: the connections it held silent are cut (their connects fail at once). */
+    restore: () => {
+      silent = false;
+      for (const socket of sockets) socket.destroy();
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+describe('a database that falls silent', () => {
+  it(
+    "holds none of the process's lanes while its connections wait to time out: the other database drains meanwhile",
+    { timeout: 60_000 },
+    async () => {
+      const [main, silent] = [await testDatabase(), await testDatabase()];
+      for (const { pool } of [main, silent]) {
+        await createItems(pool, 'items', range(1, 400));
+        await enqueue(pool, { name: 'fill', work: 'slowed', table: 'items', batchSize: 10 });
+      }
+      const proxy = await silencingProxy(Number(new URL(silent.url).port));
+      cleanups.push(() => proxy.close());
+      const slowed: Work = {
+        name: 'slowed',
+        async do(job) {
+          await job.query(`UPDATE ${job.table} SET touched = touched + 1 WHERE id BETWEEN $1 AND $2`, [
+            job.start,
+            job.end,
+          ]);
+          await job.query('SELECT pg_sleep(0.02)');
+        },
+      };
+      const fleet = new Fleet({
+        databases: [
+          { name: 'silent', url: proxy.url(silent.url) },
+          { name: 'main', url: main.url },
+        ],
+        work: [slowed],
+        concurrency: 2,
+        health: false,
+        intervalMs: 20,
+        maxIntervalMs: 100,
+        startupJitterMs: 0,
+        logger: quiet,
+        migrate: false,
+      });
+      const running = fleet.run();
+      cleanups.push(() => fleet.stop({ abort: true }).then(() => running));
+      // Both served, then the one behind the proxy falls silent mid-drain.
+      await waitFor(
+        async () => (await migrationRow(silent.pool, 'fill'))?.status === MigrationStatus.running,
+        'silent/fill to start',
+      );
+      await waitFor(
+        async () => (await migrationRow(main.pool, 'fill'))?.status === MigrationStatus.running,
+        'main/fill to start',
+      );
+      proxy.silence();
+      const silencedAt = Date.now();
+
+      // 40 jobs of 20 ms in 2 lanes: under a second with the lanes; a connect that waits out its
+      // 15-s timeout holding one of the process's lanes leaves main one lane at most, in turns.
+      await waitFor(
+        async () => (await migrationRow(main.pool, 'fill'))?.status === MigrationStatus.finished,
+        'main/fill to finish',
+        14_000,
+      );
+      expect(Date.now() - silencedAt).toBeLessThan(14_000);
+      await expectEveryRowOnce(main.pool, 'items', 'fill');
+      proxy.restore();
+      await fleet.stop({ abort: true });
+      await running;
+    },
+  );
 });
 
 describe('shared lanes', () => {
