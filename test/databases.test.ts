@@ -6,6 +6,7 @@
 import { execFile } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Fleet } from '../src/bbm/fleet.ts';
@@ -664,6 +665,33 @@ async function silencingProxy(port: number): Promise<{
     },
   };
 }
+
+describe('bbm run on a terminal', () => {
+  it("shows each database's migrations live, as database/name, and their changes", async () => {
+    const [main, ci] = [await testDatabase(), await testDatabase()];
+    await prepare(main.pool, 200, 10);
+    await prepare(ci.pool, 300, 10);
+    // A terminal for bbm run: script(1) gives it one, and hands its output back.
+    const command = [process.execPath, BBM_BIN, 'run', '--until-done', '--config', FLEET_CONFIG]
+      .map((word) => `'${word}'`)
+      .join(' ');
+    const { stdout } = await promisify(execFile)('script', ['-qfec', command, '/dev/null'], {
+      env: {
+        ...process.env,
+        ...fleetEnv({ main: main.url, ci: ci.url }, { BBM_TEST_BASE: 'defaults', BBM_TEST_JOB_SLEEP_MS: '50' }),
+      },
+      timeout: 60_000,
+    });
+    // The redrawn block as the terminal ends up showing it, less the cursor moves.
+    const text = stdout.replaceAll(new RegExp(`${String.fromCharCode(27)}\\[\\d*[A-Z]`, 'g'), '').replaceAll('\r', '');
+    expect(text).toMatch(/^main\/fill .* jobs/m);
+    expect(text).toMatch(/^ci\/fill .* jobs/m);
+    expect(text).toMatch(/^main\/fill: running → finished \(20 jobs/m);
+    expect(text).toMatch(/^ci\/fill: running → finished \(30 jobs/m);
+    expect(await finished(main.pool)).toBe(true);
+    expect(await finished(ci.pool)).toBe(true);
+  });
+});
 
 describe('a database that falls silent', () => {
   it(

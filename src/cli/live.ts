@@ -1,6 +1,6 @@
 /**
- * `bbm run` on a terminal: one live progress line per runnable migration, redrawn in place every
- * second, and above it one line per state change (seen by polling, so other workers' changes show
+ * `bbm run` on a terminal: one live progress line per runnable migration (of each database of a
+ * fleet, named `database/name`), redrawn in place every second, and above it one line per state change (seen by polling, so other workers' changes show
  * too) and per log line (failures). Log lines reach the terminal through `stream`, so they never
  * tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
  */
@@ -24,12 +24,18 @@ const REDRAW_MS = 1_000;
 const UP = (lines: number) => `\x1b[${lines}A`;
 const CLEAR_DOWN = '\x1b[0J';
 
+/** A database the display shows: `name` is its name in a fleet (shown as `name/migration`), undefined alone. */
+export interface LiveSource {
+  name: string | undefined;
+  db: Queryable;
+}
+
 export function createLiveDisplay({
-  db,
+  databases,
   knownWork,
   write,
 }: {
-  db: Queryable;
+  databases: readonly LiveSource[];
   knownWork: readonly string[];
   write: (text: string) => void;
 }): LiveDisplay {
@@ -42,7 +48,16 @@ export function createLiveDisplay({
   const above = (lines: string) => write(`${undraw()}${lines}${drawn.map((line) => `${line}\n`).join('')}`);
 
   const poll = async () => {
-    const reports = await migrationReports(db, { knownWork });
+    // One database that does not answer only leaves its lines out: the worker logs its trouble.
+    const reports = (
+      await Promise.all(
+        databases.map(async ({ name, db }) =>
+          (await migrationReports(db, { knownWork }).catch(() => [])).map((report) =>
+            name === undefined ? report : { ...report, name: `${name}/${report.name}` },
+          ),
+        ),
+      )
+    ).flat();
     const changes: string[] = [];
     const next = new Map<string, MigrationReport['status']>();
     for (const report of reports) {

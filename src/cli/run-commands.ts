@@ -65,7 +65,7 @@ function terminalOutput(context: Context): { log: Logger; display: LiveDisplay }
   const format = logFormatFlag(context) ?? (context.io.env.BBM_LOG_FORMAT as LogFormat | undefined);
   if (!context.io.tty || format === 'json') return undefined;
   const display = createLiveDisplay({
-    db: context.pool,
+    databases: context.databases.map((target) => ({ name: target.name, db: context.poolOf(target) })),
     knownWork: context.config?.work.map((w) => w.name) ?? [],
     write: (text) => process.stdout.write(text),
   });
@@ -165,7 +165,7 @@ export async function run(context: Context): Promise<number> {
   if (!config)
     throw new UsageError('bbm run needs work functions: pass --config FILE (or add bbm.config.ts to this directory)');
   const fleet = databases[0]?.name !== undefined;
-  const terminal = fleet ? undefined : terminalOutput(context);
+  const terminal = terminalOutput(context);
   const log = terminal?.log ?? logger(context, 1);
   const graceMs = integerFlag(flags, 'grace-period') ?? config.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS;
   const metricsPort = integerFlag(flags, 'metrics-port', { max: 65_535 });
