@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Fleet } from '../src/bbm/fleet.ts';
+import { createMetrics } from '../src/bbm/metrics.ts';
 import { SharedLanes } from '../src/bbm/shared-lanes.ts';
 import type { Work } from '../src/bbm/types.ts';
 import { freePort, startEmbeddedPostgres, type EmbeddedCluster } from '../src/dev/embedded-postgres.ts';
@@ -594,8 +595,10 @@ describe('a fleet in one process', () => {
         }
       },
     };
+    const metrics = createMetrics({ databases: new Map() });
     const fleet = new Fleet({
       databases: [big, ...small].map(({ url }, i) => ({ name: i === 0 ? 'big' : `small-${i}`, url })),
+      observersFor: (database) => [metrics.observerFor(database)],
       work: [counted],
       concurrency: 2,
       health: false,
@@ -619,6 +622,10 @@ describe('a fleet in one process', () => {
       expect(await finishedAt(pool)).toBeLessThan(bigAt);
     }
     await expectEveryRowOnce(big.pool, 'items', 'fill');
+    // The contention for the process's lanes, by database: each waited for them.
+    const waits = await metrics.registry.getSingleMetric('bbm_process_lane_wait_seconds_total')!.get();
+    expect(waits.values.map((value) => value.labels.database).sort()).toEqual(['big', 'small-1', 'small-2', 'small-3']);
+    for (const { value } of waits.values) expect(value).toBeGreaterThan(0);
   });
 });
 

@@ -4,6 +4,7 @@
  * to wait for; after it, how long to sleep. It tells the lane-stall watch what it waits for.
  */
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { sleep } from './backoff.ts';
 import type { LaneSteps } from './lane-watch.ts';
 import type { LanePacing, Release } from './pacer.ts';
@@ -22,6 +23,8 @@ export interface LaneContext {
   reported(result: RunResult): void;
   /** Tells observers the lane sleeps. */
   sleeping(ms: number): void;
+  /** Tells observers how long the lane waited for a lane of the process. */
+  waitedForShare(ms: number): void;
   /** The process's lanes, when it serves several databases: one is held for each run. */
   share?: LaneShare | undefined;
 }
@@ -62,7 +65,9 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
           // timeout, not one of the process's that another database could use.
           await runner.connect();
           steps.step(lane, 'a lane of the process');
+          const waitFrom = performance.now();
           shared = await share.take(stopping);
+          ctx.waitedForShare(performance.now() - waitFrom);
           // Granted just as the worker stopped: no new run.
           if (!shared || stopping.aborted) {
             await runner.release();

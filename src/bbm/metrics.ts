@@ -42,6 +42,8 @@ export const METRIC_HELP = {
     'Webhook notifications this process tried to send, by event and result: sent, failed (to be retried) or given_up.',
   bbm_database_up:
     'Whether the database answered the last scrape (1) or not (0): in a fleet of several databases, one series each.',
+  bbm_process_lane_wait_seconds_total:
+    "A process serving several databases: the seconds its lanes waited for one of the process's lanes (`concurrency` in all), by database; how much the databases contend for them.",
   bbm_duty_cycle:
     "Foreground protection: the share (0..1) of the time this process's lanes run now (1: no pause after jobs; below 1 while the migration slows commits).",
 } as const;
@@ -215,6 +217,12 @@ export function createMetrics({ db, databases, registry = new Registry() }: Metr
     labelNames: ['database', 'direction'],
     registers,
   });
+  const laneWaits = new Counter({
+    name: 'bbm_process_lane_wait_seconds_total',
+    help: METRIC_HELP.bbm_process_lane_wait_seconds_total,
+    labelNames: ['database'],
+    registers,
+  });
   const notifications = new Counter({
     name: 'bbm_notifications_total',
     help: METRIC_HELP.bbm_notifications_total,
@@ -345,6 +353,9 @@ export function createMetrics({ db, databases, registry = new Registry() }: Metr
     },
     dutyCycle(share) {
       dutyCycle.set(at, share);
+    },
+    laneWait(ms) {
+      laneWaits.inc(at, ms / 1000);
     },
     notification(event) {
       notifications.inc({ ...at, event: event.event, result: event.result });

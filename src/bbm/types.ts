@@ -311,6 +311,8 @@ export interface WorkerObserver {
   dutyCycle?(share: number): void;
   /** This worker tried to send a notification: sent, failed (to be retried) or given up. */
   notification?(event: NotificationEvent): void;
+  /** A lane of this worker waited `ms` for one of the process's lanes (a process serving several databases). */
+  laneWait?(ms: number): void;
 }
 
 export interface NotificationEvent {

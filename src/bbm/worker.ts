@@ -181,6 +181,7 @@ export class Worker {
       run: (runner, chain) => this.#runOnce(runner, chain),
       reported: (result) => this.#reported(result),
       sleeping: (ms) => this.#tell((observer) => observer.sleep?.(ms)),
+      waitedForShare: (ms) => this.#tell((observer) => observer.laneWait?.(ms)),
       share: this.#share,
     };
     try {
