@@ -362,7 +362,7 @@ describe.skipIf(!available)('on Citus', () => {
       expect(await vacuum).toMatchObject({ code: '57014' });
 
       expect(await running.exited, running.output()).toEqual({ code: 0, signal: null });
-      await expectDoneOnce(pool, 'tv', 'touch_tvac');
+      await expectDoneOnce(pool, 'tvac', 'touch_tvac');
     } finally {
       vacuumer.release();
       await nodePool.end();

@@ -138,15 +138,19 @@ describe('Pacer', () => {
     expect(waitAfter(succeeded(3), backoff, { ...options, pauseMs: 50 })).toBe(50);
   });
 
-  it('looks again by the time a busy take said, without lengthening the backoff that follows', () => {
+  it('looks again by the time a busy take said, doubling it for looks in a row, without lengthening the backoff that follows', () => {
     const backoff = pacer().backoff();
     const busy = (lookAgainMs?: number) => result('lock_in_use', lookAgainMs === undefined ? {} : { lookAgainMs });
     expect(waitAfter(busy(), backoff, options)).toBe(100);
-    for (let i = 0; i < 5; i += 1) expect(waitAfter(busy(30), backoff, options)).toBe(30);
+    // Looks in a row the take asked for double, bounded by the backoff (and LANES_RECHECK_MS).
+    expect([1, 2, 3, 4, 5].map(() => waitAfter(busy(30), backoff, options))).toEqual([30, 60, 120, 200, 200]);
     expect(waitAfter(busy(), backoff, options)).toBe(200);
     // A hold that ends after the backoff may lift earlier (its signal clears): the backoff bounds it.
     expect(waitAfter(busy(5_000), backoff, options)).toBe(400);
     expect(waitAfter(busy(), backoff, options)).toBe(800);
+    // A job ends the streak: the next look the take asks for is as soon as it says.
+    waitAfter(succeeded(5), backoff, options);
+    expect([1, 2].map(() => waitAfter(busy(30), backoff, options))).toEqual([30, 60]);
   });
 
   it('chains while the duty cycle is whole; below, rests every lane after a job for the rest of the time', async () => {

@@ -73,8 +73,6 @@ DECLARE
   -- When to look again: the earliest hold's end; recheck_soon: within LANES_RECHECK_MS.
   look_again timestamptz;
   recheck_soon boolean := false;
-  -- Jobs of the migration whose time says when to look again (bbm_look_again_after_jobs).
-  jobs_ahead integer;
   next_step text;
   jid bigint;
   jmin bigint;

@@ -6,6 +6,7 @@ export function jittered(ms: number, ratio: number, random: () => number = Math.
 
 export class Backoff {
   #attempt = 0;
+  #soon = 0;
 
   constructor(
     private readonly baseMs: number,
@@ -24,8 +25,21 @@ export class Backoff {
     return Math.min(this.capMs, this.baseMs * 2 ** Math.min(this.#attempt, 30));
   }
 
+  /**
+   * A wait the database asked for (a take's `lookAgainMs`), doubled for each one in a row since the
+   * last reset, up to `capMs` (never below `ms`): a moment the take expected to last a few jobs
+   * that lasts longer (a slow start that does not grow, a last range that runs long) costs a lane
+   * a few looks, then one per `capMs`.
+   */
+  soon(ms: number, capMs: number): number {
+    const wait = Math.max(ms, Math.min(capMs, ms * 2 ** Math.min(this.#soon, 30)));
+    this.#soon += 1;
+    return wait;
+  }
+
   reset(): void {
     this.#attempt = 0;
+    this.#soon = 0;
   }
 }
 

@@ -10,6 +10,7 @@ import {
   holdOverWalBudget,
   holdRunnable,
   holdVacuumingMigrations,
+  migrationsBeingVacuumed,
   type VacuumHold,
   releaseHolds,
   type HoldSet,
@@ -217,9 +218,10 @@ export async function checkHealth(db: pg.Pool, health: ResolvedHealth): Promise<
   }
   if (health.autovacuum) {
     const onNodes = nodes.read.flatMap((node) => node.vacuums);
-    const sets = await holdVacuumingMigrations(db, { holdMs: health.holdMs, which: health.autovacuum, onNodes });
-    hold('autovacuum', sets);
-    const keep = sets.map((set) => set.name);
+    hold('autovacuum', await holdVacuumingMigrations(db, { holdMs: health.holdMs, which: health.autovacuum, onNodes }));
+    // Lifted once no vacuum of any kind runs on the table: a worker holding for fewer kinds of
+    // vacuum than another must not lift the other's hold meanwhile.
+    const keep = await migrationsBeingVacuumed(db, onNodes);
     check.released.push(...(await releaseHolds(db, { reasonLike: REASON_LIKE.autovacuum, keep })));
   }
   if (health.maxWalBytesPerSecond !== null) {

@@ -61,18 +61,16 @@ export async function laneLoop(lane: number, runner: Runner, ctx: LaneContext): 
       let result = await throttled(ctx, release);
       if (!result) {
         if (share && !shared) {
-          // The connection first: a database that fell silent holds its own lane for the connect
-          // timeout, not one of the process's that another database could use.
+          // The database must answer first: one that fell silent holds its own lane for the
+          // connect timeout, not one of the process's that another database could use.
           await runner.connect();
           steps.step(lane, 'a lane of the process');
           const waitFrom = performance.now();
           shared = await share.take(stopping);
-          ctx.waitedForShare(performance.now() - waitFrom);
+          const waitedMs = performance.now() - waitFrom;
+          if (waitedMs >= 1) ctx.waitedForShare(waitedMs);
           // Granted just as the worker stopped: no new run.
-          if (!shared || stopping.aborted) {
-            await runner.release();
-            break;
-          }
+          if (!shared || stopping.aborted) break;
         }
         result = await ctx.run(runner, chain);
       }

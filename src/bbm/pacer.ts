@@ -10,6 +10,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
+import { LANES_RECHECK_MS } from '../store/locks.ts';
 import { Backoff, jittered } from './backoff.ts';
 import type { ResolvedOptions } from './config.ts';
 import type { LaneSteps } from './lane-watch.ts';
@@ -204,11 +205,13 @@ export function waitAfter(
     // so that a fleet larger than the lanes it works does not poll the database (a sibling wakes
     // it when a migration changes); but when the take said a lane may be free sooner without any
     // run ending (a hold's end, lanes a controller may give back), look again then: a wait for an
-    // event, not a backoff, so it does not lengthen the next one. (A hold may also lift earlier,
-    // when its signal clears: the backoff still bounds the wait.)
+    // event, not a backoff, so it does not lengthen the next one; looks in a row the take asked
+    // for double, up to LANES_RECHECK_MS, so that a moment that lasts longer than the take expected
+    // does not become a poll. (A hold may also lift earlier, when its signal clears: the backoff
+    // still bounds the wait.)
     case 'lock_in_use':
       if (result.lookAgainMs !== undefined && result.lookAgainMs < backoff.peek())
-        return jittered(result.lookAgainMs, jitterRatio);
+        return jittered(Math.min(backoff.soon(result.lookAgainMs, LANES_RECHECK_MS), backoff.peek()), jitterRatio);
       return jittered(backoff.next(), jitterRatio);
     case 'job_failed':
     case 'no_job':

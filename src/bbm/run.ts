@@ -98,8 +98,8 @@ export class Runner {
   readonly #opener: RunOpener;
   /** The next run, when the previous one began it (`chain`): its connection and take. */
   #held: { tx: RunTransaction; next: NextRun; started: number } | undefined;
-  /** The next run's connection, opened ahead by `connect()`, or the error opening it met. */
-  #opened: RunTransaction | Error | undefined;
+  /** The error `connect()` met opening a connection: the next run's, without connecting again. */
+  #connectError: Error | undefined;
   /**
    * The end of the range this runner last checked in each migration's final sweep: its next check
    * looks after it first, so that each take does not walk every range verified before it.
@@ -142,11 +142,11 @@ export class Runner {
     let tx = held?.tx;
     if (!tx) {
       this.#tookAnyAt = performance.now();
-      const opened = this.#opened;
-      this.#opened = undefined;
-      if (opened instanceof Error) return timed({ outcome: 'error', error: opened });
+      const connectError = this.#connectError;
+      this.#connectError = undefined;
+      if (connectError) return timed({ outcome: 'error', error: connectError });
       try {
-        tx = opened ?? (await this.#opener.open());
+        tx = await this.#opener.open();
       } catch (error) {
         return timed({ outcome: 'error', error: asError(error) });
       }
@@ -168,16 +168,18 @@ export class Runner {
   }
 
   /**
-   * Opens the next run's connection now (unless the last run began it): a lane of the process is
-   * then taken only by a run that has its connection, never held while a database that fell
-   * silent makes the connect wait out its timeout. An error is the next run's to report.
+   * Checks that the database gives a connection now (unless the last run began the next), and
+   * hands it back to the pool at once, where the run finds it: a lane of the process is then taken
+   * only once the database answers, never held while one that fell silent makes a connect wait out
+   * its timeout, and no connection is held while the lane waits. An error is the next run's to
+   * report, without connecting again.
    */
   async connect(): Promise<void> {
-    if (this.#held || this.#opened) return;
+    if (this.#held || this.#connectError) return;
     try {
-      this.#opened = await this.#opener.open();
+      (await this.#opener.open()).release();
     } catch (error) {
-      this.#opened = asError(error);
+      this.#connectError = asError(error);
     }
   }
 
@@ -187,8 +189,7 @@ export class Runner {
   }
 
   /**
-   * Rolls back and hands back the connection of a run begun ahead by `chain` (or opened ahead by
-   * `connect`) and not used, and
+   * Rolls back and hands back the connection of a run begun ahead by `chain` and not used, and
    * waits for the cuts it started beside its jobs (a pool ended meanwhile would fail them). It stops
    * listening for the hard stop until its next job.
    */
@@ -200,9 +201,6 @@ export class Runner {
       await held.tx.rollback();
       held.tx.release();
     }
-    const opened = this.#opened;
-    this.#opened = undefined;
-    if (opened && !(opened instanceof Error)) opened.release();
     await this.#cuts.settled();
   }
 

@@ -6,6 +6,7 @@
  */
 import { Writable } from 'node:stream';
 import { lanesText, progressText } from '../bbm/report-text.ts';
+import { readEachDatabase } from '../bbm/databases.ts';
 import { migrationReports } from '../bbm/status.ts';
 import type { MigrationReport } from '../bbm/types.ts';
 import { RUNNABLE_STATUSES, statusIn } from '../store/codes.ts';
@@ -21,6 +22,7 @@ export interface LiveDisplay {
 }
 
 const REDRAW_MS = 1_000;
+const POLL_TIMEOUT_MS = 5_000;
 const UP = (lines: number) => `\x1b[${lines}A`;
 const CLEAR_DOWN = '\x1b[0J';
 
@@ -48,16 +50,12 @@ export function createLiveDisplay({
   const above = (lines: string) => write(`${undraw()}${lines}${drawn.map((line) => `${line}\n`).join('')}`);
 
   const poll = async () => {
-    // One database that does not answer only leaves its lines out: the worker logs its trouble.
-    const reports = (
-      await Promise.all(
-        databases.map(async ({ name, db }) =>
-          (await migrationReports(db, { knownWork }).catch(() => [])).map((report) =>
-            name === undefined ? report : { ...report, name: `${name}/${report.name}` },
-          ),
-        ),
-      )
-    ).flat();
+    // A database that does not answer within POLL_TIMEOUT_MS only leaves its lines out of this
+    // redraw (its worker logs its trouble): a silent one must not freeze the others' lines.
+    const reads = await readEachDatabase(databases, ({ db }) => migrationReports(db, { knownWork }), POLL_TIMEOUT_MS);
+    const reports = reads.flatMap(({ source: { name }, value }) =>
+      (value ?? []).map((report) => (name === undefined ? report : { ...report, name: `${name}/${report.name}` })),
+    );
     const changes: string[] = [];
     const next = new Map<string, MigrationReport['status']>();
     for (const report of reports) {

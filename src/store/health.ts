@@ -1,9 +1,9 @@
 /**
  * Database health signals that health holds and throttles read: WAL waiting to be archived,
- * replicas lagging, the oldest open transaction. They need the pg_monitor role (or superuser) to
- * see everything; without it, or without archiving or replicas, they report what they can see
- * (or nothing) rather than fail. Vacuum on a migration's table is read by the hold itself
- * (migration-rows.ts, holdVacuumingMigrations).
+ * replicas lagging, the oldest open transaction, replication slots, vacuums running. They need
+ * the pg_monitor role (or superuser) to see everything; without it, or without archiving or
+ * replicas, they report what they can see (or nothing) rather than fail. The vacuums are matched
+ * to the migrations' tables by the hold (migration-rows.ts, holdVacuumingMigrations).
  */
 import { sql } from 'drizzle-orm';
 import { exec, execOne, type Queryable } from './db.ts';

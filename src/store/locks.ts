@@ -55,8 +55,9 @@ export const LANES_RECHECK_MS = 1_000;
 
 /**
  * The least a lane turned away waits where the migration's own jobs say when to look again (its
- * last ranges running elsewhere, slow start: sql/functions/bbm_look_again_after_jobs.sql): those
- * moments last a few jobs, so a take every 10 ms per lane costs a few takes, not a steady load.
+ * last ranges running elsewhere, slow start: sql/functions/bbm_look_again_after_jobs.sql). Those
+ * moments should last a few jobs; where one lasts longer, the lane doubles its waits up to
+ * LANES_RECHECK_MS (Backoff.soon), so it costs a few takes, not a steady load.
  */
 export const LANES_RECHECK_MIN_MS = 10;
 

@@ -274,18 +274,14 @@ export interface NodeVacuum {
 }
 
 /**
- * Holds each runnable migration whose table a holding vacuum (`which`) runs on now, until now +
- * `holdMs`, with the reason "anti-wraparound autovacuum on public.items": the migration's writes
- * and the vacuum compete for the same table, and the vacuum should win. On a Citus coordinator,
- * `onNodes` are the worker nodes' vacuums: one of a shard of the table holds it too ("… on
- * public.items_102008 on node 10.0.0.5:5432").
+ * The runnable migrations whose table a vacuum runs on now, (id, reason): here, or on a Citus
+ * worker node (`onNodes`) on one of the table's shards ("… on public.items_102008 on node
+ * 10.0.0.5:5432"); only those of `which` unless it is `'all'`. One row a migration (its first
+ * vacuum by reason).
  */
-export async function holdVacuumingMigrations(
-  db: Queryable,
-  { holdMs, which, onNodes }: { holdMs: number; which: VacuumHold; onNodes: NodeVacuum[] },
-): Promise<HoldSet[]> {
+function vacuumedMigrations(which: VacuumHold, onNodes: NodeVacuum[]): SQL {
   const here = sql`
-    SELECT m.id, pg_catalog.format('%s on %I.%I', v.kind, v.schema, v.relname) AS reason, ${holdMs}::float8 AS hold_ms
+    SELECT m.id, pg_catalog.format('%s on %I.%I', v.kind, v.schema, v.relname) AS reason
     FROM batched_background_migrations m
     JOIN (${sql.raw(SIGNAL_SQL.vacuums)}) v ON v.relid = bbm_try_regclass(m.table_name)
     WHERE m.status IN (${RUNNABLE}) ${which === 'all' ? sql`` : sql`AND v.kind <> 'autovacuum'`}`;
@@ -293,7 +289,7 @@ export async function holdVacuumingMigrations(
   // pg_dist_shard is read only when a node vacuums: it exists only with Citus. A shard is named
   // by shard_name() as its table is, schema-qualified outside public.
   const onShards = sql`
-    SELECT m.id, pg_catalog.format('%s on %I.%I on node %s', v.kind, v.schema, v.relname, v.node), ${holdMs}::float8
+    SELECT m.id, pg_catalog.format('%s on %I.%I on node %s', v.kind, v.schema, v.relname, v.node)
     FROM batched_background_migrations m
     JOIN pg_dist_shard s ON s.logicalrelid = bbm_try_regclass(m.table_name)
     JOIN pg_catalog.json_to_recordset(${JSON.stringify(shards)}::json) AS v(node text, schema text, relname text, kind text)
@@ -301,11 +297,36 @@ export async function holdVacuumingMigrations(
          = CASE WHEN v.schema = 'public' THEN pg_catalog.quote_ident(v.relname)
                 ELSE pg_catalog.format('%I.%I', v.schema, v.relname) END
     WHERE m.status IN (${RUNNABLE})`;
-  // One reason a migration (the first of its vacuums): setHolds updates each row once.
+  return sql`SELECT DISTINCT ON (id) id, reason FROM (${here}${shards.length > 0 ? sql` UNION ALL ${onShards}` : sql``}) c ORDER BY id, reason`;
+}
+
+/**
+ * Holds each runnable migration whose table a holding vacuum (`which`) runs on now, until now +
+ * `holdMs`, with the reason "anti-wraparound autovacuum on public.items": the migration's writes
+ * and the vacuum compete for the same table, and the vacuum should win. On a Citus coordinator,
+ * `onNodes` are the worker nodes' vacuums: one of a shard of the table holds it too.
+ */
+export async function holdVacuumingMigrations(
+  db: Queryable,
+  { holdMs, which, onNodes }: { holdMs: number; which: VacuumHold; onNodes: NodeVacuum[] },
+): Promise<HoldSet[]> {
   return setHolds(
     db,
-    sql`SELECT DISTINCT ON (id) id, reason, hold_ms FROM (${here}${shards.length > 0 ? sql` UNION ALL ${onShards}` : sql``}) c ORDER BY id, reason`,
+    sql`SELECT id, reason, ${holdMs}::float8 AS hold_ms FROM (${vacuumedMigrations(which, onNodes)}) v`,
   );
+}
+
+/**
+ * The names of the runnable migrations whose table any vacuum runs on now (here, or on a shard on
+ * `onNodes`): a vacuum hold of theirs stays, whatever kind of vacuum each worker holds for (so a
+ * worker that holds for wraparound only never lifts the hold of one that holds for every vacuum).
+ */
+export async function migrationsBeingVacuumed(db: Queryable, onNodes: NodeVacuum[]): Promise<string[]> {
+  const rows = await exec<{ name: string }>(
+    db,
+    sql`SELECT m.name FROM batched_background_migrations m JOIN (${vacuumedMigrations('all', onNodes)}) v ON v.id = m.id`,
+  );
+  return rows.map((row) => row.name);
 }
 
 /**
@@ -412,7 +433,7 @@ export async function holdOverWalBudget(
 /**
  * Lifts the holds of a signal that no longer fires (their reason matches `reasonLike`, a LIKE
  * pattern), so a migration resumes at the next check after its cause went away rather than when
- * its hold runs out; those named in `keep` (held again by this check) stay.
+ * its hold runs out; those named in `keep` stay.
  * Returns the names released.
  */
 export async function releaseHolds(
