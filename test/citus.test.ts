@@ -12,7 +12,7 @@ import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { createPool } from '../src/store/db.ts';
 import { bbm } from './support/cli.ts';
 import { citusAvailable, startCitus, type CitusCluster } from './support/citus.ts';
-import { migrationRow } from './support/engine.ts';
+import { finishedJobs, migrationRow } from './support/engine.ts';
 import { COMPOSITE_TENANTS_SQL } from './support/keys.ts';
 import { runBbm, startBbm, waitFor } from './support/processes.ts';
 
@@ -275,12 +275,7 @@ describe.skipIf(!available)('on Citus', () => {
         ...env(),
         BBM_TEST_HEALTH: JSON.stringify(health),
       });
-      const reason = async () =>
-        (
-          await pool.query<{ r: string | null }>(
-            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_th'`,
-          )
-        ).rows[0]!.r;
+      const reason = async () => (await migrationRow(pool, 'touch_th'))?.hold_reason ?? null;
       await waitFor(async () => (await reason()) !== null, 'the hold');
       expect(await reason()).toMatch(
         new RegExp(
@@ -290,12 +285,7 @@ describe.skipIf(!available)('on Citus', () => {
       const status = await bbm(['status', '--name', 'touch_th', '--config', CONFIG], env());
       expect(status.out).toContain(`on node 127.0.0.1:${node.port}`);
       await new Promise((resolve) => setTimeout(resolve, 500));
-      const ran = await pool.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
-         JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-         WHERE m.name = 'touch_th' AND j.status = ${JobStatus.finished}`,
-      );
-      expect(ran.rows[0]!.n).toBe(0);
+      expect(await finishedJobs(pool, 'touch_th')).toBe(0);
 
       await held.query('COMMIT');
 
@@ -343,20 +333,10 @@ describe.skipIf(!available)('on Citus', () => {
         ...env(),
         BBM_TEST_HEALTH: JSON.stringify(health),
       });
-      const reason = async () =>
-        (
-          await pool.query<{ r: string | null }>(
-            `SELECT hold_reason AS r FROM batched_background_migrations WHERE name = 'touch_tvac'`,
-          )
-        ).rows[0]!.r;
+      const reason = async () => (await migrationRow(pool, 'touch_tvac'))?.hold_reason ?? null;
       await waitFor(async () => (await reason()) !== null, 'the hold');
       expect(await reason()).toBe(`vacuum on public.${shard} on node 127.0.0.1:${node.port}`);
-      const ran = await pool.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
-         JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-         WHERE m.name = 'touch_tvac' AND j.status = ${JobStatus.finished}`,
-      );
-      expect(ran.rows[0]!.n).toBe(0);
+      expect(await finishedJobs(pool, 'touch_tvac')).toBe(0);
 
       await nodePool.query('SELECT pg_cancel_backend($1::int)', [rows[0]!.pid]);
       expect(await vacuum).toMatchObject({ code: '57014' });

@@ -4,7 +4,6 @@
  * backfill holding rows an application writes would; commits with no run in flight stay fast.
  */
 import { pino } from 'pino';
-import type pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { createMetrics } from '../src/bbm/metrics.ts';
 import { migrationReports } from '../src/bbm/status.ts';
@@ -13,7 +12,7 @@ import { JobStatus, MigrationStatus } from '../src/store/codes.ts';
 import { liveWorkers } from '../src/store/dashboard.ts';
 import { LIVE_WORKER_WINDOW_MS, whileRunsHeld } from '../src/store/workers.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { createItems, enqueue, finishedJobs, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
 
 /** Foreground protection alone, checked often. */
@@ -50,16 +49,6 @@ const logLines = (into: string[]) =>
 
 describe('commit latency (health.commitLatencyFactor)', () => {
   const db = useTestDatabase();
-
-  const finishedJobs = async (pool: pg.Pool, migration: string): Promise<number> =>
-    (
-      await pool.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
-           JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
-         WHERE m.name = $1 AND j.status = ${JobStatus.finished}`,
-        [migration],
-      )
-    ).rows[0]!.n;
 
   it('sheds lanes first, and pauses lanes only at one lane; gives the time back, then lanes, once commits are fast', async () => {
     const { pool } = db();

@@ -6,10 +6,9 @@
 import { execFile } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Fleet } from '../src/bbm/fleet.ts';
+import { Fleet, type FleetParams } from '../src/bbm/fleet.ts';
 import { createMetrics } from '../src/bbm/metrics.ts';
 import { SharedLanes } from '../src/bbm/shared-lanes.ts';
 import type { Work } from '../src/bbm/types.ts';
@@ -19,7 +18,15 @@ import { createPool } from '../src/store/db.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { createTestDatabase, useOwnCluster, type TestDatabase } from './support/database.ts';
 import { createItems, enqueue, expectEveryRowOnce, migrationRow, quiet, range } from './support/engine.ts';
-import { BBM_BIN, createJobLog, runBbm, startBbm, waitFor, type BbmProcess } from './support/processes.ts';
+import {
+  BBM_BIN,
+  createJobLog,
+  runBbm,
+  runBbmOnTerminal,
+  startBbm,
+  waitFor,
+  type BbmProcess,
+} from './support/processes.ts';
 import { sentryEvents, sentryIngest } from './support/sentry.ts';
 
 const FLEET_CONFIG = fileURLToPath(new URL('./fixtures/fleet.config.ts', import.meta.url));
@@ -82,6 +89,19 @@ function leakyUrl(url: string): { url: string; password: string } {
   const password = decodeURIComponent(leaky.password);
   leaky.pathname = `/${leaky.password}`;
   return { url: leaky.toString(), password };
+}
+
+/** A fleet in this process as the tests run one: health holds off, quick polls, quiet, the schema already applied. */
+function testFleet(params: Pick<FleetParams, 'databases' | 'work' | 'concurrency'> & Partial<FleetParams>): Fleet {
+  return new Fleet({
+    health: false,
+    intervalMs: 20,
+    maxIntervalMs: 100,
+    startupJitterMs: 0,
+    logger: quiet,
+    migrate: false,
+    ...params,
+  });
 }
 
 const finished = async (pool: pg.Pool, name = 'fill') =>
@@ -596,17 +616,11 @@ describe('a fleet in one process', () => {
       },
     };
     const metrics = createMetrics({ databases: new Map() });
-    const fleet = new Fleet({
+    const fleet = testFleet({
       databases: [big, ...small].map(({ url }, i) => ({ name: i === 0 ? 'big' : `small-${i}`, url })),
       observersFor: (database) => [metrics.observerFor(database)],
       work: [counted],
       concurrency: 2,
-      health: false,
-      intervalMs: 20,
-      maxIntervalMs: 100,
-      startupJitterMs: 0,
-      logger: quiet,
-      migrate: false,
     });
     await fleet.run({ untilDone: true });
     expect(most).toBe(2);
@@ -678,19 +692,11 @@ describe('bbm run on a terminal', () => {
     const [main, ci] = [await testDatabase(), await testDatabase()];
     await prepare(main.pool, 200, 10);
     await prepare(ci.pool, 300, 10);
-    // A terminal for bbm run: script(1) gives it one, and hands its output back.
-    const command = [process.execPath, BBM_BIN, 'run', '--until-done', '--config', FLEET_CONFIG]
-      .map((word) => `'${word}'`)
-      .join(' ');
-    const { stdout } = await promisify(execFile)('script', ['-qfec', command, '/dev/null'], {
-      env: {
-        ...process.env,
-        ...fleetEnv({ main: main.url, ci: ci.url }, { BBM_TEST_BASE: 'defaults', BBM_TEST_JOB_SLEEP_MS: '50' }),
-      },
-      timeout: 60_000,
-    });
-    // The redrawn block as the terminal ends up showing it, less the cursor moves.
-    const text = stdout.replaceAll(new RegExp(`${String.fromCharCode(27)}\\[\\d*[A-Z]`, 'g'), '').replaceAll('\r', '');
+    const { code, text } = await runBbmOnTerminal(
+      ['run', '--until-done', '--config', FLEET_CONFIG],
+      fleetEnv({ main: main.url, ci: ci.url }, { BBM_TEST_BASE: 'defaults', BBM_TEST_JOB_SLEEP_MS: '50' }),
+    );
+    expect(code).toBe(0);
     expect(text).toMatch(/^main\/fill .* jobs/m);
     expect(text).toMatch(/^ci\/fill .* jobs/m);
     expect(text).toMatch(/^main\/fill: running → finished \(20 jobs/m);
@@ -722,19 +728,13 @@ describe('a database that falls silent', () => {
           await job.query('SELECT pg_sleep(0.02)');
         },
       };
-      const fleet = new Fleet({
+      const fleet = testFleet({
         databases: [
           { name: 'silent', url: proxy.url(silent.url) },
           { name: 'main', url: main.url },
         ],
         work: [slowed],
         concurrency: 2,
-        health: false,
-        intervalMs: 20,
-        maxIntervalMs: 100,
-        startupJitterMs: 0,
-        logger: quiet,
-        migrate: false,
       });
       const running = fleet.run();
       cleanups.push(() => fleet.stop({ abort: true }).then(() => running));

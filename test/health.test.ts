@@ -13,17 +13,8 @@ import { pino } from 'pino';
 import { setMigrationPace } from '../src/store/migration-rows.ts';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
-import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
+import { createItems, enqueue, finishedJobs, migrationRow, range, testWorker, touch } from './support/engine.ts';
 import { waitFor } from './support/processes.ts';
-
-const finishedJobs = async (pool: pg.Pool, name: string): Promise<number> =>
-  (
-    await pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM batched_background_migration_jobs j JOIN batched_background_migrations m
-         ON m.id = j.batched_background_migration_id WHERE m.name = $1 AND j.status = 2`,
-      [name],
-    )
-  ).rows[0]!.n;
 
 /** A connection outside the test's pool (which the test database's teardown ends), closed when the test finishes. */
 async function openClient(url: string): Promise<pg.Client> {

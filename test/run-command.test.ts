@@ -1,14 +1,12 @@
 /** `bbm run` as a person or a deploy script meets it: --until-done's exit code and start, and the terminal display. */
-import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MigrationStatus } from '../src/store/codes.ts';
 import { useTestDatabase } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range } from './support/engine.ts';
-import { BBM_BIN, createJobLog, runBbm, TEST_CONFIG } from './support/processes.ts';
+import { createJobLog, runBbm, runBbmOnTerminal, TEST_CONFIG } from './support/processes.ts';
 
 describe('bbm run --until-done', () => {
   const db = useTestDatabase();
@@ -72,25 +70,14 @@ describe('bbm run on a terminal', () => {
     await createJobLog(pool);
     await createItems(pool, 'items', range(1, 60));
     await enqueue(pool, { name: 'fill', work: 'test.touch', table: 'items', batchSize: 10 });
-    // `script` gives the command a pseudo-terminal, as a person's shell would.
-    const command = [process.execPath, BBM_BIN, 'run', '--until-done', '--config', TEST_CONFIG]
-      .map((arg) => `'${arg}'`)
-      .join(' ');
-    const { stdout } = await promisify(execFile)('script', ['-qefc', command, '/dev/null'], {
-      env: {
-        ...process.env,
-        DATABASE_URL: url,
-        BBM_TEST_FAIL_AT: '25',
-        BBM_TEST_JOB_SLEEP_MS: '150',
-        BBM_LOG_LEVEL: '',
-        BBM_LOG_FORMAT: '',
-      },
-    }).catch((error: { stdout: string; code: number }) => {
-      expect(error.code).toBe(1); // the migration failed
-      return error;
+    const { code, text } = await runBbmOnTerminal(['run', '--until-done', '--config', TEST_CONFIG], {
+      DATABASE_URL: url,
+      BBM_TEST_FAIL_AT: '25',
+      BBM_TEST_JOB_SLEEP_MS: '150',
+      BBM_LOG_LEVEL: '',
+      BBM_LOG_FORMAT: '',
     });
-    // eslint-disable-next-line no-control-regex -- the ANSI escapes of the redrawn display are what it strips
-    const text = stdout.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+    expect(code).toBe(1); // the migration failed
     expect(text).toMatch(/fill \[#*\.*\] +\d+\.\d% \d+ jobs/); // the live line
     expect(text).toMatch(/job failed/); // each failure, one line (warn)
     expect(text).toMatch(/fill: (active|running) → failed \(max_job_retry\)/); // the state change

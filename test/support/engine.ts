@@ -95,7 +95,7 @@ export async function drain(worker: Worker, maxRuns = 10_000): Promise<RunResult
 
 export async function migrationRow(db: pg.Pool, name: string) {
   const { rows } = await db.query(
-    'SELECT id, status, max_value, failure_error_code, failure_message, started_at, finished_at FROM batched_background_migrations WHERE name = $1',
+    'SELECT id, status, max_value, failure_error_code, failure_message, hold_reason, started_at, finished_at FROM batched_background_migrations WHERE name = $1',
     [name],
   );
   return rows[0] as
@@ -105,8 +105,20 @@ export async function migrationRow(db: pg.Pool, name: string) {
         max_value: string | null;
         failure_error_code: number | null;
         failure_message: string | null;
+        hold_reason: string | null;
       }
     | undefined;
+}
+
+/** How many of a migration's jobs finished. */
+export async function finishedJobs(db: pg.Pool, name: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM batched_background_migration_jobs j
+       JOIN batched_background_migrations m ON m.id = j.batched_background_migration_id
+     WHERE m.name = $1 AND j.status = ${JobStatus.finished}`,
+    [name],
+  );
+  return rows[0]!.n;
 }
 
 /**

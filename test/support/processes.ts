@@ -1,7 +1,8 @@
 /** `bbm` as a child process, the way operators run it. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import type pg from 'pg';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 /** The compiled command, as installed (the global setup builds dist/). */
 export const BBM_BIN = fileURLToPath(new URL('../../dist/cli/bin.js', import.meta.url));
@@ -65,4 +66,25 @@ export async function waitForStall(pool: pg.Pool, what: string): Promise<void> {
 /** The table the test config's work function logs each range it runs to, with its process id. */
 export async function createJobLog(pool: pg.Pool): Promise<void> {
   await pool.query('CREATE TABLE job_log (migration text, range_start bigint, range_end bigint, pid int)');
+}
+
+/**
+ * `bbm ARGS` on a pseudo-terminal, as a person's shell runs it (`script` gives it one): its exit
+ * code and what the terminal showed, less the ANSI escapes of the redrawn display and the
+ * carriage returns.
+ */
+export async function runBbmOnTerminal(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; text: string }> {
+  const command = [process.execPath, BBM_BIN, ...args].map((arg) => `'${arg}'`).join(' ');
+  const { stdout, code } = await promisify(execFile)('script', ['-qefc', command, '/dev/null'], {
+    env: { ...process.env, ...env },
+    timeout: 60_000,
+  }).then(
+    ({ stdout }) => ({ stdout, code: 0 }),
+    (error: { stdout: string; code: number }) => ({ stdout: error.stdout, code: error.code }),
+  );
+  // eslint-disable-next-line no-control-regex -- the ANSI escapes of the redrawn display are what it strips
+  return { code, text: stdout.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').replaceAll('\r', '') };
 }
