@@ -4,6 +4,7 @@
  * xids past a table's autovacuum_freeze_max_age. On a server of the file's own, whose
  * autovacuum looks at each database every second (the shared one's every minute).
  */
+import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkHealth, resolveHealth } from '../src/bbm/health.ts';
@@ -11,7 +12,9 @@ import { MigrationStatus } from '../src/store/codes.ts';
 import type { HealthOptions, HoldEvent } from '../src/bbm/types.ts';
 import { useOwnCluster } from './support/database.ts';
 import { createItems, enqueue, migrationRow, range, testWorker, touch } from './support/engine.ts';
-import { waitFor } from './support/processes.ts';
+import { runBbm, waitFor } from './support/processes.ts';
+
+const DEFAULTS_CONFIG = fileURLToPath(new URL('./fixtures/defaults.config.ts', import.meta.url));
 
 /** Every page costs the vacuum a 100-ms sleep: a vacuum that runs for seconds on a few pages. */
 const CRAWL = 'autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1';
@@ -82,6 +85,26 @@ describe('the autovacuum hold', () => {
     await pool.query('ALTER TABLE routine SET (autovacuum_enabled = false)');
     await running;
     expect((await migrationRow(pool, 'with_all'))?.status).toBe(MigrationStatus.finished);
+  });
+
+  it('bbm run with the default config drains beside a routine autovacuum of its table, not held', async () => {
+    const { pool, cluster } = own();
+    await createItems(pool, 'routine_cli', range(1, 20_000));
+    await pool.query(
+      `ALTER TABLE routine_cli SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1, ${CRAWL})`,
+    );
+    await pool.query('UPDATE routine_cli SET v = v + 1');
+    const vacuum = await waitFor(() => autovacuumOn(pool, 'routine_cli'), 'autovacuum to start on routine_cli');
+    await enqueue(pool, { name: 'cli_fill', work: touch.name, table: 'routine_cli', batchSize: 2_000 });
+
+    const run = await runBbm(['run', '--until-done', '--config', DEFAULTS_CONFIG], {
+      DATABASE_URL: cluster.connectionString(),
+    });
+
+    expect(run.code, run.output).toBe(0);
+    expect((await migrationRow(pool, 'cli_fill'))?.status).toBe(MigrationStatus.finished);
+    expect(run.output).not.toContain('vacuum on');
+    expect((await autovacuumOn(pool, 'routine_cli'))?.pid, 'the vacuum ran all along').toBe(vacuum.pid);
   });
 
   it('holds a migration while an autovacuum to prevent wraparound runs on its table, by default, and lets it go once the vacuum ends', async () => {

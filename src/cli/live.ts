@@ -1,8 +1,8 @@
 /**
  * `bbm run` on a terminal: one live progress line per runnable migration (of each database of a
- * fleet, named `database/name`), redrawn in place every second, and above it one line per state change (seen by polling, so other workers' changes show
- * too) and per log line (failures). Log lines reach the terminal through `stream`, so they never
- * tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
+ * fleet, named `database/name`), redrawn in place every second, and above it one line per state
+ * change (seen by polling, so other workers' changes show too) and per log line (failures). Log
+ * lines reach the terminal through `stream`, so they never tear the redrawn block. Off a terminal, or with --log-format json, none of this is used.
  */
 import { Writable } from 'node:stream';
 import { lanesText, progressText } from '../bbm/report-text.ts';

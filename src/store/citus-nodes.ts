@@ -1,10 +1,11 @@
 /**
  * The health signals of a Citus cluster's worker nodes, read through the coordinator. On Citus the
- * work writes the shards, on the worker nodes: their WAL, their replicas, their long transactions,
- * their replication slots and the vacuums of the shards are what a migration strains, and the coordinator's own show almost
- * none of it. The coordinator runs the signals' reads (health.ts, SIGNAL_SQL) on every active
- * worker node with `run_command_on_workers`, over its own connections to them, as the worker's
- * role: one statement a check, whatever the number of nodes.
+ * work writes the shards, on the worker nodes: their WAL, their replicas, their long
+ * transactions, their replication slots and the vacuums of the shards are what a migration
+ * strains, and the coordinator's own show almost none of it. The coordinator runs the signals'
+ * reads (health.ts, SIGNAL_SQL) on every active worker node with `run_command_on_workers`, over
+ * its own connections to them, as the worker's role: one statement a check, whatever the number
+ * of nodes.
  */
 import { sql } from 'drizzle-orm';
 import type pg from 'pg';
